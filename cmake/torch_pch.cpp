@@ -1,0 +1,1 @@
+// Empty translation unit: its only job is to own the precompiled LibTorch headers.

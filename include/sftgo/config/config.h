@@ -1,0 +1,149 @@
+// Typed configuration of a training run. The only code that reads YAML lives in src/config/;
+// every other module receives plain values from the trainer.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace sftgo {
+
+struct RunConfig {
+  std::string name = "run";
+  std::string output_dir = "runs/run";  // checkpoints, metrics.jsonl, resolved config
+  int64_t seed = 1234;
+  std::string log_level = "info";
+};
+
+struct TokenizerConfig {
+  std::string path = "../shared/data/llama3";  // directory with tokenizer.json or the file itself
+};
+
+struct ModelConfig {
+  std::string preset = "tiny";  // tiny | llama3.2-1b | llama3.2-3b | llama3.1-8b | llama3.1-70b
+  std::string path;             // HF checkpoint directory to load; empty = random init from preset
+  std::string dtype = "float32";
+  std::string device = "auto";  // auto | cpu | cuda
+  bool activation_checkpointing = false;
+  // Shape overrides for the preset (-1 keeps the preset's value); used by tiny demo models.
+  int64_t hidden_size = -1;
+  int64_t intermediate_size = -1;
+  int64_t num_layers = -1;
+  int64_t num_heads = -1;
+  int64_t num_kv_heads = -1;
+  double init_std = 0.02;
+};
+
+struct DataConfig {
+  std::string path = "data/demo/demo_sft.jsonl";
+  std::string format = "auto";     // auto | lima | alpaca | chat
+  std::string template_name = "llama3";  // YAML key: data.template
+  std::string system_prompt;
+  int64_t max_seq_len = 4096;
+  std::string truncation = "truncate";  // truncate (the response) | drop (the example)
+  std::string on_bad_record = "stop";   // stop | skip
+  bool packing = false;
+  std::string cache_dir = ".cache/sftgo";
+  std::string eval_path;
+};
+
+struct GroupingConfig {
+  std::string function = "tfidf";  // none | random | frequency | tfidf | llmlingua2 | rho1
+  double top_k_percent = 30.0;    // the paper's η: share of a sequence's trained tokens marked important
+  std::string selection = "sequence";  // sequence | batch (top-k within each sequence or the batch)
+  bool tfidf_sublinear_tf = false;
+  bool tfidf_smooth_idf = true;
+  std::string llmlingua2_model;      // directory written by scripts/export_llmlingua2.py
+  std::string llmlingua2_aggregation = "max";  // how a Llama token combines the words it overlaps
+  std::string rho1_reference_model;  // HF checkpoint directory of the frozen reference model
+};
+
+struct LossConfig {
+  std::string objective = "sftgo";   // sftgo | ce | rho1
+  std::string lambda_schedule = "static";  // static | linear_decay
+  double lambda = 0.9;               // static λ
+  double lambda_max = 0.9;           // linear_decay: λ at step 0
+  double lambda_min = 0.1;           // linear_decay: λ at the last step
+  std::string scope = "step";        // step | microbatch: over what the group means are taken
+  int64_t chunk_size = 1024;         // tokens per chunk of the fused LM-head + CE
+  bool check_finite = true;
+};
+
+struct OptimConfig {
+  double lr = 1e-5;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  std::string schedule = "cosine";  // cosine | linear | constant
+  double warmup_ratio = 0.0;
+  int64_t warmup_steps = -1;        // >= 0 overrides warmup_ratio
+  double min_lr_ratio = 0.0;
+  double grad_clip = 1.0;           // global-norm clip; 0 disables
+};
+
+struct TrainConfig {
+  double epochs = 1.0;
+  int64_t max_steps = -1;           // > 0 caps the optimizer steps
+  int64_t global_batch_size = 64;   // examples per optimizer step over all ranks
+  int64_t micro_batch_size = 1;     // examples per forward on one rank
+  std::string precision = "fp32";   // fp32 | bf16 (bf16 weights with fp32 master copy) | bf16_autocast
+  int64_t log_every = 1;
+  int64_t save_every = 0;           // optimizer steps between checkpoints; 0 = only at the end
+  int64_t keep_last = 2;
+  int64_t eval_every = 0;
+  int64_t max_nan_skips = 3;
+  int64_t num_threads = 0;          // CPU threads for LibTorch; 0 = its default
+};
+
+struct DistConfig {
+  std::string backend = "auto";     // auto | nccl | gloo
+  std::string master_addr = "127.0.0.1";
+  int64_t master_port = 29500;
+  double timeout_s = 600.0;
+  bool zero1 = false;
+};
+
+struct Config {
+  RunConfig run;
+  TokenizerConfig tokenizer;
+  ModelConfig model;
+  DataConfig data;
+  GroupingConfig grouping;
+  LossConfig loss;
+  OptimConfig optim;
+  TrainConfig train;
+  DistConfig dist;
+};
+
+// Where a value came from, for the start-up table and error messages.
+struct ValueOrigin {
+  std::string source = "default";  // "default", "FILE:LINE" or "--set"
+};
+
+struct LoadedConfig {
+  Config config;
+  std::map<std::string, ValueOrigin> origins;  // key -> origin, for every field
+  std::string source_path;                     // the YAML file, "" when none
+};
+
+// Reads `path` (may be empty for all defaults), applies `overrides` ("key.sub=value", in order),
+// validates, and returns the result. Throws sftgo::Error(kConfig) naming file, line and key.
+LoadedConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// Parses YAML text as if read from `source_name` (tests and embedded configs).
+LoadedConfig load_config_text(const std::string& yaml_text, const std::string& source_name,
+                              const std::vector<std::string>& overrides = {});
+// Cross-field checks (ranges are checked per field while loading).
+void validate_config(const Config& config);
+
+// The resolved config as YAML (written next to outputs; loads back to the same Config).
+std::string config_to_yaml(const Config& config);
+// A fixed-width table of every key, value and origin, for the start-up log.
+std::string config_table(const LoadedConfig& loaded);
+// Markdown reference of every key (docs/config.md is generated from this and tested to match).
+std::string config_reference_markdown();
+// Every valid dotted key, in declaration order.
+std::vector<std::string> config_keys();
+
+}  // namespace sftgo

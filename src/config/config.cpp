@@ -1,0 +1,289 @@
+#include "sftgo/config/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <set>
+#include <sstream>
+
+#include "schema.h"
+#include "sftgo/core/error.h"
+#include "sftgo/core/strings.h"
+
+namespace sftgo {
+
+using config_detail::Field;
+using config_detail::fields_of;
+
+namespace {
+
+// "where" prefix for messages: "file.yaml:12" or "--set".
+std::string location(const std::string& source, const YAML::Node& node) {
+  if (source == "--set") return "--set";
+  const auto mark = node.Mark();
+  if (mark.line < 0) return source;
+  return source + ":" + std::to_string(mark.line + 1);
+}
+
+std::vector<std::string> keys_of(const std::vector<Field>& fields) {
+  std::vector<std::string> keys;
+  keys.reserve(fields.size());
+  for (const auto& f : fields) keys.push_back(f.key);
+  return keys;
+}
+
+bool is_section(const std::vector<Field>& fields, const std::string& prefix) {
+  for (const auto& f : fields)
+    if (starts_with(f.key, prefix + ".")) return true;
+  return false;
+}
+
+[[noreturn]] void unknown_key(const std::string& where, const std::string& key, const std::vector<Field>& fields) {
+  std::string suggestion = closest_match(key, keys_of(fields));
+  SFTGO_FAIL_HINT(ErrorKind::kConfig,
+                  suggestion.empty() ? "see docs/config.md for the valid keys" : "did you mean '" + suggestion + "'?",
+                  where, ": unknown config key '", key, "'");
+}
+
+void check_range(const Field& f, double v, const std::string& where, const std::string& text) {
+  bool low_ok = !f.min || (f.min_exclusive ? v > *f.min : v >= *f.min);
+  bool high_ok = !f.max || v <= *f.max;
+  if (low_ok && high_ok) return;
+  std::ostringstream expect;
+  if (f.min && f.max) expect << "in [" << *f.min << ", " << *f.max << "]";
+  else if (f.min) expect << (f.min_exclusive ? "> " : ">= ") << *f.min;
+  else expect << "<= " << *f.max;
+  SFTGO_FAIL(ErrorKind::kConfig, where, ": ", f.key, " = ", text, " is out of range (expected ", expect.str(), ")");
+}
+
+// Sets one field from a YAML scalar, checking type, range and allowed values.
+void assign(const Field& f, const YAML::Node& node, const std::string& where) {
+  SFTGO_CHECK(node.IsScalar() || node.IsNull(), ErrorKind::kConfig, where, ": ", f.key, ": expected a ",
+              config_detail::type_name(f.ptr), " value, got a ", node.IsMap() ? "mapping" : "list");
+  const std::string text = node.IsNull() ? "" : node.Scalar();
+  struct Setter {
+    const Field& f;
+    const std::string& text;
+    const std::string& where;
+    bool is_null;
+    void operator()(bool* p) const {
+      if (text == "true" || text == "True" || text == "yes" || text == "on") *p = true;
+      else if (text == "false" || text == "False" || text == "no" || text == "off") *p = false;
+      else SFTGO_FAIL(ErrorKind::kConfig, where, ": ", f.key, ": expected true or false, got '", excerpt(text), "'");
+    }
+    void operator()(int64_t* p) const {
+      errno = 0;
+      char* end = nullptr;
+      long long v = std::strtoll(text.c_str(), &end, 10);
+      if (is_null || text.empty() || *end != '\0' || errno == ERANGE) {
+        // Accept integral floats such as 1e3, which YAML users write for step counts.
+        double d = std::strtod(text.c_str(), &end);
+        SFTGO_CHECK(!text.empty() && *end == '\0' && std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e18,
+                    ErrorKind::kConfig, where, ": ", f.key, ": expected an integer, got '", excerpt(text), "'");
+        v = static_cast<long long>(d);
+      }
+      check_range(f, static_cast<double>(v), where, text);
+      *p = v;
+    }
+    void operator()(double* p) const {
+      char* end = nullptr;
+      double v = std::strtod(text.c_str(), &end);
+      SFTGO_CHECK(!is_null && !text.empty() && *end == '\0' && std::isfinite(v), ErrorKind::kConfig, where, ": ",
+                  f.key, ": expected a number, got '", excerpt(text), "'");
+      check_range(f, v, where, text);
+      *p = v;
+    }
+    void operator()(std::string* p) const {
+      if (!f.choices.empty() && std::find(f.choices.begin(), f.choices.end(), text) == f.choices.end()) {
+        std::string hint = closest_match(text, f.choices);
+        SFTGO_FAIL_HINT(ErrorKind::kConfig, hint.empty() ? "" : "did you mean '" + hint + "'?", where, ": ", f.key,
+                        ": '", excerpt(text), "' is not one of ", join(f.choices, ", "));
+      }
+      *p = text;
+    }
+  };
+  std::visit(Setter{f, text, where, node.IsNull()}, f.ptr);
+}
+
+Field* find_field(std::vector<Field>& fields, const std::string& key) {
+  for (auto& f : fields)
+    if (f.key == key) return &f;
+  return nullptr;
+}
+
+void apply_map(const YAML::Node& map, const std::string& prefix, const std::string& source,
+               std::vector<Field>& fields, std::map<std::string, ValueOrigin>& origins) {
+  for (const auto& kv : map) {
+    SFTGO_CHECK(kv.first.IsScalar(), ErrorKind::kConfig, location(source, kv.first), ": keys must be plain names");
+    const std::string key = prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar();
+    const std::string where = location(source, kv.first);
+    if (Field* f = find_field(fields, key)) {
+      assign(*f, kv.second, location(source, kv.second));
+      origins[key].source = where;
+    } else if (is_section(fields, key)) {
+      SFTGO_CHECK(kv.second.IsMap() || kv.second.IsNull(), ErrorKind::kConfig, where, ": '", key,
+                  "' is a section and needs a mapping of keys under it");
+      if (kv.second.IsMap()) apply_map(kv.second, key, source, fields, origins);
+    } else {
+      unknown_key(where, key, fields);
+    }
+  }
+}
+
+void apply_override(const std::string& spec, std::vector<Field>& fields, std::map<std::string, ValueOrigin>& origins) {
+  const auto eq = spec.find('=');
+  SFTGO_CHECK_HINT(eq != std::string::npos && eq > 0, ErrorKind::kConfig, "write it as --set section.key=value",
+                   "--set '", spec, "': expected key=value");
+  const std::string key = trim(spec.substr(0, eq));
+  const std::string value = spec.substr(eq + 1);
+  Field* f = find_field(fields, key);
+  if (f == nullptr) unknown_key("--set", key, fields);
+  YAML::Node node;
+  try {
+    node = YAML::Load(value);
+  } catch (const YAML::Exception&) {
+    node = YAML::Node(value);  // not YAML: take the text as it is
+  }
+  if (!node.IsScalar() && !node.IsNull()) node = YAML::Node(value);
+  assign(*f, node, "--set " + key);
+  origins[key].source = "--set";
+}
+
+LoadedConfig load_from_node(const YAML::Node& root, const std::string& source,
+                            const std::vector<std::string>& overrides) {
+  LoadedConfig out;
+  out.source_path = source;
+  auto fields = fields_of(out.config);
+  for (const auto& f : fields) out.origins[f.key] = ValueOrigin{};
+  if (root && !root.IsNull()) {
+    SFTGO_CHECK(root.IsMap(), ErrorKind::kConfig, source, ": expected a mapping of sections (run:, model:, ...) at the top");
+    apply_map(root, "", source, fields, out.origins);
+  }
+  for (const auto& spec : overrides) apply_override(spec, fields, out.origins);
+  validate_config(out.config);
+  return out;
+}
+
+}  // namespace
+
+LoadedConfig load_config_text(const std::string& yaml_text, const std::string& source_name,
+                              const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    SFTGO_FAIL(ErrorKind::kConfig, source_name, ":", e.mark.line + 1, ": invalid YAML: ", e.msg);
+  }
+  return load_from_node(root, source_name, overrides);
+}
+
+LoadedConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  if (path.empty()) return load_from_node(YAML::Node(), "", overrides);
+  return load_config_text(read_file(path), path, overrides);
+}
+
+void validate_config(const Config& c) {
+  SFTGO_CHECK(c.loss.lambda_min <= c.loss.lambda_max, ErrorKind::kConfig, "loss.lambda_min (", c.loss.lambda_min,
+              ") must not exceed loss.lambda_max (", c.loss.lambda_max, ")");
+  SFTGO_CHECK_HINT(c.train.global_batch_size % c.train.micro_batch_size == 0, ErrorKind::kConfig,
+                   "pick a micro batch size that divides the global batch",
+                   "train.global_batch_size (", c.train.global_batch_size,
+                   ") is not a multiple of train.micro_batch_size (", c.train.micro_batch_size, ")");
+  SFTGO_CHECK(!c.data.path.empty(), ErrorKind::kConfig, "data.path is empty: name the training data file");
+  SFTGO_CHECK(!c.tokenizer.path.empty(), ErrorKind::kConfig, "tokenizer.path is empty");
+  SFTGO_CHECK(!c.grouping.function.empty(), ErrorKind::kConfig, "grouping.function is empty (use 'none' for plain SFT)");
+  const bool needs_groups = c.loss.objective != "ce";
+  SFTGO_CHECK_HINT(!(needs_groups && c.grouping.function == "none"), ErrorKind::kConfig,
+                   "set grouping.function (tfidf, llmlingua2, rho1, ...) or loss.objective: ce",
+                   "loss.objective '", c.loss.objective, "' needs important-token groups but grouping.function is 'none'");
+  SFTGO_CHECK(c.model.num_kv_heads <= 0 || c.model.num_heads <= 0 || c.model.num_heads % c.model.num_kv_heads == 0,
+              ErrorKind::kConfig, "model.num_heads (", c.model.num_heads, ") must be a multiple of model.num_kv_heads (",
+              c.model.num_kv_heads, ")");
+}
+
+std::vector<std::string> config_keys() {
+  Config c;
+  return keys_of(fields_of(c));
+}
+
+std::string config_to_yaml(const Config& config) {
+  Config copy = config;
+  auto fields = fields_of(copy);
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  std::string section;
+  for (const auto& f : fields) {
+    const auto dot = f.key.find('.');
+    const std::string sec = f.key.substr(0, dot);
+    if (sec != section) {
+      if (!section.empty()) out << YAML::EndMap;
+      out << YAML::Key << sec << YAML::Value << YAML::BeginMap;
+      section = sec;
+    }
+    out << YAML::Key << f.key.substr(dot + 1) << YAML::Value;
+    std::visit([&](auto* p) {
+      using T = std::remove_pointer_t<decltype(p)>;
+      if constexpr (std::is_same_v<T, std::string>) out << YAML::DoubleQuoted << *p;
+      else out << config_detail::value_string(f.ptr);
+    }, f.ptr);
+  }
+  if (!section.empty()) out << YAML::EndMap;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+std::string config_table(const LoadedConfig& loaded) {
+  Config copy = loaded.config;
+  auto fields = fields_of(copy);
+  size_t wk = 3, wv = 5;
+  for (const auto& f : fields) {
+    wk = std::max(wk, f.key.size());
+    wv = std::min<size_t>(48, std::max(wv, config_detail::value_string(f.ptr).size()));
+  }
+  auto pad = [](std::string s, size_t w) {
+    if (s.size() > w) s = s.substr(0, w - 3) + "...";
+    return s + std::string(w - s.size(), ' ');
+  };
+  std::ostringstream os;
+  os << pad("key", wk) << "  " << pad("value", wv) << "  origin\n";
+  os << std::string(wk, '-') << "  " << std::string(wv, '-') << "  ------\n";
+  for (const auto& f : fields) {
+    auto it = loaded.origins.find(f.key);
+    os << pad(f.key, wk) << "  " << pad(config_detail::value_string(f.ptr), wv) << "  "
+       << (it == loaded.origins.end() ? "default" : it->second.source) << "\n";
+  }
+  return os.str();
+}
+
+std::string config_reference_markdown() {
+  Config c;
+  auto fields = fields_of(c);
+  std::ostringstream os;
+  os << "# Config reference\n\n"
+     << "Generated from `src/config/schema.cpp` by `sftgo-train config --reference`; a test keeps this file\n"
+     << "in step with the code. Configs are YAML with one mapping per section; any key can be overridden on\n"
+     << "the command line with `--set section.key=value` (repeatable, applied in order after the file).\n"
+     << "Unknown keys, wrong types and out-of-range values are errors that name the file and line.\n"
+     << "Relative paths are taken from the directory `sftgo-train` runs in.\n";
+  std::string section;
+  for (const auto& f : fields) {
+    const std::string sec = f.key.substr(0, f.key.find('.'));
+    if (sec != section) {
+      os << "\n## " << sec << "\n\n| key | type | default | allowed | meaning |\n|---|---|---|---|---|\n";
+      section = sec;
+    }
+    std::ostringstream allowed;
+    if (!f.choices.empty()) allowed << join(f.choices, ", ");
+    else if (f.min && f.max) allowed << "[" << *f.min << ", " << *f.max << "]";
+    else if (f.min) allowed << (f.min_exclusive ? "> " : ">= ") << *f.min;
+    std::string def = config_detail::value_string(f.ptr);
+    os << "| `" << f.key << "` | " << config_detail::type_name(f.ptr) << " | `" << (def.empty() ? "\"\"" : def)
+       << "` | " << allowed.str() << " | " << f.doc << " |\n";
+  }
+  return os.str();
+}
+
+}  // namespace sftgo

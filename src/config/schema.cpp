@@ -1,0 +1,138 @@
+#include "schema.h"
+
+#include <cstdio>
+#include <sstream>
+
+namespace sftgo::config_detail {
+namespace {
+
+class Builder {
+ public:
+  explicit Builder(std::vector<Field>& out) : out_(out) {}
+  template <typename T>
+  Field& operator()(std::string key, T& ref, std::string doc) {
+    out_.push_back(Field{std::move(key), FieldPtr(&ref), std::move(doc), {}, {}, false, {}, {}});
+    return out_.back();
+  }
+
+ private:
+  std::vector<Field>& out_;
+};
+
+}  // namespace
+
+std::vector<Field> fields_of(Config& c) {
+  std::vector<Field> f;
+  f.reserve(96);
+  Builder add(f);
+  add("run.name", c.run.name, "Run name, used in logs and metrics");
+  add("run.output_dir", c.run.output_dir, "Directory for checkpoints, metrics.jsonl and the resolved config");
+  add("run.seed", c.run.seed, "Seed for weights init, data order and random grouping").at_least(0);
+  add("run.log_level", c.run.log_level, "Logging verbosity").one_of({"debug", "info", "warn", "error"});
+
+  add("tokenizer.path", c.tokenizer.path, "Directory with tokenizer.json (+ tokenizer_config.json), or the file");
+
+  add("model.preset", c.model.preset, "Architecture preset when no checkpoint is given, and the shape checked against one")
+      .one_of({"tiny", "llama3.2-1b", "llama3.2-3b", "llama3.1-8b", "llama3.1-70b"});
+  add("model.path", c.model.path, "Hugging Face checkpoint directory to fine-tune; empty = random init from the preset");
+  add("model.dtype", c.model.dtype, "Parameter dtype").one_of({"float32", "bfloat16"});
+  add("model.device", c.model.device, "Device; auto = CUDA when available").one_of({"auto", "cpu", "cuda"});
+  add("model.activation_checkpointing", c.model.activation_checkpointing, "Recompute each block's activations in backward");
+  add("model.hidden_size", c.model.hidden_size, "Override the preset's hidden size (-1 keeps it)").at_least(-1);
+  add("model.intermediate_size", c.model.intermediate_size, "Override the preset's MLP size (-1 keeps it)").at_least(-1);
+  add("model.num_layers", c.model.num_layers, "Override the preset's layer count (-1 keeps it)").at_least(-1);
+  add("model.num_heads", c.model.num_heads, "Override the preset's attention heads (-1 keeps it)").at_least(-1);
+  add("model.num_kv_heads", c.model.num_kv_heads, "Override the preset's key/value heads (-1 keeps it)").at_least(-1);
+  add("model.init_std", c.model.init_std, "Std of the normal init for random weights").above(0);
+
+  add("data.path", c.data.path, "Training data file (JSONL, or a JSON array for Alpaca)");
+  add("data.format", c.data.format, "Record format; auto detects from the first record").one_of({"auto", "lima", "alpaca", "chat"});
+  add("data.template", c.data.template_name, "Prompt template").one_of({"llama3", "alpaca", "plain"});
+  add("data.system_prompt", c.data.system_prompt, "System message prepended to every conversation (llama3 template); empty = none");
+  add("data.max_seq_len", c.data.max_seq_len, "Longest sequence in tokens (4096 in the paper)").range(8, 1 << 20);
+  add("data.truncation", c.data.truncation, "Over-long examples: truncate the response, or drop the example").one_of({"truncate", "drop"});
+  add("data.on_bad_record", c.data.on_bad_record, "Malformed records: stop at the first, or skip and count them").one_of({"stop", "skip"});
+  add("data.packing", c.data.packing, "Pack several examples per sequence (per-document attention, position reset)");
+  add("data.cache_dir", c.data.cache_dir, "Where tokenized data and grouping masks are cached");
+  add("data.eval_path", c.data.eval_path, "Optional held-out data for eval loss; empty = none");
+
+  add("grouping.function", c.grouping.function, "Grouping function that marks important tokens (registry name)");
+  add("grouping.top_k_percent", c.grouping.top_k_percent, "Share of trained tokens marked important, the paper's eta (percent)").range(0, 100);
+  add("grouping.selection", c.grouping.selection, "Top-k within each sequence or over the whole batch").one_of({"sequence", "batch"});
+  add("grouping.tfidf_sublinear_tf", c.grouping.tfidf_sublinear_tf, "TF-IDF: use 1 + log(tf) as scikit-learn's sublinear_tf");
+  add("grouping.tfidf_smooth_idf", c.grouping.tfidf_smooth_idf, "TF-IDF: idf = ln((1+n)/(1+df)) + 1 as scikit-learn's smooth_idf");
+  add("grouping.llmlingua2_model", c.grouping.llmlingua2_model, "LLMLingua-2 TorchScript export directory (scripts/export_llmlingua2.py)");
+  add("grouping.llmlingua2_aggregation", c.grouping.llmlingua2_aggregation, "How a Llama token combines the word probabilities it overlaps").one_of({"max", "mean", "first"});
+  add("grouping.rho1_reference_model", c.grouping.rho1_reference_model, "Rho-1: frozen reference model checkpoint directory");
+
+  add("loss.objective", c.loss.objective, "sftgo (group max + CE), ce (plain SFT) or rho1 (CE on important tokens only)").one_of({"sftgo", "ce", "rho1"});
+  add("loss.lambda_schedule", c.loss.lambda_schedule, "Static lambda or linear decay from lambda_max to lambda_min").one_of({"static", "linear_decay"});
+  add("loss.lambda", c.loss.lambda, "Static lambda: weight of the worst-group term").range(0, 1);
+  add("loss.lambda_max", c.loss.lambda_max, "Linear decay: lambda at the first step").range(0, 1);
+  add("loss.lambda_min", c.loss.lambda_min, "Linear decay: lambda at the last step").range(0, 1);
+  add("loss.scope", c.loss.scope, "Group means over the whole optimizer step (all micro-batches and ranks) or each micro-batch").one_of({"step", "microbatch"});
+  add("loss.chunk_size", c.loss.chunk_size, "Tokens per chunk of the fused LM head + cross-entropy").range(1, 1 << 24);
+  add("loss.check_finite", c.loss.check_finite, "Check the loss and inputs for NaN/Inf every step");
+
+  add("optim.lr", c.optim.lr, "Peak learning rate").above(0);
+  add("optim.beta1", c.optim.beta1, "AdamW beta1").range(0, 1);
+  add("optim.beta2", c.optim.beta2, "AdamW beta2").range(0, 1);
+  add("optim.eps", c.optim.eps, "AdamW epsilon").above(0);
+  add("optim.weight_decay", c.optim.weight_decay, "Decoupled weight decay (not applied to norms and biases)").at_least(0);
+  add("optim.schedule", c.optim.schedule, "Learning-rate decay after warmup").one_of({"cosine", "linear", "constant"});
+  add("optim.warmup_ratio", c.optim.warmup_ratio, "Warmup as a share of all optimizer steps").range(0, 1);
+  add("optim.warmup_steps", c.optim.warmup_steps, "Warmup steps; >= 0 overrides warmup_ratio").at_least(-1);
+  add("optim.min_lr_ratio", c.optim.min_lr_ratio, "Final learning rate as a share of the peak").range(0, 1);
+  add("optim.grad_clip", c.optim.grad_clip, "Clip the global gradient norm to this; 0 disables").at_least(0);
+
+  add("train.epochs", c.train.epochs, "Passes over the training data").above(0);
+  add("train.max_steps", c.train.max_steps, "Stop after this many optimizer steps; -1 = run the epochs").at_least(-1);
+  add("train.global_batch_size", c.train.global_batch_size, "Examples per optimizer step over all ranks").at_least(1);
+  add("train.micro_batch_size", c.train.micro_batch_size, "Examples per forward pass on one rank").at_least(1);
+  add("train.precision", c.train.precision, "fp32, bf16 (bf16 weights, fp32 master weights and optimizer state) or bf16_autocast").one_of({"fp32", "bf16", "bf16_autocast"});
+  add("train.log_every", c.train.log_every, "Optimizer steps between metric lines").at_least(1);
+  add("train.save_every", c.train.save_every, "Optimizer steps between checkpoints; 0 = only at the end").at_least(0);
+  add("train.keep_last", c.train.keep_last, "Checkpoints kept on disk").at_least(1);
+  add("train.eval_every", c.train.eval_every, "Optimizer steps between eval-loss passes; 0 = never").at_least(0);
+  add("train.max_nan_skips", c.train.max_nan_skips, "Non-finite steps skipped before saving and stopping").at_least(0);
+  add("train.num_threads", c.train.num_threads, "CPU threads for LibTorch; 0 = its default").at_least(0);
+
+  add("dist.backend", c.dist.backend, "Process-group backend; auto = NCCL on GPU, Gloo on CPU").one_of({"auto", "nccl", "gloo"});
+  add("dist.master_addr", c.dist.master_addr, "Rendezvous address when MASTER_ADDR is not set");
+  add("dist.master_port", c.dist.master_port, "Rendezvous port when MASTER_PORT is not set").range(1, 65535);
+  add("dist.timeout_s", c.dist.timeout_s, "Seconds before a stuck collective fails the job").above(0);
+  add("dist.zero1", c.dist.zero1, "Shard optimizer state (and fp32 master weights) across ranks");
+  return f;
+}
+
+const char* type_name(const FieldPtr& ptr) {
+  struct V {
+    const char* operator()(bool*) const { return "bool"; }
+    const char* operator()(int64_t*) const { return "int"; }
+    const char* operator()(double*) const { return "float"; }
+    const char* operator()(std::string*) const { return "string"; }
+  };
+  return std::visit(V{}, ptr);
+}
+
+std::string value_string(const FieldPtr& ptr) {
+  struct V {
+    std::string operator()(bool* p) const { return *p ? "true" : "false"; }
+    std::string operator()(int64_t* p) const { return std::to_string(*p); }
+    std::string operator()(double* p) const {
+      // Shortest text that reads back to the same double.
+      char buf[64];
+      for (int prec = 6; prec <= 17; ++prec) {
+        std::snprintf(buf, sizeof buf, "%.*g", prec, *p);
+        if (std::strtod(buf, nullptr) == *p) break;
+      }
+      std::string s = buf;
+      if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+      return s;
+    }
+    std::string operator()(std::string* p) const { return *p; }
+  };
+  return std::visit(V{}, ptr);
+}
+
+}  // namespace sftgo::config_detail

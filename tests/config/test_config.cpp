@@ -1,0 +1,146 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "sftgo/config/config.h"
+#include "sftgo/core/error.h"
+#include "sftgo/core/strings.h"
+
+namespace sftgo {
+namespace {
+
+// Runs `fn`, expects an sftgo::Error of kind kConfig, and returns its full text.
+template <typename Fn>
+std::string config_error(Fn fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig) << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a config error";
+  return "";
+}
+
+TEST(Config, DefaultsAreValid) {
+  LoadedConfig c = load_config("");
+  EXPECT_EQ(c.config.loss.scope, "step");
+  EXPECT_EQ(c.origins.at("optim.lr").source, "default");
+}
+
+TEST(Config, ReadsTypedValuesAndRecordsOrigins) {
+  const char* yaml =
+      "run:\n  name: t\n  seed: 7\n"
+      "optim:\n  lr: 2e-5\n  weight_decay: 0.1\n"
+      "data:\n  template: alpaca\n  packing: true\n"
+      "train:\n  max_steps: 1e3\n";
+  LoadedConfig c = load_config_text(yaml, "t.yaml");
+  EXPECT_EQ(c.config.run.seed, 7);
+  EXPECT_DOUBLE_EQ(c.config.optim.lr, 2e-5);
+  EXPECT_EQ(c.config.data.template_name, "alpaca");
+  EXPECT_TRUE(c.config.data.packing);
+  EXPECT_EQ(c.config.train.max_steps, 1000);
+  EXPECT_EQ(c.origins.at("optim.lr").source, "t.yaml:5");
+  EXPECT_EQ(c.origins.at("run.seed").source, "t.yaml:3");
+}
+
+TEST(Config, UnknownKeyNamesFileLineAndSuggestion) {
+  std::string msg = config_error([] { load_config_text("optim:\n  lr: 1e-5\n  lr_rate: 2\n", "c.yaml"); });
+  EXPECT_NE(msg.find("c.yaml:3"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("optim.lr_rate"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("did you mean 'optim.lr'"), std::string::npos) << msg;
+  msg = config_error([] { load_config_text("optimizer:\n  lr: 1\n", "c.yaml"); });
+  EXPECT_NE(msg.find("c.yaml:1"), std::string::npos) << msg;
+}
+
+TEST(Config, TypeAndRangeErrors) {
+  std::string msg = config_error([] { load_config_text("train:\n  epochs: three\n", "c.yaml"); });
+  EXPECT_NE(msg.find("c.yaml:2"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("expected a number"), std::string::npos) << msg;
+  msg = config_error([] { load_config_text("train:\n  micro_batch_size: 2.5\n", "c.yaml"); });
+  EXPECT_NE(msg.find("expected an integer"), std::string::npos) << msg;
+  msg = config_error([] { load_config_text("loss:\n  lambda: 1.5\n", "c.yaml"); });
+  EXPECT_NE(msg.find("out of range"), std::string::npos) << msg;
+  msg = config_error([] { load_config_text("model:\n  dtype: bf16\n", "c.yaml"); });
+  EXPECT_NE(msg.find("not one of"), std::string::npos) << msg;
+  msg = config_error([] { load_config_text("data:\n  packing: maybe\n", "c.yaml"); });
+  EXPECT_NE(msg.find("true or false"), std::string::npos) << msg;
+  msg = config_error([] { load_config_text("optim: [1, 2]\n", "c.yaml"); });
+  EXPECT_NE(msg.find("section"), std::string::npos) << msg;
+  msg = config_error([] { load_config_text("optim:\n  lr: [1, 2]\n", "c.yaml"); });
+  EXPECT_NE(msg.find("got a list"), std::string::npos) << msg;
+}
+
+TEST(Config, MalformedYamlNamesLine) {
+  std::string msg = config_error([] { load_config_text("run:\n  name: [unclosed\n", "bad.yaml"); });
+  EXPECT_NE(msg.find("bad.yaml:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("invalid YAML"), std::string::npos) << msg;
+}
+
+TEST(Config, OverridesApplyInOrderAndAreChecked) {
+  LoadedConfig c = load_config_text("optim:\n  lr: 1e-5\n", "c.yaml", {"optim.lr=3e-4", "data.packing=true", "run.name=x=y"});
+  EXPECT_DOUBLE_EQ(c.config.optim.lr, 3e-4);
+  EXPECT_TRUE(c.config.data.packing);
+  EXPECT_EQ(c.config.run.name, "x=y");
+  EXPECT_EQ(c.origins.at("optim.lr").source, "--set");
+  std::string msg = config_error([] { load_config_text("", "c.yaml", {"optim.lrr=1"}); });
+  EXPECT_NE(msg.find("did you mean 'optim.lr'"), std::string::npos) << msg;
+  msg = config_error([] { load_config_text("", "c.yaml", {"optim.lr"}); });
+  EXPECT_NE(msg.find("key=value"), std::string::npos) << msg;
+  msg = config_error([] { load_config_text("", "c.yaml", {"optim.lr=-1"}); });
+  EXPECT_NE(msg.find("out of range"), std::string::npos) << msg;
+}
+
+TEST(Config, CrossFieldValidation) {
+  config_error([] { load_config_text("loss:\n  lambda_min: 0.9\n  lambda_max: 0.1\n", "c.yaml"); });
+  config_error([] { load_config_text("train:\n  global_batch_size: 10\n  micro_batch_size: 4\n", "c.yaml"); });
+  config_error([] { load_config_text("grouping:\n  function: none\nloss:\n  objective: sftgo\n", "c.yaml"); });
+}
+
+TEST(Config, YamlRoundTrip) {
+  LoadedConfig a = load_config_text("optim:\n  lr: 0.1\n  eps: 1e-9\nrun:\n  name: 'a: b'\n", "c.yaml");
+  std::string yaml = config_to_yaml(a.config);
+  LoadedConfig b = load_config_text(yaml, "resolved.yaml");
+  EXPECT_EQ(config_to_yaml(b.config), yaml);
+  EXPECT_DOUBLE_EQ(b.config.optim.eps, 1e-9);
+  EXPECT_EQ(b.config.run.name, "a: b");
+  std::string table = config_table(a);
+  EXPECT_NE(table.find("optim.lr"), std::string::npos);
+  EXPECT_NE(table.find("c.yaml:2"), std::string::npos);
+}
+
+TEST(Config, FileErrorsNameThePath) {
+  try {
+    load_config("/nonexistent/x.yaml");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/x.yaml"), std::string::npos);
+  }
+}
+
+// docs/config.md is generated from the schema; this keeps it true.
+TEST(Config, ReferenceDocIsUpToDate) {
+  std::string path = std::string(SFTGO_SOURCE_DIR) + "/docs/config.md";
+  ASSERT_TRUE(std::filesystem::exists(path)) << path;
+  EXPECT_EQ(read_file(path), config_reference_markdown())
+      << "regenerate with: build/bin/sftgo-train config --reference > docs/config.md";
+}
+
+// Every shipped config must load: a typo in configs/ is caught here, not on a GPU node.
+TEST(Config, ShippedConfigsLoad) {
+  std::string dir = std::string(SFTGO_SOURCE_DIR) + "/configs";
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(e.path().string());
+    EXPECT_NO_THROW(load_config(e.path().string()));
+    std::string first_line = read_file(e.path().string()).substr(0, 64);
+    EXPECT_TRUE(starts_with(first_line, "# Run: ")) << "configs start with the command that runs them";
+    ++n;
+  }
+  EXPECT_GT(n, 0);
+}
+
+}  // namespace
+}  // namespace sftgo
