@@ -1,0 +1,560 @@
+// safetensors reader/writer; see include/sftgo/io/safetensors.h for the format and guarantees.
+#include "sftgo/io/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "sftgo/core/error.h"
+
+namespace sftgo::io {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct DTypeInfo {
+  DType dtype;
+  const char* name;
+  size_t size;
+};
+constexpr std::array<DTypeInfo, 15> kDTypes = {{
+    {DType::kBool, "BOOL", 1}, {DType::kU8, "U8", 1},       {DType::kI8, "I8", 1},
+    {DType::kF8E5M2, "F8_E5M2", 1}, {DType::kF8E4M3, "F8_E4M3", 1}, {DType::kI16, "I16", 2},
+    {DType::kU16, "U16", 2},   {DType::kF16, "F16", 2},     {DType::kBF16, "BF16", 2},
+    {DType::kI32, "I32", 4},   {DType::kU32, "U32", 4},     {DType::kF32, "F32", 4},
+    {DType::kF64, "F64", 8},   {DType::kI64, "I64", 8},     {DType::kU64, "U64", 8},
+}};
+
+const DTypeInfo& info(DType dtype) {
+  for (const auto& i : kDTypes)
+    if (i.dtype == dtype) return i;
+  SFTGO_FAIL(ErrorKind::kInternal, "unknown DType ", static_cast<int>(dtype));
+}
+
+std::string errno_text() { return std::strerror(errno); }
+
+// Strict UTF-8 check (no overlongs, no surrogates, <= U+10FFFF); returns the offset of the first
+// bad byte or npos. The JSON parser also rejects bad UTF-8 inside strings, but this gives a clear
+// message with an offset for any byte of the header.
+size_t first_invalid_utf8(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  size_t n = s.size(), i = 0;
+  while (i < n) {
+    unsigned c = p[i];
+    if (c < 0x80) { ++i; continue; }
+    size_t len;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c == 0xE0) { len = 3; lo = 0xA0; }
+    else if (c >= 0xE1 && c <= 0xEC) len = 3;
+    else if (c == 0xED) { len = 3; hi = 0x9F; }
+    else if (c >= 0xEE && c <= 0xEF) len = 3;
+    else if (c == 0xF0) { len = 4; lo = 0x90; }
+    else if (c >= 0xF1 && c <= 0xF3) len = 4;
+    else if (c == 0xF4) { len = 4; hi = 0x8F; }
+    else return i;
+    if (i + len > n) return i;
+    if (p[i + 1] < lo || p[i + 1] > hi) return i;
+    for (size_t k = 2; k < len; ++k)
+      if (p[i + k] < 0x80 || p[i + k] > 0xBF) return i;
+    i += len;
+  }
+  return std::string_view::npos;
+}
+
+uint64_t read_u64_le(const std::byte* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// numel with overflow detection (a hostile header can claim 2^40 x 2^40 elements).
+std::optional<uint64_t> checked_numel(const std::vector<int64_t>& shape) {
+  uint64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return std::nullopt;
+    if (d != 0 && n > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d)) return std::nullopt;
+    n *= static_cast<uint64_t>(d);
+  }
+  return n;
+}
+
+// Parses with duplicate-key detection: nlohmann silently keeps the last duplicate, the spec's
+// reference implementation rejects them, and a duplicate could hide a tensor from one reader.
+json parse_json_no_duplicates(std::string_view text, const std::string& label) {
+  std::vector<std::set<std::string>> keys;
+  std::string duplicate;
+  json::parser_callback_t cb = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start: keys.emplace_back(); break;
+      case json::parse_event_t::object_end: if (!keys.empty()) keys.pop_back(); break;
+      case json::parse_event_t::key:
+        if (!keys.empty() && !keys.back().insert(parsed.get<std::string>()).second && duplicate.empty())
+          duplicate = parsed.get<std::string>();
+        break;
+      default: break;
+    }
+    return true;
+  };
+  json j;
+  try {
+    j = json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/true, /*ignore_comments=*/false);
+  } catch (const json::exception& e) {
+    SFTGO_FAIL(ErrorKind::kFormat, label, ": header is not valid JSON: ", e.what());
+  }
+  SFTGO_CHECK(duplicate.empty(), ErrorKind::kFormat, label, ": header has duplicate key '", duplicate, "'");
+  return j;
+}
+
+// Writes all of [data, data+n) to fd, retrying short writes.
+void write_all(int fd, const void* data, size_t n, const std::string& path) {
+  const auto* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t{1} << 30));
+    if (w < 0 && errno == EINTR) continue;
+    SFTGO_CHECK(w > 0, ErrorKind::kIo, path, ": write failed: ", errno_text());
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+void fsync_dir(const fs::path& dir) {
+  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    ::fsync(fd);  // best effort: some filesystems refuse fsync on directories
+    ::close(fd);
+  }
+}
+
+std::string tmp_suffix() { return ".tmp-" + std::to_string(::getpid()); }
+
+// Writes one safetensors file to exactly `path` (no rename), fsync'ed.
+void write_file_direct(const std::string& path, const std::vector<TensorSource>& tensors, const Metadata& metadata) {
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  std::set<std::string> names;
+  for (const auto& t : tensors) {
+    SFTGO_CHECK(t.name != "__metadata__" && !t.name.empty(), ErrorKind::kFormat, path, ": invalid tensor name '",
+                t.name, "'");
+    SFTGO_CHECK(names.insert(t.name).second, ErrorKind::kFormat, path, ": duplicate tensor '", t.name, "'");
+    uint64_t n = t.nbytes();
+    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
+    offset += n;
+  }
+  std::string text = header.dump();
+  // Pad with spaces so the data section starts 8-byte aligned (as the reference writer does).
+  text.append((8 - (8 + text.size()) % 8) % 8, ' ');
+
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  SFTGO_CHECK(fd >= 0, ErrorKind::kIo, path, ": cannot create: ", errno_text());
+  try {
+    std::array<unsigned char, 8> len{};
+    uint64_t n = text.size();
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
+    write_all(fd, len.data(), len.size(), path);
+    write_all(fd, text.data(), text.size(), path);
+    for (const auto& t : tensors) {
+      uint64_t nb = t.nbytes();
+      if (nb == 0) continue;
+      SFTGO_CHECK(static_cast<bool>(t.bytes), ErrorKind::kInternal, path, ": tensor '", t.name, "' has no data");
+      std::shared_ptr<const std::byte> bytes = t.bytes();
+      SFTGO_CHECK(bytes != nullptr, ErrorKind::kInternal, path, ": tensor '", t.name, "' returned no data");
+      write_all(fd, bytes.get(), nb, path + " (tensor '" + t.name + "')");
+    }
+    SFTGO_CHECK(::fsync(fd) == 0, ErrorKind::kIo, path, ": fsync failed: ", errno_text());
+  } catch (...) {
+    ::close(fd);
+    ::unlink(path.c_str());
+    throw;
+  }
+  SFTGO_CHECK(::close(fd) == 0, ErrorKind::kIo, path, ": close failed: ", errno_text());
+}
+
+std::string shard_name(const std::string& base, size_t k, size_t n) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "-%05zu-of-%05zu.safetensors", k, n);
+  return base + buf;
+}
+
+void write_text_file(const fs::path& path, const std::string& contents) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  SFTGO_CHECK(fd >= 0, ErrorKind::kIo, path.string(), ": cannot create: ", errno_text());
+  try {
+    write_all(fd, contents.data(), contents.size(), path.string());
+    SFTGO_CHECK(::fsync(fd) == 0, ErrorKind::kIo, path.string(), ": fsync failed: ", errno_text());
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+}
+
+}  // namespace
+
+size_t dtype_size(DType dtype) { return info(dtype).size; }
+const char* dtype_name(DType dtype) { return info(dtype).name; }
+std::optional<DType> parse_dtype(std::string_view name) {
+  for (const auto& i : kDTypes)
+    if (name == i.name) return i.dtype;
+  return std::nullopt;
+}
+
+int64_t TensorEntry::numel() const { return static_cast<int64_t>(checked_numel(shape).value_or(0)); }
+int64_t TensorView::numel() const { return static_cast<int64_t>(checked_numel(shape).value_or(0)); }
+
+ParsedHeader parse_safetensors(std::span<const std::byte> bytes, const std::string& label) {
+  const uint64_t size = bytes.size();
+  SFTGO_CHECK_HINT(size >= 8, ErrorKind::kFormat, "the file is truncated or not a safetensors file", label,
+                   ": file has ", size, " bytes, fewer than the 8-byte header length");
+  const uint64_t n = read_u64_le(bytes.data());
+  SFTGO_CHECK(n <= kMaxHeaderBytes, ErrorKind::kFormat, label, ": header length ", n, " exceeds the limit of ",
+              kMaxHeaderBytes, " bytes");
+  SFTGO_CHECK_HINT(n <= size - 8, ErrorKind::kFormat, "the file is truncated or not a safetensors file", label,
+                   ": header length ", n, " is beyond the file size ", size, " - 8");
+  SFTGO_CHECK(n >= 2, ErrorKind::kFormat, label, ": header of ", n, " bytes is too short for a JSON object");
+  std::string_view text(reinterpret_cast<const char*>(bytes.data() + 8), n);
+  SFTGO_CHECK(text.front() == '{', ErrorKind::kFormat, label, ": header does not start with '{'");
+  size_t bad = first_invalid_utf8(text);
+  SFTGO_CHECK(bad == std::string_view::npos, ErrorKind::kFormat, label, ": header is not valid UTF-8 (byte ", bad,
+              " of the header)");
+  json j = parse_json_no_duplicates(text, label);
+  SFTGO_CHECK(j.is_object(), ErrorKind::kFormat, label, ": header is not a JSON object");
+
+  ParsedHeader out;
+  out.data_start = 8 + n;
+  const uint64_t data_size = size - out.data_start;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& name = it.key();
+    const json& v = it.value();
+    if (name == "__metadata__") {
+      SFTGO_CHECK(v.is_object(), ErrorKind::kFormat, label, ": __metadata__ is not an object");
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        SFTGO_CHECK(m.value().is_string(), ErrorKind::kFormat, label, ": __metadata__ value for '", m.key(),
+                    "' is not a string");
+        out.metadata[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    SFTGO_CHECK(v.is_object(), ErrorKind::kFormat, label, ": tensor '", name, "': entry is not an object");
+    TensorEntry e;
+    e.name = name;
+    auto d = v.find("dtype");
+    SFTGO_CHECK(d != v.end() && d->is_string(), ErrorKind::kFormat, label, ": tensor '", name,
+                "': missing or non-string dtype");
+    auto dt = parse_dtype(d->get<std::string>());
+    SFTGO_CHECK(dt.has_value(), ErrorKind::kFormat, label, ": tensor '", name, "': unknown dtype '",
+                d->get<std::string>(), "'");
+    e.dtype = *dt;
+    auto s = v.find("shape");
+    SFTGO_CHECK(s != v.end() && s->is_array(), ErrorKind::kFormat, label, ": tensor '", name,
+                "': missing or non-array shape");
+    for (const auto& dim : *s) {
+      SFTGO_CHECK(dim.is_number_unsigned(), ErrorKind::kFormat, label, ": tensor '", name,
+                  "': shape entries must be non-negative integers");
+      uint64_t dv = dim.get<uint64_t>();
+      SFTGO_CHECK(dv <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), ErrorKind::kFormat, label,
+                  ": tensor '", name, "': shape entry too large");
+      e.shape.push_back(static_cast<int64_t>(dv));
+    }
+    auto o = v.find("data_offsets");
+    SFTGO_CHECK(o != v.end() && o->is_array() && o->size() == 2 && (*o)[0].is_number_unsigned() &&
+                    (*o)[1].is_number_unsigned(),
+                ErrorKind::kFormat, label, ": tensor '", name,
+                "': data_offsets must be an array of two non-negative integers");
+    e.begin = (*o)[0].get<uint64_t>();
+    e.end = (*o)[1].get<uint64_t>();
+    SFTGO_CHECK(e.begin <= e.end, ErrorKind::kFormat, label, ": tensor '", name, "': data_offsets [", e.begin, ", ",
+                e.end, "] are reversed");
+    SFTGO_CHECK(e.end <= data_size, ErrorKind::kFormat, label, ": tensor '", name, "': data_offsets [", e.begin, ", ",
+                e.end, "] are beyond the data section of ", data_size, " bytes");
+    auto numel = checked_numel(e.shape);
+    uint64_t esz = dtype_size(e.dtype);
+    SFTGO_CHECK(numel && *numel <= std::numeric_limits<uint64_t>::max() / esz, ErrorKind::kFormat, label,
+                ": tensor '", name, "': shape ", shape_str(e.shape), " overflows");
+    SFTGO_CHECK(*numel * esz == e.nbytes(), ErrorKind::kFormat, label, ": tensor '", name, "': ", dtype_name(e.dtype),
+                " ", shape_str(e.shape), " needs ", *numel * esz, " bytes but data_offsets span ", e.nbytes());
+    out.tensors.push_back(std::move(e));
+  }
+  // No overlaps and no holes: sorted by offset, each tensor must start where the previous ended and
+  // the last must end at the end of the file (the spec forbids unindexed bytes).
+  std::sort(out.tensors.begin(), out.tensors.end(), [](const TensorEntry& a, const TensorEntry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t cursor = 0;
+  for (const auto& e : out.tensors) {
+    SFTGO_CHECK(e.begin >= cursor, ErrorKind::kFormat, label, ": tensor '", e.name, "': data_offsets [", e.begin,
+                ", ", e.end, "] overlap the previous tensor (which ends at ", cursor, ")");
+    SFTGO_CHECK(e.begin == cursor, ErrorKind::kFormat, label, ": tensor '", e.name, "': hole of ", e.begin - cursor,
+                " unindexed bytes before it (the spec forbids holes)");
+    cursor = e.end;
+  }
+  SFTGO_CHECK(cursor == data_size, ErrorKind::kFormat, label, ": data section has ", data_size,
+              " bytes but the tensors cover ", cursor, " (trailing unindexed bytes or truncated file)");
+  return out;
+}
+
+// ---- SafetensorsFile -------------------------------------------------------------------------
+
+std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  SFTGO_CHECK_HINT(fd >= 0, ErrorKind::kIo, "check the model path", path, ": cannot open: ", errno_text());
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    SFTGO_FAIL(ErrorKind::kIo, path, ": cannot stat: ", errno_text());
+  }
+  std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
+  f->path_ = path;
+  f->map_size_ = static_cast<size_t>(st.st_size);
+  if (f->map_size_ > 0) {
+    void* p = ::mmap(nullptr, f->map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    SFTGO_CHECK(p != MAP_FAILED, ErrorKind::kIo, path, ": mmap failed: ", errno_text());
+    f->map_ = p;
+  } else {
+    ::close(fd);
+  }
+  auto* base = static_cast<const std::byte*>(f->map_);
+  ParsedHeader h = parse_safetensors({base, f->map_size_}, path);
+  f->metadata_ = std::move(h.metadata);
+  f->views_.reserve(h.tensors.size());
+  for (auto& e : h.tensors) {
+    TensorView v;
+    v.name = std::move(e.name);
+    v.dtype = e.dtype;
+    v.shape = std::move(e.shape);
+    v.data = base + h.data_start + e.begin;
+    v.nbytes = e.end - e.begin;
+    v.file = path;
+    f->views_.push_back(std::move(v));
+  }
+  return f;
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (map_) ::munmap(map_, map_size_);
+}
+
+const TensorView* SafetensorsFile::find(std::string_view name) const {
+  for (const auto& v : views_)
+    if (v.name == name) return &v;
+  return nullptr;
+}
+
+void SafetensorsFile::release_pages() const {
+  if (map_) ::madvise(map_, map_size_, MADV_DONTNEED);
+}
+
+// ---- SafetensorsCheckpoint ---------------------------------------------------------------------
+
+SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::string& path) {
+  fs::path p(path);
+  std::error_code ec;
+  fs::path index_path;
+  fs::path single_path;
+  if (fs::is_directory(p, ec)) {
+    if (fs::exists(p / "model.safetensors.index.json", ec)) index_path = p / "model.safetensors.index.json";
+    else if (fs::exists(p / "model.safetensors", ec)) single_path = p / "model.safetensors";
+    else
+      SFTGO_FAIL_HINT(ErrorKind::kIo, "expected a Hugging Face model directory", path,
+                      ": has neither model.safetensors.index.json nor model.safetensors");
+  } else if (p.string().ends_with(".json")) {
+    index_path = p;
+  } else {
+    single_path = p;
+  }
+
+  SafetensorsCheckpoint ck;
+  if (!single_path.empty()) {
+    ck.files_.push_back(SafetensorsFile::open(single_path.string()));
+  } else {
+    const std::string label = index_path.string();
+    std::string text;
+    {
+      int fd = ::open(index_path.c_str(), O_RDONLY | O_CLOEXEC);
+      SFTGO_CHECK(fd >= 0, ErrorKind::kIo, label, ": cannot open: ", errno_text());
+      char buf[65536];
+      for (;;) {
+        ssize_t r = ::read(fd, buf, sizeof(buf));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        text.append(buf, static_cast<size_t>(r));
+      }
+      ::close(fd);
+    }
+    json j;
+    try {
+      j = json::parse(text);
+    } catch (const json::exception& e) {
+      SFTGO_FAIL(ErrorKind::kFormat, label, ": not valid JSON: ", e.what());
+    }
+    SFTGO_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), ErrorKind::kFormat, label,
+                ": missing \"weight_map\" object");
+    // Shards in first-appearance order of the weight map, each opened once.
+    std::vector<std::string> shard_names;
+    std::map<std::string, std::set<std::string>> expected;  // shard -> tensors the index puts there
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      SFTGO_CHECK(it.value().is_string(), ErrorKind::kFormat, label, ": tensor '", it.key(),
+                  "': weight_map value is not a file name");
+      std::string shard = it.value().get<std::string>();
+      SFTGO_CHECK(shard.find('/') == std::string::npos && shard != ".." && !shard.empty(), ErrorKind::kFormat, label,
+                  ": tensor '", it.key(), "': shard name '", shard, "' must be a plain file name");
+      if (!expected.count(shard)) shard_names.push_back(shard);
+      expected[shard].insert(it.key());
+    }
+    std::sort(shard_names.begin(), shard_names.end());
+    for (const auto& shard : shard_names) {
+      auto f = SafetensorsFile::open((index_path.parent_path() / shard).string());
+      auto& want = expected[shard];
+      for (const auto& v : f->tensors())
+        SFTGO_CHECK(want.count(v.name), ErrorKind::kFormat, f->path(), ": tensor '", v.name,
+                    "' is in the shard but the index does not list it there (", label, ")");
+      for (const auto& name : want)
+        SFTGO_CHECK(f->find(name) != nullptr, ErrorKind::kFormat, label, ": tensor '", name, "' is listed in shard ",
+                    shard, " but that file does not contain it");
+      ck.files_.push_back(std::move(f));
+    }
+  }
+  for (const auto& f : ck.files_)
+    for (const auto& v : f->tensors())
+      SFTGO_CHECK(ck.index_.emplace(v.name, &v).second, ErrorKind::kFormat, f->path(), ": tensor '", v.name,
+                  "' appears in more than one shard");
+  return ck;
+}
+
+std::vector<const TensorView*> SafetensorsCheckpoint::tensors() const {
+  std::vector<const TensorView*> out;
+  for (const auto& f : files_)
+    for (const auto& v : f->tensors()) out.push_back(&v);
+  return out;
+}
+
+const TensorView* SafetensorsCheckpoint::find(std::string_view name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : it->second;
+}
+
+const Metadata& SafetensorsCheckpoint::metadata() const {
+  static const Metadata kEmpty;
+  return files_.empty() ? kEmpty : files_.front()->metadata();
+}
+
+// ---- Writing -----------------------------------------------------------------------------------
+
+uint64_t TensorSource::nbytes() const {
+  auto n = checked_numel(shape);
+  SFTGO_CHECK(n.has_value(), ErrorKind::kFormat, "tensor '", name, "': invalid shape ", shape_str(shape));
+  return *n * dtype_size(dtype);
+}
+
+TensorSource TensorSource::borrow(std::string name, DType dtype, std::vector<int64_t> shape, const void* data) {
+  TensorSource t{std::move(name), dtype, std::move(shape), {}};
+  auto* p = static_cast<const std::byte*>(data);
+  t.bytes = [p] { return std::shared_ptr<const std::byte>(std::shared_ptr<const std::byte>(), p); };
+  return t;
+}
+
+void write_safetensors(const std::string& path, const std::vector<TensorSource>& tensors, const Metadata& metadata) {
+  const std::string tmp = path + tmp_suffix();
+  write_file_direct(tmp, tensors, metadata);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    SFTGO_FAIL(ErrorKind::kIo, path, ": rename from ", tmp, " failed: ", std::strerror(err));
+  }
+  fsync_dir(fs::path(path).parent_path());
+}
+
+std::vector<std::string> write_sharded_safetensors(const std::string& dir, const std::vector<TensorSource>& tensors,
+                                                   const ShardedWriteOptions& options,
+                                                   const std::map<std::string, std::string>& extra_files) {
+  SFTGO_CHECK(options.max_shard_bytes > 0, ErrorKind::kUsage, "max_shard_bytes must be positive");
+  fs::path target = fs::path(dir);
+  if (target.filename().empty()) target = target.parent_path();  // "out/" -> "out"
+  const fs::path parent = target.parent_path().empty() ? fs::path(".") : target.parent_path();
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  const fs::path tmp = fs::path(target.string() + tmp_suffix());
+  fs::remove_all(tmp, ec);
+  SFTGO_CHECK(fs::create_directory(tmp, ec), ErrorKind::kIo, tmp.string(), ": cannot create directory: ",
+              ec.message());
+
+  // Greedy packing in order, as HF's split does; an oversized tensor goes alone into its shard.
+  std::vector<std::vector<size_t>> shards;
+  uint64_t cur = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    uint64_t nb = tensors[i].nbytes();
+    if (shards.empty() || (cur + nb > options.max_shard_bytes && cur > 0)) {
+      shards.emplace_back();
+      cur = 0;
+    }
+    shards.back().push_back(i);
+    cur += nb;
+  }
+  if (shards.empty()) shards.emplace_back();
+
+  std::vector<std::string> names;
+  try {
+    uint64_t total = 0;
+    json weight_map = json::object();
+    for (size_t k = 0; k < shards.size(); ++k) {
+      std::string name = shards.size() == 1 ? options.base_name + ".safetensors"
+                                            : shard_name(options.base_name, k + 1, shards.size());
+      std::vector<TensorSource> part;
+      for (size_t i : shards[k]) {
+        part.push_back(tensors[i]);
+        total += tensors[i].nbytes();
+        weight_map[tensors[i].name] = name;
+      }
+      write_file_direct((tmp / name).string(), part, options.metadata);
+      names.push_back(name);
+    }
+    if (shards.size() > 1) {
+      json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+      write_text_file(tmp / (options.base_name + ".safetensors.index.json"), index.dump(2) + "\n");
+    }
+    for (const auto& [name, contents] : extra_files) write_text_file(tmp / name, contents);
+    fsync_dir(tmp);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  // Swap into place: rename(2) cannot replace a non-empty directory, so the old one is moved aside
+  // first; between the two renames a crash leaves <dir>.old-<pid> holding the previous checkpoint.
+  const fs::path old = fs::path(target.string() + ".old-" + std::to_string(::getpid()));
+  bool had_old = fs::exists(target, ec);
+  if (had_old) {
+    fs::remove_all(old, ec);
+    fs::rename(target, old, ec);
+    SFTGO_CHECK(!ec, ErrorKind::kIo, target.string(), ": cannot move the previous checkpoint aside: ", ec.message());
+  }
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    std::error_code ec2;
+    if (had_old) fs::rename(old, target, ec2);
+    SFTGO_FAIL(ErrorKind::kIo, target.string(), ": cannot rename ", tmp.string(), " into place: ", ec.message());
+  }
+  fsync_dir(parent);
+  if (had_old) fs::remove_all(old, ec);
+  return names;
+}
+
+}  // namespace sftgo::io
