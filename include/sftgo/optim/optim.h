@@ -1,0 +1,60 @@
+// AdamW with decay / no-decay parameter groups, the warmup + decay learning-rate schedule, and
+// global-norm gradient clipping.
+#pragma once
+
+#include <torch/optim/adamw.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace sftgo::optim {
+
+enum class LrDecay { kCosine, kLinear, kConstant };
+LrDecay parse_lr_decay(const std::string& name);  // "cosine" | "linear" | "constant"
+
+struct LrSchedule {
+  double peak_lr = 1e-5;
+  int64_t warmup_steps = 0;
+  int64_t total_steps = 1;
+  LrDecay decay = LrDecay::kCosine;
+  double min_lr_ratio = 0.0;  // the rate decays to peak_lr * min_lr_ratio at total_steps
+};
+
+// Learning rate for optimizer step `step` (0-based: the rate used by the step-th update).
+// Identical to Hugging Face's get_{cosine,linear,constant}_schedule_with_warmup (so runs compare
+// with HF-trained baselines): warmup rises linearly from 0 at step 0, then decays to
+// peak * min_lr_ratio at total_steps.
+double lr_at(const LrSchedule& schedule, int64_t step);
+
+// warmup_steps >= 0 wins; otherwise ceil(ratio * total_steps).
+int64_t resolve_warmup_steps(int64_t warmup_steps, double warmup_ratio, int64_t total_steps);
+
+struct AdamWOptions {
+  double lr = 1e-5;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+};
+
+using NamedParameters = std::vector<std::pair<std::string, torch::Tensor>>;
+
+// Norm weights, biases and other 1-D tensors get no weight decay (standard for Llama fine-tuning).
+bool decays(const std::string& name, const torch::Tensor& param);
+
+// Group 0 decays, group 1 does not; parameters that do not require grad are left out.
+std::unique_ptr<torch::optim::AdamW> make_adamw(const NamedParameters& params, const AdamWOptions& options);
+
+// Sets the learning rate of every group.
+void set_lr(torch::optim::Optimizer& optimizer, double lr);
+
+// Clips the global L2 norm of the gradients to max_norm (0 = no clipping) and returns the norm
+// before clipping. A non-finite norm is returned as is and the gradients are left untouched, so
+// the caller can skip the step.
+double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+
+}  // namespace sftgo::optim
