@@ -43,6 +43,7 @@ std::vector<Field> fields_of(Config& c) {
   add("model.num_layers", c.model.num_layers, "Override the preset's layer count (-1 keeps it)").at_least(-1);
   add("model.num_heads", c.model.num_heads, "Override the preset's attention heads (-1 keeps it)").at_least(-1);
   add("model.num_kv_heads", c.model.num_kv_heads, "Override the preset's key/value heads (-1 keeps it)").at_least(-1);
+  add("model.vocab_size", c.model.vocab_size, "Override the preset's vocabulary size (-1 keeps it)").at_least(-1);
   add("model.init_std", c.model.init_std, "Std of the normal init for random weights").above(0);
 
   add("data.path", c.data.path, "Training data file (JSONL, or a JSON array for Alpaca)");

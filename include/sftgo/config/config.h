@@ -32,6 +32,7 @@ struct ModelConfig {
   int64_t num_layers = -1;
   int64_t num_heads = -1;
   int64_t num_kv_heads = -1;
+  int64_t vocab_size = -1;  // e.g. a small vocabulary for the shipped demo tokenizer
   double init_std = 0.02;
 };
 

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs everything sftgo needs on a fresh Debian 12 machine and builds it. Idempotent: a second
+# run only rebuilds what changed. Usage: scripts/setup.sh [--no-build]
+#   SFTGO_BUILD_DIR  build directory (default: build)
+#   SFTGO_CUDA       AUTO (default: CUDA kernels when nvcc exists), ON or OFF
+#   SFTGO_JOBS       parallel build jobs (default: nproc)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BUILD_DIR=${SFTGO_BUILD_DIR:-build}
+JOBS=${SFTGO_JOBS:-$(nproc)}
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+# 1. Debian packages (compilers, CMake and the C++ libraries).
+APT_PACKAGES=(build-essential cmake ninja-build pkg-config ccache git python3 python3-venv python3-pip
+  libsentencepiece-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libyaml-cpp-dev
+  libpcre2-dev libgtest-dev libgmock-dev libopenmpi-dev openmpi-bin)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  log "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# 2. Python venv inside the repo (ignored by git) with the pinned torch wheel and the references.
+PY=${SFTGO_PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$PY" -m venv .venv
+fi
+REQ_HASH=$(sha256sum scripts/requirements.txt | cut -c1-16)
+if [ "$(cat .venv/.sftgo-requirements 2>/dev/null)" != "$REQ_HASH" ]; then
+  log "installing Python requirements (torch 2.11.0 is large: the first run takes a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r scripts/requirements.txt
+  echo "$REQ_HASH" > .venv/.sftgo-requirements
+fi
+
+[ "${1:-}" = "--no-build" ] && exit 0
+
+# 3. Configure and build (Release, Ninja, ccache when present).
+TORCH_PREFIX=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)
+if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+  log "configuring $BUILD_DIR"
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DSFTGO_CUDA="${SFTGO_CUDA:-AUTO}" \
+    -DPython3_EXECUTABLE="$ROOT/.venv/bin/python" > "$BUILD_DIR.configure.log" 2>&1 ||
+    { cat "$BUILD_DIR.configure.log"; exit 1; }
+fi
+log "building in $BUILD_DIR with $JOBS jobs"
+cmake --build "$BUILD_DIR" -j "$JOBS"
+log "done: $BUILD_DIR/bin/sftgo-train"
