@@ -1,0 +1,35 @@
+// On-disk cache of a static grouping function's output (scores + per-sequence masks).
+// Format (little-endian): header {magic "SFTGOGRP", u32 version, u32 reserved, u64 key, u64 examples,
+// u64 tokens, u64 payload hash}, payload {per example: u32 length}, {all groups, u8 per token},
+// {all scores, f32 per token}. Written atomically; anything that fails validation is recomputed.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sftgo/data/example.h"
+#include "sftgo/grouping/grouping.h"
+
+namespace sftgo::grouping {
+
+inline constexpr uint32_t kGroupingCacheVersion = 1;
+
+// 64-bit hash of bytes (FNV-1a over 8-byte words + a final mix); stable across platforms.
+uint64_t hash64(const void* data, size_t size, uint64_t seed = 0x9e3779b97f4a7c15ULL);
+// Fingerprint of the examples' ids and labels, used when the caller gives none.
+uint64_t examples_fingerprint(const std::vector<data::TokenizedExample>& examples);
+// Hash of (dataset fingerprint, function name, params, k, cache version).
+uint64_t grouping_cache_key(const std::string& dataset_fingerprint, const std::string& function_name,
+                            const std::string& params, double k_percent);
+// <cache_dir>/groups-<function>-<key hex>.bin
+std::string grouping_cache_path(const std::string& cache_dir, const std::string& function_name, uint64_t key);
+
+void save_grouping_cache(const std::string& path, uint64_t key, const GroupingOutput& out);
+// nullopt with a warning saying why (missing is silent) when the file is unusable or does not match
+// the examples' lengths.
+std::optional<GroupingOutput> load_grouping_cache(const std::string& path, uint64_t key,
+                                                  const std::vector<data::TokenizedExample>& examples);
+
+}  // namespace sftgo::grouping

@@ -1,0 +1,128 @@
+// Grouping functions: split each sequence's trained (response) tokens into the top-k% most important
+// (group 1) and the rest (group 0) for the SFT-GO loss. No LibTorch in this header.
+//
+// Tie rule (everywhere): a higher score ranks first; equal scores rank the earlier position first
+// (in batch selection: the earlier sequence, then the earlier position). NaN ranks below everything.
+// Count rule: a sequence with n trained tokens gets ceil(k% * n) important tokens (so any k > 0 marks
+// at least one token of a non-empty sequence); untrained tokens are always group 0.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "sftgo/data/example.h"
+
+namespace sftgo {
+class Tokenizer;
+}
+
+namespace sftgo::grouping {
+
+inline constexpr uint8_t kGroupOther = 0;
+inline constexpr uint8_t kGroupImportant = 1;
+// Key of the per-token importance in TokenizedExample::scores when apply_grouping keeps scores
+// (needed for selection=batch, where the mask depends on the batch composition).
+inline constexpr const char* kScoreKey = "grouping";
+// Key under which the data/model modules deliver the reference model's per-token losses (Rho-1).
+inline constexpr const char* kRefLossKey = "ref_loss";
+
+// Plain options; the app maps GroupingConfig (+ data cache settings) onto this.
+struct GroupingOptions {
+  std::string function = "tfidf";      // a registered name: none | random | frequency | tfidf | llmlingua2 | rho1
+  double top_k_percent = 30.0;         // the paper's eta, in [0, 100]
+  std::string selection = "sequence";  // sequence | batch
+  uint64_t seed = 0;                   // `random`
+  bool tfidf_sublinear_tf = false;     // tf -> 1 + ln(tf)
+  bool tfidf_smooth_idf = true;        // idf = ln((1+n)/(1+df)) + 1, else ln(n/df) + 1
+  bool tfidf_l2_norm = true;           // l2-normalise each document's tf-idf vector (sklearn's default)
+  std::string llmlingua2_model;        // directory written by scripts/export_llmlingua2.py
+  std::string llmlingua2_aggregation = "max";  // max | mean | first: words -> Llama token
+  int64_t llmlingua2_window = 512;     // classifier window in XLM-R pieces (incl. <s> and </s>)
+  std::string cache_dir;               // "" = no on-disk cache
+  std::string dataset_fingerprint;     // from the data module's cache key; "" = hash the examples
+  int num_threads = 0;                 // 0 = std::thread::hardware_concurrency()
+};
+
+// What a function needs before it can score; the trainer uses this to decide what to load.
+struct Requirements {
+  bool corpus_statistics = false;   // fit() must see the whole training set
+  bool reference_model = false;     // a second (frozen) model scores tokens (LLMLingua-2, Rho-1)
+  bool current_model_loss = false;  // needs the training model's per-token loss: selected per step
+  bool tokenizer = false;           // needs the Llama tokenizer (text spans)
+};
+
+class GroupingFunction {
+ public:
+  virtual ~GroupingFunction();
+  virtual std::string name() const = 0;
+  virtual Requirements requirements() const = 0;
+  // Static functions depend only on the data and parameters: masks are computed once and cached.
+  virtual bool is_static() const { return !requirements().current_model_loss; }
+  // Canonical "key=value;..." of every parameter that changes the scores (part of the cache key).
+  virtual std::string params() const = 0;
+  // Corpus statistics (called once, before score()); default: nothing to learn.
+  virtual void fit(const std::vector<data::TokenizedExample>& corpus) {}
+  // Per-token importance, ex.ids.size() long; only trained positions are meaningful (others 0).
+  // Must be thread-safe after fit().
+  virtual std::vector<float> score(const data::TokenizedExample& ex) const = 0;
+  // The group mask of one sequence from its score() output; default: select_top_k.
+  virtual std::vector<uint8_t> groups(const data::TokenizedExample& ex, std::span<const float> scores,
+                                      double k_percent) const;
+};
+
+// 1 where labels[t] != kIgnoreLabel.
+std::vector<uint8_t> trained_mask(const data::TokenizedExample& ex);
+// ceil(k_percent/100 * n_trained) (with a 1e-9 tolerance so 30% of 10 is 3), clamped to [0, n].
+int64_t num_important(int64_t n_trained, double k_percent);
+// The tie-ruled top-k% mask of one sequence: 1 for the chosen trained positions, 0 elsewhere.
+std::vector<uint8_t> select_top_k(std::span<const float> scores, std::span<const uint8_t> trained_mask,
+                                  double k_percent);
+// Batch selection: one top-k% over all trained tokens of the batch (ties: earlier sequence first).
+std::vector<std::vector<uint8_t>> select_top_k_batch(const std::vector<std::span<const float>>& scores,
+                                                     const std::vector<std::span<const uint8_t>>& trained,
+                                                     double k_percent);
+
+// ---- Registry -------------------------------------------------------------------------------------
+// `tok` may be null; functions whose requirements().tokenizer is set throw kUsage without it.
+using GroupingFactory =
+    std::function<std::unique_ptr<GroupingFunction>(const GroupingOptions& opts, const Tokenizer* tok)>;
+
+// Runtime registration (plugins, tests); built-ins are listed in src/grouping/registry.cpp.
+// Throws kInternal when the name is taken.
+void register_grouping_function(const std::string& name, GroupingFactory factory);
+std::vector<std::string> grouping_function_names();  // sorted
+// Throws sftgo::Error(kConfig) naming the registered functions and the closest one.
+std::unique_ptr<GroupingFunction> make_grouping_function(const GroupingOptions& opts,
+                                                         const Tokenizer* tok = nullptr);
+
+// ---- Whole-dataset pipeline -------------------------------------------------------------------------
+struct GroupingOutput {
+  std::vector<std::vector<uint8_t>> groups;  // per example, ids.size() long (top-k per sequence)
+  std::vector<std::vector<float>> scores;    // per example, ids.size() long
+  bool from_cache = false;
+  std::string cache_path;  // "" when not cached
+  double seconds = 0;      // fit + score + select (or load)
+};
+
+// Fits, scores and selects every example of a static function, in parallel, through the on-disk
+// cache when opts.cache_dir is set. Throws kConfig for non-static functions (rho1: see rho1.h).
+GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& examples, const GroupingOptions& opts,
+                              const Tokenizer* tok = nullptr);
+// compute_groups, then fills ex.groups (and ex.scores[kScoreKey] when keep_scores).
+GroupingOutput apply_grouping(std::vector<data::TokenizedExample>& examples, const GroupingOptions& opts,
+                              const Tokenizer* tok = nullptr, bool keep_scores = false);
+
+struct GroupShare {
+  int64_t trained_tokens = 0;
+  int64_t important_tokens = 0;
+  double overall = 0;            // important / trained over the dataset
+  double mean_per_sequence = 0;  // mean of per-sequence shares over sequences with trained tokens
+};
+GroupShare group_share(const std::vector<data::TokenizedExample>& examples,
+                       const std::vector<std::vector<uint8_t>>& groups);
+
+}  // namespace sftgo::grouping

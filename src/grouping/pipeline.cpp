@@ -1,0 +1,149 @@
+// Whole-dataset grouping: fit once, score and select in parallel, through the on-disk cache.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "sftgo/core/error.h"
+#include "sftgo/core/log.h"
+#include "sftgo/grouping/cache.h"
+#include "sftgo/grouping/grouping.h"
+
+namespace sftgo::grouping {
+namespace {
+
+// Runs body(i) for i in [0, n) on `threads` workers pulling small chunks (example lengths vary a lot).
+template <typename Body>
+void parallel_for(size_t n, int threads, Body body) {
+  const size_t workers = std::clamp<size_t>(static_cast<size_t>(threads), 1, std::max<size_t>(n, 1));
+  if (workers <= 1) {
+    for (size_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+  constexpr size_t kChunk = 64;
+  std::atomic<size_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mu;
+  auto work = [&] {
+    try {
+      for (size_t begin; (begin = next.fetch_add(kChunk)) < n;)
+        for (size_t i = begin; i < std::min(n, begin + kChunk); ++i) body(i);
+    } catch (...) {
+      std::lock_guard lock(error_mu);
+      if (!error) error = std::current_exception();
+      next = n;  // stop the others early
+    }
+  };
+  std::vector<std::thread> pool;
+  for (size_t w = 1; w < workers; ++w) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+int resolve_threads(int requested) {
+  if (requested > 0) return requested;
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+}  // namespace
+
+GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& examples, const GroupingOptions& opts,
+                              const Tokenizer* tok) {
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  for (const auto& ex : examples)
+    SFTGO_CHECK(ex.labels.size() == ex.ids.size(), ErrorKind::kInternal, "example ", ex.index, ": ",
+                ex.labels.size(), " labels for ", ex.ids.size(), " ids");
+  (void)num_important(0, opts.top_k_percent);  // validates k before any work
+  auto fn = make_grouping_function(opts, tok);
+  SFTGO_CHECK_HINT(fn->is_static(), ErrorKind::kConfig,
+                   "its groups are chosen at every step from the model's losses (grouping/rho1.h)",
+                   "grouping function '", fn->name(), "' cannot be precomputed for the dataset");
+
+  std::string cache_path;
+  uint64_t key = 0;
+  if (!opts.cache_dir.empty()) {
+    const std::string fingerprint = opts.dataset_fingerprint.empty()
+                                        ? fmt::format("content:{:016x}", examples_fingerprint(examples))
+                                        : opts.dataset_fingerprint;
+    key = grouping_cache_key(fingerprint, fn->name(), fn->params(), opts.top_k_percent);
+    cache_path = grouping_cache_path(opts.cache_dir, fn->name(), key);
+    if (auto cached = load_grouping_cache(cache_path, key, examples)) {
+      cached->from_cache = true;
+      cached->cache_path = cache_path;
+      cached->seconds = elapsed();
+      log_info("grouping: {} groups loaded from {} ({:.2f} s)", fn->name(), cache_path, cached->seconds);
+      return std::move(*cached);
+    }
+  }
+
+  GroupingOutput out;
+  if (fn->requirements().corpus_statistics) fn->fit(examples);
+  out.groups.resize(examples.size());
+  out.scores.resize(examples.size());
+  parallel_for(examples.size(), resolve_threads(opts.num_threads), [&](size_t i) {
+    const auto& ex = examples[i];
+    out.scores[i] = fn->score(ex);
+    SFTGO_CHECK(out.scores[i].size() == ex.ids.size(), ErrorKind::kInternal, "grouping function '", fn->name(),
+                "' returned ", out.scores[i].size(), " scores for ", ex.ids.size(), " tokens");
+    out.groups[i] = fn->groups(ex, out.scores[i], opts.top_k_percent);
+  });
+  out.seconds = elapsed();
+  if (!cache_path.empty()) {
+    try {
+      std::filesystem::create_directories(opts.cache_dir);
+      save_grouping_cache(cache_path, key, out);
+      out.cache_path = cache_path;
+    } catch (const std::exception& e) {
+      // A read-only or full cache dir must not stop training; the groups are in memory.
+      log_warn("grouping: could not write cache {}: {}", cache_path, e.what());
+    }
+  }
+  log_info("grouping: {} groups for {} examples computed in {:.2f} s", fn->name(), examples.size(), out.seconds);
+  return out;
+}
+
+GroupingOutput apply_grouping(std::vector<data::TokenizedExample>& examples, const GroupingOptions& opts,
+                              const Tokenizer* tok, bool keep_scores) {
+  auto out = compute_groups(examples, opts, tok);
+  for (size_t i = 0; i < examples.size(); ++i) {
+    examples[i].groups = out.groups[i];
+    if (keep_scores) examples[i].scores[kScoreKey] = out.scores[i];
+  }
+  return out;
+}
+
+GroupShare group_share(const std::vector<data::TokenizedExample>& examples,
+                       const std::vector<std::vector<uint8_t>>& groups) {
+  SFTGO_CHECK(groups.size() == examples.size(), ErrorKind::kInternal, "group_share: ", groups.size(),
+              " masks for ", examples.size(), " examples");
+  GroupShare s;
+  double sum_share = 0;
+  int64_t sequences = 0;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const auto& ex = examples[i];
+    int64_t trained = 0, important = 0;
+    for (size_t t = 0; t < ex.labels.size(); ++t) {
+      if (ex.labels[t] == data::kIgnoreLabel) continue;
+      ++trained;
+      important += t < groups[i].size() && groups[i][t] == kGroupImportant;
+    }
+    s.trained_tokens += trained;
+    s.important_tokens += important;
+    if (trained > 0) {
+      sum_share += static_cast<double>(important) / static_cast<double>(trained);
+      ++sequences;
+    }
+  }
+  s.overall = s.trained_tokens > 0 ? static_cast<double>(s.important_tokens) / static_cast<double>(s.trained_tokens) : 0;
+  s.mean_per_sequence = sequences > 0 ? sum_share / static_cast<double>(sequences) : 0;
+  return s;
+}
+
+}  // namespace sftgo::grouping
