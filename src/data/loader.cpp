@@ -1,0 +1,72 @@
+// DataLoader: sampler order -> micro-batch -> collated tensors.
+#include "sftgo/data/loader.h"
+
+#include <algorithm>
+
+#include "sftgo/core/error.h"
+
+namespace sftgo::data {
+
+LoaderOptions loader_options(const DataOptions& opts, int32_t pad_id, int rank, int world_size) {
+  LoaderOptions o;
+  o.micro_batch_size = opts.micro_batch_size;
+  o.micro_batch_tokens = opts.micro_batch_tokens;
+  o.packing = opts.packing;
+  o.max_seq_len = opts.max_seq_len;
+  o.pad_id = pad_id;
+  o.seed = opts.seed;
+  o.rank = rank;
+  o.world_size = world_size;
+  return o;
+}
+
+DataLoader::DataLoader(const PreparedDataset& ds, LoaderOptions opts)
+    : ds_(ds),
+      opts_(opts),
+      sampler_(static_cast<int64_t>(ds.examples.size()), opts.seed, opts.rank, opts.world_size, opts.shuffle, opts.tail) {
+  SFTGO_CHECK(opts.micro_batch_size > 0, ErrorKind::kConfig, "micro batch size must be positive, got ",
+              opts.micro_batch_size);
+  SFTGO_CHECK_HINT(sampler_.per_rank() > 0, ErrorKind::kData, "use a larger dataset or fewer ranks",
+                   "no examples for rank ", opts.rank, " of ", opts.world_size, " (", ds.examples.size(),
+                   " examples)");
+}
+
+Batch DataLoader::next() {
+  // Peek at the rest of the epoch, decide how many examples this batch takes, then consume exactly those.
+  SamplerState s = sampler_.state();
+  if (s.index >= sampler_.per_rank()) s = {s.epoch + 1, 0};
+  const std::vector<int64_t> order = sampler_.epoch_order(s.epoch);
+  const auto len = [&](size_t k) { return static_cast<int64_t>(ds_.examples[static_cast<size_t>(order[k])].ids.size()); };
+  size_t end = static_cast<size_t>(s.index);
+  if (opts_.packing) {
+    int64_t rows = 1, used = 0;
+    while (end < order.size()) {
+      const int64_t n = len(end);
+      if (used + n > opts_.max_seq_len) {
+        if (rows == opts_.micro_batch_size) break;
+        ++rows;
+        used = 0;
+      }
+      used += n;
+      ++end;
+    }
+  } else if (opts_.micro_batch_tokens > 0) {
+    int64_t longest = 0, count = 0;
+    while (end < order.size()) {
+      const int64_t l = std::max(longest, len(end));
+      if (count > 0 && l * (count + 1) > opts_.micro_batch_tokens) break;
+      longest = l;
+      ++count;
+      ++end;
+    }
+  } else {
+    end = std::min(order.size(), end + static_cast<size_t>(opts_.micro_batch_size));
+  }
+  sampler_.set_state(s);
+  const std::vector<int64_t> picked = sampler_.next(static_cast<int64_t>(end) - s.index);
+  std::vector<const TokenizedExample*> exs;
+  for (int64_t i : picked) exs.push_back(&ds_.examples[static_cast<size_t>(i)]);
+  return opts_.packing ? collate_packed(exs, opts_.max_seq_len, opts_.pad_id) : collate_padded(exs, opts_.pad_id);
+}
+
+}  // namespace sftgo::data
