@@ -57,19 +57,23 @@ int run_data_cli(const DataOptions& opts, const Tokenizer& tok, int dump_n, std:
   out << "data: " << opts.path << " (format " << ds.data_format << ", template "
       << template_kind_name(opts.template_kind) << ", max_seq_len " << opts.max_seq_len << ", truncation "
       << truncation_name(opts.truncation) << ")\n";
-  out << "  prepared in " << std::fixed << std::setprecision(2) << secs << " s"
+  out << "  prepared in " << std::fixed << std::setprecision(3) << secs << " s"
       << (ds.from_cache ? " (from cache " + ds.cache_path + ")" : ds.cache_path.empty() ? "" : " (cached to " + ds.cache_path + ")")
       << "\n";
-  out << "  records:            " << s.records << "\n"
-      << "  bad records skipped:" << " " << s.bad_records << "\n"
-      << "  examples:           " << s.examples << "\n"
-      << "  tokens:             " << s.tokens << "\n"
-      << "  trained tokens:     " << s.trained_tokens << " (" << std::setprecision(1)
-      << (s.tokens ? 100.0 * static_cast<double>(s.trained_tokens) / static_cast<double>(s.tokens) : 0.0) << "%)\n"
-      << "  truncated:          " << s.truncated << "\n"
-      << "  dropped (too long): " << s.dropped_too_long << "\n"
-      << "  dropped (no trained tokens left): " << s.dropped_no_trained << "\n"
-      << "  longest example:    " << s.max_len << "\n";
+  const auto row = [&](const char* label, int64_t value) {
+    out << "  " << std::left << std::setw(34) << label << std::right << value << "\n";
+  };
+  row("records:", s.records);
+  row("bad records skipped:", s.bad_records);
+  row("examples:", s.examples);
+  row("tokens:", s.tokens);
+  row("trained tokens:", s.trained_tokens);
+  out << "  " << std::left << std::setw(34) << "trained fraction:" << std::right << std::setprecision(1)
+      << (s.tokens ? 100.0 * static_cast<double>(s.trained_tokens) / static_cast<double>(s.tokens) : 0.0) << "%\n";
+  row("truncated:", s.truncated);
+  row("dropped (too long):", s.dropped_too_long);
+  row("dropped (no trained tokens left):", s.dropped_no_trained);
+  row("longest example:", s.max_len);
   print_histogram(ds.lengths(), opts.max_seq_len, out);
 
   const bool colour = is_terminal(out);
