@@ -1,0 +1,337 @@
+// bench_loss: time and peak memory of the fused SFT-GO loss vs the materialised reference vs plain
+// unfused CE (matmul + at::cross_entropy), forward + backward, side by side in one run.
+//
+//   bench_loss [--device cpu|cuda] [--sizes T,H,V;T,H,V...] [--iters N] [--threads N] [--dtype f32|bf16]
+//
+// Results are validated before timing (fused vs reference gradients, fused ce vs at::cross_entropy)
+// and the run aborts on a mismatch. CPU: every variant runs in its own forked child, so its peak RSS
+// (VmHWM after resetting it through /proc/self/clear_refs) is not polluted by the others; glibc is
+// told to mmap every allocation >= 1 MiB so freed tensors leave the RSS. CUDA: one process, the
+// caching allocator's peak stats reset around each variant.
+#include <malloc.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#ifdef SFTGO_BENCH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+#include "sftgo/core/timer.h"
+#include "sftgo/loss/group_loss.h"
+
+namespace {
+
+using sftgo::loss::FusedLossOptions;
+using sftgo::loss::Objective;
+
+struct Size {
+  int64_t t, h, v;
+};
+
+struct Config {
+  std::string device = "cpu";
+  std::vector<Size> sizes;
+  int iters = 2;  // the first is a warm-up unless iters == 1
+  int threads = 2;
+  at::ScalarType dtype = at::kFloat;
+};
+
+struct Inputs {
+  at::Tensor hidden;  // [T, H]
+  at::Tensor weight;  // [V, H]
+  at::Tensor labels;  // [T]
+  at::Tensor groups;  // [T] int8
+};
+
+Inputs make_inputs(const Size& s, const Config& cfg, uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  Inputs in;
+  in.hidden = at::randn({s.t, s.h}, gen, at::kFloat);
+  in.weight = at::randn({s.v, s.h}, gen, at::kFloat) * (2.0 / std::sqrt(static_cast<double>(s.h)));
+  in.labels = at::randint(0, s.v, {s.t}, gen, at::kLong);
+  in.labels.masked_fill_(at::rand({s.t}, gen) < 0.1, -100);  // ~10% ignored, like a short prompt
+  in.groups = (at::rand({s.t}, gen) < 0.4).to(at::kChar);
+  const at::Device dev = cfg.device == "cuda" ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  in.hidden = in.hidden.to(dev, cfg.dtype);
+  in.weight = in.weight.to(dev, cfg.dtype);
+  in.labels = in.labels.to(dev);
+  in.groups = in.groups.to(dev);
+  return in;
+}
+
+enum class Variant { kFusedSftGo, kFusedCe, kReference, kUnfusedCe };
+constexpr Variant kVariants[] = {Variant::kUnfusedCe, Variant::kReference, Variant::kFusedSftGo, Variant::kFusedCe};
+
+const char* variant_name(Variant v) {
+  switch (v) {
+    case Variant::kFusedSftGo: return "fused sftgo";
+    case Variant::kFusedCe: return "fused ce";
+    case Variant::kReference: return "reference sftgo";
+    case Variant::kUnfusedCe: return "unfused CE";
+  }
+  return "?";
+}
+
+// One forward of a variant on leaves that require grad.
+at::Tensor forward(Variant v, const at::Tensor& hidden, const at::Tensor& weight, const Inputs& in) {
+  FusedLossOptions o;
+  o.lambda = 0.5;
+  switch (v) {
+    case Variant::kFusedSftGo:
+      return sftgo::loss::fused_group_loss(hidden, weight, in.labels, in.groups, o);
+    case Variant::kFusedCe:
+      o.objective = Objective::kCe;
+      return sftgo::loss::fused_group_loss(hidden, weight, in.labels, at::Tensor(), o);
+    case Variant::kReference:
+      return sftgo::loss::reference_group_loss(hidden, weight, in.labels, in.groups, o);
+    case Variant::kUnfusedCe:
+      // What a plain PyTorch trainer does: logits in the model dtype, then CE (fp32 inside).
+      return at::cross_entropy_loss(at::matmul(hidden, weight.t()), in.labels, {}, at::Reduction::Mean, -100);
+  }
+  return {};
+}
+
+void sync(const Config& cfg) {
+  if (cfg.device == "cuda") torch::cuda::synchronize();
+}
+
+// ---- memory probes ----
+int64_t proc_status_kb(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const size_t n = std::strlen(key);
+  while (std::getline(f, line)) {
+    if (line.compare(0, n, key) == 0) return std::stoll(line.substr(n + 1));
+  }
+  return -1;
+}
+
+void reset_peak(const Config& cfg) {
+#ifdef SFTGO_BENCH_CUDA
+  if (cfg.device == "cuda") {
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+    return;
+  }
+#endif
+  std::ofstream("/proc/self/clear_refs") << "5";  // VmHWM := VmRSS
+}
+
+int64_t current_bytes(const Config& cfg) {
+#ifdef SFTGO_BENCH_CUDA
+  if (cfg.device == "cuda") {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+    return stats.allocated_bytes[0].current;  // index 0 = aggregate pool
+  }
+#endif
+  return proc_status_kb("VmRSS:") * 1024;
+}
+
+int64_t peak_bytes(const Config& cfg) {
+#ifdef SFTGO_BENCH_CUDA
+  if (cfg.device == "cuda") return c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak;
+#endif
+  return proc_status_kb("VmHWM:") * 1024;
+}
+
+struct Measurement {
+  double fwd_ms = 0, bwd_ms = 0, peak_extra = 0, loss = 0;
+};
+
+Measurement measure(Variant v, const Size& s, const Config& cfg) {
+  const Inputs in = make_inputs(s, cfg, 1234);
+  at::Tensor hidden = in.hidden.clone().requires_grad_(true);
+  at::Tensor weight = in.weight.clone().requires_grad_(true);
+  Measurement m;
+  for (int it = 0; it < cfg.iters; ++it) {
+    hidden.mutable_grad().reset();
+    weight.mutable_grad().reset();
+    sync(cfg);
+    reset_peak(cfg);
+    const int64_t base = current_bytes(cfg);
+    sftgo::Timer timer;
+    at::Tensor loss = forward(v, hidden, weight, in);
+    sync(cfg);
+    m.fwd_ms = timer.millis();
+    timer.reset();
+    loss.backward();
+    sync(cfg);
+    m.bwd_ms = timer.millis();
+    m.loss = loss.item<double>();
+    loss = at::Tensor();
+    m.peak_extra = static_cast<double>(peak_bytes(cfg) - base);
+  }
+  return m;
+}
+
+// Runs fn in a forked child (CPU) and returns what it wrote; in-process on CUDA.
+template <typename T>
+bool run_isolated(const Config& cfg, const std::function<T()>& fn, T* out) {
+  if (cfg.device == "cuda") {
+    *out = fn();
+    return true;
+  }
+  int fds[2];
+  if (pipe(fds) != 0) return false;
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);  // freed tensors return to the OS: RSS tracks live memory
+    mallopt(M_TRIM_THRESHOLD, 1 << 20);
+    at::set_num_threads(cfg.threads);
+    int rc = 0;
+    try {
+      const T r = fn();
+      if (write(fds[1], &r, sizeof(T)) != static_cast<ssize_t>(sizeof(T))) rc = 3;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "child failed: %s\n", e.what());
+      rc = 2;
+    }
+    close(fds[1]);
+    std::fflush(stdout);
+    _exit(rc);
+  }
+  close(fds[1]);
+  T r{};
+  const bool got = read(fds[0], &r, sizeof(T)) == static_cast<ssize_t>(sizeof(T));
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  *out = r;
+  return got && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+struct Validation {
+  double rel_dh = 0, rel_dw = 0, rel_loss = 0, rel_ce = 0;
+};
+
+double rel_error(const at::Tensor& a, const at::Tensor& b) {
+  const double denom = b.abs().max().item<double>();
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / std::max(denom, 1e-30);
+}
+
+// Fused vs reference gradients, and fused ce vs at::cross_entropy, on the first min(T, 128) tokens.
+Validation validate(const Size& s, const Config& cfg) {
+  const Size small{std::min<int64_t>(s.t, 128), s.h, s.v};
+  const Inputs in = make_inputs(small, cfg, 99);
+  auto grads = [&](Variant v) {
+    at::Tensor hidden = in.hidden.clone().requires_grad_(true);
+    at::Tensor weight = in.weight.clone().requires_grad_(true);
+    at::Tensor loss = forward(v, hidden, weight, in);
+    loss.backward();
+    return std::make_tuple(loss.item<double>(), hidden.grad(), weight.grad());
+  };
+  const auto [l_f, dh_f, dw_f] = grads(Variant::kFusedSftGo);
+  const auto [l_r, dh_r, dw_r] = grads(Variant::kReference);
+  const auto [l_c, dh_c, dw_c] = grads(Variant::kFusedCe);
+  const auto [l_u, dh_u, dw_u] = grads(Variant::kUnfusedCe);
+  Validation val;
+  val.rel_dh = rel_error(dh_f, dh_r);
+  val.rel_dw = rel_error(dw_f, dw_r);
+  val.rel_loss = std::abs(l_f - l_r) / std::abs(l_r);
+  val.rel_ce = std::max(std::abs(l_c - l_u) / std::abs(l_u), rel_error(dw_c, dw_u));
+  return val;
+}
+
+std::vector<Size> parse_sizes(const std::string& text) {
+  std::vector<Size> sizes;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ';')) {
+    Size s{};
+    if (std::sscanf(item.c_str(), "%ld,%ld,%ld", &s.t, &s.h, &s.v) == 3) sizes.push_back(s);
+  }
+  return sizes;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg;
+  std::string sizes;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], val = argv[i + 1];
+    if (k == "--device") cfg.device = val;
+    else if (k == "--sizes") sizes = val;
+    else if (k == "--iters") cfg.iters = std::max(1, std::stoi(val));
+    else if (k == "--threads") cfg.threads = std::stoi(val);
+    else if (k == "--dtype") cfg.dtype = val == "bf16" ? at::kBFloat16 : at::kFloat;
+    else {
+      std::fprintf(stderr, "unknown option %s\n", k.c_str());
+      return 2;
+    }
+  }
+  if (cfg.device == "cuda") {
+#ifndef SFTGO_BENCH_CUDA
+    std::fprintf(stderr, "this build has no CUDA support\n");
+    return 2;
+#else
+    if (!torch::cuda::is_available()) {
+      std::fprintf(stderr, "no CUDA device\n");
+      return 2;
+    }
+#endif
+  }
+  if (sizes.empty()) {
+    sizes = cfg.device == "cuda" ? "4096,4096,128256;8192,4096,128256;16384,4096,128256;8192,3072,128256"
+                                 : "256,1024,128256;512,2048,128256;1024,2048,128256";
+  }
+  cfg.sizes = parse_sizes(sizes);
+  if (cfg.device == "cuda") at::set_num_threads(cfg.threads);
+  const double elt = cfg.dtype == at::kFloat ? 4.0 : 2.0;
+  std::printf("bench_loss: device=%s dtype=%s threads=%d iters=%d (times from the last iteration)\n",
+              cfg.device.c_str(), cfg.dtype == at::kFloat ? "fp32" : "bf16", cfg.threads, cfg.iters);
+  int failures = 0;
+  for (const Size& s : cfg.sizes) {
+    Validation val;
+    const bool ok = run_isolated<Validation>(cfg, [&] { return validate(s, cfg); }, &val);
+    const double logits_mib = static_cast<double>(s.t) * s.v * 4.0 / (1 << 20);
+    // Gradient outputs every variant allocates: d hidden [T, H] and d weight [V, H].
+    const double grads_mib = (static_cast<double>(s.t) + s.v) * s.h * elt / (1 << 20);
+    std::printf("\nT=%ld H=%ld V=%ld   fp32 logits = %.0f MiB, gradient outputs = %.0f MiB\n", s.t, s.h, s.v,
+                logits_mib, grads_mib);
+    std::printf("  validation (T=%ld): fused vs reference rel(dh)=%.1e rel(dW)=%.1e rel(loss)=%.1e; "
+                "fused ce vs at::cross_entropy %.1e\n", std::min<int64_t>(s.t, 128), val.rel_dh, val.rel_dw,
+                val.rel_loss, val.rel_ce);
+    const double tol = cfg.dtype == at::kFloat ? 1e-4 : 5e-2;
+    if (!ok || !(val.rel_dh <= tol && val.rel_dw <= tol && val.rel_loss <= tol && val.rel_ce <= tol)) {
+      std::printf("  VALIDATION FAILED: skipping timing for this size\n");
+      ++failures;
+      continue;
+    }
+    std::printf("  %-16s %10s %10s %10s %9s %12s %12s %10s\n", "variant", "fwd ms", "bwd ms", "total ms",
+                "vs unfused", "peak MiB", "extra MiB", "extra/lgt");
+    double unfused_ms = 0;
+    for (Variant v : kVariants) {
+      Measurement m;
+      if (!run_isolated<Measurement>(cfg, [&] { return measure(v, s, cfg); }, &m)) {
+        std::printf("  %-16s failed\n", variant_name(v));
+        ++failures;
+        continue;
+      }
+      const double total = m.fwd_ms + m.bwd_ms;
+      if (v == Variant::kUnfusedCe) unfused_ms = total;
+      const double peak_mib = m.peak_extra / (1 << 20);
+      const double extra_mib = peak_mib - grads_mib;  // beyond the gradients all variants must return
+      std::printf("  %-16s %10.1f %10.1f %10.1f %8.2fx %12.0f %12.0f %9.1f%%\n", variant_name(v), m.fwd_ms, m.bwd_ms,
+                  total, unfused_ms > 0 ? total / unfused_ms : 0.0, peak_mib, extra_mib,
+                  100.0 * extra_mib / logits_mib);
+      std::fflush(stdout);
+    }
+  }
+  return failures == 0 ? 0 : 1;
+}

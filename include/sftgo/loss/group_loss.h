@@ -1,0 +1,130 @@
+// SFT-GO group-optimised loss: per-token CE split into an important (g=1) and an unimportant (g=0)
+// group, L = lambda * max(L_imp, L_unimp) + (1 - lambda) * L_CE (see docs/loss.md).
+//
+// The loss is written as a weighted sum of per-token CE, L = sum_i w_i * l_i with
+//   w_i = coef_all + coef_group[g_i],
+// where the coefficients come from group statistics (sums and counts) that may cover only this
+// forward (scope "microbatch") or the whole optimizer step across micro-batches and ranks ("step").
+// The trainer owns the statistics plumbing through FusedLossOptions::weights_hook.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+namespace sftgo::loss {
+
+enum class Objective {
+  kSftGo,  // lambda * max(group means) + (1 - lambda) * mean CE
+  kCe,     // plain SFT: mean CE over trained tokens (lambda ignored, no group bookkeeping)
+  kRho1,   // mean CE over important tokens only (Rho-1 style selective training)
+};
+
+enum class StatsScope { kMicrobatch, kStep };
+
+// Parses "sftgo" | "ce" | "rho1" and "microbatch" | "step"; throws sftgo::Error(kConfig) otherwise.
+Objective parse_objective(const std::string& name);
+const char* objective_name(Objective objective);
+StatsScope parse_stats_scope(const std::string& name);
+const char* stats_scope_name(StatsScope scope);
+
+// lambda schedules (pure). Linear decay is paper Eq. 5: lambda_t = max - (max - min) * t / T,
+// with t clamped to [0, T]; T <= 0 yields lambda_max.
+double lambda_static(double lambda);
+double lambda_linear_decay(double lambda_max, double lambda_min, int64_t step, int64_t total_steps);
+
+// Sufficient statistics of the per-token CE of trained tokens, per group (0 = unimportant,
+// 1 = important). Sums are double and counts int64 so they can be summed over micro-batches and
+// all-reduced across ranks without loss; for kCe only the totals matter (see fused loss).
+struct GroupStats {
+  double loss_sum[2] = {0.0, 0.0};
+  int64_t count[2] = {0, 0};
+
+  double total_loss() const { return loss_sum[0] + loss_sum[1]; }
+  int64_t total_count() const { return count[0] + count[1]; }
+  GroupStats& operator+=(const GroupStats& other);
+};
+
+// Per-token gradient coefficients: w_i = coef_all + coef_group[g_i]. worst is the group whose mean
+// enters the max (-1 when it does not apply: objective ce/rho1 or no tokens).
+struct LossWeights {
+  double coef_all = 0.0;
+  double coef_group[2] = {0.0, 0.0};
+  int worst = -1;
+};
+
+// What the trainer logs. Means of empty groups are reported as 0 with their count 0.
+struct LossMetrics {
+  double loss = 0.0;         // the objective value sum_i w_i * l_i under the given stats
+  double loss_ce = 0.0;      // mean CE over all trained tokens
+  double loss_imp = 0.0;     // mean CE over important tokens
+  double loss_unimp = 0.0;   // mean CE over unimportant tokens
+  int worst = -1;            // see LossWeights::worst
+  int64_t count_imp = 0;
+  int64_t count_unimp = 0;
+  double lambda = 0.0;
+};
+
+// The SFT-GO rules, in one place:
+//  * sftgo: mean_g = loss_sum[g] / count[g] for non-empty groups. worst = the group with the larger
+//    mean; on an exact tie the important group (1) is worst (deterministic, and it favours the
+//    tokens the method exists for). An empty group takes no part in the max, so with one empty group
+//    the max is the other group's mean; with no tokens at all every coefficient is 0 (L = 0, zero
+//    gradient). coef_all = (1 - lambda) / N, coef_group[worst] = lambda / N_worst.
+//  * ce: coef_all = 1 / N (0 when N = 0).  * rho1: coef_group[1] = 1 / N_imp (0 when N_imp = 0).
+// lambda must lie in [0, 1] (sftgo only); throws sftgo::Error(kConfig) otherwise.
+LossWeights compute_loss_weights(const GroupStats& stats, double lambda, Objective objective);
+// Metrics for given stats and weights (loss = sum of coefficients times sums).
+LossMetrics compute_loss_metrics(const GroupStats& stats, const LossWeights& weights, double lambda);
+
+// Called once per forward with this forward's local stats; returns the weights to apply. A step-scope
+// trainer sums/all-reduces stats here (or returns weights from precomputed step stats).
+using WeightsHook = std::function<LossWeights(const GroupStats& local)>;
+
+struct FusedLossOptions {
+  Objective objective = Objective::kSftGo;
+  double lambda = 0.5;
+  // Empty: weights from this forward's own stats (microbatch scope).
+  WeightsHook weights_hook;
+  // Tokens per logits chunk; 0 = auto (chunk buffer <= ~8% of the fp32 [T, V] logits).
+  int64_t chunk_tokens = 0;
+  // One reduction over the per-token losses; raises sftgo::Error(kNumeric) on NaN/Inf.
+  bool check_numerics = true;
+  int64_t ignore_index = -100;
+};
+
+// Filled by the loss functions when non-null; describes the forward just run.
+struct LossInfo {
+  GroupStats local_stats;  // this forward's stats
+  LossWeights weights;     // the weights applied (from local stats or the hook)
+  LossMetrics metrics;     // local stats under the applied weights (metrics.loss = returned value);
+                           // step-wide metrics: compute_loss_metrics(step_stats, weights, lambda)
+  int64_t chunk_tokens = 0;
+};
+
+// Fused LM head + SFT-GO loss. Returns a 0-dim fp32 tensor sum_i w_i * l_i; backward() yields the
+// SFT-GO gradient for hidden and weight (either may require grad; a tied weight accumulates).
+//   hidden  [T, H] fp32 or bf16 (CPU or CUDA)
+//   weight  [V, H] same dtype and device (the LM head, possibly the tied embedding)
+//   labels  [T] int64, options.ignore_index marks tokens not trained
+//   groups  [T] bool/int8/uint8, non-zero = important; ignored where the label is ignored. May be
+//           undefined for objective ce.
+// The [T, V] logits never exist in full: see docs/loss.md for the two-pass chunked algorithm.
+at::Tensor fused_group_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
+                            const at::Tensor& groups, const FusedLossOptions& options,
+                            LossInfo* info = nullptr);
+
+// Test oracle: plain LibTorch autograd ops on materialised logits (matmul, log_softmax, gather,
+// masked means, max) in compute_dtype (float32, or float64 for a tighter oracle in tests). Same
+// semantics as fused_group_loss; for tests and benchmarks only.
+at::Tensor reference_group_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
+                                const at::Tensor& groups, const FusedLossOptions& options, LossInfo* info,
+                                at::ScalarType compute_dtype);
+at::Tensor reference_group_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
+                                const at::Tensor& groups, const FusedLossOptions& options,
+                                LossInfo* info = nullptr);  // float32
+
+}  // namespace sftgo::loss

@@ -1,0 +1,421 @@
+// Parity of the fused SFT-GO loss against the materialised LibTorch reference (CPU), the weight rules,
+// and the step-scope (1x4 vs 4x1) equivalence.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+
+#include "sftgo/core/error.h"
+#include "test_common.h"
+
+namespace sftgo::loss {
+namespace {
+
+using testing::Inputs;
+using testing::make_inputs;
+using testing::rel_error;
+using testing::Result;
+using testing::run_loss;
+
+// fp32 vs the float64 reference: the fused path's own fp32 rounding (chunked GEMM, blocked
+// logsumexp) at ~1e-7 relative per operation; 1e-5 leaves two orders of margin yet would catch any
+// wrong coefficient (errors there are >= 1e-3 relative).
+constexpr double kFp32Tol = 1e-5;
+
+struct Parity {
+  double loss = 0, grad_hidden = 0, grad_weight = 0;
+};
+
+Parity check_parity(const std::string& name, const Inputs& in, const FusedLossOptions& options, double tol,
+                    Result* fused_out = nullptr) {
+  const Result ref = run_loss(testing::reference_f64, in, options);
+  const Result fused = run_loss(fused_group_loss, in, options);
+  Parity p{rel_error(fused.loss, ref.loss), rel_error(fused.grad_hidden, ref.grad_hidden),
+           rel_error(fused.grad_weight, ref.grad_weight)};
+  if (ref.loss == 0.0) p.loss = std::abs(fused.loss);
+  std::printf("[parity] %-34s loss=%.6f  rel(loss)=%.2e  rel(dh)=%.2e  rel(dW)=%.2e  chunk=%lld\n", name.c_str(),
+              ref.loss, p.loss, p.grad_hidden, p.grad_weight, static_cast<long long>(fused.info.chunk_tokens));
+  EXPECT_LE(p.loss, tol) << name;
+  EXPECT_LE(p.grad_hidden, tol) << name;
+  EXPECT_LE(p.grad_weight, tol) << name;
+  EXPECT_EQ(fused.info.weights.worst, ref.info.weights.worst) << name;
+  EXPECT_EQ(fused.info.local_stats.count[0], ref.info.local_stats.count[0]) << name;
+  EXPECT_EQ(fused.info.local_stats.count[1], ref.info.local_stats.count[1]) << name;
+  if (fused_out != nullptr) *fused_out = fused;
+  return p;
+}
+
+FusedLossOptions opts(Objective objective, double lambda = 0.5, int64_t chunk = 0) {
+  FusedLossOptions o;
+  o.objective = objective;
+  o.lambda = lambda;
+  o.chunk_tokens = chunk;
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight rules (no tensors).
+
+TEST(LossWeights, SftGoPicksLargerMeanAndTieGoesToImportant) {
+  GroupStats s;
+  s.loss_sum[0] = 6.0;  // mean 2
+  s.count[0] = 3;
+  s.loss_sum[1] = 2.0;  // mean 1
+  s.count[1] = 2;
+  LossWeights w = compute_loss_weights(s, 0.25, Objective::kSftGo);
+  EXPECT_EQ(w.worst, 0);
+  EXPECT_DOUBLE_EQ(w.coef_all, 0.75 / 5.0);
+  EXPECT_DOUBLE_EQ(w.coef_group[0], 0.25 / 3.0);
+  EXPECT_DOUBLE_EQ(w.coef_group[1], 0.0);
+  const LossMetrics m = compute_loss_metrics(s, w, 0.25);
+  EXPECT_DOUBLE_EQ(m.loss, 0.25 * 2.0 + 0.75 * 8.0 / 5.0);
+  EXPECT_DOUBLE_EQ(m.loss_imp, 1.0);
+  EXPECT_DOUBLE_EQ(m.loss_unimp, 2.0);
+
+  s.loss_sum[1] = 4.0;  // mean 2: exact tie
+  w = compute_loss_weights(s, 0.25, Objective::kSftGo);
+  EXPECT_EQ(w.worst, 1);
+  EXPECT_DOUBLE_EQ(w.coef_group[1], 0.25 / 2.0);
+}
+
+TEST(LossWeights, EmptyGroupsAndObjectives) {
+  GroupStats s;
+  LossWeights w = compute_loss_weights(s, 0.5, Objective::kSftGo);  // no tokens at all
+  EXPECT_EQ(w.worst, -1);
+  EXPECT_EQ(w.coef_all, 0.0);
+  EXPECT_EQ(w.coef_group[0] + w.coef_group[1], 0.0);
+  s.loss_sum[0] = 1.0;
+  s.count[0] = 4;  // group 1 empty: the max is group 0's mean
+  w = compute_loss_weights(s, 0.5, Objective::kSftGo);
+  EXPECT_EQ(w.worst, 0);
+  EXPECT_DOUBLE_EQ(w.coef_group[0], 0.5 / 4.0);
+  s = GroupStats{};
+  s.loss_sum[1] = 0.0;  // group 0 empty, group 1 mean 0: still the worst
+  s.count[1] = 2;
+  w = compute_loss_weights(s, 1.0, Objective::kSftGo);
+  EXPECT_EQ(w.worst, 1);
+  EXPECT_DOUBLE_EQ(w.coef_all, 0.0);
+  EXPECT_DOUBLE_EQ(w.coef_group[1], 0.5);
+  w = compute_loss_weights(s, 0.7, Objective::kCe);
+  EXPECT_DOUBLE_EQ(w.coef_all, 0.5);
+  EXPECT_EQ(w.worst, -1);
+  s.count[1] = 0;
+  s.count[0] = 3;
+  w = compute_loss_weights(s, 0.7, Objective::kRho1);
+  EXPECT_EQ(w.coef_group[1], 0.0);  // no important tokens: rho1 loss 0
+  EXPECT_EQ(w.coef_all, 0.0);
+  EXPECT_THROW(compute_loss_weights(s, 1.5, Objective::kSftGo), sftgo::Error);
+}
+
+TEST(LossWeights, LambdaSchedulesAndParsing) {
+  EXPECT_DOUBLE_EQ(lambda_static(0.3), 0.3);
+  EXPECT_DOUBLE_EQ(lambda_linear_decay(0.8, 0.2, 0, 100), 0.8);
+  EXPECT_DOUBLE_EQ(lambda_linear_decay(0.8, 0.2, 50, 100), 0.5);
+  EXPECT_DOUBLE_EQ(lambda_linear_decay(0.8, 0.2, 100, 100), 0.2);
+  EXPECT_DOUBLE_EQ(lambda_linear_decay(0.8, 0.2, 500, 100), 0.2);  // clamped past the end
+  EXPECT_DOUBLE_EQ(lambda_linear_decay(0.8, 0.2, 5, 0), 0.8);
+  EXPECT_EQ(parse_objective("rho1"), Objective::kRho1);
+  EXPECT_EQ(parse_stats_scope("step"), StatsScope::kStep);
+  EXPECT_STREQ(objective_name(Objective::kSftGo), "sftgo");
+  try {
+    parse_objective("focal");
+    FAIL() << "expected a config error";
+  } catch (const sftgo::Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+  }
+}
+
+TEST(LossWeights, StatsSumAcrossMicrobatches) {
+  GroupStats a, b;
+  a.loss_sum[0] = 1.5;
+  a.count[0] = 2;
+  b.loss_sum[1] = 2.0;
+  b.count[1] = 1;
+  a += b;
+  EXPECT_DOUBLE_EQ(a.total_loss(), 3.5);
+  EXPECT_EQ(a.total_count(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused vs reference, fp32.
+
+TEST(LossParity, VocabSizesAndObjectives) {
+  struct Size {
+    int64_t t, h, v, chunk;
+  };
+  // 128256 = Llama-3 vocabulary (small T keeps the reference's [T, V] logits cheap). chunk 0 = auto,
+  // the others force several chunks with a ragged tail.
+  const Size sizes[] = {{13, 8, 7, 0}, {37, 16, 1000, 5}, {9, 16, 128256, 4}};
+  uint64_t seed = 1;
+  for (const Size& s : sizes) {
+    for (Objective obj : {Objective::kSftGo, Objective::kCe, Objective::kRho1}) {
+      const Inputs in = make_inputs(s.t, s.h, s.v, seed++);
+      const std::string name = std::string(objective_name(obj)) + " V=" + std::to_string(s.v);
+      check_parity(name, in, opts(obj, 0.6, s.chunk), kFp32Tol);
+    }
+  }
+}
+
+TEST(LossParity, LambdaZeroAndOne) {
+  const Inputs in = make_inputs(40, 16, 300, 11);
+  check_parity("sftgo lambda=0", in, opts(Objective::kSftGo, 0.0, 7), kFp32Tol);
+  check_parity("sftgo lambda=1", in, opts(Objective::kSftGo, 1.0, 7), kFp32Tol);
+  // lambda = 0 is plain CE: same loss and gradients as objective ce.
+  const Result a = run_loss(fused_group_loss, in, opts(Objective::kSftGo, 0.0));
+  const Result b = run_loss(fused_group_loss, in, opts(Objective::kCe));
+  EXPECT_NEAR(a.loss, b.loss, 1e-6 * std::abs(b.loss));
+  EXPECT_LE(rel_error(a.grad_weight, b.grad_weight), kFp32Tol);
+}
+
+TEST(LossParity, EmptyGroups) {
+  Inputs in = make_inputs(30, 16, 500, 21);
+  in.groups.fill_(1);
+  Result fused;
+  check_parity("sftgo all important", in, opts(Objective::kSftGo, 0.7, 8), kFp32Tol, &fused);
+  EXPECT_EQ(fused.info.weights.worst, 1);
+  EXPECT_EQ(fused.info.metrics.count_unimp, 0);
+  in.groups.fill_(0);
+  check_parity("sftgo all unimportant", in, opts(Objective::kSftGo, 0.7, 8), kFp32Tol, &fused);
+  EXPECT_EQ(fused.info.weights.worst, 0);
+  check_parity("rho1 no important", in, opts(Objective::kRho1, 0.5, 8), kFp32Tol, &fused);
+  EXPECT_EQ(fused.loss, 0.0);
+  EXPECT_EQ(fused.grad_weight.abs().max().item<float>(), 0.0f);
+}
+
+TEST(LossParity, IgnoredRowsAndAllIgnoredBatch) {
+  Inputs in = make_inputs(50, 16, 400, 31, /*ignore_p=*/0.7);
+  // Important flags on ignored tokens must not count.
+  in.groups.masked_fill_(in.labels == -100, 1);
+  check_parity("sftgo 70% ignored", in, opts(Objective::kSftGo, 0.5, 6), kFp32Tol);
+  Result fused = run_loss(fused_group_loss, in, opts(Objective::kSftGo));
+  const at::Tensor ignored = (in.labels == -100).nonzero().squeeze(1);
+  EXPECT_EQ(fused.grad_hidden.index_select(0, ignored).abs().max().item<float>(), 0.0f);
+
+  in.labels.fill_(-100);
+  for (Objective obj : {Objective::kSftGo, Objective::kCe, Objective::kRho1}) {
+    fused = run_loss(fused_group_loss, in, opts(obj));
+    const Result ref = run_loss(testing::reference_f64, in, opts(obj));
+    EXPECT_EQ(fused.loss, 0.0);
+    EXPECT_EQ(ref.loss, 0.0);
+    EXPECT_EQ(fused.grad_hidden.abs().max().item<float>(), 0.0f);
+    EXPECT_EQ(fused.grad_weight.abs().max().item<float>(), 0.0f);
+    EXPECT_EQ(fused.info.weights.worst, -1);
+  }
+}
+
+TEST(LossParity, TieGoesToImportantGroup) {
+  // Two tokens with identical hidden state and label, one per group: the group means are bitwise
+  // equal, so the tie rule decides; important (1) must be worst in both implementations.
+  Inputs in = make_inputs(2, 16, 50, 41, 0.0);
+  in.hidden[1].copy_(in.hidden[0]);
+  in.labels[1].copy_(in.labels[0]);
+  in.groups[0] = 0;
+  in.groups[1] = 1;
+  Result fused;
+  check_parity("sftgo tie", in, opts(Objective::kSftGo, 0.5), kFp32Tol, &fused);
+  EXPECT_EQ(fused.info.local_stats.loss_sum[0], fused.info.local_stats.loss_sum[1]);
+  EXPECT_EQ(fused.info.weights.worst, 1);
+  EXPECT_GT(fused.grad_hidden[1].abs().sum().item<float>(), fused.grad_hidden[0].abs().sum().item<float>());
+}
+
+TEST(LossParity, TiedEmbeddingWeight) {
+  // The LM head is the embedding matrix: its gradient = embedding part + LM-head part.
+  const int64_t t = 24, h = 16, v = 300;
+  Inputs in = make_inputs(t, h, v, 51);
+  const at::Tensor ids = at::randint(0, v, {t}, at::make_generator<at::CPUGeneratorImpl>(52), at::kLong);
+  auto run = [&](const testing::LossFn& fn) {
+    at::Tensor emb = in.weight.detach().clone().requires_grad_(true);
+    const at::Tensor hidden = at::tanh(at::embedding(emb, ids)) * 3.0;  // [T, H], depends on emb
+    at::Tensor loss = fn(hidden, emb, in.labels, in.groups, opts(Objective::kSftGo, 0.4, 5), nullptr);
+    loss.backward();
+    return emb.grad().clone();
+  };
+  const at::Tensor g_ref = run(testing::reference_f64);
+  const at::Tensor g_fused = run(fused_group_loss);
+  const double err = rel_error(g_fused, g_ref);
+  std::printf("[parity] %-34s rel(dW)=%.2e\n", "tied embedding", err);
+  EXPECT_LE(err, kFp32Tol);
+}
+
+TEST(LossParity, OnlyOneInputRequiresGrad) {
+  const Inputs in = make_inputs(20, 16, 100, 61);
+  for (int which = 0; which < 2; ++which) {
+    at::Tensor hidden = in.hidden.clone().requires_grad_(which == 0);
+    at::Tensor weight = in.weight.clone().requires_grad_(which == 1);
+    fused_group_loss(hidden, weight, in.labels, in.groups, opts(Objective::kSftGo, 0.5, 3)).backward();
+    EXPECT_EQ(hidden.grad().defined(), which == 0);
+    EXPECT_EQ(weight.grad().defined(), which == 1);
+  }
+  // Under no_grad the forward alone runs (evaluation).
+  torch::NoGradGuard no_grad;
+  const at::Tensor loss = fused_group_loss(in.hidden, in.weight, in.labels, in.groups, opts(Objective::kCe));
+  const at::Tensor ref = reference_group_loss(in.hidden, in.weight, in.labels, in.groups, opts(Objective::kCe));
+  EXPECT_LE(rel_error(loss.item<double>(), ref.item<double>()), kFp32Tol);
+}
+
+TEST(LossParity, GroupDtypes) {
+  Inputs in = make_inputs(20, 16, 100, 71);
+  const Result base = run_loss(fused_group_loss, in, opts(Objective::kSftGo, 0.5));
+  for (at::ScalarType dt : {at::kBool, at::kByte}) {
+    Inputs other = in;
+    other.groups = in.groups.to(dt);
+    const Result r = run_loss(fused_group_loss, other, opts(Objective::kSftGo, 0.5));
+    EXPECT_EQ(r.loss, base.loss);
+    EXPECT_TRUE(at::equal(r.grad_weight, base.grad_weight));
+  }
+}
+
+TEST(LossParity, ExternalStatsThroughHook) {
+  // The hook plays the trainer: adds stats of "other ranks" and fixes the weights from the total.
+  const Inputs in = make_inputs(30, 16, 200, 81);
+  GroupStats others;
+  others.loss_sum[0] = 10.0;
+  others.count[0] = 3;  // mean 3.3: larger than any local mean, so group 0 is worst step-wide
+  others.loss_sum[1] = 40.0;
+  others.count[1] = 20;
+  GroupStats seen;
+  FusedLossOptions o = opts(Objective::kSftGo, 0.8, 4);
+  o.weights_hook = [&](const GroupStats& local) {
+    seen = local;
+    GroupStats total = local;
+    total += others;
+    return compute_loss_weights(total, 0.8, Objective::kSftGo);
+  };
+  Result fused;
+  check_parity("sftgo external stats (hook)", in, o, kFp32Tol, &fused);
+  EXPECT_EQ(seen.count[0] + seen.count[1], (in.labels != -100).sum().item<int64_t>());
+  GroupStats total = seen;
+  total += others;
+  const LossWeights w = compute_loss_weights(total, 0.8, Objective::kSftGo);
+  EXPECT_EQ(fused.info.weights.worst, w.worst);
+  // The returned loss is sum_i w_i * l_i with the external coefficients.
+  const double expected = w.coef_all * seen.total_loss() + w.coef_group[0] * seen.loss_sum[0] +
+                          w.coef_group[1] * seen.loss_sum[1];
+  EXPECT_NEAR(fused.loss, expected, 1e-6 * std::abs(expected));
+}
+
+TEST(LossParity, StepScopeMicrobatchesEqualFullBatch) {
+  // 1 micro-batch of 64 tokens vs 4 micro-batches of 16 with step-scope stats: pass 1 collects each
+  // micro-batch's stats (no_grad forward), their sum fixes the weights, pass 2 applies them to every
+  // micro-batch; summed gradients and losses must equal the full batch's.
+  const Inputs in = make_inputs(64, 16, 500, 91);
+  const FusedLossOptions full_opts = opts(Objective::kSftGo, 0.6, 5);
+  const Result full = run_loss(fused_group_loss, in, full_opts);
+  const Result full_ref = run_loss(testing::reference_f64, in, full_opts);
+
+  auto micro = [&](int k) {
+    Inputs m;
+    m.hidden = in.hidden.narrow(0, 16 * k, 16);
+    m.weight = in.weight;
+    m.labels = in.labels.narrow(0, 16 * k, 16);
+    m.groups = in.groups.narrow(0, 16 * k, 16);
+    return m;
+  };
+  GroupStats step;
+  for (int k = 0; k < 4; ++k) {
+    torch::NoGradGuard no_grad;
+    LossInfo info;
+    const Inputs m = micro(k);
+    fused_group_loss(m.hidden, m.weight, m.labels, m.groups, full_opts, &info);
+    step += info.local_stats;
+  }
+  const LossWeights step_w = compute_loss_weights(step, 0.6, Objective::kSftGo);
+  FusedLossOptions step_opts = full_opts;
+  step_opts.weights_hook = [&](const GroupStats&) { return step_w; };
+
+  at::Tensor weight = in.weight.clone().requires_grad_(true);
+  at::Tensor hidden = in.hidden.clone().requires_grad_(true);
+  double loss_sum = 0.0;
+  for (int k = 0; k < 4; ++k) {
+    const Inputs m = micro(k);
+    at::Tensor loss =
+        fused_group_loss(hidden.narrow(0, 16 * k, 16), weight, m.labels, m.groups, step_opts, nullptr);
+    loss.backward();  // gradients accumulate in .grad like gradient accumulation in the trainer
+    loss_sum += loss.item<double>();
+  }
+  EXPECT_EQ(step.count[0], full.info.local_stats.count[0]);
+  EXPECT_EQ(step.count[1], full.info.local_stats.count[1]);
+  EXPECT_EQ(step_w.worst, full.info.weights.worst);
+  // The stats are exact (double) sums of fp32 token losses, but a token's fp32 loss may differ in the
+  // last bit between the GEMM shapes of a 16-token and a 64-token forward: 1e-8 relative covers that.
+  EXPECT_NEAR(step.total_loss(), full.info.local_stats.total_loss(), 1e-8 * step.total_loss());
+  const double e_loss = rel_error(loss_sum, full.loss);
+  const double e_h = rel_error(hidden.grad(), full.grad_hidden);
+  const double e_w = rel_error(weight.grad(), full.grad_weight);
+  const double e_ref = rel_error(weight.grad(), full_ref.grad_weight);
+  std::printf("[parity] %-34s rel(loss)=%.2e  rel(dh)=%.2e  rel(dW)=%.2e  rel(dW vs ref)=%.2e\n",
+              "step scope 4x16 vs 1x64", e_loss, e_h, e_w, e_ref);
+  // Only fp32 summation order differs (4 partial weight gradients added through .grad).
+  EXPECT_LE(e_loss, 1e-6);
+  EXPECT_LE(e_h, kFp32Tol);
+  EXPECT_LE(e_w, kFp32Tol);
+  EXPECT_LE(e_ref, kFp32Tol);
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16 and checks.
+
+TEST(LossParity, Bf16WithinLooserBound) {
+  // Both sides see the same bf16 inputs; the reference upcasts and computes in fp32/fp64, the fused
+  // path stores the chunk logits and their gradients in bf16 (8-bit mantissa, relative step 2^-8 =
+  // 3.9e-3) and accumulates the weight gradient across chunks in bf16. The loss (fp32 accumulation
+  // of bf16-rounded logits) stays within 1e-2; gradients within 3e-2 of the largest entry.
+  const Inputs in = make_inputs(48, 32, 1000, 101, 0.25, 0.4, at::kBFloat16);
+  check_parity("sftgo bf16", in, opts(Objective::kSftGo, 0.5, 10), 3e-2);
+  const Result ref = run_loss(testing::reference_f64, in, opts(Objective::kSftGo, 0.5));
+  const Result fused = run_loss(fused_group_loss, in, opts(Objective::kSftGo, 0.5, 10));
+  EXPECT_LE(rel_error(fused.loss, ref.loss), 1e-2);
+}
+
+TEST(LossChecks, NonFiniteInputsRaiseNumericError) {
+  Inputs in = make_inputs(10, 8, 50, 111, 0.0);
+  in.hidden[3][2] = std::numeric_limits<float>::quiet_NaN();
+  for (const testing::LossFn& fn : {testing::LossFn(fused_group_loss), testing::LossFn(testing::reference_f64)}) {
+    try {
+      fn(in.hidden, in.weight, in.labels, in.groups, opts(Objective::kSftGo), nullptr);
+      FAIL() << "expected a numeric error";
+    } catch (const sftgo::Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kNumeric);
+      EXPECT_NE(e.message().find("hidden"), std::string::npos) << e.message();
+    }
+  }
+  Inputs w_inf = make_inputs(10, 8, 50, 112, 0.0);
+  w_inf.weight[7][1] = std::numeric_limits<float>::infinity();
+  try {
+    fused_group_loss(w_inf.hidden, w_inf.weight, w_inf.labels, w_inf.groups, opts(Objective::kCe));
+    FAIL() << "expected a numeric error";
+  } catch (const sftgo::Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kNumeric);
+    EXPECT_NE(e.message().find("weight"), std::string::npos) << e.message();
+  }
+  FusedLossOptions off = opts(Objective::kSftGo);
+  off.check_numerics = false;
+  const at::Tensor loss = fused_group_loss(in.hidden, in.weight, in.labels, in.groups, off);
+  EXPECT_TRUE(std::isnan(loss.item<float>()));
+}
+
+TEST(LossChecks, BadShapesAndLabels) {
+  const Inputs in = make_inputs(10, 8, 50, 121);
+  auto expect_kind = [](ErrorKind kind, const std::function<void()>& f) {
+    try {
+      f();
+      ADD_FAILURE() << "expected an error";
+    } catch (const sftgo::Error& e) {
+      EXPECT_EQ(e.kind(), kind) << e.message();
+    }
+  };
+  const FusedLossOptions o = opts(Objective::kSftGo);
+  expect_kind(ErrorKind::kModel, [&] { fused_group_loss(in.hidden, in.weight.narrow(1, 0, 4), in.labels, in.groups, o); });
+  expect_kind(ErrorKind::kModel, [&] { fused_group_loss(in.hidden.to(at::kDouble), in.weight, in.labels, in.groups, o); });
+  expect_kind(ErrorKind::kData, [&] { fused_group_loss(in.hidden, in.weight, in.labels.narrow(0, 0, 5), in.groups, o); });
+  expect_kind(ErrorKind::kData, [&] { fused_group_loss(in.hidden, in.weight, in.labels, at::Tensor(), o); });
+  expect_kind(ErrorKind::kData, [&] { fused_group_loss(in.hidden, in.weight, in.labels, in.groups.to(at::kFloat), o); });
+  at::Tensor bad = in.labels.clone();
+  bad[0] = 50;
+  expect_kind(ErrorKind::kData, [&] { fused_group_loss(in.hidden, in.weight, bad, in.groups, o); });
+  // ce needs no groups.
+  EXPECT_NO_THROW(fused_group_loss(in.hidden, in.weight, in.labels, at::Tensor(), opts(Objective::kCe)));
+}
+
+}  // namespace
+}  // namespace sftgo::loss
