@@ -2,6 +2,7 @@
 #include "sftgo/io/safetensors.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -141,6 +142,16 @@ void fsync_dir(const fs::path& dir) {
     ::fsync(fd);  // best effort: some filesystems refuse fsync on directories
     ::close(fd);
   }
+}
+
+// rm -rf with POSIX calls. std::filesystem::remove_all is avoided on purpose: libtorch.so exports
+// its own (older libstdc++) std::filesystem symbols, which interpose on ours in any binary linking
+// LibTorch, and its remove_all crashes there.
+void remove_tree(const fs::path& p) {
+  ::nftw(
+      p.c_str(),
+      [](const char* path, const struct stat*, int, struct FTW*) { return ::remove(path) == 0 ? 0 : 0; }, 16,
+      FTW_DEPTH | FTW_PHYS);
 }
 
 std::string tmp_suffix() { return ".tmp-" + std::to_string(::getpid()); }
@@ -493,7 +504,7 @@ std::vector<std::string> write_sharded_safetensors(const std::string& dir, const
   std::error_code ec;
   fs::create_directories(parent, ec);
   const fs::path tmp = fs::path(target.string() + tmp_suffix());
-  fs::remove_all(tmp, ec);
+  remove_tree(tmp);
   SFTGO_CHECK(fs::create_directory(tmp, ec), ErrorKind::kIo, tmp.string(), ": cannot create directory: ",
               ec.message());
 
@@ -534,7 +545,7 @@ std::vector<std::string> write_sharded_safetensors(const std::string& dir, const
     for (const auto& [name, contents] : extra_files) write_text_file(tmp / name, contents);
     fsync_dir(tmp);
   } catch (...) {
-    fs::remove_all(tmp, ec);
+    remove_tree(tmp);
     throw;
   }
   // Swap into place: rename(2) cannot replace a non-empty directory, so the old one is moved aside
@@ -542,7 +553,7 @@ std::vector<std::string> write_sharded_safetensors(const std::string& dir, const
   const fs::path old = fs::path(target.string() + ".old-" + std::to_string(::getpid()));
   bool had_old = fs::exists(target, ec);
   if (had_old) {
-    fs::remove_all(old, ec);
+    remove_tree(old);
     fs::rename(target, old, ec);
     SFTGO_CHECK(!ec, ErrorKind::kIo, target.string(), ": cannot move the previous checkpoint aside: ", ec.message());
   }
@@ -553,7 +564,7 @@ std::vector<std::string> write_sharded_safetensors(const std::string& dir, const
     SFTGO_FAIL(ErrorKind::kIo, target.string(), ": cannot rename ", tmp.string(), " into place: ", ec.message());
   }
   fsync_dir(parent);
-  if (had_old) fs::remove_all(old, ec);
+  if (had_old) remove_tree(old);
   return names;
 }
 

@@ -1,0 +1,42 @@
+// Scoring: per-token log-probabilities of sequences under a model (perplexity evaluation).
+// CLI contract wired by the app: `sftgo-train score --model DIR --data FILE.jsonl [--out FILE]`.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+namespace sftgo::model {
+
+class LlamaModelImpl;
+
+struct ScoreCliOptions {
+  std::string model_dir;          // HF directory (config.json + safetensors)
+  std::string dtype = "float32";  // "float32" | "bfloat16"
+  std::string device = "cpu";     // "cpu" | "cuda" | "cuda:N"
+  int64_t max_batch_tokens = 8192;  // padded tokens per forward; sequences are batched by length
+  // Optional text -> ids (the app passes the tokenizer's encode); without it {"text": ...} lines
+  // are an error.
+  std::function<std::vector<int64_t>(const std::string&)> encode;
+};
+
+struct ScoreSummary {
+  int64_t sequences = 0;
+  int64_t scored_tokens = 0;  // sum over sequences of (len - 1)
+  double mean_nll = 0.0;      // per scored token, nats
+  double perplexity = 0.0;    // exp(mean_nll)
+};
+
+// Reads JSONL lines {"ids": [...]} (or {"text": "..."} with options.encode) from `in` and writes,
+// in input order, one line {"ids": [...], "logprobs": [...]} per input to `out`: logprobs[i] is
+// log p(ids[i+1] | ids[0..i]), so it has len-1 entries. Blank lines are skipped. Errors name the
+// line number (sftgo::Error kData). Returns token-weighted mean NLL and perplexity.
+ScoreSummary run_score_cli(const ScoreCliOptions& options, std::istream& in, std::ostream& out);
+
+// Library form: log-probs for each sequence (len-1 each), batched by length under max_batch_tokens.
+std::vector<std::vector<double>> score_logprobs(LlamaModelImpl& model, const std::vector<std::vector<int64_t>>& seqs,
+                                                int64_t max_batch_tokens = 8192);
+
+}  // namespace sftgo::model

@@ -1,0 +1,206 @@
+// LlamaConfig <-> HF config.json; presets with the published Llama 3.x shapes.
+#include "sftgo/model/config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "sftgo/core/error.h"
+
+namespace sftgo::model {
+namespace {
+
+using nlohmann::json;
+
+template <typename T>
+T get_or(const json& j, const char* key, T fallback, const std::string& source) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  try {
+    return it->get<T>();
+  } catch (const json::exception& e) {
+    SFTGO_FAIL(ErrorKind::kConfig, source, ": field '", key, "' has the wrong type: ", e.what());
+  }
+}
+
+int64_t require_int(const json& j, const char* key, const std::string& source) {
+  auto it = j.find(key);
+  SFTGO_CHECK(it != j.end() && it->is_number_integer(), ErrorKind::kConfig, source, ": missing integer field '", key,
+              "'");
+  return it->get<int64_t>();
+}
+
+std::optional<int64_t> opt_int(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number_integer()) return std::nullopt;
+  return it->get<int64_t>();
+}
+
+}  // namespace
+
+LlamaConfig LlamaConfig::from_json(const std::string& text, const std::string& source) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    SFTGO_FAIL(ErrorKind::kConfig, source, ": not valid JSON: ", e.what());
+  }
+  SFTGO_CHECK(j.is_object(), ErrorKind::kConfig, source, ": not a JSON object");
+  std::string model_type = get_or<std::string>(j, "model_type", "llama", source);
+  SFTGO_CHECK_HINT(model_type == "llama", ErrorKind::kConfig, "only Llama-architecture models are supported", source,
+                   ": model_type is '", model_type, "'");
+  SFTGO_CHECK(get_or<std::string>(j, "hidden_act", "silu", source) == "silu", ErrorKind::kConfig, source,
+              ": hidden_act must be silu");
+  SFTGO_CHECK(!get_or<bool>(j, "attention_bias", false, source) && !get_or<bool>(j, "mlp_bias", false, source),
+              ErrorKind::kConfig, source, ": attention_bias/mlp_bias are not supported");
+
+  LlamaConfig c;
+  c.vocab_size = require_int(j, "vocab_size", source);
+  c.hidden_size = require_int(j, "hidden_size", source);
+  c.intermediate_size = require_int(j, "intermediate_size", source);
+  c.num_hidden_layers = require_int(j, "num_hidden_layers", source);
+  c.num_attention_heads = require_int(j, "num_attention_heads", source);
+  c.num_key_value_heads = opt_int(j, "num_key_value_heads").value_or(c.num_attention_heads);
+  SFTGO_CHECK(c.num_attention_heads > 0, ErrorKind::kConfig, source, ": num_attention_heads must be positive");
+  c.head_dim = opt_int(j, "head_dim").value_or(c.hidden_size / c.num_attention_heads);
+  c.rms_norm_eps = get_or<double>(j, "rms_norm_eps", 1e-6, source);  // HF LlamaConfig default
+  c.max_position_embeddings = opt_int(j, "max_position_embeddings").value_or(2048);
+  c.tie_word_embeddings = get_or<bool>(j, "tie_word_embeddings", false, source);
+  c.initializer_range = get_or<double>(j, "initializer_range", 0.02, source);
+  c.bos_token_id = opt_int(j, "bos_token_id");
+  c.pad_token_id = opt_int(j, "pad_token_id");
+  if (auto it = j.find("eos_token_id"); it != j.end()) {
+    if (it->is_number_integer()) c.eos_token_ids = {it->get<int64_t>()};
+    else if (it->is_array())
+      for (const auto& e : *it)
+        if (e.is_number_integer()) c.eos_token_ids.push_back(e.get<int64_t>());
+  }
+
+  // RoPE: transformers 5 nests everything in rope_parameters; 4.x has rope_theta + rope_scaling.
+  json rope = json::object();
+  if (auto it = j.find("rope_parameters"); it != j.end() && it->is_object()) rope = *it;
+  else if (auto it2 = j.find("rope_scaling"); it2 != j.end() && it2->is_object()) rope = *it2;
+  c.rope_theta = get_or<double>(rope, "rope_theta", get_or<double>(j, "rope_theta", 10000.0, source), source);
+  std::string rope_type = get_or<std::string>(rope, "rope_type", get_or<std::string>(rope, "type", "default", source),
+                                              source);
+  if (rope_type == "llama3") {
+    RopeScaling s;
+    s.factor = get_or<double>(rope, "factor", s.factor, source);
+    s.low_freq_factor = get_or<double>(rope, "low_freq_factor", s.low_freq_factor, source);
+    s.high_freq_factor = get_or<double>(rope, "high_freq_factor", s.high_freq_factor, source);
+    s.original_max_position_embeddings = get_or<int64_t>(rope, "original_max_position_embeddings",
+                                                         c.max_position_embeddings, source);
+    c.rope_scaling = s;
+  } else {
+    SFTGO_CHECK_HINT(rope_type == "default", ErrorKind::kConfig, "supported rope types: default, llama3", source,
+                     ": rope type '", rope_type, "' is not supported");
+  }
+  c.validate(source);
+  return c;
+}
+
+LlamaConfig LlamaConfig::from_file(const std::string& path) {
+  std::filesystem::path p(path);
+  if (std::filesystem::is_directory(p)) p /= "config.json";
+  std::ifstream in(p);
+  SFTGO_CHECK_HINT(in.good(), ErrorKind::kIo, "pass a Hugging Face model directory", p.string(), ": cannot open");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return from_json(ss.str(), p.string());
+}
+
+void LlamaConfig::validate(const std::string& source) const {
+  SFTGO_CHECK(vocab_size > 0 && hidden_size > 0 && intermediate_size > 0 && num_hidden_layers > 0 && head_dim > 0,
+              ErrorKind::kConfig, source, ": sizes must be positive");
+  SFTGO_CHECK(num_key_value_heads > 0 && num_attention_heads % num_key_value_heads == 0, ErrorKind::kConfig, source,
+              ": num_attention_heads (", num_attention_heads, ") must be a multiple of num_key_value_heads (",
+              num_key_value_heads, ")");
+  SFTGO_CHECK(head_dim % 2 == 0, ErrorKind::kConfig, source, ": head_dim must be even for RoPE");
+  if (rope_scaling)
+    SFTGO_CHECK(rope_scaling->high_freq_factor != rope_scaling->low_freq_factor && rope_scaling->factor > 0,
+                ErrorKind::kConfig, source, ": bad llama3 rope_scaling factors");
+}
+
+int64_t LlamaConfig::num_parameters() const {
+  int64_t attn = hidden_size * head_dim * (2 * num_attention_heads + 2 * num_key_value_heads);
+  int64_t mlp = 3 * hidden_size * intermediate_size;
+  int64_t block = attn + mlp + 2 * hidden_size;
+  return vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2) + num_hidden_layers * block + hidden_size;
+}
+
+std::string LlamaConfig::to_json(const std::string& dtype) const {
+  json j = {
+      {"architectures", {"LlamaForCausalLM"}},
+      {"model_type", "llama"},
+      {"vocab_size", vocab_size},
+      {"hidden_size", hidden_size},
+      {"intermediate_size", intermediate_size},
+      {"num_hidden_layers", num_hidden_layers},
+      {"num_attention_heads", num_attention_heads},
+      {"num_key_value_heads", num_key_value_heads},
+      {"head_dim", head_dim},
+      {"hidden_act", "silu"},
+      {"rms_norm_eps", rms_norm_eps},
+      {"rope_theta", rope_theta},
+      {"max_position_embeddings", max_position_embeddings},
+      {"tie_word_embeddings", tie_word_embeddings},
+      {"initializer_range", initializer_range},
+      {"attention_bias", false},
+      {"attention_dropout", 0.0},
+      {"mlp_bias", false},
+      {"use_cache", true},
+      {"torch_dtype", dtype},
+  };
+  if (rope_scaling)
+    j["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", rope_scaling->factor},
+                         {"low_freq_factor", rope_scaling->low_freq_factor},
+                         {"high_freq_factor", rope_scaling->high_freq_factor},
+                         {"original_max_position_embeddings", rope_scaling->original_max_position_embeddings}};
+  else
+    j["rope_scaling"] = nullptr;
+  j["bos_token_id"] = bos_token_id ? json(*bos_token_id) : json(nullptr);
+  if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
+  else if (!eos_token_ids.empty()) j["eos_token_id"] = eos_token_ids;
+  if (pad_token_id) j["pad_token_id"] = *pad_token_id;
+  return j.dump(2) + "\n";
+}
+
+std::vector<std::string> LlamaConfig::preset_names() {
+  return {"llama3.2-1b", "llama3.2-3b", "llama3.1-8b", "llama3.1-70b", "tiny"};
+}
+
+LlamaConfig LlamaConfig::preset(const std::string& name) {
+  LlamaConfig c;  // defaults are the shared Llama 3.x values (vocab, theta, eps, kv heads)
+  c.bos_token_id = 128000;
+  c.eos_token_ids = {128001, 128008, 128009};  // <|end_of_text|>, <|eom_id|>, <|eot_id|>
+  c.rope_scaling = RopeScaling{};
+  c.max_position_embeddings = 131072;
+  auto shape = [&](int64_t h, int64_t inter, int64_t layers, int64_t heads, int64_t kv, bool tied, double factor) {
+    c.hidden_size = h;
+    c.intermediate_size = inter;
+    c.num_hidden_layers = layers;
+    c.num_attention_heads = heads;
+    c.num_key_value_heads = kv;
+    c.head_dim = h / heads;
+    c.tie_word_embeddings = tied;
+    c.rope_scaling->factor = factor;
+  };
+  if (name == "llama3.2-1b") shape(2048, 8192, 16, 32, 8, true, 32.0);
+  else if (name == "llama3.2-3b") shape(3072, 8192, 28, 24, 8, true, 32.0);
+  else if (name == "llama3.1-8b") shape(4096, 14336, 32, 32, 8, false, 8.0);
+  else if (name == "llama3.1-70b") shape(8192, 28672, 80, 64, 8, false, 8.0);
+  else if (name == "tiny") {
+    // Real Llama-3 vocabulary (so the real tokenizer works) around a toy trunk; ~8.5M params.
+    shape(64, 256, 2, 4, 2, true, 8.0);
+    c.max_position_embeddings = 2048;
+    c.rope_scaling->original_max_position_embeddings = 256;
+  } else {
+    SFTGO_FAIL_HINT(ErrorKind::kConfig, "presets: llama3.2-1b, llama3.2-3b, llama3.1-8b, llama3.1-70b, tiny",
+                    "unknown model preset '", name, "'");
+  }
+  return c;
+}
+
+}  // namespace sftgo::model

@@ -1,0 +1,163 @@
+// Generation (KV cache, greedy / temperature / top-p) and scoring (per-token log-probs).
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <istream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <ostream>
+
+#include "sftgo/core/error.h"
+#include "sftgo/model/generate.h"
+#include "sftgo/model/llama.h"
+#include "sftgo/model/score.h"
+
+namespace sftgo::model {
+
+using torch::Tensor;
+
+// ---- Generation --------------------------------------------------------------------------------
+
+namespace {
+
+// logits [V] (fp32) -> next token.
+int64_t pick_token(const Tensor& logits, const GenerateOptions& o, at::Generator& gen) {
+  if (o.temperature <= 0.0) return logits.argmax().item<int64_t>();
+  Tensor probs = torch::softmax(logits / o.temperature, -1);
+  if (o.top_p < 1.0) {
+    // Keep the smallest prefix of the sorted distribution whose mass reaches top_p (the top token
+    // always survives), then renormalise.
+    auto [sorted, idx] = probs.sort(-1, /*descending=*/true);
+    Tensor before = sorted.cumsum(-1) - sorted;  // mass strictly before each token
+    sorted.masked_fill_(before >= o.top_p, 0.0);
+    probs = torch::zeros_like(probs).scatter_(-1, idx, sorted);
+  }
+  return at::multinomial(probs, 1, false, gen).item<int64_t>();
+}
+
+}  // namespace
+
+std::vector<int64_t> generate(LlamaModelImpl& model, const std::vector<int64_t>& prompt, const GenerateOptions& o) {
+  SFTGO_CHECK(!prompt.empty(), ErrorKind::kUsage, "generate: the prompt is empty");
+  SFTGO_CHECK(o.top_p > 0.0 && o.top_p <= 1.0, ErrorKind::kUsage, "top_p must be in (0, 1], got ", o.top_p);
+  torch::NoGradGuard no_grad;
+  const auto dev = model.device();
+  const int64_t total = static_cast<int64_t>(prompt.size()) + o.max_new_tokens;
+  KVCache cache = KVCache::create(model.config(), 1, total, torch::TensorOptions().dtype(model.dtype()).device(dev));
+  at::Generator gen = at::detail::createCPUGenerator(o.seed);
+  Tensor ids = torch::tensor(prompt, torch::kInt64).unsqueeze(0).to(dev);  // [1,P]
+  std::vector<int64_t> out;
+  for (int64_t step = 0; step < o.max_new_tokens; ++step) {
+    Tensor h = model.forward_cached(ids, cache);                          // [1,T,H]
+    Tensor logits = model.logits(h.select(1, -1)).squeeze(0).to(torch::kCPU, torch::kFloat);  // [V]
+    int64_t next = pick_token(logits, o, gen);
+    out.push_back(next);
+    if (o.on_token) o.on_token(next);
+    if (std::find(o.stop_ids.begin(), o.stop_ids.end(), next) != o.stop_ids.end()) break;
+    ids = torch::full({1, 1}, next, torch::TensorOptions().dtype(torch::kInt64).device(dev));
+  }
+  return out;
+}
+
+// ---- Scoring -----------------------------------------------------------------------------------
+
+std::vector<std::vector<double>> score_logprobs(LlamaModelImpl& model, const std::vector<std::vector<int64_t>>& seqs,
+                                                int64_t max_batch_tokens) {
+  torch::NoGradGuard no_grad;
+  const auto dev = model.device();
+  std::vector<std::vector<double>> result(seqs.size());
+  // Longest first so each batch pads little; right padding is harmless under a causal mask.
+  std::vector<size_t> order(seqs.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return seqs[a].size() > seqs[b].size(); });
+  size_t i = 0;
+  while (i < order.size()) {
+    const int64_t len = static_cast<int64_t>(seqs[order[i]].size());
+    if (len < 2) {  // nothing to score
+      ++i;
+      continue;
+    }
+    const int64_t batch = std::max<int64_t>(1, max_batch_tokens / len);
+    std::vector<size_t> members;
+    for (; i < order.size() && static_cast<int64_t>(members.size()) < batch && seqs[order[i]].size() >= 2; ++i)
+      members.push_back(order[i]);
+    Tensor ids = torch::zeros({static_cast<int64_t>(members.size()), len}, torch::kInt64);  // [b,len]
+    for (size_t m = 0; m < members.size(); ++m) {
+      const auto& s = seqs[members[m]];
+      ids[static_cast<int64_t>(m)].slice(0, 0, static_cast<int64_t>(s.size()))
+          .copy_(torch::tensor(s, torch::kInt64));
+    }
+    ids = ids.to(dev);
+    Tensor logits = model.logits(model.forward(ids)).to(torch::kFloat);          // [b,len,V]
+    Tensor logp = torch::log_softmax(logits.slice(1, 0, len - 1), -1);          // [b,len-1,V]
+    Tensor tok = logp.gather(-1, ids.slice(1, 1).unsqueeze(-1)).squeeze(-1).to(torch::kCPU, torch::kDouble);
+    for (size_t m = 0; m < members.size(); ++m) {
+      const int64_t n = static_cast<int64_t>(seqs[members[m]].size()) - 1;
+      const double* p = tok[static_cast<int64_t>(m)].contiguous().data_ptr<double>();
+      result[members[m]].assign(p, p + n);
+    }
+  }
+  return result;
+}
+
+ScoreSummary run_score_cli(const ScoreCliOptions& options, std::istream& in, std::ostream& out) {
+  ModelOptions mo;
+  SFTGO_CHECK(options.dtype == "float32" || options.dtype == "bfloat16", ErrorKind::kUsage,
+              "score: dtype must be float32 or bfloat16, got '", options.dtype, "'");
+  mo.dtype = options.dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
+  mo.device = c10::Device(options.device);
+  LlamaModel model = load_pretrained(options.model_dir, mo);
+  model->eval();
+
+  std::vector<std::vector<int64_t>> seqs;
+  std::string line;
+  int64_t line_no = 0;
+  const int64_t vocab = model->config().vocab_size;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      SFTGO_FAIL(ErrorKind::kData, "score input line ", line_no, ": not valid JSON: ", e.what());
+    }
+    std::vector<int64_t> ids;
+    if (j.is_object() && j.contains("ids")) {
+      SFTGO_CHECK(j["ids"].is_array(), ErrorKind::kData, "score input line ", line_no, ": \"ids\" must be an array");
+      for (const auto& v : j["ids"]) {
+        SFTGO_CHECK(v.is_number_integer(), ErrorKind::kData, "score input line ", line_no,
+                    ": \"ids\" must hold integers");
+        ids.push_back(v.get<int64_t>());
+      }
+    } else if (j.is_object() && j.contains("text") && j["text"].is_string()) {
+      SFTGO_CHECK_HINT(static_cast<bool>(options.encode), ErrorKind::kData, "pass a tokenizer to score text",
+                       "score input line ", line_no, ": {\"text\": ...} needs a tokenizer");
+      ids = options.encode(j["text"].get<std::string>());
+    } else {
+      SFTGO_FAIL(ErrorKind::kData, "score input line ", line_no, ": expected {\"ids\": [...]} or {\"text\": \"...\"}");
+    }
+    for (int64_t id : ids)
+      SFTGO_CHECK(id >= 0 && id < vocab, ErrorKind::kData, "score input line ", line_no, ": token id ", id,
+                  " outside the vocabulary [0, ", vocab, ")");
+    SFTGO_CHECK(static_cast<int64_t>(ids.size()) <= model->config().max_position_embeddings, ErrorKind::kData,
+                "score input line ", line_no, ": ", ids.size(), " tokens exceed max_position_embeddings ",
+                model->config().max_position_embeddings);
+    seqs.push_back(std::move(ids));
+  }
+  auto logprobs = score_logprobs(*model, seqs, options.max_batch_tokens);
+  ScoreSummary summary;
+  double nll = 0.0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    out << nlohmann::json{{"ids", seqs[i]}, {"logprobs", logprobs[i]}}.dump() << "\n";
+    for (double lp : logprobs[i]) nll -= lp;
+    summary.scored_tokens += static_cast<int64_t>(logprobs[i].size());
+  }
+  summary.sequences = static_cast<int64_t>(seqs.size());
+  summary.mean_nll = summary.scored_tokens ? nll / static_cast<double>(summary.scored_tokens) : 0.0;
+  summary.perplexity = std::exp(summary.mean_nll);
+  return summary;
+}
+
+}  // namespace sftgo::model

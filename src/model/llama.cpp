@@ -1,0 +1,313 @@
+// Llama-3 layers, the decoder, and per-block activation checkpointing.
+#include "sftgo/model/llama.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "sftgo/core/error.h"
+
+namespace sftgo::model {
+
+using torch::Tensor;
+namespace F = torch::nn::functional;
+
+// ---- RoPE --------------------------------------------------------------------------------------
+
+Tensor rope_inv_freq(const LlamaConfig& c) {
+  // fp32 throughout, in HF's op order, so inv_freq matches transformers bit for bit.
+  const int64_t dim = c.head_dim;
+  Tensor exponent = torch::arange(0, dim, 2, torch::kInt64).to(torch::kFloat) / static_cast<double>(dim);
+  Tensor inv_freq = 1.0 / torch::pow(c.rope_theta, exponent);
+  if (!c.rope_scaling) return inv_freq;
+  const RopeScaling& s = *c.rope_scaling;
+  const double old_len = static_cast<double>(s.original_max_position_embeddings);
+  const double low_freq_wavelen = old_len / s.low_freq_factor;
+  const double high_freq_wavelen = old_len / s.high_freq_factor;
+  // Long wavelengths (low frequencies) are slowed by `factor`, short ones kept, the band between
+  // interpolated smoothly: this is what lets 8k-trained RoPE extrapolate to 128k.
+  Tensor wavelen = 2 * M_PI / inv_freq;
+  Tensor scaled = torch::where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq);
+  Tensor smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+  Tensor smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
+  Tensor medium = (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
+  return torch::where(medium, smoothed, scaled);
+}
+
+std::pair<Tensor, Tensor> rope_cos_sin(const Tensor& inv_freq, const Tensor& position_ids, c10::ScalarType dtype) {
+  // angles [B,S,hd/2] = pos * inv_freq, duplicated over both halves (rotate_half convention).
+  Tensor freqs = position_ids.unsqueeze(-1).to(torch::kFloat) * inv_freq.to(torch::kFloat);
+  Tensor emb = torch::cat({freqs, freqs}, -1);
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+static Tensor rotate_half(const Tensor& x) {  // x [..., d] -> [-x2, x1]
+  const int64_t half = x.size(-1) / 2;
+  return torch::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);
+}
+
+Tensor apply_rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);  // [B,1,S,hd]: broadcast over heads
+  return x * c + rotate_half(x) * s;
+}
+
+// ---- Packing helpers ---------------------------------------------------------------------------
+
+Tensor document_causal_mask(const Tensor& doc_ids) {
+  SFTGO_CHECK(doc_ids.dim() == 2, ErrorKind::kModel, "document ids must be [B,S], got ", doc_ids.sizes());
+  const int64_t s = doc_ids.size(1);
+  Tensor same = doc_ids.unsqueeze(2) == doc_ids.unsqueeze(1);                            // [B,S,S]
+  Tensor causal = torch::ones({s, s}, doc_ids.options().dtype(torch::kBool)).tril();  // [S,S]
+  return same.logical_and(causal).unsqueeze(1);                                          // [B,1,S,S]
+}
+
+Tensor document_position_ids(const Tensor& doc_ids) {
+  SFTGO_CHECK(doc_ids.dim() == 2, ErrorKind::kModel, "document ids must be [B,S], got ", doc_ids.sizes());
+  const int64_t s = doc_ids.size(1);
+  Tensor idx = torch::arange(s, doc_ids.options().dtype(torch::kInt64)).expand_as(doc_ids);
+  // A document starts where the id changes; its position is the distance to that start.
+  Tensor start = torch::ones_like(doc_ids, torch::kBool);
+  if (s > 1) start.slice(1, 1).copy_(doc_ids.slice(1, 1) != doc_ids.slice(1, 0, s - 1));
+  Tensor start_idx = torch::where(start, idx, torch::zeros_like(idx));
+  return idx - std::get<0>(start_idx.cummax(1));
+}
+
+// ---- KV cache ----------------------------------------------------------------------------------
+
+KVCache KVCache::create(const LlamaConfig& c, int64_t batch, int64_t capacity, const torch::TensorOptions& options) {
+  KVCache kv;
+  kv.capacity = capacity;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    kv.k.push_back(torch::zeros({batch, c.num_key_value_heads, capacity, c.head_dim}, options));
+    kv.v.push_back(torch::zeros({batch, c.num_key_value_heads, capacity, c.head_dim}, options));
+  }
+  return kv;
+}
+
+// ---- Layers ------------------------------------------------------------------------------------
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const torch::TensorOptions& options) : eps(eps_) {
+  weight = register_parameter("weight", torch::ones({dim}, options));
+}
+
+Tensor RMSNormImpl::forward(const Tensor& x) {
+  // fp32 statistics even for bf16 activations (bf16 sums of squares lose ~3 digits), then back to
+  // the input dtype before the weight, exactly as HF does.
+  Tensor xf = x.to(torch::kFloat);
+  Tensor normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, const torch::TensorOptions& options) {
+  weight = register_parameter("weight", torch::empty({vocab, dim}, options));
+}
+
+LinearImpl::LinearImpl(int64_t in, int64_t out, const torch::TensorOptions& options) {
+  weight = register_parameter("weight", torch::empty({out, in}, options));
+}
+
+AttentionImpl::AttentionImpl(const LlamaConfig& c, const torch::TensorOptions& o)
+    : n_heads(c.num_attention_heads), n_kv_heads(c.num_key_value_heads), head_dim(c.head_dim) {
+  q_proj = register_module("q_proj", Linear(c.hidden_size, n_heads * head_dim, o));
+  k_proj = register_module("k_proj", Linear(c.hidden_size, n_kv_heads * head_dim, o));
+  v_proj = register_module("v_proj", Linear(c.hidden_size, n_kv_heads * head_dim, o));
+  o_proj = register_module("o_proj", Linear(n_heads * head_dim, c.hidden_size, o));
+}
+
+Tensor AttentionImpl::forward(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& mask,
+                              KVCache* cache, int64_t layer) {
+  const int64_t b = x.size(0), s = x.size(1);
+  Tensor q = q_proj(x).view({b, s, n_heads, head_dim}).transpose(1, 2);  // [B,nh,S,hd]
+  Tensor k = k_proj(x).view({b, s, n_kv_heads, head_dim}).transpose(1, 2);  // [B,nkv,S,hd]
+  Tensor v = v_proj(x).view({b, s, n_kv_heads, head_dim}).transpose(1, 2);
+  q = apply_rope(q, cos, sin);
+  k = apply_rope(k, cos, sin);
+  std::optional<Tensor> attn_mask;
+  bool causal = true;
+  if (mask.defined()) {
+    attn_mask = mask;
+    causal = false;
+  }
+  if (cache != nullptr) {
+    const int64_t start = cache->length, end = start + s;
+    SFTGO_CHECK(end <= cache->capacity, ErrorKind::kModel, "KV cache overflow: ", end, " > ", cache->capacity);
+    cache->k[layer].slice(2, start, end).copy_(k);
+    cache->v[layer].slice(2, start, end).copy_(v);
+    k = cache->k[layer].slice(2, 0, end);
+    v = cache->v[layer].slice(2, 0, end);
+    if (!mask.defined() && start > 0) {
+      // Query i sits at absolute position start+i: it sees keys 0..start+i. (A single new token
+      // sees everything; SDPA's is_causal would align the triangle to the top-left instead.)
+      causal = false;
+      if (s > 1)
+        attn_mask = torch::ones({s, end}, x.options().dtype(torch::kBool)).tril(start);
+    }
+  }
+  // GQA: SDPA broadcasts the kv heads over the query groups itself (no repeat_kv copy).
+  Tensor y = at::scaled_dot_product_attention(q, k, v, attn_mask, 0.0, causal, std::nullopt,
+                                              /*enable_gqa=*/n_heads != n_kv_heads);  // [B,nh,S,hd]
+  return o_proj(y.transpose(1, 2).reshape({b, s, n_heads * head_dim}));
+}
+
+MLPImpl::MLPImpl(const LlamaConfig& c, const torch::TensorOptions& o) {
+  gate_proj = register_module("gate_proj", Linear(c.hidden_size, c.intermediate_size, o));
+  up_proj = register_module("up_proj", Linear(c.hidden_size, c.intermediate_size, o));
+  down_proj = register_module("down_proj", Linear(c.intermediate_size, c.hidden_size, o));
+}
+
+Tensor MLPImpl::forward(const Tensor& x) { return down_proj(F::silu(gate_proj(x)) * up_proj(x)); }
+
+BlockImpl::BlockImpl(const LlamaConfig& c, const torch::TensorOptions& o) {
+  self_attn = register_module("self_attn", Attention(c, o));
+  mlp = register_module("mlp", MLP(c, o));
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, o));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, o));
+}
+
+Tensor BlockImpl::forward(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& mask, KVCache* cache,
+                          int64_t layer) {
+  Tensor h = x + self_attn(input_layernorm(x), cos, sin, mask, cache, layer);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+// ---- Activation checkpointing ------------------------------------------------------------------
+
+namespace {
+
+// Runs a block without keeping its activations; backward re-runs the block forward with grad on
+// and differentiates that (LibTorch has no torch.utils.checkpoint). The block's parameters are
+// explicit inputs so their gradients flow through the engine like any other (hooks, accumulation).
+// There is no dropout in Llama, so the recomputation is deterministic.
+struct CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& cos,
+                        const Tensor& sin, const std::optional<Tensor>& mask, at::TensorList params,
+                        BlockImpl* block) {
+    ctx->save_for_backward({x});
+    ctx->saved_data["cos"] = cos;
+    ctx->saved_data["sin"] = sin;
+    ctx->saved_data["mask"] = mask.has_value() ? *mask : Tensor();
+    ctx->saved_data["block"] = reinterpret_cast<int64_t>(block);
+    ctx->saved_data["n_params"] = static_cast<int64_t>(params.size());
+    torch::NoGradGuard no_grad;
+    return block->forward(x, cos, sin, mask.has_value() ? *mask : Tensor());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto* block = reinterpret_cast<BlockImpl*>(ctx->saved_data["block"].toInt());
+    Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    const auto& saved_mask = ctx->saved_data["mask"];
+    Tensor mask = saved_mask.isTensor() ? saved_mask.toTensor() : Tensor();
+    std::vector<Tensor> params = block->parameters();
+    Tensor out;
+    {
+      torch::AutoGradMode grad_on(true);
+      out = block->forward(x, ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor(), mask);
+    }
+    std::vector<Tensor> inputs = {x};
+    std::vector<size_t> which;  // params that need grads (frozen ones get none)
+    for (size_t i = 0; i < params.size(); ++i)
+      if (params[i].requires_grad()) {
+        inputs.push_back(params[i]);
+        which.push_back(i);
+      }
+    auto grads = torch::autograd::grad({out}, inputs, {grad_out[0]}, /*retain_graph=*/false,
+                                       /*create_graph=*/false, /*allow_unused=*/true);
+    // One slot per forward argument that is a tensor: x, cos, sin, mask, params..., (block: none).
+    torch::autograd::variable_list result(4 + params.size() + 1);
+    result[0] = grads[0];
+    for (size_t j = 0; j < which.size(); ++j) result[4 + which[j]] = grads[1 + j];
+    return result;
+  }
+};
+
+}  // namespace
+
+// ---- Decoder -----------------------------------------------------------------------------------
+
+LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const ModelOptions& options)
+    : config_(config), dtype_(options.dtype), checkpointing_(options.activation_checkpointing) {
+  config_.validate();
+  SFTGO_CHECK(dtype_ == torch::kFloat || dtype_ == torch::kBFloat16, ErrorKind::kModel,
+              "model dtype must be float32 or bfloat16, got ", c10::toString(dtype_));
+  const auto o = torch::TensorOptions().dtype(dtype_).device(options.device);
+  embed_tokens = register_module("embed_tokens", Embedding(config.vocab_size, config.hidden_size, o));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    Block block(config, o);
+    layers->push_back(block);
+    blocks_.push_back(block.get());
+  }
+  norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps, o));
+  if (!config.tie_word_embeddings) lm_head = register_module("lm_head", Linear(config.hidden_size, config.vocab_size, o));
+  inv_freq_ = rope_inv_freq(config).to(options.device);
+  if (options.init_weights) {
+    // HF's _init_weights: normal(0, initializer_range) for matrices, ones for norms.
+    torch::NoGradGuard no_grad;
+    auto gen = at::detail::createCPUGenerator(options.seed);
+    for (auto& p : named_parameters()) {
+      if (p.key().ends_with("norm.weight")) {
+        p.value().fill_(1.0);
+      } else {
+        p.value().copy_(at::normal(0.0, config.initializer_range, p.value().sizes(), gen,
+                                   torch::TensorOptions().dtype(torch::kFloat)));
+      }
+    }
+  }
+}
+
+c10::Device LlamaModelImpl::device() const { return embed_tokens->weight.device(); }
+
+Tensor LlamaModelImpl::forward(const Tensor& ids, const Tensor& position_ids, const Tensor& attn_mask) {
+  SFTGO_CHECK(ids.dim() == 2, ErrorKind::kModel, "ids must be [B,S], got ", ids.sizes());
+  const int64_t b = ids.size(0), s = ids.size(1);
+  Tensor pos = position_ids.defined()
+                   ? position_ids
+                   : torch::arange(s, ids.options().dtype(torch::kInt64)).unsqueeze(0).expand({b, s});
+  SFTGO_CHECK(pos.sizes() == ids.sizes(), ErrorKind::kModel, "position_ids ", pos.sizes(), " must match ids ",
+              ids.sizes());
+  if (attn_mask.defined())
+    SFTGO_CHECK(attn_mask.dim() == 4 && attn_mask.size(0) == b && attn_mask.size(2) == s && attn_mask.size(3) == s,
+                ErrorKind::kModel, "attn_mask must be [B,1,S,S] = [", b, ",1,", s, ",", s, "], got ",
+                attn_mask.sizes());
+  auto [cos, sin] = rope_cos_sin(inv_freq_, pos, dtype_);  // [B,S,hd]
+  Tensor h = embed_tokens(ids);              // [B,S,H]
+  const bool ckpt = checkpointing_ && torch::GradMode::is_enabled();
+  for (BlockImpl* block : blocks_) {
+    if (ckpt) {
+      std::vector<Tensor> params = block->parameters();
+      h = CheckpointedBlock::apply(h, cos, sin,
+                                   attn_mask.defined() ? std::optional<Tensor>(attn_mask) : std::nullopt,
+                                   at::TensorList(params), block);
+    } else {
+      h = block->forward(h, cos, sin, attn_mask);
+    }
+  }
+  return norm(h);
+}
+
+Tensor LlamaModelImpl::logits(const Tensor& hidden) {
+  return config_.tie_word_embeddings ? at::linear(hidden, embed_tokens->weight) : lm_head(hidden);
+}
+
+Tensor LlamaModelImpl::forward_cached(const Tensor& ids, KVCache& cache) {
+  const int64_t b = ids.size(0), t = ids.size(1);
+  Tensor pos = torch::arange(cache.length, cache.length + t, ids.options().dtype(torch::kInt64)).unsqueeze(0).expand({b, t});
+  auto [cos, sin] = rope_cos_sin(inv_freq_, pos, dtype_);
+  Tensor h = embed_tokens(ids);
+  for (size_t i = 0; i < blocks_.size(); ++i) h = blocks_[i]->forward(h, cos, sin, Tensor(), &cache, static_cast<int64_t>(i));
+  cache.length += t;
+  return norm(h);
+}
+
+std::vector<std::pair<std::string, Tensor>> LlamaModelImpl::hf_named_parameters() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const auto& p : named_parameters()) {
+    // Our tree mirrors HF's LlamaModel; only the head lives outside the "model." prefix.
+    if (p.key().starts_with("lm_head.")) out.emplace_back(p.key(), p.value());
+    else out.emplace_back("model." + p.key(), p.value());
+  }
+  return out;
+}
+
+}  // namespace sftgo::model

@@ -1,0 +1,120 @@
+// HF-layout weights: load from (sharded) safetensors straight into parameters, save through io.
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "sftgo/core/error.h"
+#include "sftgo/io/safetensors.h"
+#include "sftgo/model/llama.h"
+
+namespace sftgo::model {
+namespace {
+
+std::optional<c10::ScalarType> torch_dtype(io::DType d) {
+  switch (d) {
+    case io::DType::kF32: return torch::kFloat;
+    case io::DType::kF16: return torch::kHalf;
+    case io::DType::kBF16: return torch::kBFloat16;
+    default: return std::nullopt;
+  }
+}
+
+io::DType io_dtype(c10::ScalarType t) {
+  switch (t) {
+    case torch::kFloat: return io::DType::kF32;
+    case torch::kHalf: return io::DType::kF16;
+    case torch::kBFloat16: return io::DType::kBF16;
+    default: SFTGO_FAIL(ErrorKind::kModel, "cannot save dtype ", c10::toString(t));
+  }
+}
+
+std::string shape_str(c10::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// Buffers older HF checkpoints carried (rotary inv_freq) that hold no learned weights.
+bool ignorable(const std::string& name) { return name.ends_with(".rotary_emb.inv_freq"); }
+
+}  // namespace
+
+void load_hf_weights(LlamaModelImpl& model, const std::string& checkpoint_path) {
+  auto ck = io::SafetensorsCheckpoint::open(checkpoint_path);
+  std::map<std::string, torch::Tensor> params;
+  for (auto& [name, p] : model.hf_named_parameters()) params.emplace(name, p);
+  std::set<std::string> filled;
+  torch::NoGradGuard no_grad;
+  for (const auto& file : ck.files()) {
+    for (const io::TensorView& v : file->tensors()) {
+      if (ignorable(v.name)) continue;
+      auto it = params.find(v.name);
+      if (it == params.end() && v.name == "lm_head.weight" && model.config().tie_word_embeddings) {
+        // Some tied checkpoints still store the head; it must agree in shape and is not loaded.
+        SFTGO_CHECK(v.shape == model.embed_tokens->weight.sizes().vec(), ErrorKind::kModel, v.file,
+                    ": tensor 'lm_head.weight' of a tied model has shape ", shape_str(v.shape));
+        continue;
+      }
+      SFTGO_CHECK_HINT(it != params.end(), ErrorKind::kModel, "the checkpoint does not match config.json", v.file,
+                       ": unexpected tensor '", v.name, "' (no such parameter in a Llama model with this config)");
+      torch::Tensor& p = it->second;
+      SFTGO_CHECK(v.shape == p.sizes().vec(), ErrorKind::kModel, v.file, ": tensor '", v.name, "' has shape ",
+                  shape_str(v.shape), " but the model expects ", shape_str(p.sizes()));
+      auto dt = torch_dtype(v.dtype);
+      SFTGO_CHECK(dt.has_value(), ErrorKind::kModel, v.file, ": tensor '", v.name, "' has dtype ",
+                  io::dtype_name(v.dtype), "; weights must be F32, F16 or BF16");
+      // A view of the mapped bytes (no copy); copy_ converts dtype and moves to the device in one
+      // pass, so the only resident copy of the weights is the parameters themselves.
+      torch::Tensor src = torch::from_blob(const_cast<std::byte*>(v.data), v.shape,
+                                           torch::TensorOptions().dtype(*dt));
+      p.copy_(src);
+      filled.insert(v.name);
+    }
+    file->release_pages();  // drop this shard's page-cache pages from our RSS before the next one
+  }
+  std::vector<std::string> missing;
+  for (const auto& [name, p] : params)
+    if (!filled.count(name)) missing.push_back(name + " " + shape_str(p.sizes()));
+  if (!missing.empty()) {
+    std::string list;
+    for (size_t i = 0; i < missing.size() && i < 5; ++i) list += (i ? ", " : "") + missing[i];
+    if (missing.size() > 5) list += ", ... (" + std::to_string(missing.size()) + " in all)";
+    SFTGO_FAIL_HINT(ErrorKind::kModel, "the checkpoint is incomplete or for another model", checkpoint_path,
+                    ": missing tensors: ", list);
+  }
+}
+
+LlamaModel load_pretrained(const std::string& dir, ModelOptions options) {
+  LlamaConfig config = LlamaConfig::from_file(dir);
+  options.init_weights = false;  // every parameter is overwritten by the checkpoint
+  LlamaModel model(config, options);
+  load_hf_weights(*model, dir);
+  return model;
+}
+
+void save_pretrained(const LlamaModelImpl& model, const std::string& dir, const SaveOptions& options) {
+  const c10::ScalarType dtype = options.dtype.value_or(model.dtype());
+  std::vector<io::TensorSource> sources;
+  for (auto& [name, p] : model.hf_named_parameters()) {
+    io::TensorSource s;
+    s.name = name;
+    s.dtype = io_dtype(dtype);
+    s.shape = p.sizes().vec();
+    torch::Tensor param = p;
+    // Staged one tensor at a time: on CPU in the model dtype this is the parameter itself.
+    s.bytes = [param, dtype]() {
+      auto host = std::make_shared<torch::Tensor>(param.detach().to(torch::kCPU, dtype).contiguous());
+      return std::shared_ptr<const std::byte>(host, static_cast<const std::byte*>(host->data_ptr()));
+    };
+    sources.push_back(std::move(s));
+  }
+  io::ShardedWriteOptions w;
+  w.max_shard_bytes = options.max_shard_bytes;
+  w.metadata = {{"format", "pt"}};  // transformers checks for it
+  const std::string dtype_name = dtype == torch::kBFloat16 ? "bfloat16" : dtype == torch::kHalf ? "float16" : "float32";
+  io::write_sharded_safetensors(dir, sources, w, {{"config.json", model.config().to_json(dtype_name)}});
+}
+
+}  // namespace sftgo::model
