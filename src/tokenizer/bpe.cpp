@@ -59,21 +59,38 @@ void BpeModel::build(const TokenizerSpec& spec, const StringMap<int32_t>& spelle
   }
 
   merges_.reserve(spec.merges.size());
-  std::string joined;
-  for (size_t rank = 0; rank < spec.merges.size(); ++rank) {
-    const auto& [a, b] = spec.merges[rank];
-    const int32_t* ia = spelled_to_id.find(a);
-    const int32_t* ib = spelled_to_id.find(b);
-    joined.assign(a).append(b);
-    const int32_t* inew = spelled_to_id.find(joined);
-    auto unknown = [&](const std::string& t) {
-      SFTGO_FAIL_HINT(ErrorKind::kTokenizer, "the file is corrupt or its vocab and merges do not belong together",
-                      path, ": model.merges[", rank, "] \"", a, " ", b, "\" names token \"", t, "\" that is not in model.vocab");
-    };
-    if (!ia) unknown(a);
-    if (!ib) unknown(b);
-    if (!inew) unknown(joined);
-    merges_.insert(*ia, *ib, {static_cast<uint32_t>(rank), *inew});
+  // Loading takes ~840k random lookups into a 6 MB table: hash a block of merges first and
+  // prefetch their slots, so the lookups overlap their cache misses.
+  constexpr size_t kBlock = 32;
+  uint64_t hashes[kBlock][3];
+  std::string joined[kBlock];
+  for (size_t base = 0; base < spec.merges.size(); base += kBlock) {
+    const size_t count = std::min(kBlock, spec.merges.size() - base);
+    for (size_t k = 0; k < count; ++k) {
+      const auto& [a, b] = spec.merges[base + k];
+      joined[k].assign(a).append(b);
+      hashes[k][0] = hash_bytes(a);
+      hashes[k][1] = hash_bytes(b);
+      hashes[k][2] = hash_bytes(joined[k]);
+      for (uint64_t h : hashes[k]) spelled_to_id.prefetch(h);
+    }
+    for (size_t k = 0; k < count; ++k) {
+      const size_t rank = base + k;
+      const std::string& a = spec.merges[rank].first;  // named refs: lambdas can't capture bindings in clang 14
+      const std::string& b = spec.merges[rank].second;
+      const int32_t* ia = spelled_to_id.find_hashed(a, hashes[k][0]);
+      const int32_t* ib = spelled_to_id.find_hashed(b, hashes[k][1]);
+      const int32_t* inew = spelled_to_id.find_hashed(joined[k], hashes[k][2]);
+      auto unknown = [&](const std::string& t) {
+        SFTGO_FAIL_HINT(ErrorKind::kTokenizer, "the file is corrupt or its vocab and merges do not belong together",
+                        path, ": model.merges[", rank, "] \"", a, " ", b, "\" names token \"", t,
+                        "\" that is not in model.vocab");
+      };
+      if (!ia) unknown(a);
+      if (!ib) unknown(b);
+      if (!inew) unknown(joined[k]);
+      merges_.insert(*ia, *ib, {static_cast<uint32_t>(rank), *inew});
+    }
   }
 }
 

@@ -54,6 +54,10 @@ class StringMap {
   size_t size() const { return size_; }
 
   const V* find(std::string_view key) const { return find_hashed(key, hash_bytes(key)); }
+  // Starts loading the slot for hash h, so a later find_hashed does not stall on memory.
+  void prefetch(uint64_t h) const {
+    if (!slots_.empty()) __builtin_prefetch(&slots_[h & mask_]);
+  }
   const V* find_hashed(std::string_view key, uint64_t h) const {
     if (slots_.empty()) return nullptr;
     for (size_t i = h & mask_;; i = (i + 1) & mask_) {
