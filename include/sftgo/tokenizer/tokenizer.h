@@ -1,5 +1,16 @@
 // Byte-level BPE tokenizer for the Llama-3 family, read from a Hugging Face tokenizer.json.
 // No LibTorch here: ids are plain int32 vectors. Byte-exact with the HF `tokenizers` library.
+//
+// Supported tokenizer.json: model BPE (merges as "a b" or ["a", "b"], ignore_merges, unk_token),
+// no normalizer, pre_tokenizer Sequence[Split(Regex or String, Isolated), ByteLevel(use_regex=false,
+// add_prefix_space=false)], decoder ByteLevel; anything else is refused with a clear error.
+// Added tokens are matched as HF does: leftmost-longest over all contents, non-normalized ones on
+// the raw text first; lstrip/rstrip/single_word are honoured; their ids are assigned the way HF
+// assigns them (the vocab id if the content is in the vocab, else the next free id).
+// Policy on input: encode() takes valid UTF-8 only; anything else throws sftgo::Error(kTokenizer)
+// naming the byte offset of the first bad byte (the data layer decides whether to skip or fail).
+// Thread safety: a loaded Tokenizer is immutable; encode/decode may run on many threads at once
+// (the BPE word cache is per thread).
 #pragma once
 
 #include <cstdint>
@@ -16,7 +27,8 @@ using TokenId = int32_t;
 // What encode() does with special-token strings ("<|eot_id|>") found inside the text.
 enum class SpecialTokens {
   kMatch,     // HF default: added tokens in the text become their ids
-  kOrdinary,  // treat them as plain text (training data must never inject control tokens)
+  kOrdinary,  // special ones are plain text (HF's encode_special_tokens=true); training data must
+              // never inject control tokens. Non-special added tokens still match, as in HF.
 };
 
 struct AddedToken {
@@ -53,7 +65,9 @@ class Tokenizer {
   bool is_special(TokenId id) const;
   const std::vector<AddedToken>& added_tokens() const;
 
-  // From tokenizer_config.json when present (else the Llama-3 defaults when those tokens exist).
+  // From tokenizer_config.json when present (bos_token/eos_token/pad_token: a string, {"content":
+  // ...} or null = none); a key that is absent falls back to the Llama-3 default when that token
+  // exists: <|begin_of_text|>, <|end_of_text|>, <|finetune_right_pad_id|>.
   std::optional<TokenId> bos_id() const;
   std::optional<TokenId> eos_id() const;
   std::optional<TokenId> pad_id() const;
