@@ -374,6 +374,13 @@ void SafetensorsFile::release_pages() const {
   if (map_) ::madvise(map_, map_size_, MADV_DONTNEED);
 }
 
+void SafetensorsFile::release_pages(const TensorView& v) const {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  uintptr_t begin = (reinterpret_cast<uintptr_t>(v.data) + page - 1) & ~(page - 1);
+  uintptr_t end = (reinterpret_cast<uintptr_t>(v.data) + v.nbytes) & ~(page - 1);
+  if (map_ && end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 // ---- SafetensorsCheckpoint ---------------------------------------------------------------------
 
 SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::string& path) {

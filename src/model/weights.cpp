@@ -70,6 +70,7 @@ void load_hf_weights(LlamaModelImpl& model, const std::string& checkpoint_path) 
       torch::Tensor src = torch::from_blob(const_cast<std::byte*>(v.data), v.shape,
                                            torch::TensorOptions().dtype(*dt));
       p.copy_(src);
+      file->release_pages(v);
       filled.insert(v.name);
     }
     file->release_pages();  // drop this shard's page-cache pages from our RSS before the next one

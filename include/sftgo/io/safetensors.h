@@ -85,6 +85,9 @@ class SafetensorsFile {
   const TensorView* find(std::string_view name) const;  // nullptr when absent
   // Tells the kernel the pages are no longer needed (after a loader copied them out).
   void release_pages() const;
+  // Same for one tensor's bytes (whole pages inside it), so a loader's RSS stays ~1x the weights
+  // instead of weights + one mapped shard.
+  void release_pages(const TensorView& view) const;
 
  private:
   SafetensorsFile() = default;
