@@ -1,7 +1,6 @@
 // Model benchmarks, driven by bench_model.py (which runs the transformers side and prints ratios):
 //   bench_model train B S STEPS THREADS   forward+backward tokens/s of the bench config (JSON line)
 //   bench_model load DIR                  load a checkpoint in fp32: seconds, weights and peak RSS
-#include <sys/resource.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -12,10 +11,16 @@
 
 using namespace sftgo::model;
 
+// VmHWM, not getrusage: ru_maxrss survives fork+exec, so a child of a big driver would report the
+// driver's peak.
 static double peak_rss_mb() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss / 1024.0;  // KiB on Linux
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  char line[256];
+  double kb = 0;
+  while (f && std::fgets(line, sizeof(line), f))
+    if (std::sscanf(line, "VmHWM: %lf kB", &kb) == 1) break;
+  if (f) std::fclose(f);
+  return kb / 1024.0;
 }
 
 // Must match CONFIG in bench_model.py.

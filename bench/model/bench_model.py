@@ -26,6 +26,10 @@ CONFIG = dict(vocab_size=8192, hidden_size=256, intermediate_size=688, num_hidde
 
 
 def peak_rss_mb():
+    # VmHWM rather than ru_maxrss, which survives fork+exec (children would report the driver's peak).
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
