@@ -1,18 +1,24 @@
 // Fused LM head + SFT-GO loss (CPU and CUDA) and the materialised reference used as test oracle.
 //
-// Algorithm choice: two-pass with recomputation.
-//   forward : for each chunk of C trained tokens, logits = h_c @ W^T into one reusable [C, V] buffer,
-//             row kernel -> lse and CE per token (fp32). Only lse/CE ([N] floats) survive the chunk.
-//             Then group stats -> weights (own stats or the trainer's hook, e.g. after an all-reduce).
-//   backward: recompute each chunk's logits, the row kernel turns them in place into
-//             w_i * g * (softmax - onehot), then grad_h[chunk] = G @ W and grad_W += G^T @ h_c.
+// Algorithm choice: two-pass with recomputation, blocked over the vocabulary.
+//   forward : the N trained tokens are compacted; for each block of Vb vocabulary rows of W,
+//             logits = h_c @ W_blk^T into one reusable [N, Vb] buffer and the row kernel merges the
+//             block into each token's online-softmax state (fp32); the last block yields lse and CE.
+//             Only [N] floats survive. Then group stats -> weights (own stats or the trainer's hook).
+//   backward: recompute each block's logits, the row kernel turns them in place into
+//             w_i * g * (softmax - onehot), then grad_h += G @ W_blk and grad_W[blk] = G^T @ h_c.
+// Blocking over the vocabulary rather than over tokens keeps every GEMM as wide as the batch (M = N)
+// whatever the memory budget, reads W once per pass, and writes each row of grad_W exactly once (no
+// read-modify-write of a [V, H] accumulator per chunk, one rounding for bf16). A token-chunked
+// variant measured 3-5x slower than unfused CE on CPU: its thin [C, H] x [H, V] GEMMs re-stream all
+// of W per chunk and are memory-bound.
 // Why not backward-in-forward (Liger style, gradients computed during forward): the SFT-GO gradient
 // of a token depends on which group is worst and on N_worst, which are known only after *all*
 // tokens of the forward - and with step scope only after the trainer's hook has seen the stats of
 // every micro-batch and rank. Computing gradients in forward would therefore need one unscaled
 // weight-gradient accumulator per group (an extra fp32 [V, H], 25-100% of the fp32 [T, V] logits at
 // T = 4k-16k, H = 4096), breaking the <= 10% memory goal. Recomputation costs one extra
-// [C, H] x [H, V] matmul per chunk (4 instead of 3 LM-head matmuls), which is partly repaid by never
+// [N, H] x [H, Vb] GEMM per block (4 instead of 3 LM-head GEMMs in total), which is partly repaid by never
 // writing/reading the [T, V] logits, their log_softmax and its gradient (memory-bound passes), and
 // by skipping ignored (prompt) tokens entirely. The forward alone (eval, no_grad) does 1 matmul.
 #include <cmath>
@@ -127,55 +133,80 @@ Trained select_trained(const at::Tensor& hidden, const at::Tensor& labels, const
   return tr;
 }
 
-int64_t choose_chunk_tokens(int64_t requested, int64_t t, int64_t n, int64_t vocab, int64_t h, int64_t elt) {
+// Columns per vocabulary block. The [N, Vb] block buffer plus the other temporaries (compacted hidden
+// and its gradient, the fp32 accumulator of the hidden gradient for bf16) get 10% of the fp32 [T, V]
+// logits. Floor: 256 columns (a GEMM narrower than that wastes the device); multiple of 64 for alignment.
+// `rows` = trained tokens per pass (the buffer's height), n = all trained tokens.
+int64_t choose_block_cols(int64_t requested, int64_t t, int64_t n, int64_t rows, int64_t vocab, int64_t h,
+                          int64_t elt) {
   if (n == 0) return 0;
-  if (requested > 0) return std::min(requested, n);
-  // Budget: 8% of the fp32 [T, V] logits for the chunk buffer, minus the compacted copies of
-  // hidden and of its gradient, so the total extra stays under the 10% goal.
-  double budget = 0.08 * static_cast<double>(t) * static_cast<double>(vocab) * 4.0;
-  if (n < t) budget -= 2.0 * static_cast<double>(n) * static_cast<double>(h) * static_cast<double>(elt);
-  const int64_t c = static_cast<int64_t>(budget / (static_cast<double>(vocab) * static_cast<double>(elt)));
-  return std::clamp<int64_t>(c, 1, n);
+  if (requested > 0) return std::min(requested, vocab);
+  double budget = 0.10 * static_cast<double>(t) * static_cast<double>(vocab) * 4.0;
+  const double nh = static_cast<double>(n) * static_cast<double>(h);
+  if (n < t) budget -= 2.0 * nh * static_cast<double>(elt);  // compacted hidden and its gradient
+  if (elt != 4) budget -= nh * (4.0 + static_cast<double>(elt));  // fp32 accumulator + one GEMM result
+  int64_t cols = static_cast<int64_t>(budget / (static_cast<double>(rows) * static_cast<double>(elt)));
+  cols = cols / 64 * 64;
+  return std::clamp<int64_t>(cols, std::min<int64_t>(vocab, 256), vocab);
 }
 
-// ---- row kernels over one chunk of logits [C, V] (contiguous) ----
+// ---- row kernels over one vocabulary block: logits [N, Vb] contiguous, columns [col0, col0 + Vb) ----
+
+struct RowState {
+  at::Tensor max, sum, label_logit;  // [N] fp32 running softmax state and the label's logit
+};
 
 template <typename Scalar>
-void cpu_lse_loss(const at::Tensor& logits, const int64_t* labels, float* lse, float* loss) {
+void cpu_softmax_block(const at::Tensor& logits, int64_t col0, const int64_t* labels, RowState& st, float* lse,
+                       float* loss) {
   const int64_t rows = logits.size(0);
-  const int64_t vocab = logits.size(1);
+  const int64_t cols = logits.size(1);
   const Scalar* base = logits.const_data_ptr<Scalar>();
+  float* smax = st.max.mutable_data_ptr<float>();
+  float* ssum = st.sum.mutable_data_ptr<float>();
+  float* label_logit = st.label_logit.mutable_data_ptr<float>();
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const Scalar* row = base + r * vocab;
-      const float l = kernels::softmax_state_lse(kernels::row_softmax_state(row, 0, vocab));
-      lse[r] = l;
-      loss[r] = kernels::cross_entropy_from_lse(l, static_cast<float>(row[labels[r]]));
+      const Scalar* row = base + r * cols;
+      const kernels::SoftmaxState merged = kernels::softmax_state_merge(
+          kernels::SoftmaxState{smax[r], ssum[r]}, kernels::row_softmax_state(row, 0, cols));
+      smax[r] = merged.max;
+      ssum[r] = merged.sum;
+      const int64_t local = labels[r] - col0;
+      if (local >= 0 && local < cols) label_logit[r] = static_cast<float>(row[local]);
+      if (lse != nullptr) {
+        lse[r] = kernels::softmax_state_lse(merged);
+        loss[r] = kernels::cross_entropy_from_lse(lse[r], label_logit[r]);
+      }
     }
   });
 }
 
 template <typename Scalar>
-void cpu_ce_grad(at::Tensor& logits, const int64_t* labels, const float* lse, const float* scale) {
+void cpu_ce_grad(at::Tensor& logits, int64_t col0, const int64_t* labels, const float* lse, const float* scale) {
   const int64_t rows = logits.size(0);
-  const int64_t vocab = logits.size(1);
+  const int64_t cols = logits.size(1);
   Scalar* base = logits.mutable_data_ptr<Scalar>();
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      kernels::row_cross_entropy_grad(base + r * vocab, 0, vocab, labels[r], lse[r], scale[r]);
+      kernels::row_cross_entropy_grad(base + r * cols, cols, col0, labels[r], lse[r], scale[r]);
     }
   });
 }
 
-// logits [C, V], labels [C] int64, lse/loss [C] fp32 (all contiguous, same device).
-void row_lse_loss(const at::Tensor& logits, const at::Tensor& labels, at::Tensor& lse, at::Tensor& loss) {
+// Merges a block into the running states; on the last block (lse/loss defined) finishes lse and CE.
+void row_softmax_block(const at::Tensor& logits, int64_t col0, const at::Tensor& labels, RowState& st,
+                       at::Tensor* lse, at::Tensor* loss) {
+  float* lse_p = lse != nullptr ? lse->mutable_data_ptr<float>() : nullptr;
+  float* loss_p = loss != nullptr ? loss->mutable_data_ptr<float>() : nullptr;
   if (logits.is_cuda()) {
 #ifdef SFTGO_LOSS_CUDA
     const auto type = logits.scalar_type() == at::kFloat ? kernels::LogitType::kFloat32 : kernels::LogitType::kBFloat16;
-    const char* err = kernels::row_lse_loss_cuda(logits.const_data_ptr(), type, logits.size(0), logits.size(1), logits.stride(0),
-        labels.const_data_ptr<int64_t>(), lse.mutable_data_ptr<float>(), loss.mutable_data_ptr<float>(),
-        c10::cuda::getCurrentCUDAStream().stream());
-    SFTGO_CHECK(err == nullptr, ErrorKind::kInternal, "loss: CUDA lse kernel failed: ", err);
+    const char* err = kernels::row_softmax_block_cuda(
+        logits.const_data_ptr(), type, logits.size(0), logits.size(1), logits.stride(0), col0,
+        labels.const_data_ptr<int64_t>(), st.max.mutable_data_ptr<float>(), st.sum.mutable_data_ptr<float>(),
+        st.label_logit.mutable_data_ptr<float>(), lse_p, loss_p, c10::cuda::getCurrentCUDAStream().stream());
+    SFTGO_CHECK(err == nullptr, ErrorKind::kInternal, "loss: CUDA softmax kernel failed: ", err);
     return;
 #else
     SFTGO_FAIL_HINT(ErrorKind::kUsage, "reconfigure with -DSFTGO_CUDA=ON (needs nvcc)",
@@ -183,23 +214,22 @@ void row_lse_loss(const at::Tensor& logits, const at::Tensor& labels, at::Tensor
 #endif
   }
   if (logits.scalar_type() == at::kFloat) {
-    cpu_lse_loss<float>(logits, labels.const_data_ptr<int64_t>(), lse.mutable_data_ptr<float>(),
-                        loss.mutable_data_ptr<float>());
+    cpu_softmax_block<float>(logits, col0, labels.const_data_ptr<int64_t>(), st, lse_p, loss_p);
   } else {
-    cpu_lse_loss<c10::BFloat16>(logits, labels.const_data_ptr<int64_t>(), lse.mutable_data_ptr<float>(),
-                                loss.mutable_data_ptr<float>());
+    cpu_softmax_block<c10::BFloat16>(logits, col0, labels.const_data_ptr<int64_t>(), st, lse_p, loss_p);
   }
 }
 
-// In place: logits [C, V] <- scale[r] * (softmax - onehot(label)).
-void row_ce_grad(at::Tensor& logits, const at::Tensor& labels, const at::Tensor& lse, const at::Tensor& scale) {
+// In place: logits [N, Vb] <- scale[r] * (softmax - onehot(label)) over the block's columns.
+void row_ce_grad(at::Tensor& logits, int64_t col0, const at::Tensor& labels, const at::Tensor& lse,
+                 const at::Tensor& scale) {
   if (logits.is_cuda()) {
 #ifdef SFTGO_LOSS_CUDA
     const auto type = logits.scalar_type() == at::kFloat ? kernels::LogitType::kFloat32 : kernels::LogitType::kBFloat16;
-    const char* err = kernels::row_cross_entropy_grad_cuda(logits.mutable_data_ptr(), type, logits.size(0), logits.size(1),
-                                         logits.stride(0), labels.const_data_ptr<int64_t>(),
-                                         lse.const_data_ptr<float>(), scale.const_data_ptr<float>(),
-                                         c10::cuda::getCurrentCUDAStream().stream());
+    const char* err = kernels::row_cross_entropy_grad_cuda(
+        logits.mutable_data_ptr(), type, logits.size(0), logits.size(1), logits.stride(0), col0,
+        labels.const_data_ptr<int64_t>(), lse.const_data_ptr<float>(), scale.const_data_ptr<float>(),
+        c10::cuda::getCurrentCUDAStream().stream());
     SFTGO_CHECK(err == nullptr, ErrorKind::kInternal, "loss: CUDA gradient kernel failed: ", err);
     return;
 #else
@@ -207,12 +237,18 @@ void row_ce_grad(at::Tensor& logits, const at::Tensor& labels, const at::Tensor&
 #endif
   }
   if (logits.scalar_type() == at::kFloat) {
-    cpu_ce_grad<float>(logits, labels.const_data_ptr<int64_t>(), lse.const_data_ptr<float>(),
+    cpu_ce_grad<float>(logits, col0, labels.const_data_ptr<int64_t>(), lse.const_data_ptr<float>(),
                        scale.const_data_ptr<float>());
   } else {
-    cpu_ce_grad<c10::BFloat16>(logits, labels.const_data_ptr<int64_t>(), lse.const_data_ptr<float>(),
+    cpu_ce_grad<c10::BFloat16>(logits, col0, labels.const_data_ptr<int64_t>(), lse.const_data_ptr<float>(),
                                scale.const_data_ptr<float>());
   }
+}
+
+// View of the first rows * cols elements of a flat buffer as a contiguous [rows, cols] matrix, so one
+// allocation serves every block including the narrower last one.
+at::Tensor block_view(const at::Tensor& flat, int64_t rows, int64_t cols) {
+  return flat.narrow(0, 0, rows * cols).view({rows, cols});
 }
 
 // Local stats from per-token CE [N] fp32 (and groups [N] bool): one small device->host copy.
@@ -259,56 +295,63 @@ struct Call {
 
 class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
  public:
-  // hidden [T, H], weight [V, H], labels [T] int64, groups [T] (or undefined for ce).
   // labels/groups travel inside `call` rather than as tensor arguments: they are not differentiable
   // and groups may be undefined (objective ce), which autograd's input bookkeeping rejects.
+  // hidden [T, H], weight [V, H].
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
                             const Call* call) {
-    const at::Tensor& labels = call->labels;
-    const at::Tensor& groups = call->groups;
-    const FusedLossOptions* options = call->options;
-    LossInfo* info = call->info;
+    const FusedLossOptions& options = *call->options;
     const int64_t t = hidden.size(0);
     const int64_t h = hidden.size(1);
     const int64_t vocab = weight.size(0);
     const auto f32 = hidden.options().dtype(at::kFloat);
-    Trained tr = select_trained(hidden, labels, groups, *options, vocab);
-    const int64_t chunk = choose_chunk_tokens(options->chunk_tokens, t, tr.n, vocab, h, hidden.element_size());
+    Trained tr = select_trained(hidden, call->labels, call->groups, options, vocab);
+    const int64_t n = tr.n;
+    const int64_t rows = options.chunk_tokens > 0 ? std::min(options.chunk_tokens, n) : n;
+    const int64_t block = choose_block_cols(options.chunk_vocab, t, n, rows, vocab, h, hidden.element_size());
 
-    at::Tensor lse = at::empty({tr.n}, f32);   // [N]
-    at::Tensor loss = at::empty({tr.n}, f32);  // [N]
-    if (tr.n > 0) {
-      const at::Tensor w_t = weight.t();  // [H, V] view, no copy: the GEMM reads W transposed
-      at::Tensor buffer = at::empty({chunk, vocab}, hidden.options());  // [C, V], reused by every chunk
-      for (int64_t c0 = 0; c0 < tr.n; c0 += chunk) {
-        const int64_t c = std::min(chunk, tr.n - c0);
-        at::Tensor logits = buffer.narrow(0, 0, c);
-        at::mm_out(logits, tr.hidden.narrow(0, c0, c), w_t);
-        at::Tensor lse_c = lse.narrow(0, c0, c);
-        at::Tensor loss_c = loss.narrow(0, c0, c);
-        row_lse_loss(logits, tr.labels.narrow(0, c0, c), lse_c, loss_c);
+    at::Tensor lse = at::empty({n}, f32);   // [N]
+    at::Tensor loss = at::empty({n}, f32);  // [N]
+    if (n > 0) {
+      const RowState all{at::full({n}, -INFINITY, f32), at::zeros({n}, f32), at::zeros({n}, f32)};
+      const at::Tensor flat = at::empty({rows * block}, hidden.options());  // the [rows, Vb] block buffer
+      for (int64_t r0 = 0; r0 < n; r0 += rows) {
+        const int64_t nr = std::min(rows, n - r0);
+        const at::Tensor h_rows = tr.hidden.narrow(0, r0, nr);  // [nr, H]
+        const at::Tensor labels_rows = tr.labels.narrow(0, r0, nr);
+        RowState st{all.max.narrow(0, r0, nr), all.sum.narrow(0, r0, nr), all.label_logit.narrow(0, r0, nr)};
+        at::Tensor lse_rows = lse.narrow(0, r0, nr);
+        at::Tensor loss_rows = loss.narrow(0, r0, nr);
+        for (int64_t v0 = 0; v0 < vocab; v0 += block) {
+          const int64_t cols = std::min(block, vocab - v0);
+          at::Tensor logits = block_view(flat, nr, cols);
+          at::mm_out(logits, h_rows, weight.narrow(0, v0, cols).t());  // [nr, H] @ [H, Vb]
+          const bool last = v0 + cols >= vocab;
+          row_softmax_block(logits, v0, labels_rows, st, last ? &lse_rows : nullptr, last ? &loss_rows : nullptr);
+        }
       }
     }
-    const GroupStats stats = local_stats(loss, tr.groups, tr.n);
-    if (options->check_numerics && !std::isfinite(stats.total_loss())) {
+    const GroupStats stats = local_stats(loss, tr.groups, n);
+    if (options.check_numerics && !std::isfinite(stats.total_loss())) {
       fail_numeric("fused_group_loss", stats.total_loss(), hidden, weight);
     }
-    const LossWeights w = resolve_weights(stats, *options);
-    const LossMetrics metrics = compute_loss_metrics(stats, w, options->lambda);
-    if (info != nullptr) {
-      info->local_stats = stats;
-      info->weights = w;
-      info->metrics = metrics;
-      info->chunk_tokens = chunk;
+    const LossWeights w = resolve_weights(stats, options);
+    const LossMetrics metrics = compute_loss_metrics(stats, w, options.lambda);
+    if (call->info != nullptr) {
+      call->info->local_stats = stats;
+      call->info->weights = w;
+      call->info->metrics = metrics;
+      call->info->chunk_vocab = block;
     }
 
     const bool all_zero = w.coef_all == 0.0 && w.coef_group[0] == 0.0 && w.coef_group[1] == 0.0;
-    ctx->saved_data["n"] = tr.n;
+    ctx->saved_data["n"] = n;
     ctx->saved_data["t"] = t;
-    ctx->saved_data["chunk"] = chunk;
-    ctx->saved_data["zero"] = all_zero || tr.n == 0;
-    if (tr.n > 0 && !all_zero) {
-      const at::Tensor scale = row_weights(w, tr.groups, tr.n, f32);  // [N]
+    ctx->saved_data["block"] = block;
+    ctx->saved_data["rows"] = rows;
+    ctx->saved_data["zero"] = all_zero || n == 0;
+    if (n > 0 && !all_zero) {
+      const at::Tensor scale = row_weights(w, tr.groups, n, f32);  // [N] w_i
       ctx->save_for_backward({tr.hidden, weight, tr.labels, lse, scale, tr.rows});
     } else {
       ctx->save_for_backward({hidden, weight});  // shapes for the zero gradients
@@ -334,32 +377,53 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
     const at::Tensor& lse = saved[3];       // [N]
     const at::Tensor& rows = saved[5];      // [N] or undefined
     const int64_t n = ctx->saved_data["n"].toInt();
-    const int64_t chunk = ctx->saved_data["chunk"].toInt();
+    const int64_t block = ctx->saved_data["block"].toInt();
+    const int64_t rows_per_pass = ctx->saved_data["rows"].toInt();
     const int64_t vocab = weight.size(0);
-    // Upstream gradient folded into the per-row scale on device: no host sync.
+    // Upstream gradient folded into the per-row scale on the device: no host sync.
     const at::Tensor scale = saved[4] * grad_outputs[0].to(at::kFloat);  // [N]
+    const bool fp32 = hidden_c.scalar_type() == at::kFloat;
 
-    at::Tensor grad_hc = need_h ? at::empty_like(hidden_c) : at::Tensor();  // [N, H]
-    // bf16 weights: the gradient accumulates across chunks in bf16 through addmm (fp32 inside each
-    // GEMM); an fp32 accumulator would cost an extra [V, H] fp32. Error analysis in docs/loss.md.
-    at::Tensor grad_w = need_w ? at::zeros_like(weight) : at::Tensor();  // [V, H]
+    // d hidden sums over vocabulary blocks: accumulate in fp32 (directly in the result for fp32
+    // inputs; a separate fp32 [N, H] for bf16). d W rows of a block are written once, by one GEMM.
+    at::Tensor grad_hc;  // [N, H]
+    if (need_h) grad_hc = at::zeros({n, hidden_c.size(1)}, hidden_c.options().dtype(at::kFloat));
+    at::Tensor grad_w = need_w ? at::empty_like(weight) : at::Tensor();  // [V, H]
     if (need_h || need_w) {
-      const at::Tensor w_t = weight.t();
-      at::Tensor buffer = at::empty({chunk, vocab}, hidden_c.options());  // [C, V]
-      for (int64_t c0 = 0; c0 < n; c0 += chunk) {
-        const int64_t c = std::min(chunk, n - c0);
-        const at::Tensor h = hidden_c.narrow(0, c0, c);
-        at::Tensor logits = buffer.narrow(0, 0, c);
-        at::mm_out(logits, h, w_t);
-        row_ce_grad(logits, labels_c.narrow(0, c0, c), lse.narrow(0, c0, c), scale.narrow(0, c0, c));
-        if (need_h) {
-          at::Tensor out = grad_hc.narrow(0, c0, c);
-          at::mm_out(out, logits, weight);  // [C, V] @ [V, H]
+      const at::Tensor flat = at::empty({rows_per_pass * block}, hidden_c.options());
+      for (int64_t r0 = 0; r0 < n; r0 += rows_per_pass) {
+        const int64_t nr = std::min(rows_per_pass, n - r0);
+        const at::Tensor h_rows = hidden_c.narrow(0, r0, nr);  // [nr, H]
+        const at::Tensor labels_rows = labels_c.narrow(0, r0, nr);
+        const at::Tensor lse_rows = lse.narrow(0, r0, nr);
+        const at::Tensor scale_rows = scale.narrow(0, r0, nr);
+        for (int64_t v0 = 0; v0 < vocab; v0 += block) {
+          const int64_t cols = std::min(block, vocab - v0);
+          const at::Tensor w_blk = weight.narrow(0, v0, cols);  // [Vb, H]
+          at::Tensor logits = block_view(flat, nr, cols);       // [nr, Vb]
+          at::mm_out(logits, h_rows, w_blk.t());
+          row_ce_grad(logits, v0, labels_rows, lse_rows, scale_rows);  // now d loss / d logits
+          if (need_h) {
+            at::Tensor gh = grad_hc.narrow(0, r0, nr);
+            if (fp32) {
+              gh.addmm_(logits, w_blk);  // [nr, Vb] @ [Vb, H]
+            } else {
+              gh.add_(at::mm(logits, w_blk));
+            }
+          }
+          if (need_w) {
+            at::Tensor out = grad_w.narrow(0, v0, cols);
+            if (r0 == 0) {
+              at::mm_out(out, logits.t(), h_rows);  // [Vb, nr] @ [nr, H]
+            } else {
+              out.addmm_(logits.t(), h_rows);  // only with chunk_tokens: later token chunks accumulate
+            }
+          }
         }
-        if (need_w) grad_w.addmm_(logits.t(), h);  // [V, C] @ [C, H]
       }
     }
     if (need_h) {
+      if (!fp32) grad_hc = grad_hc.to(hidden_c.scalar_type());
       grads[0] = rows.defined() ? at::zeros({t, hidden_c.size(1)}, hidden_c.options()).index_copy_(0, rows, grad_hc)
                                 : grad_hc;
     }
@@ -459,7 +523,7 @@ at::Tensor reference_group_loss(const at::Tensor& hidden, const at::Tensor& weig
     info->local_stats = stats;
     info->weights = w;
     info->metrics = compute_loss_metrics(stats, w, options.lambda);
-    info->chunk_tokens = hidden.size(0);
+    info->chunk_vocab = weight.size(0);
   }
   return result.to(at::kFloat);
 }

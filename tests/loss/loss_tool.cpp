@@ -1,7 +1,7 @@
 // loss_tool IN_DIR OUT_DIR: runs fused_group_loss (or the reference, "impl": "reference") on inputs
 // written by tests/python/test_loss_reference.py and writes the loss, metrics and gradients back.
 //   IN_DIR/meta.json  {"T", "H", "V", "dtype": "float32"|"bfloat16", "objective", "lambda",
-//                      "chunk_tokens", "impl"}
+//                      "chunk_vocab", "impl"}
 //   IN_DIR/hidden.f32 [T, H], weight.f32 [V, H] (raw little-endian fp32; bf16 runs convert them),
 //          labels.i64 [T], groups.u8 [T]
 //   OUT_DIR/result.json, grad_hidden.f32 [T, H], grad_weight.f32 [V, H] (fp32)
@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
     sftgo::loss::FusedLossOptions options;
     options.objective = sftgo::loss::parse_objective(meta.value("objective", "sftgo"));
     options.lambda = meta.value("lambda", 0.5);
-    options.chunk_tokens = meta.value("chunk_tokens", 0);
+    options.chunk_vocab = meta.value("chunk_vocab", 0);
     const bool reference = meta.value("impl", "fused") == "reference";
 
     at::Tensor hidden = read_raw(in_dir / "hidden.f32", at::kFloat, {t, h}).to(dtype).requires_grad_(true);
@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
     const nlohmann::json result = {{"loss", loss.item<double>()}, {"loss_ce", m.loss_ce},
                                    {"loss_imp", m.loss_imp},       {"loss_unimp", m.loss_unimp},
                                    {"worst", m.worst},             {"count_imp", m.count_imp},
-                                   {"count_unimp", m.count_unimp}, {"chunk_tokens", info.chunk_tokens}};
+                                   {"count_unimp", m.count_unimp}, {"chunk_vocab", info.chunk_vocab}};
     std::ofstream(out_dir / "result.json") << result.dump(2) << "\n";
     write_raw(out_dir / "grad_hidden.f32", hidden.grad());
     write_raw(out_dir / "grad_weight.f32", weight.grad());

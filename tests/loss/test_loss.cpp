@@ -33,8 +33,8 @@ Parity check_parity(const std::string& name, const Inputs& in, const FusedLossOp
   Parity p{rel_error(fused.loss, ref.loss), rel_error(fused.grad_hidden, ref.grad_hidden),
            rel_error(fused.grad_weight, ref.grad_weight)};
   if (ref.loss == 0.0) p.loss = std::abs(fused.loss);
-  std::printf("[parity] %-34s loss=%.6f  rel(loss)=%.2e  rel(dh)=%.2e  rel(dW)=%.2e  chunk=%lld\n", name.c_str(),
-              ref.loss, p.loss, p.grad_hidden, p.grad_weight, static_cast<long long>(fused.info.chunk_tokens));
+  std::printf("[parity] %-34s loss=%.6f  rel(loss)=%.2e  rel(dh)=%.2e  rel(dW)=%.2e  block=%lld\n", name.c_str(),
+              ref.loss, p.loss, p.grad_hidden, p.grad_weight, static_cast<long long>(fused.info.chunk_vocab));
   EXPECT_LE(p.loss, tol) << name;
   EXPECT_LE(p.grad_hidden, tol) << name;
   EXPECT_LE(p.grad_weight, tol) << name;
@@ -49,7 +49,7 @@ FusedLossOptions opts(Objective objective, double lambda = 0.5, int64_t chunk = 
   FusedLossOptions o;
   o.objective = objective;
   o.lambda = lambda;
-  o.chunk_tokens = chunk;
+  o.chunk_vocab = chunk;
   return o;
 }
 
@@ -143,9 +143,9 @@ TEST(LossParity, VocabSizesAndObjectives) {
   struct Size {
     int64_t t, h, v, chunk;
   };
-  // 128256 = Llama-3 vocabulary (small T keeps the reference's [T, V] logits cheap). chunk 0 = auto,
-  // the others force several chunks with a ragged tail.
-  const Size sizes[] = {{13, 8, 7, 0}, {37, 16, 1000, 5}, {9, 16, 128256, 4}};
+  // 128256 = Llama-3 vocabulary (small T keeps the reference's [T, V] logits cheap). chunk = vocabulary
+  // block width; 0 = auto. All three give several blocks with a narrower last one.
+  const Size sizes[] = {{13, 8, 7, 3}, {37, 16, 1000, 128}, {9, 16, 128256, 0}};
   uint64_t seed = 1;
   for (const Size& s : sizes) {
     for (Objective obj : {Objective::kSftGo, Objective::kCe, Objective::kRho1}) {
@@ -154,6 +154,17 @@ TEST(LossParity, VocabSizesAndObjectives) {
       check_parity(name, in, opts(obj, 0.6, s.chunk), kFp32Tol);
     }
   }
+}
+
+TEST(LossParity, TokenChunksTimesVocabBlocks) {
+  // chunk_tokens splits the trained tokens into passes (ragged: 8+8+...+rest), each over all vocabulary
+  // blocks; the weight gradient then accumulates across passes.
+  const Inputs in = make_inputs(45, 16, 1000, 8);
+  FusedLossOptions o = opts(Objective::kSftGo, 0.5, 300);
+  o.chunk_tokens = 8;
+  check_parity("sftgo 8-token passes x 300-col", in, o, kFp32Tol);
+  o.objective = Objective::kCe;
+  check_parity("ce 8-token passes x 300-col", in, o, kFp32Tol);
 }
 
 TEST(LossParity, LambdaZeroAndOne) {
@@ -357,8 +368,8 @@ TEST(LossParity, StepScopeMicrobatchesEqualFullBatch) {
 
 TEST(LossParity, Bf16WithinLooserBound) {
   // Both sides see the same bf16 inputs; the reference upcasts and computes in fp32/fp64, the fused
-  // path stores the chunk logits and their gradients in bf16 (8-bit mantissa, relative step 2^-8 =
-  // 3.9e-3) and accumulates the weight gradient across chunks in bf16. The loss (fp32 accumulation
+  // path stores the block logits and their gradients in bf16 (8-bit mantissa, relative step 2^-8 =
+  // 3.9e-3) before the GEMMs (fp32 accumulation inside). The loss (fp32 accumulation
   // of bf16-rounded logits) stays within 1e-2; gradients within 3e-2 of the largest entry.
   const Inputs in = make_inputs(48, 32, 1000, 101, 0.25, 0.4, at::kBFloat16);
   check_parity("sftgo bf16", in, opts(Objective::kSftGo, 0.5, 10), 3e-2);

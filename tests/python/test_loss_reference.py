@@ -69,17 +69,17 @@ def rel(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
-# (T, H, V, objective, lambda, dtype, chunk_tokens, ignore_p, imp_p)
+# (T, H, V, objective, lambda, dtype, chunk_vocab, ignore_p, imp_p)
 CASES = {
-    "sftgo": (33, 16, 1000, "sftgo", 0.5, "float32", 7, 0.3, 0.4),
-    "ce": (33, 16, 1000, "ce", 0.5, "float32", 7, 0.3, 0.4),
+    "sftgo": (33, 16, 1000, "sftgo", 0.5, "float32", 128, 0.3, 0.4),
+    "ce": (33, 16, 1000, "ce", 0.5, "float32", 300, 0.3, 0.4),
     "rho1": (33, 16, 1000, "rho1", 0.5, "float32", 0, 0.3, 0.4),
     "lambda1": (40, 8, 257, "sftgo", 1.0, "float32", 3, 0.2, 0.5),
     "all_important": (20, 8, 300, "sftgo", 0.7, "float32", 6, 0.2, 1.0),
     "no_important": (20, 8, 300, "sftgo", 0.7, "float32", 6, 0.2, 0.0),
     "llama3_vocab": (8, 8, 128256, "sftgo", 0.6, "float32", 3, 0.5, 0.5),
     "all_ignored": (10, 8, 50, "sftgo", 0.5, "float32", 0, 1.0, 0.5),
-    "bf16": (48, 32, 1000, "sftgo", 0.5, "bfloat16", 10, 0.25, 0.4),
+    "bf16": (48, 32, 1000, "sftgo", 0.5, "bfloat16", 256, 0.25, 0.4),
 }
 
 
@@ -100,11 +100,11 @@ def test_cpp_loss_matches_pytorch(tmp_path, name):
     loss_ref = python_loss(h_ref, w_ref, labels, groups, objective, lam)
     loss_ref.backward()
 
-    meta = {"T": t, "H": h, "V": v, "dtype": dtype, "objective": objective, "lambda": lam, "chunk_tokens": chunk}
+    meta = {"T": t, "H": h, "V": v, "dtype": dtype, "objective": objective, "lambda": lam, "chunk_vocab": chunk}
     result, gh, gw = run_tool(tmp_path, hidden, weight, labels, groups, meta)
 
     # fp32: only rounding separates fp32 C++ from the float64 oracle (~1e-7 relative per op).
-    # bf16: chunk logits and gradients are stored in bf16 (relative step 2^-8).
+    # bf16: block logits and gradients are stored in bf16 (relative step 2^-8).
     tol = 1e-5 if dtype == "float32" else 3e-2
     if loss_ref.item() == 0.0:
         assert result["loss"] == 0.0

@@ -53,7 +53,7 @@ SFTGO_HD float cross_entropy_grad(float x, float lse, bool is_label, float scale
   return (expf(x - lse) - (is_label ? 1.0f : 0.0f)) * scale;
 }
 
-// Softmax state of a contiguous slice [begin, end) of one row, in blocks: a block max first, then
+// Softmax state of a contiguous slice [begin, end) of one row (one vocabulary block), in blocks: a block max first, then
 // one sum of exp against it, merged into the running state. Two cheap passes over a block that
 // sits in L1 avoid the per-element rescale of the pure online form. Used by the CPU path.
 template <typename T>
@@ -76,11 +76,12 @@ inline SoftmaxState row_softmax_state(const T* row, int64_t begin, int64_t end) 
   return state;
 }
 
-// Writes scale * (softmax - onehot(label)) over row[begin, end) in place (T = float or bf16).
+// Writes scale * (softmax - onehot(label)) over one vocabulary block of a row in place (T = float or
+// bf16). `row` holds columns [col0, col0 + n) of the full row; label is a full-vocabulary index.
 template <typename T>
-inline void row_cross_entropy_grad(T* row, int64_t begin, int64_t end, int64_t label, float lse, float scale) {
-  for (int64_t j = begin; j < end; ++j) {
-    row[j] = static_cast<T>(cross_entropy_grad(static_cast<float>(row[j]), lse, j == label, scale));
+inline void row_cross_entropy_grad(T* row, int64_t n, int64_t col0, int64_t label, float lse, float scale) {
+  for (int64_t j = 0; j < n; ++j) {
+    row[j] = static_cast<T>(cross_entropy_grad(static_cast<float>(row[j]), lse, col0 + j == label, scale));
   }
 }
 

@@ -89,7 +89,11 @@ struct FusedLossOptions {
   double lambda = 0.5;
   // Empty: weights from this forward's own stats (microbatch scope).
   WeightsHook weights_hook;
-  // Tokens per logits chunk; 0 = auto (chunk buffer <= ~8% of the fp32 [T, V] logits).
+  // Vocabulary columns per logits block; 0 = auto (all temporaries <= 10% of the fp32 [T, V] logits,
+  // at least 256 columns).
+  int64_t chunk_vocab = 0;
+  // Trained tokens per pass over the vocabulary; 0 = all at once (default, widest GEMMs). Set it only
+  // to cap the [rows, Vb] buffer for very long micro-batches.
   int64_t chunk_tokens = 0;
   // One reduction over the per-token losses; raises sftgo::Error(kNumeric) on NaN/Inf.
   bool check_numerics = true;
@@ -102,7 +106,7 @@ struct LossInfo {
   LossWeights weights;     // the weights applied (from local stats or the hook)
   LossMetrics metrics;     // local stats under the applied weights (metrics.loss = returned value);
                            // step-wide metrics: compute_loss_metrics(step_stats, weights, lambda)
-  int64_t chunk_tokens = 0;
+  int64_t chunk_vocab = 0;  // vocabulary block width used
 };
 
 // Fused LM head + SFT-GO loss. Returns a 0-dim fp32 tensor sum_i w_i * l_i; backward() yields the
@@ -112,7 +116,7 @@ struct LossInfo {
 //   labels  [T] int64, options.ignore_index marks tokens not trained
 //   groups  [T] bool/int8/uint8, non-zero = important; ignored where the label is ignored. May be
 //           undefined for objective ce.
-// The [T, V] logits never exist in full: see docs/loss.md for the two-pass chunked algorithm.
+// The [T, V] logits never exist in full: see docs/loss.md for the two-pass vocabulary-blocked algorithm.
 at::Tensor fused_group_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
                             const at::Tensor& groups, const FusedLossOptions& options,
                             LossInfo* info = nullptr);
