@@ -34,6 +34,11 @@ if(NOT SFTGO_CUDA STREQUAL "OFF")
   endif()
 endif()
 
+# A CUDA build of LibTorch probes the installed GPUs with a try_run unless an arch list is given;
+# that probe fails on GPU-less build hosts (and with nvcc 13 + CMake 3.25), CUDA kernels or not.
+if(NOT DEFINED TORCH_CUDA_ARCH_LIST)
+  set(TORCH_CUDA_ARCH_LIST "9.0")
+endif()
 if(NOT SFTGO_HAVE_CUDA)
   # A CUDA build of LibTorch still configures without a toolkit once its CUDA probing is off.
   set(CAFFE2_USE_CUDA OFF CACHE BOOL "" FORCE)

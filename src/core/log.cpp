@@ -1,6 +1,7 @@
 #include "sftgo/core/log.h"
 
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include <memory>
 
@@ -50,9 +51,15 @@ int log_rank() { return g_rank; }
 int log_world_size() { return g_world; }
 bool is_rank0() { return g_rank == 0; }
 
-spdlog::logger& logger() {
+static spdlog::logger& logger() {
   if (!g_logger) init_logging();
   return *g_logger;
+}
+
+bool log_enabled(LogLevel level) { return logger().should_log(to_spdlog(level)); }
+
+void log_message(LogLevel level, std::string_view message) {
+  logger().log(to_spdlog(level), "{}", message);
 }
 
 }  // namespace sftgo

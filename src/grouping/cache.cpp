@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include <fmt/format.h>
+#include "sftgo/core/format.h"
 
 #include "sftgo/core/error.h"
 #include "sftgo/core/log.h"
@@ -72,7 +72,7 @@ uint64_t grouping_cache_key(const std::string& dataset_fingerprint, const std::s
   // Length-prefixed fields so ("ab","c") and ("a","bc") differ.
   std::string s;
   for (const std::string& part :
-       {dataset_fingerprint, function_name, params, fmt::format("{}", k_percent),
+       {dataset_fingerprint, function_name, params, sftgo::format("{}", k_percent),
         std::to_string(kGroupingCacheVersion)}) {
     put<uint64_t>(s, part.size());
     s += part;
@@ -81,7 +81,7 @@ uint64_t grouping_cache_key(const std::string& dataset_fingerprint, const std::s
 }
 
 std::string grouping_cache_path(const std::string& cache_dir, const std::string& function_name, uint64_t key) {
-  return (std::filesystem::path(cache_dir) / fmt::format("groups-{}-{:016x}.bin", function_name, key)).string();
+  return (std::filesystem::path(cache_dir) / sftgo::format("groups-{}-{:016x}.bin", function_name, key)).string();
 }
 
 void save_grouping_cache(const std::string& path, uint64_t key, const GroupingOutput& out) {
@@ -135,9 +135,9 @@ std::optional<GroupingOutput> load_grouping_cache(const std::string& path, uint6
   r.pos = 8;
   r.get(version) && r.get(reserved) && r.get(file_key) && r.get(n) && r.get(tokens) && r.get(payload_hash);
   if (std::memcmp(magic, kMagic, 8) != 0) return reject("bad magic");
-  if (version != kGroupingCacheVersion) return reject(fmt::format("version {} != {}", version, kGroupingCacheVersion));
+  if (version != kGroupingCacheVersion) return reject(sftgo::format("version {} != {}", version, kGroupingCacheVersion));
   if (file_key != key) return reject("key mismatch");
-  if (n != examples.size()) return reject(fmt::format("{} examples, dataset has {}", n, examples.size()));
+  if (n != examples.size()) return reject(sftgo::format("{} examples, dataset has {}", n, examples.size()));
   const size_t payload_size = buf.size() - kHeaderSize;
   if (tokens > payload_size || payload_size != n * 4 + tokens * 5) return reject("wrong payload size");
   if (hash64(buf.data() + kHeaderSize, payload_size) != payload_hash) return reject("payload checksum mismatch");
@@ -150,7 +150,7 @@ std::optional<GroupingOutput> load_grouping_cache(const std::string& path, uint6
     uint32_t len = 0;
     r.get(len);
     if (len != examples[i].ids.size())
-      return reject(fmt::format("example {} has {} tokens, cache {}", i, examples[i].ids.size(), len));
+      return reject(sftgo::format("example {} has {} tokens, cache {}", i, examples[i].ids.size(), len));
     out.groups[i].resize(len);
     out.scores[i].resize(len);
     total += len;
@@ -165,7 +165,7 @@ std::optional<GroupingOutput> load_grouping_cache(const std::string& path, uint6
     g += len;
     s += len * sizeof(float);
     for (uint8_t v : out.groups[i])
-      if (v > kGroupImportant) return reject(fmt::format("invalid group value {}", int(v)));
+      if (v > kGroupImportant) return reject(sftgo::format("invalid group value {}", int(v)));
   }
   return out;
 }

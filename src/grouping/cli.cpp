@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <iostream>
 
-#include <fmt/format.h>
+#include "sftgo/core/format.h"
 
 #include "sftgo/core/error.h"
 #include "sftgo/core/strings.h"
@@ -104,12 +104,12 @@ int run_groups_cli(const std::vector<data::TokenizedExample>& examples, const To
                    const GroupingOptions& opts, int show_n, const std::string& html_out, std::ostream& out) {
   const auto result = compute_groups(examples, opts, &tok);
   const auto share = group_share(examples, result.groups);
-  out << fmt::format("grouping function {} ({}), top {}% per sequence\n", opts.function,
-                     result.from_cache ? "loaded from " + result.cache_path : fmt::format("computed in {:.2f} s", result.seconds),
+  out << sftgo::format("grouping function {} ({}), top {}% per sequence\n", opts.function,
+                     result.from_cache ? "loaded from " + result.cache_path : sftgo::format("computed in {:.2f} s", result.seconds),
                      opts.top_k_percent);
-  out << fmt::format("{} examples, {} trained tokens, {} important\n", examples.size(), share.trained_tokens,
+  out << sftgo::format("{} examples, {} trained tokens, {} important\n", examples.size(), share.trained_tokens,
                      share.important_tokens);
-  out << fmt::format("important share: {:.2f}% overall, {:.2f}% mean per sequence\n", 100 * share.overall,
+  out << sftgo::format("important share: {:.2f}% overall, {:.2f}% mean per sequence\n", 100 * share.overall,
                      100 * share.mean_per_sequence);
 
   const std::string mode = use_ansi(out) ? "ansi" : "brackets";
@@ -122,14 +122,14 @@ int run_groups_cli(const std::vector<data::TokenizedExample>& examples, const To
       trained += ex.labels[t] != data::kIgnoreLabel;
       important += result.groups[i][t] == kGroupImportant;
     }
-    const std::string title = fmt::format("example {} ({} tokens, {} trained, {} important)",
+    const std::string title = sftgo::format("example {} ({} tokens, {} trained, {} important)",
                                           ex.index >= 0 ? ex.index : static_cast<int64_t>(i), ex.ids.size(), trained,
                                           important);
     out << "\n--- " << title << " ---\n" << render_example(ex, result.groups[i], tok, mode) << "\n";
     html += "<h2>" + html_escape(title) + "</h2>\n<pre>" + render_example(ex, result.groups[i], tok, "html") + "</pre>\n";
   }
   if (!html_out.empty()) {
-    const std::string page = fmt::format(
+    const std::string page = sftgo::format(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>sftgo groups: {0}</title>\n"
         "<style>body{{font-family:sans-serif;max-width:60em;margin:auto}}"
         "pre{{white-space:pre-wrap;font-family:inherit;line-height:1.5;border:1px solid #ddd;padding:.5em}}"

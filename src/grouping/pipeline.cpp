@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <thread>
 
-#include <fmt/format.h>
+#include "sftgo/core/format.h"
 
 #include "sftgo/core/error.h"
 #include "sftgo/core/log.h"
@@ -70,7 +70,7 @@ GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& example
   uint64_t key = 0;
   if (!opts.cache_dir.empty()) {
     const std::string fingerprint = opts.dataset_fingerprint.empty()
-                                        ? fmt::format("content:{:016x}", examples_fingerprint(examples))
+                                        ? sftgo::format("content:{:016x}", examples_fingerprint(examples))
                                         : opts.dataset_fingerprint;
     key = grouping_cache_key(fingerprint, fn->name(), fn->params(), opts.top_k_percent);
     cache_path = grouping_cache_path(opts.cache_dir, fn->name(), key);

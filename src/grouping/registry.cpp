@@ -3,7 +3,7 @@
 #include <map>
 #include <mutex>
 
-#include <fmt/format.h>
+#include "sftgo/core/format.h"
 
 #include "builtin.h"
 #include "sftgo/core/error.h"
@@ -33,7 +33,7 @@ Registry& registry() {
 }  // namespace
 
 namespace detail {
-std::string param_double(double v) { return fmt::format("{}", v); }
+std::string param_double(double v) { return sftgo::format("{}", v); }
 }  // namespace detail
 
 void register_grouping_function(const std::string& name, GroupingFactory factory) {

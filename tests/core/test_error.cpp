@@ -36,10 +36,21 @@ TEST(Log, ParsesLevelsAndRejectsUnknown) {
   EXPECT_EQ(log_rank(), 3);
   EXPECT_FALSE(is_rank0());
   // Non-zero ranks only report warnings and errors.
-  EXPECT_FALSE(logger().should_log(spdlog::level::info));
-  EXPECT_TRUE(logger().should_log(spdlog::level::warn));
+  EXPECT_FALSE(log_enabled(LogLevel::kInfo));
+  EXPECT_TRUE(log_enabled(LogLevel::kWarn));
   init_logging(0, 1, LogLevel::kInfo);
-  EXPECT_TRUE(logger().should_log(spdlog::level::info));
+  EXPECT_TRUE(log_enabled(LogLevel::kInfo));
+  EXPECT_FALSE(log_enabled(LogLevel::kDebug));
+}
+
+TEST(Format, PlaceholdersSpecsAndBraces) {
+  EXPECT_EQ(format("a {} b {}", 1, "x"), "a 1 b x");
+  EXPECT_EQ(format("{:.2f}|{:.3e}|{:5}|{:<5}|{:^7}|{:x}", 3.14159, 12345.0, 42, "ab", "mid", 255),
+            "3.14|1.234e+04|   42|ab   |  mid  |ff");
+  EXPECT_EQ(format("{{}} {} {}", true, std::string("s")), "{} true s");
+  EXPECT_EQ(format("{} {}", 1), "1 {}");  // a missing argument never throws
+  EXPECT_EQ(format("{}", uint64_t{18446744073709551615ull}), "18446744073709551615");
+  EXPECT_EQ(format("{:08.3f}|{:016x}|{:05}", 3.5, 255, -42), "0003.500|00000000000000ff|-0042");
 }
 
 TEST(Timer, PhaseTimesAccumulate) {

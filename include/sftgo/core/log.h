@@ -1,10 +1,13 @@
-// Rank-aware logging on spdlog. Info goes to stderr from rank 0 only (so `mpirun -np 8` prints one
-// stream); warnings and errors come from every rank, prefixed with the rank when world_size > 1.
+// Rank-aware logging. Info goes to stderr from rank 0 only (so `mpirun -np 8` prints one stream);
+// warnings and errors come from every rank, prefixed with the rank when world_size > 1.
+// spdlog does the writing inside log.cpp only: this header stays free of fmt/spdlog because
+// LibTorch's bundled fmt clashes with the system one (see format.h).
 #pragma once
 
-#include <spdlog/spdlog.h>
-
 #include <string>
+#include <string_view>
+
+#include "sftgo/core/format.h"
 
 namespace sftgo {
 
@@ -16,25 +19,25 @@ LogLevel parse_log_level(const std::string& name);  // "debug" | "info" | "warn"
 int log_rank();
 int log_world_size();
 bool is_rank0();
+// Whether a message of this level would be printed by this process.
+bool log_enabled(LogLevel level);
+void log_message(LogLevel level, std::string_view message);
 
-// The process logger; filtered by rank as described above.
-spdlog::logger& logger();
-
 template <typename... Args>
-void log_debug(spdlog::format_string_t<Args...> fmt, Args&&... args) {
-  logger().debug(fmt, std::forward<Args>(args)...);
+void log_debug(std::string_view fmt, const Args&... args) {
+  if (log_enabled(LogLevel::kDebug)) log_message(LogLevel::kDebug, format(fmt, args...));
 }
 template <typename... Args>
-void log_info(spdlog::format_string_t<Args...> fmt, Args&&... args) {
-  logger().info(fmt, std::forward<Args>(args)...);
+void log_info(std::string_view fmt, const Args&... args) {
+  if (log_enabled(LogLevel::kInfo)) log_message(LogLevel::kInfo, format(fmt, args...));
 }
 template <typename... Args>
-void log_warn(spdlog::format_string_t<Args...> fmt, Args&&... args) {
-  logger().warn(fmt, std::forward<Args>(args)...);
+void log_warn(std::string_view fmt, const Args&... args) {
+  if (log_enabled(LogLevel::kWarn)) log_message(LogLevel::kWarn, format(fmt, args...));
 }
 template <typename... Args>
-void log_error(spdlog::format_string_t<Args...> fmt, Args&&... args) {
-  logger().error(fmt, std::forward<Args>(args)...);
+void log_error(std::string_view fmt, const Args&... args) {
+  if (log_enabled(LogLevel::kError)) log_message(LogLevel::kError, format(fmt, args...));
 }
 
 }  // namespace sftgo
