@@ -1,0 +1,75 @@
+// Training checkpoints: a directory that Hugging Face can load (config.json, safetensors, tokenizer
+// files) plus what an exact resume needs (optimizer state, trainer state). Written atomically:
+// everything goes into a temporary sibling directory that is renamed into place at the end, so a
+// crash mid-save leaves the previous checkpoints untouched and never a half-written one.
+//
+// Layout of RUN_DIR/checkpoints/step_00000100/:
+//   config.json, model.safetensors[.index.json + shards]  HF weights (model::save_pretrained)
+//   tokenizer.json, tokenizer_config.json                  copied from the run's tokenizer
+//   optimizer.pt                                           torch::serialize archive of the optimizer
+//   trainer_state.json                                     step, sampler position, lambda, RNG, ...
+//   resolved_config.yaml                                   the config the run used
+#pragma once
+
+#include <torch/optim/optimizer.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace sftgo::model {
+class LlamaModelImpl;
+}
+
+namespace sftgo::checkpoint {
+
+// What the trainer needs to continue exactly where it stopped.
+struct TrainerState {
+  int64_t step = 0;             // optimizer steps completed
+  int64_t total_steps = 0;
+  int64_t sampler_epoch = 0;    // data::SamplerState
+  int64_t sampler_index = 0;
+  int64_t nan_skips = 0;
+  int64_t tokens_seen = 0;
+  double lambda = 0.0;
+  double elapsed_s = 0.0;       // training time before this checkpoint
+  std::string rng_state_hex;    // CPU generator state
+  std::string config_yaml;      // resolved config, for a mismatch check on resume
+  int world_size = 1;
+
+  std::string to_json() const;
+  static TrainerState from_json(const std::string& text, const std::string& source);
+};
+
+struct SaveRequest {
+  const model::LlamaModelImpl* model = nullptr;
+  torch::optim::Optimizer* optimizer = nullptr;
+  TrainerState state;
+  std::vector<std::string> tokenizer_files;  // copied next to the weights when they exist
+  std::string resolved_config_yaml;
+};
+
+std::string checkpoint_dir_name(int64_t step);  // "step_00000100"
+std::string checkpoints_root(const std::string& run_dir);  // RUN_DIR/checkpoints
+
+// Saves into RUN_DIR/checkpoints/step_N atomically and removes all but the newest `keep_last`.
+// Returns the checkpoint directory.
+std::string save_checkpoint(const std::string& run_dir, const SaveRequest& request, int64_t keep_last);
+
+// Complete checkpoints (trainer_state.json present) under RUN_DIR/checkpoints, oldest first.
+std::vector<std::string> list_checkpoints(const std::string& run_dir);
+// "auto" -> the newest checkpoint of run_dir (nullopt when none); otherwise the given directory,
+// which must hold trainer_state.json.
+std::optional<std::string> resolve_resume_dir(const std::string& spec, const std::string& run_dir);
+
+TrainerState load_trainer_state(const std::string& checkpoint_dir);
+// Restores optimizer.pt into an optimizer built over the same parameters.
+void load_optimizer_state(const std::string& checkpoint_dir, torch::optim::Optimizer& optimizer);
+
+// CPU RNG state as hex and back (exact resume of anything drawing random numbers).
+std::string cpu_rng_state_hex();
+void set_cpu_rng_state_hex(const std::string& hex);
+
+}  // namespace sftgo::checkpoint

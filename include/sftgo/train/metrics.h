@@ -1,0 +1,54 @@
+// Per-step metrics: one JSON object per line in RUN_DIR/metrics.jsonl, and the terminal progress line.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+namespace sftgo::train {
+
+struct StepMetrics {
+  int64_t step = 0;           // optimizer steps completed, 1-based after the first update
+  double epoch = 0;           // fractional epoch
+  double loss = 0;            // the objective (step-wide)
+  double loss_ce = 0;
+  double loss_imp = 0;
+  double loss_unimp = 0;
+  int worst_group = -1;       // 1 = important, 0 = unimportant, -1 = n/a
+  int64_t count_imp = 0;
+  int64_t count_unimp = 0;
+  double lambda = 0;
+  double lr = 0;
+  double grad_norm = 0;
+  int64_t tokens = 0;         // tokens forwarded this step (all ranks)
+  int64_t trained_tokens = 0;
+  double tokens_per_s = 0;
+  double mfu = -1;            // model FLOPs utilisation on GPU; -1 when unknown (CPU)
+  double step_s = 0;
+  double elapsed_s = 0;
+  bool skipped = false;       // non-finite loss or gradient: no update was applied
+
+  std::string to_json() const;
+};
+
+class MetricsLog {
+ public:
+  // Opens RUN_DIR/metrics.jsonl for appending; with keep_through_step >= 0 (a resume), lines of
+  // later steps left by the interrupted run are dropped first so the log has no duplicates.
+  MetricsLog(const std::string& path, int64_t keep_through_step);
+  ~MetricsLog();
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
+  void write(const StepMetrics& m);  // one line, flushed (a crash loses at most the current step)
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::FILE* file_ = nullptr;
+};
+
+// "step 12/300 | loss 2.3456 | ce 2.31 | imp 3.10 | unimp 1.95 | lambda 0.90 | 1.2k tok/s | ETA 4m10s"
+std::string progress_line(const StepMetrics& m, int64_t total_steps);
+std::string format_duration(double seconds);
+
+}  // namespace sftgo::train

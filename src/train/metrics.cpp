@@ -1,0 +1,82 @@
+#include "sftgo/train/metrics.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <sstream>
+
+#include "sftgo/core/error.h"
+#include "sftgo/core/strings.h"
+
+namespace sftgo::train {
+
+namespace {
+// JSON has no NaN/Inf: write them as null so every line stays parseable.
+nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+}  // namespace
+
+std::string StepMetrics::to_json() const {
+  nlohmann::json j = {{"step", step}, {"epoch", num(epoch)}, {"loss", num(loss)}, {"loss_ce", num(loss_ce)},
+                      {"loss_imp", num(loss_imp)}, {"loss_unimp", num(loss_unimp)}, {"worst_group", worst_group},
+                      {"count_imp", count_imp}, {"count_unimp", count_unimp}, {"lambda", num(lambda)},
+                      {"lr", num(lr)}, {"grad_norm", num(grad_norm)}, {"tokens", tokens},
+                      {"trained_tokens", trained_tokens}, {"tokens_per_s", num(tokens_per_s)},
+                      {"step_s", num(step_s)}, {"elapsed_s", num(elapsed_s)}, {"skipped", skipped}};
+  if (mfu >= 0) j["mfu"] = num(mfu);
+  return j.dump();
+}
+
+MetricsLog::MetricsLog(const std::string& path, int64_t keep_through_step) : path_(path) {
+  namespace fs = std::filesystem;
+  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
+  if (keep_through_step >= 0 && fs::exists(path)) {
+    std::string kept;
+    for (const auto& line : split(read_file(path), '\n')) {
+      if (line.empty()) continue;
+      auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+          j["step"].get<int64_t>() <= keep_through_step)
+        kept += line + "\n";
+    }
+    write_file_atomic(path, kept);
+  } else if (keep_through_step < 0) {
+    write_file_atomic(path, "");  // a fresh run starts a fresh log
+  }
+  file_ = std::fopen(path.c_str(), "ab");
+  SFTGO_CHECK(file_ != nullptr, ErrorKind::kIo, path, ": cannot open for appending (", std::strerror(errno), ")");
+}
+
+MetricsLog::~MetricsLog() {
+  if (file_) std::fclose(file_);
+}
+
+void MetricsLog::write(const StepMetrics& m) {
+  std::string line = m.to_json() + "\n";
+  std::fwrite(line.data(), 1, line.size(), file_);
+  std::fflush(file_);
+}
+
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  auto total = static_cast<int64_t>(std::llround(s));
+  std::ostringstream os;
+  if (total >= 3600) os << total / 3600 << "h" << (total % 3600) / 60 << "m";
+  else if (total >= 60) os << total / 60 << "m" << total % 60 << "s";
+  else os << total << "s";
+  return os.str();
+}
+
+std::string progress_line(const StepMetrics& m, int64_t total_steps) {
+  char buf[256];
+  const double remaining = m.step > 0 ? m.elapsed_s / static_cast<double>(m.step) * static_cast<double>(total_steps - m.step) : -1;
+  std::snprintf(buf, sizeof buf, "step %lld/%lld | loss %.4f | ce %.4f | imp %.3f | unimp %.3f | lambda %.2f | lr %.2e | %.0f tok/s | ETA %s%s",
+                static_cast<long long>(m.step), static_cast<long long>(total_steps), m.loss, m.loss_ce, m.loss_imp,
+                m.loss_unimp, m.lambda, m.lr, m.tokens_per_s, format_duration(remaining).c_str(),
+                m.skipped ? " | SKIPPED (non-finite)" : "");
+  return buf;
+}
+
+}  // namespace sftgo::train

@@ -1,0 +1,36 @@
+#include "sftgo/train/options.h"
+
+namespace sftgo::train {
+
+data::DataOptions data_options(const Config& cfg) {
+  data::DataOptions d;
+  d.path = cfg.data.path;
+  d.format = data::parse_data_format(cfg.data.format);
+  d.template_kind = data::parse_template_kind(cfg.data.template_name);
+  d.max_seq_len = cfg.data.max_seq_len;
+  d.truncation = data::parse_truncation(cfg.data.truncation);
+  d.on_bad_record = data::parse_on_bad_record(cfg.data.on_bad_record);
+  if (!cfg.data.system_prompt.empty()) d.system_prompt = cfg.data.system_prompt;
+  d.cache_dir = cfg.data.cache_dir;
+  d.packing = cfg.data.packing;
+  d.seed = static_cast<uint64_t>(cfg.run.seed);
+  d.micro_batch_size = cfg.train.micro_batch_size;
+  return d;
+}
+
+grouping::GroupingOptions grouping_options(const Config& cfg) {
+  grouping::GroupingOptions g;
+  g.function = cfg.grouping.function;
+  g.top_k_percent = cfg.grouping.top_k_percent;
+  g.selection = cfg.grouping.selection;
+  g.seed = static_cast<uint64_t>(cfg.run.seed);
+  g.tfidf_sublinear_tf = cfg.grouping.tfidf_sublinear_tf;
+  g.tfidf_smooth_idf = cfg.grouping.tfidf_smooth_idf;
+  g.llmlingua2_model = cfg.grouping.llmlingua2_model;
+  g.llmlingua2_aggregation = cfg.grouping.llmlingua2_aggregation;
+  g.cache_dir = cfg.data.cache_dir;
+  g.num_threads = static_cast<int>(cfg.train.num_threads);
+  return g;
+}
+
+}  // namespace sftgo::train

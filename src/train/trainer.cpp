@@ -1,0 +1,480 @@
+#include "sftgo/train/trainer.h"
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+#include <optional>
+#include <unistd.h>
+
+#include "sftgo/checkpoint/checkpoint.h"
+#include "sftgo/core/error.h"
+#include "sftgo/core/log.h"
+#include "sftgo/core/strings.h"
+#include "sftgo/core/timer.h"
+#include "sftgo/core/version.h"
+#include "sftgo/data/collate.h"
+#include "sftgo/data/dataset.h"
+#include "sftgo/data/sampler.h"
+#include "sftgo/grouping/grouping.h"
+#include "sftgo/loss/group_loss.h"
+#include "sftgo/model/config.h"
+#include "sftgo/model/llama.h"
+#include "sftgo/optim/optim.h"
+#include "sftgo/tokenizer/tokenizer.h"
+#include "sftgo/train/options.h"
+
+namespace fs = std::filesystem;
+
+namespace sftgo::train {
+namespace {
+
+// Dense bf16 peak of one H100 SXM, for MFU (the GPUs this project targets).
+constexpr double kH100PeakBf16Flops = 989e12;
+
+c10::Device resolve_device(const std::string& name) {
+  if (name == "cpu") return c10::kCPU;
+  if (name == "cuda") {
+    SFTGO_CHECK_HINT(torch::cuda::is_available(), ErrorKind::kConfig, "use model.device: cpu or auto",
+                     "model.device is cuda but no CUDA device is available");
+    return c10::Device(c10::kCUDA, 0);
+  }
+  return torch::cuda::is_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+}
+
+// The tokenizer directory's files, copied into every checkpoint so it loads as a HF model dir.
+std::vector<std::string> tokenizer_files(const std::string& path) {
+  fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  return {(dir / "tokenizer.json").string(), (dir / "tokenizer_config.json").string()};
+}
+
+// One micro-batch moved to the device and reduced to what the loss needs.
+struct DeviceBatch {
+  at::Tensor ids, positions, mask;  // [B,S], [B,S], bool [B,1,S,S] or undefined
+  at::Tensor select;                // [T] flat indices of trained positions in [B*(S-1)]
+  at::Tensor labels, groups;        // [T] int64, [T] uint8: shifted to the predicting position
+  int64_t tokens = 0;               // real (non-padding) tokens
+  int64_t trained = 0;
+  int64_t important = 0;
+};
+
+}  // namespace
+
+struct Trainer::Impl {
+  LoadedConfig loaded;
+  const Config& cfg;
+  TrainerHooks hooks;
+
+  c10::Device device{c10::kCPU};
+  std::optional<Tokenizer> tok;
+  data::PreparedDataset dataset;
+  model::LlamaModel model{nullptr};
+  std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::unique_ptr<data::DistributedSampler> sampler;
+  loss::Objective objective = loss::Objective::kSftGo;
+  loss::StatsScope scope = loss::StatsScope::kStep;
+  optim::LrSchedule schedule;
+  int64_t per_rank_batch = 1;
+  int64_t steps_per_epoch = 1;
+  int64_t total_steps = 1;
+  int64_t n_params = 0;
+  int32_t pad_id = 0;
+
+  // Progress, saved in checkpoints.
+  int64_t step = 0;
+  int64_t nan_skips = 0;
+  int64_t tokens_seen = 0;
+  double elapsed_before = 0;
+
+  Impl(LoadedConfig l, TrainerHooks h) : loaded(std::move(l)), cfg(loaded.config), hooks(std::move(h)) {}
+
+  void setup();
+  void prepare_groups();
+  void build_model();
+  void resume_from(const std::string& dir);
+  double lambda_at(int64_t s) const;
+  DeviceBatch to_device(const data::Batch& b) const;
+  at::Tensor forward_hidden(const DeviceBatch& b);  // [T,H] hidden states of trained positions
+  at::Tensor head_weight() const;
+  loss::FusedLossOptions loss_options(double lambda) const;
+  StepMetrics train_step();
+  std::string save(const std::string& why);
+};
+
+void Trainer::Impl::setup() {
+  Timer t;
+  if (cfg.train.num_threads > 0) torch::set_num_threads(static_cast<int>(cfg.train.num_threads));
+  torch::manual_seed(static_cast<uint64_t>(cfg.run.seed));
+  device = resolve_device(cfg.model.device);
+  SFTGO_CHECK_HINT(cfg.train.precision == "fp32", ErrorKind::kConfig, "use train.precision: fp32",
+                   "train.precision '", cfg.train.precision, "' is not supported by this build yet");
+  objective = loss::parse_objective(cfg.loss.objective);
+  scope = loss::parse_stats_scope(cfg.loss.scope);
+
+  tok.emplace(Tokenizer::load(cfg.tokenizer.path));
+  pad_id = tok->pad_id().value_or(tok->eos_id().value_or(0));
+
+  dataset = data::prepare_dataset(data_options(cfg), *tok);
+  const auto& st = dataset.stats;
+  SFTGO_CHECK(!dataset.examples.empty(), ErrorKind::kData, cfg.data.path, ": no trainable examples (", st.records,
+              " records, ", st.dropped_too_long, " too long, ", st.dropped_no_trained, " without response tokens)");
+  log_info("data {}: {} examples, {} tokens ({} trained), {} truncated, {} dropped{}", cfg.data.path, st.examples,
+           st.tokens, st.trained_tokens, st.truncated, st.dropped_too_long + st.dropped_no_trained,
+           dataset.from_cache ? " (from cache)" : "");
+
+  prepare_groups();
+  build_model();
+
+  const int world = 1;
+  per_rank_batch = cfg.train.global_batch_size / world;
+  sampler = std::make_unique<data::DistributedSampler>(static_cast<int64_t>(dataset.examples.size()),
+                                                       static_cast<uint64_t>(cfg.run.seed), 0, world);
+  steps_per_epoch = (sampler->per_rank() + per_rank_batch - 1) / per_rank_batch;
+  total_steps = cfg.train.max_steps > 0
+                    ? cfg.train.max_steps
+                    : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(cfg.train.epochs * static_cast<double>(steps_per_epoch) - 1e-9)));
+
+  optim::AdamWOptions ao{cfg.optim.lr, cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
+  optimizer = optim::make_adamw(model->hf_named_parameters(), ao);
+  schedule.peak_lr = cfg.optim.lr;
+  schedule.total_steps = total_steps;
+  schedule.warmup_steps = optim::resolve_warmup_steps(cfg.optim.warmup_steps, cfg.optim.warmup_ratio, total_steps);
+  schedule.decay = optim::parse_lr_decay(cfg.optim.schedule);
+  schedule.min_lr_ratio = cfg.optim.min_lr_ratio;
+  log_info("setup in {:.1f}s: {} optimizer steps ({} per epoch, {} micro-batches of {} per step), device {}",
+           t.seconds(), total_steps, steps_per_epoch, per_rank_batch / cfg.train.micro_batch_size,
+           cfg.train.micro_batch_size, device.str());
+}
+
+void Trainer::Impl::prepare_groups() {
+  if (cfg.grouping.function == "none") {
+    SFTGO_CHECK(objective == loss::Objective::kCe, ErrorKind::kConfig, "loss.objective '", cfg.loss.objective,
+                "' needs grouping.function other than none");
+    return;
+  }
+  const grouping::GroupingOptions g = grouping_options(cfg);
+  auto fn = grouping::make_grouping_function(g, &*tok);  // validates the name early
+  SFTGO_CHECK_HINT(fn->is_static(), ErrorKind::kConfig, "use a static function (tfidf, llmlingua2, frequency, random)",
+                   "grouping.function '", g.function, "' selects tokens from the training model's loss; the trainer "
+                   "does not support dynamic grouping yet");
+  SFTGO_CHECK(cfg.grouping.selection == "sequence", ErrorKind::kConfig,
+              "grouping.selection 'batch' is not supported by the trainer yet; use 'sequence'");
+  auto out = grouping::apply_grouping(dataset.examples, g, &*tok);
+  std::vector<std::vector<uint8_t>> masks;
+  masks.reserve(dataset.examples.size());
+  for (const auto& ex : dataset.examples) masks.push_back(ex.groups);
+  auto share = grouping::group_share(dataset.examples, masks);
+  log_info("grouping {}: {:.1f}% of {} trained tokens important (k = {}%), {:.2f}s{}", g.function,
+           100.0 * share.overall, share.trained_tokens, g.top_k_percent, out.seconds, out.from_cache ? " (cache)" : "");
+}
+
+void Trainer::Impl::build_model() {
+  model::ModelOptions mo;
+  mo.dtype = cfg.model.dtype == "bfloat16" ? c10::kBFloat16 : c10::kFloat;
+  mo.device = device;
+  mo.seed = static_cast<uint64_t>(cfg.run.seed);
+  mo.activation_checkpointing = cfg.model.activation_checkpointing;
+  if (!cfg.model.path.empty()) {
+    model = model::load_pretrained(cfg.model.path, mo);
+  } else {
+    auto c = model::LlamaConfig::preset(cfg.model.preset);
+    auto set = [](int64_t& field, int64_t v) { if (v > 0) field = v; };
+    set(c.hidden_size, cfg.model.hidden_size);
+    set(c.intermediate_size, cfg.model.intermediate_size);
+    set(c.num_hidden_layers, cfg.model.num_layers);
+    set(c.num_attention_heads, cfg.model.num_heads);
+    set(c.num_key_value_heads, cfg.model.num_kv_heads);
+    set(c.vocab_size, cfg.model.vocab_size);
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+    c.initializer_range = cfg.model.init_std;
+    // Special ids come from the tokenizer actually used, so saved checkpoints generate correctly.
+    if (auto bos = tok->bos_id()) c.bos_token_id = *bos;
+    if (auto eos = tok->eos_id()) c.eos_token_ids = {*eos};
+    c.validate("model config");
+    model = model::LlamaModel(c, mo);
+  }
+  model->set_activation_checkpointing(cfg.model.activation_checkpointing);
+  SFTGO_CHECK(tok->vocab_size() <= model->config().vocab_size, ErrorKind::kConfig, "the tokenizer has ",
+              tok->vocab_size(), " ids but the model's vocabulary is ", model->config().vocab_size);
+  n_params = 0;
+  for (const auto& [name, p] : model->hf_named_parameters()) n_params += p.numel();
+  log_info("model: {} layers, hidden {}, {:.1f}M parameters, {} on {}", model->config().num_hidden_layers,
+           model->config().hidden_size, static_cast<double>(n_params) / 1e6, cfg.model.dtype, device.str());
+}
+
+double Trainer::Impl::lambda_at(int64_t s) const {
+  if (cfg.loss.lambda_schedule == "linear_decay")
+    return loss::lambda_linear_decay(cfg.loss.lambda_max, cfg.loss.lambda_min, s, total_steps);
+  return loss::lambda_static(cfg.loss.lambda);
+}
+
+DeviceBatch Trainer::Impl::to_device(const data::Batch& b) const {
+  DeviceBatch d;
+  const int64_t S = b.seq_len();
+  d.ids = b.input_ids.to(device);
+  d.positions = b.position_ids.to(device);
+  // Padded rows are right-padded, so plain causal attention never lets a real token see padding;
+  // packed rows need per-document masks.
+  if (b.packed) d.mask = model::document_causal_mask(b.document_ids.to(device));
+  // Logits at position t predict the token at t+1: shift labels and groups left by one.
+  at::Tensor labels = b.labels.slice(1, 1, S).reshape({-1});
+  at::Tensor groups = b.groups.slice(1, 1, S).reshape({-1});
+  d.select = (labels != data::kIgnoreLabel).nonzero().squeeze(1);
+  d.labels = labels.index_select(0, d.select).to(device);
+  at::Tensor g = groups.index_select(0, d.select);
+  d.groups = g.to(device);
+  d.trained = d.select.numel();
+  d.important = g.sum().item<int64_t>();
+  d.tokens = b.attention_mask.sum().item<int64_t>();
+  d.select = d.select.to(device);
+  return d;
+}
+
+at::Tensor Trainer::Impl::head_weight() const {
+  return model->lm_head ? model->lm_head->weight : model->embed_tokens->weight;
+}
+
+at::Tensor Trainer::Impl::forward_hidden(const DeviceBatch& b) {
+  at::Tensor hidden = model->forward(b.ids, b.positions, b.mask);  // [B,S,H]
+  const int64_t S = hidden.size(1), H = hidden.size(2);
+  // Only trained positions reach the LM head: prompt tokens cost no [T x V] work at all.
+  return hidden.slice(1, 0, S - 1).reshape({-1, H}).index_select(0, b.select);
+}
+
+loss::FusedLossOptions Trainer::Impl::loss_options(double lambda) const {
+  loss::FusedLossOptions o;
+  o.objective = objective;
+  o.lambda = lambda;
+  o.chunk_tokens = cfg.loss.chunk_size;
+  o.check_numerics = cfg.loss.check_finite;
+  return o;
+}
+
+StepMetrics Trainer::Impl::train_step() {
+  Timer timer;
+  StepMetrics m;
+  const double lambda = lambda_at(step);
+  const double lr = optim::lr_at(schedule, step);
+
+  // This step's examples, in micro-batches.
+  std::vector<int64_t> indices = sampler->next(per_rank_batch);
+  std::vector<DeviceBatch> micro;
+  for (size_t i = 0; i < indices.size(); i += static_cast<size_t>(cfg.train.micro_batch_size)) {
+    std::vector<const data::TokenizedExample*> exs;
+    for (size_t j = i; j < std::min(indices.size(), i + static_cast<size_t>(cfg.train.micro_batch_size)); ++j)
+      exs.push_back(&dataset.examples[static_cast<size_t>(indices[j])]);
+    data::Batch b = cfg.data.packing ? data::collate_packed(exs, cfg.data.max_seq_len, pad_id)
+                                     : data::collate_padded(exs, pad_id);
+    micro.push_back(to_device(b));
+  }
+
+  // Weights of the step. With scope=step the group means cover every micro-batch, so the
+  // per-token coefficients must be known before the first backward:
+  //  * ce and rho1 need only token counts, known from the labels;
+  //  * sftgo with one micro-batch takes them from its own forward;
+  //  * sftgo with several runs a no-grad pre-pass for the step's group sums (one extra forward).
+  loss::GroupStats count_stats;
+  for (const auto& b : micro) {
+    count_stats.count[1] += b.important;
+    count_stats.count[0] += b.trained - b.important;
+    m.tokens += b.tokens;
+  }
+  m.trained_tokens = count_stats.total_count();
+  std::optional<loss::LossWeights> fixed;
+  loss::GroupStats step_stats;
+  bool finite = true;
+  const bool multi = micro.size() > 1;
+  if (scope == loss::StatsScope::kStep && multi) {
+    if (objective == loss::Objective::kSftGo) {
+      torch::NoGradGuard no_grad;
+      for (const auto& b : micro) {
+        loss::LossInfo info;
+        try {
+          loss::fused_group_loss(forward_hidden(b), head_weight(), b.labels, b.groups, loss_options(lambda), &info);
+        } catch (const Error& e) {
+          if (e.kind() != ErrorKind::kNumeric) throw;
+          finite = false;
+          break;
+        }
+        step_stats += info.local_stats;
+      }
+      fixed = loss::compute_loss_weights(step_stats, lambda, objective);
+    } else {
+      fixed = loss::compute_loss_weights(count_stats, lambda, objective);
+    }
+  }
+
+  loss::GroupStats seen;
+  double micro_loss_sum = 0;
+  std::optional<loss::LossWeights> applied;
+  for (size_t i = 0; finite && i < micro.size(); ++i) {
+    const auto& b = micro[i];
+    auto opts = loss_options(lambda);
+    if (fixed) opts.weights_hook = [w = *fixed](const loss::GroupStats&) { return w; };
+    loss::LossInfo info;
+    try {
+      at::Tensor l = loss::fused_group_loss(forward_hidden(b), head_weight(), b.labels, b.groups, opts, &info);
+      // microbatch scope: each micro-batch's objective counts equally (mean over micro-batches).
+      if (scope == loss::StatsScope::kMicrobatch && multi) l = l / static_cast<double>(micro.size());
+      l.backward();
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::kNumeric) throw;
+      log_warn("step {}: {}", step + 1, e.message());
+      finite = false;
+      break;
+    }
+    seen += info.local_stats;
+    micro_loss_sum += info.metrics.loss;
+    applied = info.weights;
+  }
+
+  const auto params = optimizer->param_groups();
+  std::vector<at::Tensor> all_params;
+  for (const auto& g : params)
+    for (const auto& p : g.params()) all_params.push_back(p);
+  m.grad_norm = finite ? optim::clip_grad_norm(all_params, cfg.optim.grad_clip) : NAN;
+  if (!std::isfinite(m.grad_norm)) finite = false;
+  if (finite) {
+    optim::set_lr(*optimizer, lr);
+    optimizer->step();
+  } else {
+    ++nan_skips;
+    m.skipped = true;
+  }
+  optimizer->zero_grad(true);
+
+  ++step;
+  tokens_seen += m.tokens;
+  // Metrics of the whole step from the summed statistics.
+  const loss::LossWeights w = fixed ? *fixed : (applied && !multi ? *applied : loss::compute_loss_weights(seen, lambda, objective));
+  const loss::LossMetrics lm = loss::compute_loss_metrics(seen, w, lambda);
+  m.step = step;
+  m.epoch = static_cast<double>(sampler->state().epoch) +
+            static_cast<double>(sampler->state().index) / static_cast<double>(std::max<int64_t>(1, sampler->per_rank()));
+  m.loss = finite ? (scope == loss::StatsScope::kMicrobatch && multi ? micro_loss_sum / static_cast<double>(micro.size()) : lm.loss) : NAN;
+  m.loss_ce = lm.loss_ce;
+  m.loss_imp = lm.loss_imp;
+  m.loss_unimp = lm.loss_unimp;
+  m.worst_group = lm.worst;
+  m.count_imp = seen.count[1];
+  m.count_unimp = seen.count[0];
+  m.lambda = lambda;
+  m.lr = lr;
+  if (device.is_cuda()) torch::cuda::synchronize();
+  m.step_s = timer.seconds();
+  m.tokens_per_s = static_cast<double>(m.tokens) / std::max(1e-9, m.step_s);
+  if (device.is_cuda()) m.mfu = 6.0 * static_cast<double>(n_params) * m.tokens_per_s / kH100PeakBf16Flops;
+  return m;
+}
+
+std::string Trainer::Impl::save(const std::string& why) {
+  checkpoint::SaveRequest r;
+  r.model = model.get();
+  r.optimizer = optimizer.get();
+  r.state.step = step;
+  r.state.total_steps = total_steps;
+  r.state.sampler_epoch = sampler->state().epoch;
+  r.state.sampler_index = sampler->state().index;
+  r.state.nan_skips = nan_skips;
+  r.state.tokens_seen = tokens_seen;
+  r.state.lambda = lambda_at(std::max<int64_t>(0, step - 1));
+  r.state.rng_state_hex = checkpoint::cpu_rng_state_hex();
+  r.state.config_yaml = config_to_yaml(cfg);
+  r.resolved_config_yaml = r.state.config_yaml;
+  r.tokenizer_files = tokenizer_files(cfg.tokenizer.path);
+  Timer t;
+  std::string dir = checkpoint::save_checkpoint(cfg.run.output_dir, r, cfg.train.keep_last);
+  log_info("saved checkpoint {} ({}, {:.1f}s)", dir, why, t.seconds());
+  return dir;
+}
+
+void Trainer::Impl::resume_from(const std::string& dir) {
+  auto st = checkpoint::load_trainer_state(dir);
+  if (st.config_yaml != config_to_yaml(cfg))
+    log_warn("resuming {} with a config that differs from the one it was saved with", dir);
+  model::load_hf_weights(*model, dir);
+  checkpoint::load_optimizer_state(dir, *optimizer);
+  data::SamplerState ss;
+  ss.epoch = st.sampler_epoch;
+  ss.index = st.sampler_index;
+  sampler->set_state(ss);
+  step = st.step;
+  nan_skips = st.nan_skips;
+  tokens_seen = st.tokens_seen;
+  elapsed_before = st.elapsed_s;
+  if (!st.rng_state_hex.empty()) checkpoint::set_cpu_rng_state_hex(st.rng_state_hex);
+  log_info("resumed from {} at step {}/{}", dir, step, total_steps);
+}
+
+Trainer::Trainer(LoadedConfig config, TrainerHooks hooks)
+    : impl_(std::make_unique<Impl>(std::move(config), std::move(hooks))) {
+  impl_->setup();
+}
+
+Trainer::~Trainer() = default;
+
+std::vector<std::pair<std::string, at::Tensor>> Trainer::named_parameters() const {
+  return impl_->model->hf_named_parameters();
+}
+
+TrainResult Trainer::run(const std::string& resume) {
+  Impl& s = *impl_;
+  const Config& cfg = s.cfg;
+  TrainResult result;
+  fs::create_directories(cfg.run.output_dir);
+  if (!resume.empty()) {
+    auto dir = checkpoint::resolve_resume_dir(resume, cfg.run.output_dir);
+    if (dir) s.resume_from(*dir);
+    else log_info("--resume auto: no checkpoint in {}, starting fresh", cfg.run.output_dir);
+  }
+  write_file_atomic((fs::path(cfg.run.output_dir) / "resolved_config.yaml").string(), config_to_yaml(cfg));
+  nlohmann::json versions = {{"sftgo", version_string()}, {"git", git_hash()}, {"libtorch", TORCH_VERSION},
+                             {"cuda_kernels", built_with_cuda()}, {"device", s.device.str()}};
+  write_file_atomic((fs::path(cfg.run.output_dir) / "versions.json").string(), versions.dump(1) + "\n");
+  MetricsLog metrics((fs::path(cfg.run.output_dir) / "metrics.jsonl").string(), resume.empty() ? -1 : s.step);
+
+  const bool tty = ::isatty(2);
+  Timer wall;
+  int64_t last_saved = -1;
+  bool first = true;
+  while (s.step < s.total_steps) {
+    StepMetrics m = s.train_step();
+    m.elapsed_s = s.elapsed_before + wall.seconds();
+    metrics.write(m);
+    if (first) result.first_loss = m.loss;
+    first = false;
+    result.last_loss = m.loss;
+    result.steps = s.step;
+    if (m.skipped) ++result.skipped_steps;
+    if (tty && is_rank0()) {
+      std::fprintf(stderr, "\r\033[K%s", progress_line(m, s.total_steps).c_str());
+      if (s.step == s.total_steps || m.skipped) std::fprintf(stderr, "\n");
+    } else if (s.step % cfg.train.log_every == 0 || s.step == s.total_steps || m.skipped) {
+      log_info("{}", progress_line(m, s.total_steps));
+    }
+    if (s.nan_skips > cfg.train.max_nan_skips) {
+      std::string dir = s.save("before stopping on non-finite values");
+      SFTGO_FAIL_HINT(ErrorKind::kNumeric, "lower optim.lr, check the data, or resume from the checkpoint",
+                      "training stopped at step ", s.step, ": ", s.nan_skips, " steps had a non-finite loss or gradient (train.max_nan_skips = ",
+                      cfg.train.max_nan_skips, "); the last good weights are saved in ", dir);
+    }
+    if (s.hooks.on_step && !s.hooks.on_step(m)) return result;  // simulated kill: no final save
+    if (cfg.train.save_every > 0 && s.step % cfg.train.save_every == 0 && s.step < s.total_steps) {
+      result.last_checkpoint = s.save("periodic");
+      last_saved = s.step;
+    }
+    if (stop_requested()) {
+      if (tty) std::fprintf(stderr, "\n");
+      result.last_checkpoint = s.save("stop requested");
+      result.interrupted = true;
+      log_info("stopped at step {}/{}; resume with --resume auto", s.step, s.total_steps);
+      return result;
+    }
+  }
+  if (last_saved != s.step) result.last_checkpoint = s.save("final");
+  log_info("done: {} steps in {}, final loss {:.4f}", s.step, format_duration(wall.seconds()), result.last_loss);
+  return result;
+}
+
+}  // namespace sftgo::train

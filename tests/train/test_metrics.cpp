@@ -1,0 +1,76 @@
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <filesystem>
+
+#include "sftgo/core/error.h"
+#include "sftgo/core/strings.h"
+#include "sftgo/train/metrics.h"
+#include "sftgo/train/plot.h"
+
+namespace sftgo::train {
+namespace {
+
+TEST(Metrics, JsonLinesStayParseableWithNonFiniteValues) {
+  StepMetrics m;
+  m.step = 3;
+  m.loss = NAN;
+  m.grad_norm = INFINITY;
+  auto j = nlohmann::json::parse(m.to_json());
+  EXPECT_EQ(j["step"], 3);
+  EXPECT_TRUE(j["loss"].is_null());
+  EXPECT_TRUE(j["grad_norm"].is_null());
+  EXPECT_FALSE(j.contains("mfu"));  // only reported on GPU
+}
+
+TEST(Metrics, ResumeDropsLinesPastTheCheckpointAndPlotReadsThem) {
+  auto dir = std::filesystem::temp_directory_path() / "sftgo_test_metrics";
+  std::filesystem::remove_all(dir);
+  const std::string path = (dir / "metrics.jsonl").string();
+  {
+    MetricsLog log(path, -1);
+    for (int s = 1; s <= 5; ++s) {
+      StepMetrics m;
+      m.step = s;
+      m.loss = 3.0 - 0.1 * s;
+      m.loss_imp = 4.0 - 0.2 * s;
+      m.loss_unimp = 2.0;
+      m.loss_ce = 2.5;
+      log.write(m);
+    }
+  }
+  {
+    MetricsLog log(path, 3);  // resumed from the step-3 checkpoint
+    StepMetrics m;
+    m.step = 4;
+    log.write(m);
+  }
+  auto lines = split(trim(read_file(path)), '\n');
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(nlohmann::json::parse(lines.back())["step"], 4);
+  std::string svg = plot_metrics_svg(path, "t");
+  EXPECT_NE(svg.find("<svg"), std::string::npos);
+  EXPECT_NE(svg.find("L_imp"), std::string::npos);
+  write_file_atomic((dir / "bad.jsonl").string(), "{\"step\": 1}\nnot json\n");
+  try {
+    plot_metrics_svg((dir / "bad.jsonl").string(), "t");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.jsonl:2"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Metrics, ProgressLineAndDurations) {
+  StepMetrics m;
+  m.step = 10;
+  m.elapsed_s = 20;
+  EXPECT_NE(progress_line(m, 20).find("step 10/20"), std::string::npos);
+  EXPECT_NE(progress_line(m, 20).find("ETA 20s"), std::string::npos);
+  EXPECT_EQ(format_duration(3725), "1h2m");
+  EXPECT_EQ(format_duration(-1), "?");
+}
+
+}  // namespace
+}  // namespace sftgo::train
