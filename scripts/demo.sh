@@ -18,6 +18,11 @@ TOK=$("$BIN" config "${ARGS[@]:1}" --yaml | awk '/^tokenizer:/{t=1} t && /path:/
 echo '{"text": "SFT-GO trains on the tokens that matter most."}' | "$BIN" tokenize --tokenizer "$TOK"
 echo "[demo] training: $BIN ${ARGS[*]} $*" >&2
 "$BIN" "${ARGS[@]}" "$@"
-RUN_DIR=$("$BIN" config "${ARGS[@]:1}" "$@" --yaml 2>/dev/null | awk '/^run:/{r=1} r && /output_dir:/{gsub(/"/,"",$2); print $2; exit}')
+SETS=()  # only the --set pairs of the extra arguments matter for finding the run directory
+while (($#)); do
+  if [ "$1" = "--set" ] && (($# > 1)); then SETS+=(--set "$2"); shift; fi
+  shift
+done
+RUN_DIR=$("$BIN" config "${ARGS[@]:1}" "${SETS[@]}" --yaml | awk '/^run:/{r=1} r && /output_dir:/{gsub(/"/,"",$2); print $2; exit}')
 "$BIN" plot "$RUN_DIR" >/dev/null && echo "[demo] group-loss curves: $RUN_DIR/group_losses.svg" >&2
 echo "[demo] metrics: $RUN_DIR/metrics.jsonl; checkpoints (Hugging Face format): $RUN_DIR/checkpoints/" >&2

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <set>
 #include <sstream>
@@ -41,6 +42,14 @@ bool is_section(const std::vector<Field>& fields, const std::string& prefix) {
   return false;
 }
 
+// Bounds as people write them: 16777216, not 1.67772e+07.
+std::string bound_text(double v) {
+  char buf[32];
+  if (v == std::floor(v) && std::fabs(v) < 1e15) std::snprintf(buf, sizeof buf, "%.0f", v);
+  else std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
 [[noreturn]] void unknown_key(const std::string& where, const std::string& key, const std::vector<Field>& fields) {
   std::string suggestion = closest_match(key, keys_of(fields));
   SFTGO_FAIL_HINT(ErrorKind::kConfig,
@@ -53,9 +62,9 @@ void check_range(const Field& f, double v, const std::string& where, const std::
   bool high_ok = !f.max || v <= *f.max;
   if (low_ok && high_ok) return;
   std::ostringstream expect;
-  if (f.min && f.max) expect << "in [" << *f.min << ", " << *f.max << "]";
-  else if (f.min) expect << (f.min_exclusive ? "> " : ">= ") << *f.min;
-  else expect << "<= " << *f.max;
+  if (f.min && f.max) expect << "in [" << bound_text(*f.min) << ", " << bound_text(*f.max) << "]";
+  else if (f.min) expect << (f.min_exclusive ? "> " : ">= ") << bound_text(*f.min);
+  else expect << "<= " << bound_text(*f.max);
   SFTGO_FAIL(ErrorKind::kConfig, where, ": ", f.key, " = ", text, " is out of range (expected ", expect.str(), ")");
 }
 
@@ -277,8 +286,8 @@ std::string config_reference_markdown() {
     }
     std::ostringstream allowed;
     if (!f.choices.empty()) allowed << join(f.choices, ", ");
-    else if (f.min && f.max) allowed << "[" << *f.min << ", " << *f.max << "]";
-    else if (f.min) allowed << (f.min_exclusive ? "> " : ">= ") << *f.min;
+    else if (f.min && f.max) allowed << "[" << bound_text(*f.min) << ", " << bound_text(*f.max) << "]";
+    else if (f.min) allowed << (f.min_exclusive ? "> " : ">= ") << bound_text(*f.min);
     std::string def = config_detail::value_string(f.ptr);
     os << "| `" << f.key << "` | " << config_detail::type_name(f.ptr) << " | `" << (def.empty() ? "\"\"" : def)
        << "` | " << allowed.str() << " | " << f.doc << " |\n";

@@ -72,7 +72,7 @@ std::vector<Field> fields_of(Config& c) {
   add("loss.lambda_max", c.loss.lambda_max, "Linear decay: lambda at the first step").range(0, 1);
   add("loss.lambda_min", c.loss.lambda_min, "Linear decay: lambda at the last step").range(0, 1);
   add("loss.scope", c.loss.scope, "Group means over the whole optimizer step (all micro-batches and ranks) or each micro-batch").one_of({"step", "microbatch"});
-  add("loss.chunk_size", c.loss.chunk_size, "Tokens per chunk of the fused LM head + cross-entropy").range(1, 1 << 24);
+  add("loss.chunk_tokens", c.loss.chunk_tokens, "Trained tokens per pass of the fused LM head + cross-entropy; 0 = all in one pass (vocabulary blocks are sized automatically)").range(0, 1 << 24);
   add("loss.check_finite", c.loss.check_finite, "Check the loss and inputs for NaN/Inf every step");
 
   add("optim.lr", c.optim.lr, "Peak learning rate").above(0);

@@ -246,7 +246,7 @@ loss::FusedLossOptions Trainer::Impl::loss_options(double lambda) const {
   loss::FusedLossOptions o;
   o.objective = objective;
   o.lambda = lambda;
-  o.chunk_tokens = cfg.loss.chunk_size;
+  o.chunk_tokens = cfg.loss.chunk_tokens;
   o.check_numerics = cfg.loss.check_finite;
   return o;
 }
