@@ -18,9 +18,11 @@
 #include "sftgo/data/dataset.h"
 #include "sftgo/data/sampler.h"
 #include "sftgo/grouping/grouping.h"
+#include "sftgo/grouping/rho1_torch.h"
 #include "sftgo/loss/group_loss.h"
 #include "sftgo/model/config.h"
 #include "sftgo/model/llama.h"
+#include "sftgo/model/score.h"
 #include "sftgo/optim/optim.h"
 #include "sftgo/tokenizer/tokenizer.h"
 #include "sftgo/train/options.h"
@@ -54,10 +56,29 @@ struct DeviceBatch {
   at::Tensor ids, positions, mask;  // [B,S], [B,S], bool [B,1,S,S] or undefined
   at::Tensor select;                // [T] flat indices of trained positions in [B*(S-1)]
   at::Tensor labels, groups;        // [T] int64, [T] uint8: shifted to the predicting position
+  at::Tensor ref_loss;              // [B,S-1] reference-model loss of each predicted token (Rho-1)
+  at::Tensor trained_dense;         // [B,S-1] bool, labels != ignore (Rho-1 selection)
+  int64_t rows = 0, seq = 0;        // B, S
   int64_t tokens = 0;               // real (non-padding) tokens
   int64_t trained = 0;
   int64_t important = 0;
 };
+
+// Per-token cross-entropy [T] (fp32) of hidden [T,H] under the LM head weight [V,H] for labels [T],
+// in row chunks so no more than [1024 x V] logits exist at once. No autograd.
+at::Tensor token_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels) {
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> parts;
+  const at::Tensor w = weight.to(at::kFloat);
+  for (int64_t i = 0; i < hidden.size(0); i += 1024) {
+    const int64_t n = std::min<int64_t>(1024, hidden.size(0) - i);
+    at::Tensor logits = at::linear(hidden.narrow(0, i, n).to(at::kFloat), w);  // [n,V]
+    at::Tensor picked = logits.gather(1, labels.narrow(0, i, n).unsqueeze(1)).squeeze(1);
+    parts.push_back(at::logsumexp(logits, 1) - picked);
+  }
+  if (parts.empty()) return at::zeros({0}, hidden.options().dtype(at::kFloat));
+  return at::cat(parts);
+}
 
 }  // namespace
 
@@ -80,6 +101,7 @@ struct Trainer::Impl {
   int64_t total_steps = 1;
   int64_t n_params = 0;
   int32_t pad_id = 0;
+  bool rho1 = false;  // groups chosen every step from the excess loss over a reference model
 
   // Progress, saved in checkpoints.
   int64_t step = 0;
@@ -92,6 +114,8 @@ struct Trainer::Impl {
   void setup();
   void prepare_groups();
   void build_model();
+  void score_reference_model();
+  void select_rho1_groups(DeviceBatch& b);
   void resume_from(const std::string& dir);
   double lambda_at(int64_t s) const;
   DeviceBatch to_device(const data::Batch& b) const;
@@ -125,6 +149,7 @@ void Trainer::Impl::setup() {
 
   prepare_groups();
   build_model();
+  if (rho1) score_reference_model();
 
   const int world = 1;
   per_rank_batch = cfg.train.global_batch_size / world;
@@ -155,11 +180,19 @@ void Trainer::Impl::prepare_groups() {
   }
   const grouping::GroupingOptions g = grouping_options(cfg);
   auto fn = grouping::make_grouping_function(g, &*tok);  // validates the name early
-  SFTGO_CHECK_HINT(fn->is_static(), ErrorKind::kConfig, "use a static function (tfidf, llmlingua2, frequency, random)",
+  if (g.function == "rho1") {
+    SFTGO_CHECK_HINT(!cfg.grouping.rho1_reference_model.empty(), ErrorKind::kConfig,
+                     "set grouping.rho1_reference_model to a Hugging Face checkpoint directory",
+                     "grouping.function rho1 needs a reference model");
+    grouping::parse_selection(cfg.grouping.selection);
+    rho1 = true;
+    return;
+  }
+  SFTGO_CHECK_HINT(fn->is_static(), ErrorKind::kConfig, "use rho1 or a static function (tfidf, frequency, random)",
                    "grouping.function '", g.function, "' selects tokens from the training model's loss; the trainer "
                    "does not support dynamic grouping yet");
   SFTGO_CHECK(cfg.grouping.selection == "sequence", ErrorKind::kConfig,
-              "grouping.selection 'batch' is not supported by the trainer yet; use 'sequence'");
+              "grouping.selection 'batch' is only supported with rho1 so far; use 'sequence'");
   auto out = grouping::apply_grouping(dataset.examples, g, &*tok);
   std::vector<std::vector<uint8_t>> masks;
   masks.reserve(dataset.examples.size());
@@ -203,6 +236,47 @@ void Trainer::Impl::build_model() {
            model->config().hidden_size, static_cast<double>(n_params) / 1e6, cfg.model.dtype, device.str());
 }
 
+// Rho-1: the frozen reference model scores every example once; its per-token loss travels with the
+// example as scores["ref_loss"] (aligned with ids: entry t is the loss of predicting token t).
+void Trainer::Impl::score_reference_model() {
+  Timer t;
+  model::ModelOptions mo;
+  mo.dtype = model->dtype();
+  mo.device = device;
+  mo.init_weights = false;
+  model::LlamaModel ref = model::load_pretrained(cfg.grouping.rho1_reference_model, mo);
+  SFTGO_CHECK(ref->config().vocab_size == model->config().vocab_size, ErrorKind::kConfig,
+              "the Rho-1 reference model ", cfg.grouping.rho1_reference_model, " has a vocabulary of ",
+              ref->config().vocab_size, " but the trained model's is ", model->config().vocab_size);
+  std::vector<std::vector<int64_t>> seqs;
+  seqs.reserve(dataset.examples.size());
+  for (const auto& ex : dataset.examples) seqs.emplace_back(ex.ids.begin(), ex.ids.end());
+  const auto logprobs = model::score_logprobs(*ref, seqs);
+  for (size_t i = 0; i < dataset.examples.size(); ++i) {
+    auto& ex = dataset.examples[i];
+    std::vector<float> loss(ex.ids.size(), 0.0f);
+    for (size_t k = 1; k < ex.ids.size(); ++k) loss[k] = static_cast<float>(-logprobs[i][k - 1]);
+    ex.scores[grouping::kRefLossKey] = std::move(loss);
+  }
+  log_info("rho1: reference model {} scored {} examples in {:.1f}s", cfg.grouping.rho1_reference_model,
+           dataset.examples.size(), t.seconds());
+}
+
+// Rho-1 groups of one micro-batch: top-k% excess loss (current - reference) per sequence or per
+// micro-batch. The current loss comes from a no-grad forward of the training model.
+void Trainer::Impl::select_rho1_groups(DeviceBatch& b) {
+  at::Tensor current;
+  {
+    torch::NoGradGuard no_grad;
+    current = token_cross_entropy(forward_hidden(b), head_weight(), b.labels);  // [T]
+  }
+  at::Tensor dense = at::zeros({b.rows * (b.seq - 1)}, current.options()).index_put_({b.select}, current);
+  at::Tensor mask = grouping::select_rho1(dense.view({b.rows, b.seq - 1}), b.ref_loss, b.trained_dense,
+                                          cfg.grouping.top_k_percent, grouping::parse_selection(cfg.grouping.selection));
+  b.groups = mask.reshape({-1}).to(device).index_select(0, b.select);
+  b.important = b.groups.sum().item<int64_t>();
+}
+
 double Trainer::Impl::lambda_at(int64_t s) const {
   if (cfg.loss.lambda_schedule == "linear_decay")
     return loss::lambda_linear_decay(cfg.loss.lambda_max, cfg.loss.lambda_min, s, total_steps);
@@ -227,6 +301,14 @@ DeviceBatch Trainer::Impl::to_device(const data::Batch& b) const {
   d.trained = d.select.numel();
   d.important = g.sum().item<int64_t>();
   d.tokens = b.attention_mask.sum().item<int64_t>();
+  d.rows = b.rows();
+  d.seq = S;
+  if (rho1) {
+    auto it = b.scores.find(grouping::kRefLossKey);
+    SFTGO_CHECK(it != b.scores.end(), ErrorKind::kInternal, "rho1: batch without reference losses");
+    d.ref_loss = it->second.slice(1, 1, S).to(device);
+    d.trained_dense = (b.labels.slice(1, 1, S) != data::kIgnoreLabel).to(device);
+  }
   d.select = d.select.to(device);
   return d;
 }
@@ -268,6 +350,8 @@ StepMetrics Trainer::Impl::train_step() {
                                      : data::collate_padded(exs, pad_id);
     micro.push_back(to_device(b));
   }
+  if (rho1)
+    for (auto& b : micro) select_rho1_groups(b);
 
   // Weights of the step. With scope=step the group means cover every micro-batch, so the
   // per-token coefficients must be known before the first backward:

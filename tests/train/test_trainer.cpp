@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -160,6 +161,48 @@ TEST_F(TrainerTest, NonFiniteTrainingStopsWithCheckpoint) {
     EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(checkpoint::list_checkpoints((dir_ / "nan").string()).empty());
+}
+
+// Rho-1: a frozen reference model (here: a short run of the same architecture) scores every
+// example once; each step marks the top-k% excess-loss tokens of every sequence important.
+TEST_F(TrainerTest, Rho1SelectsByExcessLossOverTheReference) {
+  std::string ref;
+  {
+    Trainer t(config("ref", {"train.max_steps=3"}));
+    ref = t.run().last_checkpoint;
+  }
+  std::vector<StepMetrics> steps;
+  TrainerHooks hooks;
+  hooks.on_step = [&](const StepMetrics& m) {
+    steps.push_back(m);
+    return true;
+  };
+  Trainer t(config("rho1", {"grouping.function=rho1", "grouping.rho1_reference_model=" + ref, "loss.objective=rho1",
+                            "train.micro_batch_size=4"}),
+            hooks);
+  t.run();
+  ASSERT_EQ(steps.size(), 4u);
+  for (const auto& m : steps) {
+    const double share = static_cast<double>(m.count_imp) / static_cast<double>(m.count_imp + m.count_unimp);
+    // ceil(30% of each sequence's trained tokens): a little above 30% on short responses.
+    EXPECT_GE(share, 0.30) << m.step;
+    EXPECT_LE(share, 0.50) << m.step;
+    EXPECT_TRUE(std::isfinite(m.loss)) << m.step;
+    EXPECT_DOUBLE_EQ(m.loss, m.loss_imp) << "rho1 objective = mean CE over the selected tokens";
+  }
+  // A reference with another vocabulary is refused before any training step.
+  std::string other;
+  {
+    Trainer o(config("ref_other", {"train.max_steps=1", "model.vocab_size=1472"}));
+    other = o.run().last_checkpoint;
+  }
+  try {
+    Trainer bad(config("rho1_bad", {"grouping.function=rho1", "grouping.rho1_reference_model=" + other}));
+    FAIL() << "expected a vocabulary mismatch error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("vocabulary"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(Trainer(config("rho1_none", {"grouping.function=rho1"})), Error);
 }
 
 TEST_F(TrainerTest, BadConfigFailsBeforeTraining) {
