@@ -14,6 +14,7 @@
 #include "sftgo/core/error.h"
 #include "sftgo/core/log.h"
 #include "sftgo/core/strings.h"
+#include "sftgo/io/safetensors.h"
 #include "sftgo/model/llama.h"
 
 namespace fs = std::filesystem;
@@ -98,6 +99,15 @@ std::string save_checkpoint(const std::string& run_dir, const SaveRequest& req, 
     req.optimizer->save(archive);
     archive.save_to((tmp / "optimizer.pt").string());
   }
+  if (!req.master_weights.empty()) {
+    std::vector<at::Tensor> keep;  // contiguous CPU copies alive until written
+    std::vector<io::TensorSource> sources;
+    for (const auto& [name, t] : req.master_weights) {
+      keep.push_back(t.detach().to(at::kCPU, at::kFloat).contiguous());
+      sources.push_back(io::TensorSource::borrow(name, io::DType::kF32, keep.back().sizes().vec(), keep.back().data_ptr()));
+    }
+    io::write_safetensors((tmp / "master_weights.safetensors").string(), sources);
+  }
   write_file_atomic((tmp / "resolved_config.yaml").string(), req.resolved_config_yaml);
   // trainer_state.json last: its presence marks a complete checkpoint.
   write_file_atomic((tmp / "trainer_state.json").string(), req.state.to_json());
@@ -167,6 +177,19 @@ void load_optimizer_state(const std::string& dir, torch::optim::Optimizer& optim
   } catch (const c10::Error& e) {
     SFTGO_FAIL(ErrorKind::kFormat, path, ": cannot restore the optimizer state (", e.what_without_backtrace(), ")");
   }
+}
+
+std::map<std::string, at::Tensor> load_master_weights(const std::string& dir) {
+  std::map<std::string, at::Tensor> out;
+  const std::string path = (fs::path(dir) / "master_weights.safetensors").string();
+  if (!fs::exists(path)) return out;
+  auto file = io::SafetensorsFile::open(path);
+  for (const auto& v : file->tensors()) {
+    SFTGO_CHECK(v.dtype == io::DType::kF32, ErrorKind::kFormat, path, ": tensor ", v.name, " is ",
+                io::dtype_name(v.dtype), ", expected F32");
+    out[v.name] = torch::from_blob(const_cast<std::byte*>(v.data), v.shape, at::kFloat).clone();
+  }
+  return out;
 }
 
 std::string cpu_rng_state_hex() {

@@ -102,6 +102,10 @@ struct Trainer::Impl {
   int64_t n_params = 0;
   int32_t pad_id = 0;
   bool rho1 = false;  // groups chosen every step from the excess loss over a reference model
+  // train.precision: bf16 -> bf16 working weights, fp32 master weights and optimizer state.
+  bool mixed = false;
+  std::vector<std::pair<std::string, at::Tensor>> working;  // the model's parameters
+  std::vector<std::pair<std::string, at::Tensor>> masters;  // fp32 copies the optimizer updates
 
   // Progress, saved in checkpoints.
   int64_t step = 0;
@@ -131,8 +135,10 @@ void Trainer::Impl::setup() {
   if (cfg.train.num_threads > 0) torch::set_num_threads(static_cast<int>(cfg.train.num_threads));
   torch::manual_seed(static_cast<uint64_t>(cfg.run.seed));
   device = resolve_device(cfg.model.device);
-  SFTGO_CHECK_HINT(cfg.train.precision == "fp32", ErrorKind::kConfig, "use train.precision: fp32",
-                   "train.precision '", cfg.train.precision, "' is not supported by this build yet");
+  SFTGO_CHECK_HINT(cfg.train.precision != "bf16_autocast", ErrorKind::kConfig,
+                   "use train.precision: bf16 (bf16 weights, fp32 master weights) or fp32",
+                   "train.precision 'bf16_autocast' is not supported by this build yet");
+  mixed = cfg.train.precision == "bf16";
   objective = loss::parse_objective(cfg.loss.objective);
   scope = loss::parse_stats_scope(cfg.loss.scope);
 
@@ -161,7 +167,14 @@ void Trainer::Impl::setup() {
                     : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(cfg.train.epochs * static_cast<double>(steps_per_epoch) - 1e-9)));
 
   optim::AdamWOptions ao{cfg.optim.lr, cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
-  optimizer = optim::make_adamw(model->hf_named_parameters(), ao);
+  working = model->hf_named_parameters();
+  if (mixed) {
+    for (const auto& [name, p] : working)
+      masters.emplace_back(name, p.detach().to(at::kFloat).clone().set_requires_grad(true));
+    optimizer = optim::make_adamw(masters, ao);
+  } else {
+    optimizer = optim::make_adamw(working, ao);
+  }
   schedule.peak_lr = cfg.optim.lr;
   schedule.total_steps = total_steps;
   schedule.warmup_steps = optim::resolve_warmup_steps(cfg.optim.warmup_steps, cfg.optim.warmup_ratio, total_steps);
@@ -204,7 +217,8 @@ void Trainer::Impl::prepare_groups() {
 
 void Trainer::Impl::build_model() {
   model::ModelOptions mo;
-  mo.dtype = cfg.model.dtype == "bfloat16" ? c10::kBFloat16 : c10::kFloat;
+  // precision bf16 always computes in bf16; the fp32 copies live with the optimizer.
+  mo.dtype = (cfg.model.dtype == "bfloat16" || cfg.train.precision == "bf16") ? c10::kBFloat16 : c10::kFloat;
   mo.device = device;
   mo.seed = static_cast<uint64_t>(cfg.run.seed);
   mo.activation_checkpointing = cfg.model.activation_checkpointing;
@@ -232,8 +246,10 @@ void Trainer::Impl::build_model() {
               tok->vocab_size(), " ids but the model's vocabulary is ", model->config().vocab_size);
   n_params = 0;
   for (const auto& [name, p] : model->hf_named_parameters()) n_params += p.numel();
-  log_info("model: {} layers, hidden {}, {:.1f}M parameters, {} on {}", model->config().num_hidden_layers,
-           model->config().hidden_size, static_cast<double>(n_params) / 1e6, cfg.model.dtype, device.str());
+  log_info("model: {} layers, hidden {}, {:.1f}M parameters, {} on {}{}", model->config().num_hidden_layers,
+           model->config().hidden_size, static_cast<double>(n_params) / 1e6,
+           model->dtype() == c10::kBFloat16 ? "bfloat16" : "float32", device.str(),
+           cfg.train.precision == "bf16" ? " (fp32 master weights)" : "");
 }
 
 // Rho-1: the frozen reference model scores every example once; its per-token loss travels with the
@@ -413,20 +429,32 @@ StepMetrics Trainer::Impl::train_step() {
     applied = info.weights;
   }
 
-  const auto params = optimizer->param_groups();
+  if (mixed && finite) {
+    // bf16 gradients -> fp32 master gradients; clipping and AdamW then work in fp32.
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < masters.size(); ++i) {
+      const at::Tensor& g = working[i].second.grad();
+      masters[i].second.mutable_grad() = g.defined() ? g.to(at::kFloat) : at::zeros_like(masters[i].second);
+    }
+  }
   std::vector<at::Tensor> all_params;
-  for (const auto& g : params)
+  for (const auto& g : optimizer->param_groups())
     for (const auto& p : g.params()) all_params.push_back(p);
   m.grad_norm = finite ? optim::clip_grad_norm(all_params, cfg.optim.grad_clip) : NAN;
   if (!std::isfinite(m.grad_norm)) finite = false;
   if (finite) {
     optim::set_lr(*optimizer, lr);
     optimizer->step();
+    if (mixed) {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < masters.size(); ++i) working[i].second.copy_(masters[i].second);
+    }
   } else {
     ++nan_skips;
     m.skipped = true;
   }
   optimizer->zero_grad(true);
+  if (mixed) model->zero_grad(true);
 
   ++step;
   tokens_seen += m.tokens;
@@ -467,6 +495,7 @@ std::string Trainer::Impl::save(const std::string& why) {
   r.state.config_yaml = config_to_yaml(cfg);
   r.resolved_config_yaml = r.state.config_yaml;
   r.tokenizer_files = tokenizer_files(cfg.tokenizer.path);
+  if (mixed) r.master_weights = masters;
   Timer t;
   std::string dir = checkpoint::save_checkpoint(cfg.run.output_dir, r, cfg.train.keep_last);
   log_info("saved checkpoint {} ({}, {:.1f}s)", dir, why, t.seconds());
@@ -478,6 +507,18 @@ void Trainer::Impl::resume_from(const std::string& dir) {
   if (st.config_yaml != config_to_yaml(cfg))
     log_warn("resuming {} with a config that differs from the one it was saved with", dir);
   model::load_hf_weights(*model, dir);
+  if (mixed) {
+    auto saved = checkpoint::load_master_weights(dir);
+    if (saved.empty()) log_warn("{} has no fp32 master weights: continuing from its bf16 weights", dir);
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < masters.size(); ++i) {
+      auto it = saved.find(masters[i].first);
+      if (!saved.empty())
+        SFTGO_CHECK(it != saved.end() && it->second.sizes() == masters[i].second.sizes(), ErrorKind::kFormat, dir,
+                    "/master_weights.safetensors: missing or mis-shaped ", masters[i].first);
+      masters[i].second.copy_(saved.empty() ? working[i].second.to(at::kFloat) : it->second);
+    }
+  }
   checkpoint::load_optimizer_state(dir, *optimizer);
   data::SamplerState ss;
   ss.epoch = st.sampler_epoch;

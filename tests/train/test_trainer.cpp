@@ -137,6 +137,39 @@ TEST_F(TrainerTest, KillAndResumeIsExact) {
   EXPECT_EQ(split(trim(read_file((dir_ / "resumed/metrics.jsonl").string())), '\n').size(), 5u);
 }
 
+// precision bf16: the model computes in bf16 while AdamW updates fp32 master weights; checkpoints
+// carry the masters, so a killed and resumed bf16 run also ends bit-identical.
+TEST_F(TrainerTest, Bf16WithFp32MastersResumesExactly) {
+  const std::vector<std::string> bf16 = {"train.precision=bf16", "train.save_every=2", "train.max_steps=5",
+                                         "train.micro_batch_size=4"};
+  std::vector<double> losses;
+  TrainerHooks record;
+  record.on_step = [&](const StepMetrics& m) {
+    losses.push_back(m.loss);
+    return true;
+  };
+  std::map<std::string, at::Tensor> straight;
+  {
+    Trainer t(config("bf16_straight", bf16), record);
+    t.run();
+    straight = weights(t);
+    for (const auto& [name, w] : straight) EXPECT_EQ(w.scalar_type(), at::kBFloat16) << name;
+  }
+  ASSERT_EQ(losses.size(), 5u);
+  EXPECT_LT(losses.back(), losses.front());
+  EXPECT_TRUE(std::filesystem::exists(dir_ / "bf16_straight/checkpoints/step_00000004/master_weights.safetensors"));
+  {
+    TrainerHooks kill;
+    kill.on_step = [](const StepMetrics& m) { return m.step < 3; };
+    Trainer t(config("bf16_resumed", bf16), kill);
+    t.run();
+  }
+  Trainer t(config("bf16_resumed", bf16));
+  t.run("auto");
+  auto resumed = weights(t);
+  for (const auto& [name, w] : straight) EXPECT_TRUE(torch::equal(w, resumed.at(name))) << name;
+}
+
 TEST_F(TrainerTest, StopRequestSavesAndReturns) {
   TrainerHooks hooks;
   hooks.on_step = [](const StepMetrics& m) {

@@ -7,10 +7,12 @@
 //   config.json, model.safetensors[.index.json + shards]  HF weights (model::save_pretrained)
 //   tokenizer.json, tokenizer_config.json                  copied from the run's tokenizer
 //   optimizer.pt                                           torch::serialize archive of the optimizer
+//   master_weights.safetensors                             fp32 master weights (bf16 runs only)
 //   trainer_state.json                                     step, sampler position, lambda, RNG, ...
 //   resolved_config.yaml                                   the config the run used
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <torch/optim/optimizer.h>
 
 #include <cstdint>
@@ -49,6 +51,9 @@ struct SaveRequest {
   TrainerState state;
   std::vector<std::string> tokenizer_files;  // copied next to the weights when they exist
   std::string resolved_config_yaml;
+  // fp32 master weights of a bf16 run ([HF name, tensor]); saved as master_weights.safetensors so a
+  // resume continues from the exact fp32 values, not from their bf16 rounding.
+  std::vector<std::pair<std::string, at::Tensor>> master_weights;
 };
 
 std::string checkpoint_dir_name(int64_t step);  // "step_00000100"
@@ -67,6 +72,9 @@ std::optional<std::string> resolve_resume_dir(const std::string& spec, const std
 TrainerState load_trainer_state(const std::string& checkpoint_dir);
 // Restores optimizer.pt into an optimizer built over the same parameters.
 void load_optimizer_state(const std::string& checkpoint_dir, torch::optim::Optimizer& optimizer);
+
+// name -> fp32 tensor (CPU) from master_weights.safetensors; empty when the checkpoint has none.
+std::map<std::string, at::Tensor> load_master_weights(const std::string& checkpoint_dir);
 
 // CPU RNG state as hex and back (exact resume of anything drawing random numbers).
 std::string cpu_rng_state_hex();
