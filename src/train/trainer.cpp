@@ -139,6 +139,10 @@ void Trainer::Impl::setup() {
                    "use train.precision: bf16 (bf16 weights, fp32 master weights) or fp32",
                    "train.precision 'bf16_autocast' is not supported by this build yet");
   mixed = cfg.train.precision == "bf16";
+  // Keys that are declared for what comes next must not be silently ignored.
+  SFTGO_CHECK(!cfg.dist.zero1, ErrorKind::kConfig, "dist.zero1 is not supported yet (data parallelism lands with issue #8)");
+  SFTGO_CHECK(cfg.train.eval_every == 0 && cfg.data.eval_path.empty(), ErrorKind::kConfig,
+              "train.eval_every / data.eval_path: eval-loss passes are not supported yet; leave them unset");
   objective = loss::parse_objective(cfg.loss.objective);
   scope = loss::parse_stats_scope(cfg.loss.scope);
 
