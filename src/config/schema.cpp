@@ -55,7 +55,7 @@ std::vector<Field> fields_of(Config& c) {
   add("data.on_bad_record", c.data.on_bad_record, "Malformed records: stop at the first, or skip and count them").one_of({"stop", "skip"});
   add("data.packing", c.data.packing, "Pack several examples per sequence (per-document attention, position reset)");
   add("data.cache_dir", c.data.cache_dir, "Where tokenized data and grouping masks are cached");
-  add("data.eval_path", c.data.eval_path, "Optional held-out data for eval loss; empty = none");
+  add("data.eval_path", c.data.eval_path, "Held-out data (same format) for eval-loss passes, logged to metrics.jsonl as eval_* lines; empty = none");
 
   add("grouping.function", c.grouping.function, "Grouping function that marks important tokens (registry name)");
   add("grouping.top_k_percent", c.grouping.top_k_percent, "Share of trained tokens marked important, the paper's eta (percent)").range(0, 100);
@@ -94,7 +94,7 @@ std::vector<Field> fields_of(Config& c) {
   add("train.log_every", c.train.log_every, "Optimizer steps between metric lines").at_least(1);
   add("train.save_every", c.train.save_every, "Optimizer steps between checkpoints; 0 = only at the end").at_least(0);
   add("train.keep_last", c.train.keep_last, "Checkpoints kept on disk").at_least(1);
-  add("train.eval_every", c.train.eval_every, "Optimizer steps between eval-loss passes; 0 = never").at_least(0);
+  add("train.eval_every", c.train.eval_every, "Optimizer steps between eval-loss passes over data.eval_path; 0 = only at the end").at_least(0);
   add("train.max_nan_skips", c.train.max_nan_skips, "Non-finite steps skipped before saving and stopping").at_least(0);
   add("train.num_threads", c.train.num_threads, "CPU threads for LibTorch; 0 = its default").at_least(0);
 

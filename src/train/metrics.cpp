@@ -29,6 +29,13 @@ std::string StepMetrics::to_json() const {
   return j.dump();
 }
 
+std::string EvalMetrics::to_json() const {
+  nlohmann::json j = {{"step", step}, {"eval_loss", num(loss)}, {"eval_loss_ce", num(loss_ce)},
+                      {"eval_loss_imp", num(loss_imp)}, {"eval_loss_unimp", num(loss_unimp)},
+                      {"eval_tokens", tokens}, {"eval_s", num(seconds)}};
+  return j.dump();
+}
+
 MetricsLog::MetricsLog(const std::string& path, int64_t keep_through_step) : path_(path) {
   namespace fs = std::filesystem;
   if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
@@ -53,8 +60,11 @@ MetricsLog::~MetricsLog() {
   if (file_) std::fclose(file_);
 }
 
-void MetricsLog::write(const StepMetrics& m) {
-  std::string line = m.to_json() + "\n";
+void MetricsLog::write(const StepMetrics& m) { write_line(m.to_json()); }
+void MetricsLog::write(const EvalMetrics& m) { write_line(m.to_json()); }
+
+void MetricsLog::write_line(const std::string& json) {
+  std::string line = json + "\n";
   std::fwrite(line.data(), 1, line.size(), file_);
   std::fflush(file_);
 }

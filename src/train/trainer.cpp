@@ -90,6 +90,7 @@ struct Trainer::Impl {
   c10::Device device{c10::kCPU};
   std::optional<Tokenizer> tok;
   data::PreparedDataset dataset;
+  data::PreparedDataset eval_set;  // data.eval_path; empty when none
   model::LlamaModel model{nullptr};
   std::unique_ptr<torch::optim::AdamW> optimizer;
   std::unique_ptr<data::DistributedSampler> sampler;
@@ -120,6 +121,8 @@ struct Trainer::Impl {
   void build_model();
   void score_reference_model();
   void select_rho1_groups(DeviceBatch& b);
+  void prepare_eval();
+  EvalMetrics evaluate();
   void resume_from(const std::string& dir);
   double lambda_at(int64_t s) const;
   DeviceBatch to_device(const data::Batch& b) const;
@@ -141,8 +144,8 @@ void Trainer::Impl::setup() {
   mixed = cfg.train.precision == "bf16";
   // Keys that are declared for what comes next must not be silently ignored.
   SFTGO_CHECK(!cfg.dist.zero1, ErrorKind::kConfig, "dist.zero1 is not supported yet (data parallelism lands with issue #8)");
-  SFTGO_CHECK(cfg.train.eval_every == 0 && cfg.data.eval_path.empty(), ErrorKind::kConfig,
-              "train.eval_every / data.eval_path: eval-loss passes are not supported yet; leave them unset");
+  SFTGO_CHECK(cfg.train.eval_every == 0 || !cfg.data.eval_path.empty(), ErrorKind::kConfig,
+              "train.eval_every is set but data.eval_path is empty: name the held-out data file");
   objective = loss::parse_objective(cfg.loss.objective);
   scope = loss::parse_stats_scope(cfg.loss.scope);
 
@@ -160,6 +163,7 @@ void Trainer::Impl::setup() {
   prepare_groups();
   build_model();
   if (rho1) score_reference_model();
+  if (!cfg.data.eval_path.empty()) prepare_eval();
 
   const int world = 1;
   per_rank_batch = cfg.train.global_batch_size / world;
@@ -295,6 +299,52 @@ void Trainer::Impl::select_rho1_groups(DeviceBatch& b) {
                                           cfg.grouping.top_k_percent, grouping::parse_selection(cfg.grouping.selection));
   b.groups = mask.reshape({-1}).to(device).index_select(0, b.select);
   b.important = b.groups.sum().item<int64_t>();
+}
+
+// The held-out set goes through the same template and (static) grouping as the training data; a
+// corpus-statistics function such as TF-IDF is fitted on the eval set itself.
+void Trainer::Impl::prepare_eval() {
+  SFTGO_CHECK_HINT(!rho1, ErrorKind::kConfig, "leave data.eval_path empty with grouping.function rho1",
+                   "eval-loss passes are not supported with Rho-1 grouping yet");
+  data::DataOptions eo = data_options(cfg);
+  eo.path = cfg.data.eval_path;
+  eval_set = data::prepare_dataset(eo, *tok);
+  SFTGO_CHECK(!eval_set.examples.empty(), ErrorKind::kData, cfg.data.eval_path, ": no trainable examples");
+  if (cfg.grouping.function != "none") grouping::apply_grouping(eval_set.examples, grouping_options(cfg), &*tok);
+  log_info("eval data {}: {} examples, {} trained tokens", cfg.data.eval_path, eval_set.stats.examples,
+           eval_set.stats.trained_tokens);
+}
+
+// Mean losses over the whole eval set under the current weights (one set of group statistics).
+EvalMetrics Trainer::Impl::evaluate() {
+  Timer timer;
+  torch::NoGradGuard no_grad;
+  const double lambda = lambda_at(std::max<int64_t>(0, step - 1));
+  loss::GroupStats stats;
+  const size_t mb = static_cast<size_t>(cfg.train.micro_batch_size);
+  for (size_t i = 0; i < eval_set.examples.size(); i += mb) {
+    std::vector<const data::TokenizedExample*> exs;
+    for (size_t j = i; j < std::min(eval_set.examples.size(), i + mb); ++j) exs.push_back(&eval_set.examples[j]);
+    data::Batch b = cfg.data.packing ? data::collate_packed(exs, cfg.data.max_seq_len, pad_id)
+                                     : data::collate_padded(exs, pad_id);
+    DeviceBatch d = to_device(b);
+    loss::LossInfo info;
+    loss::fused_group_loss(forward_hidden(d), head_weight(), d.labels, d.groups, loss_options(lambda), &info);
+    stats += info.local_stats;
+  }
+  const loss::LossMetrics lm =
+      loss::compute_loss_metrics(stats, loss::compute_loss_weights(stats, lambda, objective), lambda);
+  EvalMetrics e;
+  e.step = step;
+  e.loss = lm.loss;
+  e.loss_ce = lm.loss_ce;
+  e.loss_imp = lm.loss_imp;
+  e.loss_unimp = lm.loss_unimp;
+  e.tokens = stats.total_count();
+  e.seconds = timer.seconds();
+  log_info("eval at step {}: loss {:.4f} | ce {:.4f} | imp {:.3f} | unimp {:.3f} | {} tokens in {:.1f}s", e.step,
+           e.loss, e.loss_ce, e.loss_imp, e.loss_unimp, e.tokens, e.seconds);
+  return e;
 }
 
 double Trainer::Impl::lambda_at(int64_t s) const {
@@ -566,6 +616,7 @@ TrainResult Trainer::run(const std::string& resume) {
   const bool tty = ::isatty(2);
   Timer wall;
   int64_t last_saved = -1;
+  int64_t last_eval = -1;
   bool first = true;
   while (s.step < s.total_steps) {
     StepMetrics m = s.train_step();
@@ -588,6 +639,10 @@ TrainResult Trainer::run(const std::string& resume) {
                       "training stopped at step ", s.step, ": ", s.nan_skips, " steps had a non-finite loss or gradient (train.max_nan_skips = ",
                       cfg.train.max_nan_skips, "); the last good weights are saved in ", dir);
     }
+    if (!s.eval_set.examples.empty() && cfg.train.eval_every > 0 && s.step % cfg.train.eval_every == 0) {
+      metrics.write(s.evaluate());
+      last_eval = s.step;
+    }
     if (s.hooks.on_step && !s.hooks.on_step(m)) return result;  // simulated kill: no final save
     if (cfg.train.save_every > 0 && s.step % cfg.train.save_every == 0 && s.step < s.total_steps) {
       result.last_checkpoint = s.save("periodic");
@@ -601,6 +656,7 @@ TrainResult Trainer::run(const std::string& resume) {
       return result;
     }
   }
+  if (!s.eval_set.examples.empty() && last_eval != s.step) metrics.write(s.evaluate());
   if (last_saved != s.step) result.last_checkpoint = s.save("final");
   log_info("done: {} steps in {}, final loss {:.4f}", s.step, format_duration(wall.seconds()), result.last_loss);
   return result;

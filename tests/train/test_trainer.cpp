@@ -1,6 +1,7 @@
 // End-to-end trainer checks on a tiny model with the shipped demo tokenizer (small vocabulary, so
 // every step takes milliseconds on CPU).
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -168,6 +169,27 @@ TEST_F(TrainerTest, Bf16WithFp32MastersResumesExactly) {
   t.run("auto");
   auto resumed = weights(t);
   for (const auto& [name, w] : straight) EXPECT_TRUE(torch::equal(w, resumed.at(name))) << name;
+}
+
+TEST_F(TrainerTest, EvalLossLinesInMetrics) {
+  Trainer t(config("eval", {"data.eval_path=" + (dir_ / "train.jsonl").string(), "train.eval_every=2",
+                            "train.max_steps=5"}));
+  t.run();
+  std::vector<nlohmann::json> evals;
+  int step_lines = 0;
+  for (const auto& line : split(trim(read_file((dir_ / "eval/metrics.jsonl").string())), '\n')) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("eval_loss_ce")) evals.push_back(j);
+    else ++step_lines;
+  }
+  EXPECT_EQ(step_lines, 5);
+  ASSERT_EQ(evals.size(), 3u);  // steps 2, 4 and the end (5)
+  EXPECT_EQ(evals[0]["step"], 2);
+  EXPECT_EQ(evals[2]["step"], 5);
+  EXPECT_EQ(evals[0]["eval_tokens"], 305);  // every trained token of the 32 examples
+  // Evaluating on the training data itself: the loss must go down as training proceeds.
+  EXPECT_LT(evals[2]["eval_loss_ce"].get<double>(), evals[0]["eval_loss_ce"].get<double>());
+  EXPECT_THROW(Trainer(config("eval_bad", {"train.eval_every=2"})), Error);  // no eval_path
 }
 
 TEST_F(TrainerTest, StopRequestSavesAndReturns) {

@@ -31,6 +31,18 @@ struct StepMetrics {
   std::string to_json() const;
 };
 
+// Held-out loss, written as its own metrics.jsonl line {"step", "eval_loss", "eval_loss_ce", ...}.
+struct EvalMetrics {
+  int64_t step = 0;
+  double loss = 0;        // the training objective on the eval set (same lambda as the step)
+  double loss_ce = 0;
+  double loss_imp = 0;
+  double loss_unimp = 0;
+  int64_t tokens = 0;     // trained tokens evaluated
+  double seconds = 0;
+  std::string to_json() const;
+};
+
 class MetricsLog {
  public:
   // Opens RUN_DIR/metrics.jsonl for appending; with keep_through_step >= 0 (a resume), lines of
@@ -40,9 +52,11 @@ class MetricsLog {
   MetricsLog(const MetricsLog&) = delete;
   MetricsLog& operator=(const MetricsLog&) = delete;
   void write(const StepMetrics& m);  // one line, flushed (a crash loses at most the current step)
+  void write(const EvalMetrics& m);
   const std::string& path() const { return path_; }
 
  private:
+  void write_line(const std::string& json);
   std::string path_;
   std::FILE* file_ = nullptr;
 };
