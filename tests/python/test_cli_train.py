@@ -102,3 +102,14 @@ def test_resume_auto_continues_to_the_same_end(tmp_path):
     assert [m["step"] for m in lb] == [1, 2, 3, 4]
     # Same process count and threads, same op order: the resumed run is bit-identical.
     assert la[-1]["loss"] == lb[-1]["loss"]
+
+
+def test_data_and_groups_commands(tmp_path):
+    common = ["--config", ROOT / "configs/demo_tiny.yaml", "--set", f"tokenizer.path={DEMO_TOK}",
+              "--set", "data.cache_dir="]
+    out = run("data", *common, "--dump", "1").stdout
+    assert "examples:" in out and "356" in out and "[[" in out, out
+    html = tmp_path / "groups.html"
+    out = run("groups", *common, "--show", "1", "--html", html).stdout
+    assert "important" in out and "[[" in out, out
+    assert "<html" in html.read_text().lower()
