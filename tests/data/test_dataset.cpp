@@ -140,7 +140,7 @@ TEST(DataPrepare, SkipBadRecords) {
   SFTGO_NEED_TOKENIZER(tok);
   TempDir dir;
   const std::string good = R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})";
-  auto path = dir.file("d.jsonl", good + "\n{\"messages\": 3}\n" + good + "\n");
+  auto path = dir.write("d.jsonl", good + "\n{\"messages\": 3}\n" + good + "\n");
   DataOptions opts;
   opts.path = path;
   EXPECT_THROW(prepare_dataset(opts, tok), Error);

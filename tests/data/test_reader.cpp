@@ -24,7 +24,7 @@ void expect_data_error(Fn&& fn, std::initializer_list<std::string> parts) {
 
 TEST(DataReader, LimaAlternatesUserAndAssistant) {
   TempDir dir;
-  auto path = dir.file("lima.jsonl",
+  auto path = dir.write("lima.jsonl",
                        R"({"conversations": ["Hi?", "Hello!"], "source": "stackexchange"})" "\n"
                        R"({"conversations": ["a", "b", "c", "d"]})" "\n");
   ReadStats stats;
@@ -42,7 +42,7 @@ TEST(DataReader, LimaAlternatesUserAndAssistant) {
 
 TEST(DataReader, AlpacaJsonArrayWithLineNumbers) {
   TempDir dir;
-  auto path = dir.file("alpaca.json", R"([
+  auto path = dir.write("alpaca.json", R"([
   {"instruction": "Add", "input": "1 and 2", "output": "3"},
   {
     "instruction": "Say hi",
@@ -62,7 +62,7 @@ TEST(DataReader, AlpacaJsonArrayWithLineNumbers) {
 
 TEST(DataReader, AlpacaJsonlAndMissingInput) {
   TempDir dir;
-  auto path = dir.file("a.jsonl", "{\"instruction\": \"x\", \"output\": \"y\"}\r\n\r\n{\"instruction\": \"p\", \"input\": null, \"output\": \"q\"}\r\n");
+  auto path = dir.write("a.jsonl", "{\"instruction\": \"x\", \"output\": \"y\"}\r\n\r\n{\"instruction\": \"p\", \"input\": null, \"output\": \"q\"}\r\n");
   ReadStats stats;
   auto convs = read_all_conversations(path, DataFormat::kAlpaca, OnBadRecord::kStop, &stats);
   ASSERT_EQ(convs.size(), 2u);
@@ -72,7 +72,7 @@ TEST(DataReader, AlpacaJsonlAndMissingInput) {
 
 TEST(DataReader, ChatWithSystem) {
   TempDir dir;
-  auto path = dir.file("c.jsonl",
+  auto path = dir.write("c.jsonl",
                        R"({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]})" "\n");
   auto convs = read_all_conversations(path);
   ASSERT_EQ(convs.size(), 1u);
@@ -104,24 +104,24 @@ TEST(DataReader, BadRecordsNameFileLineAndProblem) {
   TempDir dir;
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
-    auto path = dir.file("bad.jsonl", good + "\n" + good + "\n" + c.line + "\n" + good + "\n");
+    auto path = dir.write("bad.jsonl", good + "\n" + good + "\n" + c.line + "\n" + good + "\n");
     expect_data_error([&] { read_all_conversations(path); }, {path + ":3", c.expect});
   }
 }
 
 TEST(DataReader, LimaWrongTypesAndOddTurns) {
   TempDir dir;
-  auto path = dir.file("l.jsonl", R"({"conversations": ["q", 7]})" "\n");
+  auto path = dir.write("l.jsonl", R"({"conversations": ["q", 7]})" "\n");
   expect_data_error([&] { read_all_conversations(path, DataFormat::kLima); }, {":1", "conversations[1] must be a string"});
-  path = dir.file("l2.jsonl", R"({"conversations": ["q", "a", "q2"]})" "\n");
+  path = dir.write("l2.jsonl", R"({"conversations": ["q", "a", "q2"]})" "\n");
   expect_data_error([&] { read_all_conversations(path, DataFormat::kLima); }, {":1", "must end with an assistant"});
 }
 
 TEST(DataReader, AlpacaArrayErrors) {
   TempDir dir;
-  auto path = dir.file("a.json", "[\n {\"instruction\": \"x\", \"output\": \"y\"},\n {\"instruction\": \"x\", \"output\": \"\"}\n]");
+  auto path = dir.write("a.json", "[\n {\"instruction\": \"x\", \"output\": \"y\"},\n {\"instruction\": \"x\", \"output\": \"\"}\n]");
   expect_data_error([&] { read_all_conversations(path); }, {path + ":3", "empty response"});
-  path = dir.file("b.json", "[\n {\"instruction\": \"x\", \"output\": \"y\"},\n {\"instruction\": \"x\" \"output\": \"\"}\n]");
+  path = dir.write("b.json", "[\n {\"instruction\": \"x\", \"output\": \"y\"},\n {\"instruction\": \"x\" \"output\": \"\"}\n]");
   expect_data_error([&] { read_all_conversations(path); }, {path + ":3", "malformed JSON"});
 }
 
@@ -132,7 +132,7 @@ TEST(DataReader, SkipCountsBadRecordsAndKeepsGoodOnes) {
     if (i % 3 == 0) text += "{not json\n";
     else text += R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})" "\n";
   }
-  auto path = dir.file("s.jsonl", text);
+  auto path = dir.write("s.jsonl", text);
   ReadStats stats;
   auto convs = read_all_conversations(path, DataFormat::kChat, OnBadRecord::kSkip, &stats);
   EXPECT_EQ(convs.size(), 20u);

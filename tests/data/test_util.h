@@ -9,6 +9,7 @@
 #include <string>
 #include <unistd.h>
 
+#include "common/temp_dir.h"
 #include "sftgo/tokenizer/tokenizer.h"
 
 namespace sftgo::data::testing {
@@ -31,36 +32,6 @@ inline const Tokenizer* llama3_tokenizer() {
   if (!var##_ptr) GTEST_SKIP() << "no shared Llama-3 tokenizer at " << SFTGO_SHARED_DIR; \
   const ::sftgo::Tokenizer& var = *var##_ptr
 
-// std::filesystem::remove_all crashes in binaries linked to LibTorch (libtorch.so exports its own,
-// broken copy of the symbol), so trees are removed by hand.
-inline void remove_tree(const std::filesystem::path& p) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(std::filesystem::symlink_status(p, ec))) {
-    for (const auto& e : std::filesystem::directory_iterator(p, ec)) remove_tree(e.path());
-  }
-  std::filesystem::remove(p, ec);
-}
-
-// A fresh directory under the system temp dir, removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = std::filesystem::temp_directory_path() /
-            (std::string("sftgo_data_") + (info ? info->name() : "x") + "_" + std::to_string(::getpid()));
-    remove_tree(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() { remove_tree(path_); }
-  std::string file(const std::string& name, const std::string& content) const {
-    std::string p = (path_ / name).string();
-    std::ofstream(p, std::ios::binary) << content;
-    return p;
-  }
-  std::string path() const { return path_.string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using ::sftgo::test_util::TempDir;
 
 }  // namespace sftgo::data::testing

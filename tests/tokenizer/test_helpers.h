@@ -7,6 +7,8 @@
 #include <fstream>
 #include <string>
 
+#include "common/temp_dir.h"
+
 namespace sftgo::test {
 
 inline std::string tiny_dir() { return std::string(SFTGO_SOURCE_DIR) + "/tests/tokenizer/fixtures/tiny"; }
@@ -18,28 +20,6 @@ inline std::string slurp(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
-// A fresh directory under the system temp dir, removed with the object.
-class TempDir {
- public:
-  TempDir() {
-    path_ = std::filesystem::temp_directory_path() /
-            ("sftgo_tok_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "_" +
-             std::to_string(reinterpret_cast<uintptr_t>(this)));
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string write(const std::string& name, const std::string& content) const {
-    std::string p = (path_ / name).string();
-    std::ofstream(p, std::ios::binary) << content;
-    return p;
-  }
-  std::string path() const { return path_.string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using ::sftgo::test_util::TempDir;
 
 }  // namespace sftgo::test
