@@ -1,0 +1,138 @@
+// Data parallelism over c10d: launcher detection (mpirun / PMI / torchrun), TCPStore rendezvous,
+// Gloo (CPU) or NCCL (GPU) process groups, collectives with timeouts, and a heartbeat watchdog that
+// names the rank that died or hung. c10d and gloo types stay inside src/dist: this header only
+// speaks at::Tensor, so no other module needs gloo's headers.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sftgo::dist {
+
+// Where this process sits in the job, read from the launcher's environment.
+struct LaunchEnv {
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;
+  std::string master_addr;  // MASTER_ADDR, else the config default
+  int master_port = 0;      // MASTER_PORT, else the config default
+  std::string launcher = "none";  // none | torchrun | mpirun | pmi
+};
+
+// Reads (in this order) torchrun's RANK/WORLD_SIZE/LOCAL_RANK, Open MPI's OMPI_COMM_WORLD_*,
+// then PMI_RANK/PMI_SIZE (MPICH/Hydra, local rank from MPI_LOCALRANKID or PMI_LOCAL_RANK).
+// No launcher variables = a single process. `getenv` is injectable for tests. Malformed or
+// inconsistent values throw sftgo::Error(kDist) naming the variable.
+using GetEnv = std::function<const char*(const char*)>;
+LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, int default_port);
+LaunchEnv detect_launch(const std::string& default_addr, int default_port);  // the real environment
+
+struct CommOptions {
+  std::string backend = "auto";  // auto (NCCL on CUDA devices, Gloo on CPU) | gloo | nccl
+  double timeout_s = 600.0;      // collectives, rendezvous and the heartbeat watchdog
+};
+
+// An in-flight collective.
+class Work {
+ public:
+  Work() = default;
+  void wait();  // throws sftgo::Error(kDist) naming unresponsive ranks, or exits (see Comm)
+  bool valid() const { return impl_ != nullptr; }
+  struct Impl;
+  explicit Work(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+// One process group over all ranks. With world_size 1 no store or group is created and every
+// collective is the identity, so single-process runs pay nothing.
+class Comm {
+ public:
+  // Collective over all ranks: rank 0 hosts the TCPStore at master_addr:master_port.
+  static std::shared_ptr<Comm> create(const LaunchEnv& env, const CommOptions& options, c10::Device device);
+  ~Comm();
+  Comm(const Comm&) = delete;
+  Comm& operator=(const Comm&) = delete;
+
+  int rank() const { return rank_; }
+  int world_size() const { return world_; }
+  bool distributed() const { return world_ > 1; }
+  const std::string& backend() const { return backend_; }
+  c10::Device device() const { return device_; }
+
+  // Sum over ranks, in place. The tensor must live on device() (any device for world 1).
+  Work all_reduce_async(at::Tensor& t);
+  void all_reduce(at::Tensor& t);
+  // out [n] = this rank's slice of the sum of every rank's in [world * n].
+  void reduce_scatter(at::Tensor& out, const at::Tensor& in);
+  // out [world * n] = every rank's in [n], concatenated by rank.
+  void all_gather(at::Tensor& out, const at::Tensor& in);
+  // Element-wise sum of small host vectors (metrics, statistics): one collective.
+  std::vector<double> sum(const std::vector<double>& values);
+  void barrier();
+  // Starts a thread that publishes this rank's heartbeat in the store every 0.5 s and watches the
+  // others'; a rank silent for timeout_s (dead, hung or stopped) makes this process print a message
+  // naming it and exit with code 4. Also exits when the store (hosted by rank 0) disappears.
+  void start_watchdog();
+  // End of the job on every rank: waits for all, stops the watchdog (peers stop watching this rank)
+  // and waits again, so rank 0, which hosts the store, can exit without tripping anyone's watchdog.
+  void shutdown();
+
+  // Called when a collective failed: waits briefly for heartbeats and names the silent ranks.
+  std::string describe_failure(const std::string& what);
+
+  struct Impl;
+
+ private:
+  Comm() = default;
+  int rank_ = 0, world_ = 1;
+  std::string backend_ = "none";
+  c10::Device device_{c10::kCPU};
+  std::unique_ptr<Impl> impl_;
+};
+
+// Logs the error and ends the process at once with `code` (no destructors: a process group
+// whose peer died can block in its destructor). For fatal distributed failures only.
+[[noreturn]] void fatal_exit(const std::string& message, int code = 4);
+
+// ---- Gradient bucketing ---------------------------------------------------------------------
+
+// One bucket: indices into the parameter list, all of one dtype and device.
+struct BucketPlan {
+  std::vector<size_t> params;
+  int64_t numel = 0;
+};
+
+// Buckets in reverse parameter order (the order backward produces gradients), a new bucket when
+// the dtype/device changes or the next parameter would push the bucket past bucket_bytes (a
+// parameter larger than bucket_bytes gets a bucket of its own). keys[i] identifies dtype+device.
+std::vector<BucketPlan> plan_buckets(const std::vector<int64_t>& numels, const std::vector<int64_t>& element_sizes,
+                                     const std::vector<std::string>& keys, int64_t bucket_bytes);
+
+// Sums gradients across ranks while backward runs: a post-accumulate-grad hook on every parameter
+// copies its gradient into its bucket's flat buffer once arm() was called, and a full bucket starts
+// an async all-reduce (in bucket order, so every rank issues the same sequence of collectives).
+// finish() launches buckets that never filled (parameters without gradients count as zeros), waits,
+// and writes the sums back into .grad. Micro-steps before the last do not call arm(): gradients just
+// accumulate locally and no communication happens.
+class GradReducer {
+ public:
+  GradReducer(std::shared_ptr<Comm> comm, std::vector<at::Tensor> params, double bucket_mb);
+  ~GradReducer();
+  void arm();    // the next backward is the step's last: reduce during it
+  void finish(); // after that backward (or after an aborted step, so ranks stay in step)
+  size_t num_buckets() const;
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sftgo::dist

@@ -1,0 +1,60 @@
+// ZeRO-1: AdamW whose state (exp_avg, exp_avg_sq) and fp32 master weights are sharded across ranks.
+// The parameters are viewed as one flat vector (in parameter order, zero-padded to a multiple of the
+// world size); rank r owns the contiguous slice [r * P / W, (r + 1) * P / W). One step:
+//   1. gradients are flattened and reduce-scattered (summed, see docs/architecture.md#dist),
+//   2. the global gradient norm is the all-reduced sum of each shard's squared norm (clipping uses it),
+//   3. AdamW updates this rank's fp32 master shard (the same formula as torch::optim::AdamW),
+//   4. the updated shards are all-gathered into the working parameters (bf16 or fp32).
+// Per rank this keeps 12 bytes per parameter / W of optimizer state instead of 12 bytes per parameter.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "sftgo/dist/dist.h"
+#include "sftgo/optim/optim.h"
+
+namespace sftgo::dist {
+
+class ZeroAdamW {
+ public:
+  // params: the model's working parameters (HF name, tensor), all on comm->device().
+  ZeroAdamW(std::shared_ptr<Comm> comm, const optim::NamedParameters& params, const optim::AdamWOptions& options);
+
+  // Steps 1-4 above. Returns the global gradient norm before clipping (max_norm 0 = no clipping).
+  // When the norm is not finite, or skip is set, nothing is updated (every rank sees the same norm,
+  // so every rank skips together). Gradients are left as they were; call zero_grad() after.
+  double step(double lr, double max_norm, bool skip = false);
+  void zero_grad();
+
+  int64_t numel() const { return numel_; }            // parameters in all (unpadded)
+  int64_t shard_begin() const { return begin_; }
+  int64_t shard_size() const { return shard_; }
+  int64_t steps() const { return steps_; }
+
+  // Writes this rank's shard (master, exp_avg, exp_avg_sq, step count, range) to path.
+  void save_shard(const std::string& path) const;
+  // Restores this rank's shard from the shard files of a checkpoint saved with any world size
+  // (same parameters): each file holds a known slice of the flat vector.
+  void load_shards(const std::vector<std::string>& paths);
+
+ private:
+  std::shared_ptr<Comm> comm_;
+  std::vector<at::Tensor> params_;
+  std::vector<std::pair<int64_t, int64_t>> segments_;  // param -> [offset, numel) in the flat vector
+  std::vector<double> decay_;                           // param -> weight decay
+  optim::AdamWOptions options_;
+  int64_t numel_ = 0, padded_ = 0, shard_ = 0, begin_ = 0;
+  int64_t steps_ = 0;
+  at::Tensor master_, exp_avg_, exp_avg_sq_;  // [shard] fp32
+  at::Tensor flat_;                           // [padded] working dtype: gradients in, parameters out
+};
+
+std::string zero_shard_file_name(int rank, int world_size);  // "zero_rank00001_of_00002.pt"
+
+}  // namespace sftgo::dist

@@ -1,0 +1,150 @@
+#include "sftgo/dist/zero.h"
+
+#include <torch/serialize.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "sftgo/core/error.h"
+#include "sftgo/core/format.h"
+
+namespace sftgo::dist {
+
+std::string zero_shard_file_name(int rank, int world_size) {
+  return format("zero_rank{:05d}_of_{:05d}.pt", rank, world_size);
+}
+
+ZeroAdamW::ZeroAdamW(std::shared_ptr<Comm> comm, const optim::NamedParameters& params, const optim::AdamWOptions& options)
+    : comm_(std::move(comm)), options_(options) {
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, p] : params) {
+    if (!p.requires_grad()) continue;
+    SFTGO_CHECK(p.device() == params.front().second.device() && p.scalar_type() == params.front().second.scalar_type(),
+                ErrorKind::kInternal, "ZeRO-1: parameter ", name, " differs in dtype or device from the first one");
+    params_.push_back(p);
+    segments_.emplace_back(numel_, p.numel());
+    decay_.push_back(optim::decays(name, p) ? options.weight_decay : 0.0);
+    numel_ += p.numel();
+  }
+  SFTGO_CHECK(!params_.empty(), ErrorKind::kInternal, "ZeRO-1: no trainable parameters");
+  const int64_t w = comm_->world_size();
+  shard_ = (numel_ + w - 1) / w;
+  padded_ = shard_ * w;
+  begin_ = shard_ * comm_->rank();
+  flat_ = at::zeros({padded_}, params_.front().options().requires_grad(false));
+  for (size_t i = 0; i < params_.size(); ++i)
+    flat_.narrow(0, segments_[i].first, segments_[i].second).copy_(params_[i].reshape({-1}));
+  master_ = flat_.narrow(0, begin_, shard_).to(at::kFloat).clone();
+  exp_avg_ = at::zeros_like(master_);
+  exp_avg_sq_ = at::zeros_like(master_);
+}
+
+void ZeroAdamW::zero_grad() {
+  for (auto& p : params_) p.mutable_grad() = at::Tensor();
+}
+
+double ZeroAdamW::step(double lr, double max_norm, bool skip) {
+  torch::NoGradGuard no_grad;
+  // 1. Flatten (missing gradients are zeros) and reduce-scatter: this rank gets the summed shard.
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor dst = flat_.narrow(0, segments_[i].first, segments_[i].second);
+    const at::Tensor& g = params_[i].grad();
+    if (g.defined()) dst.copy_(g.reshape({-1}));
+    else dst.zero_();
+  }
+  if (padded_ > numel_) flat_.narrow(0, numel_, padded_ - numel_).zero_();
+  at::Tensor shard_grad = at::empty({shard_}, flat_.options());
+  comm_->reduce_scatter(shard_grad, flat_);
+  at::Tensor g = shard_grad.to(at::kFloat);
+
+  // 2. Global norm from every shard's squared norm (float64 like optim::clip_grad_norm).
+  const double local_sq = g.to(at::kDouble).pow(2).sum().item<double>();
+  const double norm = std::sqrt(comm_->sum({local_sq})[0]);
+  if (skip || !std::isfinite(norm)) return norm;
+  if (max_norm > 0.0 && norm > max_norm) g.mul_(max_norm / (norm + 1e-6));
+
+  // 3. AdamW on the shard, as torch::optim::AdamW computes it (decoupled decay, bias corrections).
+  ++steps_;
+  const double b1 = options_.beta1, b2 = options_.beta2;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (decay_[i] == 0.0) continue;
+    const int64_t lo = std::max(segments_[i].first, begin_);
+    const int64_t hi = std::min(segments_[i].first + segments_[i].second, begin_ + shard_);
+    if (lo < hi) master_.narrow(0, lo - begin_, hi - lo).mul_(1.0 - lr * decay_[i]);
+  }
+  exp_avg_.mul_(b1).add_(g, 1.0 - b1);
+  exp_avg_sq_.mul_(b2).addcmul_(g, g, 1.0 - b2);
+  const double bc1 = 1.0 - std::pow(b1, static_cast<double>(steps_));
+  const double bc2 = 1.0 - std::pow(b2, static_cast<double>(steps_));
+  at::Tensor denom = (exp_avg_sq_.sqrt() / std::sqrt(bc2)).add_(options_.eps);
+  master_.addcdiv_(exp_avg_, denom, -lr / bc1);
+  if (padded_ > numel_ && begin_ + shard_ > numel_) {
+    const int64_t lo = std::max<int64_t>(0, numel_ - begin_);
+    master_.narrow(0, lo, shard_ - lo).zero_();  // padding stays zero
+  }
+
+  // 4. All-gather the updated shards into the working parameters.
+  at::Tensor mine = master_.to(flat_.scalar_type());
+  comm_->all_gather(flat_, mine);
+  for (size_t i = 0; i < params_.size(); ++i)
+    params_[i].copy_(flat_.narrow(0, segments_[i].first, segments_[i].second).view(params_[i].sizes()));
+  return norm;
+}
+
+void ZeroAdamW::save_shard(const std::string& path) const {
+  torch::serialize::OutputArchive a;
+  a.write("master", master_.cpu());
+  a.write("exp_avg", exp_avg_.cpu());
+  a.write("exp_avg_sq", exp_avg_sq_.cpu());
+  // begin, size, numel (unpadded), steps
+  a.write("range", torch::tensor({begin_, shard_, numel_, steps_}, torch::kInt64));
+  try {
+    a.save_to(path);
+  } catch (const c10::Error& e) {
+    SFTGO_FAIL(ErrorKind::kIo, path, ": cannot write the ZeRO-1 shard (", e.what_without_backtrace(), ")");
+  }
+}
+
+void ZeroAdamW::load_shards(const std::vector<std::string>& paths) {
+  torch::NoGradGuard no_grad;
+  SFTGO_CHECK(!paths.empty(), ErrorKind::kFormat, "ZeRO-1 resume: the checkpoint has no zero_rank*.pt shard files");
+  int64_t filled = 0, steps = -1;
+  const int64_t end = std::min(begin_ + shard_, numel_);
+  for (const auto& path : paths) {
+    torch::serialize::InputArchive a;
+    at::Tensor m, ea, es, range;
+    try {
+      a.load_from(path);
+      a.read("master", m);
+      a.read("exp_avg", ea);
+      a.read("exp_avg_sq", es);
+      a.read("range", range);
+    } catch (const c10::Error& e) {
+      SFTGO_FAIL(ErrorKind::kFormat, path, ": not a ZeRO-1 shard (", e.what_without_backtrace(), ")");
+    }
+    SFTGO_CHECK(range.numel() == 4 && m.numel() == range[1].item<int64_t>() && ea.numel() == m.numel() &&
+                    es.numel() == m.numel(), ErrorKind::kFormat, path, ": inconsistent ZeRO-1 shard tensors");
+    const int64_t fb = range[0].item<int64_t>(), fs = range[1].item<int64_t>(), fn = range[2].item<int64_t>();
+    SFTGO_CHECK(fn == numel_, ErrorKind::kFormat, path, ": shard of a model with ", fn, " parameters, this one has ", numel_);
+    const int64_t fsteps = range[3].item<int64_t>();
+    SFTGO_CHECK(steps < 0 || steps == fsteps, ErrorKind::kFormat, path, ": step count ", fsteps, " differs from other shards (", steps, ")");
+    steps = fsteps;
+    const int64_t lo = std::max(fb, begin_), hi = std::min({fb + fs, end});
+    if (lo >= hi) continue;
+    const auto dev = master_.device();
+    master_.narrow(0, lo - begin_, hi - lo).copy_(m.narrow(0, lo - fb, hi - lo).to(dev));
+    exp_avg_.narrow(0, lo - begin_, hi - lo).copy_(ea.narrow(0, lo - fb, hi - lo).to(dev));
+    exp_avg_sq_.narrow(0, lo - begin_, hi - lo).copy_(es.narrow(0, lo - fb, hi - lo).to(dev));
+    filled += hi - lo;
+  }
+  SFTGO_CHECK(filled == std::max<int64_t>(0, end - begin_), ErrorKind::kFormat, "ZeRO-1 resume: the shard files cover ",
+              filled, " of this rank's ", std::max<int64_t>(0, end - begin_), " values (missing or overlapping shard files)");
+  steps_ = steps;
+  // The working parameters follow the restored fp32 masters (exact for bf16 runs too).
+  at::Tensor mine = master_.to(flat_.scalar_type());
+  comm_->all_gather(flat_, mine);
+  for (size_t i = 0; i < params_.size(); ++i)
+    params_[i].copy_(flat_.narrow(0, segments_[i].first, segments_[i].second).view(params_[i].sizes()));
+}
+
+}  // namespace sftgo::dist

@@ -1,0 +1,284 @@
+// dist: launcher parsing, bucket planning, and (in forked 2-process Gloo groups) the collectives,
+// the bucketed gradient reducer and ZeRO-1 against plain LibTorch references.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <functional>
+#include <map>
+
+#include "sftgo/core/error.h"
+#include "sftgo/dist/dist.h"
+#include "sftgo/dist/zero.h"
+#include "sftgo/optim/optim.h"
+
+namespace fs = std::filesystem;
+using namespace sftgo;
+using namespace sftgo::dist;
+
+namespace {
+
+GetEnv env_of(std::map<std::string, std::string> vars) {
+  auto shared = std::make_shared<std::map<std::string, std::string>>(std::move(vars));
+  return [shared](const char* name) -> const char* {
+    auto it = shared->find(name);
+    return it == shared->end() ? nullptr : it->second.c_str();
+  };
+}
+
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// Runs body(rank) in `world` forked processes joined into one Gloo group; every child must return
+// true. Children exit with _exit so gtest state in them never runs twice.
+void run_ranks(int world, const std::function<bool(std::shared_ptr<Comm>)>& body) {
+  const int port = free_port();
+  std::vector<pid_t> kids;
+  for (int r = 0; r < world; ++r) {
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      int code = 1;
+      try {
+        torch::set_num_threads(1);
+        LaunchEnv e;
+        e.rank = r;
+        e.world_size = world;
+        e.master_addr = "127.0.0.1";
+        e.master_port = port;
+        CommOptions o;
+        o.backend = "gloo";
+        o.timeout_s = 60;
+        auto comm = Comm::create(e, o, c10::kCPU);
+        code = body(comm) ? 0 : 1;
+        comm->shutdown();
+      } catch (const std::exception& ex) {
+        std::fprintf(stderr, "rank %d: %s\n", r, ex.what());
+      }
+      std::fflush(stderr);
+      ::_exit(code);
+    }
+    kids.push_back(pid);
+  }
+  for (size_t r = 0; r < kids.size(); ++r) {
+    int status = 0;
+    ::waitpid(kids[r], &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "rank " << r << " failed (status " << status << ")";
+  }
+}
+
+bool close(const at::Tensor& a, const at::Tensor& b, double rtol, double atol, const char* what) {
+  if (at::allclose(a, b, rtol, atol)) return true;
+  std::fprintf(stderr, "%s: max abs diff %g\n", what, (a - b).abs().max().item<double>());
+  return false;
+}
+
+}  // namespace
+
+TEST(DetectLaunch, NoLauncherIsOneProcess) {
+  auto e = detect_launch(env_of({}), "10.0.0.1", 29500);
+  EXPECT_EQ(e.world_size, 1);
+  EXPECT_EQ(e.rank, 0);
+  EXPECT_EQ(e.launcher, "none");
+  EXPECT_EQ(e.master_addr, "10.0.0.1");
+  EXPECT_EQ(e.master_port, 29500);
+}
+
+TEST(DetectLaunch, Torchrun) {
+  auto e = detect_launch(env_of({{"RANK", "3"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "1"}, {"MASTER_ADDR", "node0"},
+                                 {"MASTER_PORT", "1234"}}), "127.0.0.1", 29500);
+  EXPECT_EQ(e.launcher, "torchrun");
+  EXPECT_EQ(e.rank, 3);
+  EXPECT_EQ(e.world_size, 8);
+  EXPECT_EQ(e.local_rank, 1);
+  EXPECT_EQ(e.master_addr, "node0");
+  EXPECT_EQ(e.master_port, 1234);
+}
+
+TEST(DetectLaunch, OpenMpiAndPmi) {
+  auto e = detect_launch(env_of({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "2"},
+                                 {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}}), "127.0.0.1", 29500);
+  EXPECT_EQ(e.launcher, "mpirun");
+  EXPECT_EQ(e.rank, 1);
+  EXPECT_EQ(e.world_size, 2);
+  EXPECT_EQ(e.local_rank, 1);
+  e = detect_launch(env_of({{"PMI_RANK", "2"}, {"PMI_SIZE", "4"}, {"MPI_LOCALRANKID", "0"}}), "h", 7);
+  EXPECT_EQ(e.launcher, "pmi");
+  EXPECT_EQ(e.rank, 2);
+  EXPECT_EQ(e.world_size, 4);
+  EXPECT_EQ(e.local_rank, 0);
+  // torchrun variables win over mpirun's (torchrun under an MPI allocation).
+  e = detect_launch(env_of({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"OMPI_COMM_WORLD_SIZE", "2"}}), "h", 7);
+  EXPECT_EQ(e.launcher, "torchrun");
+}
+
+TEST(DetectLaunch, BadValuesNameTheVariable) {
+  auto expect_error = [](std::map<std::string, std::string> vars, const std::string& needle) {
+    try {
+      detect_launch(env_of(std::move(vars)), "h", 1);
+      ADD_FAILURE() << "no error for " << needle;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kDist);
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error({{"RANK", "0"}}, "WORLD_SIZE");
+  expect_error({{"RANK", "x"}, {"WORLD_SIZE", "2"}}, "RANK='x'");
+  expect_error({{"RANK", "2"}, {"WORLD_SIZE", "2"}}, "not below the world size 2");
+  expect_error({{"OMPI_COMM_WORLD_SIZE", "2"}, {"OMPI_COMM_WORLD_RANK", "-1"}}, "OMPI_COMM_WORLD_RANK");
+  expect_error({{"MASTER_PORT", "99999"}}, "MASTER_PORT");
+}
+
+TEST(PlanBuckets, ReverseOrderSizeLimitAndDtypes) {
+  // 4-byte elements, 100-byte buckets: params 4,3 (reverse) fit together (40+40), 2 starts anew, ...
+  auto plan = plan_buckets({10, 30, 10, 10, 10}, {4, 4, 4, 4, 4}, {"f", "f", "f", "f", "f"}, 100);
+  ASSERT_EQ(plan.size(), 4u);
+  EXPECT_EQ(plan[0].params, (std::vector<size_t>{4, 3}));
+  EXPECT_EQ(plan[0].numel, 20);
+  EXPECT_EQ(plan[1].params, (std::vector<size_t>{2}));  // 80 + 40 > 100
+  EXPECT_EQ(plan[2].params, (std::vector<size_t>{1}));  // 120 bytes: a bucket of its own
+  EXPECT_EQ(plan[3].params, (std::vector<size_t>{0}));
+}
+
+TEST(PlanBuckets, DtypeChangeSplits) {
+  auto plan = plan_buckets({1, 1, 1}, {4, 2, 2}, {"f32", "bf16", "bf16"}, 1 << 20);
+  ASSERT_EQ(plan.size(), 2u);
+  EXPECT_EQ(plan[0].params, (std::vector<size_t>{2, 1}));
+  EXPECT_EQ(plan[0].numel, 2);
+  EXPECT_EQ(plan[1].params, (std::vector<size_t>{0}));
+}
+
+TEST(Comm, SingleProcessIsIdentity) {
+  auto comm = Comm::create(LaunchEnv{}, CommOptions{}, c10::kCPU);
+  EXPECT_FALSE(comm->distributed());
+  at::Tensor t = torch::arange(4, torch::kFloat);
+  comm->all_reduce(t);
+  EXPECT_TRUE(t.equal(torch::arange(4, torch::kFloat)));
+  EXPECT_EQ(comm->sum({1.5, 2.0}), (std::vector<double>{1.5, 2.0}));
+  comm->barrier();
+}
+
+TEST(Comm, GlooCollectivesTwoRanks) {
+  run_ranks(2, [](std::shared_ptr<Comm> c) {
+    const double r = c->rank();
+    at::Tensor t = torch::full({5}, r + 1.0);
+    c->all_reduce(t);  // 1 + 2
+    if (!t.equal(torch::full({5}, 3.0))) return false;
+    if (c->sum({r, 10.0 * r}) != std::vector<double>{1.0, 10.0}) return false;
+    at::Tensor in = torch::arange(6, torch::kFloat) + 100.0 * r;  // [6] on each rank
+    at::Tensor out = torch::empty({3});
+    c->reduce_scatter(out, in);  // rank r: sum over ranks of in[3r:3r+3]
+    at::Tensor want = (torch::arange(6, torch::kFloat) * 2 + 100.0).narrow(0, 3 * c->rank(), 3);
+    if (!out.equal(want)) return false;
+    at::Tensor gathered = torch::empty({4});
+    c->all_gather(gathered, torch::full({2}, r));
+    return gathered.equal(torch::tensor({0.f, 0.f, 1.f, 1.f}));
+  });
+}
+
+// The reducer's sums equal plain autograd over both ranks' data (computed on each rank locally).
+TEST(GradReducer, SumsGradientsOfTheLastMicroStepAcrossRanks) {
+  run_ranks(2, [](std::shared_ptr<Comm> c) {
+    torch::manual_seed(7);
+    torch::nn::Sequential net(torch::nn::Linear(6, 16), torch::nn::Tanh(), torch::nn::Linear(16, 3));
+    torch::nn::Sequential ref(torch::nn::Linear(6, 16), torch::nn::Tanh(), torch::nn::Linear(16, 3));
+    {
+      torch::NoGradGuard ng;
+      for (size_t i = 0; i < net->parameters().size(); ++i) ref->parameters()[i].copy_(net->parameters()[i]);
+    }
+    // Tiny buckets (~ 100 bytes) so several all-reduces are in flight during backward.
+    GradReducer red(c, net->parameters(), 100.0 / (1024 * 1024));
+    if (red.num_buckets() < 3) return false;
+    auto data = [](int rank, int micro) {
+      torch::manual_seed(100 + 10 * rank + micro);
+      return torch::randn({4, 6});
+    };
+    for (int micro = 0; micro < 2; ++micro) {
+      if (micro == 1) red.arm();
+      net->forward(data(c->rank(), micro)).pow(2).sum().backward();
+    }
+    red.finish();
+    for (int rank = 0; rank < 2; ++rank)
+      for (int micro = 0; micro < 2; ++micro) ref->forward(data(rank, micro)).pow(2).sum().backward();
+    // fp32 sums in a different order: rtol 1e-5.
+    for (size_t i = 0; i < net->parameters().size(); ++i)
+      if (!close(net->parameters()[i].grad(), ref->parameters()[i].grad(), 1e-5, 1e-6, "grad")) return false;
+    return true;
+  });
+}
+
+// ZeRO-1 over 2 ranks = torch::optim::AdamW on the summed gradients, with clipping and decay groups;
+// then the shards written by 2 ranks restore into a 1-rank optimizer (different world size).
+TEST(ZeroAdamW, MatchesTorchAdamWAndReshardsOnLoad) {
+  const fs::path dir = fs::temp_directory_path() / ("sftgo_zero_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  optim::AdamWOptions ao{1e-2, 0.9, 0.95, 1e-8, 0.1};
+  auto make = [] {
+    torch::manual_seed(3);
+    return optim::NamedParameters{{"layers.0.weight", torch::randn({5, 7}).set_requires_grad(true)},
+                                  {"layers.0.norm.weight", torch::randn({7}).set_requires_grad(true)},
+                                  {"head.weight", torch::randn({3, 5}).set_requires_grad(true)}};  // 35+7+15 = 57: padded
+  };
+  auto grads = [](int rank, int step, const optim::NamedParameters& ps) {
+    torch::manual_seed(1000 + 17 * rank + step);
+    for (auto& [n, p] : ps) p.mutable_grad() = torch::randn(p.sizes()) * (step + 1);
+  };
+  run_ranks(2, [&](std::shared_ptr<Comm> c) {
+    auto mine = make(), ref = make();
+    ZeroAdamW zero(c, mine, ao);
+    auto adamw = optim::make_adamw(ref, ao);
+    for (int step = 0; step < 4; ++step) {
+      grads(c->rank(), step, mine);
+      const double norm = zero.step(1e-2, 5.0);
+      // Reference: the summed gradient of both ranks, clipped and stepped by LibTorch's AdamW.
+      optim::NamedParameters other = make();
+      grads(1 - c->rank(), step, other);
+      grads(c->rank(), step, ref);
+      std::vector<at::Tensor> ps;
+      for (size_t i = 0; i < ref.size(); ++i) {
+        ref[i].second.mutable_grad().add_(other[i].second.grad());
+        ps.push_back(ref[i].second);
+      }
+      const double ref_norm = optim::clip_grad_norm(ps, 5.0);
+      adamw->step();
+      if (std::abs(norm - ref_norm) > 1e-6 * ref_norm) return false;
+      zero.zero_grad();
+      adamw->zero_grad(true);
+    }
+    // fp32 element-wise math identical up to summation order of the norm: rtol 1e-5.
+    for (size_t i = 0; i < mine.size(); ++i)
+      if (!close(mine[i].second, ref[i].second, 1e-5, 1e-6, mine[i].first.c_str())) return false;
+    zero.save_shard((dir / zero_shard_file_name(c->rank(), 2)).string());
+    if (c->rank() == 0) {
+      std::vector<at::Tensor> final_params;
+      for (auto& [n, p] : mine) final_params.push_back(p.detach().clone());
+      torch::save(final_params, (dir / "final.pt").string());
+    }
+    return true;
+  });
+  // One rank restores both shards: its master weights are the 2-rank run's parameters.
+  auto comm = Comm::create(LaunchEnv{}, CommOptions{}, c10::kCPU);
+  auto params = make();
+  ZeroAdamW one(comm, params, ao);
+  one.load_shards({(dir / zero_shard_file_name(0, 2)).string(), (dir / zero_shard_file_name(1, 2)).string()});
+  EXPECT_EQ(one.steps(), 4);
+  std::vector<at::Tensor> want;
+  torch::load(want, (dir / "final.pt").string());
+  ASSERT_EQ(want.size(), params.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_TRUE(params[i].second.equal(want[i])) << params[i].first;  // bit-exact copy
+  EXPECT_THROW(one.load_shards({(dir / zero_shard_file_name(0, 2)).string()}), Error);  // half is missing
+  fs::remove_all(dir);
+}
