@@ -79,7 +79,8 @@ void fsync_path(const fs::path& p, bool directory) {
 }  // namespace
 
 std::string save_checkpoint(const std::string& run_dir, const SaveRequest& req, int64_t keep_last) {
-  SFTGO_CHECK(req.model != nullptr && req.optimizer != nullptr, ErrorKind::kInternal, "save_checkpoint: no model/optimizer");
+  SFTGO_CHECK(req.model != nullptr && (req.optimizer != nullptr || !req.move_files.empty()), ErrorKind::kInternal,
+              "save_checkpoint: no model/optimizer");
   const fs::path root = checkpoints_root(run_dir);
   fs::create_directories(root);
   const fs::path final_dir = root / checkpoint_dir_name(req.state.step);
@@ -94,10 +95,14 @@ std::string save_checkpoint(const std::string& run_dir, const SaveRequest& req, 
     fs::copy_file(f, tmp / fs::path(f).filename(), fs::copy_options::overwrite_existing, ec);
     SFTGO_CHECK(!ec, ErrorKind::kIo, "copying ", f, " into ", tmp.string(), ": ", ec.message());
   }
-  {
+  if (req.optimizer != nullptr) {
     torch::serialize::OutputArchive archive;
     req.optimizer->save(archive);
     archive.save_to((tmp / "optimizer.pt").string());
+  }
+  for (const auto& f : req.move_files) {
+    fs::rename(f, tmp / fs::path(f).filename(), ec);
+    SFTGO_CHECK(!ec, ErrorKind::kIo, "moving ", f, " into ", tmp.string(), ": ", ec.message());
   }
   if (!req.master_weights.empty()) {
     std::vector<at::Tensor> keep;  // contiguous CPU copies alive until written

@@ -101,8 +101,9 @@ std::vector<Field> fields_of(Config& c) {
   add("dist.backend", c.dist.backend, "Process-group backend; auto = NCCL on GPU, Gloo on CPU").one_of({"auto", "nccl", "gloo"});
   add("dist.master_addr", c.dist.master_addr, "Rendezvous address when MASTER_ADDR is not set");
   add("dist.master_port", c.dist.master_port, "Rendezvous port when MASTER_PORT is not set").range(1, 65535);
-  add("dist.timeout_s", c.dist.timeout_s, "Seconds before a stuck collective fails the job").above(0);
+  add("dist.timeout_s", c.dist.timeout_s, "Seconds before a stuck collective or a silent rank (no heartbeat) fails the job").above(0);
   add("dist.zero1", c.dist.zero1, "Shard optimizer state (and fp32 master weights) across ranks");
+  add("dist.bucket_mb", c.dist.bucket_mb, "Gradient all-reduce bucket size in MiB (plain data parallel)").above(0);
   return f;
 }
 

@@ -17,6 +17,8 @@
 #include "sftgo/data/collate.h"
 #include "sftgo/data/dataset.h"
 #include "sftgo/data/sampler.h"
+#include "sftgo/dist/dist.h"
+#include "sftgo/dist/zero.h"
 #include "sftgo/grouping/grouping.h"
 #include "sftgo/grouping/rho1_torch.h"
 #include "sftgo/loss/group_loss.h"
@@ -35,14 +37,31 @@ namespace {
 // Dense bf16 peak of one H100 SXM, for MFU (the GPUs this project targets).
 constexpr double kH100PeakBf16Flops = 989e12;
 
-c10::Device resolve_device(const std::string& name) {
+// One GPU per rank: the launcher's local rank picks it.
+c10::Device resolve_device(const std::string& name, int local_rank) {
   if (name == "cpu") return c10::kCPU;
-  if (name == "cuda") {
-    SFTGO_CHECK_HINT(torch::cuda::is_available(), ErrorKind::kConfig, "use model.device: cpu or auto",
+  const bool cuda = torch::cuda::is_available();
+  if (name == "cuda")
+    SFTGO_CHECK_HINT(cuda, ErrorKind::kConfig, "use model.device: cpu or auto",
                      "model.device is cuda but no CUDA device is available");
-    return c10::Device(c10::kCUDA, 0);
-  }
-  return torch::cuda::is_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+  if (!cuda) return c10::kCPU;
+  const int n = static_cast<int>(torch::cuda::device_count());
+  SFTGO_CHECK_HINT(local_rank < n, ErrorKind::kDist, "start at most one rank per GPU on each node", "local rank ",
+                   local_rank, " has no GPU of its own (", n, " visible)");
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
+}
+
+// The loss statistics as doubles for one all-reduce, and back.
+std::vector<double> pack(const loss::GroupStats& s) {
+  return {s.loss_sum[0], s.loss_sum[1], static_cast<double>(s.count[0]), static_cast<double>(s.count[1])};
+}
+loss::GroupStats unpack(const std::vector<double>& v, size_t at = 0) {
+  loss::GroupStats s;
+  s.loss_sum[0] = v[at];
+  s.loss_sum[1] = v[at + 1];
+  s.count[0] = static_cast<int64_t>(std::llround(v[at + 2]));
+  s.count[1] = static_cast<int64_t>(std::llround(v[at + 3]));
+  return s;
 }
 
 // The tokenizer directory's files, copied into every checkpoint so it loads as a HF model dir.
@@ -88,6 +107,13 @@ struct Trainer::Impl {
   TrainerHooks hooks;
 
   c10::Device device{c10::kCPU};
+  // Data parallelism: a process group when launched by mpirun/torchrun, else world 1 and no group.
+  dist::LaunchEnv launch;
+  std::shared_ptr<dist::Comm> comm;
+  std::unique_ptr<dist::GradReducer> reducer;  // plain data parallel (world > 1, no ZeRO-1)
+  std::unique_ptr<dist::ZeroAdamW> zero;       // dist.zero1: replaces `optimizer` and `masters`
+  int rank = 0, world = 1;
+  bool stop_all = false;  // some rank was asked to stop (SIGINT/SIGTERM): every rank saves and stops
   std::optional<Tokenizer> tok;
   data::PreparedDataset dataset;
   data::PreparedDataset eval_set;  // data.eval_path; empty when none
@@ -135,15 +161,32 @@ struct Trainer::Impl {
 
 void Trainer::Impl::setup() {
   Timer t;
+  launch = dist::detect_launch(cfg.dist.master_addr, static_cast<int>(cfg.dist.master_port));
+  rank = launch.rank;
+  world = launch.world_size;
+  if (world > 1) init_logging(rank, world, parse_log_level(cfg.run.log_level));
   if (cfg.train.num_threads > 0) torch::set_num_threads(static_cast<int>(cfg.train.num_threads));
+  // The same seed on every rank: identical initial weights without a broadcast.
   torch::manual_seed(static_cast<uint64_t>(cfg.run.seed));
-  device = resolve_device(cfg.model.device);
+  device = resolve_device(cfg.model.device, world > 1 ? launch.local_rank : 0);
+  SFTGO_CHECK_HINT(cfg.train.global_batch_size % (world * cfg.train.micro_batch_size) == 0, ErrorKind::kConfig,
+                   "make train.global_batch_size a multiple of world size x train.micro_batch_size",
+                   "train.global_batch_size ", cfg.train.global_batch_size, " does not split into ", world, " ranks x ",
+                   "micro-batches of ", cfg.train.micro_batch_size, " (every rank must run the same number of micro-steps)");
+  {
+    dist::CommOptions co;
+    co.backend = cfg.dist.backend;
+    co.timeout_s = cfg.dist.timeout_s;
+    comm = dist::Comm::create(launch, co, device);
+    comm->start_watchdog();
+    if (world > 1)
+      log_info("data parallel: {} ranks ({}), {} backend, rendezvous {}:{}, ZeRO-1 {}", world, launch.launcher,
+               comm->backend(), launch.master_addr, launch.master_port, cfg.dist.zero1 ? "on" : "off");
+  }
   SFTGO_CHECK_HINT(cfg.train.precision != "bf16_autocast", ErrorKind::kConfig,
                    "use train.precision: bf16 (bf16 weights, fp32 master weights) or fp32",
                    "train.precision 'bf16_autocast' is not supported by this build yet");
   mixed = cfg.train.precision == "bf16";
-  // Keys that are declared for what comes next must not be silently ignored.
-  SFTGO_CHECK(!cfg.dist.zero1, ErrorKind::kConfig, "dist.zero1 is not supported yet (data parallelism lands with issue #8)");
   SFTGO_CHECK(cfg.train.eval_every == 0 || !cfg.data.eval_path.empty(), ErrorKind::kConfig,
               "train.eval_every is set but data.eval_path is empty: name the held-out data file");
   objective = loss::parse_objective(cfg.loss.objective);
@@ -165,10 +208,9 @@ void Trainer::Impl::setup() {
   if (rho1) score_reference_model();
   if (!cfg.data.eval_path.empty()) prepare_eval();
 
-  const int world = 1;
   per_rank_batch = cfg.train.global_batch_size / world;
   sampler = std::make_unique<data::DistributedSampler>(static_cast<int64_t>(dataset.examples.size()),
-                                                       static_cast<uint64_t>(cfg.run.seed), 0, world);
+                                                       static_cast<uint64_t>(cfg.run.seed), rank, world);
   steps_per_epoch = (sampler->per_rank() + per_rank_batch - 1) / per_rank_batch;
   total_steps = cfg.train.max_steps > 0
                     ? cfg.train.max_steps
@@ -176,12 +218,21 @@ void Trainer::Impl::setup() {
 
   optim::AdamWOptions ao{cfg.optim.lr, cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
   working = model->hf_named_parameters();
-  if (mixed) {
+  if (cfg.dist.zero1) {
+    // ZeRO-1 keeps its own fp32 master shard, so bf16 runs need no full-size masters.
+    zero = std::make_unique<dist::ZeroAdamW>(comm, working, ao);
+  } else if (mixed) {
     for (const auto& [name, p] : working)
       masters.emplace_back(name, p.detach().to(at::kFloat).clone().set_requires_grad(true));
     optimizer = optim::make_adamw(masters, ao);
   } else {
     optimizer = optim::make_adamw(working, ao);
+  }
+  if (world > 1 && !zero) {
+    std::vector<at::Tensor> trainable;
+    for (const auto& [name, p] : working)
+      if (p.requires_grad()) trainable.push_back(p);
+    reducer = std::make_unique<dist::GradReducer>(comm, trainable, cfg.dist.bucket_mb);
   }
   schedule.peak_lr = cfg.optim.lr;
   schedule.total_steps = total_steps;
@@ -322,9 +373,13 @@ EvalMetrics Trainer::Impl::evaluate() {
   const double lambda = lambda_at(std::max<int64_t>(0, step - 1));
   loss::GroupStats stats;
   const size_t mb = static_cast<size_t>(cfg.train.micro_batch_size);
-  for (size_t i = 0; i < eval_set.examples.size(); i += mb) {
-    std::vector<const data::TokenizedExample*> exs;
-    for (size_t j = i; j < std::min(eval_set.examples.size(), i + mb); ++j) exs.push_back(&eval_set.examples[j]);
+  // Rank r evaluates examples r, r + W, ...; the statistics are summed over ranks below.
+  std::vector<const data::TokenizedExample*> mine;
+  for (size_t j = static_cast<size_t>(rank); j < eval_set.examples.size(); j += static_cast<size_t>(world))
+    mine.push_back(&eval_set.examples[j]);
+  for (size_t i = 0; i < mine.size(); i += mb) {
+    std::vector<const data::TokenizedExample*> exs(mine.begin() + static_cast<std::ptrdiff_t>(i),
+                                                   mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), i + mb)));
     data::Batch b = cfg.data.packing ? data::collate_packed(exs, cfg.data.max_seq_len, pad_id)
                                      : data::collate_padded(exs, pad_id);
     DeviceBatch d = to_device(b);
@@ -332,6 +387,7 @@ EvalMetrics Trainer::Impl::evaluate() {
     loss::fused_group_loss(forward_hidden(d), head_weight(), d.labels, d.groups, loss_options(lambda), &info);
     stats += info.local_stats;
   }
+  if (world > 1) stats = unpack(comm->sum(pack(stats)));
   const loss::LossMetrics lm =
       loss::compute_loss_metrics(stats, loss::compute_loss_weights(stats, lambda, objective), lambda);
   EvalMetrics e;
@@ -434,11 +490,16 @@ StepMetrics Trainer::Impl::train_step() {
     count_stats.count[0] += b.trained - b.important;
     m.tokens += b.tokens;
   }
-  m.trained_tokens = count_stats.total_count();
+  // Step scope covers every rank's tokens too: counts and sums are all-reduced before any backward,
+  // so each rank's loss is already normalised globally and gradients are SUMMED across ranks.
+  if (scope == loss::StatsScope::kStep && world > 1) count_stats = unpack(comm->sum(pack(count_stats)));
   std::optional<loss::LossWeights> fixed;
   loss::GroupStats step_stats;
   bool finite = true;
   const bool multi = micro.size() > 1;
+  // sftgo with one micro-batch on several ranks: the weights come from a hook that all-reduces the
+  // forward's own statistics (no extra forward pass).
+  bool global_hook = false;
   if (scope == loss::StatsScope::kStep && multi) {
     if (objective == loss::Objective::kSftGo) {
       torch::NoGradGuard no_grad;
@@ -453,11 +514,24 @@ StepMetrics Trainer::Impl::train_step() {
         }
         step_stats += info.local_stats;
       }
-      fixed = loss::compute_loss_weights(step_stats, lambda, objective);
+      if (world > 1) {
+        // Every rank takes part even after a non-finite forward, so the collectives stay matched.
+        std::vector<double> v = pack(step_stats);
+        v.push_back(finite ? 0.0 : 1.0);
+        v = comm->sum(v);
+        step_stats = unpack(v);
+        finite = v[4] == 0.0;
+      }
+      if (finite) fixed = loss::compute_loss_weights(step_stats, lambda, objective);
     } else {
       fixed = loss::compute_loss_weights(count_stats, lambda, objective);
     }
+  } else if (scope == loss::StatsScope::kStep && world > 1) {
+    if (objective == loss::Objective::kSftGo) global_hook = true;
+    else fixed = loss::compute_loss_weights(count_stats, lambda, objective);
   }
+  // microbatch scope: every micro-batch of every rank counts equally (mean over M x world).
+  const double micro_scale = scope == loss::StatsScope::kMicrobatch ? 1.0 / static_cast<double>(micro.size() * world) : 1.0;
 
   loss::GroupStats seen;
   double micro_loss_sum = 0;
@@ -466,11 +540,22 @@ StepMetrics Trainer::Impl::train_step() {
     const auto& b = micro[i];
     auto opts = loss_options(lambda);
     if (fixed) opts.weights_hook = [w = *fixed](const loss::GroupStats&) { return w; };
+    if (global_hook) {
+      // Every rank reaches the hook (a local NaN must not skip the collective): the finiteness check
+      // runs on the global sums instead, identically on every rank.
+      opts.check_numerics = false;
+      opts.weights_hook = [this, lambda, &step_stats](const loss::GroupStats& local) {
+        step_stats = unpack(comm->sum(pack(local)));
+        if (!std::isfinite(step_stats.total_loss())) return loss::LossWeights{NAN, {NAN, NAN}, -1};
+        return loss::compute_loss_weights(step_stats, lambda, objective);
+      };
+    }
     loss::LossInfo info;
     try {
       at::Tensor l = loss::fused_group_loss(forward_hidden(b), head_weight(), b.labels, b.groups, opts, &info);
-      // microbatch scope: each micro-batch's objective counts equally (mean over micro-batches).
-      if (scope == loss::StatsScope::kMicrobatch && multi) l = l / static_cast<double>(micro.size());
+      if (micro_scale != 1.0) l = l * micro_scale;
+      // The step's last backward reduces gradients while it runs; earlier ones only accumulate.
+      if (reducer && i + 1 == micro.size()) reducer->arm();
       l.backward();
     } catch (const Error& e) {
       if (e.kind() != ErrorKind::kNumeric) throw;
@@ -482,8 +567,31 @@ StepMetrics Trainer::Impl::train_step() {
     micro_loss_sum += info.metrics.loss;
     applied = info.weights;
   }
+  // Called on every rank, also after an aborted step, so all ranks issue the same collectives.
+  if (reducer) reducer->finish();
+  if (world > 1) {
+    // One all-reduce for the skip decision, the stop request and the step-wide metrics.
+    std::vector<double> v = pack(seen);
+    v.insert(v.end(), {finite ? 0.0 : 1.0, stop_requested() ? 1.0 : 0.0, static_cast<double>(m.tokens), micro_loss_sum});
+    v = comm->sum(v);
+    seen = unpack(v);
+    finite = v[4] == 0.0;
+    stop_all = v[5] > 0.0;
+    m.tokens = static_cast<int64_t>(std::llround(v[6]));
+    micro_loss_sum = v[7];
+    m.trained_tokens = seen.total_count();
+  }
 
-  if (mixed && finite) {
+  if (zero) {
+    m.grad_norm = finite ? zero->step(lr, cfg.optim.grad_clip) : NAN;
+    if (!std::isfinite(m.grad_norm)) {
+      finite = false;
+      ++nan_skips;
+      m.skipped = true;
+    }
+    zero->zero_grad();
+  }
+  if (mixed && finite && !zero) {
     // bf16 gradients -> fp32 master gradients; clipping and AdamW then work in fp32.
     torch::NoGradGuard no_grad;
     for (size_t i = 0; i < masters.size(); ++i) {
@@ -491,24 +599,27 @@ StepMetrics Trainer::Impl::train_step() {
       masters[i].second.mutable_grad() = g.defined() ? g.to(at::kFloat) : at::zeros_like(masters[i].second);
     }
   }
-  std::vector<at::Tensor> all_params;
-  for (const auto& g : optimizer->param_groups())
-    for (const auto& p : g.params()) all_params.push_back(p);
-  m.grad_norm = finite ? optim::clip_grad_norm(all_params, cfg.optim.grad_clip) : NAN;
-  if (!std::isfinite(m.grad_norm)) finite = false;
-  if (finite) {
-    optim::set_lr(*optimizer, lr);
-    optimizer->step();
-    if (mixed) {
-      torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < masters.size(); ++i) working[i].second.copy_(masters[i].second);
+  if (!zero) {
+    // Gradients are identical on every rank after the reduction, so are the norm and the update.
+    std::vector<at::Tensor> all_params;
+    for (const auto& g : optimizer->param_groups())
+      for (const auto& p : g.params()) all_params.push_back(p);
+    m.grad_norm = finite ? optim::clip_grad_norm(all_params, cfg.optim.grad_clip) : NAN;
+    if (!std::isfinite(m.grad_norm)) finite = false;
+    if (finite) {
+      optim::set_lr(*optimizer, lr);
+      optimizer->step();
+      if (mixed) {
+        torch::NoGradGuard no_grad;
+        for (size_t i = 0; i < masters.size(); ++i) working[i].second.copy_(masters[i].second);
+      }
+    } else {
+      ++nan_skips;
+      m.skipped = true;
     }
-  } else {
-    ++nan_skips;
-    m.skipped = true;
+    optimizer->zero_grad(true);
   }
-  optimizer->zero_grad(true);
-  if (mixed) model->zero_grad(true);
+  if (mixed || zero) model->zero_grad(true);
 
   ++step;
   tokens_seen += m.tokens;
@@ -518,7 +629,8 @@ StepMetrics Trainer::Impl::train_step() {
   m.step = step;
   m.epoch = static_cast<double>(sampler->state().epoch) +
             static_cast<double>(sampler->state().index) / static_cast<double>(std::max<int64_t>(1, sampler->per_rank()));
-  m.loss = finite ? (scope == loss::StatsScope::kMicrobatch && multi ? micro_loss_sum / static_cast<double>(micro.size()) : lm.loss) : NAN;
+  m.loss = finite ? (scope == loss::StatsScope::kMicrobatch && (multi || world > 1)
+                         ? micro_loss_sum / static_cast<double>(micro.size() * world) : lm.loss) : NAN;
   m.loss_ce = lm.loss_ce;
   m.loss_imp = lm.loss_imp;
   m.loss_unimp = lm.loss_unimp;
@@ -535,9 +647,27 @@ StepMetrics Trainer::Impl::train_step() {
 }
 
 std::string Trainer::Impl::save(const std::string& why) {
+  Timer t;
+  const std::string final_dir =
+      (fs::path(checkpoint::checkpoints_root(cfg.run.output_dir)) / checkpoint::checkpoint_dir_name(step)).string();
   checkpoint::SaveRequest r;
+  if (zero) {
+    // Every rank writes its shard into a staging directory; rank 0 moves them into the checkpoint
+    // before trainer_state.json marks it complete (a shared filesystem across nodes is assumed).
+    const fs::path staging = fs::path(checkpoint::checkpoints_root(cfg.run.output_dir)) /
+                             (".zero_staging_" + checkpoint::checkpoint_dir_name(step));
+    fs::create_directories(staging);
+    zero->save_shard((staging / dist::zero_shard_file_name(rank, world)).string());
+    comm->barrier();
+    for (int r2 = 0; r2 < world; ++r2) r.move_files.push_back((staging / dist::zero_shard_file_name(r2, world)).string());
+  }
+  if (rank != 0) {
+    comm->barrier();  // rank 0 is writing
+    return final_dir;
+  }
   r.model = model.get();
   r.optimizer = optimizer.get();
+  r.state.world_size = world;
   r.state.step = step;
   r.state.total_steps = total_steps;
   r.state.sampler_epoch = sampler->state().epoch;
@@ -549,9 +679,13 @@ std::string Trainer::Impl::save(const std::string& why) {
   r.state.config_yaml = config_to_yaml(cfg);
   r.resolved_config_yaml = r.state.config_yaml;
   r.tokenizer_files = tokenizer_files(cfg.tokenizer.path);
-  if (mixed) r.master_weights = masters;
-  Timer t;
+  if (mixed && !zero) r.master_weights = masters;
   std::string dir = checkpoint::save_checkpoint(cfg.run.output_dir, r, cfg.train.keep_last);
+  if (zero) {
+    std::error_code ec;
+    fs::remove_all(fs::path(r.move_files.front()).parent_path(), ec);
+  }
+  comm->barrier();
   log_info("saved checkpoint {} ({}, {:.1f}s)", dir, why, t.seconds());
   return dir;
 }
@@ -561,7 +695,16 @@ void Trainer::Impl::resume_from(const std::string& dir) {
   if (st.config_yaml != config_to_yaml(cfg))
     log_warn("resuming {} with a config that differs from the one it was saved with", dir);
   model::load_hf_weights(*model, dir);
-  if (mixed) {
+  std::vector<std::string> shards;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().rfind("zero_rank", 0) == 0) shards.push_back(e.path().string());
+  std::sort(shards.begin(), shards.end());
+  SFTGO_CHECK_HINT(shards.empty() == !zero, ErrorKind::kConfig, "resume with the dist.zero1 setting the run was saved with",
+                   dir, shards.empty() ? " was saved without ZeRO-1 (optimizer.pt), but dist.zero1 is on"
+                                       : " holds ZeRO-1 optimizer shards, but dist.zero1 is off");
+  if (zero) {
+    zero->load_shards(shards);  // any saved world size: each shard file names its slice
+  } else if (mixed) {
     auto saved = checkpoint::load_master_weights(dir);
     if (saved.empty()) log_warn("{} has no fp32 master weights: continuing from its bf16 weights", dir);
     torch::NoGradGuard no_grad;
@@ -573,10 +716,20 @@ void Trainer::Impl::resume_from(const std::string& dir) {
       masters[i].second.copy_(saved.empty() ? working[i].second.to(at::kFloat) : it->second);
     }
   }
-  checkpoint::load_optimizer_state(dir, *optimizer);
+  if (!zero) checkpoint::load_optimizer_state(dir, *optimizer);
   data::SamplerState ss;
   ss.epoch = st.sampler_epoch;
   ss.index = st.sampler_index;
+  if (st.world_size != world) {
+    // Same global position in the epoch: every rank had consumed `index` of its share.
+    const int64_t consumed = st.sampler_index * st.world_size;
+    SFTGO_CHECK_HINT(consumed % world == 0, ErrorKind::kConfig, "resume with a world size that divides the examples consumed",
+                     dir, " was saved by ", st.world_size, " ranks at ", consumed, " examples into epoch ", st.sampler_epoch,
+                     ", which ", world, " ranks cannot split evenly");
+    ss.index = consumed / world;
+    log_warn("resuming {} saved by {} ranks with {}: same examples per step, but epoch tails are padded per rank", dir,
+             st.world_size, world);
+  }
   sampler->set_state(ss);
   step = st.step;
   nan_skips = st.nan_skips;
@@ -607,11 +760,18 @@ TrainResult Trainer::run(const std::string& resume) {
     if (dir) s.resume_from(*dir);
     else log_info("--resume auto: no checkpoint in {}, starting fresh", cfg.run.output_dir);
   }
-  write_file_atomic((fs::path(cfg.run.output_dir) / "resolved_config.yaml").string(), config_to_yaml(cfg));
-  nlohmann::json versions = {{"sftgo", version_string()}, {"git", git_hash()}, {"libtorch", TORCH_VERSION},
-                             {"cuda_kernels", built_with_cuda()}, {"device", s.device.str()}};
-  write_file_atomic((fs::path(cfg.run.output_dir) / "versions.json").string(), versions.dump(1) + "\n");
-  MetricsLog metrics((fs::path(cfg.run.output_dir) / "metrics.jsonl").string(), resume.empty() ? -1 : s.step);
+  // Only rank 0 writes run files; metrics are already reduced over ranks.
+  std::optional<MetricsLog> metrics_log;
+  if (s.rank == 0) {
+    write_file_atomic((fs::path(cfg.run.output_dir) / "resolved_config.yaml").string(), config_to_yaml(cfg));
+    nlohmann::json versions = {{"sftgo", version_string()}, {"git", git_hash()}, {"libtorch", TORCH_VERSION},
+                               {"cuda_kernels", built_with_cuda()}, {"device", s.device.str()}, {"world_size", s.world}};
+    write_file_atomic((fs::path(cfg.run.output_dir) / "versions.json").string(), versions.dump(1) + "\n");
+    metrics_log.emplace((fs::path(cfg.run.output_dir) / "metrics.jsonl").string(), resume.empty() ? -1 : s.step);
+  }
+  auto write_metrics = [&](const auto& m) {
+    if (metrics_log) metrics_log->write(m);
+  };
 
   const bool tty = ::isatty(2);
   Timer wall;
@@ -621,7 +781,7 @@ TrainResult Trainer::run(const std::string& resume) {
   while (s.step < s.total_steps) {
     StepMetrics m = s.train_step();
     m.elapsed_s = s.elapsed_before + wall.seconds();
-    metrics.write(m);
+    write_metrics(m);
     if (first) result.first_loss = m.loss;
     first = false;
     result.last_loss = m.loss;
@@ -635,12 +795,13 @@ TrainResult Trainer::run(const std::string& resume) {
     }
     if (s.nan_skips > cfg.train.max_nan_skips) {
       std::string dir = s.save("before stopping on non-finite values");
+      s.comm->shutdown();  // every rank reaches this step together
       SFTGO_FAIL_HINT(ErrorKind::kNumeric, "lower optim.lr, check the data, or resume from the checkpoint",
                       "training stopped at step ", s.step, ": ", s.nan_skips, " steps had a non-finite loss or gradient (train.max_nan_skips = ",
                       cfg.train.max_nan_skips, "); the last good weights are saved in ", dir);
     }
     if (!s.eval_set.examples.empty() && cfg.train.eval_every > 0 && s.step % cfg.train.eval_every == 0) {
-      metrics.write(s.evaluate());
+      write_metrics(s.evaluate());
       last_eval = s.step;
     }
     if (s.hooks.on_step && !s.hooks.on_step(m)) return result;  // simulated kill: no final save
@@ -648,16 +809,19 @@ TrainResult Trainer::run(const std::string& resume) {
       result.last_checkpoint = s.save("periodic");
       last_saved = s.step;
     }
-    if (stop_requested()) {
+    // Several ranks agree on stopping in the step's all-reduce (any rank's SIGINT/SIGTERM stops all).
+    if (s.world > 1 ? s.stop_all : stop_requested()) {
       if (tty) std::fprintf(stderr, "\n");
       result.last_checkpoint = s.save("stop requested");
       result.interrupted = true;
       log_info("stopped at step {}/{}; resume with --resume auto", s.step, s.total_steps);
+      s.comm->shutdown();
       return result;
     }
   }
-  if (!s.eval_set.examples.empty() && last_eval != s.step) metrics.write(s.evaluate());
+  if (!s.eval_set.examples.empty() && last_eval != s.step) write_metrics(s.evaluate());
   if (last_saved != s.step) result.last_checkpoint = s.save("final");
+  s.comm->shutdown();
   log_info("done: {} steps in {}, final loss {:.4f}", s.step, format_duration(wall.seconds()), result.last_loss);
   return result;
 }

@@ -8,6 +8,8 @@
 //   tokenizer.json, tokenizer_config.json                  copied from the run's tokenizer
 //   optimizer.pt                                           torch::serialize archive of the optimizer
 //   master_weights.safetensors                             fp32 master weights (bf16 runs only)
+//   zero_rankRRRRR_of_WWWWW.pt                             ZeRO-1 runs instead of optimizer.pt: each
+//                                                          rank's optimizer state and fp32 master shard
 //   trainer_state.json                                     step, sampler position, lambda, RNG, ...
 //   resolved_config.yaml                                   the config the run used
 #pragma once
@@ -47,7 +49,11 @@ struct TrainerState {
 
 struct SaveRequest {
   const model::LlamaModelImpl* model = nullptr;
+  // nullptr when the optimizer state travels in move_files instead (ZeRO-1: one shard per rank).
   torch::optim::Optimizer* optimizer = nullptr;
+  // Files renamed into the checkpoint before trainer_state.json marks it complete (ZeRO-1 shards
+  // that every rank wrote into a staging directory on the same filesystem).
+  std::vector<std::string> move_files;
   TrainerState state;
   std::vector<std::string> tokenizer_files;  // copied next to the weights when they exist
   std::string resolved_config_yaml;

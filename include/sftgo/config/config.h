@@ -104,6 +104,7 @@ struct DistConfig {
   int64_t master_port = 29500;
   double timeout_s = 600.0;
   bool zero1 = false;
+  double bucket_mb = 25.0;          // gradient all-reduce bucket size
 };
 
 struct Config {
