@@ -33,5 +33,6 @@ void register_groups_command(CLI::App& app, std::function<int()>& selected);
 void register_plot_command(CLI::App& app, std::function<int()>& selected);
 void register_score_command(CLI::App& app, std::function<int()>& selected);
 void register_generate_command(CLI::App& app, std::function<int()>& selected);
+void register_eval_command(CLI::App& app, std::function<int()>& selected);
 
 }  // namespace sftgo::apps

@@ -1,0 +1,45 @@
+// `sftgo-train eval`: lm-evaluation-harness-style multiple-choice evaluation of a HF checkpoint.
+#include <torch/cuda.h>
+
+#include <iostream>
+
+#include "commands.h"
+#include "sftgo/core/error.h"
+#include "sftgo/core/strings.h"
+#include "sftgo/eval/evaluate.h"
+
+namespace sftgo::apps {
+
+void register_eval_command(CLI::App& app, std::function<int()>& selected) {
+  auto opts = std::make_shared<eval::EvalOptions>();
+  opts->device = "auto";
+  auto* sub = app.add_subcommand(
+      "eval", "Log-likelihood multiple-choice evaluation (lm-eval style): " + join(eval::task_names(), ", "));
+  sub->add_option("--model,-m", opts->model_dir, "Hugging Face checkpoint directory")->required();
+  sub->add_option("--task", opts->task, "Task name")->required();
+  sub->add_option("--data,-d", opts->data_path, "Task JSONL (Hugging Face dataset fields, see docs/evaluation.md)")
+      ->required();
+  sub->add_option("--shots,-k", opts->shots, "Few-shot examples per question (first K of the few-shot pool)");
+  sub->add_option("--fewshot-data", opts->fewshot_path,
+                  "Few-shot pool JSONL (default: the --data file, skipping the question itself)");
+  sub->add_option("--limit,-n", opts->limit, "Evaluate the first N documents only");
+  sub->add_option("--out,-o", opts->out_path, "Write the results as JSON");
+  sub->add_option("--samples", opts->samples_path, "Write per-document contexts, log-likelihoods and metrics (JSONL)");
+  sub->add_option("--tokenizer,-t", opts->tokenizer_path, "Tokenizer (default: the model directory)");
+  sub->add_option("--device", opts->device, "auto | cpu | cuda | cuda:N");
+  sub->add_option("--dtype", opts->dtype, "float32 | bfloat16")->check(CLI::IsMember({"float32", "bfloat16"}));
+  sub->add_option("--batch-size", opts->batch_size, "Sequences per forward pass at most");
+  sub->add_option("--max-batch-tokens", opts->max_batch_tokens, "Padded tokens per forward pass at most");
+  sub->final_callback([opts, &selected] {
+    selected = [opts] {
+      eval::EvalOptions o = *opts;
+      if (o.device == "auto") o.device = torch::cuda::is_available() ? "cuda" : "cpu";
+      eval::TaskResult r = eval::run_eval(o);
+      if (!o.out_path.empty()) write_file_atomic(o.out_path, eval::result_json(r, o));
+      std::cout << eval::result_table(r);
+      return 0;
+    };
+  });
+}
+
+}  // namespace sftgo::apps

@@ -1,0 +1,328 @@
+// Scoring context/continuation pairs with the model, and the `eval` command's driver.
+#include "sftgo/eval/evaluate.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <sstream>
+
+#include "sftgo/core/error.h"
+#include "sftgo/core/format.h"
+#include "sftgo/core/log.h"
+#include "sftgo/core/strings.h"
+#include "sftgo/model/llama.h"
+#include "sftgo/tokenizer/tokenizer.h"
+
+namespace sftgo::eval {
+
+using nlohmann::json;
+using torch::Tensor;
+
+// ---- Tokenisation -------------------------------------------------------------------------------
+
+std::optional<int32_t> tokenizer_prefix_id(const Tokenizer& tok) {
+  json j;
+  try {
+    j = json::parse(read_file(tok.source_path()));
+  } catch (const json::exception& e) {
+    SFTGO_FAIL(ErrorKind::kTokenizer, tok.source_path(), ": not valid JSON: ", e.what());
+  }
+  if (!j.contains("post_processor") || j["post_processor"].is_null()) return std::nullopt;
+  std::vector<json> procs = {j["post_processor"]};
+  if (procs[0].value("type", "") == "Sequence" && procs[0].contains("processors"))
+    procs = procs[0]["processors"].get<std::vector<json>>();
+  for (const auto& p : procs) {
+    if (p.value("type", "") != "TemplateProcessing" || !p.contains("single") || !p["single"].is_array()) continue;
+    const json& first = p["single"].empty() ? json() : p["single"][0];
+    if (!first.is_object() || !first.contains("SpecialToken")) return std::nullopt;
+    const std::string name = first["SpecialToken"].value("id", "");
+    auto id = tok.token_to_id(name);
+    SFTGO_CHECK(id.has_value(), ErrorKind::kTokenizer, tok.source_path(), ": post_processor names special token '",
+                name, "' which is not in the vocabulary");
+    return id;
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+std::vector<int64_t> encode_text(const Tokenizer& tok, const EncodeOptions& o, const std::string& s) {
+  std::vector<int64_t> out;
+  // HFLM.tok_encode: no special tokens when the text already starts with the prefix token's text.
+  if (o.prefix_id && !starts_with(s, tok.token_bytes(*o.prefix_id))) out.push_back(*o.prefix_id);
+  for (TokenId id : tok.encode(s)) out.push_back(id);
+  return out;
+}
+
+}  // namespace
+
+EncodedPair encode_pair(const Tokenizer& tok, const EncodeOptions& o, const std::string& context_in,
+                        const std::string& continuation_in) {
+  EncodedPair p;
+  if (context_in.empty()) {
+    // HFLM.loglikelihood: the prefix token stands for an empty context.
+    for (TokenId id : tok.encode(continuation_in)) p.continuation.push_back(id);
+    SFTGO_CHECK(!p.continuation.empty(), ErrorKind::kData, "eval: empty context and empty continuation");
+    if (p.continuation[0] != o.empty_context_id) {
+      p.context = {o.empty_context_id};
+    } else {
+      p.context = {p.continuation[0]};
+      p.continuation.erase(p.continuation.begin());
+    }
+    return p;
+  }
+  std::string context = context_in, continuation = continuation_in;
+  size_t keep = context.size();
+  while (keep > 0 && std::isspace(static_cast<unsigned char>(context[keep - 1]))) --keep;
+  continuation = context.substr(keep) + continuation;
+  context.resize(keep);
+  std::vector<int64_t> whole = encode_text(tok, o, context + continuation);
+  p.context = encode_text(tok, o, context);
+  SFTGO_CHECK(p.context.size() < whole.size(), ErrorKind::kData, "eval: the continuation '", excerpt(continuation),
+              "' encodes to no tokens of its own");
+  p.continuation.assign(whole.begin() + static_cast<std::ptrdiff_t>(p.context.size()), whole.end());
+  return p;
+}
+
+// ---- Scoring ----------------------------------------------------------------------------------------
+
+std::vector<LoglikResult> loglikelihood(model::LlamaModelImpl& model, const std::vector<EncodedPair>& pairs,
+                                        int64_t max_length, int64_t max_batch_tokens, int64_t max_batch) {
+  torch::NoGradGuard no_grad;
+  const auto dev = model.device();
+  std::vector<LoglikResult> result(pairs.size());
+  // The model input: (context + continuation)[-(max_length + 1):][:-1], as HFLM.
+  std::vector<std::vector<int64_t>> inputs(pairs.size());
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const auto& p = pairs[i];
+    SFTGO_CHECK(!p.context.empty() && !p.continuation.empty(), ErrorKind::kInternal, "eval: empty request");
+    SFTGO_CHECK(static_cast<int64_t>(p.continuation.size()) <= max_length, ErrorKind::kData, "eval: a continuation of ",
+                p.continuation.size(), " tokens exceeds the model's max length ", max_length);
+    std::vector<int64_t> all = p.context;
+    all.insert(all.end(), p.continuation.begin(), p.continuation.end());
+    const size_t start = all.size() > static_cast<size_t>(max_length + 1) ? all.size() - (max_length + 1) : 0;
+    inputs[i].assign(all.begin() + static_cast<std::ptrdiff_t>(start), all.end() - 1);
+  }
+  std::vector<size_t> order(pairs.size());
+  std::iota(order.begin(), order.end(), 0);
+  // Longest first: each batch pads little and the first batch shows the peak memory at once.
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return inputs[a].size() > inputs[b].size(); });
+  const int64_t vocab = model.config().vocab_size;
+  size_t next = 0;
+  while (next < order.size()) {
+    const auto len = static_cast<int64_t>(inputs[order[next]].size());
+    const int64_t rows = std::clamp<int64_t>(max_batch_tokens / std::max<int64_t>(len, 1), 1, max_batch);
+    std::vector<size_t> members;
+    for (; next < order.size() && static_cast<int64_t>(members.size()) < rows; ++next) members.push_back(order[next]);
+    const auto b = static_cast<int64_t>(members.size());
+    Tensor ids = torch::zeros({b, len}, torch::kInt64);  // [b,len], right padding (causal: harmless)
+    std::vector<int64_t> flat_pos, targets;                // continuation positions in [b*len]
+    for (int64_t m = 0; m < b; ++m) {
+      const auto& in = inputs[members[m]];
+      const auto& cont = pairs[members[m]].continuation;
+      ids[m].slice(0, 0, static_cast<int64_t>(in.size())).copy_(torch::tensor(in, torch::kInt64));
+      const int64_t inplen = static_cast<int64_t>(in.size()), contlen = static_cast<int64_t>(cont.size());
+      for (int64_t t = 0; t < contlen; ++t) {
+        flat_pos.push_back(m * len + inplen - contlen + t);
+        targets.push_back(cont[t]);
+      }
+    }
+    Tensor hidden = model.forward(ids.to(dev));  // [b,len,H]
+    Tensor picked = hidden.reshape({b * len, -1}).index_select(0, torch::tensor(flat_pos, torch::kInt64).to(dev));
+    Tensor tgt = torch::tensor(targets, torch::kInt64).to(dev);  // [T]
+    std::vector<double> lp(targets.size());
+    std::vector<uint8_t> greedy(targets.size());
+    // Logits for at most kRows positions at a time: [rows,V] stays small even for a 128k vocabulary.
+    constexpr int64_t kRows = 1024;
+    const auto total = static_cast<int64_t>(targets.size());
+    for (int64_t s = 0; s < total; s += kRows) {
+      const int64_t e = std::min(total, s + kRows);
+      Tensor logits = model.logits(picked.slice(0, s, e).unsqueeze(0)).squeeze(0);  // [r,V]
+      SFTGO_CHECK(logits.size(-1) == vocab, ErrorKind::kInternal, "eval: logits width");
+      Tensor logp = torch::log_softmax(logits.to(torch::kFloat), -1);                // [r,V]
+      Tensor t = tgt.slice(0, s, e);
+      Tensor tok_lp = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1).to(torch::kCPU, torch::kDouble);
+      Tensor is_max = (logp.argmax(-1) == t).to(torch::kCPU, torch::kUInt8);
+      std::copy_n(tok_lp.contiguous().data_ptr<double>(), e - s, lp.begin() + s);
+      std::copy_n(is_max.contiguous().data_ptr<uint8_t>(), e - s, greedy.begin() + s);
+    }
+    size_t k = 0;
+    for (int64_t m = 0; m < b; ++m) {
+      LoglikResult& r = result[members[m]];
+      r.is_greedy = true;
+      // Summed in fp32 order-free double: HFLM sums fp32 values; the difference is ~1e-7 relative.
+      for (size_t t = 0; t < pairs[members[m]].continuation.size(); ++t, ++k) {
+        r.loglik += lp[k];
+        r.is_greedy = r.is_greedy && greedy[k] != 0;
+      }
+    }
+  }
+  return result;
+}
+
+// ---- The command ------------------------------------------------------------------------------------
+
+namespace {
+
+json metric_json(const MetricValue& v) {
+  json j;
+  j["value"] = std::isnan(v.value) ? json() : json(v.value);
+  j["stderr"] = std::isnan(v.stderr_) ? json() : json(v.stderr_);
+  return j;
+}
+
+}  // namespace
+
+TaskResult run_eval(const EvalOptions& o) {
+  const TaskInfo& task = find_task(o.task);
+  SFTGO_CHECK(o.shots >= 0, ErrorKind::kUsage, "--shots must be >= 0, got ", o.shots);
+  SFTGO_CHECK(o.shots == 0 || task.allows_fewshot, ErrorKind::kUsage, task.name,
+              " carries lm_eval's fixed 6-shot QA primer (num_fewshot 0); run it with --shots 0");
+  SFTGO_CHECK(o.max_batch_tokens > 0 && o.batch_size > 0, ErrorKind::kUsage,
+              "--max-batch-tokens and --batch-size must be positive");
+  std::vector<Doc> all_docs = read_task_file(task, o.data_path);
+  std::vector<Doc> pool_own;
+  const bool own_pool = o.fewshot_path.empty() || o.fewshot_path == o.data_path;
+  if (o.shots > 0 && !own_pool) pool_own = read_task_file(task, o.fewshot_path);
+  const std::vector<Doc>& pool = own_pool ? all_docs : pool_own;
+  const size_t n_docs =
+      o.limit >= 0 ? std::min(all_docs.size(), static_cast<size_t>(o.limit)) : all_docs.size();
+  SFTGO_CHECK(n_docs > 0, ErrorKind::kUsage, "--limit ", o.limit, " leaves no documents");
+
+  Tokenizer tok = Tokenizer::load(o.tokenizer_path.empty() ? o.model_dir : o.tokenizer_path);
+  EncodeOptions enc;
+  enc.prefix_id = tokenizer_prefix_id(tok);
+  auto bos = tok.bos_id();
+  auto eos = tok.eos_id();
+  SFTGO_CHECK(bos || eos, ErrorKind::kTokenizer, tok.source_path(), ": needs a BOS or EOS token for empty contexts");
+  enc.empty_context_id = bos ? *bos : *eos;
+
+  std::vector<std::string> contexts(n_docs);
+  std::vector<EncodedPair> pairs;
+  std::vector<size_t> first_pair(n_docs);
+  for (size_t d = 0; d < n_docs; ++d) {
+    const Doc& doc = all_docs[d];
+    contexts[d] = build_context(task, doc, pick_fewshot(task, doc, pool, o.shots, own_pool));
+    first_pair[d] = pairs.size();
+    for (const auto& c : doc.choices) pairs.push_back(encode_pair(tok, enc, contexts[d], " " + c));
+  }
+
+  model::ModelOptions mo;
+  SFTGO_CHECK(o.dtype == "float32" || o.dtype == "bfloat16", ErrorKind::kUsage, "--dtype must be float32 or bfloat16");
+  mo.dtype = o.dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
+  mo.device = c10::Device(o.device);
+  mo.init_weights = false;
+  model::LlamaModel m = model::load_pretrained(o.model_dir, mo);
+  m->eval();
+  const int64_t vocab = m->config().vocab_size;
+  for (const auto& p : pairs)
+    for (const auto* v : {&p.context, &p.continuation})
+      for (int64_t id : *v)
+        SFTGO_CHECK(id >= 0 && id < vocab, ErrorKind::kData, "eval: token id ", id, " from ", tok.source_path(),
+                    " is outside the model vocabulary [0, ", vocab, ")");
+  log_info("eval {}: {} documents, {} requests, {}-shot, device {}", task.name, n_docs, pairs.size(), o.shots,
+           o.device);
+  std::vector<LoglikResult> ll =
+      loglikelihood(*m, pairs, m->config().max_position_embeddings, o.max_batch_tokens, o.batch_size);
+
+  TaskResult r;
+  r.task = task.name;
+  r.shots = o.shots;
+  r.docs = static_cast<int64_t>(n_docs);
+  std::map<std::string, std::vector<double>> per_metric;
+  std::map<std::string, std::vector<double>> per_subject;
+  std::ofstream samples;
+  if (!o.samples_path.empty()) {
+    samples.open(o.samples_path);
+    SFTGO_CHECK(samples.good(), ErrorKind::kIo, o.samples_path, ": cannot open for writing");
+  }
+  for (size_t d = 0; d < n_docs; ++d) {
+    const Doc& doc = all_docs[d];
+    std::vector<double> lls;
+    std::vector<bool> greedy;
+    for (size_t c = 0; c < doc.choices.size(); ++c) {
+      lls.push_back(ll[first_pair[d] + c].loglik);
+      greedy.push_back(ll[first_pair[d] + c].is_greedy);
+    }
+    auto dm = doc_metrics(task, doc, lls);
+    for (const auto& name : task.metrics) per_metric[name].push_back(dm.at(name));
+    if (task.kind == TaskKind::kMmlu) per_subject[doc.subject].push_back(dm.at("acc"));
+    if (samples.is_open()) {
+      json s = {{"doc", d},          {"source", doc.source}, {"context", contexts[d]}, {"choices", doc.choices},
+                {"gold", doc.gold},  {"loglikelihoods", lls}, {"is_greedy", greedy},    {"metrics", dm}};
+      samples << s.dump() << "\n";
+    }
+  }
+  for (const auto& [name, values] : per_metric) r.metrics[name] = mean_with_stderr(values);
+  if (task.kind == TaskKind::kMmlu) {
+    // lm_eval groups: subject -> category -> mmlu, each a size-weighted mean with pooled stderr.
+    std::map<std::string, std::vector<std::pair<int64_t, MetricValue>>> by_cat;
+    for (const auto& [subject, values] : per_subject) {
+      MetricValue v = mean_with_stderr(values);
+      const auto n = static_cast<int64_t>(values.size());
+      r.groups["mmlu_" + subject] = {n, v};
+      by_cat[mmlu_category(subject)].push_back({n, v});
+    }
+    std::vector<double> cat_se;
+    std::vector<int64_t> cat_n;
+    for (const auto& [cat, members] : by_cat) {
+      std::vector<double> se;
+      std::vector<int64_t> sizes;
+      double sum = 0.0;
+      int64_t n = 0;
+      for (const auto& [size, v] : members) {
+        se.push_back(v.stderr_);
+        sizes.push_back(size);
+        sum += v.value * static_cast<double>(size);
+        n += size;
+      }
+      MetricValue cv{sum / static_cast<double>(n), pooled_stderr(se, sizes)};
+      r.groups["mmlu_" + cat] = {n, cv};
+      cat_se.push_back(cv.stderr_);
+      cat_n.push_back(n);
+    }
+    r.metrics["acc"].stderr_ = pooled_stderr(cat_se, cat_n);
+  }
+  return r;
+}
+
+std::string result_json(const TaskResult& r, const EvalOptions& o) {
+  json j;
+  j["task"] = r.task;
+  j["num_fewshot"] = r.shots;
+  j["docs"] = r.docs;
+  j["model"] = o.model_dir;
+  j["data"] = o.data_path;
+  j["fewshot_data"] = o.shots > 0 ? (o.fewshot_path.empty() ? o.data_path : o.fewshot_path) : "";
+  j["limit"] = o.limit;
+  j["dtype"] = o.dtype;
+  for (const auto& [name, v] : r.metrics) j["metrics"][name] = metric_json(v);
+  for (const auto& [name, g] : r.groups) {
+    json gj = metric_json(g.second);
+    gj["docs"] = g.first;
+    j["groups"][name] = gj;
+  }
+  return j.dump(2) + "\n";
+}
+
+std::string result_table(const TaskResult& r) {
+  std::ostringstream os;
+  os << "| task | shots | docs | metric | value | stderr |\n|---|---|---|---|---|---|\n";
+  auto row = [&](const std::string& task, int64_t docs, const std::string& metric, const MetricValue& v) {
+    os << "| " << task << " | " << r.shots << " | " << docs << " | " << metric << " | "
+       << sftgo::format("{:.4f}", v.value) << " | "
+       << (std::isnan(v.stderr_) ? std::string("N/A") : sftgo::format("{:.4f}", v.stderr_)) << " |\n";
+  };
+  for (const auto& [name, v] : r.metrics) row(r.task, r.docs, name, v);
+  for (const auto& [name, g] : r.groups)
+    if (name == "mmlu_stem" || name == "mmlu_humanities" || name == "mmlu_social_sciences" || name == "mmlu_other")
+      row(" - " + name, g.first, "acc", g.second);
+  return os.str();
+}
+
+}  // namespace sftgo::eval
