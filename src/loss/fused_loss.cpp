@@ -12,15 +12,25 @@
 // read-modify-write of a [V, H] accumulator per chunk, one rounding for bf16). A token-chunked
 // variant measured 3-5x slower than unfused CE on CPU: its thin [C, H] x [H, V] GEMMs re-stream all
 // of W per chunk and are memory-bound.
-// Why not backward-in-forward (Liger style, gradients computed during forward): the SFT-GO gradient
-// of a token depends on which group is worst and on N_worst, which are known only after *all*
-// tokens of the forward - and with step scope only after the trainer's hook has seen the stats of
-// every micro-batch and rank. Computing gradients in forward would therefore need one unscaled
-// weight-gradient accumulator per group (an extra fp32 [V, H], 25-100% of the fp32 [T, V] logits at
-// T = 4k-16k, H = 4096), breaking the <= 10% memory goal. Recomputation costs one extra
-// [N, H] x [H, Vb] GEMM per block (4 instead of 3 LM-head GEMMs in total), which is partly repaid by never
-// writing/reading the [T, V] logits, their log_softmax and its gradient (memory-bound passes), and
-// by skipping ignored (prompt) tokens entirely. The forward alone (eval, no_grad) does 1 matmul.
+// One pass (backward-in-forward, Liger style) when the per-token coefficients are known before the
+// forward: objective ce, rho1 with static groups, sftgo with lambda = 0 or an empty group
+// (weights_from_counts), or step scope once the trainer knows the step's statistics
+// (options.known_weights). Then each block of C trained tokens gets its full [C, V] logits, the row
+// kernel turns them into w_i * (softmax - onehot) right after their lse, and grad_h[blk] = G @ W,
+// grad_W += G^T @ h_blk follow at once: 3 LM-head GEMMs, nothing recomputed, the gradients travel to
+// backward() as saved tensors. It blocks over tokens (not the vocabulary) because the softmax of a
+// row needs the row's lse before any of its entries can enter grad_W = sum_r G[r,:]^T h_r; the price
+// is thinner GEMMs (M = C ~ 10% of T) and a read-modify-write of grad_W per token block.
+// Two passes otherwise: the SFT-GO gradient of a token depends on which group is worst and on
+// N_worst, known only after *all* tokens of the forward - and with step scope only after the
+// trainer's hook has seen the stats of every micro-batch and rank. Computing gradients in forward
+// would then need one unscaled weight-gradient accumulator per group (an extra fp32 [V, H], 25-100%
+// of the fp32 [T, V] logits at T = 4k-16k, H = 4096), breaking the <= 10% memory goal. Recomputation
+// costs one extra [N, H] x [H, Vb] GEMM per block (4 instead of 3 LM-head GEMMs in total), which is
+// partly repaid by never writing/reading the [T, V] logits, their log_softmax and its gradient
+// (memory-bound passes), and by skipping ignored (prompt) tokens entirely. The forward alone (eval,
+// no_grad) does 1 matmul. A groups_hook (Rho-1) always takes two passes: the groups, hence the
+// coefficients, come from this forward's losses.
 #include <cmath>
 #include <vector>
 
@@ -72,7 +82,20 @@ void validate_inputs(const at::Tensor& hidden, const at::Tensor& weight, const a
               labels.defined() ? c10::toString(labels.scalar_type()) : "");
   SFTGO_CHECK(labels.device() == hidden.device(), ErrorKind::kData, "loss: labels [T] are on ", labels.device(),
               " but hidden is on ", hidden.device());
-  if (options.objective != Objective::kCe || groups.defined()) {
+  SFTGO_CHECK(!(options.known_weights && options.weights_hook), ErrorKind::kUsage,
+              "loss: set either known_weights or weights_hook, not both");
+  SFTGO_CHECK(!(options.groups_hook && options.objective == Objective::kCe), ErrorKind::kUsage,
+              "loss: groups_hook given with objective ce, which has no groups");
+  SFTGO_CHECK(!(options.groups_hook && options.pass == LossPass::kOnePass), ErrorKind::kUsage,
+              "loss: groups_hook needs the two-pass path (the groups come from this forward's losses); "
+              "pass must be auto or two-pass");
+  if (options.known_weights) {
+    const LossWeights& k = *options.known_weights;
+    SFTGO_CHECK(std::isfinite(k.coef_all) && std::isfinite(k.coef_group[0]) && std::isfinite(k.coef_group[1]),
+                ErrorKind::kNumeric, "loss: known_weights has non-finite coefficients (", k.coef_all, ", ",
+                k.coef_group[0], ", ", k.coef_group[1], ")");
+  }
+  if ((options.objective != Objective::kCe && !options.groups_hook) || groups.defined()) {
     SFTGO_CHECK(groups.defined() && groups.dim() == 1 && groups.size(0) == t, ErrorKind::kData,
                 "loss: groups must be [T] with T = ", t, " (objective ", objective_name(options.objective), "), got ",
                 groups.defined() ? sizes_str(groups) : "undefined");
@@ -112,7 +135,7 @@ Trained select_trained(const at::Tensor& hidden, const at::Tensor& labels, const
   const at::Tensor mask = labels != options.ignore_index;  // [T]
   const int64_t t = labels.size(0);
   tr.n = mask.sum().item<int64_t>();
-  const bool need_groups = options.objective != Objective::kCe;
+  const bool need_groups = options.objective != Objective::kCe && groups.defined();  // else: ce, or groups_hook
   if (tr.n == t) {
     tr.hidden = hidden.contiguous();
     tr.labels = labels.contiguous();
@@ -148,6 +171,19 @@ int64_t choose_block_cols(int64_t requested, int64_t t, int64_t n, int64_t rows,
   int64_t cols = static_cast<int64_t>(budget / (static_cast<double>(rows) * static_cast<double>(elt)));
   cols = cols / 64 * 64;
   return std::clamp<int64_t>(cols, std::min<int64_t>(vocab, 256), vocab);
+}
+
+// One-pass path: trained tokens per block, whose [rows, V] logits live in one buffer of the input
+// dtype. Same budget as above (10% of the fp32 [T, V] logits, minus the compacted hidden and its
+// gradient when tokens are ignored). Floor 16 rows: thinner GEMMs are memory-bound on any device,
+// and below T = 160 the whole logits are small anyway.
+int64_t choose_onepass_rows(int64_t requested, int64_t t, int64_t n, int64_t vocab, int64_t h, int64_t elt) {
+  if (n == 0) return 0;
+  if (requested > 0) return std::min(requested, n);
+  double budget = 0.10 * static_cast<double>(t) * static_cast<double>(vocab) * 4.0;
+  if (n < t) budget -= 2.0 * static_cast<double>(n) * static_cast<double>(h) * static_cast<double>(elt);
+  const auto rows = static_cast<int64_t>(budget / (static_cast<double>(vocab) * static_cast<double>(elt)));
+  return std::clamp<int64_t>(rows, std::min<int64_t>(n, 16), n);
 }
 
 // ---- row kernels over one vocabulary block: logits [N, Vb] contiguous, columns [col0, col0 + Vb) ----
@@ -245,6 +281,44 @@ void row_ce_grad(at::Tensor& logits, int64_t col0, const at::Tensor& labels, con
   }
 }
 
+// One pass over full rows: logits [R, V] contiguous -> lse, loss [R]; then in place
+// logits <- scale[r] * (softmax - onehot(label)). On the CPU one parallel loop per row, so the row
+// is read for max, exp-sum and gradient while it is still in cache.
+template <typename Scalar>
+void cpu_onepass_rows(at::Tensor& logits, const int64_t* labels, const float* scale, float* lse, float* loss) {
+  const int64_t rows = logits.size(0);
+  const int64_t cols = logits.size(1);
+  Scalar* base = logits.mutable_data_ptr<Scalar>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      Scalar* row = base + r * cols;
+      lse[r] = kernels::softmax_state_lse(kernels::row_softmax_state(row, 0, cols));
+      loss[r] = kernels::cross_entropy_from_lse(lse[r], static_cast<float>(row[labels[r]]));
+      kernels::row_cross_entropy_grad(row, cols, 0, labels[r], lse[r], scale[r]);
+    }
+  });
+}
+
+// labels, scale, lse, loss: [R]. CUDA: the two-pass kernels over one full-width block.
+void onepass_rows(at::Tensor& logits, const at::Tensor& labels, const at::Tensor& scale, at::Tensor& lse,
+                  at::Tensor& loss) {
+  if (logits.is_cuda()) {
+    const int64_t r = logits.size(0);
+    const auto f32 = lse.options();
+    RowState st{at::full({r}, -INFINITY, f32), at::zeros({r}, f32), at::zeros({r}, f32)};
+    row_softmax_block(logits, 0, labels, st, &lse, &loss);
+    row_ce_grad(logits, 0, labels, lse, scale);
+    return;
+  }
+  if (logits.scalar_type() == at::kFloat) {
+    cpu_onepass_rows<float>(logits, labels.const_data_ptr<int64_t>(), scale.const_data_ptr<float>(),
+                            lse.mutable_data_ptr<float>(), loss.mutable_data_ptr<float>());
+  } else {
+    cpu_onepass_rows<c10::BFloat16>(logits, labels.const_data_ptr<int64_t>(), scale.const_data_ptr<float>(),
+                                    lse.mutable_data_ptr<float>(), loss.mutable_data_ptr<float>());
+  }
+}
+
 // View of the first rows * cols elements of a flat buffer as a contiguous [rows, cols] matrix, so one
 // allocation serves every block including the narrower last one.
 at::Tensor block_view(const at::Tensor& flat, int64_t rows, int64_t cols) {
@@ -291,7 +365,42 @@ struct Call {
   at::Tensor groups;  // [T] or undefined
   const FusedLossOptions* options;
   LossInfo* info;
+  bool need_h = false;  // gradients wanted (grad mode on and the input requires grad)
+  bool need_w = false;
 };
+
+bool all_zero(const LossWeights& w) { return w.coef_all == 0.0 && w.coef_group[0] == 0.0 && w.coef_group[1] == 0.0; }
+
+// Counts of the trained tokens per group (one small device->host copy).
+GroupStats count_groups(const Trained& tr) {
+  GroupStats c;
+  c.count[1] = tr.groups.defined() && tr.n > 0 ? tr.groups.sum().item<int64_t>() : 0;
+  c.count[0] = tr.n - c.count[1];
+  return c;
+}
+
+// Applies the groups hook: per-token CE [N] of the trained tokens -> the hook's [T] groups, validated
+// and compacted into tr.groups [N] bool.
+void apply_groups_hook(const FusedLossOptions& options, const at::Tensor& loss, Trained& tr, int64_t t,
+                       const at::Device& device) {
+  at::Tensor full = at::zeros({t}, loss.options());  // [T] fp32, 0 at ignored positions
+  if (tr.n > 0) {
+    if (tr.rows.defined()) {
+      full.index_copy_(0, tr.rows, loss);
+    } else {
+      full.copy_(loss);
+    }
+  }
+  const at::Tensor g = options.groups_hook(full);
+  SFTGO_CHECK(g.defined() && g.dim() == 1 && g.size(0) == t, ErrorKind::kUsage,
+              "loss: groups_hook must return groups [T] with T = ", t, ", got ", g.defined() ? sizes_str(g) : "undefined");
+  const auto gt = g.scalar_type();
+  SFTGO_CHECK(gt == at::kBool || gt == at::kChar || gt == at::kByte, ErrorKind::kUsage,
+              "loss: groups_hook must return bool, int8 or uint8 groups [T], got ", gt);
+  SFTGO_CHECK(g.device() == device, ErrorKind::kUsage, "loss: groups_hook returned groups [T] on ", g.device(),
+              " but hidden is on ", device);
+  tr.groups = (tr.rows.defined() ? g.index_select(0, tr.rows) : g).to(at::kBool).contiguous();  // [N]
+}
 
 class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
  public:
@@ -307,6 +416,27 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
     const auto f32 = hidden.options().dtype(at::kFloat);
     Trained tr = select_trained(hidden, call->labels, call->groups, options, vocab);
     const int64_t n = tr.n;
+    ctx->saved_data["onepass"] = false;
+
+    // Coefficients before the forward: given by the caller, or following from the counts alone.
+    std::optional<LossWeights> ahead;
+    if (!options.groups_hook) {
+      if (options.known_weights) {
+        ahead = options.known_weights;
+      } else if (!options.weights_hook) {
+        ahead = weights_from_counts(count_groups(tr), options.lambda, options.objective);
+      }
+    }
+    const bool need_grad = call->need_h || call->need_w;
+    SFTGO_CHECK_HINT(options.pass != LossPass::kOnePass || !need_grad || ahead.has_value(), ErrorKind::kUsage,
+                     "use pass auto, or give known_weights",
+                     "loss: one pass requested but the coefficients are not known before the forward (objective ",
+                     objective_name(options.objective), ", lambda ", options.lambda,
+                     options.weights_hook ? ", weights_hook set" : "", ")");
+    if (need_grad && n > 0 && ahead && !all_zero(*ahead) && options.pass != LossPass::kTwoPass) {
+      return forward_one_pass(ctx, hidden, weight, *call, tr, *ahead);
+    }
+
     const int64_t rows = options.chunk_tokens > 0 ? std::min(options.chunk_tokens, n) : n;
     const int64_t block = choose_block_cols(options.chunk_vocab, t, n, rows, vocab, h, hidden.element_size());
 
@@ -331,26 +461,35 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
         }
       }
     }
+    if (options.groups_hook) {
+      // The hook must not rank NaNs: check the losses before it sees them.
+      if (options.check_numerics && n > 0) {
+        const double sum = loss.sum(at::kDouble).item<double>();
+        if (!std::isfinite(sum)) fail_numeric("fused_group_loss", sum, hidden, weight);
+      }
+      apply_groups_hook(options, loss, tr, t, hidden.device());
+    }
     const GroupStats stats = local_stats(loss, tr.groups, n);
     if (options.check_numerics && !std::isfinite(stats.total_loss())) {
       fail_numeric("fused_group_loss", stats.total_loss(), hidden, weight);
     }
-    const LossWeights w = resolve_weights(stats, options);
+    const LossWeights w = options.known_weights ? *options.known_weights : resolve_weights(stats, options);
     const LossMetrics metrics = compute_loss_metrics(stats, w, options.lambda);
     if (call->info != nullptr) {
       call->info->local_stats = stats;
       call->info->weights = w;
       call->info->metrics = metrics;
       call->info->chunk_vocab = block;
+      call->info->onepass_tokens = 0;
     }
 
-    const bool all_zero = w.coef_all == 0.0 && w.coef_group[0] == 0.0 && w.coef_group[1] == 0.0;
+    const bool zero_weights = all_zero(w);
     ctx->saved_data["n"] = n;
     ctx->saved_data["t"] = t;
     ctx->saved_data["block"] = block;
     ctx->saved_data["rows"] = rows;
-    ctx->saved_data["zero"] = all_zero || n == 0;
-    if (n > 0 && !all_zero) {
+    ctx->saved_data["zero"] = zero_weights || n == 0;
+    if (n > 0 && !zero_weights) {
       const at::Tensor scale = row_weights(w, tr.groups, n, f32);  // [N] w_i
       ctx->save_for_backward({tr.hidden, weight, tr.labels, lse, scale, tr.rows});
     } else {
@@ -359,12 +498,96 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
     return at::scalar_tensor(metrics.loss, f32);
   }
 
+  // Backward-in-forward (see the file comment). hidden [T, H], weight [V, H]; tr: the N trained tokens;
+  // w: coefficients fixed before the forward.
+  static at::Tensor forward_one_pass(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
+                                     const Call& call, const Trained& tr, const LossWeights& w) {
+    const FusedLossOptions& options = *call.options;
+    const int64_t t = hidden.size(0);
+    const int64_t h = hidden.size(1);
+    const int64_t vocab = weight.size(0);
+    const int64_t n = tr.n;
+    const auto f32 = hidden.options().dtype(at::kFloat);
+    const int64_t rows = choose_onepass_rows(options.onepass_tokens, t, n, vocab, h, hidden.element_size());
+    const at::Tensor scale = row_weights(w, tr.groups, n, f32);  // [N] w_i
+    at::Tensor lse = at::empty({n}, f32);                        // [N]
+    at::Tensor loss = at::empty({n}, f32);                       // [N]
+    // grad_h rows are written once (one GEMM over the whole vocabulary per token block); grad_W sums
+    // over token blocks in its own dtype (for bf16: one rounding per block, see docs/loss.md).
+    at::Tensor grad_hc = call.need_h ? at::empty({n, h}, hidden.options()) : at::Tensor();  // [N, H]
+    at::Tensor grad_w = call.need_w ? at::empty_like(weight) : at::Tensor();               // [V, H]
+    const at::Tensor flat = at::empty({rows * vocab}, hidden.options());                    // [rows, V] buffer
+    for (int64_t r0 = 0; r0 < n; r0 += rows) {
+      const int64_t nr = std::min(rows, n - r0);
+      const at::Tensor h_rows = tr.hidden.narrow(0, r0, nr);  // [nr, H]
+      at::Tensor logits = block_view(flat, nr, vocab);        // [nr, V]
+      at::mm_out(logits, h_rows, weight.t());                 // [nr, H] @ [H, V]
+      at::Tensor lse_rows = lse.narrow(0, r0, nr);
+      at::Tensor loss_rows = loss.narrow(0, r0, nr);
+      onepass_rows(logits, tr.labels.narrow(0, r0, nr), scale.narrow(0, r0, nr), lse_rows, loss_rows);
+      if (call.need_h) {
+        at::Tensor out = grad_hc.narrow(0, r0, nr);
+        at::mm_out(out, logits, weight);  // [nr, V] @ [V, H]
+      }
+      if (call.need_w) {
+        if (r0 == 0) {
+          at::mm_out(grad_w, logits.t(), h_rows);  // [V, nr] @ [nr, H]
+        } else {
+          grad_w.addmm_(logits.t(), h_rows);
+        }
+      }
+    }
+    const GroupStats stats = local_stats(loss, tr.groups, n);
+    if (options.check_numerics && !std::isfinite(stats.total_loss())) {
+      fail_numeric("fused_group_loss", stats.total_loss(), hidden, weight);  // the gradients are dropped
+    }
+    // Reported weights: the caller's, or the rules applied to the real stats (same coefficients as
+    // the counts gave; only `worst` may now be named).
+    LossWeights reported = w;
+    if (!options.known_weights) {
+      reported = compute_loss_weights(stats, options.lambda, options.objective);
+      SFTGO_CHECK(reported.coef_all == w.coef_all && reported.coef_group[0] == w.coef_group[0] &&
+                      reported.coef_group[1] == w.coef_group[1],
+                  ErrorKind::kInternal, "loss: coefficients from the counts differ from those of the stats");
+    }
+    const LossMetrics metrics = compute_loss_metrics(stats, reported, options.lambda);
+    if (call.info != nullptr) {
+      call.info->local_stats = stats;
+      call.info->weights = reported;
+      call.info->metrics = metrics;
+      call.info->chunk_vocab = vocab;
+      call.info->onepass_tokens = rows;
+    }
+    at::Tensor grad_h;  // [T, H]
+    if (call.need_h) {
+      grad_h = tr.rows.defined() ? at::zeros({t, h}, hidden.options()).index_copy_(0, tr.rows, grad_hc) : grad_hc;
+    }
+    ctx->saved_data["onepass"] = true;
+    ctx->saved_data["used"] = false;
+    ctx->save_for_backward({grad_h, grad_w});
+    return at::scalar_tensor(metrics.loss, f32);
+  }
+
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const bool need_h = ctx->needs_input_grad(0);
     const bool need_w = ctx->needs_input_grad(1);
     const auto saved = ctx->get_saved_variables();
-    const int64_t t = ctx->saved_data["t"].toInt();
     variable_list grads(3);  // hidden, weight, call
+    if (ctx->saved_data["onepass"].toBool()) {
+      // The gradients were computed in forward for an upstream gradient of 1; scale them by the real one.
+      SFTGO_CHECK_HINT(!ctx->saved_data["used"].toBool(), ErrorKind::kUsage,
+                       "set FusedLossOptions::pass = kTwoPass to backward through the same graph twice",
+                       "loss: second backward through a one-pass fused loss (its gradients were handed out already)");
+      ctx->saved_data["used"] = true;
+      const at::Tensor& go = grad_outputs[0];
+      const bool unit = go.is_cpu() && go.item<float>() == 1.0f;  // the usual loss.backward(): no extra pass
+      for (int i = 0; i < 2; ++i) {
+        if (!ctx->needs_input_grad(i) || !saved[i].defined()) continue;
+        grads[i] = unit ? saved[i] : saved[i] * go.to(saved[i].scalar_type());
+      }
+      return grads;
+    }
+    const int64_t t = ctx->saved_data["t"].toInt();
     if (ctx->saved_data["zero"].toBool()) {
       const at::Tensor& weight = saved[1];
       if (need_h) grads[0] = at::zeros({t, weight.size(1)}, weight.options());
@@ -441,7 +664,11 @@ at::Tensor fused_group_loss(const at::Tensor& hidden, const at::Tensor& weight, 
   std::optional<c10::cuda::CUDAGuard> guard;
   if (hidden.is_cuda()) guard.emplace(hidden.device());
 #endif
-  const Call call{labels, groups, &options, info};
+  Call call{labels, groups, &options, info};
+  // Backward-in-forward pays only when a backward follows: under no_grad the forward alone runs.
+  const bool grad_mode = at::GradMode::is_enabled();
+  call.need_h = grad_mode && hidden.requires_grad();
+  call.need_w = grad_mode && weight.requires_grad();
   return FusedGroupLossFn::apply(hidden, weight, &call);
 }
 
@@ -464,8 +691,16 @@ at::Tensor reference_group_loss(const at::Tensor& hidden, const at::Tensor& weig
   // Per-token CE in double so that the oracle's own rounding stays far below the tolerances.
   const at::Tensor ce = -logp.gather(1, safe_labels.unsqueeze(1)).squeeze(1).to(at::kDouble);  // [T]
   const at::Tensor m_all = trained.to(at::kDouble);
+  at::Tensor used_groups = groups;  // [T]
+  if (options.groups_hook) {
+    const double sum = (ce.detach() * m_all).sum().item<double>();
+    if (options.check_numerics && !std::isfinite(sum)) fail_numeric("reference_group_loss", sum, hidden, weight);
+    used_groups = options.groups_hook((ce.detach() * m_all).to(at::kFloat));  // [T], 0 at ignored positions
+    SFTGO_CHECK(used_groups.defined() && used_groups.dim() == 1 && used_groups.size(0) == labels.size(0),
+                ErrorKind::kUsage, "loss: groups_hook must return groups [T] with T = ", labels.size(0));
+  }
   at::Tensor m1 = at::zeros_like(m_all);
-  if (options.objective != Objective::kCe) m1 = (groups.to(at::kBool) & trained).to(at::kDouble);
+  if (options.objective != Objective::kCe) m1 = (used_groups.to(at::kBool) & trained).to(at::kDouble);
   const at::Tensor m0 = m_all - m1;
 
   GroupStats stats;
@@ -483,8 +718,8 @@ at::Tensor reference_group_loss(const at::Tensor& hidden, const at::Tensor& weig
   const at::Tensor zero = (ce * 0.0).sum();  // keeps the graph so backward gives zero gradients
   at::Tensor result;
   LossWeights w;
-  if (options.weights_hook) {
-    w = resolve_weights(stats, options);
+  if (options.weights_hook || options.known_weights) {
+    w = options.known_weights ? *options.known_weights : resolve_weights(stats, options);
     result = (ce * (w.coef_all * m_all + w.coef_group[0] * m0 + w.coef_group[1] * m1)).sum();
   } else {
     w = compute_loss_weights(stats, options.lambda, options.objective);

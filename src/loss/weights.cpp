@@ -83,6 +83,20 @@ LossWeights compute_loss_weights(const GroupStats& stats, double lambda, Objecti
   return w;
 }
 
+std::optional<LossWeights> weights_from_counts(const GroupStats& counts, double lambda, Objective objective) {
+  GroupStats c;  // counts only: every loss sum 0, so nothing below can depend on the losses
+  c.count[0] = counts.count[0];
+  c.count[1] = counts.count[1];
+  if (objective == Objective::kSftGo && lambda != 0.0 && c.count[0] > 0 && c.count[1] > 0) {
+    return std::nullopt;  // the worst group needs both group means
+  }
+  LossWeights w = compute_loss_weights(c, lambda, objective);
+  // lambda = 0 with two groups: the tie rule above named a worst group from zero sums; its
+  // coefficient is lambda / N_worst = 0, so the choice carries no information. Say so.
+  if (objective == Objective::kSftGo && lambda == 0.0 && c.count[0] > 0 && c.count[1] > 0) w.worst = -1;
+  return w;
+}
+
 LossMetrics compute_loss_metrics(const GroupStats& stats, const LossWeights& weights, double lambda) {
   LossMetrics m;
   const int64_t n = stats.total_count();

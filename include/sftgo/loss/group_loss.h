@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include <ATen/core/Tensor.h>
@@ -80,15 +81,56 @@ LossWeights compute_loss_weights(const GroupStats& stats, double lambda, Objecti
 // Metrics for given stats and weights (loss = sum of coefficients times sums).
 LossMetrics compute_loss_metrics(const GroupStats& stats, const LossWeights& weights, double lambda);
 
+// The weights when they follow from the token counts alone, before any loss is known: objectives ce and
+// rho1, and sftgo with lambda = 0, with an empty group or with no tokens (then the worst group, or
+// its coefficient, does not depend on the group means). nullopt otherwise. `counts` needs only
+// count[]; its loss sums are not read. The coefficients equal compute_loss_weights(stats, ...) for
+// any stats with these counts (`worst` is -1 for sftgo with lambda = 0 and two non-empty groups).
+std::optional<LossWeights> weights_from_counts(const GroupStats& counts, double lambda, Objective objective);
+
 // Called once per forward with this forward's local stats; returns the weights to apply. A step-scope
-// trainer sums/all-reduces stats here (or returns weights from precomputed step stats).
+// trainer sums/all-reduces stats here (or returns weights from precomputed step stats). A hook that
+// ignores its argument is better given as FusedLossOptions::known_weights (one pass, see below).
 using WeightsHook = std::function<LossWeights(const GroupStats& local)>;
+
+// Called once per forward with the per-token CE the forward has just computed; returns the groups to
+// use for this forward's statistics, weights and gradient (Rho-1: the top-k% excess loss, chosen
+// from the training forward itself instead of a second forward of the model).
+//   token_loss [T] fp32, detached, on hidden's device; 0 at ignored positions; finite when
+//              check_numerics is on (the non-finite error is raised before the hook is called)
+//   returns    [T] bool/int8/uint8 on the same device, non-zero = important (ignored positions
+//              never count)
+using GroupsHook = std::function<at::Tensor(const at::Tensor& token_loss)>;
+
+// How the gradient is produced (docs/loss.md, "One pass or two").
+enum class LossPass {
+  // One pass when a gradient is needed and the coefficients are known before the forward
+  // (known_weights, or weights_from_counts without a weights_hook and groups_hook); two otherwise.
+  kAuto,
+  // Backward-in-forward: logits, CE and the scaled softmax - onehot of a block of tokens, then both
+  // gradient GEMMs, in the forward (3 LM-head GEMMs). sftgo::Error(kUsage) when the coefficients are
+  // not known before the forward.
+  kOnePass,
+  // Forward over vocabulary blocks, then a backward that recomputes the logits (4 GEMMs).
+  kTwoPass,
+};
 
 struct FusedLossOptions {
   Objective objective = Objective::kSftGo;
   double lambda = 0.5;
   // Empty: weights from this forward's own stats (microbatch scope).
   WeightsHook weights_hook;
+  // The coefficients, fixed before the forward (step scope once the step's statistics are known, e.g.
+  // after the trainer's stats pre-pass): no hook is called and the loss can take one pass. Setting
+  // both this and weights_hook is a usage error.
+  std::optional<LossWeights> known_weights;
+  // Groups chosen from this forward's per-token losses (see GroupsHook); replaces the `groups`
+  // argument, which may then be undefined. Needs the two-pass path; not allowed with objective ce.
+  GroupsHook groups_hook;
+  LossPass pass = LossPass::kAuto;
+  // One-pass path: trained tokens per block (each block holds its [rows, V] logits in the input
+  // dtype); 0 = auto (all temporaries <= 10% of the fp32 [T, V] logits, at least 16 rows).
+  int64_t onepass_tokens = 0;
   // Vocabulary columns per logits block; 0 = auto (all temporaries <= 10% of the fp32 [T, V] logits,
   // at least 256 columns).
   int64_t chunk_vocab = 0;
@@ -106,7 +148,8 @@ struct LossInfo {
   LossWeights weights;     // the weights applied (from local stats or the hook)
   LossMetrics metrics;     // local stats under the applied weights (metrics.loss = returned value);
                            // step-wide metrics: compute_loss_metrics(step_stats, weights, lambda)
-  int64_t chunk_vocab = 0;  // vocabulary block width used
+  int64_t chunk_vocab = 0;  // vocabulary block width used (two-pass; V for one pass)
+  int64_t onepass_tokens = 0;  // tokens per block of the one-pass path; 0 when it did not run
 };
 
 // Fused LM head + SFT-GO loss. Returns a 0-dim fp32 tensor sum_i w_i * l_i; backward() yields the
@@ -116,14 +159,16 @@ struct LossInfo {
 //   labels  [T] int64, options.ignore_index marks tokens not trained
 //   groups  [T] bool/int8/uint8, non-zero = important; ignored where the label is ignored. May be
 //           undefined for objective ce.
-// The [T, V] logits never exist in full: see docs/loss.md for the two-pass vocabulary-blocked algorithm.
+// The [T, V] logits never exist in full: see docs/loss.md for the one-pass token-blocked and the two-pass
+// vocabulary-blocked algorithms and when each runs (FusedLossOptions::pass).
 at::Tensor fused_group_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
                             const at::Tensor& groups, const FusedLossOptions& options,
                             LossInfo* info = nullptr);
 
 // Test oracle: plain LibTorch autograd ops on materialised logits (matmul, log_softmax, gather,
 // masked means, max) in compute_dtype (float32, or float64 for a tighter oracle in tests). Same
-// semantics as fused_group_loss; for tests and benchmarks only.
+// semantics as fused_group_loss (weights_hook, known_weights and groups_hook included; `pass` and
+// the chunk sizes do not apply); for tests and benchmarks only.
 at::Tensor reference_group_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
                                 const at::Tensor& groups, const FusedLossOptions& options, LossInfo* info,
                                 at::ScalarType compute_dtype);
