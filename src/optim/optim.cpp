@@ -52,7 +52,66 @@ std::unique_ptr<torch::optim::AdamW> make_adamw(const NamedParameters& params, c
   auto no_decay = base;
   no_decay.weight_decay(0.0);
   groups.emplace_back(without_decay, std::make_unique<torch::optim::AdamWOptions>(no_decay));
-  return std::make_unique<torch::optim::AdamW>(std::move(groups), base);
+  return std::make_unique<LeanAdamW>(std::move(groups), base);
+}
+
+namespace {
+// Contiguous 1-D slices of at most kAdamWSliceElements covering `t`, or `t` itself when it is small
+// or `sliceable` is false (tensors updated together must be sliced alike).
+std::vector<torch::Tensor> slices(const torch::Tensor& t, bool sliceable = true) {
+  if (!sliceable || t.numel() <= kAdamWSliceElements || !t.is_contiguous()) return {t};
+  return t.view({-1}).split(kAdamWSliceElements);
+}
+}  // namespace
+
+torch::Tensor LeanAdamW::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss;
+  if (closure != nullptr) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  for (auto& group : param_groups_) {
+    auto& options = static_cast<torch::optim::AdamWOptions&>(group.options());
+    SFTGO_CHECK(!options.amsgrad(), ErrorKind::kInternal, "LeanAdamW: amsgrad is not supported");
+    const double beta1 = std::get<0>(options.betas());
+    const double beta2 = std::get<1>(options.betas());
+    for (auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      const torch::Tensor& grad = p.grad();
+      SFTGO_CHECK(!grad.is_sparse(), ErrorKind::kInternal, "LeanAdamW: sparse gradients are not supported");
+      if (options.weight_decay() != 0) p.mul_(1 - options.lr() * options.weight_decay());
+      auto it = state_.find(p.unsafeGetTensorImpl());
+      if (it == state_.end()) {
+        auto st = std::make_unique<torch::optim::AdamWParamState>();
+        st->step(0);
+        st->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        st->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        it = state_.emplace(p.unsafeGetTensorImpl(), std::move(st)).first;
+      }
+      auto& st = static_cast<torch::optim::AdamWParamState&>(*it->second);
+      st.step(st.step() + 1);
+      const double bias_correction1 = 1 - std::pow(beta1, static_cast<double>(st.step()));
+      const double bias_correction2 = 1 - std::pow(beta2, static_cast<double>(st.step()));
+      const double step_size = options.lr() / bias_correction1;
+      // The same element-wise operations as LibTorch's AdamW, slice by slice (element-wise
+      // results do not depend on the slicing).
+      const bool same = p.is_contiguous() && grad.is_contiguous() && st.exp_avg().is_contiguous() &&
+                        st.exp_avg_sq().is_contiguous();
+      const auto ps = slices(p, same), gs = slices(grad, same), ms = slices(st.exp_avg(), same),
+                 vs = slices(st.exp_avg_sq(), same);
+      SFTGO_CHECK(ps.size() == gs.size() && ps.size() == ms.size() && ps.size() == vs.size(), ErrorKind::kInternal,
+                  "LeanAdamW: parameter, gradient and state layouts differ");
+      for (size_t i = 0; i < ps.size(); ++i) {
+        ms[i].mul_(beta1).add_(gs[i], 1 - beta1);
+        vs[i].mul_(beta2).addcmul_(gs[i], gs[i], 1 - beta2);
+        torch::Tensor denom = vs[i].sqrt();
+        denom.div_(std::sqrt(bias_correction2)).add_(options.eps());
+        ps[i].addcdiv_(ms[i], denom, -step_size);
+      }
+    }
+  }
+  return loss;
 }
 
 void set_lr(torch::optim::Optimizer& optimizer, double lr) {
@@ -60,15 +119,18 @@ void set_lr(torch::optim::Optimizer& optimizer, double lr) {
 }
 
 double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
-  std::vector<torch::Tensor> norms;
-  for (const auto& p : params)
-    if (p.grad().defined()) norms.push_back(p.grad().detach().to(torch::kFloat64).norm());
-  if (norms.empty()) return 0.0;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> squares;  // float64 sums of squares, one per slice
+  for (const auto& p : params) {
+    if (!p.grad().defined()) continue;
+    const torch::Tensor g = p.grad().detach();
+    for (const auto& s : slices(g)) squares.push_back(s.to(torch::kFloat64).square().sum());
+  }
+  if (squares.empty()) return 0.0;
   // One reduction and one host sync for all parameters.
-  const double total = torch::stack(norms).norm().item<double>();
+  const double total = std::sqrt(torch::stack(squares).sum().item<double>());
   if (!std::isfinite(total) || max_norm <= 0.0 || total <= max_norm) return total;
   const double scale = max_norm / (total + 1e-6);
-  torch::NoGradGuard no_grad;
   for (const auto& p : params)
     if (p.grad().defined()) p.grad().mul_(scale);
   return total;

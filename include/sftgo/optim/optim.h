@@ -46,14 +46,27 @@ using NamedParameters = std::vector<std::pair<std::string, torch::Tensor>>;
 // Norm weights, biases and other 1-D tensors get no weight decay (standard for Llama fine-tuning).
 bool decays(const std::string& name, const torch::Tensor& param);
 
+// LibTorch's AdamW update, step for step and bit for bit, with bounded scratch memory: the
+// denominator is built in place and large tensors are updated in slices of kAdamWSliceElements, so a
+// step needs a few MB of temporaries instead of two full copies of the largest parameter (a 128k x
+// 4096 fp32 embedding: 4.2 GB). State and checkpoints are LibTorch's (AdamWParamState).
+class LeanAdamW : public torch::optim::AdamW {
+ public:
+  using torch::optim::AdamW::AdamW;
+  torch::Tensor step(LossClosure closure = nullptr) override;
+};
+inline constexpr int64_t kAdamWSliceElements = int64_t{1} << 22;  // 16 MB of fp32 per temporary
+
 // Group 0 decays, group 1 does not; parameters that do not require grad are left out.
+// Returns a LeanAdamW.
 std::unique_ptr<torch::optim::AdamW> make_adamw(const NamedParameters& params, const AdamWOptions& options);
 
 // Sets the learning rate of every group.
 void set_lr(torch::optim::Optimizer& optimizer, double lr);
 
 // Clips the global L2 norm of the gradients to max_norm (0 = no clipping) and returns the norm
-// before clipping. A non-finite norm is returned as is and the gradients are left untouched, so
+// before clipping (accumulated in float64, in slices, so no float64 copy of a whole gradient is
+// ever made). A non-finite norm is returned as is and the gradients are left untouched, so
 // the caller can skip the step.
 double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
 
