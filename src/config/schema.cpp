@@ -65,6 +65,7 @@ std::vector<Field> fields_of(Config& c) {
   add("grouping.llmlingua2_model", c.grouping.llmlingua2_model, "LLMLingua-2 TorchScript export directory (scripts/export_llmlingua2.py)");
   add("grouping.llmlingua2_aggregation", c.grouping.llmlingua2_aggregation, "How a Llama token combines the word probabilities it overlaps").one_of({"max", "mean", "first"});
   add("grouping.rho1_reference_model", c.grouping.rho1_reference_model, "Rho-1: frozen reference model checkpoint directory");
+  add("grouping.rho1_extra_forward", c.grouping.rho1_extra_forward, "Rho-1: take the current model's losses from a separate no-grad forward before each step (the pre-#6 way, one extra forward per micro-batch) instead of from the training forward itself");
 
   add("loss.objective", c.loss.objective, "sftgo (group max + CE), ce (plain SFT) or rho1 (CE on important tokens only)").one_of({"sftgo", "ce", "rho1"});
   add("loss.lambda_schedule", c.loss.lambda_schedule, "Static lambda or linear decay from lambda_max to lambda_min").one_of({"static", "linear_decay"});

@@ -260,6 +260,54 @@ TEST_F(TrainerTest, Rho1SelectsByExcessLossOverTheReference) {
   EXPECT_THROW(Trainer(config("rho1_none", {"grouping.function=rho1"})), Error);
 }
 
+// Rho-1 takes the current loss from the training forward itself (the fused loss's groups hook), not
+// from a second no-grad forward. The model is the same for both, so the per-token losses and hence
+// the chosen tokens must equal those of the old extra forward (grouping.rho1_extra_forward=true).
+// The step metrics are means over the chosen tokens: equal means (1e-6 relative: the same losses from
+// two fp32 computations, the fused loss's vocabulary blocks vs full logits + logsumexp) with equal
+// counts mean equal groups. Step 1 (identical weights) is checked tightly, later steps loosely.
+TEST_F(TrainerTest, Rho1GroupsFromTrainingForwardEqualExtraForward) {
+  std::string ref;
+  {
+    Trainer t(config("ref", {"train.max_steps=3"}));
+    ref = t.run().last_checkpoint;
+  }
+  struct Case {
+    std::string selection, objective;
+  };
+  for (const Case& c : {Case{"sequence", "rho1"}, Case{"batch", "rho1"}, Case{"sequence", "sftgo"}}) {
+    auto run = [&](bool extra) {
+      std::vector<StepMetrics> steps;
+      TrainerHooks hooks;
+      hooks.on_step = [&](const StepMetrics& m) {
+        steps.push_back(m);
+        return true;
+      };
+      const std::string name = "rho1_" + c.selection + "_" + c.objective + (extra ? "_extra" : "_fused");
+      Trainer t(config(name, {"grouping.function=rho1", "grouping.rho1_reference_model=" + ref,
+                              "grouping.selection=" + c.selection, "loss.objective=" + c.objective,
+                              "train.micro_batch_size=4", "train.max_steps=3",
+                              std::string("grouping.rho1_extra_forward=") + (extra ? "true" : "false")}),
+                hooks);
+      t.run();
+      return steps;
+    };
+    const auto fused = run(false);
+    const auto extra = run(true);
+    ASSERT_EQ(fused.size(), 3u);
+    ASSERT_EQ(extra.size(), 3u);
+    const std::string what = c.selection + " " + c.objective;
+    for (size_t i = 0; i < fused.size(); ++i) {
+      const double tol = i == 0 ? 1e-6 : 1e-4;
+      EXPECT_EQ(fused[i].count_imp, extra[i].count_imp) << what << " step " << i + 1;
+      EXPECT_EQ(fused[i].count_unimp, extra[i].count_unimp) << what << " step " << i + 1;
+      EXPECT_NEAR(fused[i].loss_imp, extra[i].loss_imp, tol * extra[i].loss_imp) << what << " step " << i + 1;
+      EXPECT_NEAR(fused[i].loss_unimp, extra[i].loss_unimp, tol * extra[i].loss_unimp) << what << " step " << i + 1;
+      EXPECT_NEAR(fused[i].loss, extra[i].loss, tol * extra[i].loss) << what << " step " << i + 1;
+    }
+  }
+}
+
 TEST_F(TrainerTest, BadConfigFailsBeforeTraining) {
   EXPECT_THROW(Trainer(config("bad", {"grouping.function=tfidff"})), Error);
   EXPECT_THROW(Trainer(config("bad", {"data.path=/nonexistent.jsonl"})), Error);

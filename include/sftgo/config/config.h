@@ -58,6 +58,7 @@ struct GroupingConfig {
   std::string llmlingua2_model;      // directory written by scripts/export_llmlingua2.py
   std::string llmlingua2_aggregation = "max";  // how a Llama token combines the words it overlaps
   std::string rho1_reference_model;  // HF checkpoint directory of the frozen reference model
+  bool rho1_extra_forward = false;   // current losses from a separate no-grad forward (A/B, tests)
 };
 
 struct LossConfig {
