@@ -16,7 +16,7 @@ int env_int(const GetEnv& getenv, const char* name, int fallback, int min_value)
   errno = 0;
   const long x = std::strtol(v, &end, 10);
   SFTGO_CHECK(errno == 0 && end != v && *end == '\0' && x >= min_value && x <= 1 << 20, ErrorKind::kDist,
-              "environment variable ", name, "='", v, "' is not an integer >= ", min_value);
+              "environment variable ", name, "='", v, "' is not an integer in [", min_value, ", 1048576]");
   return static_cast<int>(x);
 }
 

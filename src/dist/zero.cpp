@@ -37,33 +37,49 @@ ZeroAdamW::ZeroAdamW(std::shared_ptr<Comm> comm, const optim::NamedParameters& p
   master_ = flat_.narrow(0, begin_, shard_).to(at::kFloat).clone();
   exp_avg_ = at::zeros_like(master_);
   exp_avg_sq_ = at::zeros_like(master_);
+  shard_buf_ = at::empty({shard_}, flat_.options());
+  zero_grad();
+}
+
+at::Tensor ZeroAdamW::grad_view(size_t i) const {
+  return flat_.narrow(0, segments_[i].first, segments_[i].second).view(params_[i].sizes());
 }
 
 void ZeroAdamW::zero_grad() {
-  for (auto& p : params_) p.mutable_grad() = at::Tensor();
+  // Gradients live in flat_ (backward accumulates into these views in place), so reduce-scatter
+  // reads them without a second full-size gradient buffer.
+  torch::NoGradGuard no_grad;
+  flat_.zero_();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const at::Tensor& g = params_[i].grad();
+    if (!g.defined() || !g.is_alias_of(flat_)) params_[i].mutable_grad() = grad_view(i);
+  }
 }
 
 double ZeroAdamW::step(double lr, double max_norm, bool skip) {
   torch::NoGradGuard no_grad;
-  // 1. Flatten (missing gradients are zeros) and reduce-scatter: this rank gets the summed shard.
+  // 1. Reduce-scatter the flat gradients (a gradient that is not a view of flat_, e.g. one replaced
+  // by other code, is copied in first): this rank gets the summed shard.
   for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor dst = flat_.narrow(0, segments_[i].first, segments_[i].second);
     const at::Tensor& g = params_[i].grad();
-    if (g.defined()) dst.copy_(g.reshape({-1}));
-    else dst.zero_();
+    if (g.defined() && !g.is_alias_of(flat_)) grad_view(i).copy_(g);
   }
-  if (padded_ > numel_) flat_.narrow(0, numel_, padded_ - numel_).zero_();
-  at::Tensor shard_grad = at::empty({shard_}, flat_.options());
-  comm_->reduce_scatter(shard_grad, flat_);
-  at::Tensor g = shard_grad.to(at::kFloat);
+  comm_->reduce_scatter(shard_buf_, flat_);
 
-  // 2. Global norm from every shard's squared norm (float64 like optim::clip_grad_norm).
-  const double local_sq = g.to(at::kDouble).pow(2).sum().item<double>();
+  // 2. Global norm from every shard's squared norm, accumulated in float64 like optim::clip_grad_norm.
+  // Large shards are processed in slices so temporaries stay a few MB (8B parameters: 1B per rank).
+  constexpr int64_t kSlice = int64_t{1} << 22;
+  double local_sq = 0.0;
+  for (int64_t o = 0; o < shard_; o += kSlice) {
+    const int64_t n = std::min(kSlice, shard_ - o);
+    local_sq += shard_buf_.narrow(0, o, n).to(at::kDouble).pow(2).sum().item<double>();
+  }
   const double norm = std::sqrt(comm_->sum({local_sq})[0]);
   if (skip || !std::isfinite(norm)) return norm;
-  if (max_norm > 0.0 && norm > max_norm) g.mul_(max_norm / (norm + 1e-6));
+  const double clip = max_norm > 0.0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0;
 
-  // 3. AdamW on the shard, as torch::optim::AdamW computes it (decoupled decay, bias corrections).
+  // 3. AdamW on the shard, element for element as torch::optim::AdamW computes it (decoupled decay,
+  // bias corrections), in slices.
   ++steps_;
   const double b1 = options_.beta1, b2 = options_.beta2;
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -72,22 +88,25 @@ double ZeroAdamW::step(double lr, double max_norm, bool skip) {
     const int64_t hi = std::min(segments_[i].first + segments_[i].second, begin_ + shard_);
     if (lo < hi) master_.narrow(0, lo - begin_, hi - lo).mul_(1.0 - lr * decay_[i]);
   }
-  exp_avg_.mul_(b1).add_(g, 1.0 - b1);
-  exp_avg_sq_.mul_(b2).addcmul_(g, g, 1.0 - b2);
   const double bc1 = 1.0 - std::pow(b1, static_cast<double>(steps_));
   const double bc2 = 1.0 - std::pow(b2, static_cast<double>(steps_));
-  at::Tensor denom = (exp_avg_sq_.sqrt() / std::sqrt(bc2)).add_(options_.eps);
-  master_.addcdiv_(exp_avg_, denom, -lr / bc1);
+  for (int64_t o = 0; o < shard_; o += kSlice) {
+    const int64_t n = std::min(kSlice, shard_ - o);
+    at::Tensor g = shard_buf_.narrow(0, o, n).to(at::kFloat);
+    if (clip != 1.0) g.mul_(clip);
+    at::Tensor m = exp_avg_.narrow(0, o, n), v = exp_avg_sq_.narrow(0, o, n);
+    m.mul_(b1).add_(g, 1.0 - b1);
+    v.mul_(b2).addcmul_(g, g, 1.0 - b2);
+    at::Tensor denom = v.sqrt().div_(std::sqrt(bc2)).add_(options_.eps);
+    master_.narrow(0, o, n).addcdiv_(m, denom, -lr / bc1);
+  }
   if (padded_ > numel_ && begin_ + shard_ > numel_) {
     const int64_t lo = std::max<int64_t>(0, numel_ - begin_);
     master_.narrow(0, lo, shard_ - lo).zero_();  // padding stays zero
   }
 
-  // 4. All-gather the updated shards into the working parameters.
-  at::Tensor mine = master_.to(flat_.scalar_type());
-  comm_->all_gather(flat_, mine);
-  for (size_t i = 0; i < params_.size(); ++i)
-    params_[i].copy_(flat_.narrow(0, segments_[i].first, segments_[i].second).view(params_[i].sizes()));
+  // 4. All-gather the updated shards (through the shard buffer) into flat_, then the parameters.
+  gather_params();
   return norm;
 }
 
@@ -141,10 +160,16 @@ void ZeroAdamW::load_shards(const std::vector<std::string>& paths) {
               filled, " of this rank's ", std::max<int64_t>(0, end - begin_), " values (missing or overlapping shard files)");
   steps_ = steps;
   // The working parameters follow the restored fp32 masters (exact for bf16 runs too).
-  at::Tensor mine = master_.to(flat_.scalar_type());
-  comm_->all_gather(flat_, mine);
-  for (size_t i = 0; i < params_.size(); ++i)
-    params_[i].copy_(flat_.narrow(0, segments_[i].first, segments_[i].second).view(params_[i].sizes()));
+  gather_params();
+  zero_grad();
+}
+
+void ZeroAdamW::gather_params() {
+  torch::NoGradGuard no_grad;
+  shard_buf_.copy_(master_);
+  comm_->all_gather(flat_, shard_buf_);
+  for (size_t i = 0; i < params_.size(); ++i) params_[i].copy_(grad_view(i));
+  // flat_ held parameters now; it becomes the gradient buffer again at zero_grad().
 }
 
 }  // namespace sftgo::dist

@@ -26,6 +26,7 @@ std::string StepMetrics::to_json() const {
                       {"trained_tokens", trained_tokens}, {"tokens_per_s", num(tokens_per_s)},
                       {"step_s", num(step_s)}, {"elapsed_s", num(elapsed_s)}, {"skipped", skipped}};
   if (mfu >= 0) j["mfu"] = num(mfu);
+  if (comm_s >= 0) j["comm_s"] = num(comm_s);
   return j.dump();
 }
 

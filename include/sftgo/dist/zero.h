@@ -30,6 +30,9 @@ class ZeroAdamW {
   // When the norm is not finite, or skip is set, nothing is updated (every rank sees the same norm,
   // so every rank skips together). Gradients are left as they were; call zero_grad() after.
   double step(double lr, double max_norm, bool skip = false);
+  // Zeroes the flat gradient buffer and points every parameter's .grad at its slice of it (backward
+  // then accumulates in place, so gradients take no second full-size buffer). Call before the first
+  // backward and after every step; do not set the model's gradients to None in between.
   void zero_grad();
 
   int64_t numel() const { return numel_; }            // parameters in all (unpadded)
@@ -52,7 +55,11 @@ class ZeroAdamW {
   int64_t numel_ = 0, padded_ = 0, shard_ = 0, begin_ = 0;
   int64_t steps_ = 0;
   at::Tensor master_, exp_avg_, exp_avg_sq_;  // [shard] fp32
-  at::Tensor flat_;                           // [padded] working dtype: gradients in, parameters out
+  at::Tensor flat_;       // [padded] working dtype: the gradients (views), then the gathered parameters
+  at::Tensor shard_buf_;  // [shard] working dtype: reduce-scatter output, then the all-gather input
+
+  at::Tensor grad_view(size_t i) const;  // param i's slice of flat_, shaped like the param
+  void gather_params();                  // master shards -> flat_ -> parameters
 };
 
 std::string zero_shard_file_name(int rank, int world_size);  // "zero_rank00001_of_00002.pt"

@@ -25,6 +25,9 @@ struct StepMetrics {
   double tokens_per_s = 0;
   double mfu = -1;            // model FLOPs utilisation on GPU; -1 when unknown (CPU)
   double step_s = 0;
+  // Several ranks only: seconds this rank spent after its last backward waiting for the gradient
+  // sums (plain data parallel) or in the ZeRO-1 step (reduce-scatter, shard update, all-gather).
+  double comm_s = -1;
   double elapsed_s = 0;
   bool skipped = false;       // non-finite loss or gradient: no update was applied
 
