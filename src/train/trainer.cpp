@@ -147,6 +147,8 @@ struct Trainer::Impl {
   void build_model();
   void score_reference_model();
   void select_rho1_groups(DeviceBatch& b);
+  at::Tensor rho1_mask(const DeviceBatch& b, const at::Tensor& current) const;  // current [T] -> groups [T]
+  loss::GroupsHook rho1_groups_hook(DeviceBatch& b);
   void prepare_eval();
   EvalMetrics evaluate();
   void resume_from(const std::string& dir);
@@ -338,18 +340,48 @@ void Trainer::Impl::score_reference_model() {
 }
 
 // Rho-1 groups of one micro-batch: top-k% excess loss (current - reference) per sequence or per
-// micro-batch. The current loss comes from a no-grad forward of the training model.
+// micro-batch. The current loss is the training forward's own: the fused loss hands its per-token CE
+// to rho1_groups_hook, so no second forward runs. Only the group sizes are fixed here (they follow
+// from the token counts, and step-scope weights need them before any forward).
+// grouping.rho1_extra_forward: the current loss from a separate no-grad forward instead (the old way).
 void Trainer::Impl::select_rho1_groups(DeviceBatch& b) {
-  at::Tensor current;
-  {
-    torch::NoGradGuard no_grad;
-    current = token_cross_entropy(forward_hidden(b), head_weight(), b.labels);  // [T]
+  if (cfg.grouping.rho1_extra_forward) {
+    at::Tensor current;
+    {
+      torch::NoGradGuard no_grad;
+      current = token_cross_entropy(forward_hidden(b), head_weight(), b.labels);  // [T]
+    }
+    b.groups = rho1_mask(b, current);
+    b.important = b.groups.sum().item<int64_t>();
+    return;
   }
+  b.groups = at::Tensor();  // chosen in the training forward
+  const double k = cfg.grouping.top_k_percent;
+  if (grouping::parse_selection(cfg.grouping.selection) == grouping::Selection::kBatch) {
+    b.important = grouping::num_important(b.trained, k);
+  } else {
+    const at::Tensor per_row = b.trained_dense.sum(1).cpu();  // [B] trained tokens per sequence
+    b.important = 0;
+    for (int64_t r = 0; r < b.rows; ++r) b.important += grouping::num_important(per_row[r].item<int64_t>(), k);
+  }
+}
+
+at::Tensor Trainer::Impl::rho1_mask(const DeviceBatch& b, const at::Tensor& current) const {
   at::Tensor dense = at::zeros({b.rows * (b.seq - 1)}, current.options()).index_put_({b.select}, current);
   at::Tensor mask = grouping::select_rho1(dense.view({b.rows, b.seq - 1}), b.ref_loss, b.trained_dense,
                                           cfg.grouping.top_k_percent, grouping::parse_selection(cfg.grouping.selection));
-  b.groups = mask.reshape({-1}).to(device).index_select(0, b.select);
-  b.important = b.groups.sum().item<int64_t>();
+  return mask.reshape({-1}).to(device).index_select(0, b.select);  // [T] uint8
+}
+
+// Called by the fused loss with the forward's per-token CE [T]; the groups it returns stay in b.
+loss::GroupsHook Trainer::Impl::rho1_groups_hook(DeviceBatch& b) {
+  return [this, &b](const at::Tensor& token_loss) {
+    b.groups = rho1_mask(b, token_loss);
+    const int64_t chosen = b.groups.sum().item<int64_t>();
+    SFTGO_CHECK(chosen == b.important, ErrorKind::kInternal, "rho1: selected ", chosen, " tokens, expected ",
+                b.important);
+    return b.groups;
+  };
 }
 
 // The held-out set goes through the same template and (static) grouping as the training data; a
@@ -503,10 +535,12 @@ StepMetrics Trainer::Impl::train_step() {
   if (scope == loss::StatsScope::kStep && multi) {
     if (objective == loss::Objective::kSftGo) {
       torch::NoGradGuard no_grad;
-      for (const auto& b : micro) {
+      for (auto& b : micro) {
         loss::LossInfo info;
+        auto o = loss_options(lambda);
+        if (rho1 && !b.groups.defined()) o.groups_hook = rho1_groups_hook(b);  // Rho-1: groups from this forward
         try {
-          loss::fused_group_loss(forward_hidden(b), head_weight(), b.labels, b.groups, loss_options(lambda), &info);
+          loss::fused_group_loss(forward_hidden(b), head_weight(), b.labels, b.groups, o, &info);
         } catch (const Error& e) {
           if (e.kind() != ErrorKind::kNumeric) throw;
           finite = false;
@@ -539,6 +573,7 @@ StepMetrics Trainer::Impl::train_step() {
   for (size_t i = 0; finite && i < micro.size(); ++i) {
     const auto& b = micro[i];
     auto opts = loss_options(lambda);
+    if (rho1 && !b.groups.defined()) opts.groups_hook = rho1_groups_hook(micro[i]);  // Rho-1: groups from this forward
     if (fixed) opts.weights_hook = [w = *fixed](const loss::GroupStats&) { return w; };
     if (global_hook) {
       // Every rank reaches the hook (a local NaN must not skip the collective): the finiteness check
