@@ -7,7 +7,12 @@ Validates before it times: the 2-rank run's final weights must equal the 1-rank 
 examples per step; gradients summed across ranks) to 5e-5, as in tests/python/test_dist_mpirun.py.
 Throughput is the median of the per-step tokens/s in metrics.jsonl after the first 2 steps.
 
+--memory instead measures the peak RSS of each rank (bf16 precision, a larger model, 2 steps) for
+plain data parallel and ZeRO-1 and compares it with the accounting of docs/architecture.md:
+per rank, plain = 20P bytes (+2P of all-reduce buckets when W > 1), ZeRO-1 = 4P + 14P/W.
+
 Usage: .venv/bin/python bench/dist/bench_dist.py [--steps 30] [--build build] [--hidden 256 --layers 4]
+       .venv/bin/python bench/dist/bench_dist.py --memory [--hidden 768 --layers 8]
 """
 import argparse
 import json
@@ -28,7 +33,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run(binary, run_dir, ranks, threads, a, extra=()):
+def run(binary, run_dir, ranks, threads, a, extra=(), rss=False):
     sets = {"tokenizer.path": ROOT / "data/demo/tokenizer", "model.vocab_size": 1408, "model.hidden_size": a.hidden,
             "model.intermediate_size": 4 * a.hidden, "model.num_layers": a.layers, "model.num_heads": max(1, a.hidden // 64),
             "model.num_kv_heads": max(1, a.hidden // 64),
@@ -36,6 +41,9 @@ def run(binary, run_dir, ranks, threads, a, extra=()):
             "train.num_threads": threads, "train.global_batch_size": a.batch, "train.micro_batch_size": a.micro,
             "train.log_every": 1000, "train.save_every": 0}
     cmd = [str(binary), "--config", str(ROOT / "configs/demo_tiny.yaml")]
+    if rss:  # peak RSS of each rank, written by GNU time into run_dir/rss.<pid>
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        cmd = ["sh", "-c", f'exec /usr/bin/time -f %M -o {run_dir}/rss.$$ "$@"', "sh"] + cmd
     for k, v in list(sets.items()) + [tuple(e.split("=", 1)) for e in extra]:
         cmd += ["--set", f"{k}={v}"]
     if ranks > 1:
@@ -46,6 +54,8 @@ def run(binary, run_dir, ranks, threads, a, extra=()):
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)}\nfailed:\n{p.stderr[-3000:]}")
+    if rss:
+        return [int(f.read_text().split()[-1]) * 1024 for f in Path(run_dir).glob("rss.*")]
     lines = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if '"step"' in l]
     tps = statistics.median(l["tokens_per_s"] for l in lines[2:])
     step_s = statistics.median(l["step_s"] for l in lines[2:])
@@ -59,6 +69,27 @@ def final_weights(run_dir):
     return load_file(str(ck / "model.safetensors"))
 
 
+def memory(binary, tmp, a):
+    common = ["train.precision=bf16"]
+    a.steps = 2
+    rows = [("1 rank, plain", 1, []), ("2 ranks, plain data parallel", 2, []), ("2 ranks, ZeRO-1", 2, ["dist.zero1=true"])]
+    out = {}
+    for name, ranks, extra in rows:
+        out[name] = max(run(binary, tmp / f"m{len(out)}", ranks, 1, a, common + extra, rss=True))
+    from safetensors.numpy import load_file
+    ck = sorted((tmp / "m0" / "checkpoints").glob("step_*"))[-1]
+    p = sum(v.size for v in load_file(str(ck / "model.safetensors")).values())
+    plain1, plain2, zero2 = out[rows[0][0]], out[rows[1][0]], out[rows[2][0]]
+    print(f"model: hidden {a.hidden}, {a.layers} layers, P = {p / 1e6:.1f}M parameters, precision bf16; peak RSS per rank")
+    print(f"{'configuration':34s} {'peak RSS':>10s}")
+    for name, _, _ in rows:
+        print(f"{name:34s} {out[name] / 2**20:8.0f} MB")
+    print(f"plain 2 ranks - ZeRO-1 2 ranks: measured {(plain2 - zero2) / 2**20:.0f} MB, predicted "
+          f"(20P + 2P) - (4P + 14P/2) = 11P = {11 * p / 2**20:.0f} MB")
+    print(f"plain 2 ranks - plain 1 rank (all-reduce buckets): measured {(plain2 - plain1) / 2**20:.0f} MB, "
+          f"predicted 2P = {2 * p / 2**20:.0f} MB")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.environ.get("SFTGO_BUILD_DIR", str(ROOT / "build")))
@@ -67,10 +98,15 @@ def main():
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--micro", type=int, default=8)
+    ap.add_argument("--memory", action="store_true")
     a = ap.parse_args()
     binary = Path(a.build) / "bin" / "sftgo-train"
     tmp = Path(tempfile.mkdtemp(prefix="bench_dist_"))
     try:
+        if a.memory:
+            memory(binary, tmp, a)
+            return
+        load_before = os.getloadavg()[0]
         rows = []
         base, *t = run(binary, tmp / "r1", 1, 1, a)
         rows.append(("1 rank x 1 thread", base, None, t))
@@ -90,7 +126,8 @@ def main():
         n_params = sum(v.size for v in w1.values())
         print(f"model: hidden {a.hidden}, {a.layers} layers, {n_params / 1e6:.2f}M parameters; global batch {a.batch}, "
               f"micro-batch {a.micro}; {a.steps} steps; validation: max |w(2 ranks) - w(1 rank)| = {diff:.2g}")
-        print(f"load average before: {os.getloadavg()[0]:.2f} (other processes share the cores)")
+        print(f"load average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after (on {os.cpu_count()} cores; "
+              "other processes share them)")
         print(f"{'configuration':48s} {'tokens/s':>10s} {'efficiency':>11s} {'step s':>8s} {'comm s':>8s}")
         for name, tps, eff, (step_s, comm_s) in rows:
             print(f"{name:48s} {tps:10.0f} {'' if eff is None else f'{100 * eff:10.1f}%':>11s} {step_s:8.3f} {comm_s:8.3f}")
