@@ -74,7 +74,7 @@ std::shared_ptr<Comm> Comm::create(const LaunchEnv& env, const CommOptions& opti
 
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(env.master_port);
-  so.isServer = env.rank == 0;
+  so.isServer = env.rank == 0 && !env.agent_store;
   so.numWorkers = static_cast<size_t>(env.world_size);
   so.waitWorkers = true;
   so.timeout = timeout;
@@ -203,7 +203,7 @@ std::string Comm::describe_failure(const std::string& what) {
     if (!silent.empty()) return format("{}; rank {} stopped responding (dead or hung); exiting", head, silent);
     return head + "; every rank still sends heartbeats (a collective mismatch or network error?)";
   } catch (const std::exception&) {
-    return format("{}; the rendezvous store hosted by rank 0 at {} is gone: rank 0 died; exiting", head,
+    return format("{}; the rendezvous store at {} is gone: rank 0 (its host) or the launcher died; exiting", head,
                   impl_->store_addr);
   }
 }
@@ -233,8 +233,8 @@ void Comm::start_watchdog() {
         }
       } catch (const std::exception& e) {
         if (im->stop_watchdog) return;
-        fatal_exit(format("rank {}: lost the rendezvous store hosted by rank 0 at {} ({}): rank 0 died; exiting", me,
-                          im->store_addr, e.what()));
+        fatal_exit(format("rank {}: lost the rendezvous store at {} ({}): rank 0 (its host) or the launcher died; "
+                          "exiting", me, im->store_addr, e.what()));
       }
       std::this_thread::sleep_for(kHeartbeatPeriod);
     }

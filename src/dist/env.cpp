@@ -36,6 +36,8 @@ LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, i
     e.rank = env_int(getenv, "RANK", 0, 0);
     e.world_size = env_int(getenv, "WORLD_SIZE", 1, 1);
     e.local_rank = env_int(getenv, "LOCAL_RANK", e.rank, 0);
+    const char* agent = getenv("TORCHELASTIC_USE_AGENT_STORE");
+    e.agent_store = agent != nullptr && (std::string(agent) == "True" || std::string(agent) == "1");
   } else if (has(getenv, "OMPI_COMM_WORLD_SIZE")) {
     e.launcher = "mpirun";
     e.rank = env_int(getenv, "OMPI_COMM_WORLD_RANK", 0, 0);

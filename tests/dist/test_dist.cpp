@@ -106,6 +106,9 @@ TEST(DetectLaunch, Torchrun) {
   EXPECT_EQ(e.local_rank, 1);
   EXPECT_EQ(e.master_addr, "node0");
   EXPECT_EQ(e.master_port, 1234);
+  EXPECT_FALSE(e.agent_store);
+  e = detect_launch(env_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"}}), "h", 1);
+  EXPECT_TRUE(e.agent_store);
 }
 
 TEST(DetectLaunch, OpenMpiAndPmi) {

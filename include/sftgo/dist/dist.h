@@ -23,6 +23,9 @@ struct LaunchEnv {
   std::string master_addr;  // MASTER_ADDR, else the config default
   int master_port = 0;      // MASTER_PORT, else the config default
   std::string launcher = "none";  // none | torchrun | mpirun | pmi
+  // torchrun's agent already serves the TCPStore at MASTER_ADDR:MASTER_PORT
+  // (TORCHELASTIC_USE_AGENT_STORE=True): rank 0 then connects as a client instead of hosting it.
+  bool agent_store = false;
 };
 
 // Reads (in this order) torchrun's RANK/WORLD_SIZE/LOCAL_RANK, Open MPI's OMPI_COMM_WORLD_*,
