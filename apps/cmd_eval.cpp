@@ -30,6 +30,10 @@ void register_eval_command(CLI::App& app, std::function<int()>& selected) {
   sub->add_option("--dtype", opts->dtype, "float32 | bfloat16")->check(CLI::IsMember({"float32", "bfloat16"}));
   sub->add_option("--batch-size", opts->batch_size, "Sequences per forward pass at most");
   sub->add_option("--max-batch-tokens", opts->max_batch_tokens, "Padded tokens per forward pass at most");
+  sub->add_option("--max-length", opts->max_length,
+                  "Context window in tokens; longer inputs lose tokens on the left (default: the model's)");
+  sub->add_flag("!--no-share-context", opts->share_context,
+                "Score every choice as a full sequence (default: each context once, continuations on its KV cache)");
   sub->final_callback([opts, &selected] {
     selected = [opts] {
       eval::EvalOptions o = *opts;

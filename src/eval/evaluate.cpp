@@ -90,6 +90,33 @@ EncodedPair encode_pair(const Tokenizer& tok, const EncodeOptions& o, const std:
 
 // ---- Scoring ----------------------------------------------------------------------------------------
 
+namespace {
+
+// hidden [T,H] (final-normed states that predict `targets`) -> per-row log p(target) and whether
+// the target is the argmax. Logits for at most kRows rows at a time: [rows,V] stays small even for
+// a 128k vocabulary.
+void score_rows(model::LlamaModelImpl& model, const Tensor& hidden, const std::vector<int64_t>& targets,
+                std::vector<double>& lp, std::vector<uint8_t>& greedy) {
+  constexpr int64_t kRows = 1024;
+  const auto total = static_cast<int64_t>(targets.size());
+  SFTGO_CHECK(hidden.size(0) == total, ErrorKind::kInternal, "eval: ", hidden.size(0), " rows for ", total, " targets");
+  lp.assign(targets.size(), 0.0);
+  greedy.assign(targets.size(), 0);
+  Tensor tgt = torch::tensor(targets, torch::kInt64).to(hidden.device());  // [T]
+  for (int64_t s = 0; s < total; s += kRows) {
+    const int64_t e = std::min(total, s + kRows);
+    Tensor logits = model.logits(hidden.slice(0, s, e).unsqueeze(0)).squeeze(0);  // [r,V]
+    Tensor logp = torch::log_softmax(logits.to(torch::kFloat), -1);                // [r,V]
+    Tensor t = tgt.slice(0, s, e);
+    Tensor tok_lp = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1).to(torch::kCPU, torch::kDouble);
+    Tensor is_max = (logp.argmax(-1) == t).to(torch::kCPU, torch::kUInt8);
+    std::copy_n(tok_lp.contiguous().data_ptr<double>(), e - s, lp.begin() + s);
+    std::copy_n(is_max.contiguous().data_ptr<uint8_t>(), e - s, greedy.begin() + s);
+  }
+}
+
+}  // namespace
+
 std::vector<LoglikResult> loglikelihood(model::LlamaModelImpl& model, const std::vector<EncodedPair>& pairs,
                                         int64_t max_length, int64_t max_batch_tokens, int64_t max_batch) {
   torch::NoGradGuard no_grad;
@@ -112,7 +139,6 @@ std::vector<LoglikResult> loglikelihood(model::LlamaModelImpl& model, const std:
   // Longest first: each batch pads little and the first batch shows the peak memory at once.
   std::stable_sort(order.begin(), order.end(),
                    [&](size_t a, size_t b) { return inputs[a].size() > inputs[b].size(); });
-  const int64_t vocab = model.config().vocab_size;
   size_t next = 0;
   while (next < order.size()) {
     const auto len = static_cast<int64_t>(inputs[order[next]].size());
@@ -134,33 +160,102 @@ std::vector<LoglikResult> loglikelihood(model::LlamaModelImpl& model, const std:
     }
     Tensor hidden = model.forward(ids.to(dev));  // [b,len,H]
     Tensor picked = hidden.reshape({b * len, -1}).index_select(0, torch::tensor(flat_pos, torch::kInt64).to(dev));
-    Tensor tgt = torch::tensor(targets, torch::kInt64).to(dev);  // [T]
-    std::vector<double> lp(targets.size());
-    std::vector<uint8_t> greedy(targets.size());
-    // Logits for at most kRows positions at a time: [rows,V] stays small even for a 128k vocabulary.
-    constexpr int64_t kRows = 1024;
-    const auto total = static_cast<int64_t>(targets.size());
-    for (int64_t s = 0; s < total; s += kRows) {
-      const int64_t e = std::min(total, s + kRows);
-      Tensor logits = model.logits(picked.slice(0, s, e).unsqueeze(0)).squeeze(0);  // [r,V]
-      SFTGO_CHECK(logits.size(-1) == vocab, ErrorKind::kInternal, "eval: logits width");
-      Tensor logp = torch::log_softmax(logits.to(torch::kFloat), -1);                // [r,V]
-      Tensor t = tgt.slice(0, s, e);
-      Tensor tok_lp = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1).to(torch::kCPU, torch::kDouble);
-      Tensor is_max = (logp.argmax(-1) == t).to(torch::kCPU, torch::kUInt8);
-      std::copy_n(tok_lp.contiguous().data_ptr<double>(), e - s, lp.begin() + s);
-      std::copy_n(is_max.contiguous().data_ptr<uint8_t>(), e - s, greedy.begin() + s);
-    }
+    std::vector<double> lp;
+    std::vector<uint8_t> greedy;
+    score_rows(model, picked, targets, lp, greedy);
     size_t k = 0;
     for (int64_t m = 0; m < b; ++m) {
       LoglikResult& r = result[members[m]];
       r.is_greedy = true;
-      // Summed in fp32 order-free double: HFLM sums fp32 values; the difference is ~1e-7 relative.
+      // Summed in double; HFLM sums the fp32 values in fp32 (the difference grows with |ll|).
       for (size_t t = 0; t < pairs[members[m]].continuation.size(); ++t, ++k) {
         r.loglik += lp[k];
         r.is_greedy = r.is_greedy && greedy[k] != 0;
       }
     }
+  }
+  return result;
+}
+
+std::vector<LoglikResult> loglikelihood_shared_context(model::LlamaModelImpl& model,
+                                                       const std::vector<EncodedPair>& pairs,
+                                                       const std::vector<std::vector<size_t>>& groups,
+                                                       int64_t max_length, int64_t max_batch_tokens,
+                                                       int64_t max_batch) {
+  torch::NoGradGuard no_grad;
+  const auto dev = model.device();
+  const auto opts = torch::TensorOptions().dtype(model.dtype()).device(dev);
+  std::vector<LoglikResult> result(pairs.size());
+  std::vector<size_t> rest;  // requests for the plain path
+  for (const auto& g : groups) {
+    if (g.empty()) continue;
+    const auto& ctx = pairs[g[0]].context;
+    size_t maxl = 0;
+    bool ok = !ctx.empty();
+    for (size_t i : g) {
+      ok = ok && pairs[i].context == ctx && !pairs[i].continuation.empty();
+      maxl = std::max(maxl, pairs[i].continuation.size());
+    }
+    // HFLM truncates when context + continuation exceeds max_length + 1: keep its exact window.
+    ok = ok && static_cast<int64_t>(ctx.size() + maxl) <= max_length + 1;
+    if (!ok) {
+      rest.insert(rest.end(), g.begin(), g.end());
+      continue;
+    }
+    const auto c = static_cast<int64_t>(ctx.size()), n = static_cast<int64_t>(g.size());
+    const auto steps = static_cast<int64_t>(maxl) - 1;  // continuation tokens that are model inputs
+    model::KVCache cache = model::KVCache::create(model.config(), 1, c, opts);
+    Tensor hc = model.forward_cached(torch::tensor(ctx, torch::kInt64).unsqueeze(0).to(dev), cache);  // [1,c,H]
+    Tensor last = hc[0][c - 1].unsqueeze(0);                                                             // [1,H]
+    Tensor hn;  // [n,steps,H]
+    if (steps > 0) {
+      // The context's keys/values, repeated for the n continuations, then the continuations on top.
+      model::KVCache big;
+      big.capacity = c + steps;
+      big.length = c;
+      for (size_t l = 0; l < cache.k.size(); ++l) {
+        auto grow = [&](const Tensor& t) {  // [1,kv,c,hd] -> [n,kv,c+steps,hd]
+          Tensor out = torch::zeros({n, t.size(1), c + steps, t.size(3)}, opts);
+          out.slice(2, 0, c).copy_(t.expand({n, -1, -1, -1}));
+          return out;
+        };
+        big.k.push_back(grow(cache.k[l]));
+        big.v.push_back(grow(cache.v[l]));
+      }
+      Tensor ids = torch::zeros({n, steps}, torch::kInt64);  // [n,steps], right padding
+      for (int64_t m = 0; m < n; ++m) {
+        const auto& cont = pairs[g[m]].continuation;
+        const auto k = static_cast<int64_t>(cont.size()) - 1;
+        if (k > 0) ids[m].slice(0, 0, k).copy_(torch::tensor(std::vector<int64_t>(cont.begin(), cont.end() - 1)));
+      }
+      hn = model.forward_cached(ids.to(dev), big);
+    }
+    std::vector<Tensor> rows;
+    std::vector<int64_t> targets;
+    for (int64_t m = 0; m < n; ++m) {
+      const auto& cont = pairs[g[m]].continuation;
+      rows.push_back(last);  // the last context position predicts the first continuation token
+      if (cont.size() > 1) rows.push_back(hn[m].slice(0, 0, static_cast<int64_t>(cont.size()) - 1));
+      targets.insert(targets.end(), cont.begin(), cont.end());
+    }
+    std::vector<double> lp;
+    std::vector<uint8_t> greedy;
+    score_rows(model, torch::cat(rows, 0), targets, lp, greedy);
+    size_t k = 0;
+    for (int64_t m = 0; m < n; ++m) {
+      LoglikResult& r = result[g[m]];
+      r.is_greedy = true;
+      for (size_t t = 0; t < pairs[g[m]].continuation.size(); ++t, ++k) {
+        r.loglik += lp[k];
+        r.is_greedy = r.is_greedy && greedy[k] != 0;
+      }
+    }
+  }
+  if (!rest.empty()) {
+    std::vector<EncodedPair> sub;
+    for (size_t i : rest) sub.push_back(pairs[i]);
+    auto r = loglikelihood(model, sub, max_length, max_batch_tokens, max_batch);
+    for (size_t j = 0; j < rest.size(); ++j) result[rest[j]] = r[j];
   }
   return result;
 }
@@ -227,8 +322,16 @@ TaskResult run_eval(const EvalOptions& o) {
                     " is outside the model vocabulary [0, ", vocab, ")");
   log_info("eval {}: {} documents, {} requests, {}-shot, device {}", task.name, n_docs, pairs.size(), o.shots,
            o.device);
-  std::vector<LoglikResult> ll =
-      loglikelihood(*m, pairs, m->config().max_position_embeddings, o.max_batch_tokens, o.batch_size);
+  const int64_t max_length = o.max_length > 0 ? o.max_length : m->config().max_position_embeddings;
+  std::vector<LoglikResult> ll;
+  if (o.share_context) {
+    std::vector<std::vector<size_t>> groups(n_docs);
+    for (size_t d = 0; d < n_docs; ++d)
+      for (size_t c = 0; c < all_docs[d].choices.size(); ++c) groups[d].push_back(first_pair[d] + c);
+    ll = loglikelihood_shared_context(*m, pairs, groups, max_length, o.max_batch_tokens, o.batch_size);
+  } else {
+    ll = loglikelihood(*m, pairs, max_length, o.max_batch_tokens, o.batch_size);
+  }
 
   TaskResult r;
   r.task = task.name;

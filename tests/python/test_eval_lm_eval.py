@@ -225,17 +225,32 @@ def test_zero_shot_matches_lm_eval(setup, task, yaml_rel, rows, metrics):
     assert (setup["lm"].tok_encode("Question")[0] == 1335) == setup["bos"]
 
 
-def test_arc_fewshot_and_limit_match_lm_eval(setup):
+@pytest.mark.parametrize("path", [[], ["--no-share-context"]])
+def test_arc_fewshot_and_limit_match_lm_eval(setup, path):
+    """Both scoring paths: contexts once + continuations on the KV cache (default), full sequences."""
     data = write_jsonl(setup["dir"] / "arc_fs.jsonl", ARC)
     train = write_jsonl(setup["dir"] / "arc_train.jsonl", ARC_TRAIN)
     task = lm_eval_task("arc/arc_challenge.yaml", {"test": data, "train": train}, fewshot_split="train")
     r = evaluator.simple_evaluate(model=setup["lm"], tasks=[task], num_fewshot=2, log_samples=True, limit=3,
                                   bootstrap_iters=100, task_manager=NO_INDEX)
     t_samples = sorted(r["samples"]["arc_challenge"], key=lambda s: s["doc_id"])
-    ours, o_samples = run_ours(setup, "arc_challenge", data, shots=2, fewshot=train, extra=["--limit", "3"])
+    ours, o_samples = run_ours(setup, "arc_challenge", data, shots=2, fewshot=train, extra=["--limit", "3", *path])
     assert ours["docs"] == 3 and o_samples[0]["context"].startswith("Question: What do bees make?\nAnswer: honey\n\n")
     compare_samples(t_samples, o_samples)
     compare_metrics(r["results"]["arc_challenge"], ours, ["acc", "acc_norm"])
+
+
+@pytest.mark.parametrize("path", [[], ["--no-share-context"]])
+def test_left_truncation_matches_lm_eval(setup, path):
+    """Contexts longer than the window lose tokens on the left exactly as HFLM(max_length=...)."""
+    data = write_jsonl(setup["dir"] / "tqa_trunc.jsonl", TQA)
+    lm = HFLM(pretrained=str(setup["model"]), device="cpu", batch_size=8, max_length=40)
+    task = lm_eval_task("truthfulqa/truthfulqa_mc2.yaml", {"test": data})
+    theirs, t_samples = run_lm_eval(lm, task, 0)
+    assert len(lm.tok_encode(t_samples[0]["arguments"][0][0])) > 40  # really truncated
+    ours, o_samples = run_ours(setup, "truthfulqa_mc2", data, extra=["--max-length", "40", *path])
+    compare_samples(t_samples, o_samples, mc2=True)
+    compare_metrics(theirs, ours, ["acc"])
 
 
 @pytest.mark.parametrize("shots", [0, 5])

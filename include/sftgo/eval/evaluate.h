@@ -57,6 +57,17 @@ std::vector<LoglikResult> loglikelihood(model::LlamaModelImpl& model, const std:
                                         int64_t max_length, int64_t max_batch_tokens = 16384,
                                         int64_t max_batch = 64);
 
+// Same values, computing each shared context once: every group (the choices of one document, all
+// with the same context tokens) runs its context through the model once, then all its
+// continuations as one batch on top of that KV cache (a single-token continuation, MMLU's "A".."D",
+// needs no second pass at all). Groups that would be left-truncated, or whose contexts differ, go
+// through loglikelihood() instead. Equal to it up to fp32 rounding (a different attention call).
+std::vector<LoglikResult> loglikelihood_shared_context(model::LlamaModelImpl& model,
+                                                       const std::vector<EncodedPair>& pairs,
+                                                       const std::vector<std::vector<size_t>>& groups,
+                                                       int64_t max_length, int64_t max_batch_tokens = 16384,
+                                                       int64_t max_batch = 64);
+
 // ---- The command -------------------------------------------------------------------------------------
 
 struct EvalOptions {
@@ -71,6 +82,8 @@ struct EvalOptions {
   std::string dtype = "float32";
   int64_t max_batch_tokens = 16384;
   int64_t batch_size = 64;
+  int64_t max_length = 0;     // context window; 0 = the model's max_position_embeddings (HFLM's default)
+  bool share_context = true;  // loglikelihood_shared_context (false: length-sorted full sequences)
   std::string out_path;      // results JSON; empty = none
   std::string samples_path;  // per-document JSONL (context, log-likelihoods, metrics); empty = none
 };
