@@ -177,6 +177,13 @@ int64_t choose_block_cols(int64_t requested, int64_t t, int64_t n, int64_t rows,
 // dtype. Same budget as above (10% of the fp32 [T, V] logits, minus the compacted hidden and its
 // gradient when tokens are ignored). Floor 16 rows: thinner GEMMs are memory-bound on any device,
 // and below T = 160 the whole logits are small anyway.
+// kAuto takes the one-pass path only when a token block has at least this many rows (or holds every
+// trained token). Thinner blocks make GEMMs that re-stream all of W (and read-modify-write grad_W) per
+// block: on the CPU, blocks of ~T/10 = 21 rows (T = 256) measured 2.3x unfused CE against 1.4x for
+// two passes (docs/loss.md). The value 256 is a judgement, not a measured crossover: GEMMs with
+// M >= 256 ran at the speed of the full-batch ones in a CPU probe; the GPU is not measured yet.
+constexpr int64_t kOnePassMinRows = 256;
+
 int64_t choose_onepass_rows(int64_t requested, int64_t t, int64_t n, int64_t vocab, int64_t h, int64_t elt) {
   if (n == 0) return 0;
   if (requested > 0) return std::min(requested, n);
@@ -434,7 +441,12 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
                      objective_name(options.objective), ", lambda ", options.lambda,
                      options.weights_hook ? ", weights_hook set" : "", ")");
     if (need_grad && n > 0 && ahead && !all_zero(*ahead) && options.pass != LossPass::kTwoPass) {
-      return forward_one_pass(ctx, hidden, weight, *call, tr, *ahead);
+      // kAuto: one pass only when its token blocks are wide enough to beat the fourth GEMM of two
+      // passes (see kOnePassMinRows); kOnePass: always.
+      const int64_t c = choose_onepass_rows(options.onepass_tokens, t, n, vocab, hidden.size(1), hidden.element_size());
+      if (options.pass == LossPass::kOnePass || c >= std::min(n, kOnePassMinRows)) {
+        return forward_one_pass(ctx, hidden, weight, *call, tr, *ahead);
+      }
     }
 
     const int64_t rows = options.chunk_tokens > 0 ? std::min(options.chunk_tokens, n) : n;

@@ -528,7 +528,11 @@ TEST(LossOnePass, LlamaVocabNoWorseThanTorchFp32) {
 
 TEST(LossOnePass, AutoPicksOnePassOnlyWhenCoefficientsAreKnown) {
   const Inputs in = make_inputs(30, 16, 200, 211);
-  auto path = [&](const FusedLossOptions& o) { return run_loss(fused_group_loss, in, o).info.onepass_tokens > 0; };
+  // One block holds every trained token here, so only the coefficients decide.
+  auto path = [&](FusedLossOptions o) {
+    if (o.onepass_tokens == 0) o.onepass_tokens = 64;
+    return run_loss(fused_group_loss, in, o).info.onepass_tokens > 0;
+  };
   EXPECT_TRUE(path(opts(Objective::kCe)));
   EXPECT_TRUE(path(opts(Objective::kRho1)));
   EXPECT_TRUE(path(opts(Objective::kSftGo, 0.0)));
@@ -539,8 +543,16 @@ TEST(LossOnePass, AutoPicksOnePassOnlyWhenCoefficientsAreKnown) {
   FusedLossOptions known = opts(Objective::kSftGo, 0.5);
   known.known_weights = weights_of(in, known);
   EXPECT_TRUE(path(known));
+  // Thin token blocks (4 rows for ~22 tokens, below 256): two passes are faster, kAuto takes them.
+  FusedLossOptions thin = opts(Objective::kCe);
+  thin.onepass_tokens = 4;
+  EXPECT_FALSE(path(thin));
+  thin.pass = LossPass::kOnePass;
+  EXPECT_TRUE(path(thin));
   // lambda = 0 reports the worst group from the real stats, like the two-pass path.
-  const Result one = run_loss(fused_group_loss, in, opts(Objective::kSftGo, 0.0));
+  FusedLossOptions zero = opts(Objective::kSftGo, 0.0);
+  zero.pass = LossPass::kOnePass;
+  const Result one = run_loss(fused_group_loss, in, zero);
   FusedLossOptions two = opts(Objective::kSftGo, 0.0);
   two.pass = LossPass::kTwoPass;
   EXPECT_EQ(one.info.weights.worst, run_loss(fused_group_loss, in, two).info.weights.worst);

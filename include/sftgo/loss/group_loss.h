@@ -104,8 +104,10 @@ using GroupsHook = std::function<at::Tensor(const at::Tensor& token_loss)>;
 
 // How the gradient is produced (docs/loss.md, "One pass or two").
 enum class LossPass {
-  // One pass when a gradient is needed and the coefficients are known before the forward
-  // (known_weights, or weights_from_counts without a weights_hook and groups_hook); two otherwise.
+  // One pass when a gradient is needed, the coefficients are known before the forward
+  // (known_weights, or weights_from_counts without a weights_hook and groups_hook) and a token block
+  // has >= 256 rows or holds every trained token (thinner blocks are slower than two passes); two
+  // passes otherwise.
   kAuto,
   // Backward-in-forward: logits, CE and the scaled softmax - onehot of a block of tokens, then both
   // gradient GEMMs, in the forward (3 LM-head GEMMs). sftgo::Error(kUsage) when the coefficients are
