@@ -261,10 +261,10 @@ Doc parse_doc(const TaskInfo& task, const std::string& line, const std::string& 
       break;
     case TaskKind::kOpenBookQa: {
       d.text = str_field(j, "question_stem", src);
-      std::string key = str_field(j, "answerKey", src);
-      key.erase(0, key.find_first_not_of(" \t\n\r\f\v") == std::string::npos ? key.size()
-                                                                             : key.find_first_not_of(" \t\n\r\f\v"));
-      labelled_choices(j, key, d, src);
+      const std::string key = str_field(j, "answerKey", src);
+      size_t first = 0;  // answerKey.lstrip(): some rows carry a leading space
+      while (first < key.size() && is_py_space(key[first])) ++first;
+      labelled_choices(j, key.substr(first), d, src);
       break;
     }
     case TaskKind::kHellaSwag: {
