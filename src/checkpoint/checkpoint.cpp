@@ -129,6 +129,13 @@ std::string save_checkpoint(const std::string& run_dir, const SaveRequest& req, 
   } else {
     fs::rename(tmp, final_dir);
   }
+  // RUN_DIR/checkpoints/latest -> step_N: a relative symlink replaced atomically (rename), so other
+  // runs can name a run's newest weights (the paper configs' Rho-1 reference model does).
+  const fs::path link_tmp = root / ("latest.tmp-" + std::to_string(::getpid()));
+  fs::remove(link_tmp, ec);
+  fs::create_directory_symlink(final_dir.filename(), link_tmp, ec);
+  if (!ec) fs::rename(link_tmp, root / "latest", ec);
+  if (ec) log_warn("could not point {} at {}: {}", (root / "latest").string(), final_dir.string(), ec.message());
   fsync_path(root, true);
 
   auto all = list_checkpoints(run_dir);

@@ -64,6 +64,9 @@ def test_train_checkpoint_loads_in_transformers_and_scores_match(tmp_path):
     assert all(m["loss_imp"] is not None and m["count_imp"] > 0 for m in lines)
     ckpt = run_dir / "checkpoints" / "step_00000006"
     assert (ckpt / "trainer_state.json").exists() and (ckpt / "tokenizer.json").exists()
+    # checkpoints/latest names the newest checkpoint (the paper configs' Rho-1 reference uses it).
+    latest = run_dir / "checkpoints" / "latest"
+    assert latest.is_symlink() and latest.resolve() == ckpt.resolve()
     run("plot", run_dir)
     assert (run_dir / "group_losses.svg").read_text().startswith("<svg")
 
