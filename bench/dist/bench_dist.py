@@ -16,6 +16,7 @@ Usage: .venv/bin/python bench/dist/bench_dist.py [--steps 30] [--build build] [-
 """
 import argparse
 import json
+import math
 import os
 import shutil
 import socket
@@ -76,9 +77,11 @@ def memory(binary, tmp, a):
     out = {}
     for name, ranks, extra in rows:
         out[name] = max(run(binary, tmp / f"m{len(out)}", ranks, 1, a, common + extra, rss=True))
-    from safetensors.numpy import load_file
+    # Parameter count from the safetensors header (numpy cannot load bf16 tensors).
     ck = sorted((tmp / "m0" / "checkpoints").glob("step_*"))[-1]
-    p = sum(v.size for v in load_file(str(ck / "model.safetensors")).values())
+    raw = (ck / "model.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    p = sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
     plain1, plain2, zero2 = out[rows[0][0]], out[rows[1][0]], out[rows[2][0]]
     print(f"model: hidden {a.hidden}, {a.layers} layers, P = {p / 1e6:.1f}M parameters, precision bf16; peak RSS per rank")
     print(f"{'configuration':34s} {'peak RSS':>10s}")
