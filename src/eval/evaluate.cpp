@@ -186,7 +186,8 @@ std::vector<LoglikResult> loglikelihood_shared_context(model::LlamaModelImpl& mo
   const auto dev = model.device();
   const auto opts = torch::TensorOptions().dtype(model.dtype()).device(dev);
   std::vector<LoglikResult> result(pairs.size());
-  std::vector<size_t> rest;  // requests for the plain path
+  std::vector<size_t> rest;                        // requests for the plain path
+  std::vector<const std::vector<size_t>*> single;  // groups whose continuations are all one token
   for (const auto& g : groups) {
     if (g.empty()) continue;
     const auto& ctx = pairs[g[0]].context;
@@ -200,6 +201,10 @@ std::vector<LoglikResult> loglikelihood_shared_context(model::LlamaModelImpl& mo
     ok = ok && static_cast<int64_t>(ctx.size() + maxl) <= max_length + 1;
     if (!ok) {
       rest.insert(rest.end(), g.begin(), g.end());
+      continue;
+    }
+    if (maxl == 1) {
+      single.push_back(&g);
       continue;
     }
     const auto c = static_cast<int64_t>(ctx.size()), n = static_cast<int64_t>(g.size());
@@ -250,6 +255,40 @@ std::vector<LoglikResult> loglikelihood_shared_context(model::LlamaModelImpl& mo
         r.is_greedy = r.is_greedy && greedy[k] != 0;
       }
     }
+  }
+  // One-token continuations (MMLU's " A".." D"): only the context's last hidden state matters, so
+  // contexts of many documents share one right-padded forward, longest first (as lm_eval's
+  // one-token logits cache, but batched across documents).
+  std::stable_sort(single.begin(), single.end(), [&](const auto* a, const auto* b) {
+    return pairs[a->front()].context.size() > pairs[b->front()].context.size();
+  });
+  for (size_t next = 0; next < single.size();) {
+    const auto len = static_cast<int64_t>(pairs[single[next]->front()].context.size());
+    const int64_t rows = std::clamp<int64_t>(max_batch_tokens / len, 1, max_batch);
+    std::vector<const std::vector<size_t>*> members;
+    for (; next < single.size() && static_cast<int64_t>(members.size()) < rows; ++next) members.push_back(single[next]);
+    const auto b = static_cast<int64_t>(members.size());
+    Tensor ids = torch::zeros({b, len}, torch::kInt64);  // [b,len], right padding
+    std::vector<int64_t> flat_pos, targets;
+    for (int64_t m = 0; m < b; ++m) {
+      const auto& ctx = pairs[members[m]->front()].context;
+      ids[m].slice(0, 0, static_cast<int64_t>(ctx.size())).copy_(torch::tensor(ctx, torch::kInt64));
+      for (size_t i : *members[m]) {
+        flat_pos.push_back(m * len + static_cast<int64_t>(ctx.size()) - 1);
+        targets.push_back(pairs[i].continuation[0]);
+      }
+    }
+    Tensor hidden = model.forward(ids.to(dev));  // [b,len,H]
+    Tensor picked = hidden.reshape({b * len, -1}).index_select(0, torch::tensor(flat_pos, torch::kInt64).to(dev));
+    std::vector<double> lp;
+    std::vector<uint8_t> greedy;
+    score_rows(model, picked, targets, lp, greedy);
+    size_t k = 0;
+    for (const auto* g : members)
+      for (size_t i : *g) {
+        result[i] = {lp[k], greedy[k] != 0};
+        ++k;
+      }
   }
   if (!rest.empty()) {
     std::vector<EncodedPair> sub;

@@ -59,9 +59,10 @@ std::vector<LoglikResult> loglikelihood(model::LlamaModelImpl& model, const std:
 
 // Same values, computing each shared context once: every group (the choices of one document, all
 // with the same context tokens) runs its context through the model once, then all its
-// continuations as one batch on top of that KV cache (a single-token continuation, MMLU's "A".."D",
-// needs no second pass at all). Groups that would be left-truncated, or whose contexts differ, go
-// through loglikelihood() instead. Equal to it up to fp32 rounding (a different attention call).
+// continuations as one batch on top of that KV cache. Groups whose continuations are all one token
+// (MMLU's " A".." D") need only the context's last hidden state: their contexts are batched across
+// documents by length. Groups that would be left-truncated, or whose contexts differ, go through
+// loglikelihood() instead. Equal to it up to fp32 rounding (a different attention call).
 std::vector<LoglikResult> loglikelihood_shared_context(model::LlamaModelImpl& model,
                                                        const std::vector<EncodedPair>& pairs,
                                                        const std::vector<std::vector<size_t>>& groups,
