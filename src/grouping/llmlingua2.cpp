@@ -1,11 +1,540 @@
-// `llmlingua2`: placeholder until the classifier scorer lands.
+// `llmlingua2`: LLMLingua-2 keep probabilities of the response words, mapped onto Llama tokens.
+// This file is the LibTorch-free part (see llmlingua2.h); the classifier is llmlingua2_torch.cpp.
+#include "sftgo/grouping/llmlingua2.h"
+
+#include <dlfcn.h>
+#include <sentencepiece_processor.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <numeric>
+#include <sstream>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+
 #include "builtin.h"
 #include "sftgo/core/error.h"
+#include "sftgo/core/format.h"
+#include "sftgo/core/log.h"
+#include "sftgo/grouping/cache.h"
+#include "sftgo/tokenizer/tokenizer.h"
 
-namespace sftgo::grouping::detail {
+namespace sftgo::grouping {
+namespace {
 
-std::unique_ptr<GroupingFunction> make_grouping_llmlingua2(const GroupingOptions& opts, const Tokenizer*) {
-  SFTGO_FAIL(ErrorKind::kConfig, "grouping function 'llmlingua2' is not implemented yet");
+namespace fs = std::filesystem;
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  SFTGO_CHECK(in.good(), ErrorKind::kIo, "cannot read ", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
-}  // namespace sftgo::grouping::detail
+// ---- SHA-256 (FIPS 180-4), for the sentencepiece checksum written by the export script. ----
+constexpr std::array<uint32_t, 64> kSha256K = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+void sha256_block(std::array<uint32_t, 8>& h, const unsigned char* p) {
+  std::array<uint32_t, 64> w{};
+  for (int i = 0; i < 16; ++i)
+    w[i] = (uint32_t{p[4 * i]} << 24) | (uint32_t{p[4 * i + 1]} << 16) | (uint32_t{p[4 * i + 2]} << 8) |
+           uint32_t{p[4 * i + 3]};
+  for (int i = 16; i < 64; ++i) {
+    const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+    const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+    w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+  }
+  auto v = h;
+  for (int i = 0; i < 64; ++i) {
+    const uint32_t s1 = rotr(v[4], 6) ^ rotr(v[4], 11) ^ rotr(v[4], 25);
+    const uint32_t ch = (v[4] & v[5]) ^ (~v[4] & v[6]);
+    const uint32_t t1 = v[7] + s1 + ch + kSha256K[i] + w[i];
+    const uint32_t s0 = rotr(v[0], 2) ^ rotr(v[0], 13) ^ rotr(v[0], 22);
+    const uint32_t maj = (v[0] & v[1]) ^ (v[0] & v[2]) ^ (v[1] & v[2]);
+    const uint32_t t2 = s0 + maj;
+    v = {t1 + t2, v[0], v[1], v[2], v[3] + t1, v[4], v[5], v[6]};
+  }
+  for (int i = 0; i < 8; ++i) h[i] += v[i];
+}
+
+// A piece of Python's string.punctuation: llmlingua tests `token in string.punctuation`, a substring
+// test, so "." and "()" start a new word but ".," does not.
+bool is_punctuation_substring(std::string_view token) {
+  static constexpr std::string_view kPunctuation = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+  return !token.empty() && kPunctuation.find(token) != std::string_view::npos;
+}
+
+constexpr std::string_view kSpaceMark = "\xe2\x96\x81";  // U+2581, sentencepiece's word-start mark
+
+bool starts_with_mark(std::string_view s) { return s.substr(0, kSpaceMark.size()) == kSpaceMark; }
+
+// Python's str.lstrip("▁").
+std::string_view lstrip_mark(std::string_view s) {
+  while (starts_with_mark(s)) s.remove_prefix(kSpaceMark.size());
+  return s;
+}
+
+bool is_space_byte(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+
+// libsentencepiece and LibTorch's libc10 both export FLAGS_minloglevel (see src/grouping/CMakeLists.txt).
+// When the process-wide definition is not sentencepiece's, its static constructor has already
+// written over libc10's memory: refuse to go on rather than hang or crash later.
+void check_sentencepiece_symbols() {
+  static const std::string problem = [] {
+    void* sym = dlsym(RTLD_DEFAULT, "FLAGS_minloglevel");
+    Dl_info info{};
+    if (sym == nullptr || dladdr(sym, &info) == 0 || info.dli_fname == nullptr) return std::string();
+    const std::string lib = info.dli_fname;
+    if (lib.find("sentencepiece") != std::string::npos) return std::string();
+    // Only a clash when sentencepiece is loaded and its flag lost to another library's.
+    void* handle = dlopen("libsentencepiece.so.0", RTLD_NOLOAD | RTLD_LAZY);
+    if (handle == nullptr) return std::string();
+    dlclose(handle);
+    return lib;
+  }();
+  SFTGO_CHECK_HINT(problem.empty(), ErrorKind::kInternal,
+                   "link libsentencepiece before LibTorch (src/grouping/CMakeLists.txt does this for sftgo targets)",
+                   "FLAGS_minloglevel of this process resolves to ", problem,
+                   ", not to libsentencepiece: the two libraries' flags overlap and sentencepiece has corrupted it");
+}
+
+}  // namespace
+
+std::string sha256_hex(std::string_view bytes) {
+  std::array<uint32_t, 8> h = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                               0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  size_t n = bytes.size();
+  size_t full = n / 64 * 64;
+  for (size_t i = 0; i < full; i += 64) sha256_block(h, p + i);
+  // Tail: the rest, 0x80, zeros, the bit length big-endian (one or two blocks).
+  std::array<unsigned char, 128> tail{};
+  const size_t rest = n - full;
+  std::copy(p + full, p + n, tail.begin());
+  tail[rest] = 0x80;
+  const size_t tail_len = rest + 9 <= 64 ? 64 : 128;
+  const uint64_t bits = static_cast<uint64_t>(n) * 8;
+  for (int i = 0; i < 8; ++i) tail[tail_len - 1 - i] = static_cast<unsigned char>(bits >> (8 * i));
+  for (size_t i = 0; i < tail_len; i += 64) sha256_block(h, tail.data() + i);
+  std::string out;
+  for (uint32_t x : h) out += sftgo::format("{:08x}", x);
+  return out;
+}
+
+std::string sha256_file(const std::string& path) { return sha256_hex(read_file(path)); }
+
+// ---- meta ---------------------------------------------------------------------------------------------
+
+Llmlingua2Meta load_llmlingua2_meta(const std::string& dir) {
+  SFTGO_CHECK_HINT(!dir.empty(), ErrorKind::kConfig, "export one with scripts/export_llmlingua2.py",
+                   "grouping.llmlingua2_model is not set");
+  SFTGO_CHECK_HINT(fs::is_directory(dir), ErrorKind::kIo, "export one with scripts/export_llmlingua2.py",
+                   "LLMLingua-2 model directory ", dir, " does not exist");
+  const std::string path = (fs::path(dir) / kLlmlingua2Meta).string();
+  for (const char* f : {kLlmlingua2Meta, kLlmlingua2Module, kLlmlingua2Spm})
+    SFTGO_CHECK_HINT(fs::is_regular_file(fs::path(dir) / f), ErrorKind::kIo,
+                     "re-run scripts/export_llmlingua2.py into this directory", "LLMLingua-2 export ", dir,
+                     " has no ", f);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    SFTGO_FAIL(ErrorKind::kConfig, path, ": not valid JSON: ", e.what());
+  }
+  SFTGO_CHECK(j.is_object(), ErrorKind::kConfig, path, ": expected a JSON object");
+  auto field = [&](const char* key) -> const nlohmann::json& {
+    SFTGO_CHECK(j.contains(key), ErrorKind::kConfig, path, ": missing \"", key, "\"");
+    return j.at(key);
+  };
+  auto int_field = [&](const char* key, int64_t lo, int64_t hi) {
+    const auto& v = field(key);
+    SFTGO_CHECK(v.is_number_integer(), ErrorKind::kConfig, path, ": \"", key, "\" must be an integer");
+    const auto x = v.get<int64_t>();
+    SFTGO_CHECK(x >= lo && x <= hi, ErrorKind::kConfig, path, ": \"", key, "\" = ", x, ", expected ", lo, "..", hi);
+    return x;
+  };
+  auto str_field = [&](const char* key) {
+    const auto& v = field(key);
+    SFTGO_CHECK(v.is_string(), ErrorKind::kConfig, path, ": \"", key, "\" must be a string");
+    return v.get<std::string>();
+  };
+  Llmlingua2Meta m;
+  m.dir = dir;
+  const auto format = str_field("format");
+  SFTGO_CHECK_HINT(format == kLlmlingua2Format, ErrorKind::kConfig, "re-export with scripts/export_llmlingua2.py",
+                   path, ": format \"", format, "\", expected \"", kLlmlingua2Format, "\"");
+  SFTGO_CHECK(str_field("output") == "logits", ErrorKind::kConfig, path, ": \"output\" must be \"logits\"");
+  m.model_name = str_field("model_name");
+  m.window = int_field("window", 3, 1 << 20);
+  m.label_index = int_field("label_index", 0, 1);
+  // The XLM-R id layout is fixed; an export that says otherwise is not one we can tokenize for.
+  SFTGO_CHECK(int_field("bos_id", 0, 0) == kXlmrBos && int_field("pad_id", 1, 1) == kXlmrPad &&
+                  int_field("eos_id", 2, 2) == kXlmrEos && int_field("unk_id", 3, 3) == kXlmrUnk &&
+                  int_field("piece_offset", 1, 1) == kXlmrPieceOffset,
+              ErrorKind::kConfig, path, ": not the XLM-R id layout");
+  m.vocab_size = int_field("vocab_size", 5, int64_t{1} << 31);
+  m.sentencepiece_pieces = int_field("sentencepiece_pieces", 4, int64_t{1} << 31);
+  m.sentencepiece_sha256 = str_field("sentencepiece_sha256");
+  SFTGO_CHECK(m.sentencepiece_pieces + kXlmrPieceOffset <= m.vocab_size, ErrorKind::kConfig, path,
+              ": ", m.sentencepiece_pieces, " sentencepiece pieces need a vocabulary of at least ",
+              m.sentencepiece_pieces + kXlmrPieceOffset, ", the model has ", m.vocab_size);
+  return m;
+}
+
+// ---- XLM-R tokenizer ----------------------------------------------------------------------------------
+
+XlmrTokenizer::XlmrTokenizer(const std::string& model_path)
+    : path_(model_path), sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
+  check_sentencepiece_symbols();
+  SFTGO_CHECK(fs::is_regular_file(model_path), ErrorKind::kIo, "sentencepiece model ", model_path, " does not exist");
+  const auto status = sp_->Load(model_path);
+  SFTGO_CHECK(status.ok(), ErrorKind::kConfig, model_path, ": not a sentencepiece model (", status.ToString(), ")");
+  SFTGO_CHECK_HINT(sp_->unk_id() == 0 && sp_->bos_id() == 1 && sp_->eos_id() == 2, ErrorKind::kConfig,
+                   "LLMLingua-2 uses XLM-RoBERTa's sentencepiece model", model_path,
+                   ": expected the XLM-R layout <unk>=0 <s>=1 </s>=2, got unk ", sp_->unk_id(), " bos ",
+                   sp_->bos_id(), " eos ", sp_->eos_id());
+}
+
+XlmrTokenizer::~XlmrTokenizer() = default;
+XlmrTokenizer::XlmrTokenizer(XlmrTokenizer&&) noexcept = default;
+
+int64_t XlmrTokenizer::piece_count() const { return sp_->GetPieceSize(); }
+
+std::vector<XlmrPiece> XlmrTokenizer::encode(std::string_view text) const {
+  sentencepiece::ImmutableSentencePieceText spt;
+  const auto status = sp_->Encode(text, spt.mutable_proto());
+  SFTGO_CHECK(status.ok(), ErrorKind::kData, "sentencepiece could not encode a text of ", text.size(),
+              " bytes: ", status.ToString());
+  std::vector<XlmrPiece> out;
+  out.reserve(spt.pieces_size());
+  for (size_t i = 0; i < spt.pieces_size(); ++i) {
+    const auto p = spt.pieces(static_cast<int>(i));
+    XlmrPiece x;
+    const auto sp_id = static_cast<int64_t>(p.id());
+    // fairseq's dictionary: <s> <pad> </s> <unk> first, every sentencepiece id shifted by one,
+    // sentencepiece's own <unk> (0) becomes 3 (HF XLMRobertaTokenizer._convert_token_to_id).
+    x.id = sp_id == 0 ? kXlmrUnk : sp_id + kXlmrPieceOffset;
+    x.piece = p.piece();
+    x.end = std::min<size_t>(p.end(), text.size());
+    // The space a leading ▁ stands for is not part of the word's text.
+    x.begin = std::min<size_t>(p.begin(), x.end);
+    while (x.begin < x.end && is_space_byte(text[x.begin])) ++x.begin;
+    out.push_back(std::move(x));
+  }
+  return out;
+}
+
+// ---- windows and words ----------------------------------------------------------------------------------
+
+std::vector<PieceRange> llmlingua2_windows(const std::vector<XlmrPiece>& pieces, int64_t window) {
+  SFTGO_CHECK(window >= 3, ErrorKind::kConfig, "grouping.llmlingua2_window = ", window, ", expected >= 3");
+  // __chunk_context: max_len = window - 2 ("leave 2 token for CLS and SEP"); a window that does
+  // not reach the end is cut after the last "." (or "\n") piece among pieces[st .. st+max_len].
+  const size_t max_len = static_cast<size_t>(window - 2);
+  const size_t n = pieces.size();
+  std::vector<PieceRange> out;
+  size_t st = 0;
+  while (st < n) {
+    if (st + max_len > n - 1) {
+      out.push_back({st, n});
+      break;
+    }
+    size_t ed = st + max_len;
+    for (size_t j = 0; j < ed - st; ++j) {
+      const auto& p = pieces[ed - j].piece;
+      if (pieces[ed - j].id != kXlmrUnk && (p == "." || p == "\n")) {
+        ed -= j;
+        break;
+      }
+    }
+    out.push_back({st, ed + 1});
+    st = ed + 1;
+  }
+  return out;
+}
+
+std::vector<int64_t> llmlingua2_window_ids(const std::vector<XlmrPiece>& pieces, PieceRange r, int64_t window) {
+  std::vector<int64_t> ids;
+  ids.reserve(r.end - r.begin + 2);
+  ids.push_back(kLlmlinguaBoundary);
+  for (size_t i = r.begin; i < r.end; ++i) ids.push_back(pieces[i].id);
+  ids.push_back(kLlmlinguaBoundary);
+  if (static_cast<int64_t>(ids.size()) > window) ids.resize(static_cast<size_t>(window));
+  return ids;
+}
+
+std::vector<Llmlingua2Word> merge_pieces_to_words(const std::vector<XlmrPiece>& pieces,
+                                                  std::span<const float> piece_probs) {
+  SFTGO_CHECK(piece_probs.size() == pieces.size(), ErrorKind::kInternal, "merge_pieces_to_words: ",
+              piece_probs.size(), " probabilities for ", pieces.size(), " pieces");
+  std::vector<Llmlingua2Word> words;
+  std::vector<double> sums;
+  std::vector<int64_t> counts;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const auto& p = pieces[i];
+    if (p.id == kXlmrUnk) continue;  // "<unk>" is one of the tokenizer's special tokens: skipped
+    const bool begins = starts_with_mark(p.piece) || is_punctuation_substring(p.piece);
+    // llmlingua would fail on a continuation piece with no word before it; we start one.
+    if (begins || words.empty()) {
+      Llmlingua2Word w;
+      w.text = std::string(lstrip_mark(p.piece));
+      w.begin = p.begin;
+      w.end = p.end;
+      words.push_back(std::move(w));
+      sums.push_back(0);
+      counts.push_back(0);
+    } else {
+      words.back().text += lstrip_mark(p.piece);
+      words.back().end = std::max(words.back().end, p.end);
+    }
+    sums.back() += static_cast<double>(piece_probs[i]);
+    counts.back() += 1;
+  }
+  for (size_t w = 0; w < words.size(); ++w) words[w].prob = sums[w] / static_cast<double>(counts[w]);
+  return words;
+}
+
+std::vector<float> words_to_token_scores(const std::vector<Llmlingua2Word>& words,
+                                         const std::vector<std::pair<size_t, size_t>>& token_spans,
+                                         const std::string& aggregation) {
+  SFTGO_CHECK_HINT(aggregation == "max" || aggregation == "mean" || aggregation == "first", ErrorKind::kConfig,
+                   "use max, mean or first", "unknown grouping.llmlingua2_aggregation '", aggregation, "'");
+  std::vector<float> out(token_spans.size(), 0.0f);
+  // Words and tokens both run left to right: one merge-like sweep.
+  size_t w0 = 0;
+  for (size_t t = 0; t < token_spans.size(); ++t) {
+    const auto [tb, te] = token_spans[t];
+    if (te <= tb) continue;
+    while (w0 < words.size() && words[w0].end <= tb) ++w0;
+    double best = -1, sum = 0;
+    int64_t n = 0;
+    for (size_t w = w0; w < words.size() && words[w].begin < te; ++w) {
+      if (words[w].end <= tb || words[w].end <= words[w].begin) continue;
+      if (aggregation == "first" && n > 0) break;
+      best = std::max(best, words[w].prob);
+      sum += words[w].prob;
+      ++n;
+    }
+    if (n == 0) continue;
+    out[t] = static_cast<float>(aggregation == "mean" ? sum / static_cast<double>(n) : best);
+  }
+  return out;
+}
+
+// ---- classifier plug-in ------------------------------------------------------------------------------------
+
+KeepClassifier::~KeepClassifier() = default;
+
+namespace {
+std::mutex& loader_mu() {
+  static std::mutex mu;
+  return mu;
+}
+KeepClassifierLoader& loader_slot() {
+  static KeepClassifierLoader loader;
+  return loader;
+}
+}  // namespace
+
+void set_llmlingua2_classifier_loader(KeepClassifierLoader loader) {
+  std::lock_guard lock(loader_mu());
+  loader_slot() = std::move(loader);
+}
+
+bool has_llmlingua2_classifier_loader() {
+  std::lock_guard lock(loader_mu());
+  return static_cast<bool>(loader_slot());
+}
+
+// ---- scorer -------------------------------------------------------------------------------------------------
+
+Llmlingua2Scorer::Llmlingua2Scorer(const GroupingOptions& opts) : meta_(load_llmlingua2_meta(opts.llmlingua2_model)) {
+  window_ = opts.llmlingua2_window;
+  SFTGO_CHECK_HINT(window_ >= 3 && window_ <= meta_.window, ErrorKind::kConfig,
+                   sftgo::format("the export {} takes at most {} ids per window", meta_.dir, meta_.window),
+                   "grouping.llmlingua2_window = ", window_, ", expected 3..", meta_.window);
+  SFTGO_CHECK(opts.llmlingua2_batch_size >= 1, ErrorKind::kConfig, "grouping.llmlingua2_batch_size = ",
+              opts.llmlingua2_batch_size, ", expected >= 1");
+  const std::string sp_path = (fs::path(meta_.dir) / kLlmlingua2Spm).string();
+  const std::string sha = sha256_file(sp_path);
+  SFTGO_CHECK_HINT(sha == meta_.sentencepiece_sha256, ErrorKind::kConfig,
+                   "the sentencepiece model does not belong to this export; re-run scripts/export_llmlingua2.py",
+                   sp_path, ": sha256 ", sha, " but ", kLlmlingua2Meta, " expects ", meta_.sentencepiece_sha256);
+  sp_ = std::make_unique<XlmrTokenizer>(sp_path);
+  SFTGO_CHECK(sp_->piece_count() == meta_.sentencepiece_pieces, ErrorKind::kConfig, sp_path, ": ",
+              sp_->piece_count(), " pieces but ", kLlmlingua2Meta, " says ", meta_.sentencepiece_pieces);
+  KeepClassifierLoader loader;
+  {
+    std::lock_guard lock(loader_mu());
+    loader = loader_slot();
+  }
+  SFTGO_CHECK_HINT(static_cast<bool>(loader), ErrorKind::kUsage, "link sftgo_grouping (the LibTorch part)",
+                   "grouping function 'llmlingua2' needs the TorchScript classifier, which this binary lacks");
+  clf_ = loader(meta_, opts);
+  SFTGO_CHECK(clf_ != nullptr, ErrorKind::kInternal, "LLMLingua-2 classifier loader returned null");
+}
+
+Llmlingua2Scorer::~Llmlingua2Scorer() = default;
+
+std::string Llmlingua2Scorer::device() const { return clf_->device(); }
+
+std::vector<std::vector<Llmlingua2Word>> Llmlingua2Scorer::words(const std::vector<std::string>& texts) const {
+  std::vector<std::vector<XlmrPiece>> pieces(texts.size());
+  std::vector<std::vector<int64_t>> windows;
+  struct Where {
+    size_t text;
+    PieceRange range;
+  };
+  std::vector<Where> where;
+  for (size_t t = 0; t < texts.size(); ++t) {
+    pieces[t] = sp_->encode(texts[t]);
+    for (const auto& r : llmlingua2_windows(pieces[t], window_)) {
+      windows.push_back(llmlingua2_window_ids(pieces[t], r, window_));
+      where.push_back({t, r});
+    }
+  }
+  const auto probs = windows.empty() ? std::vector<std::vector<float>>{} : clf_->keep_probs(windows);
+  SFTGO_CHECK(probs.size() == windows.size(), ErrorKind::kInternal, "classifier returned ", probs.size(),
+              " windows for ", windows.size());
+  std::vector<std::vector<float>> piece_probs(texts.size());
+  for (size_t t = 0; t < texts.size(); ++t) piece_probs[t].assign(pieces[t].size(), std::nanf(""));
+  for (size_t w = 0; w < windows.size(); ++w) {
+    SFTGO_CHECK(probs[w].size() == windows[w].size(), ErrorKind::kInternal, "classifier returned ",
+                probs[w].size(), " probabilities for a window of ", windows[w].size());
+    // Position 0 is the opening boundary; piece i of the range sits at 1 + (i - begin) when it fits in the window.
+    const auto& [t, r] = where[w];
+    for (size_t i = r.begin; i < r.end && 1 + (i - r.begin) < probs[w].size(); ++i)
+      piece_probs[t][i] = probs[w][1 + (i - r.begin)];
+  }
+  std::vector<std::vector<Llmlingua2Word>> out(texts.size());
+  for (size_t t = 0; t < texts.size(); ++t) out[t] = merge_pieces_to_words(pieces[t], piece_probs[t]);
+  return out;
+}
+
+// ---- the grouping function -----------------------------------------------------------------------------------
+
+namespace detail {
+namespace {
+
+// One stretch of trained, non-special tokens: its text and each token's byte span in it.
+struct Segment {
+  std::vector<size_t> positions;
+  std::string text;
+  std::vector<std::pair<size_t, size_t>> spans;
+};
+
+std::vector<Segment> segments_of(const data::TokenizedExample& ex, const Tokenizer& tok) {
+  std::vector<Segment> out;
+  bool open = false;
+  for (size_t t = 0; t < ex.ids.size(); ++t) {
+    const bool trained = ex.labels[t] != data::kIgnoreLabel;
+    // Special tokens (<|eot_id|>, headers) are not text; they end a segment and score 0.
+    if (!trained || tok.is_special(ex.ids[t])) {
+      open = false;
+      continue;
+    }
+    if (!open) out.emplace_back();
+    open = true;
+    auto& s = out.back();
+    const std::string bytes = tok.token_bytes(ex.ids[t]);
+    s.positions.push_back(t);
+    s.spans.emplace_back(s.text.size(), s.text.size() + bytes.size());
+    s.text += bytes;
+  }
+  return out;
+}
+
+class Llmlingua2Function final : public GroupingFunction {
+ public:
+  Llmlingua2Function(const GroupingOptions& opts, const Tokenizer& tok)
+      : opts_(opts), tok_(tok), scorer_(opts) {
+    (void)words_to_token_scores({}, {}, opts.llmlingua2_aggregation);  // validates the name now
+    // The cache key must change with the weights: hash the TorchScript file once.
+    const std::string module = (fs::path(scorer_.meta().dir) / kLlmlingua2Module).string();
+    const std::string bytes = read_file(module);
+    module_hash_ = hash64(bytes.data(), bytes.size());
+    log_info("grouping: llmlingua2 model {} ({}), window {}, batch {}, device {}", scorer_.meta().dir,
+             scorer_.meta().model_name, scorer_.window(), opts.llmlingua2_batch_size, scorer_.device());
+  }
+
+  std::string name() const override { return "llmlingua2"; }
+  Requirements requirements() const override {
+    // corpus_statistics: fit() scores the whole dataset in classifier batches.
+    return {.corpus_statistics = true, .reference_model = true, .tokenizer = true};
+  }
+  std::string params() const override {
+    return sftgo::format("model={:016x};sp={};window={};aggregation={};text=v1", module_hash_,
+                         scorer_.meta().sentencepiece_sha256, scorer_.window(), opts_.llmlingua2_aggregation);
+  }
+
+  void fit(const std::vector<data::TokenizedExample>& corpus) override {
+    std::vector<std::vector<Segment>> segs(corpus.size());
+    std::vector<std::string> texts;
+    for (size_t i = 0; i < corpus.size(); ++i) {
+      segs[i] = segments_of(corpus[i], tok_);
+      for (const auto& s : segs[i]) texts.push_back(s.text);
+    }
+    const auto words = scorer_.words(texts);
+    precomputed_.clear();
+    precomputed_.reserve(corpus.size());
+    size_t k = 0;
+    for (size_t i = 0; i < corpus.size(); ++i) {
+      precomputed_.emplace(&corpus[i], scores_from(corpus[i], segs[i], words, k));
+      k += segs[i].size();
+    }
+  }
+
+  std::vector<float> score(const data::TokenizedExample& ex) const override {
+    // fit() saw the same vector that compute_groups scores; anything else is scored on its own.
+    if (auto it = precomputed_.find(&ex); it != precomputed_.end() && it->second.size() == ex.ids.size())
+      return it->second;
+    const auto segs = segments_of(ex, tok_);
+    std::vector<std::string> texts;
+    for (const auto& s : segs) texts.push_back(s.text);
+    return scores_from(ex, segs, scorer_.words(texts), 0);
+  }
+
+ private:
+  std::vector<float> scores_from(const data::TokenizedExample& ex, const std::vector<Segment>& segs,
+                                 const std::vector<std::vector<Llmlingua2Word>>& words, size_t first) const {
+    std::vector<float> out(ex.ids.size(), 0.0f);
+    for (size_t s = 0; s < segs.size(); ++s) {
+      const auto tok_scores = words_to_token_scores(words[first + s], segs[s].spans, opts_.llmlingua2_aggregation);
+      for (size_t j = 0; j < segs[s].positions.size(); ++j) out[segs[s].positions[j]] = tok_scores[j];
+    }
+    return out;
+  }
+
+  GroupingOptions opts_;
+  const Tokenizer& tok_;
+  Llmlingua2Scorer scorer_;
+  uint64_t module_hash_ = 0;
+  std::unordered_map<const data::TokenizedExample*, std::vector<float>> precomputed_;
+};
+
+}  // namespace
+
+std::unique_ptr<GroupingFunction> make_grouping_llmlingua2(const GroupingOptions& opts, const Tokenizer* tok) {
+  SFTGO_CHECK_HINT(tok != nullptr, ErrorKind::kUsage, "pass the Llama tokenizer to make_grouping_function",
+                   "grouping function 'llmlingua2' needs the tokenizer (it scores the response text)");
+  return std::make_unique<Llmlingua2Function>(opts, *tok);
+}
+
+}  // namespace detail
+}  // namespace sftgo::grouping

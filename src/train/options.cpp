@@ -28,6 +28,9 @@ grouping::GroupingOptions grouping_options(const Config& cfg) {
   g.tfidf_smooth_idf = cfg.grouping.tfidf_smooth_idf;
   g.llmlingua2_model = cfg.grouping.llmlingua2_model;
   g.llmlingua2_aggregation = cfg.grouping.llmlingua2_aggregation;
+  g.llmlingua2_window = cfg.grouping.llmlingua2_window;
+  g.llmlingua2_batch_size = cfg.grouping.llmlingua2_batch_size;
+  g.llmlingua2_device = cfg.grouping.llmlingua2_device;
   g.cache_dir = cfg.data.cache_dir;
   g.num_threads = static_cast<int>(cfg.train.num_threads);
   return g;

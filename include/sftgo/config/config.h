@@ -57,6 +57,9 @@ struct GroupingConfig {
   bool tfidf_smooth_idf = true;
   std::string llmlingua2_model;      // directory written by scripts/export_llmlingua2.py
   std::string llmlingua2_aggregation = "max";  // how a Llama token combines the words it overlaps
+  int64_t llmlingua2_window = 512;       // classifier window in XLM-R ids (incl. <s> and </s>)
+  int64_t llmlingua2_batch_size = 16;    // classifier windows per forward
+  std::string llmlingua2_device = "auto";  // auto | cpu | cuda
   std::string rho1_reference_model;  // HF checkpoint directory of the frozen reference model
   bool rho1_extra_forward = false;   // current losses from a separate no-grad forward (A/B, tests)
 };

@@ -42,6 +42,8 @@ struct GroupingOptions {
   std::string llmlingua2_model;        // directory written by scripts/export_llmlingua2.py
   std::string llmlingua2_aggregation = "max";  // max | mean | first: words -> Llama token
   int64_t llmlingua2_window = 512;     // classifier window in XLM-R pieces (incl. <s> and </s>)
+  int64_t llmlingua2_batch_size = 16;  // classifier windows per forward
+  std::string llmlingua2_device = "auto";  // auto | cpu | cuda (auto = cuda when available)
   std::string cache_dir;               // "" = no on-disk cache
   std::string dataset_fingerprint;     // from the data module's cache key; "" = hash the examples
   int num_threads = 0;                 // 0 = std::thread::hardware_concurrency()

@@ -1,0 +1,63 @@
+// Test tool for the LLMLingua-2 parity test (tests/python/test_grouping_llmlingua2.py): reads one
+// {"text": ...} per line and prints one JSON object per line:
+//   {"ids": XLM-R ids of the whole text, "words": [...], "probs": [...], "spans": [[begin, end], ...]}
+// Usage: sftgo_llmlingua2_tool EXPORT_DIR FILE [--window N] [--batch N] [--device D]
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "sftgo/core/error.h"
+#include "sftgo/grouping/llmlingua2.h"
+#include "sftgo/grouping/llmlingua2_torch.h"
+
+int main(int argc, char** argv) {
+  using namespace sftgo;
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: %s EXPORT_DIR FILE [--window N] [--batch N] [--device D]\n", argv[0]);
+    return 2;
+  }
+  grouping::GroupingOptions opts;
+  opts.llmlingua2_model = argv[1];
+  opts.llmlingua2_device = "cpu";
+  for (int i = 3; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--window") opts.llmlingua2_window = std::stoll(v);
+    else if (k == "--batch") opts.llmlingua2_batch_size = std::stoll(v);
+    else if (k == "--device") opts.llmlingua2_device = v;
+    else {
+      std::fprintf(stderr, "unknown option %s\n", k.c_str());
+      return 2;
+    }
+  }
+  try {
+    grouping::register_llmlingua2_classifier();
+    grouping::Llmlingua2Scorer scorer(opts);
+    std::ifstream in(argv[2]);
+    std::vector<std::string> texts;
+    for (std::string line; std::getline(in, line);)
+      if (!line.empty()) texts.push_back(nlohmann::json::parse(line).at("text").get<std::string>());
+    const auto words = scorer.words(texts);
+    for (size_t t = 0; t < texts.size(); ++t) {
+      nlohmann::json j;
+      std::vector<int64_t> ids;
+      for (const auto& p : scorer.tokenizer().encode(texts[t])) ids.push_back(p.id);
+      j["ids"] = ids;
+      j["words"] = nlohmann::json::array();
+      j["probs"] = nlohmann::json::array();
+      j["spans"] = nlohmann::json::array();
+      for (const auto& w : words[t]) {
+        j["words"].push_back(w.text);
+        j["probs"].push_back(w.prob);
+        j["spans"].push_back({w.begin, w.end});
+      }
+      std::cout << j.dump() << "\n";
+    }
+  } catch (const sftgo::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
