@@ -1,6 +1,7 @@
 // TorchScript classifier of the llmlingua2 grouping function: batches of windows -> keep probabilities.
 #include "sftgo/grouping/llmlingua2_torch.h"
 
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 
@@ -52,6 +53,9 @@ class TorchKeepClassifier final : public KeepClassifier {
   // probabilities [B, T] float on the CPU; checks the output shape.
   torch::Tensor run(const torch::Tensor& ids, const torch::Tensor& mask) const {
     c10::InferenceMode guard;
+    // Run the traced graph as recorded: the profiling executor would re-profile and re-optimize it
+    // for every new window length (the first calls of each shape cost several times a plain run).
+    torch::jit::GraphOptimizerEnabledGuard no_optimize(false);
     auto out = module_.forward({ids.to(device_), mask.to(device_)});
     SFTGO_CHECK(out.isTensor(), ErrorKind::kConfig, path_, ": forward returned ", out.tagKind(),
                 ", expected a logits tensor [B, T, 2]");

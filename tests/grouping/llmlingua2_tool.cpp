@@ -1,7 +1,9 @@
 // Test tool for the LLMLingua-2 parity test (tests/python/test_grouping_llmlingua2.py): reads one
 // {"text": ...} per line and prints one JSON object per line:
 //   {"ids": XLM-R ids of the whole text, "words": [...], "probs": [...], "spans": [[begin, end], ...]}
-// Usage: sftgo_llmlingua2_tool EXPORT_DIR FILE [--window N] [--batch N] [--device D]
+// Usage: sftgo_llmlingua2_tool EXPORT_DIR FILE [--window N] [--batch N] [--device D] [--time 1]
+// --time 1: prints {"seconds": scoring time, "pieces": XLM-R pieces} to stderr (bench/grouping).
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -22,9 +24,11 @@ int main(int argc, char** argv) {
   grouping::GroupingOptions opts;
   opts.llmlingua2_model = argv[1];
   opts.llmlingua2_device = "cpu";
+  bool timing = false;
   for (int i = 3; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--window") opts.llmlingua2_window = std::stoll(v);
+    if (k == "--time") timing = v == "1";
+    else if (k == "--window") opts.llmlingua2_window = std::stoll(v);
     else if (k == "--batch") opts.llmlingua2_batch_size = std::stoll(v);
     else if (k == "--device") opts.llmlingua2_device = v;
     else {
@@ -39,11 +43,15 @@ int main(int argc, char** argv) {
     std::vector<std::string> texts;
     for (std::string line; std::getline(in, line);)
       if (!line.empty()) texts.push_back(nlohmann::json::parse(line).at("text").get<std::string>());
+    const auto start = std::chrono::steady_clock::now();
     const auto words = scorer.words(texts);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    size_t pieces = 0;
     for (size_t t = 0; t < texts.size(); ++t) {
       nlohmann::json j;
       std::vector<int64_t> ids;
       for (const auto& p : scorer.tokenizer().encode(texts[t])) ids.push_back(p.id);
+      pieces += ids.size();
       j["ids"] = ids;
       j["words"] = nlohmann::json::array();
       j["probs"] = nlohmann::json::array();
@@ -55,6 +63,7 @@ int main(int argc, char** argv) {
       }
       std::cout << j.dump() << "\n";
     }
+    if (timing) std::fprintf(stderr, "{\"seconds\": %.6f, \"pieces\": %zu}\n", seconds, pieces);
   } catch (const sftgo::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
