@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -88,6 +89,14 @@ std::string progress_line(const StepMetrics& m, int64_t total_steps) {
                 m.loss_unimp, m.lambda, m.lr, m.tokens_per_s, format_duration(remaining).c_str(),
                 m.skipped ? " | SKIPPED (non-finite)" : "");
   return buf;
+}
+
+std::string progress_bar(int64_t step, int64_t total_steps, int width) {
+  const double frac = total_steps > 0 ? std::clamp(static_cast<double>(step) / static_cast<double>(total_steps), 0.0, 1.0) : 0.0;
+  const int filled = static_cast<int>(frac * width);
+  char pct[8];
+  std::snprintf(pct, sizeof pct, "%3d%%", static_cast<int>(frac * 100.0));
+  return "[" + std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(width - filled), '.') + "] " + pct;
 }
 
 }  // namespace sftgo::train

@@ -829,7 +829,8 @@ TrainResult Trainer::run(const std::string& resume) {
     result.steps = s.step;
     if (m.skipped) ++result.skipped_steps;
     if (tty && is_rank0()) {
-      std::fprintf(stderr, "\r\033[K%s", progress_line(m, s.total_steps).c_str());
+      std::fprintf(stderr, "\r\033[K%s %s", progress_bar(s.step, s.total_steps).c_str(),
+                   progress_line(m, s.total_steps).c_str());
       if (s.step == s.total_steps || m.skipped) std::fprintf(stderr, "\n");
     } else if (s.step % cfg.train.log_every == 0 || s.step == s.total_steps || m.skipped) {
       log_info("{}", progress_line(m, s.total_steps));

@@ -68,6 +68,9 @@ TEST(Metrics, ProgressLineAndDurations) {
   m.elapsed_s = 20;
   EXPECT_NE(progress_line(m, 20).find("step 10/20"), std::string::npos);
   EXPECT_NE(progress_line(m, 20).find("ETA 20s"), std::string::npos);
+  EXPECT_EQ(progress_bar(10, 20, 10), "[#####.....]  50%");
+  EXPECT_EQ(progress_bar(20, 20, 4), "[####] 100%");
+  EXPECT_EQ(progress_bar(0, 0, 4), "[....]   0%");
   EXPECT_EQ(format_duration(3725), "1h2m");
   EXPECT_EQ(format_duration(-1), "?");
 }

@@ -66,6 +66,8 @@ class MetricsLog {
 
 // "step 12/300 | loss 2.3456 | ce 2.31 | imp 3.10 | unimp 1.95 | lambda 0.90 | 1.2k tok/s | ETA 4m10s"
 std::string progress_line(const StepMetrics& m, int64_t total_steps);
+// "[#######.............]  35%": the terminal's bar in front of progress_line.
+std::string progress_bar(int64_t step, int64_t total_steps, int width = 20);
 std::string format_duration(double seconds);
 
 }  // namespace sftgo::train
