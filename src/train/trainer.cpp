@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <optional>
@@ -19,6 +20,7 @@
 #include "sftgo/data/sampler.h"
 #include "sftgo/dist/dist.h"
 #include "sftgo/dist/zero.h"
+#include "sftgo/grouping/cache.h"
 #include "sftgo/grouping/grouping.h"
 #include "sftgo/grouping/rho1_torch.h"
 #include "sftgo/loss/group_loss.h"
@@ -313,30 +315,75 @@ void Trainer::Impl::build_model() {
            cfg.train.precision == "bf16" ? " (fp32 master weights)" : "");
 }
 
+namespace {
+// Identity of a checkpoint's weights for the reference-loss cache: its config.json and the name, size
+// and modification time of every safetensors file (re-training into the same directory changes it).
+std::string checkpoint_identity(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::string id = fs::weakly_canonical(dir).string();
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(fs::path(dir))) {
+    const std::string name = e.path().filename().string();
+    if (name == "config.json" || name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json"))
+      files.push_back(name);
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& name : files) {
+    const fs::path p = fs::path(dir) / name;
+    const auto mtime = fs::last_write_time(p).time_since_epoch().count();
+    id += sftgo::format(";{}:{}:{}", name, fs::file_size(p), mtime);
+  }
+  return id;
+}
+}  // namespace
+
 // Rho-1: the frozen reference model scores every example once; its per-token loss travels with the
-// example as scores["ref_loss"] (aligned with ids: entry t is the loss of predicting token t).
+// example as scores["ref_loss"] (entry t is the loss of predicting token t). The losses are cached on disk (data.cache_dir) keyed on the
+// examples, the reference checkpoint and the dtype, so further seeds and restarts skip the scoring.
 void Trainer::Impl::score_reference_model() {
   Timer t;
+  const std::string& ref_dir = cfg.grouping.rho1_reference_model;
+  const model::LlamaConfig ref_cfg = model::LlamaConfig::from_file(ref_dir);
+  SFTGO_CHECK(ref_cfg.vocab_size == model->config().vocab_size, ErrorKind::kConfig,
+              "the Rho-1 reference model ", ref_dir, " has a vocabulary of ", ref_cfg.vocab_size,
+              " but the trained model's is ", model->config().vocab_size);
+  std::string cache_path;
+  uint64_t key = 0;
+  if (!cfg.data.cache_dir.empty()) {
+    const std::string examples = sftgo::format("{:x}", grouping::examples_fingerprint(dataset.examples));
+    const std::string params = sftgo::format("dtype={};{}", c10::toString(model->dtype()), checkpoint_identity(ref_dir));
+    key = grouping::grouping_cache_key(examples, "rho1-ref", params, 0.0);
+    cache_path = grouping::grouping_cache_path(cfg.data.cache_dir, "rho1-ref", key);
+    if (auto cached = grouping::load_grouping_cache(cache_path, key, dataset.examples)) {
+      for (size_t i = 0; i < dataset.examples.size(); ++i)
+        dataset.examples[i].scores[grouping::kRefLossKey] = std::move(cached->scores[i]);
+      log_info("rho1: reference losses of {} loaded from {} ({:.2f}s)", ref_dir, cache_path, t.seconds());
+      return;
+    }
+  }
   model::ModelOptions mo;
   mo.dtype = model->dtype();
   mo.device = device;
   mo.init_weights = false;
-  model::LlamaModel ref = model::load_pretrained(cfg.grouping.rho1_reference_model, mo);
-  SFTGO_CHECK(ref->config().vocab_size == model->config().vocab_size, ErrorKind::kConfig,
-              "the Rho-1 reference model ", cfg.grouping.rho1_reference_model, " has a vocabulary of ",
-              ref->config().vocab_size, " but the trained model's is ", model->config().vocab_size);
+  model::LlamaModel ref = model::load_pretrained(ref_dir, mo);
   std::vector<std::vector<int64_t>> seqs;
   seqs.reserve(dataset.examples.size());
   for (const auto& ex : dataset.examples) seqs.emplace_back(ex.ids.begin(), ex.ids.end());
   const auto logprobs = model::score_logprobs(*ref, seqs);
+  grouping::GroupingOutput out;
   for (size_t i = 0; i < dataset.examples.size(); ++i) {
     auto& ex = dataset.examples[i];
     std::vector<float> loss(ex.ids.size(), 0.0f);
     for (size_t k = 1; k < ex.ids.size(); ++k) loss[k] = static_cast<float>(-logprobs[i][k - 1]);
+    if (!cache_path.empty()) {
+      out.groups.emplace_back(ex.ids.size(), grouping::kGroupOther);
+      out.scores.push_back(loss);
+    }
     ex.scores[grouping::kRefLossKey] = std::move(loss);
   }
-  log_info("rho1: reference model {} scored {} examples in {:.1f}s", cfg.grouping.rho1_reference_model,
-           dataset.examples.size(), t.seconds());
+  if (!cache_path.empty() && is_rank0()) grouping::save_grouping_cache(cache_path, key, out);
+  log_info("rho1: reference model {} scored {} examples in {:.1f}s{}", ref_dir, dataset.examples.size(), t.seconds(),
+           cache_path.empty() ? "" : sftgo::format(" (cached in {})", cache_path));
 }
 
 // Rho-1 groups of one micro-batch: top-k% excess loss (current - reference) per sequence or per

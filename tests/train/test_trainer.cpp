@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -216,6 +217,42 @@ TEST_F(TrainerTest, NonFiniteTrainingStopsWithCheckpoint) {
     EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(checkpoint::list_checkpoints((dir_ / "nan").string()).empty());
+}
+
+// Rho-1 reference losses are cached on disk: a second run (another seed, a restart) loads them and
+// trains exactly as the first; touching the reference weights makes a new cache entry.
+TEST_F(TrainerTest, Rho1ReferenceLossesAreCachedOnDisk) {
+  std::string ref;
+  {
+    Trainer t(config("ref_c", {"train.max_steps=1"}));
+    ref = t.run().last_checkpoint;
+  }
+  const fs::path cache = dir_ / "rho1_cache";
+  auto cache_files = [&] {
+    std::vector<std::string> out;
+    if (fs::exists(cache))
+      for (const auto& e : fs::directory_iterator(cache))
+        if (starts_with(e.path().filename().string(), "groups-rho1-ref-")) out.push_back(e.path().string());
+    return out;
+  };
+  auto run = [&](const std::string& name) {
+    Trainer t(config(name, {"grouping.function=rho1", "grouping.rho1_reference_model=" + ref, "train.max_steps=2",
+                            "data.cache_dir=" + cache.string()}));
+    t.run();
+    return t.named_parameters();
+  };
+  const auto first = run("rho1_c1");
+  ASSERT_EQ(cache_files().size(), 1u) << "the first run writes the reference losses";
+  const auto second = run("rho1_c2");
+  ASSERT_EQ(cache_files().size(), 1u) << "the second run reads them";
+  ASSERT_EQ(first.size(), second.size());
+  for (size_t i = 0; i < first.size(); ++i)
+    EXPECT_TRUE(torch::equal(first[i].second, second[i].second)) << first[i].first;
+  for (const auto& e : fs::directory_iterator(ref))
+    if (e.path().extension() == ".safetensors")
+      fs::last_write_time(e.path(), fs::last_write_time(e.path()) + std::chrono::seconds(5));
+  run("rho1_c3");
+  EXPECT_EQ(cache_files().size(), 2u) << "changed reference weights must not reuse the old losses";
 }
 
 // Rho-1: a frozen reference model (here: a short run of the same architecture) scores every
