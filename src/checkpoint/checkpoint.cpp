@@ -7,6 +7,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <csignal>
+#include <cerrno>
+#include <cstdlib>
 #include <filesystem>
 #include <fcntl.h>
 #include <unistd.h>
@@ -137,6 +140,21 @@ std::string save_checkpoint(const std::string& run_dir, const SaveRequest& req, 
   if (!ec) fs::rename(link_tmp, root / "latest", ec);
   if (ec) log_warn("could not point {} at {}: {}", (root / "latest").string(), final_dir.string(), ec.message());
   fsync_path(root, true);
+
+  // Leftovers of a process killed mid-save (step_N.tmp-PID, step_N.old-PID, latest.tmp-PID) would keep
+  // a whole checkpoint's worth of disk forever: remove those whose process is gone.
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    size_t at = name.find(".tmp-");
+    if (at == std::string::npos) at = name.find(".old-");
+    if (at == std::string::npos) continue;
+    const long pid = std::strtol(name.c_str() + at + 5, nullptr, 10);
+    if (pid <= 0 || pid == static_cast<long>(::getpid())) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // still running (or not ours to tell)
+    std::error_code rm_ec;
+    fs::remove_all(e.path(), rm_ec);
+    if (!rm_ec) log_info("removed {} left by an interrupted save", e.path().string());
+  }
 
   auto all = list_checkpoints(run_dir);
   for (size_t i = 0; keep_last > 0 && i + static_cast<size_t>(keep_last) < all.size(); ++i) {

@@ -58,7 +58,14 @@ def test_train_checkpoint_loads_in_transformers_and_scores_match(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     run_dir = tmp_path / "run"
+    # What a process killed mid-save leaves behind (its pid is gone): the next save removes it.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = run_dir / "checkpoints" / f"step_00000002.tmp-{dead.pid}"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"partial")
     run(*train_args(run_dir))
+    assert not stale.exists()
     lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == list(range(1, 7))
     assert all(m["loss_imp"] is not None and m["count_imp"] > 0 for m in lines)

@@ -74,7 +74,11 @@ def weights(ckpt):
 
 
 def last_ckpt(run_dir):
-    return sorted((Path(run_dir) / "checkpoints").glob("step_*"))[-1]
+    # Complete checkpoints only, as sftgo's list_checkpoints: step_NNNNNNNN exactly, with its trainer
+    # state (a rank killed mid-save leaves a step_N.tmp-PID directory behind).
+    done = [p for p in (Path(run_dir) / "checkpoints").glob("step_*")
+            if len(p.name) == 13 and (p / "trainer_state.json").exists()]
+    return sorted(done)[-1]
 
 
 def metrics(run_dir):
