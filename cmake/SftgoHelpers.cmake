@@ -69,6 +69,15 @@ execute_process(COMMAND git rev-parse --short=12 HEAD WORKING_DIRECTORY ${PROJEC
 if(NOT _git_rc EQUAL 0 OR NOT SFTGO_GIT_HASH)
   set(SFTGO_GIT_HASH unknown)
 endif()
+# Re-stamp the hash when HEAD moves (a commit, a checkout): otherwise `--version` and each run's
+# versions.json would name the commit of the last configure.
+if(EXISTS ${PROJECT_SOURCE_DIR}/.git/HEAD)
+  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/.git/HEAD)
+  file(READ ${PROJECT_SOURCE_DIR}/.git/HEAD _sftgo_head)
+  if(_sftgo_head MATCHES "^ref: ([^\n]+)" AND EXISTS ${PROJECT_SOURCE_DIR}/.git/${CMAKE_MATCH_1})
+    set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/.git/${CMAKE_MATCH_1})
+  endif()
+endif()
 if(SFTGO_HAVE_CUDA)
   set(SFTGO_HAVE_CUDA_INT 1)
 else()
