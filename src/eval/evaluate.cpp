@@ -115,6 +115,22 @@ void score_rows(model::LlamaModelImpl& model, const Tensor& hidden, const std::v
   }
 }
 
+// Sums each request's continuation log-probs (consecutive in lp/greedy, requests in `order`) into
+// its result. Summed in double; HFLM sums the fp32 values in fp32 (the difference grows with |ll|).
+void add_continuations(const std::vector<size_t>& order, const std::vector<EncodedPair>& pairs,
+                       const std::vector<double>& lp, const std::vector<uint8_t>& greedy,
+                       std::vector<LoglikResult>& result) {
+  size_t k = 0;
+  for (size_t i : order) {
+    LoglikResult& r = result[i];
+    r.is_greedy = true;
+    for (size_t t = 0; t < pairs[i].continuation.size(); ++t, ++k) {
+      r.loglik += lp[k];
+      r.is_greedy = r.is_greedy && greedy[k] != 0;
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<LoglikResult> loglikelihood(model::LlamaModelImpl& model, const std::vector<EncodedPair>& pairs,
@@ -163,16 +179,7 @@ std::vector<LoglikResult> loglikelihood(model::LlamaModelImpl& model, const std:
     std::vector<double> lp;
     std::vector<uint8_t> greedy;
     score_rows(model, picked, targets, lp, greedy);
-    size_t k = 0;
-    for (int64_t m = 0; m < b; ++m) {
-      LoglikResult& r = result[members[m]];
-      r.is_greedy = true;
-      // Summed in double; HFLM sums the fp32 values in fp32 (the difference grows with |ll|).
-      for (size_t t = 0; t < pairs[members[m]].continuation.size(); ++t, ++k) {
-        r.loglik += lp[k];
-        r.is_greedy = r.is_greedy && greedy[k] != 0;
-      }
-    }
+    add_continuations(members, pairs, lp, greedy, result);
   }
   return result;
 }
@@ -246,15 +253,7 @@ std::vector<LoglikResult> loglikelihood_shared_context(model::LlamaModelImpl& mo
     std::vector<double> lp;
     std::vector<uint8_t> greedy;
     score_rows(model, torch::cat(rows, 0), targets, lp, greedy);
-    size_t k = 0;
-    for (int64_t m = 0; m < n; ++m) {
-      LoglikResult& r = result[g[m]];
-      r.is_greedy = true;
-      for (size_t t = 0; t < pairs[g[m]].continuation.size(); ++t, ++k) {
-        r.loglik += lp[k];
-        r.is_greedy = r.is_greedy && greedy[k] != 0;
-      }
-    }
+    add_continuations(g, pairs, lp, greedy, result);
   }
   // One-token continuations (MMLU's " A".." D"): only the context's last hidden state matters, so
   // contexts of many documents share one right-padded forward, longest first (as lm_eval's
