@@ -54,7 +54,7 @@ std::vector<Field> fields_of(Config& c) {
   add("data.truncation", c.data.truncation, "Over-long examples: truncate the response, or drop the example").one_of({"truncate", "drop"});
   add("data.on_bad_record", c.data.on_bad_record, "Malformed records: stop at the first, or skip and count them").one_of({"stop", "skip"});
   add("data.packing", c.data.packing, "Pack several examples per sequence (per-document attention, position reset)");
-  add("data.cache_dir", c.data.cache_dir, "Where tokenized data and grouping masks are cached");
+  add("data.cache_dir", c.data.cache_dir, "Where tokenized data, grouping masks and Rho-1 reference losses are cached");
   add("data.eval_path", c.data.eval_path, "Held-out data (same format) for eval-loss passes, logged to metrics.jsonl as eval_* lines; empty = none");
 
   add("grouping.function", c.grouping.function, "Grouping function that marks important tokens (registry name)");
