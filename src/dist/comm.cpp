@@ -108,20 +108,30 @@ std::shared_ptr<Comm> Comm::create(const LaunchEnv& env, const CommOptions& opti
   return c;
 }
 
+namespace {
+// Starts a collective and wraps it for wait(); a failure to even start it is the same fatal,
+// rank-naming exit as a failed wait.
+template <typename Start>
+Work start_collective(Comm* comm, std::string what, Start&& start) {
+  auto w = std::make_shared<Work::Impl>();
+  w->comm = comm;
+  w->what = std::move(what);
+  try {
+    w->work = start();
+  } catch (const std::exception& e) {
+    fatal_exit(comm->describe_failure(w->what + ": " + e.what()));
+  }
+  return Work(w);
+}
+}  // namespace
+
 Comm::~Comm() = default;
 
 Work Comm::all_reduce_async(at::Tensor& t) {
   if (world_ == 1) return {};
-  auto w = std::make_shared<Work::Impl>();
-  w->comm = this;
-  w->what = "all-reduce of " + std::to_string(t.numel()) + " values";
   std::vector<at::Tensor> ts{t};
-  try {
-    w->work = impl_->pg->allreduce(ts, c10d::AllreduceOptions{});
-  } catch (const std::exception& e) {
-    fatal_exit(describe_failure(w->what + ": " + e.what()));
-  }
-  return Work(w);
+  return start_collective(this, "all-reduce of " + std::to_string(t.numel()) + " values",
+                          [&] { return impl_->pg->allreduce(ts, c10d::AllreduceOptions{}); });
 }
 
 void Comm::all_reduce(at::Tensor& t) { all_reduce_async(t).wait(); }
@@ -133,16 +143,10 @@ void Comm::reduce_scatter(at::Tensor& out, const at::Tensor& in) {
     out.copy_(in);
     return;
   }
-  auto w = std::make_shared<Work::Impl>();
-  w->comm = this;
-  w->what = "reduce-scatter of " + std::to_string(in.numel()) + " values";
   at::Tensor input = in.contiguous();
-  try {
-    w->work = impl_->pg->_reduce_scatter_base(out, input, c10d::ReduceScatterOptions{});
-  } catch (const std::exception& e) {
-    fatal_exit(describe_failure(w->what + ": " + e.what()));
-  }
-  Work(w).wait();
+  start_collective(this, "reduce-scatter of " + std::to_string(in.numel()) + " values", [&] {
+    return impl_->pg->_reduce_scatter_base(out, input, c10d::ReduceScatterOptions{});
+  }).wait();
 }
 
 void Comm::all_gather(at::Tensor& out, const at::Tensor& in) {
@@ -152,16 +156,10 @@ void Comm::all_gather(at::Tensor& out, const at::Tensor& in) {
     out.copy_(in);
     return;
   }
-  auto w = std::make_shared<Work::Impl>();
-  w->comm = this;
-  w->what = "all-gather of " + std::to_string(out.numel()) + " values";
   at::Tensor input = in.contiguous();
-  try {
-    w->work = impl_->pg->_allgather_base(out, input, c10d::AllgatherOptions{});
-  } catch (const std::exception& e) {
-    fatal_exit(describe_failure(w->what + ": " + e.what()));
-  }
-  Work(w).wait();
+  start_collective(this, "all-gather of " + std::to_string(out.numel()) + " values", [&] {
+    return impl_->pg->_allgather_base(out, input, c10d::AllgatherOptions{});
+  }).wait();
 }
 
 std::vector<double> Comm::sum(const std::vector<double>& values) {
@@ -174,17 +172,11 @@ std::vector<double> Comm::sum(const std::vector<double>& values) {
 
 void Comm::barrier() {
   if (world_ == 1) return;
-  auto w = std::make_shared<Work::Impl>();
-  w->comm = this;
-  w->what = "barrier";
-  try {
+  start_collective(this, "barrier", [&] {
     c10d::BarrierOptions o;
     if (device_.is_cuda()) o.device_ids = {device_.index()};
-    w->work = impl_->pg->barrier(o);
-  } catch (const std::exception& e) {
-    fatal_exit(describe_failure(w->what + ": " + e.what()));
-  }
-  Work(w).wait();
+    return impl_->pg->barrier(o);
+  }).wait();
 }
 
 std::string Comm::describe_failure(const std::string& what) {
