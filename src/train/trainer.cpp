@@ -705,9 +705,12 @@ StepMetrics Trainer::Impl::train_step() {
       ++nan_skips;
       m.skipped = true;
     }
-    optimizer->zero_grad(true);
+    // With a reducer the working gradients are views of its all-reduce buckets, zeroed in place below
+    // and never set to None (with bf16 the optimizer holds the fp32 masters, whose gradients are freed).
+    if (!reducer || mixed) optimizer->zero_grad(true);
   }
-  if (mixed && !zero) model->zero_grad(true);
+  if (reducer) reducer->zero_grad();
+  else if (mixed && !zero) model->zero_grad(true);
 
   ++step;
   tokens_seen += m.tokens;

@@ -192,7 +192,30 @@ TEST(Comm, GlooCollectivesTwoRanks) {
   });
 }
 
-// The reducer's sums equal plain autograd over both ranks' data (computed on each rank locally).
+// True when every parameter's .grad lies inside one of the reducer's buckets (gradient as bucket
+// view), i.e. backward accumulated in place instead of replacing .grad.
+bool grads_in_buckets(const GradReducer& red, const std::vector<at::Tensor>& params, const char* when) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& g = params[i].grad();
+    bool inside = false;
+    for (size_t b = 0; g.defined() && b < red.num_buckets() && !inside; ++b) {
+      const at::Tensor f = red.bucket(b);
+      const auto* lo = static_cast<const char*>(f.const_data_ptr());
+      const auto* p = static_cast<const char*>(g.const_data_ptr());
+      inside = p >= lo && p + g.nbytes() <= lo + f.nbytes() && g.is_contiguous();
+    }
+    if (!inside) {
+      std::fprintf(stderr, "%s: parameter %zu's .grad is %s a view of a reducer bucket\n", when, i,
+                   g.defined() ? "not" : "undefined, not");
+      return false;
+    }
+  }
+  return true;
+}
+
+// The reducer's sums equal plain autograd over both ranks' data (computed on each rank locally),
+// for two steps; the gradients stay views of the buckets through backward (the first micro-step
+// included), the all-reduce, zero_grad() and the next step, and nothing is ever copied in.
 TEST(GradReducer, SumsGradientsOfTheLastMicroStepAcrossRanks) {
   run_ranks(2, [](std::shared_ptr<Comm> c) {
     torch::manual_seed(7);
@@ -202,23 +225,66 @@ TEST(GradReducer, SumsGradientsOfTheLastMicroStepAcrossRanks) {
       torch::NoGradGuard ng;
       for (size_t i = 0; i < net->parameters().size(); ++i) ref->parameters()[i].copy_(net->parameters()[i]);
     }
+    const auto params = net->parameters();
     // Tiny buckets (~ 100 bytes) so several all-reduces are in flight during backward.
-    GradReducer red(c, net->parameters(), 100.0 / (1024 * 1024));
+    GradReducer red(c, params, 100.0 / (1024 * 1024));
     if (red.num_buckets() < 3) return false;
-    auto data = [](int rank, int micro) {
-      torch::manual_seed(100 + 10 * rank + micro);
+    if (!grads_in_buckets(red, params, "after construction")) return false;
+    auto data = [](int step, int rank, int micro) {
+      torch::manual_seed(100 + 1000 * step + 10 * rank + micro);
       return torch::randn({4, 6});
     };
-    for (int micro = 0; micro < 2; ++micro) {
-      if (micro == 1) red.arm();
-      net->forward(data(c->rank(), micro)).pow(2).sum().backward();
+    for (int step = 0; step < 2; ++step) {
+      for (int micro = 0; micro < 2; ++micro) {
+        if (micro == 1) red.arm();
+        net->forward(data(step, c->rank(), micro)).pow(2).sum().backward();
+        if (!grads_in_buckets(red, params, micro == 0 ? "after the first backward" : "after the last backward"))
+          return false;
+      }
+      red.finish();
+      if (!grads_in_buckets(red, params, "after finish")) return false;
+      ref->zero_grad(true);
+      for (int rank = 0; rank < 2; ++rank)
+        for (int micro = 0; micro < 2; ++micro) ref->forward(data(step, rank, micro)).pow(2).sum().backward();
+      // fp32 sums in a different order: rtol 1e-5.
+      for (size_t i = 0; i < params.size(); ++i)
+        if (!close(params[i].grad(), ref->parameters()[i].grad(), 1e-5, 1e-6, "grad")) return false;
+      red.zero_grad();
+      if (!grads_in_buckets(red, params, "after zero_grad")) return false;
+      for (const auto& p : params)
+        if (p.grad().abs().max().item<float>() != 0.0f) return false;
     }
+    return red.copied_gradients() == 0;
+  });
+}
+
+// A gradient set to None (or replaced) between steps still takes part in the sum: the reducer copies
+// it back into its bucket, re-points .grad, and counts the copy.
+TEST(GradReducer, ReplacedGradientsAreCopiedBackIn) {
+  run_ranks(2, [](std::shared_ptr<Comm> c) {
+    torch::manual_seed(7);
+    torch::nn::Linear net(5, 4);
+    const auto params = net->parameters();
+    GradReducer red(c, params, 25.0);
+    const auto x = torch::full({2, 5}, static_cast<float>(c->rank() + 1));
+    std::vector<at::Tensor> want;
+    {
+      // Reference: the same loss on both ranks' inputs, by autograd in one process.
+      torch::nn::Linear ref(5, 4);
+      torch::NoGradGuard ng;
+      for (size_t i = 0; i < params.size(); ++i) ref->parameters()[i].copy_(params[i]);
+      torch::AutoGradMode on(true);
+      for (int r = 0; r < 2; ++r) ref->forward(torch::full({2, 5}, static_cast<float>(r + 1))).sum().backward();
+      for (const auto& p : ref->parameters()) want.push_back(p.grad().clone());
+    }
+    for (auto p : params) p.mutable_grad() = at::Tensor();  // what zero_grad(set_to_none) would do
+    red.arm();
+    net->forward(x).sum().backward();
     red.finish();
-    for (int rank = 0; rank < 2; ++rank)
-      for (int micro = 0; micro < 2; ++micro) ref->forward(data(rank, micro)).pow(2).sum().backward();
-    // fp32 sums in a different order: rtol 1e-5.
-    for (size_t i = 0; i < net->parameters().size(); ++i)
-      if (!close(net->parameters()[i].grad(), ref->parameters()[i].grad(), 1e-5, 1e-6, "grad")) return false;
+    if (red.copied_gradients() != static_cast<int64_t>(params.size())) return false;
+    if (!grads_in_buckets(red, params, "after the copy-in")) return false;
+    for (size_t i = 0; i < params.size(); ++i)
+      if (!close(params[i].grad(), want[i], 1e-6, 1e-6, "grad")) return false;
     return true;
   });
 }

@@ -119,19 +119,29 @@ struct BucketPlan {
 std::vector<BucketPlan> plan_buckets(const std::vector<int64_t>& numels, const std::vector<int64_t>& element_sizes,
                                      const std::vector<std::string>& keys, int64_t bucket_bytes);
 
-// Sums gradients across ranks while backward runs: a post-accumulate-grad hook on every parameter
-// copies its gradient into its bucket's flat buffer once arm() was called, and a full bucket starts
-// an async all-reduce (in bucket order, so every rank issues the same sequence of collectives).
-// finish() launches buckets that never filled (parameters without gradients count as zeros), waits,
-// and writes the sums back into .grad. Micro-steps before the last do not call arm(): gradients just
-// accumulate locally and no communication happens.
+// Sums gradients across ranks while backward runs, with the gradients living in the all-reduce
+// buffers (gradient as bucket view, like PyTorch DDP's gradient_as_bucket_view=True): the parameters
+// are grouped into flat buckets (plan_buckets) allocated once, and every parameter's .grad is a view
+// of its slice, so backward accumulates straight into the buckets and there is no second copy of the
+// gradients. Once arm() was called, a post-accumulate-grad hook marks a parameter's gradient final,
+// and a complete bucket starts an async all-reduce in place (in bucket order, so every rank issues
+// the same sequence of collectives). finish() launches buckets that never completed (a parameter
+// without a gradient contributes its zeros), and waits: the .grad views then hold the sums. Micro-
+// steps before the last do not call arm(): gradients just accumulate and no communication happens.
+// Between steps call zero_grad() (zeroes the buckets in place), never set .grad to None: a gradient
+// that is not a view any more is copied back in (counted in copied_gradients(), warned once).
+// With world size 1 the reducer does nothing and allocates nothing.
 class GradReducer {
  public:
+  // params: the trainable leaves, in model order (buckets fill from the last, as backward runs).
   GradReducer(std::shared_ptr<Comm> comm, std::vector<at::Tensor> params, double bucket_mb);
   ~GradReducer();
-  void arm();    // the next backward is the step's last: reduce during it
-  void finish(); // after that backward (or after an aborted step, so ranks stay in step)
+  void arm();        // the next backward is the step's last: reduce during it
+  void finish();     // after that backward (or after an aborted step, so ranks stay in step)
+  void zero_grad();  // zeroes every bucket in place; each .grad stays (or again becomes) its view
   size_t num_buckets() const;
+  at::Tensor bucket(size_t b) const;  // [numel of bucket b]: the flat gradient buffer
+  int64_t copied_gradients() const;   // gradients found not to be bucket views (0 in a healthy run)
   struct Impl;
 
  private:
