@@ -4,6 +4,8 @@
 //
 //   bench_loss [--device cpu|cuda] [--sizes T,H,V;T,H,V...] [--iters N] [--threads N] [--dtype f32|bf16]
 //              [--onepass-tokens N]   (tokens per block of the one-pass variants; 0 = auto, the 10% budget)
+//              [--variants KEY,KEY..] (default all: unfused,reference,sftgo-2p,sftgo-1p,ce-1p,ce-2p,
+//                                      sftgo-auto,ce-auto; the large shapes take minutes per variant on CPU)
 //
 // Results are validated before timing (fused vs reference gradients, fused ce vs at::cross_entropy)
 // and the run aborts on a mismatch. CPU: every variant runs in its own forked child, so its peak RSS
@@ -15,6 +17,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -50,6 +53,7 @@ struct Config {
   int threads = 2;
   at::ScalarType dtype = at::kFloat;
   int64_t onepass_tokens = 0;
+  std::string variants;  // comma-separated keys; empty = all
 };
 
 int64_t g_onepass_tokens = 0;  // Config::onepass_tokens, for forward()
@@ -81,9 +85,45 @@ Inputs make_inputs(const Size& s, const Config& cfg, uint64_t seed) {
 // until all tokens are seen). fused sftgo known: the same loss with the coefficients fixed ahead,
 // as the trainer does under scope=step after its stats pre-pass (one pass). fused ce 1-pass / 2-pass:
 // lambda = 0 / objective ce through each path (kAuto picks one pass here).
-enum class Variant { kFusedSftGo, kFusedSftGoKnown, kFusedCe, kFusedCeTwoPass, kReference, kUnfusedCe };
-constexpr Variant kVariants[] = {Variant::kUnfusedCe,      Variant::kReference, Variant::kFusedSftGo,
-                                 Variant::kFusedSftGoKnown, Variant::kFusedCe,   Variant::kFusedCeTwoPass};
+// The auto variants leave the choice to kAuto (the "1p rows" column says which path ran): the sftgo
+// one with the step weights known ahead (what the trainer passes as known_weights), the ce one plain SFT.
+enum class Variant {
+  kFusedSftGo,
+  kFusedSftGoKnown,
+  kFusedCe,
+  kFusedCeTwoPass,
+  kReference,
+  kUnfusedCe,
+  kFusedSftGoAuto,
+  kFusedCeAuto
+};
+constexpr Variant kVariants[] = {Variant::kUnfusedCe,      Variant::kReference,      Variant::kFusedSftGo,
+                                 Variant::kFusedSftGoKnown, Variant::kFusedCe,        Variant::kFusedCeTwoPass,
+                                 Variant::kFusedSftGoAuto,  Variant::kFusedCeAuto};
+
+const char* variant_key(Variant v) {
+  switch (v) {
+    case Variant::kFusedSftGo: return "sftgo-2p";
+    case Variant::kFusedSftGoKnown: return "sftgo-1p";
+    case Variant::kFusedCe: return "ce-1p";
+    case Variant::kFusedCeTwoPass: return "ce-2p";
+    case Variant::kReference: return "reference";
+    case Variant::kUnfusedCe: return "unfused";
+    case Variant::kFusedSftGoAuto: return "sftgo-auto";
+    case Variant::kFusedCeAuto: return "ce-auto";
+  }
+  return "?";
+}
+
+bool selected(Variant v, const std::string& list) {
+  if (list.empty()) return true;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item == variant_key(v)) return true;
+  }
+  return false;
+}
 
 const char* variant_name(Variant v) {
   switch (v) {
@@ -93,9 +133,13 @@ const char* variant_name(Variant v) {
     case Variant::kFusedCeTwoPass: return "fused ce 2p";
     case Variant::kReference: return "reference sftgo";
     case Variant::kUnfusedCe: return "unfused CE";
+    case Variant::kFusedSftGoAuto: return "fused sftgo auto*";
+    case Variant::kFusedCeAuto: return "fused ce auto";
   }
   return "?";
 }
+
+int64_t g_onepass_rows_used = 0;  // LossInfo::onepass_tokens of the last fused forward
 
 // The coefficients of the sftgo variant from a no-grad forward (the trainer's stats pre-pass; not timed).
 sftgo::loss::LossWeights sftgo_weights(const at::Tensor& hidden, const at::Tensor& weight, const Inputs& in) {
@@ -113,28 +157,35 @@ at::Tensor forward(Variant v, const at::Tensor& hidden, const at::Tensor& weight
   FusedLossOptions o;
   o.lambda = 0.5;
   o.onepass_tokens = g_onepass_tokens;
+  sftgo::loss::LossInfo info;
+  at::Tensor loss;
   switch (v) {
     case Variant::kFusedSftGo:
-      return sftgo::loss::fused_group_loss(hidden, weight, in.labels, in.groups, o);
+      loss = sftgo::loss::fused_group_loss(hidden, weight, in.labels, in.groups, o, &info);
+      break;
     case Variant::kFusedSftGoKnown:
+    case Variant::kFusedSftGoAuto:
       o.known_weights = known;
-      o.pass = sftgo::loss::LossPass::kOnePass;
-      return sftgo::loss::fused_group_loss(hidden, weight, in.labels, in.groups, o);
+      o.pass = v == Variant::kFusedSftGoAuto ? sftgo::loss::LossPass::kAuto : sftgo::loss::LossPass::kOnePass;
+      loss = sftgo::loss::fused_group_loss(hidden, weight, in.labels, in.groups, o, &info);
+      break;
     case Variant::kFusedCe:
-      o.objective = Objective::kCe;
-      o.pass = sftgo::loss::LossPass::kOnePass;
-      return sftgo::loss::fused_group_loss(hidden, weight, in.labels, at::Tensor(), o);
     case Variant::kFusedCeTwoPass:
+    case Variant::kFusedCeAuto:
       o.objective = Objective::kCe;
-      o.pass = sftgo::loss::LossPass::kTwoPass;
-      return sftgo::loss::fused_group_loss(hidden, weight, in.labels, at::Tensor(), o);
+      o.pass = v == Variant::kFusedCe         ? sftgo::loss::LossPass::kOnePass
+               : v == Variant::kFusedCeTwoPass ? sftgo::loss::LossPass::kTwoPass
+                                               : sftgo::loss::LossPass::kAuto;
+      loss = sftgo::loss::fused_group_loss(hidden, weight, in.labels, at::Tensor(), o, &info);
+      break;
     case Variant::kReference:
       return sftgo::loss::reference_group_loss(hidden, weight, in.labels, in.groups, o);
     case Variant::kUnfusedCe:
       // What a plain PyTorch trainer does: logits in the model dtype, then CE (fp32 inside).
       return at::cross_entropy_loss(at::matmul(hidden, weight.t()), in.labels, {}, at::Reduction::Mean, -100);
   }
-  return {};
+  g_onepass_rows_used = info.onepass_tokens;
+  return loss;
 }
 
 void sync(const Config& cfg) {
@@ -182,14 +233,16 @@ int64_t peak_bytes(const Config& cfg) {
 
 struct Measurement {
   double fwd_ms = 0, bwd_ms = 0, peak_extra = 0, loss = 0;
+  int64_t onepass_rows = -1;  // tokens per one-pass block; 0 = two passes ran; -1 = not a fused variant
 };
 
 Measurement measure(Variant v, const Size& s, const Config& cfg) {
   const Inputs in = make_inputs(s, cfg, 1234);
   at::Tensor hidden = in.hidden.clone().requires_grad_(true);
   at::Tensor weight = in.weight.clone().requires_grad_(true);
-  const sftgo::loss::LossWeights known =
-      v == Variant::kFusedSftGoKnown ? sftgo_weights(hidden, weight, in) : sftgo::loss::LossWeights{};
+  const bool needs_known = v == Variant::kFusedSftGoKnown || v == Variant::kFusedSftGoAuto;
+  const sftgo::loss::LossWeights known = needs_known ? sftgo_weights(hidden, weight, in) : sftgo::loss::LossWeights{};
+  const bool fused = v != Variant::kReference && v != Variant::kUnfusedCe;
   Measurement m;
   for (int it = 0; it < cfg.iters; ++it) {
     hidden.mutable_grad().reset();
@@ -201,6 +254,7 @@ Measurement measure(Variant v, const Size& s, const Config& cfg) {
     at::Tensor loss = forward(v, hidden, weight, in, known);
     sync(cfg);
     const double fwd_ms = timer.millis();
+    if (fused) m.onepass_rows = g_onepass_rows_used;
     timer.reset();
     loss.backward();
     sync(cfg);
@@ -321,6 +375,7 @@ int main(int argc, char** argv) {
     else if (k == "--threads") cfg.threads = std::stoi(val);
     else if (k == "--dtype") cfg.dtype = val == "bf16" ? at::kBFloat16 : at::kFloat;
     else if (k == "--onepass-tokens") cfg.onepass_tokens = std::stoll(val);
+    else if (k == "--variants") cfg.variants = val;
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -348,6 +403,8 @@ int main(int argc, char** argv) {
   std::printf("bench_loss: device=%s dtype=%s threads=%d iters=%d onepass_tokens=%lld (fastest of iterations 2..N)\n",
               cfg.device.c_str(), cfg.dtype == at::kFloat ? "fp32" : "bf16", cfg.threads, cfg.iters,
               static_cast<long long>(cfg.onepass_tokens));
+  double load[3] = {0, 0, 0};
+  if (getloadavg(load, 3) == 3) std::printf("load average at start: %.2f %.2f %.2f\n", load[0], load[1], load[2]);
   int failures = 0;
   for (const Size& s : cfg.sizes) {
     Validation val;
@@ -368,13 +425,14 @@ int main(int argc, char** argv) {
       ++failures;
       continue;
     }
-    std::printf("  %-16s %10s %10s %10s %9s %12s %12s %10s\n", "variant", "fwd ms", "bwd ms", "total ms",
-                "vs unfused", "peak MiB", "extra MiB", "extra/lgt");
+    std::printf("  %-17s %10s %10s %10s %9s %12s %12s %10s %8s %6s\n", "variant", "fwd ms", "bwd ms", "total ms",
+                "vs unfused", "peak MiB", "extra MiB", "extra/lgt", "1p rows", "load1");
     double unfused_ms = 0;
     for (Variant v : kVariants) {
+      if (!selected(v, cfg.variants)) continue;
       Measurement m;
       if (!run_isolated<Measurement>(cfg, [&] { return measure(v, s, cfg); }, &m)) {
-        std::printf("  %-16s failed\n", variant_name(v));
+        std::printf("  %-17s failed\n", variant_name(v));
         ++failures;
         continue;
       }
@@ -382,9 +440,13 @@ int main(int argc, char** argv) {
       if (v == Variant::kUnfusedCe) unfused_ms = total;
       const double peak_mib = m.peak_extra / (1 << 20);
       const double extra_mib = peak_mib - grads_mib;  // beyond the gradients all variants must return
-      std::printf("  %-16s %10.1f %10.1f %10.1f %8.2fx %12.0f %12.0f %9.1f%%\n", variant_name(v), m.fwd_ms, m.bwd_ms,
-                  total, unfused_ms > 0 ? total / unfused_ms : 0.0, peak_mib, extra_mib,
-                  100.0 * extra_mib / logits_mib);
+      char rows[32] = "-";
+      if (m.onepass_rows == 0) std::snprintf(rows, sizeof(rows), "2p");
+      if (m.onepass_rows > 0) std::snprintf(rows, sizeof(rows), "%lld", static_cast<long long>(m.onepass_rows));
+      if (getloadavg(load, 1) != 1) load[0] = -1;  // the load while the variant ran (1-minute average)
+      std::printf("  %-17s %10.1f %10.1f %10.1f %8.2fx %12.0f %12.0f %9.1f%% %8s %6.2f\n", variant_name(v), m.fwd_ms,
+                  m.bwd_ms, total, unfused_ms > 0 ? total / unfused_ms : 0.0, peak_mib, extra_mib,
+                  100.0 * extra_mib / logits_mib, rows, load[0]);
       std::fflush(stdout);
     }
   }

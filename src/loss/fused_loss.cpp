@@ -32,6 +32,7 @@
 // no_grad) does 1 matmul. A groups_hook (Rho-1) always takes two passes: the groups, hence the
 // coefficients, come from this forward's losses.
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -123,7 +124,8 @@ void validate_inputs(const at::Tensor& hidden, const at::Tensor& weight, const a
 // Trained tokens, compacted so that ignored (prompt) tokens cost no matmul work.
 struct Trained {
   at::Tensor rows;    // [N] int64 positions in [0, T); undefined when every token is trained
-  at::Tensor hidden;  // [N, H] contiguous
+  at::Tensor hidden;  // [N, H] contiguous; the one-pass path leaves it undefined when rows is defined
+                      // (it gathers each token block instead: see compact_hidden)
   at::Tensor labels;  // [N] int64 in [0, V)
   at::Tensor groups;  // [N] bool; undefined for objective ce
   int64_t n = 0;
@@ -142,7 +144,6 @@ Trained select_trained(const at::Tensor& hidden, const at::Tensor& labels, const
     if (need_groups) tr.groups = groups.to(at::kBool).contiguous();
   } else {
     tr.rows = mask.nonzero().squeeze(1);
-    tr.hidden = hidden.index_select(0, tr.rows);
     tr.labels = labels.index_select(0, tr.rows);
     if (need_groups) tr.groups = groups.index_select(0, tr.rows).to(at::kBool);
   }
@@ -154,6 +155,11 @@ Trained select_trained(const at::Tensor& hidden, const at::Tensor& labels, const
                 options.ignore_index, ", found values in [", lo, ", ", hi, "]");
   }
   return tr;
+}
+
+// The two-pass path keeps all N trained rows of hidden compacted ([N, H], saved for the backward).
+void compact_hidden(Trained& tr, const at::Tensor& hidden) {
+  if (!tr.hidden.defined()) tr.hidden = hidden.index_select(0, tr.rows);
 }
 
 // Columns per vocabulary block. The [N, Vb] block buffer plus the other temporaries (compacted hidden
@@ -174,8 +180,10 @@ int64_t choose_block_cols(int64_t requested, int64_t t, int64_t n, int64_t rows,
 }
 
 // One-pass path: trained tokens per block, whose [rows, V] logits live in one buffer of the input
-// dtype. Same budget as above (10% of the fp32 [T, V] logits, minus the compacted hidden and its
-// gradient when tokens are ignored). Floor 16 rows: thinner GEMMs are memory-bound on any device,
+// dtype. Same budget as above (10% of the fp32 [T, V] logits); when tokens are ignored each block
+// also gathers its [rows, H] hidden rows and its [rows, H] d hidden before scattering it, so a row
+// costs V + 2H elements (nothing [N, H]-sized is kept: at T = 4096, H = 3072 that would be 40% of
+// the budget and halve the block height). Floor 16 rows: thinner GEMMs are memory-bound on any device,
 // and below T = 160 the whole logits are small anyway.
 // kAuto takes the one-pass path only when a token block has at least this many rows (or holds every
 // trained token). Thinner blocks make GEMMs that re-stream all of W (and read-modify-write grad_W) per
@@ -187,10 +195,13 @@ constexpr int64_t kOnePassMinRows = 256;
 int64_t choose_onepass_rows(int64_t requested, int64_t t, int64_t n, int64_t vocab, int64_t h, int64_t elt) {
   if (n == 0) return 0;
   if (requested > 0) return std::min(requested, n);
-  double budget = 0.10 * static_cast<double>(t) * static_cast<double>(vocab) * 4.0;
-  if (n < t) budget -= 2.0 * static_cast<double>(n) * static_cast<double>(h) * static_cast<double>(elt);
-  const auto rows = static_cast<int64_t>(budget / (static_cast<double>(vocab) * static_cast<double>(elt)));
-  return std::clamp<int64_t>(rows, std::min<int64_t>(n, 16), n);
+  const double budget = 0.10 * static_cast<double>(t) * static_cast<double>(vocab) * 4.0;
+  const double row_elems = static_cast<double>(vocab) + (n < t ? 2.0 * static_cast<double>(h) : 0.0);
+  const auto cap = std::clamp<int64_t>(static_cast<int64_t>(budget / (row_elems * static_cast<double>(elt))),
+                                       std::min<int64_t>(n, 16), n);
+  // Equal blocks (3686 tokens at a cap of 390: 10 x 369, not 9 x 390 + a thin 176).
+  const int64_t blocks = (n + cap - 1) / cap;
+  return (n + blocks - 1) / blocks;
 }
 
 // ---- row kernels over one vocabulary block: logits [N, Vb] contiguous, columns [col0, col0 + Vb) ----
@@ -409,6 +420,22 @@ void apply_groups_hook(const FusedLossOptions& options, const at::Tensor& loss, 
   tr.groups = (tr.rows.defined() ? g.index_select(0, tr.rows) : g).to(at::kBool).contiguous();  // [N]
 }
 
+// FusedLossOptions::accumulate_into_grad: weight.grad() [V, H], moved out of the parameter, when it
+// can take this backward's gradient in place: defined, laid out like the weight, and referenced by
+// nothing else (a gradient-as-bucket view or ZeRO's flat buffer shares its storage and stays put).
+// Undefined otherwise; then the gradient gets its own buffer and AccumulateGrad adds it as usual.
+at::Tensor take_grad_for_accumulation(const at::Tensor& weight) {
+  if (at::GradMode::is_enabled() || !weight.is_leaf() || !weight.requires_grad()) return {};
+  at::Tensor& g = weight.mutable_grad();
+  if (!g.defined() || g.use_count() != 1 || !g.has_storage() || g.storage().use_count() != 1 ||
+      g.requires_grad() || g.layout() != at::kStrided || g.scalar_type() != weight.scalar_type() ||
+      g.device() != weight.device() || g.sizes() != weight.sizes() || g.strides() != weight.strides() ||
+      !g.is_contiguous()) {
+    return {};
+  }
+  return std::exchange(g, at::Tensor());
+}
+
 class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
  public:
   // labels/groups travel inside `call` rather than as tensor arguments: they are not differentiable
@@ -449,6 +476,7 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
       }
     }
 
+    if (n > 0 && tr.rows.defined()) compact_hidden(tr, hidden);
     const int64_t rows = options.chunk_tokens > 0 ? std::min(options.chunk_tokens, n) : n;
     const int64_t block = choose_block_cols(options.chunk_vocab, t, n, rows, vocab, h, hidden.element_size());
 
@@ -501,6 +529,7 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
     ctx->saved_data["block"] = block;
     ctx->saved_data["rows"] = rows;
     ctx->saved_data["zero"] = zero_weights || n == 0;
+    ctx->saved_data["acc"] = options.accumulate_into_grad;
     if (n > 0 && !zero_weights) {
       const at::Tensor scale = row_weights(w, tr.groups, n, f32);  // [N] w_i
       ctx->save_for_backward({tr.hidden, weight, tr.labels, lse, scale, tr.rows});
@@ -524,22 +553,36 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
     const at::Tensor scale = row_weights(w, tr.groups, n, f32);  // [N] w_i
     at::Tensor lse = at::empty({n}, f32);                        // [N]
     at::Tensor loss = at::empty({n}, f32);                       // [N]
-    // grad_h rows are written once (one GEMM over the whole vocabulary per token block); grad_W sums
+    // grad_h rows are written once (one GEMM over the whole vocabulary per token block), straight into
+    // the [T, H] result (through a [rows, H] buffer and a scatter when tokens are ignored); grad_W sums
     // over token blocks in its own dtype (for bf16: one rounding per block, see docs/loss.md).
-    at::Tensor grad_hc = call.need_h ? at::empty({n, h}, hidden.options()) : at::Tensor();  // [N, H]
-    at::Tensor grad_w = call.need_w ? at::empty_like(weight) : at::Tensor();               // [V, H]
-    const at::Tensor flat = at::empty({rows * vocab}, hidden.options());                    // [rows, V] buffer
+    const bool gather = tr.rows.defined();
+    at::Tensor grad_h;  // [T, H]
+    if (call.need_h) grad_h = gather ? at::zeros({t, h}, hidden.options()) : at::empty({t, h}, hidden.options());
+    at::Tensor grad_w = call.need_w ? at::empty_like(weight) : at::Tensor();  // [V, H]
+    const at::Tensor flat = at::empty({rows * vocab}, hidden.options());      // [rows, V] buffer
+    // [rows, H] buffers for the gathered hidden rows and their gradient (only when tokens are ignored).
+    const at::Tensor h_flat = gather ? at::empty({rows * h}, hidden.options()) : at::Tensor();
+    const at::Tensor gh_flat = gather && call.need_h ? at::empty({rows * h}, hidden.options()) : at::Tensor();
     for (int64_t r0 = 0; r0 < n; r0 += rows) {
       const int64_t nr = std::min(rows, n - r0);
-      const at::Tensor h_rows = tr.hidden.narrow(0, r0, nr);  // [nr, H]
-      at::Tensor logits = block_view(flat, nr, vocab);        // [nr, V]
-      at::mm_out(logits, h_rows, weight.t());                 // [nr, H] @ [H, V]
+      const at::Tensor pos = gather ? tr.rows.narrow(0, r0, nr) : at::Tensor();  // [nr] positions in [0, T)
+      at::Tensor h_rows;                                                          // [nr, H]
+      if (gather) {
+        h_rows = block_view(h_flat, nr, h);
+        at::index_select_out(h_rows, hidden, 0, pos);
+      } else {
+        h_rows = tr.hidden.narrow(0, r0, nr);  // contiguous [T, H]: nothing is ignored
+      }
+      at::Tensor logits = block_view(flat, nr, vocab);  // [nr, V]
+      at::mm_out(logits, h_rows, weight.t());           // [nr, H] @ [H, V]
       at::Tensor lse_rows = lse.narrow(0, r0, nr);
       at::Tensor loss_rows = loss.narrow(0, r0, nr);
       onepass_rows(logits, tr.labels.narrow(0, r0, nr), scale.narrow(0, r0, nr), lse_rows, loss_rows);
       if (call.need_h) {
-        at::Tensor out = grad_hc.narrow(0, r0, nr);
+        at::Tensor out = gather ? block_view(gh_flat, nr, h) : grad_h.narrow(0, r0, nr);
         at::mm_out(out, logits, weight);  // [nr, V] @ [V, H]
+        if (gather) grad_h.index_copy_(0, pos, out);
       }
       if (call.need_w) {
         if (r0 == 0) {
@@ -569,10 +612,6 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
       call.info->metrics = metrics;
       call.info->chunk_vocab = vocab;
       call.info->onepass_tokens = rows;
-    }
-    at::Tensor grad_h;  // [T, H]
-    if (call.need_h) {
-      grad_h = tr.rows.defined() ? at::zeros({t, h}, hidden.options()).index_copy_(0, tr.rows, grad_hc) : grad_hc;
     }
     ctx->saved_data["onepass"] = true;
     ctx->saved_data["used"] = false;
@@ -623,7 +662,13 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
     // inputs; a separate fp32 [N, H] for bf16). d W rows of a block are written once, by one GEMM.
     at::Tensor grad_hc;  // [N, H]
     if (need_h) grad_hc = at::zeros({n, hidden_c.size(1)}, hidden_c.options().dtype(at::kFloat));
-    at::Tensor grad_w = need_w ? at::empty_like(weight) : at::Tensor();  // [V, H]
+    // One pass over the tokens: each block's d W rows are final after one GEMM, so they can go into
+    // an accumulated weight.grad (taken) through a [Vb, H] buffer instead of a whole new [V, H].
+    at::Tensor taken;  // [V, H]
+    if (need_w && rows_per_pass >= n && ctx->saved_data["acc"].toBool()) taken = take_grad_for_accumulation(weight);
+    at::Tensor grad_w;  // [V, H] or, into `taken`, one [Vb, H] block at a time
+    if (need_w) grad_w = taken.defined() ? at::empty({std::min(block, vocab), weight.size(1)}, weight.options())
+                                         : at::empty_like(weight);
     if (need_h || need_w) {
       const at::Tensor flat = at::empty({rows_per_pass * block}, hidden_c.options());
       for (int64_t r0 = 0; r0 < n; r0 += rows_per_pass) {
@@ -646,7 +691,13 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
               gh.add_(at::mm(logits, w_blk));
             }
           }
-          if (need_w) {
+          if (need_w && taken.defined()) {
+            // The same GEMM as below into a buffer of the same [cols, H] layout, then AccumulateGrad's
+            // elementwise old + new.
+            at::Tensor out = grad_w.narrow(0, 0, cols);
+            at::mm_out(out, logits.t(), h_rows);  // [Vb, nr] @ [nr, H]
+            taken.narrow(0, v0, cols).add_(out);
+          } else if (need_w) {
             at::Tensor out = grad_w.narrow(0, v0, cols);
             if (r0 == 0) {
               at::mm_out(out, logits.t(), h_rows);  // [Vb, nr] @ [nr, H]
@@ -662,7 +713,7 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
       grads[0] = rows.defined() ? at::zeros({t, hidden_c.size(1)}, hidden_c.options()).index_copy_(0, rows, grad_hc)
                                 : grad_hc;
     }
-    if (need_w) grads[1] = grad_w;
+    if (need_w) grads[1] = taken.defined() ? std::move(taken) : grad_w;
     return grads;
   }
 };
