@@ -94,7 +94,7 @@ std::vector<Field> fields_of(Config& c) {
   add("train.max_steps", c.train.max_steps, "Stop after this many optimizer steps; -1 = run the epochs").at_least(-1);
   add("train.global_batch_size", c.train.global_batch_size, "Examples per optimizer step over all ranks").at_least(1);
   add("train.micro_batch_size", c.train.micro_batch_size, "Examples per forward pass on one rank").at_least(1);
-  add("train.precision", c.train.precision, "fp32, or bf16 (bf16 weights and compute, fp32 master weights and AdamW state); bf16_autocast is not supported yet").one_of({"fp32", "bf16", "bf16_autocast"});
+  add("train.precision", c.train.precision, "fp32; bf16 (bf16 weights and compute, fp32 master weights and AdamW state); or bf16_autocast (fp32 weights and AdamW state, forward and loss in bf16 under LibTorch autocast as torch.autocast does, backward outside it; needs model.dtype float32)").one_of({"fp32", "bf16", "bf16_autocast"});
   add("train.log_every", c.train.log_every, "Optimizer steps between metric lines").at_least(1);
   add("train.save_every", c.train.save_every, "Optimizer steps between checkpoints; 0 = only at the end").at_least(0);
   add("train.keep_last", c.train.keep_last, "Checkpoints kept on disk").at_least(1);

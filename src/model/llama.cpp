@@ -7,6 +7,7 @@
 
 #include "sftgo/core/error.h"
 
+#include "sftgo/model/autocast.h"
 namespace sftgo::model {
 
 using torch::Tensor;
@@ -248,6 +249,12 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const ModelOptions& op
     for (auto& p : named_parameters()) {
       if (p.key().ends_with("norm.weight")) {
         p.value().fill_(1.0);
+    // The recomputation must cast exactly as this forward did (train.precision: bf16_autocast).
+    const AutocastState ac = AutocastState::current();
+    ctx->saved_data["ac_cpu"] = ac.cpu;
+    ctx->saved_data["ac_cuda"] = ac.cuda;
+    ctx->saved_data["ac_cpu_dtype"] = static_cast<int64_t>(ac.cpu_dtype);
+    ctx->saved_data["ac_cuda_dtype"] = static_cast<int64_t>(ac.cuda_dtype);
       } else {
         p.value().copy_(at::normal(0.0, config.initializer_range, p.value().sizes(), gen,
                                    torch::TensorOptions().dtype(torch::kFloat)));
@@ -262,6 +269,12 @@ Tensor LlamaModelImpl::forward(const Tensor& ids, const Tensor& position_ids, co
   SFTGO_CHECK(ids.dim() == 2, ErrorKind::kModel, "ids must be [B,S], got ", ids.sizes());
   const int64_t b = ids.size(0), s = ids.size(1);
   Tensor pos = position_ids.defined()
+      // The forward's autocast state, whatever region backward() was called in. Cast cache off: casts
+      // cached under the forward's no_grad carry no graph and would cut the weights' gradients.
+      AutocastGuard cpu_ac(c10::DeviceType::CPU, static_cast<c10::ScalarType>(ctx->saved_data["ac_cpu_dtype"].toInt()),
+                           ctx->saved_data["ac_cpu"].toBool(), /*cache=*/false);
+      AutocastGuard cuda_ac(c10::DeviceType::CUDA, static_cast<c10::ScalarType>(ctx->saved_data["ac_cuda_dtype"].toInt()),
+                            ctx->saved_data["ac_cuda"].toBool(), /*cache=*/false);
                    ? position_ids
                    : torch::arange(s, ids.options().dtype(torch::kInt64)).unsqueeze(0).expand({b, s});
   SFTGO_CHECK(pos.sizes() == ids.sizes(), ErrorKind::kModel, "position_ids ", pos.sizes(), " must match ids ",

@@ -24,6 +24,7 @@
 #include "sftgo/grouping/grouping.h"
 #include "sftgo/grouping/rho1_torch.h"
 #include "sftgo/loss/group_loss.h"
+#include "sftgo/model/autocast.h"
 #include "sftgo/model/config.h"
 #include "sftgo/model/llama.h"
 #include "sftgo/model/score.h"
@@ -133,6 +134,9 @@ struct Trainer::Impl {
   bool rho1 = false;  // groups chosen every step from the excess loss over a reference model
   // train.precision: bf16 -> bf16 working weights, fp32 master weights and optimizer state.
   bool mixed = false;
+  // train.precision: bf16_autocast -> fp32 weights and AdamW state; the forward runs in an autocast
+  // region (bf16 matmuls), the fused loss gets bf16 inputs, backward runs outside the region.
+  bool autocast = false;
   std::vector<std::pair<std::string, at::Tensor>> working;  // the model's parameters
   std::vector<std::pair<std::string, at::Tensor>> masters;  // fp32 copies the optimizer updates
 
@@ -187,10 +191,12 @@ void Trainer::Impl::setup() {
       log_info("data parallel: {} ranks ({}), {} backend, rendezvous {}:{}, ZeRO-1 {}", world, launch.launcher,
                comm->backend(), launch.master_addr, launch.master_port, cfg.dist.zero1 ? "on" : "off");
   }
-  SFTGO_CHECK_HINT(cfg.train.precision != "bf16_autocast", ErrorKind::kConfig,
-                   "use train.precision: bf16 (bf16 weights, fp32 master weights) or fp32",
-                   "train.precision 'bf16_autocast' is not supported by this build yet");
   mixed = cfg.train.precision == "bf16";
+  autocast = cfg.train.precision == "bf16_autocast";
+  SFTGO_CHECK_HINT(!autocast || cfg.model.dtype == "float32", ErrorKind::kConfig,
+                   "set model.dtype: float32, or use train.precision: bf16 for bf16 weights",
+                   "train.precision bf16_autocast keeps fp32 weights (autocast casts them per op) but model.dtype is ",
+                   cfg.model.dtype);
   SFTGO_CHECK(cfg.train.eval_every == 0 || !cfg.data.eval_path.empty(), ErrorKind::kConfig,
               "train.eval_every is set but data.eval_path is empty: name the held-out data file");
   objective = loss::parse_objective(cfg.loss.objective);
@@ -312,7 +318,7 @@ void Trainer::Impl::build_model() {
   log_info("model: {} layers, hidden {}, {:.1f}M parameters, {} on {}{}", model->config().num_hidden_layers,
            model->config().hidden_size, static_cast<double>(n_params) / 1e6,
            model->dtype() == c10::kBFloat16 ? "bfloat16" : "float32", device.str(),
-           cfg.train.precision == "bf16" ? " (fp32 master weights)" : "");
+           cfg.train.precision == "bf16" ? " (fp32 master weights)" : autocast ? " (bf16 autocast)" : "");
 }
 
 namespace {
@@ -518,15 +524,28 @@ DeviceBatch Trainer::Impl::to_device(const data::Batch& b) const {
   return d;
 }
 
+// [V,H]. bf16_autocast: a bf16 copy (its backward hands the fp32 parameter an fp32 gradient).
 at::Tensor Trainer::Impl::head_weight() const {
-  return model->lm_head ? model->lm_head->weight : model->embed_tokens->weight;
+  const at::Tensor& w = model->lm_head ? model->lm_head->weight : model->embed_tokens->weight;
+  return autocast ? w.to(at::kBFloat16) : w;
 }
 
 at::Tensor Trainer::Impl::forward_hidden(const DeviceBatch& b) {
-  at::Tensor hidden = model->forward(b.ids, b.positions, b.mask);  // [B,S,H]
+  at::Tensor hidden;  // [B,S,H]
+  {
+    // One region per forward: leaving it drops the cached bf16 weight casts (the weights change at the
+    // next optimizer step). Checkpointed blocks re-enter the same state for their recomputation.
+    std::optional<model::AutocastGuard> region;
+    if (autocast) region.emplace(device.type(), at::kBFloat16);
+    hidden = model->forward(b.ids, b.positions, b.mask);
+  }
   const int64_t S = hidden.size(1), H = hidden.size(2);
   // Only trained positions reach the LM head: prompt tokens cost no [T x V] work at all.
-  return hidden.slice(1, 0, S - 1).reshape({-1, H}).index_select(0, b.select);
+  hidden = hidden.slice(1, 0, S - 1).reshape({-1, H}).index_select(0, b.select);
+  // The fused loss keeps its own precision (fp32 softmax and grad_h accumulation over bf16 GEMMs), so
+  // under autocast it gets bf16 inputs and runs outside the region, as torch.amp.custom_fwd(cast_inputs=
+  // torch.bfloat16) would run it; its bf16 logits blocks equal what autocast makes of HF's lm_head.
+  return autocast ? hidden.to(at::kBFloat16) : hidden;
 }
 
 loss::FusedLossOptions Trainer::Impl::loss_options(double lambda) const {

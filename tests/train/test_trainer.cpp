@@ -345,6 +345,41 @@ TEST_F(TrainerTest, Rho1GroupsFromTrainingForwardEqualExtraForward) {
   }
 }
 
+// precision bf16_autocast: fp32 weights and AdamW state, bf16 matmuls inside autocast regions.
+// Activation checkpointing recomputes each block in backward, after the forward's autocast region has
+// closed; it must re-enter the forward's autocast state, or the weight gradients would come from an
+// fp32 recomputation of a bf16 forward. 2 micro-batches of 4: the sftgo no-grad pre-pass runs too.
+TEST_F(TrainerTest, Bf16AutocastKeepsFp32WeightsAndCheckpointingRecomputesUnderAutocast) {
+  auto train = [&](const std::string& name, const std::string& precision, bool ckpt, std::vector<double>* losses) {
+    TrainerHooks record;
+    record.on_step = [losses](const StepMetrics& m) {
+      losses->push_back(m.loss);
+      return true;
+    };
+    Trainer t(config(name, {"train.precision=" + precision, "train.micro_batch_size=4", "train.max_steps=3",
+                            std::string("model.activation_checkpointing=") + (ckpt ? "true" : "false")}),
+              record);
+    t.run();
+    return weights(t);
+  };
+  std::vector<double> l_amp, l_amp_ckpt, l_fp32;
+  const auto amp = train("amp", "bf16_autocast", false, &l_amp);
+  const auto amp_ckpt = train("amp_ckpt", "bf16_autocast", true, &l_amp_ckpt);
+  const auto fp32 = train("fp32", "fp32", false, &l_fp32);
+  for (const auto& [name, w] : amp) EXPECT_EQ(w.scalar_type(), at::kFloat) << name;
+  // The recomputation repeats the forward's ops on the same inputs (CPU, one thread): the same bits.
+  for (const auto& [name, w] : amp) EXPECT_TRUE(torch::equal(w, amp_ckpt.at(name))) << name;
+  ASSERT_EQ(l_amp.size(), 3u);
+  EXPECT_EQ(l_amp, l_amp_ckpt);
+  // Autocast really computes in bf16: step 1 (same weights) differs from fp32 by bf16 rounding, which
+  // is below one bf16 step of the loss (2^-8 relative, 8 significant bits) but not zero.
+  EXPECT_NE(l_amp[0], l_fp32[0]);
+  EXPECT_NEAR(l_amp[0], l_fp32[0], std::ldexp(std::abs(l_fp32[0]), -8));
+  EXPECT_GT(max_diff(amp, fp32), 0.0);
+  // bf16 weights cannot be autocast (autocast casts fp32 weights per op).
+  EXPECT_THROW(Trainer(config("bad", {"train.precision=bf16_autocast", "model.dtype=bfloat16"})), Error);
+}
+
 TEST_F(TrainerTest, BadConfigFailsBeforeTraining) {
   EXPECT_THROW(Trainer(config("bad", {"grouping.function=tfidff"})), Error);
   EXPECT_THROW(Trainer(config("bad", {"data.path=/nonexistent.jsonl"})), Error);
