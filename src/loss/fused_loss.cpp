@@ -162,15 +162,20 @@ void compact_hidden(Trained& tr, const at::Tensor& hidden) {
   if (!tr.hidden.defined()) tr.hidden = hidden.index_select(0, tr.rows);
 }
 
+// Share of the fp32 [T, V] logits that the auto block sizes give our temporaries: the goal is 10%
+// extra memory, and the BLAS's own packing buffers and the small [N] tensors take about 1% more at
+// T = 4096 (measured: one pass at a 10% budget peaked at 10.5% in bench_loss).
+constexpr double kBudgetShare = 0.09;
+
 // Columns per vocabulary block. The [N, Vb] block buffer plus the other temporaries (compacted hidden
-// and its gradient, the fp32 accumulator of the hidden gradient for bf16) get 10% of the fp32 [T, V]
+// and its gradient, the fp32 accumulator of the hidden gradient for bf16) get kBudgetShare (9%) of the fp32 [T, V]
 // logits. Floor: 256 columns (a GEMM narrower than that wastes the device); multiple of 64 for alignment.
 // `rows` = trained tokens per pass (the buffer's height), n = all trained tokens.
 int64_t choose_block_cols(int64_t requested, int64_t t, int64_t n, int64_t rows, int64_t vocab, int64_t h,
                           int64_t elt) {
   if (n == 0) return 0;
   if (requested > 0) return std::min(requested, vocab);
-  double budget = 0.10 * static_cast<double>(t) * static_cast<double>(vocab) * 4.0;
+  double budget = kBudgetShare * static_cast<double>(t) * static_cast<double>(vocab) * 4.0;
   const double nh = static_cast<double>(n) * static_cast<double>(h);
   if (n < t) budget -= 2.0 * nh * static_cast<double>(elt);  // compacted hidden and its gradient
   if (elt != 4) budget -= nh * (4.0 + static_cast<double>(elt));  // fp32 accumulator + one GEMM result
@@ -180,7 +185,7 @@ int64_t choose_block_cols(int64_t requested, int64_t t, int64_t n, int64_t rows,
 }
 
 // One-pass path: trained tokens per block, whose [rows, V] logits live in one buffer of the input
-// dtype. Same budget as above (10% of the fp32 [T, V] logits); when tokens are ignored each block
+// dtype. Same budget as above (kBudgetShare of the fp32 [T, V] logits); when tokens are ignored each block
 // also gathers its [rows, H] hidden rows and its [rows, H] d hidden before scattering it, so a row
 // costs V + 2H elements (nothing [N, H]-sized is kept: at T = 4096, H = 3072 that would be 40% of
 // the budget and halve the block height). Floor 16 rows: thinner GEMMs are memory-bound on any device,
@@ -195,7 +200,7 @@ constexpr int64_t kOnePassMinRows = 256;
 int64_t choose_onepass_rows(int64_t requested, int64_t t, int64_t n, int64_t vocab, int64_t h, int64_t elt) {
   if (n == 0) return 0;
   if (requested > 0) return std::min(requested, n);
-  const double budget = 0.10 * static_cast<double>(t) * static_cast<double>(vocab) * 4.0;
+  const double budget = kBudgetShare * static_cast<double>(t) * static_cast<double>(vocab) * 4.0;
   const double row_elems = static_cast<double>(vocab) + (n < t ? 2.0 * static_cast<double>(h) : 0.0);
   const auto cap = std::clamp<int64_t>(static_cast<int64_t>(budget / (row_elems * static_cast<double>(elt))),
                                        std::min<int64_t>(n, 16), n);
@@ -334,6 +339,39 @@ void onepass_rows(at::Tensor& logits, const at::Tensor& labels, const at::Tensor
   } else {
     cpu_onepass_rows<c10::BFloat16>(logits, labels.const_data_ptr<int64_t>(), scale.const_data_ptr<float>(),
                                     lse.mutable_data_ptr<float>(), loss.mutable_data_ptr<float>());
+  }
+}
+
+// d hidden = G @ W reduces over K = vocabulary columns. The CPU BLAS of the LibTorch wheel (MKL sgemm)
+// runs a thread's share of fewer than 4 rows through a kernel that sums all K products of a row in
+// one fp32 chain; with K = 128256 and the label's -w * W[label] term in that chain, the 1e-6-sized
+// softmax terms lose their low bits: 7.8e-5 relative error at T = 9 on 2 threads, where 4+ rows per
+// thread give 4e-7 (docs/loss.md, "Thin blocks"). PyTorch's own fp32 autograd takes the same kernel.
+// Thin blocks therefore sum the product over vocabulary slices into a scratch and add the slices
+// (chains 64x shorter); blocks of real batches (hundreds of rows) keep one GEMM.
+constexpr int64_t kThinRowsPerThread = 4;
+constexpr int64_t kThinSliceCols = 2048;
+
+// out [nr, H] = g [nr, K] @ w [K, H], or out += g @ w when accumulate.
+void grad_hidden_mm(at::Tensor& out, const at::Tensor& g, const at::Tensor& w, bool accumulate) {
+  const int64_t nr = g.size(0);
+  const int64_t k = g.size(1);
+  const bool thin = g.is_cpu() && g.scalar_type() == at::kFloat && k > kThinSliceCols &&
+                    nr < kThinRowsPerThread * static_cast<int64_t>(at::get_num_threads());
+  if (!thin) {
+    if (accumulate) {
+      out.addmm_(g, w);
+    } else {
+      at::mm_out(out, g, w);
+    }
+    return;
+  }
+  if (!accumulate) out.zero_();
+  at::Tensor part = at::empty_like(out);  // [nr, H], a few rows
+  for (int64_t k0 = 0; k0 < k; k0 += kThinSliceCols) {
+    const int64_t kb = std::min(kThinSliceCols, k - k0);
+    at::mm_out(part, g.narrow(1, k0, kb), w.narrow(0, k0, kb));
+    out.add_(part);
   }
 }
 
@@ -581,7 +619,7 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
       onepass_rows(logits, tr.labels.narrow(0, r0, nr), scale.narrow(0, r0, nr), lse_rows, loss_rows);
       if (call.need_h) {
         at::Tensor out = gather ? block_view(gh_flat, nr, h) : grad_h.narrow(0, r0, nr);
-        at::mm_out(out, logits, weight);  // [nr, V] @ [V, H]
+        grad_hidden_mm(out, logits, weight, false);  // [nr, V] @ [V, H]
         if (gather) grad_h.index_copy_(0, pos, out);
       }
       if (call.need_w) {
@@ -686,7 +724,7 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
           if (need_h) {
             at::Tensor gh = grad_hc.narrow(0, r0, nr);
             if (fp32) {
-              gh.addmm_(logits, w_blk);  // [nr, Vb] @ [Vb, H]
+              grad_hidden_mm(gh, logits, w_blk, true);  // += [nr, Vb] @ [Vb, H]
             } else {
               gh.add_(at::mm(logits, w_blk));
             }
