@@ -852,5 +852,62 @@ TEST(LossGroupsHook, StepWeightsErrorsAndNaN) {
   EXPECT_FALSE(called);
 }
 
+
+// FusedLossOptions::accumulate_into_grad. Reference: the same micro-batches with the option off, where
+// LibTorch's AccumulateGrad adds each new [V, H] gradient to .grad. Exact equality is the contract
+// (the in-place path runs the same GEMM per block and the same elementwise add), so no tolerance.
+struct CountingHook : torch::autograd::PostAccumulateGradHook {
+  int* calls;
+  explicit CountingHook(int* c) : calls(c) {}
+  void operator()(const torch::autograd::Variable&) override { ++*calls; }
+};
+
+TEST(LossGradAccumulation, InPlaceEqualsAccumulateGradBitForBit) {
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    const Inputs a = make_inputs(40, 32, 300, 101, 0.25, 0.4, dtype);
+    const Inputs b = make_inputs(36, 32, 300, 102, 0.25, 0.4, dtype);
+    struct Run {
+      at::Tensor grad;       // [V, H] after three micro-batches
+      int hook_calls = 0;    // post-accumulate-grad hook calls
+      int taken = 0;         // micro-batches after which .grad is a new tensor on the same storage
+    };
+    // share: another tensor holds the accumulated .grad (as a gradient-as-bucket view would); it must
+    // then be left in place.
+    const auto run = [&](bool in_place, bool share) {
+      Run r;
+      at::Tensor w = a.weight.detach().clone().requires_grad_(true);
+      torch::autograd::impl::set_post_acc_grad_hooks(w, std::make_unique<CountingHook>(&r.hook_calls));
+      FusedLossOptions o;
+      o.objective = Objective::kSftGo;
+      o.lambda = 0.7;
+      o.pass = LossPass::kTwoPass;
+      o.chunk_vocab = 64;  // five blocks, the last one partial
+      o.accumulate_into_grad = in_place;
+      at::Tensor shared;
+      for (const Inputs* in : {&a, &b, &a}) {
+        const at::TensorImpl* before = w.grad().defined() ? w.grad().unsafeGetTensorImpl() : nullptr;
+        const void* data = w.grad().defined() ? w.grad().data_ptr() : nullptr;
+        at::Tensor h = in->hidden.detach().clone().requires_grad_(true);
+        (fused_group_loss(h, w, in->labels, in->groups, o) * 0.5).backward();  // upstream gradient 0.5
+        if (before != nullptr && w.grad().unsafeGetTensorImpl() != before && w.grad().data_ptr() == data) ++r.taken;
+        if (share) shared = w.grad();
+      }
+      r.grad = w.grad().clone();
+      return r;
+    };
+    const Run ref = run(false, false);
+    const Run acc = run(true, false);
+    const Run kept = run(true, true);
+    EXPECT_TRUE(torch::equal(acc.grad, ref.grad)) << dtype;
+    EXPECT_TRUE(torch::equal(kept.grad, ref.grad)) << dtype;
+    EXPECT_EQ(ref.hook_calls, 3);
+    EXPECT_EQ(acc.hook_calls, 3);  // the handed-back gradient still goes through AccumulateGrad
+    EXPECT_EQ(kept.hook_calls, 3);
+    EXPECT_EQ(ref.taken, 0);
+    EXPECT_EQ(acc.taken, 2);  // micro-batches 2 and 3 added into the first one's buffer
+    EXPECT_EQ(kept.taken, 0);
+  }
+}
+
 }  // namespace
 }  // namespace sftgo::loss

@@ -139,6 +139,13 @@ struct FusedLossOptions {
   // Trained tokens per pass over the vocabulary; 0 = all at once (default, widest GEMMs). Set it only
   // to cap the [rows, Vb] buffer for very long micro-batches.
   int64_t chunk_tokens = 0;
+  // The weight is a leaf used by nothing else in the graph (an untied LM head, no cast in between):
+  // the two-pass backward then adds its [V, H] gradient block by block into weight.grad() when that
+  // already holds a gradient no other tensor shares, and hands that tensor back as the gradient
+  // (AccumulateGrad takes it and runs its hooks as usual). Saves the second [V, H] buffer of every
+  // micro-batch after the first; the sums are bit for bit those of AccumulateGrad's `grad += new`.
+  // Not for a tied weight: its other gradient would be added in a different order.
+  bool accumulate_into_grad = false;
   // One reduction over the per-token losses; raises sftgo::Error(kNumeric) on NaN/Inf.
   bool check_numerics = true;
   int64_t ignore_index = -100;
