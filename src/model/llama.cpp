@@ -4,10 +4,11 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <utility>
 
 #include "sftgo/core/error.h"
-
 #include "sftgo/model/autocast.h"
+
 namespace sftgo::model {
 
 using torch::Tensor;
@@ -103,6 +104,65 @@ EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, const torch::TensorOpti
   weight = register_parameter("weight", torch::empty({vocab, dim}, options));
 }
 
+namespace {
+// weight.grad() [V, H], moved out of the parameter, when it can take a gradient in place: defined,
+// laid out like the weight and referenced by nothing else (a gradient-as-bucket view or ZeRO's flat
+// buffer shares its storage and stays put). Undefined otherwise. The fused loss does the same for the
+// LM head (FusedLossOptions::accumulate_into_grad).
+Tensor take_grad_for_accumulation(const Tensor& weight) {
+  if (torch::GradMode::is_enabled() || !weight.is_leaf() || !weight.requires_grad()) return {};
+  Tensor& g = weight.mutable_grad();
+  if (!g.defined() || g.use_count() != 1 || !g.has_storage() || g.storage().use_count() != 1 ||
+      g.requires_grad() || g.layout() != torch::kStrided || g.scalar_type() != weight.scalar_type() ||
+      g.device() != weight.device() || g.sizes() != weight.sizes() || g.strides() != weight.strides() ||
+      !g.is_contiguous()) {
+    return {};
+  }
+  return std::exchange(g, Tensor());
+}
+
+// at::embedding whose backward, when allowed and weight.grad() already holds an accumulated gradient
+// (the second and later micro-batches of a step), adds the touched rows into that tensor and hands it
+// back: AccumulateGrad finds .grad empty, takes it (no copy) and runs its hooks as usual. Otherwise the
+// usual dense [V, H] gradient, which AccumulateGrad adds with `grad += new`. The in-place rows equal
+// that sum bit for bit: embedding_dense_backward over ids renumbered 0..U-1 in sorted order forms each
+// row's sum from +0 in token order exactly as over the whole table, and old + new is one add per
+// element; rows not touched would get + (+0.0), which changes nothing (a sum started at +0.0 is never
+// -0.0).
+struct EmbeddingFn : public torch::autograd::Function<EmbeddingFn> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& weight, const Tensor& ids,
+                        bool accumulate) {
+    ctx->save_for_backward({weight, ids});
+    ctx->saved_data["acc"] = accumulate;
+    return at::embedding(weight, ids);  // weight [V, H], ids [B, S] -> [B, S, H]
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor& weight = saved[0];  // [V, H]
+    const Tensor& ids = saved[1];     // [B, S]
+    const Tensor& grad = grad_out[0];  // [B, S, H]
+    torch::autograd::variable_list grads(3);  // weight, ids, accumulate
+    if (!ctx->needs_input_grad(0)) return grads;
+    Tensor taken = ctx->saved_data["acc"].toBool() ? take_grad_for_accumulation(weight) : Tensor();
+    if (!taken.defined()) {
+      grads[0] = at::embedding_backward(grad, ids, weight.size(0), /*padding_idx=*/-1, false, false);
+      return grads;
+    }
+    const auto [unique, inverse] = at::_unique(ids.reshape({-1}), /*sorted=*/true, /*return_inverse=*/true);
+    Tensor rows = at::embedding_dense_backward(grad, inverse.view(ids.sizes()), unique.size(0),
+                                               /*padding_idx=*/-1, /*scale_grad_by_freq=*/false);  // [U, H]
+    rows.add_(taken.index_select(0, unique));  // new + old: IEEE addition commutes exactly
+    taken.index_copy_(0, unique, rows);
+    grads[0] = std::move(taken);
+    return grads;
+  }
+};
+}  // namespace
+
+Tensor EmbeddingImpl::forward(const Tensor& ids) { return EmbeddingFn::apply(weight, ids, accumulate_into_grad); }
+
 LinearImpl::LinearImpl(int64_t in, int64_t out, const torch::TensorOptions& options) {
   weight = register_parameter("weight", torch::empty({out, in}, options));
 }
@@ -189,6 +249,12 @@ struct CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
     ctx->saved_data["mask"] = mask.has_value() ? *mask : Tensor();
     ctx->saved_data["block"] = reinterpret_cast<int64_t>(block);
     ctx->saved_data["n_params"] = static_cast<int64_t>(params.size());
+    // The recomputation must cast exactly as this forward did (train.precision: bf16_autocast).
+    const AutocastState ac = AutocastState::current();
+    ctx->saved_data["ac_cpu"] = ac.cpu;
+    ctx->saved_data["ac_cuda"] = ac.cuda;
+    ctx->saved_data["ac_cpu_dtype"] = static_cast<int64_t>(ac.cpu_dtype);
+    ctx->saved_data["ac_cuda_dtype"] = static_cast<int64_t>(ac.cuda_dtype);
     torch::NoGradGuard no_grad;
     return block->forward(x, cos, sin, mask.has_value() ? *mask : Tensor());
   }
@@ -203,6 +269,12 @@ struct CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
     Tensor out;
     {
       torch::AutoGradMode grad_on(true);
+      // The forward's autocast state, whatever region backward() was called in. Cast cache off: casts
+      // cached under the forward's no_grad carry no graph and would cut the weights' gradients.
+      AutocastGuard cpu_ac(c10::DeviceType::CPU, static_cast<c10::ScalarType>(ctx->saved_data["ac_cpu_dtype"].toInt()),
+                           ctx->saved_data["ac_cpu"].toBool(), /*cache=*/false);
+      AutocastGuard cuda_ac(c10::DeviceType::CUDA, static_cast<c10::ScalarType>(ctx->saved_data["ac_cuda_dtype"].toInt()),
+                            ctx->saved_data["ac_cuda"].toBool(), /*cache=*/false);
       out = block->forward(x, ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor(), mask);
     }
     std::vector<Tensor> inputs = {x};
@@ -233,6 +305,7 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const ModelOptions& op
               "model dtype must be float32 or bfloat16, got ", c10::toString(dtype_));
   const auto o = torch::TensorOptions().dtype(dtype_).device(options.device);
   embed_tokens = register_module("embed_tokens", Embedding(config.vocab_size, config.hidden_size, o));
+  embed_tokens->accumulate_into_grad = !config.tie_word_embeddings;  // tied: the head's gradient joins it
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     Block block(config, o);
@@ -249,12 +322,6 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const ModelOptions& op
     for (auto& p : named_parameters()) {
       if (p.key().ends_with("norm.weight")) {
         p.value().fill_(1.0);
-    // The recomputation must cast exactly as this forward did (train.precision: bf16_autocast).
-    const AutocastState ac = AutocastState::current();
-    ctx->saved_data["ac_cpu"] = ac.cpu;
-    ctx->saved_data["ac_cuda"] = ac.cuda;
-    ctx->saved_data["ac_cpu_dtype"] = static_cast<int64_t>(ac.cpu_dtype);
-    ctx->saved_data["ac_cuda_dtype"] = static_cast<int64_t>(ac.cuda_dtype);
       } else {
         p.value().copy_(at::normal(0.0, config.initializer_range, p.value().sizes(), gen,
                                    torch::TensorOptions().dtype(torch::kFloat)));
@@ -269,12 +336,6 @@ Tensor LlamaModelImpl::forward(const Tensor& ids, const Tensor& position_ids, co
   SFTGO_CHECK(ids.dim() == 2, ErrorKind::kModel, "ids must be [B,S], got ", ids.sizes());
   const int64_t b = ids.size(0), s = ids.size(1);
   Tensor pos = position_ids.defined()
-      // The forward's autocast state, whatever region backward() was called in. Cast cache off: casts
-      // cached under the forward's no_grad carry no graph and would cut the weights' gradients.
-      AutocastGuard cpu_ac(c10::DeviceType::CPU, static_cast<c10::ScalarType>(ctx->saved_data["ac_cpu_dtype"].toInt()),
-                           ctx->saved_data["ac_cpu"].toBool(), /*cache=*/false);
-      AutocastGuard cuda_ac(c10::DeviceType::CUDA, static_cast<c10::ScalarType>(ctx->saved_data["ac_cuda_dtype"].toInt()),
-                            ctx->saved_data["ac_cuda"].toBool(), /*cache=*/false);
                    ? position_ids
                    : torch::arange(s, ids.options().dtype(torch::kInt64)).unsqueeze(0).expand({b, s});
   SFTGO_CHECK(pos.sizes() == ids.sizes(), ErrorKind::kModel, "position_ids ", pos.sizes(), " must match ids ",

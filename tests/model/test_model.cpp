@@ -344,3 +344,67 @@ TEST(LlamaWeights, LoadErrorsNameTheTensor) {
   }, ck);
   expect_load_error((temp_dir() / "dtype").string(), "'model.norm.weight' has dtype I32");
 }
+
+// Embedding::accumulate_into_grad (set for untied tables): later micro-batches add their rows into the
+// accumulated .grad in place. Reference: at::embedding under LibTorch's own autograd, where
+// AccumulateGrad adds a dense [V, H] gradient; ids repeat, so rows sum several tokens. Exact equality
+// is the contract (same per-row sums in token order, same elementwise add), so no tolerance.
+TEST(LlamaModel, EmbeddingAccumulatesIntoGradBitForBit) {
+  struct CountingHook : torch::autograd::PostAccumulateGradHook {
+    int* calls;
+    explicit CountingHook(int* c) : calls(c) {}
+    void operator()(const torch::autograd::Variable&) override { ++*calls; }
+  };
+  torch::manual_seed(3);
+  const int64_t vocab = 50, dim = 16;
+  Embedding emb(vocab, dim, torch::TensorOptions());
+  {
+    torch::NoGradGuard no_grad;
+    emb->weight.normal_();
+  }
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> micro;  // ids [2,12], upstream gradient [2,12,dim]
+  for (int i = 0; i < 3; ++i)
+    micro.emplace_back(torch::randint(0, vocab, {2, 12}, torch::kInt64), torch::randn({2, 12, dim}));
+  torch::Tensor ref = emb->weight.detach().clone().requires_grad_(true);
+  int ref_calls = 0, calls = 0, taken = 0;
+  torch::autograd::impl::set_post_acc_grad_hooks(ref, std::make_unique<CountingHook>(&ref_calls));
+  torch::autograd::impl::set_post_acc_grad_hooks(emb->weight, std::make_unique<CountingHook>(&calls));
+  emb->accumulate_into_grad = true;
+  {
+    for (const auto& [ids, up] : micro) {
+      (at::embedding(ref, ids) * up).sum().backward();
+      const at::TensorImpl* before = emb->weight.grad().defined() ? emb->weight.grad().unsafeGetTensorImpl() : nullptr;
+      torch::Tensor out = emb(ids);
+      EXPECT_TRUE(torch::equal(out, at::embedding(ref, ids).detach()));
+      (out * up).sum().backward();
+      if (before != nullptr && emb->weight.grad().unsafeGetTensorImpl() != before) ++taken;
+    }
+  }
+  EXPECT_TRUE(torch::equal(emb->weight.grad(), ref.grad()));
+  EXPECT_EQ(calls, 3);  // hooks (the data-parallel reducer's) still see every gradient
+  EXPECT_EQ(ref_calls, 3);
+  EXPECT_EQ(taken, 2);
+
+  // A whole untied model, three micro-batches: every gradient equals the run with the option off.
+  LlamaConfig c = tiny_config();
+  LlamaModel model(c, ModelOptions{.seed = 5});
+  ASSERT_TRUE(model->embed_tokens->accumulate_into_grad);
+  const auto grads = [&](bool in_place) {
+    model->zero_grad();
+    model->embed_tokens->accumulate_into_grad = in_place;
+    for (int i = 0; i < 3; ++i) {
+      torch::Tensor ids = torch::randint(0, c.vocab_size, {2, 12}, torch::kInt64);
+      next_token_loss(model->logits(model->forward(ids)), ids).backward();
+    }
+    std::vector<torch::Tensor> g;
+    for (auto& p : model->parameters()) g.push_back(p.grad().clone());
+    return g;
+  };
+  torch::manual_seed(9);
+  const auto g0 = grads(false);
+  torch::manual_seed(9);
+  const auto g1 = grads(true);
+  ASSERT_EQ(g0.size(), g1.size());
+  for (size_t i = 0; i < g0.size(); ++i) EXPECT_TRUE(torch::equal(g0[i], g1[i])) << i;
+  EXPECT_FALSE(LlamaModel(tiny_config(2, /*tied=*/true), ModelOptions{.seed = 5})->embed_tokens->accumulate_into_grad);
+}

@@ -82,8 +82,12 @@ TORCH_MODULE(Linear);
 class EmbeddingImpl : public torch::nn::Module {
  public:
   EmbeddingImpl(int64_t vocab, int64_t dim, const torch::TensorOptions& options);
-  torch::Tensor forward(const torch::Tensor& ids) { return at::embedding(weight, ids); }  // ids [B,S] -> [B,S,dim]
+  torch::Tensor forward(const torch::Tensor& ids);  // ids [B,S] int64 -> [B,S,dim], at::embedding's values
   torch::Tensor weight;  // [vocab, dim]
+  // The table is used by nothing else in the graph (not tied to the LM head): backward then adds the
+  // rows a batch touched into an accumulated weight.grad in place instead of handing AccumulateGrad a
+  // dense [vocab, dim] gradient (bit for bit the same sums). Set by LlamaModel.
+  bool accumulate_into_grad = false;
 };
 TORCH_MODULE(Embedding);
 
