@@ -124,7 +124,12 @@ double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm)
   for (const auto& p : params) {
     if (!p.grad().defined()) continue;
     const torch::Tensor g = p.grad().detach();
-    for (const auto& s : slices(g)) squares.push_back(s.to(torch::kFloat64).square().sum());
+    for (const auto& s : slices(g)) {
+      // Squared in place: one float64 slice (32 MB) at a time instead of two. x * x is what
+      // square() computes (pow's exponent-2 kernel), so the norm is unchanged bit for bit.
+      torch::Tensor d = s.to(torch::kFloat64);
+      squares.push_back(d.mul_(d).sum());
+    }
   }
   if (squares.empty()) return 0.0;
   // One reduction and one host sync for all parameters.
