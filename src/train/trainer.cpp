@@ -554,6 +554,7 @@ loss::FusedLossOptions Trainer::Impl::loss_options(double lambda) const {
   o.lambda = lambda;
   o.chunk_tokens = cfg.loss.chunk_tokens;
   o.check_numerics = cfg.loss.check_finite;
+  o.accumulate_into_grad = static_cast<bool>(model->lm_head);  // untied head: its only use in the graph
   return o;
 }
 
