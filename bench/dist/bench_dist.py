@@ -9,10 +9,18 @@ Throughput is the median of the per-step tokens/s in metrics.jsonl after the fir
 
 --memory instead measures the peak RSS of each rank (bf16 precision, a larger model, 2 steps) for
 plain data parallel and ZeRO-1 and compares it with the accounting of docs/architecture.md:
-per rank, plain = 20P bytes (+2P of all-reduce buckets when W > 1), ZeRO-1 = 4P + 14P/W.
+per rank, plain = 20P bytes (W > 1: the bf16 gradients are views of the all-reduce buckets, no extra
+2P), ZeRO-1 = 4P + 14P/W.
+
+--baseline DIR compares this build with another one (DIR/bin/sftgo-train, e.g. a copy of the binary
+from before a change) side by side: the same configurations alternate between the two binaries
+--repeat times and each row reports the median. With --memory it compares peak RSS (1 rank and
+ZeRO-1 rows are controls: they do not use the plain data-parallel gradient reducer); without it, step
+time and communication wait of plain 2-rank data parallel.
 
 Usage: .venv/bin/python bench/dist/bench_dist.py [--steps 30] [--build build] [--hidden 256 --layers 4]
-       .venv/bin/python bench/dist/bench_dist.py --memory [--hidden 768 --layers 8]
+       .venv/bin/python bench/dist/bench_dist.py --memory [--hidden 768 --layers 8] [--precision fp32]
+       .venv/bin/python bench/dist/bench_dist.py [--memory] --baseline /tmp/before --repeat 3
 """
 import argparse
 import json
@@ -71,7 +79,7 @@ def final_weights(run_dir):
 
 
 def memory(binary, tmp, a):
-    common = ["train.precision=bf16"]
+    common = [f"train.precision={a.precision}"]
     a.steps = 2
     rows = [("1 rank, plain", 1, []), ("2 ranks, plain data parallel", 2, []), ("2 ranks, ZeRO-1", 2, ["dist.zero1=true"])]
     out = {}
@@ -83,14 +91,53 @@ def memory(binary, tmp, a):
     header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
     p = sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
     plain1, plain2, zero2 = out[rows[0][0]], out[rows[1][0]], out[rows[2][0]]
-    print(f"model: hidden {a.hidden}, {a.layers} layers, P = {p / 1e6:.1f}M parameters, precision bf16; peak RSS per rank")
+    print(f"model: hidden {a.hidden}, {a.layers} layers, P = {p / 1e6:.1f}M parameters, precision {a.precision}; peak RSS per rank")
     print(f"{'configuration':34s} {'peak RSS':>10s}")
     for name, _, _ in rows:
         print(f"{name:34s} {out[name] / 2**20:8.0f} MB")
     print(f"plain 2 ranks - ZeRO-1 2 ranks: measured {(plain2 - zero2) / 2**20:.0f} MB, predicted "
-          f"(20P + 2P) - (4P + 14P/2) = 11P = {11 * p / 2**20:.0f} MB")
-    print(f"plain 2 ranks - plain 1 rank (all-reduce buckets): measured {(plain2 - plain1) / 2**20:.0f} MB, "
-          f"predicted 2P = {2 * p / 2**20:.0f} MB")
+          f"20P - (4P + 14P/2) = 9P = {9 * p / 2**20:.0f} MB")
+    print(f"plain 2 ranks - plain 1 rank: measured {(plain2 - plain1) / 2**20:.0f} MB, predicted 0 for the state "
+          "(the gradients are the all-reduce buckets) plus the Gloo / TCPStore runtime")
+
+
+def compare(binary, baseline, tmp, a):
+    """This build against a baseline binary, configurations alternating, medians of --repeat runs."""
+    load_before = os.getloadavg()[0]
+    if a.memory:
+        a.steps = 2
+        common = [f"train.precision={a.precision}"]
+        rows = [("1 rank, plain (control)", 1, []), ("2 ranks, plain data parallel", 2, []),
+                ("2 ranks, ZeRO-1 (control)", 2, ["dist.zero1=true"])]
+    else:
+        common = []
+        rows = [("2 ranks, plain, 25 MiB buckets", 2, []), ("2 ranks, plain, 0.25 MiB buckets", 2, ["dist.bucket_mb=0.25"])]
+    res = {}
+    n = 0
+    for _ in range(a.repeat):
+        for name, ranks, extra in rows:
+            for tag, b in (("baseline", baseline), ("this build", binary)):
+                n += 1
+                r = run(b, tmp / f"c{n}", ranks, 1, a, common + extra, rss=a.memory)
+                res.setdefault((name, tag), []).append(max(r) if a.memory else r)
+                shutil.rmtree(tmp / f"c{n}", ignore_errors=True)
+    print(f"model: hidden {a.hidden}, {a.layers} layers, precision {a.precision if a.memory else 'fp32 (config)'}; "
+          f"median of {a.repeat} alternating runs; baseline {baseline}")
+    print(f"load average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after (on {os.cpu_count()} cores)")
+    if a.memory:
+        print(f"{'configuration (peak RSS per rank, MB)':40s} {'baseline':>9s} {'this':>9s} {'diff':>8s}   all runs (baseline | this)")
+        for name, _, _ in rows:
+            b, t = res[(name, "baseline")], res[(name, "this build")]
+            mb, mt = statistics.median(b) / 2**20, statistics.median(t) / 2**20
+            print(f"{name:40s} {mb:9.0f} {mt:9.0f} {mt - mb:+8.0f}   {[round(x / 2**20) for x in b]} | "
+                  f"{[round(x / 2**20) for x in t]}")
+    else:
+        print(f"{'configuration (median step s / comm s)':40s} {'baseline':>15s} {'this':>15s} {'step ratio':>11s}")
+        for name, _, _ in rows:
+            b, t = res[(name, "baseline")], res[(name, "this build")]
+            bs, bc = statistics.median(x[1] for x in b), statistics.median(x[2] for x in b)
+            ts, tc = statistics.median(x[1] for x in t), statistics.median(x[2] for x in t)
+            print(f"{name:40s} {bs:7.3f} / {bc:5.3f} {ts:7.3f} / {tc:5.3f} {ts / bs:10.3f}x")
 
 
 def main():
@@ -102,10 +149,16 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--micro", type=int, default=8)
     ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--precision", default="bf16", help="--memory: train.precision (bf16 or fp32)")
+    ap.add_argument("--baseline", help="build dir of another sftgo-train to compare with (DIR/bin/sftgo-train)")
+    ap.add_argument("--repeat", type=int, default=3, help="--baseline: runs per configuration and binary")
     a = ap.parse_args()
     binary = Path(a.build) / "bin" / "sftgo-train"
     tmp = Path(tempfile.mkdtemp(prefix="bench_dist_"))
     try:
+        if a.baseline:
+            compare(binary, Path(a.baseline) / "bin" / "sftgo-train", tmp, a)
+            return
         if a.memory:
             memory(binary, tmp, a)
             return

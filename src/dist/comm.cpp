@@ -105,6 +105,12 @@ std::shared_ptr<Comm> Comm::create(const LaunchEnv& env, const CommOptions& opti
     SFTGO_FAIL(ErrorKind::kDist, "rank ", env.rank, ": creating the ", backend, " process group failed: ", e.what());
   }
   c->impl_->store->add(hb_key(env.rank), 1);
+  stop_with_launcher(env);
+  if (env.rank == 0 && env.launcher == "mpirun" && env.kill_grace_s < 30)
+    log_info("on Ctrl-C mpirun sends the ranks SIGTERM after {:.0f} s and SIGKILL {:.0f} s later; to save a "
+             "checkpoint then, a step plus a save must fit in {:.0f} s: start mpirun with --mca "
+             "odls_base_sigkill_timeout <seconds> (docs/architecture.md, data parallelism)", env.kill_grace_s,
+             env.kill_grace_s, env.kill_grace_s);
   return c;
 }
 

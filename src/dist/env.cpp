@@ -1,4 +1,8 @@
+#include <sys/prctl.h>
+#include <unistd.h>
+
 #include <cerrno>
+#include <csignal>
 #include <cstdlib>
 #include <string>
 
@@ -43,6 +47,7 @@ LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, i
     e.rank = env_int(getenv, "OMPI_COMM_WORLD_RANK", 0, 0);
     e.world_size = env_int(getenv, "OMPI_COMM_WORLD_SIZE", 1, 1);
     e.local_rank = env_int(getenv, "OMPI_COMM_WORLD_LOCAL_RANK", e.rank, 0);
+    e.kill_grace_s = env_int(getenv, "OMPI_MCA_odls_base_sigkill_timeout", 1, 0);
   } else if (has(getenv, "PMI_SIZE")) {
     e.launcher = "pmi";
     e.rank = env_int(getenv, "PMI_RANK", 0, 0);
@@ -56,6 +61,16 @@ LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, i
   e.master_port = env_int(getenv, "MASTER_PORT", default_port, 1);
   SFTGO_CHECK(e.master_port <= 65535, ErrorKind::kDist, "MASTER_PORT ", e.master_port, " is not a TCP port");
   return e;
+}
+
+void stop_with_launcher(const LaunchEnv& env) {
+  if (env.launcher == "none") return;
+  // The signal follows the death of the launcher (its forking thread, which for mpirun and torchrun
+  // lives as long as the launcher). A launcher already gone before this call left us to init (pid 1).
+  // Output goes through the launcher (mpirun's pipes): once it is gone a write must fail with EPIPE
+  // rather than kill the rank with SIGPIPE before it has saved.
+  std::signal(SIGPIPE, SIG_IGN);
+  if (::prctl(PR_SET_PDEATHSIG, SIGTERM) == 0 && ::getppid() == 1) ::raise(SIGTERM);
 }
 
 LaunchEnv detect_launch(const std::string& default_addr, int default_port) {

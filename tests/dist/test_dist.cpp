@@ -118,6 +118,10 @@ TEST(DetectLaunch, OpenMpiAndPmi) {
   EXPECT_EQ(e.rank, 1);
   EXPECT_EQ(e.world_size, 2);
   EXPECT_EQ(e.local_rank, 1);
+  EXPECT_EQ(e.kill_grace_s, 1.0);  // Open MPI's default odls_base_sigkill_timeout
+  e = detect_launch(env_of({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"},
+                            {"OMPI_MCA_odls_base_sigkill_timeout", "60"}}), "127.0.0.1", 29500);
+  EXPECT_EQ(e.kill_grace_s, 60.0);
   e = detect_launch(env_of({{"PMI_RANK", "2"}, {"PMI_SIZE", "4"}, {"MPI_LOCALRANKID", "0"}}), "h", 7);
   EXPECT_EQ(e.launcher, "pmi");
   EXPECT_EQ(e.rank, 2);
@@ -143,6 +147,8 @@ TEST(DetectLaunch, BadValuesNameTheVariable) {
   expect_error({{"RANK", "2"}, {"WORLD_SIZE", "2"}}, "not below the world size 2");
   expect_error({{"OMPI_COMM_WORLD_SIZE", "2"}, {"OMPI_COMM_WORLD_RANK", "-1"}}, "OMPI_COMM_WORLD_RANK");
   expect_error({{"MASTER_PORT", "99999"}}, "MASTER_PORT");
+  expect_error({{"OMPI_COMM_WORLD_SIZE", "2"}, {"OMPI_MCA_odls_base_sigkill_timeout", "soon"}},
+               "OMPI_MCA_odls_base_sigkill_timeout='soon'");
 }
 
 TEST(PlanBuckets, ReverseOrderSizeLimitAndDtypes) {

@@ -1,7 +1,8 @@
 """Data parallelism end to end through sftgo-train on CPU with Gloo: 2 ranks x batch b against
 1 rank x batch 2b (plain DDP and ZeRO-1), step-scope group statistics for 1x4 / 2x2 / 4x1
-(micro-batches x ranks), resume in the 2-rank setting (and ZeRO-1 resharded onto 1 rank), and a
-killed or hung rank ending the job with a message naming it while the last checkpoint stays intact.
+(micro-batches x ranks), resume in the 2-rank setting (and ZeRO-1 resharded onto 1 rank), a
+killed or hung rank ending the job with a message naming it while the last checkpoint stays intact,
+and Ctrl-C / SIGTERM / SIGKILL to mpirun (a consistent, resumable checkpoint; no orphaned ranks).
 
 Launchers: Open MPI's mpirun (--oversubscribe: CI has 2 cores) and torchrun-style RANK/WORLD_SIZE
 environments started from here."""
@@ -266,3 +267,105 @@ def test_killed_rank_under_mpirun_leaves_no_process(tmp_path):
         time.sleep(0.2)
     assert not any(alive(k) for k in ranks), "a rank outlived the job"
     json.loads((last_ckpt(tmp_path) / "trainer_state.json").read_text())
+
+
+# Ctrl-C / SIGTERM to mpirun (Open MPI 4.1): mpirun sends the ranks SIGCONT at once, SIGTERM after
+# odls_base_sigkill_timeout seconds (default 1) and SIGKILL as many seconds later. The ranks agree on
+# the stop in the step's all-reduce, so they save one consistent step; the grace must cover a step
+# plus the save (here ~0.1 s; 10 s leaves room on a loaded machine).
+KILL_GRACE = 10
+
+
+def rank_pids(job):
+    kids = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    return [k for k in kids if Path(f"/proc/{k}/cmdline").read_bytes().startswith(str(BIN).encode())]
+
+
+def alive(pid):
+    try:
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+
+
+def start_stoppable(run_dir, grace=KILL_GRACE):
+    # A constant learning rate: the schedule then does not depend on train.max_steps, so the stopped
+    # run can be compared with a run that is given the final step count from the start.
+    cmd = mpirun_cmd(2) + ["--mca", "odls_base_sigkill_timeout", str(grace), str(BIN)] + args(
+        run_dir, steps=100000, global_batch=4, micro=2, extra=["train.save_every=0", "optim.schedule=constant"])
+    job = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while len(metrics(run_dir) if (Path(run_dir) / "metrics.jsonl").exists() else []) < 3:
+        assert job.poll() is None and time.time() - t0 < 120, job.communicate()
+        time.sleep(0.1)
+    return job
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_mpirun_saves_a_resumable_checkpoint(tmp_path, sig):
+    run = tmp_path / "run"
+    job = start_stoppable(run)
+    ranks = rank_pids(job)
+    assert len(ranks) == 2
+    job.send_signal(sig)
+    try:
+        _, err = job.communicate(timeout=3 * KILL_GRACE + 60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    assert not any(alive(k) for k in ranks)
+    # Both ranks saw the signal once (no "second signal", no SIGKILL before the save) and rank 0
+    # saved the step they agreed on; rank 1 (which logs warnings only) ran no collective against it
+    # from another step, else the save's collectives would have failed with an error here.
+    assert err.count("stop requested; saving a checkpoint") == 2, err
+    assert "exiting without saving" not in err and " error " not in err, err
+    stops = [l for l in err.splitlines() if "stopped at step" in l]
+    assert len(stops) == 1, err
+    ck = last_ckpt(run)
+    step = json.loads((ck / "trainer_state.json").read_text())["step"]
+    assert f"stopped at step {step}/" in stops[0]
+    assert step >= 3 and weights(ck)
+    # Resume 2 more steps: bit-identical to a run given step + 2 steps from the start (same ranks, same
+    # order of every operation, as test_resume_two_ranks).
+    extra = ["train.save_every=0", "optim.schedule=constant"]
+    cmd = mpirun_cmd(2) + [str(BIN)] + args(run, steps=step + 2, global_batch=4, micro=2, extra=extra) + ["--resume", "auto"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert f"resumed from {ck}" in p.stderr
+    ref = tmp_path / "ref"
+    train(ref, ranks=2, steps=step + 2, global_batch=4, micro=2, extra=extra)
+    assert_same_weights(last_ckpt(ref), last_ckpt(run), 0.0)
+
+
+def test_mpirun_gone_ranks_save_and_exit(tmp_path):
+    """mpirun killed outright (SIGKILL: no signal reaches the ranks from it): each rank gets SIGTERM
+    from the kernel (PR_SET_PDEATHSIG), saves the step they agree on and exits instead of training on
+    as orphans. Their output pipes are gone, so this also checks that a write does not kill them."""
+    job = start_stoppable(tmp_path)
+    ranks = rank_pids(job)
+    job.kill()
+    job.wait()
+    t0 = time.time()
+    while any(alive(k) for k in ranks) and time.time() - t0 < 60:
+        time.sleep(0.2)
+    assert not any(alive(k) for k in ranks), "ranks outlived mpirun"
+    ck = last_ckpt(tmp_path)
+    assert json.loads((ck / "trainer_state.json").read_text())["step"] >= 3
+    assert weights(ck)
+
+
+def test_second_ctrl_c_to_mpirun_leaves_no_orphans(tmp_path):
+    """A second Ctrl-C makes mpirun exit at once (it sends SIGTERM and leaves). The ranks count that
+    and the launcher-death SIGTERM as two signals, i.e. "exit now" by the trainer's convention: they
+    must be gone within seconds, not train on without a launcher."""
+    job = start_stoppable(tmp_path)
+    ranks = rank_pids(job)
+    job.send_signal(signal.SIGINT)
+    time.sleep(1)
+    job.send_signal(signal.SIGINT)
+    job.communicate(timeout=30)
+    t0 = time.time()
+    while any(alive(k) for k in ranks) and time.time() - t0 < 20:
+        time.sleep(0.2)
+    assert not any(alive(k) for k in ranks), "ranks outlived mpirun"

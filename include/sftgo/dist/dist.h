@@ -26,6 +26,11 @@ struct LaunchEnv {
   // torchrun's agent already serves the TCPStore at MASTER_ADDR:MASTER_PORT
   // (TORCHELASTIC_USE_AGENT_STORE=True): rank 0 then connects as a client instead of hosting it.
   bool agent_store = false;
+  // mpirun only: seconds between the SIGTERM that a Ctrl-C or SIGTERM to mpirun sends the ranks and
+  // the SIGKILL after it (Open MPI's odls_base_sigkill_timeout, seen as OMPI_MCA_odls_base_sigkill_timeout;
+  // 1 s when unset). mpirun sends SIGCONT at once, SIGTERM after this many seconds, SIGKILL after as
+  // many again: a stop request saves a checkpoint only if the current step and the save fit in it.
+  double kill_grace_s = 0;
 };
 
 // Reads (in this order) torchrun's RANK/WORLD_SIZE/LOCAL_RANK, Open MPI's OMPI_COMM_WORLD_*,
@@ -35,6 +40,12 @@ struct LaunchEnv {
 using GetEnv = std::function<const char*(const char*)>;
 LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, int default_port);
 LaunchEnv detect_launch(const std::string& default_addr, int default_port);  // the real environment
+
+// Under a launcher (mpirun, torchrun, PMI), asks the kernel to send this process SIGTERM when the
+// launcher process that started it dies (prctl PR_SET_PDEATHSIG): a second Ctrl-C makes mpirun exit
+// at once without killing its ranks, and the trainer's SIGTERM handler then saves and stops instead of
+// leaving orphans that train on. No-op for a single process. Called by Comm::create.
+void stop_with_launcher(const LaunchEnv& env);
 
 struct CommOptions {
   std::string backend = "auto";  // auto (NCCL on CUDA devices, Gloo on CPU) | gloo | nccl
