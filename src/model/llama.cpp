@@ -132,16 +132,18 @@ Tensor take_grad_for_accumulation(const Tensor& weight) {
 struct EmbeddingFn : public torch::autograd::Function<EmbeddingFn> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& weight, const Tensor& ids,
                         bool accumulate) {
-    ctx->save_for_backward({weight, ids});
+    // The weight rides in saved_data, not save_for_backward: like LibTorch's own embedding backward,
+    // which needs only its row count, no version check ties it to the forward (only its .grad is used).
+    ctx->save_for_backward({ids});
+    ctx->saved_data["weight"] = weight;
     ctx->saved_data["acc"] = accumulate;
     return at::embedding(weight, ids);  // weight [V, H], ids [B, S] -> [B, S, H]
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_out) {
-    const auto saved = ctx->get_saved_variables();
-    const Tensor& weight = saved[0];  // [V, H]
-    const Tensor& ids = saved[1];     // [B, S]
+    const Tensor weight = ctx->saved_data["weight"].toTensor();  // [V, H]
+    const Tensor ids = ctx->get_saved_variables()[0];            // [B, S]
     const Tensor& grad = grad_out[0];  // [B, S, H]
     torch::autograd::variable_list grads(3);  // weight, ids, accumulate
     if (!ctx->needs_input_grad(0)) return grads;
