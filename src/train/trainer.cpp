@@ -641,7 +641,8 @@ StepMetrics Trainer::Impl::train_step() {
     const auto& b = micro[i];
     auto opts = loss_options(lambda);
     if (rho1 && !b.groups.defined()) opts.groups_hook = rho1_groups_hook(micro[i]);  // Rho-1: groups from this forward
-    if (fixed) opts.weights_hook = [w = *fixed](const loss::GroupStats&) { return w; };
+    // Weights known before the forward: the loss may take one pass (3 LM-head GEMMs instead of 4).
+    if (fixed) opts.known_weights = *fixed;
     if (global_hook) {
       // Every rank reaches the hook (a local NaN must not skip the collective): the finiteness check
       // runs on the global sums instead, identically on every rank.
