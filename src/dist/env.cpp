@@ -1,6 +1,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -63,14 +64,31 @@ LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, i
   return e;
 }
 
+namespace {
+std::atomic<bool> g_launcher_gone{false};
+
+// The kernel sends the parent-death signal each time a thread of the dying launcher that is our
+// parent exits (the child is re-parented to the next live thread first), so a multi-threaded mpirun
+// killed outright delivers it several times. Only the first becomes the trainer's SIGTERM: one stop
+// request, which saves; a second SIGTERM would mean "exit now without saving".
+void on_launcher_gone(int) {
+  if (!g_launcher_gone.exchange(true)) ::kill(::getpid(), SIGTERM);
+}
+}  // namespace
+
 void stop_with_launcher(const LaunchEnv& env) {
   if (env.launcher == "none") return;
-  // The signal follows the death of the launcher (its forking thread, which for mpirun and torchrun
-  // lives as long as the launcher). A launcher already gone before this call left us to init (pid 1).
   // Output goes through the launcher (mpirun's pipes): once it is gone a write must fail with EPIPE
   // rather than kill the rank with SIGPIPE before it has saved.
   std::signal(SIGPIPE, SIG_IGN);
-  if (::prctl(PR_SET_PDEATHSIG, SIGTERM) == 0 && ::getppid() == 1) ::raise(SIGTERM);
+  const int sig = SIGRTMIN + 3;  // a real-time signal nothing else here uses (glibc keeps the first two)
+  struct sigaction sa {};
+  sa.sa_handler = on_launcher_gone;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  if (::sigaction(sig, &sa, nullptr) != 0) return;
+  // A launcher already gone before this call left us to init (pid 1).
+  if (::prctl(PR_SET_PDEATHSIG, sig) == 0 && ::getppid() == 1) on_launcher_gone(sig);
 }
 
 LaunchEnv detect_launch(const std::string& default_addr, int default_port) {

@@ -41,10 +41,11 @@ using GetEnv = std::function<const char*(const char*)>;
 LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, int default_port);
 LaunchEnv detect_launch(const std::string& default_addr, int default_port);  // the real environment
 
-// Under a launcher (mpirun, torchrun, PMI), asks the kernel to send this process SIGTERM when the
-// launcher process that started it dies (prctl PR_SET_PDEATHSIG): a second Ctrl-C makes mpirun exit
-// at once without killing its ranks, and the trainer's SIGTERM handler then saves and stops instead of
-// leaving orphans that train on. No-op for a single process. Called by Comm::create.
+// Under a launcher (mpirun, torchrun, PMI), makes this process raise SIGTERM once when the launcher
+// process that started it dies (prctl PR_SET_PDEATHSIG with a real-time signal, deduplicated), and
+// ignores SIGPIPE (the output pipes die with the launcher): a killed mpirun or a second Ctrl-C, after
+// which mpirun exits at once, no longer leaves orphans that train on; the trainer's SIGTERM handler
+// saves and stops instead. No-op for a single process. Called by Comm::create.
 void stop_with_launcher(const LaunchEnv& env);
 
 struct CommOptions {
