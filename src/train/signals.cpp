@@ -28,6 +28,10 @@ void install_stop_signal_handlers() {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
+  // mpirun forwards SIGUSR1 to every rank at once (it refuses to forward SIGINT/SIGTERM and kills
+  // the ranks after odls_base_sigkill_timeout instead), so `kill -USR1 <mpirun pid>` stops a job
+  // gracefully whatever that timeout is.
+  sigaction(SIGUSR1, &sa, nullptr);
 }
 
 bool stop_requested() { return g_signals.load() > 0; }

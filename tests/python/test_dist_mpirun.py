@@ -301,7 +301,8 @@ def start_stoppable(run_dir, grace=KILL_GRACE):
     return job
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+# SIGUSR1 is forwarded by mpirun at once (no grace needed); the trainer treats it as a stop request.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1])
 def test_signal_to_mpirun_saves_a_resumable_checkpoint(tmp_path, sig):
     run = tmp_path / "run"
     job = start_stoppable(run)

@@ -51,7 +51,7 @@ class Trainer {
   std::unique_ptr<Impl> impl_;
 };
 
-// Installs SIGINT/SIGTERM handlers that ask a running Trainer to save and stop after the current
+// Installs SIGINT/SIGTERM/SIGUSR1 handlers that ask a running Trainer to save and stop after the current
 // step (a second signal exits at once). Called by the app, not by tests.
 void install_stop_signal_handlers();
 bool stop_requested();
