@@ -12,9 +12,9 @@ machine may be shared). Same data, groups, seed and initial weights for all thre
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -22,17 +22,21 @@ ROOT = Path(__file__).resolve().parents[2]
 PRECISIONS = ("fp32", "bf16", "bf16_autocast")
 
 
+def load_peer():
+    # The peer benchmark's runner: /usr/bin/time around sftgo-train, metrics.jsonl read back.
+    spec = importlib.util.spec_from_file_location("bench_peer_train", ROOT / "bench/peer/bench_peer_train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+PEER = load_peer()
+
+
 def run(binary: Path, sets: list[str], run_dir: Path):
-    cmd = ["/usr/bin/time", "-f", "%M", str(binary), "--config", "configs/demo_tiny.yaml", *sets,
-           "--set", f"run.output_dir={run_dir}"]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"sftgo-train failed:\n{p.stderr[-3000:]}")
-    rss_mb = int(p.stderr.strip().splitlines()[-1]) / 1024.0
-    steps = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [s for s in steps if "tokens_per_s" in s]
-    tps = sum(s["tokens"] for s in steps[1:]) / sum(s["step_s"] for s in steps[1:])
-    return tps, rss_mb, steps[-1]["loss"]
+    r = PEER.run_sftgo(binary, sets, run_dir)
+    tps, rss_mb = PEER.summarize(r)
+    return tps, rss_mb, r["loss"][-1]
 
 
 def main():
