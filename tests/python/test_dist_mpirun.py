@@ -205,7 +205,9 @@ def spawn_torchrun_style(run_dir, world, extra):
 def wait_for_checkpoint(run_dir, procs, limit=120):
     t0 = time.time()
     while time.time() - t0 < limit:
-        if list((Path(run_dir) / "checkpoints").glob("step_*/trainer_state.json")):
+        # Complete checkpoints only (as last_ckpt): a step_N.tmp-PID directory can already hold its
+        # trainer_state.json before the rename, and a rank killed then leaves no complete one.
+        if [p for p in (Path(run_dir) / "checkpoints").glob("step_*/trainer_state.json") if len(p.parent.name) == 13]:
             return
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
         time.sleep(0.2)
