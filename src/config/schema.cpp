@@ -47,7 +47,7 @@ std::vector<Field> fields_of(Config& c) {
   add("model.init_std", c.model.init_std, "Std of the normal init for random weights").above(0);
 
   add("data.path", c.data.path, "Training data file (JSONL, or a JSON array for Alpaca)");
-  add("data.format", c.data.format, "Record format; auto detects from the first record").one_of({"auto", "lima", "alpaca", "chat"});
+  add("data.format", c.data.format, "Record format; auto detects from the first record (shapes: docs/data.md)").one_of({"auto", "lima", "alpaca", "chat", "sharegpt"});
   add("data.template", c.data.template_name, "Prompt template").one_of({"llama3", "alpaca", "plain"});
   add("data.system_prompt", c.data.system_prompt, "System message prepended to every conversation (llama3 template); empty = none");
   add("data.max_seq_len", c.data.max_seq_len, "Longest sequence in tokens (4096 in the paper)").range(8, 1 << 20);
