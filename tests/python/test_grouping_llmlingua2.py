@@ -191,3 +191,72 @@ def test_groups_command_bad_export_is_a_clear_error(model, tmp_path):
                         "grouping.function=llmlingua2", "--set", f"grouping.llmlingua2_model={bad}"],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 1 and "sha256" in p.stderr, p.stderr
+
+
+# ---- device neutrality of the export (issue 15, item 1) --------------------------------------------------------
+# A trace records the tracing device as prim::Constant Device values (aten::to(mask, cpu), arange/zeros
+# on cpu in transformers' mask code); torch.jit.load(map_location=cuda) moves only parameters, so such
+# a module fails on a GPU. These tests need no GPU: the meta device stands in for "another device".
+
+def _device_constants(graph):
+    return [str(n).strip() for n in graph.findAllNodes("prim::Constant")
+            if n.output().type().kind() == "DeviceObjType"]
+
+
+def test_export_has_no_device_constants(model):
+    import torch
+
+    module = torch.jit.load(str(model[1] / "model.pt"))
+    assert _device_constants(module.inlined_graph) == []
+
+
+def test_export_runs_on_the_device_of_its_inputs(model):
+    import torch
+
+    module = torch.jit.load(str(model[1] / "model.pt"))
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        *path, leaf = name.split(".")
+        sub = module
+        for p in path:
+            sub = getattr(sub, p)
+        sub._c.setattr(leaf, t.detach().to("meta"))
+    ids = torch.zeros(3, 9, dtype=torch.long, device="meta")
+    out = module(ids, torch.ones_like(ids))
+    assert out.device.type == "meta" and tuple(out.shape) == (3, 9, 2)
+
+
+def test_export_logits_equal_transformers(model):
+    # Same fp32 weights and kernels as the eager model; TOL (1e-5) as for the word probabilities above.
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    hf = AutoModelForTokenClassification.from_pretrained(str(model[0]), attn_implementation="eager",
+                                                         dtype=torch.float32).eval()
+    module = torch.jit.load(str(model[1] / "model.pt"))
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(4, 290, (4, 23), generator=gen)
+    ids[:, 0] = 0
+    mask = torch.ones_like(ids)
+    for row, length in ((1, 17), (3, 4)):
+        ids[row, length - 1] = 2
+        ids[row, length:] = 1
+        mask[row, length:] = 0
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask).logits.float()
+        got = module(ids, mask)
+    assert got.shape == want.shape
+    assert (got - want)[mask.bool()].abs().max().item() <= TOL
+
+
+def test_export_accepts_model_and_out_options(model, tmp_path):
+    # docs/reproduce.md writes `--model SRC --out OUT`; the positional form is the script's own.
+    out = tmp_path / "exp"
+    p = subprocess.run([PY, ROOT / "scripts/export_llmlingua2.py", "--model", model[0], "--out", out],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (out / "model.pt").read_bytes() == (model[1] / "model.pt").read_bytes()
+    assert json.loads((out / "llmlingua2.json").read_text())["sentencepiece_sha256"] == \
+        json.loads((model[1] / "llmlingua2.json").read_text())["sentencepiece_sha256"]
+    p = subprocess.run([PY, ROOT / "scripts/export_llmlingua2.py", "--model", model[0]], capture_output=True,
+                       text=True)
+    assert p.returncode == 2 and "missing OUT" in p.stderr, p.stderr
