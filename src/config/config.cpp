@@ -161,6 +161,23 @@ void apply_override(const std::string& spec, std::vector<Field>& fields, std::ma
   origins[key].source = "--set";
 }
 
+// grouping.eta_percentile (the paper's η) and grouping.top_k_percent state the same thing two ways:
+// η = 90 means the top 10% are important. Setting both is an error unless they agree, which is how
+// resolved_config.yaml writes them (so it loads back).
+void resolve_eta(LoadedConfig& out) {
+  auto& g = out.config.grouping;
+  if (g.eta_percentile == -1.0) return;
+  SFTGO_CHECK(g.eta_percentile > 0 && g.eta_percentile < 100, ErrorKind::kConfig, out.origins["grouping.eta_percentile"].source,
+              ": grouping.eta_percentile = ", g.eta_percentile, " is out of range (expected a percentile in (0, 100), or -1 for unset)");
+  const double share = 100.0 - g.eta_percentile;
+  const auto& k_origin = out.origins["grouping.top_k_percent"].source;
+  SFTGO_CHECK_HINT(k_origin == "default" || std::abs(g.top_k_percent - share) < 1e-9, ErrorKind::kConfig,
+                   "set one of them (eta_percentile 90 = top_k_percent 10)",
+                   "grouping.eta_percentile (", out.origins["grouping.eta_percentile"].source, ": ", g.eta_percentile,
+                   ") and grouping.top_k_percent (", k_origin, ": ", g.top_k_percent, ") are both set and disagree");
+  g.top_k_percent = share;
+}
+
 LoadedConfig load_from_node(const YAML::Node& root, const std::string& source,
                             const std::vector<std::string>& overrides) {
   LoadedConfig out;
@@ -172,6 +189,7 @@ LoadedConfig load_from_node(const YAML::Node& root, const std::string& source,
     apply_map(root, "", source, fields, out.origins);
   }
   for (const auto& spec : overrides) apply_override(spec, fields, out.origins);
+  resolve_eta(out);
   validate_config(out.config);
   return out;
 }

@@ -58,7 +58,8 @@ std::vector<Field> fields_of(Config& c) {
   add("data.eval_path", c.data.eval_path, "Held-out data (same format) for eval-loss passes, logged to metrics.jsonl as eval_* lines; empty = none");
 
   add("grouping.function", c.grouping.function, "Grouping function that marks important tokens (registry name)");
-  add("grouping.top_k_percent", c.grouping.top_k_percent, "Share of trained tokens marked important, the paper's eta (percent)").range(0, 100);
+  add("grouping.top_k_percent", c.grouping.top_k_percent, "Share of trained tokens marked important (percent); equals 100 - eta_percentile").range(0, 100);
+  add("grouping.eta_percentile", c.grouping.eta_percentile, "The paper's eta: percentile threshold, tokens above it are important (90 = top 10%); sets top_k_percent = 100 - eta; -1 = unset").range(-1, 100);
   add("grouping.selection", c.grouping.selection, "Top-k within each sequence or over the whole batch").one_of({"sequence", "batch"});
   add("grouping.tfidf_sublinear_tf", c.grouping.tfidf_sublinear_tf, "TF-IDF: use 1 + log(tf) as scikit-learn's sublinear_tf");
   add("grouping.tfidf_smooth_idf", c.grouping.tfidf_smooth_idf, "TF-IDF: idf = ln((1+n)/(1+df)) + 1 as scikit-learn's smooth_idf");

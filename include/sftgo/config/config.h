@@ -51,7 +51,8 @@ struct DataConfig {
 
 struct GroupingConfig {
   std::string function = "tfidf";  // none | random | frequency | tfidf | llmlingua2 | rho1
-  double top_k_percent = 30.0;    // the paper's η: share of a sequence's trained tokens marked important
+  double top_k_percent = 30.0;    // share of a sequence's trained tokens marked important (= 100 - η)
+  double eta_percentile = -1.0;   // the paper's η, a percentile: top (100 - η)% important; -1 = unset
   std::string selection = "sequence";  // sequence | batch (top-k within each sequence or the batch)
   bool tfidf_sublinear_tf = false;
   bool tfidf_smooth_idf = true;
