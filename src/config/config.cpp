@@ -57,15 +57,24 @@ std::string bound_text(double v) {
                   where, ": unknown config key '", key, "'");
 }
 
+// "in [1, 1000000000]", "> 0 and <= 1000000", "-1, or in [1, 1000000000]"; "" when unbounded.
+std::string allowed_text(const Field& f, const char* in = "in ") {
+  std::ostringstream os;
+  if (f.or_value_) os << bound_text(*f.or_value_) << ", or ";
+  if (f.min && f.max && !f.min_exclusive) os << in << "[" << bound_text(*f.min) << ", " << bound_text(*f.max) << "]";
+  else if (f.min && f.max) os << "> " << bound_text(*f.min) << " and <= " << bound_text(*f.max);
+  else if (f.min) os << (f.min_exclusive ? "> " : ">= ") << bound_text(*f.min);
+  else if (f.max) os << "<= " << bound_text(*f.max);
+  else return "";
+  return os.str();
+}
+
 void check_range(const Field& f, double v, const std::string& where, const std::string& text) {
+  if (f.or_value_ && v == *f.or_value_) return;
   bool low_ok = !f.min || (f.min_exclusive ? v > *f.min : v >= *f.min);
   bool high_ok = !f.max || v <= *f.max;
   if (low_ok && high_ok) return;
-  std::ostringstream expect;
-  if (f.min && f.max) expect << "in [" << bound_text(*f.min) << ", " << bound_text(*f.max) << "]";
-  else if (f.min) expect << (f.min_exclusive ? "> " : ">= ") << bound_text(*f.min);
-  else expect << "<= " << bound_text(*f.max);
-  SFTGO_FAIL(ErrorKind::kConfig, where, ": ", f.key, " = ", text, " is out of range (expected ", expect.str(), ")");
+  SFTGO_FAIL(ErrorKind::kConfig, where, ": ", f.key, " = ", text, " is out of range (expected ", allowed_text(f), ")");
 }
 
 // Sets one field from a YAML scalar, checking type, range and allowed values.
@@ -125,10 +134,16 @@ Field* find_field(std::vector<Field>& fields, const std::string& key) {
 
 void apply_map(const YAML::Node& map, const std::string& prefix, const std::string& source,
                std::vector<Field>& fields, std::map<std::string, ValueOrigin>& origins) {
+  // yaml-cpp keeps every entry of a mapping, repeated keys included, and a lookup would see only
+  // one: a repeated key (`lr: 3e-3` ... `lr: 1.0`) or section would silently take one value.
+  std::map<std::string, std::string> seen;  // key -> where it was first given
   for (const auto& kv : map) {
     SFTGO_CHECK(kv.first.IsScalar(), ErrorKind::kConfig, location(source, kv.first), ": keys must be plain names");
     const std::string key = prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar();
     const std::string where = location(source, kv.first);
+    const auto [first, fresh] = seen.emplace(key, where);
+    SFTGO_CHECK_HINT(fresh, ErrorKind::kConfig, "give each key (and each section) once", where, ": '", key,
+                     "' is given twice (first at ", first->second, ")");
     if (Field* f = find_field(fields, key)) {
       assign(*f, kv.second, location(source, kv.second));
       origins[key].source = where;
@@ -198,13 +213,20 @@ LoadedConfig load_from_node(const YAML::Node& root, const std::string& source,
 
 LoadedConfig load_config_text(const std::string& yaml_text, const std::string& source_name,
                               const std::vector<std::string>& overrides) {
-  YAML::Node root;
+  std::vector<YAML::Node> docs;
   try {
-    root = YAML::Load(yaml_text);
+    docs = YAML::LoadAll(yaml_text);
   } catch (const YAML::Exception& e) {
     SFTGO_FAIL(ErrorKind::kConfig, source_name, ":", e.mark.line + 1, ": invalid YAML: ", e.msg);
   }
-  return load_from_node(root, source_name, overrides);
+  // YAML::Load reads the first document only; anything after a `---` would be silently ignored.
+  if (docs.size() > 1) {
+    const auto line = docs[1].Mark().line;
+    SFTGO_FAIL_HINT(ErrorKind::kConfig, "put every section in one document (remove the '---')", source_name,
+                    line >= 0 ? ":" + std::to_string(line + 1) : std::string(),
+                    ": a second YAML document; a config is one document");
+  }
+  return load_from_node(docs.empty() ? YAML::Node() : docs[0], source_name, overrides);
 }
 
 LoadedConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -293,7 +315,8 @@ std::string config_reference_markdown() {
      << "Generated from `src/config/schema.cpp` by `sftgo-train config --reference`; a test keeps this file\n"
      << "in step with the code. Configs are YAML with one mapping per section; any key can be overridden on\n"
      << "the command line with `--set section.key=value` (repeatable, applied in order after the file).\n"
-     << "Unknown keys, wrong types and out-of-range values are errors that name the file and line.\n"
+     << "Unknown keys, wrong types and out-of-range values are errors that name the file and line, and so\n"
+     << "are a key or section given twice and a second YAML document (`---`).\n"
      << "Relative paths are taken from the directory `sftgo-train` runs in.\n";
   std::string section;
   for (const auto& f : fields) {
@@ -302,13 +325,10 @@ std::string config_reference_markdown() {
       os << "\n## " << sec << "\n\n| key | type | default | allowed | meaning |\n|---|---|---|---|---|\n";
       section = sec;
     }
-    std::ostringstream allowed;
-    if (!f.choices.empty()) allowed << join(f.choices, ", ");
-    else if (f.min && f.max) allowed << "[" << bound_text(*f.min) << ", " << bound_text(*f.max) << "]";
-    else if (f.min) allowed << (f.min_exclusive ? "> " : ">= ") << bound_text(*f.min);
+    const std::string allowed = !f.choices.empty() ? join(f.choices, ", ") : allowed_text(f, "");
     std::string def = config_detail::value_string(f.ptr);
     os << "| `" << f.key << "` | " << config_detail::type_name(f.ptr) << " | `" << (def.empty() ? "\"\"" : def)
-       << "` | " << allowed.str() << " | " << f.doc << " |\n";
+       << "` | " << allowed << " | " << f.doc << " |\n";
   }
   return os.str();
 }

@@ -11,7 +11,7 @@ class Builder {
   explicit Builder(std::vector<Field>& out) : out_(out) {}
   template <typename T>
   Field& operator()(std::string key, T& ref, std::string doc) {
-    out_.push_back(Field{std::move(key), FieldPtr(&ref), std::move(doc), {}, {}, false, {}, {}});
+    out_.push_back(Field{std::move(key), FieldPtr(&ref), std::move(doc), {}, {}, false, {}, {}, {}});
     return out_.back();
   }
 
@@ -38,12 +38,14 @@ std::vector<Field> fields_of(Config& c) {
   add("model.dtype", c.model.dtype, "Parameter dtype").one_of({"float32", "bfloat16"});
   add("model.device", c.model.device, "Device; auto = CUDA when available").one_of({"auto", "cpu", "cuda"});
   add("model.activation_checkpointing", c.model.activation_checkpointing, "Recompute each block's activations in backward");
-  add("model.hidden_size", c.model.hidden_size, "Override the preset's hidden size (-1 keeps it)").at_least(-1);
-  add("model.intermediate_size", c.model.intermediate_size, "Override the preset's MLP size (-1 keeps it)").at_least(-1);
-  add("model.num_layers", c.model.num_layers, "Override the preset's layer count (-1 keeps it)").at_least(-1);
-  add("model.num_heads", c.model.num_heads, "Override the preset's attention heads (-1 keeps it)").at_least(-1);
-  add("model.num_kv_heads", c.model.num_kv_heads, "Override the preset's key/value heads (-1 keeps it)").at_least(-1);
-  add("model.vocab_size", c.model.vocab_size, "Override the preset's vocabulary size (-1 keeps it)").at_least(-1);
+  // Shape bounds are the model's own (LlamaConfig::validate): 2^20 keeps every size product far from
+  // int64 overflow (a 2^20 x 2^20 fp32 weight is already 4 TiB), token ids are 32-bit.
+  add("model.hidden_size", c.model.hidden_size, "Override the preset's hidden size (-1 keeps it; at most 2^20, which keeps size products within int64)").range(1, 1 << 20).or_value(-1);
+  add("model.intermediate_size", c.model.intermediate_size, "Override the preset's MLP size (-1 keeps it; at most 2^20 as hidden_size)").range(1, 1 << 20).or_value(-1);
+  add("model.num_layers", c.model.num_layers, "Override the preset's layer count (-1 keeps it)").range(1, 4096).or_value(-1);
+  add("model.num_heads", c.model.num_heads, "Override the preset's attention heads (-1 keeps it)").range(1, 1 << 20).or_value(-1);
+  add("model.num_kv_heads", c.model.num_kv_heads, "Override the preset's key/value heads (-1 keeps it)").range(1, 1 << 20).or_value(-1);
+  add("model.vocab_size", c.model.vocab_size, "Override the preset's vocabulary size (-1 keeps it; token ids are 32-bit)").range(1, 2147483647).or_value(-1);
   add("model.init_std", c.model.init_std, "Std of the normal init for random weights").above(0);
 
   add("data.path", c.data.path, "Training data file (JSONL, or a JSON array for Alpaca)");
@@ -87,21 +89,23 @@ std::vector<Field> fields_of(Config& c) {
   add("optim.weight_decay", c.optim.weight_decay, "Decoupled weight decay (not applied to norms and biases)").at_least(0);
   add("optim.schedule", c.optim.schedule, "Learning-rate decay after warmup").one_of({"cosine", "linear", "constant"});
   add("optim.warmup_ratio", c.optim.warmup_ratio, "Warmup as a share of all optimizer steps").range(0, 1);
-  add("optim.warmup_steps", c.optim.warmup_steps, "Warmup steps; >= 0 overrides warmup_ratio").at_least(-1);
+  add("optim.warmup_steps", c.optim.warmup_steps, "Warmup steps; >= 0 overrides warmup_ratio; -1 = use warmup_ratio (at most 10^9 as train.max_steps)").range(-1, 1e9);
   add("optim.min_lr_ratio", c.optim.min_lr_ratio, "Final learning rate as a share of the peak").range(0, 1);
   add("optim.grad_clip", c.optim.grad_clip, "Clip the global gradient norm to this; 0 disables").at_least(0);
 
-  add("train.epochs", c.train.epochs, "Passes over the training data").above(0);
-  add("train.max_steps", c.train.max_steps, "Stop after this many optimizer steps; -1 = run the epochs").at_least(-1);
-  add("train.global_batch_size", c.train.global_batch_size, "Examples per optimizer step over all ranks").at_least(1);
-  add("train.micro_batch_size", c.train.micro_batch_size, "Examples per forward pass on one rank").at_least(1);
+  // Step counts: ceil(epochs x steps per epoch) must be an exact int64; 10^9 steps of even 10 ms is
+  // 116 days, so a larger value is a typo, not a plan.
+  add("train.epochs", c.train.epochs, "Passes over the training data (at most 10^6, so that the step count ceil(epochs x steps per epoch) stays an exact integer)").above(0).at_most(1e6);
+  add("train.max_steps", c.train.max_steps, "Stop after this many optimizer steps (at most 10^9); -1 = run the epochs (0 is an error: it would train nothing)").range(1, 1e9).or_value(-1);
+  add("train.global_batch_size", c.train.global_batch_size, "Examples per optimizer step over all ranks (at most 2^20: a step runs its micro-batches one after another, so 2^31 examples made a step that never ended)").range(1, 1 << 20);
+  add("train.micro_batch_size", c.train.micro_batch_size, "Examples per forward pass on one rank (at most 2^16: one forward holds micro_batch_size x max_seq_len tokens)").range(1, 1 << 16);
   add("train.precision", c.train.precision, "fp32; bf16 (bf16 weights and compute, fp32 master weights and AdamW state); or bf16_autocast (fp32 weights and AdamW state, forward and loss in bf16 under LibTorch autocast as torch.autocast does, backward outside it; needs model.dtype float32)").one_of({"fp32", "bf16", "bf16_autocast"});
   add("train.log_every", c.train.log_every, "Optimizer steps between metric lines").at_least(1);
   add("train.save_every", c.train.save_every, "Optimizer steps between checkpoints; 0 = only at the end").at_least(0);
   add("train.keep_last", c.train.keep_last, "Checkpoints kept on disk").at_least(1);
   add("train.eval_every", c.train.eval_every, "Optimizer steps between eval-loss passes over data.eval_path; 0 = only at the end").at_least(0);
   add("train.max_nan_skips", c.train.max_nan_skips, "Non-finite steps skipped before saving and stopping").at_least(0);
-  add("train.num_threads", c.train.num_threads, "CPU threads for LibTorch; 0 = its default").at_least(0);
+  add("train.num_threads", c.train.num_threads, "CPU threads for LibTorch; 0 = its default (at most 65536: LibTorch takes an int)").range(0, 65536);
 
   add("dist.backend", c.dist.backend, "Process-group backend; auto = NCCL on GPU, Gloo on CPU").one_of({"auto", "nccl", "gloo"});
   add("dist.master_addr", c.dist.master_addr, "Rendezvous address when MASTER_ADDR is not set");

@@ -119,6 +119,47 @@ TEST(Config, FileErrorsNameThePath) {
   }
 }
 
+// yaml-cpp keeps repeated keys and YAML::Load reads only the first document; each of these once
+// loaded silently with one of the values.
+TEST(Config, RepeatedKeysSectionsAndDocumentsAreErrors) {
+  std::string msg = config_error([] { load_config_text("optim:\n  lr: 3e-3\n  lr: 1.0\n", "d.yaml"); });
+  EXPECT_NE(msg.find("d.yaml:3"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'optim.lr' is given twice (first at d.yaml:2)"), std::string::npos) << msg;
+  msg = config_error([] {
+    load_config_text("optim:\n  lr: 3e-3\ntrain:\n  epochs: 1\noptim:\n  beta1: 0.5\n", "s.yaml");
+  });
+  EXPECT_NE(msg.find("s.yaml:5: 'optim' is given twice (first at s.yaml:1)"), std::string::npos) << msg;
+  msg = config_error([] { load_config_text("optim:\n  lr: 3e-3\n---\noptim:\n  lr: 1.0\n", "m.yaml"); });
+  EXPECT_NE(msg.find("m.yaml:4"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("second YAML document"), std::string::npos) << msg;
+  // A document start marker before the one document is fine, and --set may repeat a key (in order).
+  EXPECT_DOUBLE_EQ(load_config_text("---\noptim:\n  lr: 0.5\n", "ok.yaml").config.optim.lr, 0.5);
+  EXPECT_DOUBLE_EQ(load_config_text("", "ok.yaml", {"optim.lr=0.1", "optim.lr=0.2"}).config.optim.lr, 0.2);
+}
+
+// Integers are bounded by what a run can honour; each of these was accepted and misbehaved.
+TEST(Config, IntegersAreBoundedToWhatARunCanHonour) {
+  std::string msg = config_error([] { load_config_text("train:\n  global_batch_size: 2147483648\n", "b.yaml"); });
+  EXPECT_NE(msg.find("b.yaml:2: train.global_batch_size = 2147483648 is out of range (expected in [1, 1048576])"),
+            std::string::npos) << msg;
+  msg = config_error([] { load_config_text("train:\n  epochs: 1e300\n", "e.yaml"); });
+  EXPECT_NE(msg.find("e.yaml:2: train.epochs = 1e300 is out of range"), std::string::npos) << msg;
+  msg = config_error([] { load_config_text("train:\n  max_steps: 0\n", "m.yaml"); });
+  EXPECT_NE(msg.find("m.yaml:2: train.max_steps = 0 is out of range (expected -1, or in [1, 1000000000])"),
+            std::string::npos) << msg;
+  msg = config_error([] { load_config_text("", "x.yaml", {"model.hidden_size=0"}); });
+  EXPECT_NE(msg.find("model.hidden_size = 0 is out of range (expected -1, or in [1, 1048576])"), std::string::npos)
+      << msg;
+  config_error([] { load_config_text("", "x.yaml", {"train.num_threads=4294967296"}); });
+  config_error([] { load_config_text("", "x.yaml", {"model.vocab_size=2147483648"}); });
+  config_error([] { load_config_text("", "x.yaml", {"optim.warmup_steps=-2"}); });
+  // The sentinels and the bounds themselves still load.
+  LoadedConfig c = load_config_text("train:\n  max_steps: -1\n  epochs: 1e6\n  global_batch_size: 1048576\n"
+                                    "model:\n  hidden_size: -1\n  vocab_size: 2147483647\n", "ok.yaml");
+  EXPECT_EQ(c.config.train.max_steps, -1);
+  EXPECT_EQ(c.config.model.vocab_size, 2147483647);
+}
+
 // docs/config.md is generated from the schema; this keeps it true.
 TEST(Config, ReferenceDocIsUpToDate) {
   std::string path = std::string(SFTGO_SOURCE_DIR) + "/docs/config.md";
