@@ -1,4 +1,4 @@
-// LIMA / Alpaca / chat readers. JSONL is streamed line by line; a JSON array is read whole.
+// LIMA / Alpaca / chat / ShareGPT readers. JSONL is streamed line by line; a JSON array is read whole.
 #include <nlohmann/json.hpp>
 
 #include <fstream>
@@ -40,11 +40,51 @@ Role parse_role(const json& r, size_t i) {
   bad(detail::concat("messages[", i, "].role is '", excerpt(s, 20), "'; expected system, user or assistant"));
 }
 
+// ShareGPT speaker names as public SFT sets write them (FastChat's ShareGPT dumps, axolotl and
+// LLaMA-Factory's sharegpt type). Tool/function turns have no place in sftgo's templates.
+bool parse_sharegpt_role(const std::string& s, Role& role) {
+  if (s == "human" || s == "user") role = Role::kUser;
+  else if (s == "gpt" || s == "assistant" || s == "chatgpt" || s == "bing" || s == "bard") role = Role::kAssistant;
+  else if (s == "system") role = Role::kSystem;
+  else return false;
+  return true;
+}
+
+// 'conversations' holds strings in LIMA and {from, value} objects in ShareGPT: the first element
+// decides (an empty or odd list stays LIMA, whose checks then name the problem).
 DataFormat detect_format(const json& obj) {
-  if (obj.contains("conversations")) return DataFormat::kLima;
+  auto conv = obj.find("conversations");
+  if (conv != obj.end()) {
+    if (conv->is_array() && !conv->empty() && conv->front().is_object()) return DataFormat::kShareGpt;
+    return DataFormat::kLima;
+  }
   if (obj.contains("messages")) return DataFormat::kChat;
   if (obj.contains("instruction")) return DataFormat::kAlpaca;
-  bad("cannot tell the format: expected a 'conversations' (LIMA), 'messages' (chat) or 'instruction' (Alpaca) key");
+  bad("cannot tell the format: expected a 'conversations' (LIMA: strings; ShareGPT: {from, value} objects), "
+      "'messages' (chat) or 'instruction' (Alpaca) key");
+}
+
+// One ShareGPT turn: {"from": ..., "value": ...}, or {"role": ..., "content": ...} as some exports write it.
+Message sharegpt_turn(const json& t, size_t i) {
+  if (!t.is_object())
+    bad(detail::concat("conversations[", i, "] must be an object with 'from' and 'value', got ", type_name(t),
+                       t.is_string() ? " (a list of strings is the LIMA format: set data.format to lima or auto)" : ""));
+  const char* role_key = t.contains("from") ? "from" : t.contains("role") ? "role" : nullptr;
+  if (!role_key) bad(detail::concat("conversations[", i, "] has no 'from' (or 'role') key"));
+  const json& r = t[role_key];
+  if (!r.is_string())
+    bad(detail::concat("conversations[", i, "].", role_key, " must be a string, got ", type_name(r)));
+  Message msg;
+  if (!parse_sharegpt_role(r.get_ref<const std::string&>(), msg.role))
+    bad(detail::concat("conversations[", i, "].", role_key, " is '", excerpt(r.get_ref<const std::string&>(), 20),
+                       "'; expected human, user, gpt, assistant, chatgpt, bing, bard or system"));
+  const char* content_key = t.contains("value") ? "value" : t.contains("content") ? "content" : nullptr;
+  if (!content_key) bad(detail::concat("conversations[", i, "] has no 'value' (or 'content') key"));
+  const json& c = t[content_key];
+  if (!c.is_string())
+    bad(detail::concat("conversations[", i, "].", content_key, " must be a string, got ", type_name(c)));
+  msg.content = c.get<std::string>();
+  return msg;
 }
 
 Conversation convert(const json& obj, DataFormat format) {
@@ -58,7 +98,9 @@ Conversation convert(const json& obj, DataFormat format) {
       // LIMA alternates user, assistant, user, ... starting with the user.
       for (size_t i = 0; i < it->size(); ++i) {
         const json& turn = (*it)[i];
-        if (!turn.is_string()) bad(detail::concat("conversations[", i, "] must be a string, got ", type_name(turn)));
+        if (!turn.is_string())
+          bad(detail::concat("conversations[", i, "] must be a string, got ", type_name(turn),
+                             turn.is_object() ? " (a list of {from, value} objects is ShareGPT: set data.format to sharegpt or auto)" : ""));
         conv.messages.push_back({i % 2 == 0 ? Role::kUser : Role::kAssistant, turn.get<std::string>()});
       }
       break;
@@ -86,6 +128,26 @@ Conversation convert(const json& obj, DataFormat format) {
         if (role == m.end()) bad(detail::concat("messages[", i, "] has no 'role'"));
         Message msg{parse_role(*role, i), ""};
         msg.content = get_string(m, "content", detail::concat(" in messages[", i, "]"));
+        conv.messages.push_back(std::move(msg));
+      }
+      break;
+    }
+    case DataFormat::kShareGpt: {
+      auto it = obj.find("conversations");
+      if (it == obj.end()) bad("missing field 'conversations'");
+      if (!it->is_array()) bad(detail::concat("'conversations' must be an array of {from, value} objects, got ", type_name(*it)));
+      // LLaMA-Factory's sharegpt type may carry the system prompt beside the turns.
+      auto sys = obj.find("system");
+      if (sys != obj.end() && !sys->is_null()) {
+        if (!sys->is_string()) bad(detail::concat("field 'system' must be a string, got ", type_name(*sys)));
+        if (!py_strip(sys->get_ref<const std::string&>()).empty())
+          conv.messages.push_back({Role::kSystem, sys->get<std::string>()});
+      }
+      const bool top_system = !conv.messages.empty();
+      for (size_t i = 0; i < it->size(); ++i) {
+        Message msg = sharegpt_turn((*it)[i], i);
+        if (top_system && msg.role == Role::kSystem)
+          bad(detail::concat("conversations[", i, "] is a system turn, but the record also has a 'system' field; keep one"));
         conv.messages.push_back(std::move(msg));
       }
       break;
@@ -123,11 +185,14 @@ class RecordSink {
   void record(int64_t line, Parse&& parse) {
     try {
       json obj = parse();
-      if (stats_.format == DataFormat::kAuto) {
+      DataFormat format = stats_.format;
+      if (format == DataFormat::kAuto) {
         if (!obj.is_object()) bad(detail::concat("expected a JSON object, got ", type_name(obj)));
-        stats_.format = detect_format(obj);
+        format = detect_format(obj);
       }
-      Conversation conv = convert(obj, stats_.format);
+      Conversation conv = convert(obj, format);
+      // The first good record fixes the format, so a skipped bad first record cannot pick it.
+      stats_.format = format;
       conv.source = {path_, line};
       ++stats_.records;
       sink_(std::move(conv));
@@ -153,14 +218,25 @@ class RecordSink {
   ReadStats stats_;
 };
 
+// Parses one record's JSON text. Every nlohmann error becomes a BadRecord: a number outside double
+// range (1e999999) is json::out_of_range, not a parse_error, and must not escape as an internal error.
+json parse_record(std::string_view text, const char* unit) {
+  try {
+    return json::parse(text);
+  } catch (const json::parse_error& e) {
+    bad(detail::concat("malformed JSON at column ", e.byte, ": ", e.what()));
+  } catch (const json::out_of_range& e) {
+    bad(detail::concat("number out of range in this ", unit, " (JSON numbers must fit a 64-bit float): ",
+                       excerpt(e.what(), 120)));
+  } catch (const json::exception& e) {
+    bad(detail::concat("cannot read this ", unit, ": ", excerpt(e.what(), 120)));
+  }
+}
+
 json parse_line(std::string_view line) {
   size_t bad_byte = find_invalid_utf8(line);
   if (bad_byte != std::string::npos) bad(detail::concat("invalid UTF-8 at byte ", bad_byte + 1, " of the line"));
-  try {
-    return json::parse(line);
-  } catch (const json::parse_error& e) {
-    bad(detail::concat("malformed JSON at column ", e.byte, ": ", e.what()));
-  }
+  return parse_record(line, "line");
 }
 
 int64_t line_of(std::string_view text, size_t offset) {
@@ -169,9 +245,13 @@ int64_t line_of(std::string_view text, size_t offset) {
   return line;
 }
 
-// Byte offsets where each top-level element of a JSON array starts (used only for line numbers).
-std::vector<size_t> array_element_offsets(std::string_view text) {
-  std::vector<size_t> starts;
+// Byte ranges [begin, end) of the top-level elements of a JSON array: begin gives each element's
+// line number, and the ranges let elements be parsed one by one when the whole array cannot be.
+struct Span {
+  size_t begin = 0, end = 0;
+};
+std::vector<Span> array_element_spans(std::string_view text) {
+  std::vector<Span> spans;
   int depth = 0;
   bool in_string = false, escape = false, expect_element = false;
   for (size_t i = 0; i < text.size(); ++i) {
@@ -184,17 +264,22 @@ std::vector<size_t> array_element_offsets(std::string_view text) {
     }
     if (c == ' ' || c == '\t' || c == '\n' || c == '\r') continue;
     if (depth == 1 && expect_element && c != ']') {
-      starts.push_back(i);
+      spans.push_back({i, text.size()});
       expect_element = false;
     }
     if (c == '"') in_string = true;
     else if (c == '[' || c == '{') {
       ++depth;
       if (depth == 1) expect_element = true;
-    } else if (c == ']' || c == '}') --depth;
-    else if (c == ',' && depth == 1) expect_element = true;
+    } else if (c == ']' || c == '}') {
+      --depth;
+      if (depth == 0 && c == ']' && !spans.empty() && spans.back().end == text.size()) spans.back().end = i;
+    } else if (c == ',' && depth == 1) {
+      if (!spans.empty() && spans.back().end == text.size()) spans.back().end = i;
+      expect_element = true;
+    }
   }
-  return starts;
+  return spans;
 }
 
 }  // namespace
@@ -213,7 +298,8 @@ DataFormat parse_data_format(const std::string& name) {
   if (name == "lima") return DataFormat::kLima;
   if (name == "alpaca") return DataFormat::kAlpaca;
   if (name == "chat") return DataFormat::kChat;
-  SFTGO_FAIL(ErrorKind::kConfig, "unknown data format '", name, "'; expected auto, lima, alpaca or chat");
+  if (name == "sharegpt") return DataFormat::kShareGpt;
+  SFTGO_FAIL(ErrorKind::kConfig, "unknown data format '", name, "'; expected auto, lima, alpaca, chat or sharegpt");
 }
 
 const char* data_format_name(DataFormat format) {
@@ -222,6 +308,7 @@ const char* data_format_name(DataFormat format) {
     case DataFormat::kLima: return "lima";
     case DataFormat::kAlpaca: return "alpaca";
     case DataFormat::kChat: return "chat";
+    case DataFormat::kShareGpt: return "sharegpt";
   }
   return "?";
 }
@@ -264,21 +351,32 @@ ReadStats read_conversations(const std::string& path, DataFormat format, OnBadRe
       SFTGO_FAIL(ErrorKind::kData, path, ":", line_of(text, invalid), ": invalid UTF-8 (byte offset ", invalid, ")");
     }
     json arr;
+    bool per_element = false;
     try {
       arr = json::parse(text);
     } catch (const json::parse_error& e) {
       size_t at = e.byte > 0 ? e.byte - 1 : 0;
       SFTGO_FAIL(ErrorKind::kData, path, ":", line_of(text, at), ": malformed JSON array: ", e.what());
+    } catch (const json::exception&) {
+      // Valid syntax up to a value nlohmann cannot hold (a number outside double range): parse the
+      // elements one by one so the bad one is named by its line and obeys on_bad_record.
+      per_element = true;
     }
-    std::vector<size_t> starts = array_element_offsets(text);
+    std::vector<Span> spans = array_element_spans(text);
     // Line numbers advance incrementally, so this stays linear in the file size.
     int64_t line = 1;
     size_t scanned = 0;
-    for (size_t i = 0; i < arr.size(); ++i) {
-      if (i < starts.size()) {
-        for (; scanned < starts[i]; ++scanned) line += text[scanned] == '\n';
+    const size_t n = per_element ? spans.size() : arr.size();
+    for (size_t i = 0; i < n; ++i) {
+      if (i < spans.size()) {
+        for (; scanned < spans[i].begin; ++scanned) line += text[scanned] == '\n';
       }
-      records.record(line, [&] { return std::move(arr[i]); });
+      if (per_element) {
+        std::string_view element = std::string_view(text).substr(spans[i].begin, spans[i].end - spans[i].begin);
+        records.record(line, [&] { return parse_record(element, "array element"); });
+      } else {
+        records.record(line, [&] { return std::move(arr[i]); });
+      }
     }
     return records.stats();
   }
@@ -295,6 +393,23 @@ ReadStats read_conversations(const std::string& path, DataFormat format, OnBadRe
   }
   SFTGO_CHECK(!in.bad(), ErrorKind::kIo, "read error in ", path, " after line ", line_no);
   return records.stats();
+}
+
+std::string to_messages_json(const Conversation& conv) {
+  using ordered = nlohmann::ordered_json;  // "role" before "content", as people write them
+  ordered messages = ordered::array();
+  bool input_placed = conv.input.empty();
+  for (const Message& m : conv.messages) {
+    std::string content = m.content;
+    if (!input_placed && m.role == Role::kUser) {
+      content += "\n\n" + conv.input;  // what apply_template does for every template but alpaca
+      input_placed = true;
+    }
+    messages.push_back({{"role", role_name(m.role)}, {"content", std::move(content)}});
+  }
+  ordered record = {{"messages", std::move(messages)}};
+  // Content was checked to be valid UTF-8 on the way in, so strict dumping cannot throw.
+  return record.dump(-1, ' ', false, ordered::error_handler_t::strict);
 }
 
 std::vector<Conversation> read_all_conversations(const std::string& path, DataFormat format, OnBadRecord on_bad,

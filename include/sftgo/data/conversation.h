@@ -1,4 +1,4 @@
-// Readers for the SFT data formats: LIMA, Alpaca and generic chat JSONL, all turned into one
+// Readers for the SFT data formats: LIMA, Alpaca, chat JSONL and ShareGPT, all turned into one
 // Conversation type that remembers where it came from (file:line) for error messages. No LibTorch.
 #pragma once
 
@@ -31,8 +31,8 @@ struct Conversation {
   SourceRef source;
 };
 
-enum class DataFormat { kAuto, kLima, kAlpaca, kChat };
-DataFormat parse_data_format(const std::string& name);  // "auto" | "lima" | "alpaca" | "chat"
+enum class DataFormat { kAuto, kLima, kAlpaca, kChat, kShareGpt };
+DataFormat parse_data_format(const std::string& name);  // "auto" | "lima" | "alpaca" | "chat" | "sharegpt"
 const char* data_format_name(DataFormat format);
 
 // stop: the first bad record throws sftgo::Error(kData) naming file:line and the problem.
@@ -50,12 +50,19 @@ struct ReadStats {
 
 // Streams the records of `path` to `sink` one at a time. JSONL is read line by line (never the
 // whole file); a file whose first non-blank byte is '[' is a JSON array (Alpaca) and is read whole.
-// kAuto picks the format from the first record's keys ("conversations" | "instruction" | "messages")
-// and then holds every record to it. Validation (all formats): content must be a string of valid
-// UTF-8; roles are system/user/assistant; at least one assistant message; no assistant message empty
-// after trimming; the conversation ends with an assistant message.
+// kAuto picks the format from the first good record's keys ("conversations" holding strings: LIMA,
+// holding objects: ShareGPT | "instruction" | "messages") and then holds every record to it.
+// Validation (all formats): content must be a string of valid UTF-8; roles are system/user/assistant
+// (ShareGPT's speaker names map onto them, docs/data.md); at least one assistant message; no
+// assistant message empty after trimming; the conversation ends with an assistant message. A record
+// that is not valid JSON, or holds a number outside double range, is a bad record like any other.
 ReadStats read_conversations(const std::string& path, DataFormat format, OnBadRecord on_bad,
                              const std::function<void(Conversation&&)>& sink);
+
+// The conversation as one `messages` JSONL record, {"messages": [{"role": ..., "content": ...}, ...]}
+// without a newline. An Alpaca `input` is appended to the first user message after a blank line, as
+// every template but alpaca does, so reading the line back as format chat gives the same tokens.
+std::string to_messages_json(const Conversation& conv);
 
 // Convenience: everything in memory.
 std::vector<Conversation> read_all_conversations(const std::string& path, DataFormat format = DataFormat::kAuto,
