@@ -86,7 +86,7 @@ Truncation parse_truncation(const std::string& name) {
 const char* truncation_name(Truncation t) { return t == Truncation::kDrop ? "drop" : "truncate"; }
 
 TokenizedExample apply_template(const Conversation& conv, const Tokenizer& tok, TemplateKind kind,
-                                const std::optional<std::string>& system_prompt) {
+                                const std::optional<std::string>& system_prompt, bool add_generation_prompt) {
   std::vector<Message> messages = conv.messages;
   bool has_system = false;
   for (const auto& m : messages) has_system |= m.role == Role::kSystem;
@@ -135,6 +135,12 @@ TokenizedExample apply_template(const Conversation& conv, const Tokenizer& tok, 
         append(ex, encode(py_strip(m.content)), trained);
         append(ex, eot, trained);
       }
+      if (add_generation_prompt) {
+        append(ex, start, false);
+        append(ex, encode("assistant"), false);
+        append(ex, end, false);
+        append(ex, blank, false);
+      }
       break;
     }
     case TemplateKind::kAlpaca: {
@@ -162,6 +168,10 @@ TokenizedExample apply_template(const Conversation& conv, const Tokenizer& tok, 
         append(ex, encode(m.content), true);
         append(ex, eos, true);
       }
+      if (add_generation_prompt) {
+        if (first_turn && prompt.empty()) prompt = conv.input.empty() ? kAlpacaPreamble : kAlpacaPreambleInput;
+        append(ex, encode(prompt + "\n\n### Response:\n"), false);
+      }
       break;
     }
     case TemplateKind::kPlain: {
@@ -178,10 +188,19 @@ TokenizedExample apply_template(const Conversation& conv, const Tokenizer& tok, 
         append(ex, encode(m.content), true);
         append(ex, eos, true);
       }
+      if (add_generation_prompt) append(ex, encode(prompt), false);
       break;
     }
   }
   return ex;
+}
+
+std::vector<TokenId> render_generation_prompt(const std::string& user_text, const Tokenizer& tok, TemplateKind kind,
+                                              const std::optional<std::string>& system_prompt) {
+  Conversation conv;
+  conv.messages.push_back(Message{Role::kUser, user_text});
+  conv.source = {"--prompt", 1};
+  return apply_template(conv, tok, kind, system_prompt, /*add_generation_prompt=*/true).ids;
 }
 
 FitResult fit_to_length(TokenizedExample& ex, int64_t max_seq_len, Truncation policy) {

@@ -132,5 +132,37 @@ TEST(DataTemplate, PlainMultiTurn) {
   EXPECT_EQ(split_decode(ex, tok).second, "A1" + eos + "A2" + eos);
 }
 
+// The generation-time prompt is the training-time rendering cut before the reply, for every
+// template, including text that starts with a non-breaking space (Python's strip removes it; an
+// ASCII-only trim, what `generate --chat` once did, keeps it and tokenizes differently).
+TEST(DataTemplate, GenerationPromptIsPrefixOfTrainingIds) {
+  const Tokenizer demo = Tokenizer::load(std::string(SFTGO_SOURCE_DIR) + "/data/demo/tokenizer");
+  std::vector<const Tokenizer*> toks = {&demo};
+  if (const Tokenizer* llama3 = testing::llama3_tokenizer()) toks.push_back(llama3);
+  for (const Tokenizer* tok : toks) {
+    for (TemplateKind kind : {TemplateKind::kLlama3, TemplateKind::kAlpaca, TemplateKind::kPlain}) {
+      for (const std::string user : {"\u00a0Hello there", " \u00a0\u3000x = 1\n", "plain"}) {
+        SCOPED_TRACE(std::string(template_kind_name(kind)) + " / " + tok->source_path() + " / '" + user + "'");
+        const std::vector<TokenId> gen = render_generation_prompt(user, *tok, kind);
+        auto train = apply_template(chat({{Role::kUser, user}, {Role::kAssistant, "Hi."}}), *tok, kind);
+        ASSERT_LT(gen.size(), train.ids.size());
+        EXPECT_EQ(gen, std::vector<TokenId>(train.ids.begin(), train.ids.begin() + static_cast<long>(gen.size())));
+        // What follows the prompt is exactly the trained reply.
+        for (size_t t = 0; t < train.ids.size(); ++t) EXPECT_EQ(train.labels[t] != kIgnoreLabel, t >= gen.size()) << t;
+        // With a system prompt too (the prefix property holds turn by turn).
+        const std::vector<TokenId> gen_sys = render_generation_prompt(user, *tok, kind, std::string("Be brief."));
+        auto train_sys = apply_template(chat({{Role::kUser, user}, {Role::kAssistant, "Hi."}}), *tok, kind,
+                                        std::string("Be brief."));
+        EXPECT_EQ(gen_sys, std::vector<TokenId>(train_sys.ids.begin(),
+                                                train_sys.ids.begin() + static_cast<long>(gen_sys.size())));
+      }
+    }
+    const std::vector<TokenId> gen = render_generation_prompt("\u00a0Hello", *tok, TemplateKind::kLlama3);
+    EXPECT_EQ(tok->decode(gen),
+              "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|>"
+              "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  }
+}
+
 }  // namespace
 }  // namespace sftgo::data

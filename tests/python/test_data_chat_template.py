@@ -112,3 +112,32 @@ def test_labels_cover_assistant_content_and_eot(tmp_path, hf_tokenizer):
                 expected[first:end] = ids[first:end]
             start = end
         assert labels == expected
+
+
+def hf_generation_ids(tok, messages):
+    out = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    if hasattr(out, "keys"):
+        out = out["input_ids"]
+    return list(out)
+
+
+def test_generation_prompt_matches_transformers(tmp_path, hf_tokenizer):
+    """apply_template(add_generation_prompt=true), what `generate --chat` feeds the model, equals
+    transformers' apply_chat_template(add_generation_prompt=True) on conversations that end with a
+    user turn, including prompts that start with U+00A0 (Jinja's trim strips it)."""
+    rng = random.Random(7)
+    convs = []
+    for _ in range(150):
+        conv = conversation(rng)[:-1]  # drop the last assistant reply: the model is to write it
+        convs.append(conv)
+    convs.append([{"role": "user", "content": "\u00a0Hello there"}])
+    convs.append([{"role": "system", "content": "Be brief."}, {"role": "user", "content": " \u00a0\u3000x = 1\n"}])
+    src = tmp_path / "convs.jsonl"
+    src.write_text("".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in convs), encoding="utf-8")
+    out = subprocess.run([str(TOOL), str(TOKENIZER_DIR), str(src), "llama3", "--generation-prompt"], check=True,
+                         capture_output=True, text=True).stdout
+    ours = [json.loads(line)["ids"] for line in out.splitlines()]
+    assert len(ours) == len(convs)
+    mismatches = [(i, c, got, hf_generation_ids(hf_tokenizer, c))
+                  for i, (c, got) in enumerate(zip(convs, ours)) if got != hf_generation_ids(hf_tokenizer, c)]
+    assert not mismatches, f"{len(mismatches)}/{len(convs)} differ; first: {mismatches[0]}"

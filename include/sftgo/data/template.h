@@ -43,8 +43,20 @@ std::string py_strip(const std::string& s);
 // Renders one conversation. `system_prompt`, when set, is prepended as a system message to
 // conversations that have none. Throws sftgo::Error(kData) naming the source on text the tokenizer
 // rejects. The result is untruncated; see truncate_example().
+// With `add_generation_prompt` (HF apply_chat_template's flag of the same name) the ids end with
+// what precedes the reply the model is to write: llama3 <|start_header_id|>assistant<|end_header_id|>
+// "\n\n"; alpaca the pending instruction and "### Response:\n"; plain the pending user text + "\n".
+// This is the one renderer for both training and generation, so a prompt tokenizes the same in
+// both: the generation-prompt ids of messages[:k] are a prefix of the training ids of a conversation
+// whose message k is the assistant's reply.
 TokenizedExample apply_template(const Conversation& conv, const Tokenizer& tok, TemplateKind kind,
-                                const std::optional<std::string>& system_prompt = std::nullopt);
+                                const std::optional<std::string>& system_prompt = std::nullopt,
+                                bool add_generation_prompt = false);
+
+// The ids `sftgo-train generate --chat` feeds the model for one user message: apply_template of
+// {user: text} with add_generation_prompt.
+std::vector<TokenId> render_generation_prompt(const std::string& user_text, const Tokenizer& tok, TemplateKind kind,
+                                              const std::optional<std::string>& system_prompt = std::nullopt);
 
 // What to do with an example longer than max_seq_len.
 enum class Truncation {
