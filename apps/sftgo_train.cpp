@@ -29,6 +29,8 @@ std::string version_text() {
   s += sftgo::apps::libtorch_version();
   s += "\nCUDA kernels: ";
   s += sftgo::built_with_cuda() ? "on" : "off";
+  s += "\nNCCL: ";
+  s += sftgo::nccl_version();
   s += "\n";
   return s;
 }

@@ -1,13 +1,16 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
 #include <string>
 
 #include "sftgo/core/error.h"
+#include "sftgo/core/format.h"
 #include "sftgo/dist/dist.h"
 
 namespace sftgo::dist {
@@ -30,7 +33,62 @@ bool has(const GetEnv& getenv, const char* name) {
   return v != nullptr && *v != '\0';
 }
 
+bool is_loopback(const std::string& addr) {
+  return addr.empty() || addr == "localhost" || addr == "::1" || addr.rfind("127.", 0) == 0;
+}
+
+// Slurm's per-node task counts ("2(x3),1" = 2, 2, 2, 1), entry `node`; 0 when absent or malformed.
+int slurm_tasks_on_node(const std::string& spec, int node) {
+  int seen = 0;
+  size_t pos = 0;
+  while (pos < spec.size()) {
+    size_t end = spec.find(',', pos);
+    if (end == std::string::npos) end = spec.size();
+    const std::string item = spec.substr(pos, end - pos);
+    pos = end + 1;
+    char* rest = nullptr;
+    const long count = std::strtol(item.c_str(), &rest, 10);
+    if (rest == item.c_str() || count <= 0) return 0;
+    long repeat = 1;
+    if (*rest == '(') {
+      if (rest[1] != 'x') return 0;
+      char* close = nullptr;
+      repeat = std::strtol(rest + 2, &close, 10);
+      if (close == rest + 2 || *close != ')' || close[1] != '\0' || repeat <= 0) return 0;
+    } else if (*rest != '\0') {
+      return 0;
+    }
+    if (node < seen + repeat) return static_cast<int>(count);
+    seen += static_cast<int>(repeat);
+  }
+  return 0;
+}
+
 }  // namespace
+
+std::string first_slurm_host(const std::string& hostlist) {
+  // Host names and bracketed ranges, comma-separated at bracket depth 0: "pre[01-04,7]post,other".
+  size_t end = 0;
+  int depth = 0;
+  for (; end < hostlist.size(); ++end) {
+    if (hostlist[end] == '[') ++depth;
+    if (hostlist[end] == ']') --depth;
+    if (depth < 0) return "";
+    if (hostlist[end] == ',' && depth == 0) break;
+  }
+  if (depth != 0) return "";
+  const std::string first = hostlist.substr(0, end);
+  const size_t open = first.find('[');
+  if (open == std::string::npos) return first;
+  const size_t close = first.find(']', open);
+  if (close == std::string::npos || first.find('[', close) != std::string::npos) return "";  // one range only
+  const std::string range = first.substr(open + 1, close - open - 1);
+  // The first number of the range, its zero padding kept ("003-010" -> "003").
+  size_t n = 0;
+  while (n < range.size() && std::isdigit(static_cast<unsigned char>(range[n]))) ++n;
+  if (n == 0) return "";
+  return first.substr(0, open) + range.substr(0, n) + first.substr(close + 1);
+}
 
 LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, int default_port) {
   LaunchEnv e;
@@ -41,6 +99,7 @@ LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, i
     e.rank = env_int(getenv, "RANK", 0, 0);
     e.world_size = env_int(getenv, "WORLD_SIZE", 1, 1);
     e.local_rank = env_int(getenv, "LOCAL_RANK", e.rank, 0);
+    e.local_size = env_int(getenv, "LOCAL_WORLD_SIZE", e.world_size, 1);
     const char* agent = getenv("TORCHELASTIC_USE_AGENT_STORE");
     e.agent_store = agent != nullptr && (std::string(agent) == "True" || std::string(agent) == "1");
   } else if (has(getenv, "OMPI_COMM_WORLD_SIZE")) {
@@ -48,18 +107,69 @@ LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, i
     e.rank = env_int(getenv, "OMPI_COMM_WORLD_RANK", 0, 0);
     e.world_size = env_int(getenv, "OMPI_COMM_WORLD_SIZE", 1, 1);
     e.local_rank = env_int(getenv, "OMPI_COMM_WORLD_LOCAL_RANK", e.rank, 0);
+    e.local_size = env_int(getenv, "OMPI_COMM_WORLD_LOCAL_SIZE", e.world_size, 1);
     e.kill_grace_s = env_int(getenv, "OMPI_MCA_odls_base_sigkill_timeout", 1, 0);
   } else if (has(getenv, "PMI_SIZE")) {
     e.launcher = "pmi";
     e.rank = env_int(getenv, "PMI_RANK", 0, 0);
     e.world_size = env_int(getenv, "PMI_SIZE", 1, 1);
     e.local_rank = env_int(getenv, "MPI_LOCALRANKID", env_int(getenv, "PMI_LOCAL_RANK", e.rank, 0), 0);
+    e.local_size = env_int(getenv, "MPI_LOCALNRANKS", env_int(getenv, "PMI_LOCAL_SIZE", e.world_size, 1), 1);
+  } else if (has(getenv, "SLURM_STEP_NUM_TASKS") && has(getenv, "SLURM_PROCID")) {
+    // srun: a job step (a batch script's own process has no SLURM_STEP_NUM_TASKS).
+    e.launcher = "slurm";
+    e.rank = env_int(getenv, "SLURM_PROCID", 0, 0);
+    e.world_size = env_int(getenv, "SLURM_STEP_NUM_TASKS", 1, 1);
+    e.local_rank = env_int(getenv, "SLURM_LOCALID", 0, 0);
+    const int nodes = env_int(getenv, "SLURM_STEP_NUM_NODES", env_int(getenv, "SLURM_JOB_NUM_NODES", 1, 1), 1);
+    const char* per_node = getenv("SLURM_STEP_TASKS_PER_NODE");
+    int local = per_node != nullptr ? slurm_tasks_on_node(per_node, env_int(getenv, "SLURM_NODEID", 0, 0)) : 0;
+    if (local == 0) local = env_int(getenv, "SLURM_NTASKS_PER_NODE", 0, 0);
+    if (local == 0) local = nodes == 1 ? e.world_size : (e.world_size + nodes - 1) / nodes;
+    e.local_size = local;
   }
   SFTGO_CHECK(e.rank < e.world_size, ErrorKind::kDist, "rank ", e.rank, " from the ", e.launcher,
               " environment is not below the world size ", e.world_size);
+  SFTGO_CHECK(e.local_size <= e.world_size && e.local_rank < e.local_size, ErrorKind::kDist, "the ", e.launcher,
+              " environment puts local rank ", e.local_rank, " among ", e.local_size, " ranks on this host of a world of ",
+              e.world_size, ": expected local rank < ranks on this host <= world size");
   const char* addr = getenv("MASTER_ADDR");
   e.master_addr = addr != nullptr && *addr != '\0' ? std::string(addr) : default_addr;
+  e.master_addr_source = addr != nullptr && *addr != '\0' ? "MASTER_ADDR" : "config";
   e.master_port = env_int(getenv, "MASTER_PORT", default_port, 1);
+  if (e.multi_node() && e.master_addr_source == "config" && is_loopback(e.master_addr)) {
+    // Every host would rendezvous at its own loopback address and wait there until the timeout.
+    if (e.launcher == "slurm") {
+      for (const char* var : {"SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST"}) {
+        const char* list = getenv(var);
+        const std::string host = list != nullptr ? first_slurm_host(list) : std::string();
+        if (!host.empty()) {
+          e.master_addr = host;
+          e.master_addr_source = var;
+          break;
+        }
+      }
+    }
+    if (is_loopback(e.master_addr)) {
+      const char* size_var = e.launcher == "mpirun"     ? "OMPI_COMM_WORLD_LOCAL_SIZE"
+                             : e.launcher == "torchrun" ? "LOCAL_WORLD_SIZE"
+                             : e.launcher == "pmi"      ? "MPI_LOCALNRANKS"
+                                                        : "SLURM_STEP_TASKS_PER_NODE";
+      const char* example = e.launcher == "mpirun"
+                                ? "mpirun -x MASTER_ADDR=<rank 0's host> -x MASTER_PORT=29500 --hostfile HOSTS -np N ..."
+                            : e.launcher == "torchrun"
+                                ? "torchrun --nnodes N --rdzv-backend c10d --rdzv-endpoint <rank 0's host>:29500 ..."
+                                : "export MASTER_ADDR=<rank 0's host> MASTER_PORT=29500 before launching";
+      SFTGO_FAIL_HINT(ErrorKind::kDist,
+                      sftgo::format("set MASTER_ADDR (and MASTER_PORT) to rank 0's host for every rank, e.g. {}; or "
+                                    "set dist.master_addr in the config (docs/gpu.md, several nodes)",
+                                    example),
+                      "this ", e.launcher, " job spans several hosts (", e.local_size, " of its ", e.world_size,
+                      " ranks on this host, ", size_var, ") but MASTER_ADDR is not set, so every host would "
+                      "rendezvous at its own ", e.master_addr.empty() ? std::string("127.0.0.1") : e.master_addr,
+                      " (dist.master_addr) and wait there until dist.timeout_s");
+    }
+  }
   SFTGO_CHECK(e.master_port <= 65535, ErrorKind::kDist, "MASTER_PORT ", e.master_port, " is not a TCP port");
   return e;
 }

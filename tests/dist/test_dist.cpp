@@ -13,6 +13,7 @@
 
 #include "sftgo/core/error.h"
 #include "sftgo/dist/dist.h"
+#include "sftgo/dist/gpu.h"
 #include "sftgo/dist/zero.h"
 #include "sftgo/optim/optim.h"
 
@@ -149,6 +150,192 @@ TEST(DetectLaunch, BadValuesNameTheVariable) {
   expect_error({{"MASTER_PORT", "99999"}}, "MASTER_PORT");
   expect_error({{"OMPI_COMM_WORLD_SIZE", "2"}, {"OMPI_MCA_odls_base_sigkill_timeout", "soon"}},
                "OMPI_MCA_odls_base_sigkill_timeout='soon'");
+}
+
+// ---- several hosts, Slurm, rank -> GPU (issue 15, items 5 and 9) ----------------------------------
+
+namespace {
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return std::string(e.what()) + " | hint: " + e.hint() + " | kind " + std::to_string(static_cast<int>(e.kind()));
+  }
+  return "";
+}
+}  // namespace
+
+TEST(DetectLaunch, LocalSizeFromEachLauncher) {
+  auto e = detect_launch(env_of({{"RANK", "5"}, {"WORLD_SIZE", "16"}, {"LOCAL_RANK", "5"}, {"LOCAL_WORLD_SIZE", "8"},
+                                 {"MASTER_ADDR", "node0"}}), "127.0.0.1", 29500);
+  EXPECT_EQ(e.local_size, 8);
+  EXPECT_TRUE(e.multi_node());
+  e = detect_launch(env_of({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "2"},
+                            {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}), "127.0.0.1", 1);
+  EXPECT_EQ(e.local_size, 2);
+  EXPECT_FALSE(e.multi_node());
+  EXPECT_EQ(e.master_addr, "127.0.0.1");  // one host: loopback is right
+  // Not given: every rank is taken to be on this host (the old behaviour).
+  e = detect_launch(env_of({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "4"}}), "127.0.0.1", 1);
+  EXPECT_EQ(e.local_size, 4);
+  e = detect_launch(env_of({{"PMI_RANK", "2"}, {"PMI_SIZE", "4"}, {"MPI_LOCALRANKID", "0"}, {"MPI_LOCALNRANKS", "2"},
+                            {"MASTER_ADDR", "h0"}}), "127.0.0.1", 7);
+  EXPECT_EQ(e.local_size, 2);
+  EXPECT_TRUE(e.multi_node());
+  EXPECT_NE(error_of([] {
+              detect_launch(env_of({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "4"},
+                                    {"OMPI_COMM_WORLD_LOCAL_RANK", "2"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}),
+                            "h", 1);
+            }).find("local rank 2 among 2 ranks"),
+            std::string::npos);
+}
+
+TEST(DetectLaunch, SeveralHostsWithoutMasterAddrStopAtOnceSayingWhatToSet) {
+  // mpirun over two hosts: Open MPI names no rank-0 address, so the default 127.0.0.1 would send every
+  // host to its own loopback.
+  const auto mpi = env_of({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "16"},
+                           {"OMPI_COMM_WORLD_LOCAL_RANK", "3"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "8"}});
+  std::string msg = error_of([&] { detect_launch(mpi, "127.0.0.1", 29500); });
+  EXPECT_NE(msg.find("spans several hosts (8 of its 16 ranks on this host, OMPI_COMM_WORLD_LOCAL_SIZE)"),
+            std::string::npos) << msg;
+  EXPECT_NE(msg.find("MASTER_ADDR is not set"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("mpirun -x MASTER_ADDR="), std::string::npos) << msg;
+  EXPECT_NE(msg.find("kind " + std::to_string(static_cast<int>(ErrorKind::kDist))), std::string::npos) << msg;
+  // "localhost" is loopback too; a real configured address or MASTER_ADDR is taken as given.
+  EXPECT_NE(error_of([&] { detect_launch(mpi, "localhost", 29500); }), "");
+  EXPECT_EQ(detect_launch(mpi, "10.1.2.3", 29500).master_addr, "10.1.2.3");
+  const auto mpi_addr = env_of({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "16"},
+                                {"OMPI_COMM_WORLD_LOCAL_RANK", "3"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "8"},
+                                {"MASTER_ADDR", "node07"}});
+  auto e = detect_launch(mpi_addr, "127.0.0.1", 29500);
+  EXPECT_EQ(e.master_addr, "node07");
+  EXPECT_EQ(e.master_addr_source, "MASTER_ADDR");
+  // torchrun-style variables set by hand without MASTER_ADDR, and PMI.
+  msg = error_of([] {
+    detect_launch(env_of({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "0"}, {"LOCAL_WORLD_SIZE", "1"}}),
+                  "127.0.0.1", 29500);
+  });
+  EXPECT_NE(msg.find("LOCAL_WORLD_SIZE"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--rdzv-endpoint"), std::string::npos) << msg;
+  msg = error_of([] {
+    detect_launch(env_of({{"PMI_RANK", "0"}, {"PMI_SIZE", "4"}, {"MPI_LOCALNRANKS", "2"}}), "127.0.0.1", 29500);
+  });
+  EXPECT_NE(msg.find("MPI_LOCALNRANKS"), std::string::npos) << msg;
+}
+
+TEST(DetectLaunch, SlurmStepFindsRankZerosHost) {
+  // srun -N 2 --ntasks-per-node 4: rank 6 is local rank 2 on the second node.
+  auto e = detect_launch(env_of({{"SLURM_PROCID", "6"}, {"SLURM_STEP_NUM_TASKS", "8"}, {"SLURM_LOCALID", "2"},
+                                 {"SLURM_NODEID", "1"}, {"SLURM_STEP_NUM_NODES", "2"},
+                                 {"SLURM_STEP_TASKS_PER_NODE", "4(x2)"}, {"SLURM_STEP_NODELIST", "gpu[007-008]"},
+                                 {"SLURM_JOB_NODELIST", "gpu[001-008]"}}),
+                         "127.0.0.1", 29500);
+  EXPECT_EQ(e.launcher, "slurm");
+  EXPECT_EQ(e.rank, 6);
+  EXPECT_EQ(e.world_size, 8);
+  EXPECT_EQ(e.local_rank, 2);
+  EXPECT_EQ(e.local_size, 4);
+  EXPECT_TRUE(e.multi_node());
+  EXPECT_EQ(e.master_addr, "gpu007");
+  EXPECT_EQ(e.master_addr_source, "SLURM_STEP_NODELIST");
+  // Uneven counts: the node's own entry.
+  e = detect_launch(env_of({{"SLURM_PROCID", "4"}, {"SLURM_STEP_NUM_TASKS", "5"}, {"SLURM_LOCALID", "0"},
+                            {"SLURM_NODEID", "2"}, {"SLURM_STEP_NUM_NODES", "3"},
+                            {"SLURM_STEP_TASKS_PER_NODE", "2(x2),1"}, {"SLURM_JOB_NODELIST", "a1,b2,c3"}}),
+                    "127.0.0.1", 29500);
+  EXPECT_EQ(e.local_size, 1);
+  EXPECT_EQ(e.master_addr, "a1");
+  EXPECT_EQ(e.master_addr_source, "SLURM_JOB_NODELIST");
+  // One node: loopback is right.
+  e = detect_launch(env_of({{"SLURM_PROCID", "1"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"SLURM_LOCALID", "1"},
+                            {"SLURM_STEP_NUM_NODES", "1"}, {"SLURM_STEP_NODELIST", "n1"}}),
+                    "127.0.0.1", 29500);
+  EXPECT_FALSE(e.multi_node());
+  EXPECT_EQ(e.master_addr, "127.0.0.1");
+  // A batch script's own process (no job step) is a single process, whatever SLURM_NTASKS says.
+  e = detect_launch(env_of({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "16"}, {"SLURM_JOB_NODELIST", "n[1-2]"}}),
+                    "127.0.0.1", 29500);
+  EXPECT_EQ(e.launcher, "none");
+  EXPECT_EQ(e.world_size, 1);
+  // Several nodes and an unreadable node list: the same clear error as mpirun's.
+  const std::string msg = error_of([] {
+    detect_launch(env_of({{"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"SLURM_LOCALID", "0"},
+                          {"SLURM_STEP_NUM_NODES", "2"}, {"SLURM_STEP_NODELIST", "n[1-"}}),
+                  "127.0.0.1", 29500);
+  });
+  EXPECT_NE(msg.find("MASTER_ADDR is not set"), std::string::npos) << msg;
+}
+
+TEST(DetectLaunch, FirstSlurmHost) {
+  EXPECT_EQ(first_slurm_host("gpu[003-010,12],login1"), "gpu003");
+  EXPECT_EQ(first_slurm_host("node5"), "node5");
+  EXPECT_EQ(first_slurm_host("a-b[7,9]"), "a-b7");
+  EXPECT_EQ(first_slurm_host("rack[2-3]-gpu,x"), "rack2-gpu");
+  EXPECT_EQ(first_slurm_host("n1,n[2-3]"), "n1");
+  EXPECT_EQ(first_slurm_host(""), "");
+  EXPECT_EQ(first_slurm_host("n[1-"), "");
+  EXPECT_EQ(first_slurm_host("n[]"), "");
+}
+
+TEST(RankDevice, LocalRankPicksTheGpuUnlessTheLauncherGaveOne) {
+  LaunchEnv e;
+  e.rank = 11;
+  e.world_size = 16;
+  e.local_rank = 3;
+  e.local_size = 8;
+  EXPECT_EQ(rank_device_index(e, 8, nullptr), 3);              // mpirun / torchrun, all GPUs visible
+  EXPECT_EQ(rank_device_index(e, 8, "0,1,2,3,4,5,6,7"), 3);    // the same, listed
+  EXPECT_EQ(rank_device_index(e, 1, "5"), 0);                  // srun --gpus-per-task=1: its one GPU
+  EXPECT_EQ(rank_device_index(e, 8, "GPU-5b3f"), 0);           // one id (a UUID) listed
+  EXPECT_NE(error_of([&] { rank_device_index(e, 2, nullptr); }).find("local rank 3 on its host, which has only 2"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { rank_device_index(e, 1, nullptr); }).find("would share its only visible GPU"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { rank_device_index(e, 0, nullptr); }).find("no CUDA device is visible"), std::string::npos);
+  LaunchEnv single;  // one process on a one-GPU machine
+  EXPECT_EQ(rank_device_index(single, 1, nullptr), 0);
+  EXPECT_EQ(rank_device_index(single, 4, nullptr), 0);
+}
+
+TEST(RankDevice, CpuAndMissingCudaAreHandledWithoutTouchingAGpu) {
+  LaunchEnv e;
+  EXPECT_TRUE(bind_rank_device(e, "cpu").is_cpu());
+  if (!torch::cuda::is_available()) {
+    EXPECT_TRUE(bind_rank_device(e, "auto").is_cpu());
+    EXPECT_NE(error_of([&] { bind_rank_device(e, "cuda"); }).find("no CUDA device is available"), std::string::npos);
+    EXPECT_NE(error_of([&] { bind_rank_device(e, "cuda:1"); }).find("no CUDA device is available"), std::string::npos);
+  }
+  EXPECT_NE(error_of([&] { bind_rank_device(e, "tpu"); }).find("expected auto, cpu, cuda or cuda:N"), std::string::npos);
+  synchronize_device(c10::Device(c10::kCPU));  // no-op
+}
+
+// scripts/gpu_check.sh runs this on a GPU: the trainer's collectives on a world-1 NCCL group.
+TEST(NcclSmoke, WorldOneCollectivesAreExact) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const std::string report = nccl_world1_smoke(0);
+  std::printf("%s\n", report.c_str());
+  EXPECT_NE(report.find("barrier exact"), std::string::npos);
+}
+
+TEST(Gpu, PeakByNameAndMemoryOnCpu) {
+  EXPECT_EQ(gpu_peak_bf16_flops("NVIDIA H100 80GB HBM3"), 989e12);
+  EXPECT_EQ(gpu_peak_bf16_flops("NVIDIA H100 PCIe"), 756e12);
+  EXPECT_EQ(gpu_peak_bf16_flops("NVIDIA H100 NVL"), 835e12);
+  EXPECT_EQ(gpu_peak_bf16_flops("NVIDIA H200"), 989e12);
+  EXPECT_EQ(gpu_peak_bf16_flops("NVIDIA H200 NVL"), 835e12);
+  EXPECT_EQ(gpu_peak_bf16_flops("NVIDIA GH200 480GB"), 989e12);
+  EXPECT_EQ(gpu_peak_bf16_flops("NVIDIA A100-SXM4-80GB"), 312e12);
+  EXPECT_EQ(gpu_peak_bf16_flops("NVIDIA A100 80GB PCIe"), 312e12);
+  EXPECT_EQ(gpu_peak_bf16_flops("NVIDIA L40S"), 0.0);
+  auto p = gpu_peak(c10::Device(c10::kCPU), 0);
+  EXPECT_EQ(p.flops, 0.0);
+  EXPECT_EQ(p.source, "unknown");
+  p = gpu_peak(c10::Device(c10::kCPU), 123e12);
+  EXPECT_EQ(p.flops, 123e12);
+  EXPECT_EQ(p.source, "config");
+  const GpuMemory m = gpu_memory(c10::Device(c10::kCPU));
+  EXPECT_EQ(m.allocated + m.reserved + m.peak_allocated + m.peak_reserved, 0);
+  reset_gpu_peak_memory(c10::Device(c10::kCPU));
 }
 
 TEST(PlanBuckets, ReverseOrderSizeLimitAndDtypes) {

@@ -19,10 +19,16 @@ namespace sftgo::dist {
 struct LaunchEnv {
   int rank = 0;
   int world_size = 1;
-  int local_rank = 0;
-  std::string master_addr;  // MASTER_ADDR, else the config default
+  int local_rank = 0;  // rank among this host's ranks: picks the GPU (rank_device_index)
+  // Ranks on this host: OMPI_COMM_WORLD_LOCAL_SIZE (mpirun), LOCAL_WORLD_SIZE (torchrun),
+  // MPI_LOCALNRANKS (PMI), SLURM_STEP_TASKS_PER_NODE / SLURM_NTASKS_PER_NODE (srun); world_size when
+  // the launcher does not say. local_size < world_size means the job spans several hosts.
+  int local_size = 1;
+  std::string master_addr;  // MASTER_ADDR, else (several hosts under srun) the step's first host, else the config default
   int master_port = 0;      // MASTER_PORT, else the config default
-  std::string launcher = "none";  // none | torchrun | mpirun | pmi
+  std::string master_addr_source = "config";  // MASTER_ADDR | SLURM_STEP_NODELIST | SLURM_JOB_NODELIST | config
+  std::string launcher = "none";  // none | torchrun | mpirun | pmi | slurm
+  bool multi_node() const { return local_size < world_size; }
   // torchrun's agent already serves the TCPStore at MASTER_ADDR:MASTER_PORT
   // (TORCHELASTIC_USE_AGENT_STORE=True): rank 0 then connects as a client instead of hosting it.
   bool agent_store = false;
@@ -34,14 +40,53 @@ struct LaunchEnv {
 };
 
 // Reads (in this order) torchrun's RANK/WORLD_SIZE/LOCAL_RANK, Open MPI's OMPI_COMM_WORLD_*,
-// then PMI_RANK/PMI_SIZE (MPICH/Hydra, local rank from MPI_LOCALRANKID or PMI_LOCAL_RANK).
+// then PMI_RANK/PMI_SIZE (MPICH/Hydra, local rank from MPI_LOCALRANKID or PMI_LOCAL_RANK), then
+// srun's SLURM_PROCID/SLURM_STEP_NUM_TASKS/SLURM_LOCALID (only inside a job step, so a process
+// started directly in a batch script stays a single process).
 // No launcher variables = a single process. `getenv` is injectable for tests. Malformed or
 // inconsistent values throw sftgo::Error(kDist) naming the variable.
+// Several hosts (local_size < world_size) and no MASTER_ADDR: under srun rank 0's host is the first
+// host of SLURM_STEP_NODELIST (or SLURM_JOB_NODELIST); under mpirun, PMI and torchrun (which always
+// sets MASTER_ADDR itself) nothing in the environment names it, so unless the configured default is
+// not a loopback address this throws sftgo::Error(kDist) saying what to set, before any connection
+// to 127.0.0.1 is tried.
 using GetEnv = std::function<const char*(const char*)>;
 LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, int default_port);
 LaunchEnv detect_launch(const std::string& default_addr, int default_port);  // the real environment
 
-// Under a launcher (mpirun, torchrun, PMI), makes this process raise SIGTERM once when the launcher
+// The first host name of a Slurm hostlist ("gpu[003-010,12],login1" -> "gpu003"); "" when empty or
+// malformed.
+std::string first_slurm_host(const std::string& hostlist);
+
+// ---- Rank -> GPU ---------------------------------------------------------------------------------
+
+// The CUDA device index this rank uses, out of `device_count` visible GPUs (pure; tested):
+//  - the launcher gave the process one GPU (CUDA_VISIBLE_DEVICES lists a single id, as srun
+//    --gpus-per-task=1 or a per-rank wrapper does) or only one is visible: 0;
+//  - else the local rank, which must be below device_count.
+// `cuda_visible_devices` is the variable's value, or nullptr when unset. Throws sftgo::Error(kDist)
+// when a local rank has no GPU of its own or several ranks of this host would share the only one
+// (NCCL refuses two ranks on one GPU).
+int rank_device_index(const LaunchEnv& env, int device_count, const char* cuda_visible_devices);
+
+// Resolves model.device for this rank ("cpu", "cuda", "cuda:N" or "auto" = cuda when available) and,
+// for CUDA, makes the rank's GPU (rank_device_index; "cuda:N" is taken as given) the current device of
+// this process, so that every later CUDA call, NCCL communicator, allocator and TorchScript load
+// without an index lands on it. Call it right after detect_launch, before any CUDA or NCCL call.
+// Throws sftgo::Error(kConfig) for "cuda" on a machine without CUDA.
+c10::Device bind_rank_device(const LaunchEnv& env, const std::string& device_name);
+
+// Builds a one-rank NCCL process group on cuda:`device_index` (in-memory store) and runs the
+// collectives the trainer uses (all-reduce fp32/bf16/fp64, reduce-scatter, all-gather, barrier),
+// checking each result exactly; returns a one-line report. Throws sftgo::Error(kDist) on a mismatch,
+// without a GPU, or in a build without NCCL. For the GPU check kit (one GPU cannot host two ranks).
+std::string nccl_world1_smoke(int device_index);
+
+// Blocks until the work queued on `device` is done (no-op on the CPU). Unlike torch::cuda::synchronize()
+// without an index, which waits for whatever device is current, this waits for the rank's own GPU.
+void synchronize_device(c10::Device device);
+
+// Under a launcher (mpirun, torchrun, PMI, srun), makes this process raise SIGTERM once when the launcher
 // process that started it dies (prctl PR_SET_PDEATHSIG with a real-time signal, deduplicated), and
 // ignores SIGPIPE (the output pipes die with the launcher): a killed mpirun or a second Ctrl-C, after
 // which mpirun exits at once, no longer leaves orphans that train on; the trainer's SIGTERM handler
