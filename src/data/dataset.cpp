@@ -8,16 +8,18 @@
 #include <filesystem>
 #include <fstream>
 
+#include "sftgo/core/cache_file.h"
 #include "sftgo/core/error.h"
+#include "sftgo/core/hash.h"
 #include "sftgo/core/log.h"
 #include "sftgo/core/strings.h"
 
 namespace sftgo::data {
 namespace {
 
-constexpr char kMagic[8] = {'S', 'F', 'T', 'G', 'O', 'D', 'S', '\0'};
-constexpr uint32_t kCacheVersion = 1;
-constexpr size_t kHeaderSize = 8 + 4 + 4 + 8 + 8 + 8;
+// Payload format of the data cache inside core's envelope (sftgo/core/cache_file.h). 2: the
+// envelope, and hash64 for the key and tokenizer hash (old keys would not match anyway).
+constexpr uint32_t kCacheVersion = 2;
 
 class Writer {
  public:
@@ -91,17 +93,17 @@ uint64_t cache_key(const DataOptions& opts, const Tokenizer& tok) {
   uint64_t th = 0;
   if (fs::exists(json)) {
     std::string bytes = read_file(json.string());
-    th = hash_bytes(bytes.data(), bytes.size());
+    th = hash64(bytes.data(), bytes.size());
   }
   if (fs::exists(config)) {
     std::string bytes = read_file(config.string());
-    th = hash_bytes(bytes.data(), bytes.size(), th);
+    th = hash64(bytes.data(), bytes.size(), th);
   }
   k += detail::concat(th, "|", data_format_name(opts.format), "|", template_kind_name(opts.template_kind), "|",
                       opts.max_seq_len, "|", truncation_name(opts.truncation), "|",
                       opts.on_bad_record == OnBadRecord::kStop ? "stop" : "skip", "|",
                       opts.system_prompt ? "S" + *opts.system_prompt : std::string("-"));
-  return hash_bytes(k.data(), k.size());
+  return hash64(k.data(), k.size());
 }
 
 std::string hex(uint64_t v) {
@@ -111,22 +113,6 @@ std::string hex(uint64_t v) {
 }
 
 }  // namespace
-
-uint64_t hash_bytes(const void* data, size_t size, uint64_t seed) {
-  // FNV-1a over 8-byte words (then the tail bytes): ~8x faster than byte-wise on large payloads.
-  constexpr uint64_t kPrime = 0x100000001b3ULL;
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t h = seed;
-  size_t i = 0;
-  for (; i + 8 <= size; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, p + i, 8);
-    h = (h ^ w) * kPrime;
-    h ^= h >> 29;  // fold high bits down so word-level mixing reaches every output bit
-  }
-  for (; i < size; ++i) h = (h ^ p[i]) * kPrime;
-  return h;
-}
 
 std::vector<int64_t> PreparedDataset::lengths() const {
   std::vector<int64_t> out(examples.size());
@@ -171,48 +157,16 @@ void save_dataset_cache(const std::string& path, uint64_t key, const PreparedDat
     w.put<int64_t>(ex.source.line);
     w.put<uint8_t>(ex.truncated ? 1 : 0);
   }
-  const std::string& payload = w.str();
-  Writer header;
-  header.put_bytes(kMagic, sizeof(kMagic));
-  header.put<uint32_t>(kCacheVersion);
-  header.put<uint32_t>(0);  // reserved
-  header.put<uint64_t>(key);
-  header.put<uint64_t>(payload.size());
-  header.put<uint64_t>(hash_bytes(payload.data(), payload.size()));
-  std::filesystem::path p(path);
-  if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
-  std::string all = std::move(header.str());
-  all += payload;
-  write_file_atomic(path, all);
+  write_cache_file(path, CacheKind::kDataset, kCacheVersion, key, w.str());
 }
 
 std::optional<PreparedDataset> load_dataset_cache(const std::string& path, uint64_t key) {
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) return std::nullopt;
-  std::string bytes;
+  const std::optional<CacheFile> file = read_cache_file(path, CacheKind::kDataset, kCacheVersion, key);
+  if (!file) return std::nullopt;
+  const std::string_view payload = file->payload();
+  const size_t size = payload.size();
   try {
-    bytes = read_file(path);
-  } catch (const Error& e) {
-    log_warn("data cache {} unreadable ({}); rebuilding", path, e.message());
-    return std::nullopt;
-  }
-  try {
-    if (bytes.size() < kHeaderSize) throw CacheCorrupt{"file shorter than the header"};
-    Reader h(bytes.data(), kHeaderSize);
-    char magic[8];
-    h.get_bytes(magic, 8);
-    if (std::memcmp(magic, kMagic, 8) != 0) throw CacheCorrupt{"bad magic"};
-    uint32_t version = h.get<uint32_t>();
-    if (version != kCacheVersion) throw CacheCorrupt{detail::concat("version ", version, ", expected ", kCacheVersion)};
-    if (h.get<uint32_t>() != 0) throw CacheCorrupt{"reserved header field is not 0"};
-    if (h.get<uint64_t>() != key) throw CacheCorrupt{"key mismatch"};
-    uint64_t size = h.get<uint64_t>();
-    uint64_t hash = h.get<uint64_t>();
-    if (size != bytes.size() - kHeaderSize) throw CacheCorrupt{"payload size mismatch (truncated file?)"};
-    const char* payload = bytes.data() + kHeaderSize;
-    if (hash_bytes(payload, size) != hash) throw CacheCorrupt{"payload checksum mismatch"};
-
-    Reader r(payload, size);
+    Reader r(payload.data(), size);
     PreparedDataset ds;
     DataStats& s = ds.stats;
     for (int64_t* v : {&s.records, &s.bad_records, &s.examples, &s.truncated, &s.dropped_too_long,
@@ -248,7 +202,7 @@ std::optional<PreparedDataset> load_dataset_cache(const std::string& path, uint6
     ds.cache_path = path;
     return ds;
   } catch (const CacheCorrupt& c) {
-    log_warn("data cache {} is invalid ({}); rebuilding it", path, c.what);
+    warn_cache_rejected(path, CacheKind::kDataset, c.what);
     return std::nullopt;
   }
 }

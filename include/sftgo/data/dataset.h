@@ -60,15 +60,11 @@ PreparedDataset prepare_dataset(const DataOptions& opts, const Tokenizer& tok);
 // The cache file prepare_dataset would use ("" when opts.cache_dir is empty).
 std::string cache_path_for(const DataOptions& opts, const Tokenizer& tok);
 
-// Binary cache format (little-endian): header {magic "SFTGODS\0", u32 version, u64 key, u64 payload
-// size, u64 payload hash}, then the payload (stats, source file names, examples: length, ids, a
-// trained-flag byte per token, source file index + line, truncated flag). Groups/scores are not
-// cached: they are filled after preparation.
+// Binary cache: core's cache envelope (sftgo/core/cache_file.h, kind kDataset) around a little-endian
+// payload (stats, source file names, examples: length, ids, a trained-flag byte per token, source
+// file index + line, truncated flag). Groups/scores are not cached: they are filled after preparation.
 void save_dataset_cache(const std::string& path, uint64_t key, const PreparedDataset& ds);
 // nullopt (with a warning saying why) when the file is missing, truncated, corrupt or has another key.
 std::optional<PreparedDataset> load_dataset_cache(const std::string& path, uint64_t key);
-
-// 64-bit FNV-1a, the hash used for cache keys and payload checks.
-uint64_t hash_bytes(const void* data, size_t size, uint64_t seed = 0xcbf29ce484222325ULL);
 
 }  // namespace sftgo::data

@@ -1,7 +1,7 @@
-// On-disk cache of a static grouping function's output (scores + per-sequence masks).
-// Format (little-endian): header {magic "SFTGOGRP", u32 version, u32 reserved, u64 key, u64 examples,
-// u64 tokens, u64 payload hash}, payload {per example: u32 length}, {all groups, u8 per token},
-// {all scores, f32 per token}. Written atomically; anything that fails validation is recomputed.
+// On-disk cache of a static grouping function's output (scores + per-sequence masks), inside core's
+// cache envelope (sftgo/core/cache_file.h: kind kGroups, version kGroupingCacheVersion, the key).
+// Payload (little-endian): u64 examples, u64 tokens, {per example: u32 length}, {all groups, u8 per
+// token}, {all scores, f32 per token}. Anything that fails validation is recomputed.
 #pragma once
 
 #include <cstdint>
@@ -9,15 +9,15 @@
 #include <string>
 #include <vector>
 
+#include "sftgo/core/hash.h"  // hash64, used by the functions for their cache identity
 #include "sftgo/data/example.h"
 #include "sftgo/grouping/grouping.h"
 
 namespace sftgo::grouping {
 
-inline constexpr uint32_t kGroupingCacheVersion = 1;
+// 2: core's cache envelope (the example and token counts moved into the payload).
+inline constexpr uint32_t kGroupingCacheVersion = 2;
 
-// 64-bit hash of bytes (FNV-1a over 8-byte words + a final mix); stable across platforms.
-uint64_t hash64(const void* data, size_t size, uint64_t seed = 0x9e3779b97f4a7c15ULL);
 // Fingerprint of the examples' ids and labels, used when the caller gives none.
 uint64_t examples_fingerprint(const std::vector<data::TokenizedExample>& examples);
 // Hash of (dataset fingerprint, function name, params, k, cache version).

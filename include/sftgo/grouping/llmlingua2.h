@@ -25,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "sftgo/core/hash.h"  // sha256_file: the export's sentencepiece checksum
 #include "sftgo/grouping/grouping.h"
 
 namespace sentencepiece {
@@ -60,10 +61,6 @@ struct Llmlingua2Meta {
 };
 // Reads and checks DIR/llmlingua2.json (format, fields, ranges); kIo when missing, kConfig when wrong.
 Llmlingua2Meta load_llmlingua2_meta(const std::string& dir);
-
-// Lower-case hex SHA-256 of a file's bytes (the export's sentencepiece checksum).
-std::string sha256_file(const std::string& path);
-std::string sha256_hex(std::string_view bytes);
 
 struct XlmrPiece {
   int64_t id = 0;      // XLM-R id
