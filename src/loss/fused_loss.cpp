@@ -40,6 +40,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "sftgo/core/error.h"
+#include "sftgo/core/torch_grad.h"  // take_grad_for_accumulation (accumulate_into_grad), shared with the model
 #include "sftgo/kernels/row_softmax.h"
 #include "sftgo/loss/group_loss.h"
 
@@ -456,22 +457,6 @@ void apply_groups_hook(const FusedLossOptions& options, const at::Tensor& loss, 
   SFTGO_CHECK(g.device() == device, ErrorKind::kUsage, "loss: groups_hook returned groups [T] on ", g.device(),
               " but hidden is on ", device);
   tr.groups = (tr.rows.defined() ? g.index_select(0, tr.rows) : g).to(at::kBool).contiguous();  // [N]
-}
-
-// FusedLossOptions::accumulate_into_grad: weight.grad() [V, H], moved out of the parameter, when it
-// can take this backward's gradient in place: defined, laid out like the weight, and referenced by
-// nothing else (a gradient-as-bucket view or ZeRO's flat buffer shares its storage and stays put).
-// Undefined otherwise; then the gradient gets its own buffer and AccumulateGrad adds it as usual.
-at::Tensor take_grad_for_accumulation(const at::Tensor& weight) {
-  if (at::GradMode::is_enabled() || !weight.is_leaf() || !weight.requires_grad()) return {};
-  at::Tensor& g = weight.mutable_grad();
-  if (!g.defined() || g.use_count() != 1 || !g.has_storage() || g.storage().use_count() != 1 ||
-      g.requires_grad() || g.layout() != at::kStrided || g.scalar_type() != weight.scalar_type() ||
-      g.device() != weight.device() || g.sizes() != weight.sizes() || g.strides() != weight.strides() ||
-      !g.is_contiguous()) {
-    return {};
-  }
-  return std::exchange(g, at::Tensor());
 }
 
 class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "sftgo/core/error.h"
+#include "sftgo/core/torch_grad.h"  // take_grad_for_accumulation, shared with the fused loss
 #include "sftgo/model/autocast.h"
 
 namespace sftgo::model {
@@ -105,22 +106,6 @@ EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, const torch::TensorOpti
 }
 
 namespace {
-// weight.grad() [V, H], moved out of the parameter, when it can take a gradient in place: defined,
-// laid out like the weight and referenced by nothing else (a gradient-as-bucket view or ZeRO's flat
-// buffer shares its storage and stays put). Undefined otherwise. The fused loss does the same for the
-// LM head (FusedLossOptions::accumulate_into_grad).
-Tensor take_grad_for_accumulation(const Tensor& weight) {
-  if (torch::GradMode::is_enabled() || !weight.is_leaf() || !weight.requires_grad()) return {};
-  Tensor& g = weight.mutable_grad();
-  if (!g.defined() || g.use_count() != 1 || !g.has_storage() || g.storage().use_count() != 1 ||
-      g.requires_grad() || g.layout() != torch::kStrided || g.scalar_type() != weight.scalar_type() ||
-      g.device() != weight.device() || g.sizes() != weight.sizes() || g.strides() != weight.strides() ||
-      !g.is_contiguous()) {
-    return {};
-  }
-  return std::exchange(g, Tensor());
-}
-
 // at::embedding whose backward, when allowed and weight.grad() already holds an accumulated gradient
 // (the second and later micro-batches of a step), adds the touched rows into that tensor and hands it
 // back: AccumulateGrad finds .grad empty, takes it (no copy) and runs its hooks as usual. Otherwise the
