@@ -14,6 +14,7 @@
 #include "sftgo/core/format.h"
 #include "sftgo/core/log.h"
 #include "sftgo/core/strings.h"
+#include "sftgo/core/torch_device.h"
 #include "sftgo/model/llama.h"
 #include "sftgo/tokenizer/tokenizer.h"
 
@@ -346,9 +347,8 @@ TaskResult run_eval(const EvalOptions& o) {
   }
 
   model::ModelOptions mo;
-  SFTGO_CHECK(o.dtype == "float32" || o.dtype == "bfloat16", ErrorKind::kUsage, "--dtype must be float32 or bfloat16");
-  mo.dtype = o.dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
-  mo.device = c10::Device(o.device);
+  mo.dtype = parse_dtype(o.dtype, "--dtype", ErrorKind::kUsage);
+  mo.device = parse_device(o.device, "--device", ErrorKind::kUsage);
   mo.init_weights = false;
   model::LlamaModel m = model::load_pretrained(o.model_dir, mo);
   m->eval();
@@ -359,7 +359,7 @@ TaskResult run_eval(const EvalOptions& o) {
         SFTGO_CHECK(id >= 0 && id < vocab, ErrorKind::kData, "eval: token id ", id, " from ", tok.source_path(),
                     " is outside the model vocabulary [0, ", vocab, ")");
   log_info("eval {}: {} documents, {} requests, {}-shot, device {}", task.name, n_docs, pairs.size(), o.shots,
-           o.device);
+           mo.device.str());
   const int64_t max_length = o.max_length > 0 ? o.max_length : m->config().max_position_embeddings;
   std::vector<LoglikResult> ll;
   if (o.share_context) {

@@ -9,6 +9,7 @@
 #include <ostream>
 
 #include "sftgo/core/error.h"
+#include "sftgo/core/torch_device.h"
 #include "sftgo/model/generate.h"
 #include "sftgo/model/llama.h"
 #include "sftgo/model/score.h"
@@ -103,10 +104,8 @@ std::vector<std::vector<double>> score_logprobs(LlamaModelImpl& model, const std
 
 ScoreSummary run_score_cli(const ScoreCliOptions& options, std::istream& in, std::ostream& out) {
   ModelOptions mo;
-  SFTGO_CHECK(options.dtype == "float32" || options.dtype == "bfloat16", ErrorKind::kUsage,
-              "score: dtype must be float32 or bfloat16, got '", options.dtype, "'");
-  mo.dtype = options.dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
-  mo.device = c10::Device(options.device);
+  mo.dtype = parse_dtype(options.dtype, "score: dtype", ErrorKind::kUsage);
+  mo.device = parse_device(options.device, "score: device", ErrorKind::kUsage);
   LlamaModel model = load_pretrained(options.model_dir, mo);
   model->eval();
 
