@@ -7,6 +7,7 @@
 #include "sftgo/core/error.h"
 #include "sftgo/core/log.h"
 #include "sftgo/core/strings.h"
+#include "sftgo/core/torch_device.h"
 #include "sftgo/model/generate.h"
 #include "sftgo/model/llama.h"
 #include "sftgo/model/score.h"
@@ -15,13 +16,6 @@
 #include <torch/cuda.h>
 
 namespace sftgo::apps {
-
-namespace {
-std::string auto_device(const std::string& d) {
-  if (d != "auto") return d;
-  return torch::cuda::is_available() ? "cuda" : "cpu";
-}
-}  // namespace
 
 void register_score_command(CLI::App& app, std::function<int()>& selected) {
   struct Args {
@@ -45,7 +39,6 @@ void register_score_command(CLI::App& app, std::function<int()>& selected) {
       std::ifstream in(args->data);
       SFTGO_CHECK(in.good(), ErrorKind::kIo, args->data, ": cannot open for reading");
       model::ScoreCliOptions opts = args->opts;
-      opts.device = auto_device(opts.device);
       std::shared_ptr<Tokenizer> tok;
       const std::string tok_path = args->tokenizer.empty() ? opts.model_dir : args->tokenizer;
       opts.encode = [tok, tok_path](const std::string& text) mutable {
@@ -94,8 +87,8 @@ void register_generate_command(CLI::App& app, std::function<int()>& selected) {
     selected = [args] {
       Tokenizer tok = Tokenizer::load(args->tokenizer.empty() ? args->model_dir : args->tokenizer);
       model::ModelOptions mo;
-      mo.dtype = args->dtype == "bfloat16" ? c10::kBFloat16 : c10::kFloat;
-      mo.device = c10::Device(auto_device(args->device));
+      mo.dtype = parse_dtype(args->dtype, "--dtype", ErrorKind::kUsage);
+      mo.device = parse_device(args->device, "--device", ErrorKind::kUsage);
       mo.init_weights = false;
       model::LlamaModel m = model::load_pretrained(args->model_dir, mo);
       std::vector<int64_t> prompt;
