@@ -37,7 +37,6 @@ void register_eval_command(CLI::App& app, std::function<int()>& selected) {
   sub->final_callback([opts, &selected] {
     selected = [opts] {
       eval::EvalOptions o = *opts;
-      if (o.device == "auto") o.device = torch::cuda::is_available() ? "cuda" : "cpu";
       eval::TaskResult r = eval::run_eval(o);
       if (!o.out_path.empty()) write_file_atomic(o.out_path, eval::result_json(r, o));
       std::cout << eval::result_table(r);
