@@ -11,6 +11,7 @@
 
 #include "sftgo/core/error.h"
 #include "sftgo/core/format.h"
+#include "sftgo/core/torch_device.h"
 
 // Referenced by `-Wl,--undefined` in src/grouping/CMakeLists.txt so that every binary linking
 // sftgo_grouping pulls this object (and its registration below) out of the static library.
@@ -18,20 +19,6 @@ extern "C" int sftgo_llmlingua2_torch_anchor = 0;
 
 namespace sftgo::grouping {
 namespace {
-
-torch::Device resolve_device(const std::string& name) {
-  if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
-  try {
-    torch::Device d(name);
-    SFTGO_CHECK_HINT(!d.is_cuda() || torch::cuda::is_available(), ErrorKind::kConfig,
-                     "use cpu or auto on machines without a GPU", "LLMLingua-2 device ", name,
-                     " requested but CUDA is not available");
-    SFTGO_CHECK(d.is_cpu() || d.is_cuda(), ErrorKind::kConfig, "LLMLingua-2 device ", name, ": expected cpu or cuda");
-    return d;
-  } catch (const c10::Error&) {
-    SFTGO_FAIL_HINT(ErrorKind::kConfig, "use auto, cpu, cuda or cuda:N", "unknown LLMLingua-2 device '", name, "'");
-  }
-}
 
 // The last non-empty line of a TorchScript error (the Python-like traceback ends with the cause).
 std::string last_line(const std::string& what) {
@@ -118,7 +105,7 @@ std::unique_ptr<KeepClassifier> load_llmlingua2_classifier(const Llmlingua2Meta&
   SFTGO_CHECK_HINT(std::filesystem::is_regular_file(path), ErrorKind::kIo,
                    "export one with scripts/export_llmlingua2.py", "LLMLingua-2 TorchScript module ", path,
                    " does not exist");
-  const auto dev = resolve_device(device);
+  const auto dev = parse_device(device, "grouping.llmlingua2_device");
   torch::jit::Module module;
   try {
     module = torch::jit::load(path, dev);
