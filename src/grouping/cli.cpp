@@ -3,6 +3,9 @@
 
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
+#include <cmath>
 #include <cstdlib>
 #include <iostream>
 
@@ -71,6 +74,18 @@ std::string html_escape(std::string_view s) {
   return out;
 }
 
+// Names the flag and the path in any write error (exit 1; a std::filesystem error would otherwise be
+// an "internal error").
+void write_output(const std::string& path, std::string_view text, const char* flag) {
+  try {
+    write_file_atomic(path, text);
+  } catch (const Error& e) {
+    SFTGO_FAIL_HINT(ErrorKind::kIo, "pick a writable path", "groups ", flag, " ", path, ": ", e.message());
+  } catch (const std::exception& e) {
+    SFTGO_FAIL_HINT(ErrorKind::kIo, "pick a writable path", "groups ", flag, " ", path, ": ", e.what());
+  }
+}
+
 bool use_ansi(const std::ostream& out) {
   return &out == &std::cout && ::isatty(STDOUT_FILENO) && std::getenv("NO_COLOR") == nullptr;
 }
@@ -100,8 +115,50 @@ std::string render_example(const data::TokenizedExample& ex, const std::vector<u
   return out;
 }
 
+void write_groups_jsonl(const std::string& path, const std::vector<data::TokenizedExample>& examples,
+                        const GroupingOutput& result, const Tokenizer& tok, const GroupingOptions& opts) {
+  SFTGO_CHECK(result.groups.size() == examples.size() && result.scores.size() == examples.size(), ErrorKind::kInternal,
+              "write_groups_jsonl: ", result.groups.size(), " masks and ", result.scores.size(), " score rows for ",
+              examples.size(), " examples");
+  std::string text;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const auto& ex = examples[i];
+    const auto& groups = result.groups[i];
+    const auto& scores = result.scores[i];
+    SFTGO_CHECK(groups.size() == ex.ids.size() && scores.size() == ex.ids.size(), ErrorKind::kInternal,
+                "write_groups_jsonl: example ", i, " has ", ex.ids.size(), " tokens, ", groups.size(), " mask entries, ",
+                scores.size(), " scores");
+    nlohmann::json ids = nlohmann::json::array(), tokens = nlohmann::json::array(), trained = nlohmann::json::array(),
+                   group = nlohmann::json::array(), score = nlohmann::json::array();
+    int64_t n_trained = 0, n_important = 0;
+    for (size_t t = 0; t < ex.ids.size(); ++t) {
+      const bool is_trained = ex.labels[t] != data::kIgnoreLabel;
+      const bool is_important = groups[t] == kGroupImportant;
+      n_trained += is_trained;
+      n_important += is_important;
+      ids.push_back(ex.ids[t]);
+      tokens.push_back(tok.token_bytes(ex.ids[t]));
+      trained.push_back(is_trained ? 1 : 0);
+      group.push_back(is_important ? 1 : 0);
+      if (is_trained && std::isfinite(scores[t])) score.push_back(scores[t]);
+      else score.push_back(nullptr);
+    }
+    nlohmann::json j = {{"index", ex.index >= 0 ? ex.index : static_cast<int64_t>(i)},
+                        {"source", ex.source.file.empty() ? std::string() : sftgo::format("{}:{}", ex.source.file, ex.source.line)},
+                        {"function", opts.function}, {"top_k_percent", opts.top_k_percent},
+                        {"num_tokens", ex.ids.size()}, {"num_trained", n_trained}, {"num_important", n_important},
+                        {"ids", std::move(ids)}, {"tokens", std::move(tokens)}, {"trained", std::move(trained)},
+                        {"group", std::move(group)}, {"score", std::move(score)}};
+    // Token bytes may split a UTF-8 character: replace invalid sequences rather than throw.
+    text += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    text += '\n';
+  }
+  write_output(path, text, "--jsonl");
+}
+
 int run_groups_cli(const std::vector<data::TokenizedExample>& examples, const Tokenizer& tok,
-                   const GroupingOptions& opts, int show_n, const std::string& html_out, std::ostream& out) {
+                   const GroupingOptions& opts, int show_n, const std::string& html_out, std::ostream& out,
+                   const std::string& jsonl_out) {
   const auto result = compute_groups(examples, opts, &tok);
   const auto share = group_share(examples, result.groups);
   out << sftgo::format("grouping function {} ({}), top {}% per sequence\n", opts.function,
@@ -139,8 +196,12 @@ int run_groups_cli(const std::vector<data::TokenizedExample>& examples, const To
         "<span class=\"p\">grey</span>: prompt (not trained).</p>\n{5}</body></html>\n",
         html_escape(opts.function), opts.top_k_percent, examples.size(), 100 * share.overall,
         100 * share.mean_per_sequence, html);
-    write_file_atomic(html_out, page);
+    write_output(html_out, page, "--html");
     out << "\nwrote " << html_out << "\n";
+  }
+  if (!jsonl_out.empty()) {
+    write_groups_jsonl(jsonl_out, examples, result, tok, opts);
+    out << "\nwrote " << jsonl_out << " (" << examples.size() << " examples)\n";
   }
   return 0;
 }
