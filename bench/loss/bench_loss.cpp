@@ -35,6 +35,7 @@
 #endif
 
 #include "sftgo/core/timer.h"
+#include "reference_loss.h"  // the test oracle, tests/loss (sftgo_loss_reference)
 #include "sftgo/loss/group_loss.h"
 
 namespace {

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sftgo/core/error.h"
+#include "reference_loss.h"
 #include "sftgo/loss/group_loss.h"
 
 namespace fs = std::filesystem;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <functional>
 
+#include "reference_loss.h"
 #include "sftgo/loss/group_loss.h"
 
 namespace sftgo::loss::testing {

@@ -174,15 +174,4 @@ at::Tensor fused_group_loss(const at::Tensor& hidden, const at::Tensor& weight, 
                             const at::Tensor& groups, const FusedLossOptions& options,
                             LossInfo* info = nullptr);
 
-// Test oracle: plain LibTorch autograd ops on materialised logits (matmul, log_softmax, gather,
-// masked means, max) in compute_dtype (float32, or float64 for a tighter oracle in tests). Same
-// semantics as fused_group_loss (weights_hook, known_weights and groups_hook included; `pass` and
-// the chunk sizes do not apply); for tests and benchmarks only.
-at::Tensor reference_group_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
-                                const at::Tensor& groups, const FusedLossOptions& options, LossInfo* info,
-                                at::ScalarType compute_dtype);
-at::Tensor reference_group_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
-                                const at::Tensor& groups, const FusedLossOptions& options,
-                                LossInfo* info = nullptr);  // float32
-
 }  // namespace sftgo::loss
