@@ -10,10 +10,22 @@
 
 namespace sftgo::apps {
 
+// Exit codes (docs/operations.md): 0 only for a complete job; 1 a reported error naming the file,
+// line, key or tensor; 2 a bad command line; 3 an internal error (a bug: never reachable from input);
+// 75 training stopped early by SIGINT/SIGTERM/SIGUSR1 after saving a checkpoint (EX_TEMPFAIL of
+// sysexits.h: "try again later", i.e. --resume auto), so `train && eval` does not go on with a
+// partial model.
+constexpr int kExitOk = 0;
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitInternal = 3;
+constexpr int kExitStopped = 75;
+
 struct TrainArgs {
   std::string config_path;
   std::vector<std::string> overrides;
   std::string resume;
+  bool overwrite = false;  // a fresh run may replace the run already in run.output_dir
   std::string log_level = "info";
 };
 

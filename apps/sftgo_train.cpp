@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <iostream>
 #include <functional>
 #include <string>
@@ -15,10 +16,9 @@
 
 namespace {
 
-// Exit codes: 0 success, 1 a reported sftgo::Error, 2 bad command line, 3 unexpected failure.
-constexpr int kExitError = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitInternal = 3;
+using sftgo::apps::kExitError;
+using sftgo::apps::kExitInternal;
+using sftgo::apps::kExitUsage;
 
 std::string version_text() {
   std::string s = "sftgo-train ";
@@ -46,7 +46,11 @@ int main(int argc, char** argv) {
   sftgo::apps::TrainArgs train;
   app.add_option("--config,-c", train.config_path, "Training config (YAML); see docs/config.md");
   app.add_option("--set", train.overrides, "Override a config key: --set optim.lr=2e-5 (repeatable)");
-  app.add_option("--resume", train.resume, "Resume from a checkpoint directory, or 'auto' for the newest in run.output_dir");
+  auto* resume = app.add_option("--resume", train.resume,
+                                "Resume from a checkpoint directory, or 'auto' for the newest intact one in run.output_dir");
+  app.add_flag("--overwrite", train.overwrite,
+               "Start a new run in a run.output_dir that holds another run, deleting its checkpoints and metrics")
+      ->excludes(resume);
   app.add_option("--log-level", train.log_level, "debug | info | warn | error")->default_val("info");
 
   // Each subcommand stores its runner here when it is the one given on the command line.
@@ -72,6 +76,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", e.what());
     sftgo::log_debug("raised at {}", e.where());
     return e.kind() == sftgo::ErrorKind::kUsage ? kExitUsage : kExitError;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A backstop: the places that know the config key check their paths first (run.output_dir,
+    // data.cache_dir, plot --out); anything else the OS refuses is still the user's path, not a bug.
+    std::string paths = e.path1().string();
+    if (!e.path2().empty()) paths += " -> " + e.path2().string();
+    std::fprintf(stderr, "error: %s: %s (hint: check that the path exists and this user can write there)\n",
+                 paths.empty() ? "filesystem" : paths.c_str(), e.code().message().c_str());
+    return kExitError;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "internal error: %s\n", e.what());
     return kExitInternal;

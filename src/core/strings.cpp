@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "sftgo/core/error.h"
+#include "sftgo/core/files.h"
 
 namespace sftgo {
 
@@ -138,24 +139,24 @@ std::string read_file(const std::string& path) {
 void write_file_atomic(const std::string& path, std::string_view content) {
   namespace fs = std::filesystem;
   fs::path target(path);
-  if (target.has_parent_path()) fs::create_directories(target.parent_path());
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  if (target.has_parent_path()) {
+    std::error_code ec;
+    fs::create_directories(target.parent_path(), ec);
+    SFTGO_CHECK_HINT(!ec, ErrorKind::kIo, write_error_hint(ec.value(), path), target.parent_path().string(),
+                     ": cannot create the directory for ", target.filename().string(), ": ", ec.message());
+  }
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   {
-    std::FILE* f = std::fopen(tmp.c_str(), "wb");
-    SFTGO_CHECK(f != nullptr, ErrorKind::kIo, tmp, ": cannot open for writing (", std::strerror(errno), ")");
-    size_t n = std::fwrite(content.data(), 1, content.size(), f);
-    bool ok = n == content.size() && std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
-    std::fclose(f);
-    if (!ok) {
-      std::remove(tmp.c_str());
-      SFTGO_FAIL(ErrorKind::kIo, path, ": write failed (", std::strerror(errno), ")");
-    }
+    CheckedFile f(tmp);  // removes the temporary file on any failure
+    f.write(content.data(), content.size());
+    f.finish();  // throws naming `tmp` with the OS reason (a full disk: ENOSPC)
   }
   std::error_code ec;
   fs::rename(tmp, target, ec);
   if (ec) {
     std::remove(tmp.c_str());
-    SFTGO_FAIL(ErrorKind::kIo, path, ": rename from temporary file failed (", ec.message(), ")");
+    SFTGO_FAIL_HINT(ErrorKind::kIo, write_error_hint(ec.value(), path), path,
+                    ": rename from temporary file failed (", ec.message(), ")");
   }
 }
 

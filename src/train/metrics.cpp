@@ -2,6 +2,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -10,6 +14,8 @@
 #include <sstream>
 
 #include "sftgo/core/error.h"
+#include "sftgo/core/files.h"
+#include "sftgo/core/log.h"
 #include "sftgo/core/strings.h"
 
 namespace sftgo::train {
@@ -38,12 +44,32 @@ std::string EvalMetrics::to_json() const {
   return j.dump();
 }
 
+std::vector<std::string> read_metrics_lines(const std::string& path) {
+  const std::string text = read_file(path);
+  auto lines = split(text, '\n');
+  if (!lines.empty() && lines.back().empty()) lines.pop_back();  // the final newline
+  if (!text.empty() && text.back() != '\n' && !lines.empty()) {
+    auto j = nlohmann::json::parse(lines.back(), nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) {
+      log_warn("{}:{}: ignoring an incomplete last line ({} bytes, no newline: the writer was interrupted)", path,
+               lines.size(), lines.back().size());
+      lines.pop_back();
+    }
+  }
+  return lines;
+}
+
 MetricsLog::MetricsLog(const std::string& path, int64_t keep_through_step) : path_(path) {
   namespace fs = std::filesystem;
-  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
+  if (fs::path(path).has_parent_path()) {
+    std::error_code ec;
+    fs::create_directories(fs::path(path).parent_path(), ec);
+    SFTGO_CHECK_HINT(!ec, ErrorKind::kIo, write_error_hint(ec.value(), path), fs::path(path).parent_path().string(),
+                     ": cannot create the directory for ", fs::path(path).filename().string(), ": ", ec.message());
+  }
   if (keep_through_step >= 0 && fs::exists(path)) {
     std::string kept;
-    for (const auto& line : split(read_file(path), '\n')) {
+    for (const auto& line : read_metrics_lines(path)) {
       if (line.empty()) continue;
       auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
       if (j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
@@ -54,21 +80,37 @@ MetricsLog::MetricsLog(const std::string& path, int64_t keep_through_step) : pat
   } else if (keep_through_step < 0) {
     write_file_atomic(path, "");  // a fresh run starts a fresh log
   }
-  file_ = std::fopen(path.c_str(), "ab");
-  SFTGO_CHECK(file_ != nullptr, ErrorKind::kIo, path, ": cannot open for appending (", std::strerror(errno), ")");
+  fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) {
+    const int err = errno;
+    SFTGO_FAIL_HINT(ErrorKind::kIo, write_error_hint(err, path), path, ": cannot open for appending (",
+                    std::strerror(err), ")");
+  }
 }
 
 MetricsLog::~MetricsLog() {
-  if (file_) std::fclose(file_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void MetricsLog::write(const StepMetrics& m) { write_line(m.to_json()); }
 void MetricsLog::write(const EvalMetrics& m) { write_line(m.to_json()); }
 
 void MetricsLog::write_line(const std::string& json) {
-  std::string line = json + "\n";
-  std::fwrite(line.data(), 1, line.size(), file_);
-  std::fflush(file_);
+  const std::string line = json + "\n";
+  struct stat st {};
+  const off_t before = ::fstat(fd_, &st) == 0 ? st.st_size : -1;
+  // No stdio buffer: a line is on disk (in the page cache) when write() returns, and a failed one
+  // cannot be flushed again half-way later by fclose.
+  ssize_t n;
+  do {
+    n = ::write(fd_, line.data(), line.size());
+  } while (n < 0 && errno == EINTR);
+  if (n == static_cast<ssize_t>(line.size())) return;
+  const int err = n < 0 ? errno : ENOSPC;  // short write: the filesystem ran out of room mid-line
+  if (before >= 0 && ::ftruncate(fd_, before) != 0)
+    log_warn("{}: could not cut a partial line back off ({})", path_, std::strerror(errno));
+  SFTGO_FAIL_HINT(ErrorKind::kIo, write_error_hint(err, path_), path_, ": cannot append the metrics of this step: ",
+                  std::strerror(err));
 }
 
 std::string format_duration(double s) {

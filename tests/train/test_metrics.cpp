@@ -62,6 +62,25 @@ TEST(Metrics, ResumeDropsLinesPastTheCheckpointAndPlotReadsThem) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(Metrics, AMetricsLogCutMidLineStillReadsAndResumes) {
+  // What a writer killed mid-line (or an older version on a full disk) leaves: a last line without
+  // its newline. The reader drops it, plot draws the rest, a resume keeps the complete lines.
+  auto dir = std::filesystem::temp_directory_path() / "sftgo_test_metrics_cut";
+  std::filesystem::remove_all(dir);
+  const std::string path = (dir / "metrics.jsonl").string();
+  const std::string complete = "{\"step\": 1, \"loss_ce\": 2.5, \"loss_imp\": 3.0, \"loss_unimp\": 2.0}\n"
+                               "{\"step\": 2, \"loss_ce\": 2.4, \"loss_imp\": 2.9, \"loss_unimp\": 1.9}\n";
+  write_file_atomic(path, complete + "{\"step\": 3, \"loss_ce\": 2.");
+  EXPECT_EQ(read_metrics_lines(path).size(), 2u);
+  EXPECT_NE(plot_metrics_svg(path, "t").find("<svg"), std::string::npos);
+  { MetricsLog log(path, 5); }
+  EXPECT_EQ(read_file(path), complete);
+  // A complete last line without a newline is kept.
+  write_file_atomic(path, "{\"step\": 1}\n{\"step\": 2}");
+  EXPECT_EQ(read_metrics_lines(path), (std::vector<std::string>{"{\"step\": 1}", "{\"step\": 2}"}));
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Metrics, ProgressLineAndDurations) {
   StepMetrics m;
   m.step = 10;

@@ -44,8 +44,14 @@ struct TrainerState {
   int world_size = 1;
 
   std::string to_json() const;
+  // Validates what it reads back, since the file may be damaged or hand-edited: counts are integers
+  // >= 0, step <= total_steps, lambda and elapsed_s finite, world_size >= 1, rng_state exactly
+  // expected_rng_state_hex_size() hex digits. Throws Error(kFormat) naming `source` and the field.
   static TrainerState from_json(const std::string& text, const std::string& source);
 };
+
+// Hex digits of this LibTorch's CPU generator state (a fixed-size struct).
+size_t expected_rng_state_hex_size();
 
 struct SaveRequest {
   const model::LlamaModelImpl* model = nullptr;
@@ -65,15 +71,27 @@ struct SaveRequest {
 std::string checkpoint_dir_name(int64_t step);  // "step_00000100"
 std::string checkpoints_root(const std::string& run_dir);  // RUN_DIR/checkpoints
 
-// Saves into RUN_DIR/checkpoints/step_N atomically and removes all but the newest `keep_last`.
-// Returns the checkpoint directory.
+// Saves into RUN_DIR/checkpoints/step_N atomically, then prune_checkpoints(run_dir, N, keep_last).
+// Returns the checkpoint directory. On any failure (a full disk: ENOSPC, EIO, a LibTorch or iostream
+// error while writing) it removes its partial output and throws Error naming the file; the
+// checkpoints saved before stay complete and usable.
 std::string save_checkpoint(const std::string& run_dir, const SaveRequest& request, int64_t keep_last);
+
+// Keeps the checkpoint of `saved_step` and the newest keep_last - 1 older ones; never deletes the
+// checkpoint just saved nor any with a higher step (not this run's past).
+void prune_checkpoints(const std::string& run_dir, int64_t saved_step, int64_t keep_last);
 
 // Complete checkpoints (trainer_state.json present) under RUN_DIR/checkpoints, oldest first.
 std::vector<std::string> list_checkpoints(const std::string& run_dir);
-// "auto" -> the newest checkpoint of run_dir (nullopt when none); otherwise the given directory,
-// which must hold trainer_state.json.
+// "auto" -> the newest intact checkpoint of run_dir (nullopt when there is none at all; a damaged
+// newer one is skipped with a warning naming it and why; Error when all are damaged); otherwise the
+// given directory, which must be an intact checkpoint.
 std::optional<std::string> resolve_resume_dir(const std::string& spec, const std::string& run_dir);
+
+// "" when `dir` looks resumable without reading tensor data: trainer_state.json parses and
+// validates, the safetensors headers parse and match the file sizes, config.json is there, and
+// optimizer.pt (or every ZeRO-1 shard) is a complete archive. Else the first problem found.
+std::string checkpoint_problem(const std::string& dir);
 
 TrainerState load_trainer_state(const std::string& checkpoint_dir);
 // Restores optimizer.pt into an optimizer built over the same parameters.
@@ -82,7 +100,8 @@ void load_optimizer_state(const std::string& checkpoint_dir, torch::optim::Optim
 // name -> fp32 tensor (CPU) from master_weights.safetensors; empty when the checkpoint has none.
 std::map<std::string, at::Tensor> load_master_weights(const std::string& checkpoint_dir);
 
-// CPU RNG state as hex and back (exact resume of anything drawing random numbers).
+// CPU RNG state as hex and back (exact resume of anything drawing random numbers); setting a state
+// of the wrong length or with non-hex digits throws Error(kFormat).
 std::string cpu_rng_state_hex();
 void set_cpu_rng_state_hex(const std::string& hex);
 

@@ -2,8 +2,8 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdio>
 #include <string>
+#include <vector>
 
 namespace sftgo::train {
 
@@ -54,15 +54,23 @@ class MetricsLog {
   ~MetricsLog();
   MetricsLog(const MetricsLog&) = delete;
   MetricsLog& operator=(const MetricsLog&) = delete;
-  void write(const StepMetrics& m);  // one line, flushed (a crash loses at most the current step)
+  // One line per call, written with one write(2) (a crash loses at most the current step). A failed
+  // or short write (ENOSPC, EIO) cuts the file back to its last complete line and throws
+  // Error(kIo) naming the file: the log never ends in half a line written by this process.
+  void write(const StepMetrics& m);
   void write(const EvalMetrics& m);
   const std::string& path() const { return path_; }
 
  private:
   void write_line(const std::string& json);
   std::string path_;
-  std::FILE* file_ = nullptr;
+  int fd_ = -1;
 };
+
+// The lines of a metrics.jsonl, without the newlines. A last line without its newline (the writer was
+// killed mid-line or the disk filled under an older version) is dropped when it does not parse as a
+// JSON object; every other line is returned as is, so line k of the file is element k - 1.
+std::vector<std::string> read_metrics_lines(const std::string& path);
 
 // "step 12/300 | loss 2.3456 | ce 2.31 | imp 3.10 | unimp 1.95 | lambda 0.90 | 1.2k tok/s | ETA 4m10s"
 std::string progress_line(const StepMetrics& m, int64_t total_steps);
