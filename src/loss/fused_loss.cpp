@@ -33,6 +33,7 @@
 // no_grad) does 1 matmul. A groups_hook (Rho-1) always takes two passes: the groups, hence the
 // coefficients, come from this forward's losses.
 #include <cmath>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -131,6 +132,7 @@ struct Trained {
   at::Tensor labels;  // [N] int64 in [0, V)
   at::Tensor groups;  // [N] bool; undefined for objective ce
   int64_t n = 0;
+  int64_t important = -1;  // trained tokens in group 1, counted with n (-1: groups not known yet)
 };
 
 Trained select_trained(const at::Tensor& hidden, const at::Tensor& labels, const at::Tensor& groups,
@@ -138,8 +140,21 @@ Trained select_trained(const at::Tensor& hidden, const at::Tensor& labels, const
   Trained tr;
   const at::Tensor mask = labels != options.ignore_index;  // [T]
   const int64_t t = labels.size(0);
-  tr.n = mask.sum().item<int64_t>();
   const bool need_groups = options.objective != Objective::kCe && groups.defined();  // else: ce, or groups_hook
+  // The trained count, the trained labels' range and the important count come back in one device ->
+  // host copy (each .item() would be a separate sync with a GPU). Integers: the same on every device.
+  int64_t lo = 0, hi = 0;
+  if (t > 0) {
+    std::vector<at::Tensor> parts{mask.sum(), at::where(mask, labels, std::numeric_limits<int64_t>::max()).min(),
+                                  at::where(mask, labels, std::numeric_limits<int64_t>::min()).max()};
+    if (need_groups) parts.push_back(groups.to(at::kBool).logical_and(mask).sum());
+    const at::Tensor packed = at::stack(parts).cpu();  // [3 or 4] int64
+    const int64_t* p = packed.const_data_ptr<int64_t>();
+    tr.n = p[0];
+    lo = p[1];
+    hi = p[2];
+    if (need_groups) tr.important = p[3];
+  }
   if (tr.n == t) {
     tr.hidden = hidden.contiguous();
     tr.labels = labels.contiguous();
@@ -150,9 +165,6 @@ Trained select_trained(const at::Tensor& hidden, const at::Tensor& labels, const
     if (need_groups) tr.groups = groups.index_select(0, tr.rows).to(at::kBool);
   }
   if (tr.n > 0) {
-    const auto minmax = at::aminmax(tr.labels);
-    const int64_t lo = std::get<0>(minmax).item<int64_t>();
-    const int64_t hi = std::get<1>(minmax).item<int64_t>();
     SFTGO_CHECK(lo >= 0 && hi < vocab, ErrorKind::kData, "loss: labels [T] must be in [0, V = ", vocab, ") or ",
                 options.ignore_index, ", found values in [", lo, ", ", hi, "]");
   }
@@ -432,7 +444,11 @@ bool all_zero(const LossWeights& w) { return w.coef_all == 0.0 && w.coef_group[0
 // Counts of the trained tokens per group (one small device->host copy).
 GroupStats count_groups(const Trained& tr) {
   GroupStats c;
-  c.count[1] = tr.groups.defined() && tr.n > 0 ? tr.groups.sum().item<int64_t>() : 0;
+  if (tr.important >= 0) {
+    c.count[1] = tr.important;  // counted in select_trained's single copy
+  } else {
+    c.count[1] = tr.groups.defined() && tr.n > 0 ? tr.groups.sum().item<int64_t>() : 0;
+  }
   c.count[0] = tr.n - c.count[1];
   return c;
 }
@@ -655,10 +671,14 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
                        "loss: second backward through a one-pass fused loss (its gradients were handed out already)");
       ctx->saved_data["used"] = true;
       const at::Tensor& go = grad_outputs[0];
-      const bool unit = go.is_cpu() && go.item<float>() == 1.0f;  // the usual loss.backward(): no extra pass
+      // The usual loss.backward() on the CPU: nothing to do. Otherwise scale in place: the saved
+      // gradients are used once (checked above), so the [T, H] and [V, H] buffers are reused instead
+      // of copied, and a CUDA grad_output stays on the device (no host sync). Same product as
+      // saved * go, element for element.
+      const bool unit = go.is_cpu() && go.item<float>() == 1.0f;
       for (int i = 0; i < 2; ++i) {
         if (!ctx->needs_input_grad(i) || !saved[i].defined()) continue;
-        grads[i] = unit ? saved[i] : saved[i] * go.to(saved[i].scalar_type());
+        grads[i] = unit ? saved[i] : at::Tensor(saved[i]).mul_(go.to(saved[i].scalar_type()));
       }
       return grads;
     }
@@ -743,6 +763,27 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
 };
 
 }  // namespace
+
+void check_device_supported(c10::Device device) {
+  if (device.is_cpu()) return;
+  SFTGO_CHECK_HINT(device.is_cuda(), ErrorKind::kConfig, "use model.device cpu, cuda or auto", "loss: device ",
+                   device.str(), " is not supported by the fused loss (CPU and CUDA only)");
+#ifndef SFTGO_LOSS_CUDA
+  SFTGO_FAIL_HINT(ErrorKind::kConfig,
+                  "rebuild with the CUDA kernels (scripts/setup.sh with nvcc on the PATH, or -DSFTGO_CUDA=ON), or set "
+                  "model.device: cpu",
+                  "loss: the model is on ", device.str(), " but this build has no CUDA loss kernels "
+                  "(sftgo-train --version: CUDA kernels: off)");
+#endif
+}
+
+bool cuda_kernels_built() {
+#ifdef SFTGO_LOSS_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
 
 at::Tensor fused_group_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
                             const at::Tensor& groups, const FusedLossOptions& options, LossInfo* info) {

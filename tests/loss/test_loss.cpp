@@ -2,6 +2,9 @@
 // and the step-scope (1x4 vs 4x1) equivalence.
 #include <gtest/gtest.h>
 
+#include <c10/core/CPUAllocator.h>
+
+#include <atomic>
 #include <cstdio>
 #include <string>
 
@@ -906,6 +909,78 @@ TEST(LossGradAccumulation, InPlaceEqualsAccumulateGradBitForBit) {
     EXPECT_EQ(ref.taken, 0);
     EXPECT_EQ(acc.taken, 2);  // micro-batches 2 and 3 added into the first one's buffer
     EXPECT_EQ(kept.taken, 0);
+  }
+}
+
+// ---- issue 15, item 7 ------------------------------------------------------------------------------
+
+// Counts the bytes requested from the CPU allocator while installed (wraps the default allocator, so
+// every DataPtr keeps the default deleter).
+class CountingCpuAllocator final : public c10::Allocator {
+ public:
+  explicit CountingCpuAllocator(c10::Allocator* base) : base_(base) {}
+  c10::DataPtr allocate(size_t n) override {
+    bytes += static_cast<int64_t>(n);
+    return base_->allocate(n);
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return base_->raw_deleter(); }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { base_->copy_data(dest, src, count); }
+  std::atomic<int64_t> bytes{0};
+
+ private:
+  c10::Allocator* base_;
+};
+
+// The one-pass path computes both gradients in the forward for an upstream gradient of 1; any other
+// upstream gradient (a scaled loss; on CUDA every one, since only a CPU scalar can be read without a
+// sync) used to copy the saved [T, H] and [V, H] gradients into new buffers. Now they are scaled in
+// place: the backward allocates nothing that size, and the values are bit-identical to saved * go.
+TEST(LossOnePass, ScaledBackwardReusesTheSavedGradients) {
+  const int64_t t = 64, h = 32, v = 1000;
+  const Inputs in = make_inputs(t, h, v, 41, 0.0, 0.4);
+  FusedLossOptions o;
+  o.objective = Objective::kCe;
+  o.pass = LossPass::kOnePass;
+  auto hid = in.hidden.clone().requires_grad_(true);
+  auto w = in.weight.clone().requires_grad_(true);
+  const at::Tensor scaled = fused_group_loss(hid, w, in.labels, in.groups, o) * 3.0;
+  c10::Allocator* base = c10::GetCPUAllocator();
+  CountingCpuAllocator counting(base);
+  c10::SetCPUAllocator(&counting, /*priority=*/100);
+  scaled.backward();
+  c10::SetCPUAllocator(base, /*priority=*/100);
+  const int64_t big = v * h * 4;  // one fp32 [V, H]
+  std::printf("[one pass x3] bytes allocated in backward: %lld (one [V, H] = %lld)\n",
+              static_cast<long long>(counting.bytes.load()), static_cast<long long>(big));
+  EXPECT_LT(counting.bytes.load(), big / 2);
+  // Values: the unscaled one-pass gradients times 3, exactly (one rounding, as before).
+  auto hid1 = in.hidden.clone().requires_grad_(true);
+  auto w1 = in.weight.clone().requires_grad_(true);
+  fused_group_loss(hid1, w1, in.labels, in.groups, o).backward();
+  EXPECT_TRUE(torch::equal(hid.grad(), hid1.grad() * 3.0f));
+  EXPECT_TRUE(torch::equal(w.grad(), w1.grad() * 3.0f));
+}
+
+TEST(LossDevice, UnsupportedDevicesFailAtSetUp) {
+  EXPECT_NO_THROW(check_device_supported(c10::Device(c10::kCPU)));
+  try {
+    check_device_supported(c10::Device(c10::kMeta));
+    ADD_FAILURE() << "meta accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_NE(std::string(e.what()).find("CPU and CUDA only"), std::string::npos) << e.what();
+  }
+  // No GPU needed: the check is about this build, not about a device being present.
+  const c10::Device cuda(c10::kCUDA, 0);
+  if (cuda_kernels_built()) {
+    EXPECT_NO_THROW(check_device_supported(cuda));
+  } else {
+    try {
+      check_device_supported(cuda);
+      ADD_FAILURE() << "CUDA accepted without kernels";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("no CUDA loss kernels"), std::string::npos) << e.what();
+    }
   }
 }
 

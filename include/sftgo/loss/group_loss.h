@@ -161,6 +161,12 @@ struct LossInfo {
   int64_t onepass_tokens = 0;  // tokens per block of the one-pass path; 0 when it did not run
 };
 
+// Throws sftgo::Error(kConfig) when the fused loss cannot run on `device`: anything but the CPU or
+// CUDA, or CUDA in a build without the CUDA row kernels (no nvcc at configure time). The trainer calls
+// it in set-up, so such a run stops before loading data and models, not at the first loss.
+void check_device_supported(c10::Device device);
+bool cuda_kernels_built();  // the CUDA row kernels are compiled in (SFTGO_LOSS_CUDA)
+
 // Fused LM head + SFT-GO loss. Returns a 0-dim fp32 tensor sum_i w_i * l_i; backward() yields the
 // SFT-GO gradient for hidden and weight (either may require grad; a tied weight accumulates).
 //   hidden  [T, H] fp32 or bf16 (CPU or CUDA)
