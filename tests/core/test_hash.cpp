@@ -1,4 +1,5 @@
-// hash64 (pinned values: they name cache files) and SHA-256 (NIST vectors and Python hashlib).
+// hash64 (pinned values: they name cache files) and SHA-256 (NIST vectors and Python hashlib; the
+// vectors that tests/grouping/test_llmlingua2.cpp checked when SHA-256 lived there are here too).
 #include <gtest/gtest.h>
 
 #include <string>
@@ -32,7 +33,8 @@ TEST(Sha256, NistVectors) {
   EXPECT_EQ(sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
   EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
-            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");  // padding spills into a 2nd block
+  EXPECT_EQ(sha256_hex(std::string(1000, 'a')), "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3");
   EXPECT_EQ(sha256_hex(std::string(1000000, 'a')), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
 }
 
