@@ -1,16 +1,23 @@
 // TorchScript classifier of the llmlingua2 grouping function: batches of windows -> keep probabilities.
 #include "sftgo/grouping/llmlingua2_torch.h"
 
+#include <ATen/DeviceAccelerator.h>
+#include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <filesystem>
+#include <mutex>
 #include <numeric>
+#include <sstream>
 
 #include "sftgo/core/error.h"
 #include "sftgo/core/format.h"
+#include "sftgo/core/log.h"
 #include "sftgo/core/torch_device.h"
 
 // Referenced by `-Wl,--undefined` in src/grouping/CMakeLists.txt so that every binary linking
@@ -20,12 +27,45 @@ extern "C" int sftgo_llmlingua2_torch_anchor = 0;
 namespace sftgo::grouping {
 namespace {
 
+std::atomic<int64_t> g_loads{0};  // TorchScript modules loaded (llmlingua2_classifier_loads)
+std::atomic<int64_t> g_alive{0};  // lazy classifiers alive
+
+// "auto" and a bare "cuda" mean this process's current CUDA device: the one the trainer bound this
+// rank to (dist::bind_rank_device), not cuda:0 on every rank.
+c10::Device classifier_device(const std::string& name) {
+  const int current = torch::cuda::is_available() ? at::accelerator::getDeviceIndex() : 0;
+  return parse_device(name, "grouping.llmlingua2_device", ErrorKind::kConfig, current);
+}
+
 // The last non-empty line of a TorchScript error (the Python-like traceback ends with the cause).
 std::string last_line(const std::string& what) {
   size_t end = what.find_last_not_of(" \n\r\t");
   if (end == std::string::npos) return what;
   const size_t begin = what.rfind('\n', end);
   return what.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin == std::string::npos ? 0 : begin + 1));
+}
+
+// Printed IR of every prim::Constant of Device type in `method`'s graph with all calls inlined.
+std::vector<std::string> device_constants(const torch::jit::Method& method) {
+  auto graph = method.graph()->copy();
+  torch::jit::Inline(*graph);
+  std::vector<std::string> out;
+  std::vector<torch::jit::Block*> blocks{graph->block()};
+  while (!blocks.empty()) {
+    torch::jit::Block* b = blocks.back();
+    blocks.pop_back();
+    for (torch::jit::Node* n : b->nodes()) {
+      if (n->kind() == c10::prim::Constant && n->output()->type()->kind() == c10::TypeKind::DeviceObjType) {
+        std::ostringstream os;
+        os << *n;
+        std::string line = os.str();
+        while (!line.empty() && (line.back() == '\n' || line.back() == ' ')) line.pop_back();
+        out.push_back(line);
+      }
+      for (torch::jit::Block* sub : n->blocks()) blocks.push_back(sub);
+    }
+  }
+  return out;
 }
 
 class TorchKeepClassifier final : public KeepClassifier {
@@ -105,7 +145,7 @@ std::unique_ptr<KeepClassifier> load_llmlingua2_classifier(const Llmlingua2Meta&
   SFTGO_CHECK_HINT(std::filesystem::is_regular_file(path), ErrorKind::kIo,
                    "export one with scripts/export_llmlingua2.py", "LLMLingua-2 TorchScript module ", path,
                    " does not exist");
-  const auto dev = parse_device(device, "grouping.llmlingua2_device");
+  const auto dev = classifier_device(device);
   torch::jit::Module module;
   try {
     module = torch::jit::load(path, dev);
@@ -117,6 +157,16 @@ std::unique_ptr<KeepClassifier> load_llmlingua2_classifier(const Llmlingua2Meta&
   // Signature: forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor.
   const auto method = module.find_method("forward");
   SFTGO_CHECK(method.has_value(), ErrorKind::kConfig, path, ": the module has no forward method");
+  if (!dev.is_cpu()) {
+    // Exports by older versions of the script traced on the CPU and kept that device in the graph;
+    // map_location moves only parameters, so they fail on a GPU with a device-mismatch error.
+    const auto consts = device_constants(*method);
+    SFTGO_CHECK_HINT(consts.empty(), ErrorKind::kConfig,
+                     "re-export it with scripts/export_llmlingua2.py (it now writes device-neutral graphs), or set "
+                     "grouping.llmlingua2_device: cpu",
+                     path, ": the TorchScript graph has ", consts.size(), " fixed device constant(s) (", consts.front(),
+                     ") and cannot run on ", dev.str());
+  }
   const auto& schema = method->function().getSchema();
   const auto& args = schema.arguments();
   std::string got;
@@ -145,12 +195,64 @@ std::unique_ptr<KeepClassifier> load_llmlingua2_classifier(const Llmlingua2Meta&
     SFTGO_FAIL_HINT(ErrorKind::kConfig, "the module and llmlingua2.json must come from the same export", path,
                     ": forward failed on a probe batch [2, 4] with ids up to ", top, " (", last_line(e.what()), ")");
   }
+  g_loads.fetch_add(1);
   return clf;
 }
 
+namespace {
+
+// The classifier behind grouping function objects: the device and the file are checked when the
+// function is made (so configuration errors still come at set-up), but the TorchScript module (XLM-R
+// large: 2.2 GB of weights) is loaded only by the first keep_probs, i.e. only when the groups are not
+// in the cache, and freed (with the CUDA allocator's cached blocks) when the function is destroyed.
+class LazyKeepClassifier final : public KeepClassifier {
+ public:
+  LazyKeepClassifier(Llmlingua2Meta meta, const std::string& device, int64_t batch_size)
+      : meta_(std::move(meta)), device_(classifier_device(device)), batch_size_(batch_size) {
+    SFTGO_CHECK(batch_size >= 1, ErrorKind::kConfig, "grouping.llmlingua2_batch_size = ", batch_size,
+                ", expected >= 1");
+    const auto path = std::filesystem::path(meta_.dir) / kLlmlingua2Module;
+    SFTGO_CHECK_HINT(std::filesystem::is_regular_file(path), ErrorKind::kIo,
+                     "export one with scripts/export_llmlingua2.py", "LLMLingua-2 TorchScript module ", path.string(),
+                     " does not exist");
+    g_alive.fetch_add(1);
+  }
+  ~LazyKeepClassifier() override {
+    g_alive.fetch_sub(1);
+    if (!inner_) return;
+    inner_.reset();
+    if (device_.is_cuda()) at::accelerator::emptyCache();  // hand the weights' blocks back to the driver
+    log_info("grouping: llmlingua2 classifier released from {}", device_.str());
+  }
+
+  std::string device() const override { return device_.str(); }
+
+  std::vector<std::vector<float>> keep_probs(const std::vector<std::vector<int64_t>>& windows) const override {
+    std::call_once(loaded_, [&] {
+      const auto start = std::chrono::steady_clock::now();
+      inner_ = load_llmlingua2_classifier(meta_, device_.str(), batch_size_);
+      log_info("grouping: llmlingua2 classifier loaded on {} ({:.2f} s)", device_.str(),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    });
+    return inner_->keep_probs(windows);
+  }
+
+ private:
+  Llmlingua2Meta meta_;
+  torch::Device device_;
+  int64_t batch_size_;
+  mutable std::once_flag loaded_;
+  mutable std::unique_ptr<KeepClassifier> inner_;
+};
+
+}  // namespace
+
+int64_t llmlingua2_classifier_loads() { return g_loads.load(); }
+int64_t llmlingua2_lazy_classifiers_alive() { return g_alive.load(); }
+
 void register_llmlingua2_classifier() {
   set_llmlingua2_classifier_loader([](const Llmlingua2Meta& meta, const GroupingOptions& opts) {
-    return load_llmlingua2_classifier(meta, opts.llmlingua2_device, opts.llmlingua2_batch_size);
+    return std::make_unique<LazyKeepClassifier>(meta, opts.llmlingua2_device, opts.llmlingua2_batch_size);
   });
 }
 

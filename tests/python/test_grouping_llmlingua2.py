@@ -167,9 +167,14 @@ def test_groups_command_end_to_end(model, tmp_path):
     p = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     assert "grouping function llmlingua2 (computed" in p.stdout and "[[" in p.stdout, p.stdout
-    # Second run: the static groups come from the on-disk cache.
+    # A miss loads the classifier on the device asked for, and frees it once the groups are computed.
+    assert "llmlingua2 classifier loaded on cpu" in p.stdout + p.stderr, p.stderr
+    assert "llmlingua2 classifier released from cpu" in p.stdout + p.stderr, p.stderr
+    # Second run: the static groups come from the on-disk cache, and the classifier (XLM-R large in a
+    # real run: 2.2 GB, per rank) is never loaded (issue 15, item 2).
     p2 = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert p2.returncode == 0 and "loaded from" in p2.stdout, p2.stdout + p2.stderr
+    assert "classifier loaded" not in p2.stdout + p2.stderr, p2.stderr
     share = [l for l in p.stdout.splitlines() if l.startswith("important share")]
     assert share and share == [l for l in p2.stdout.splitlines() if l.startswith("important share")]
     # Another aggregation is another cache entry and other groups.
