@@ -1,15 +1,43 @@
 #!/usr/bin/env bash
 # Installs everything sftgo needs on a fresh Debian 12 machine and builds it. Idempotent: a second
-# run only rebuilds what changed. Usage: scripts/setup.sh [--no-build]
+# run only rebuilds what changed.
+# Usage: scripts/setup.sh [--no-build] [--target T]...
+#   --no-build       packages and venv only
+#   --target T       build only target T and what it needs (repeatable; e.g. --target sftgo-train,
+#                    what scripts/demo.sh builds); without it every target is built (tests too)
 #   SFTGO_BUILD_DIR  build directory (default: build)
 #   SFTGO_CUDA       AUTO (default: CUDA kernels when nvcc exists), ON or OFF
 #   SFTGO_JOBS       parallel build jobs (default: nproc)
+#   SFTGO_PHASE_LOG  file to append "phase seconds" lines to (packages, python, configure, compile)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BUILD_DIR=${SFTGO_BUILD_DIR:-build}
 JOBS=${SFTGO_JOBS:-$(nproc)}
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+NO_BUILD=0
+TARGETS=()  # cmake --build arguments: --target T ...
+NAMES=()
+while (($#)); do
+  case "$1" in
+    --no-build) NO_BUILD=1 ;;
+    --target)
+      (($# > 1)) || { echo "setup.sh: --target needs a target name" >&2; exit 2; }
+      TARGETS+=(--target "$2"); NAMES+=("$2"); shift ;;
+    *) echo "setup.sh: unknown argument '$1' (usage: scripts/setup.sh [--no-build] [--target T]...)" >&2; exit 2 ;;
+  esac
+  shift
+done
+PHASE_START=$(date +%s.%N)
+# Ends the phase that started at PHASE_START: appends "name seconds" to SFTGO_PHASE_LOG when set.
+phase_done() {
+  local now
+  now=$(date +%s.%N)
+  if [ -n "${SFTGO_PHASE_LOG:-}" ]; then
+    awk -v n="$1" -v a="$PHASE_START" -v b="$now" 'BEGIN{printf "%s %.1f\n", n, b - a}' >> "$SFTGO_PHASE_LOG"
+  fi
+  PHASE_START=$now
+}
 
 # 1. Debian packages (compilers, CMake and the C++ libraries).
 APT_PACKAGES=(build-essential cmake ninja-build pkg-config ccache git python3 python3-venv python3-pip
@@ -26,6 +54,7 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+phase_done packages
 
 # 2. Python venv inside the repo (ignored by git) with the pinned torch wheel and the references.
 PY=${SFTGO_PYTHON:-python3}
@@ -40,8 +69,9 @@ if [ "$(cat .venv/.sftgo-requirements 2>/dev/null)" != "$REQ_HASH" ]; then
   .venv/bin/python -m pip install -q -r scripts/requirements.txt
   echo "$REQ_HASH" > .venv/.sftgo-requirements
 fi
+phase_done python
 
-[ "${1:-}" = "--no-build" ] && exit 0
+if ((NO_BUILD)); then exit 0; fi
 
 # 3. Configure and build (Release, Ninja, ccache when present).
 TORCH_PREFIX=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)
@@ -52,6 +82,8 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     -DPython3_EXECUTABLE="$ROOT/.venv/bin/python" > "$BUILD_DIR.configure.log" 2>&1 ||
     { cat "$BUILD_DIR.configure.log"; exit 1; }
 fi
-log "building in $BUILD_DIR with $JOBS jobs"
-cmake --build "$BUILD_DIR" -j "$JOBS"
+phase_done configure
+log "building ${NAMES[*]:-every target} in $BUILD_DIR with $JOBS jobs"
+cmake --build "$BUILD_DIR" -j "$JOBS" ${TARGETS[@]+"${TARGETS[@]}"}
+phase_done compile
 log "done: $BUILD_DIR/bin/sftgo-train"
