@@ -6,6 +6,7 @@
 #include <set>
 
 #include "sftgo/core/error.h"
+#include "sftgo/core/torch_device.h"
 #include "sftgo/io/safetensors.h"
 #include "sftgo/model/llama.h"
 
@@ -114,8 +115,7 @@ void save_pretrained(const LlamaModelImpl& model, const std::string& dir, const 
   io::ShardedWriteOptions w;
   w.max_shard_bytes = options.max_shard_bytes;
   w.metadata = {{"format", "pt"}};  // transformers checks for it
-  const std::string dtype_name = dtype == torch::kBFloat16 ? "bfloat16" : dtype == torch::kHalf ? "float16" : "float32";
-  io::write_sharded_safetensors(dir, sources, w, {{"config.json", model.config().to_json(dtype_name)}});
+  io::write_sharded_safetensors(dir, sources, w, {{"config.json", model.config().to_json(dtype_name(dtype))}});
 }
 
 }  // namespace sftgo::model
