@@ -150,7 +150,7 @@ LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, i
         }
       }
     }
-    if (is_loopback(e.master_addr)) {
+    if (e.master_addr_source == "config") {
       const char* size_var = e.launcher == "mpirun"     ? "OMPI_COMM_WORLD_LOCAL_SIZE"
                              : e.launcher == "torchrun" ? "LOCAL_WORLD_SIZE"
                              : e.launcher == "pmi"      ? "MPI_LOCALNRANKS"
