@@ -11,6 +11,7 @@
 #include "sftgo/core/log.h"
 #include "sftgo/grouping/cache.h"
 #include "sftgo/grouping/grouping.h"
+#include "sftgo/grouping/pipeline.h"
 
 namespace sftgo::grouping {
 namespace {
@@ -53,6 +54,14 @@ int resolve_threads(int requested) {
 
 GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& examples, const GroupingOptions& opts,
                               const Tokenizer* tok) {
+  return compute_groups(examples, opts, tok, true);
+}
+
+// Making the function object loads no model: the LLMLingua-2 classifier is loaded by the first score
+// (grouping/llmlingua2_torch.h), so a cache hit never touches it, and `fn` going out of scope here
+// frees it (and its GPU memory) once the groups are computed.
+GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& examples, const GroupingOptions& opts,
+                              const Tokenizer* tok, bool compute_on_miss) {
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -82,6 +91,12 @@ GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& example
       return std::move(*cached);
     }
   }
+  SFTGO_CHECK_HINT(compute_on_miss, ErrorKind::kIo,
+                   "rank 0 computes the groups and writes the cache before the other ranks read it: data.cache_dir "
+                   "must be a directory every rank sees (a shared filesystem across nodes)",
+                   "grouping: ", fn->name(), " groups are not in the cache ",
+                   cache_path.empty() ? std::string("(data.cache_dir is empty)") : cache_path,
+                   " and this process was told not to compute them");
 
   GroupingOutput out;
   if (fn->requirements().corpus_statistics) fn->fit(examples);
@@ -111,7 +126,12 @@ GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& example
 
 GroupingOutput apply_grouping(std::vector<data::TokenizedExample>& examples, const GroupingOptions& opts,
                               const Tokenizer* tok, bool keep_scores) {
-  auto out = compute_groups(examples, opts, tok);
+  return apply_grouping(examples, opts, tok, keep_scores, true);
+}
+
+GroupingOutput apply_grouping(std::vector<data::TokenizedExample>& examples, const GroupingOptions& opts,
+                              const Tokenizer* tok, bool keep_scores, bool compute_on_miss) {
+  auto out = compute_groups(examples, opts, tok, compute_on_miss);
   for (size_t i = 0; i < examples.size(); ++i) {
     examples[i].groups = out.groups[i];
     if (keep_scores) examples[i].scores[kScoreKey] = out.scores[i];
