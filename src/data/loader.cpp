@@ -32,40 +32,39 @@ DataLoader::DataLoader(const PreparedDataset& ds, LoaderOptions opts)
 }
 
 Batch DataLoader::next() {
-  // Peek at the rest of the epoch, decide how many examples this batch takes, then consume exactly those.
+  if (opts_.micro_batch_tokens <= 0 || opts_.packing) return collate(sampler_.next(opts_.micro_batch_size));
+  // Token budget: peek at the rest of the epoch, decide how many examples fit, then take exactly those.
   SamplerState s = sampler_.state();
   if (s.index >= sampler_.per_rank()) s = {s.epoch + 1, 0};
   const std::vector<int64_t> order = sampler_.epoch_order(s.epoch);
   const auto len = [&](size_t k) { return static_cast<int64_t>(ds_.examples[static_cast<size_t>(order[k])].ids.size()); };
   size_t end = static_cast<size_t>(s.index);
-  if (opts_.packing) {
-    int64_t rows = 1, used = 0;
-    while (end < order.size()) {
-      const int64_t n = len(end);
-      if (used + n > opts_.max_seq_len) {
-        if (rows == opts_.micro_batch_size) break;
-        ++rows;
-        used = 0;
-      }
-      used += n;
-      ++end;
-    }
-  } else if (opts_.micro_batch_tokens > 0) {
-    int64_t longest = 0, count = 0;
-    while (end < order.size()) {
-      const int64_t l = std::max(longest, len(end));
-      if (count > 0 && l * (count + 1) > opts_.micro_batch_tokens) break;
-      longest = l;
-      ++count;
-      ++end;
-    }
-  } else {
-    end = std::min(order.size(), end + static_cast<size_t>(opts_.micro_batch_size));
+  int64_t longest = 0, count = 0;
+  while (end < order.size()) {
+    const int64_t l = std::max(longest, len(end));
+    if (count > 0 && l * (count + 1) > opts_.micro_batch_tokens) break;
+    longest = l;
+    ++count;
+    ++end;
   }
   sampler_.set_state(s);
-  const std::vector<int64_t> picked = sampler_.next(static_cast<int64_t>(end) - s.index);
+  return collate(sampler_.next(static_cast<int64_t>(end) - s.index));
+}
+
+std::vector<Batch> DataLoader::next_step(int64_t examples) {
+  const std::vector<int64_t> indices = sampler_.next(examples);
+  std::vector<Batch> out;
+  const auto m = static_cast<size_t>(opts_.micro_batch_size);
+  for (size_t i = 0; i < indices.size(); i += m)
+    out.push_back(collate(std::vector<int64_t>(indices.begin() + static_cast<std::ptrdiff_t>(i),
+                                               indices.begin() + static_cast<std::ptrdiff_t>(std::min(indices.size(), i + m)))));
+  return out;
+}
+
+Batch DataLoader::collate(const std::vector<int64_t>& indices) const {
   std::vector<const TokenizedExample*> exs;
-  for (int64_t i : picked) exs.push_back(&ds_.examples[static_cast<size_t>(i)]);
+  exs.reserve(indices.size());
+  for (int64_t i : indices) exs.push_back(&ds_.examples[static_cast<size_t>(i)]);
   return opts_.packing ? collate_packed(exs, opts_.max_seq_len, opts_.pad_id) : collate_padded(exs, opts_.pad_id);
 }
 

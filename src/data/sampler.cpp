@@ -54,7 +54,11 @@ DistributedSampler::DistributedSampler(int64_t num_examples, uint64_t seed, int 
   SFTGO_CHECK(num_examples >= 0, ErrorKind::kInternal, "negative dataset size");
   SFTGO_CHECK(world_size >= 1 && rank >= 0 && rank < world_size, ErrorKind::kDist, "bad rank ", rank,
               " for world size ", world_size);
-  per_rank_ = tail == TailPolicy::kPad ? (n_ + world_ - 1) / world_ : n_ / world_;
+  switch (tail) {
+    case TailPolicy::kPad: per_rank_ = (n_ + world_ - 1) / world_; break;
+    case TailPolicy::kDrop: per_rank_ = n_ / world_; break;
+    case TailPolicy::kUneven: per_rank_ = n_ / world_ + (rank_ < n_ % world_ ? 1 : 0); break;
+  }
 }
 
 std::vector<int64_t> DistributedSampler::epoch_order(int64_t epoch) const {
@@ -65,9 +69,9 @@ std::vector<int64_t> DistributedSampler::epoch_order(int64_t epoch) const {
     perm.resize(static_cast<size_t>(n_));
     std::iota(perm.begin(), perm.end(), 0);
   }
-  const int64_t total = per_rank_ * world_;
   // kPad: repeat the permutation's head (cyclically, for datasets smaller than the world).
-  for (int64_t i = n_; i < total; ++i) perm.push_back(perm[static_cast<size_t>(i % n_)]);
+  if (tail_ == TailPolicy::kPad)
+    for (int64_t i = n_; i < per_rank_ * world_; ++i) perm.push_back(perm[static_cast<size_t>(i % n_)]);
   std::vector<int64_t> mine;
   mine.reserve(static_cast<size_t>(per_rank_));
   for (int64_t k = 0; k < per_rank_; ++k) mine.push_back(perm[static_cast<size_t>(rank_ + k * world_)]);

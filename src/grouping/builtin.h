@@ -1,5 +1,6 @@
-// Internal: the built-in grouping functions. Adding one = a new .cpp defining
+// Internal: the built-in LibTorch-free grouping functions. Adding one = a new .cpp defining
 // make_grouping_<name>(opts, tok) + one line in SFTGO_GROUPING_BUILTINS (+ the file in CMakeLists).
+// Functions that need LibTorch (rho1) register themselves from src/grouping/*_torch.cpp.
 #pragma once
 
 #include <memory>
@@ -11,8 +12,7 @@
   X(random)                        \
   X(frequency)                     \
   X(tfidf)                         \
-  X(llmlingua2)                    \
-  X(rho1)
+  X(llmlingua2)
 
 namespace sftgo::grouping::detail {
 

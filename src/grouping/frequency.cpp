@@ -8,7 +8,7 @@
 namespace sftgo::grouping::detail {
 namespace {
 
-class FrequencyFunction final : public GroupingFunction {
+class FrequencyFunction final : public StaticGroupingFunction {
  public:
   std::string name() const override { return "frequency"; }
   Requirements requirements() const override { return {.corpus_statistics = true}; }

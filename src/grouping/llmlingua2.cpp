@@ -392,7 +392,7 @@ std::vector<Segment> segments_of(const data::TokenizedExample& ex, const Tokeniz
   return out;
 }
 
-class Llmlingua2Function final : public GroupingFunction {
+class Llmlingua2Function final : public StaticGroupingFunction {
  public:
   Llmlingua2Function(const GroupingOptions& opts, const Tokenizer& tok)
       : opts_(opts), tok_(tok), scorer_(opts) {

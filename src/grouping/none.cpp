@@ -4,7 +4,7 @@
 namespace sftgo::grouping::detail {
 namespace {
 
-class NoneFunction final : public GroupingFunction {
+class NoneFunction final : public StaticGroupingFunction {
  public:
   std::string name() const override { return "none"; }
   Requirements requirements() const override { return {}; }

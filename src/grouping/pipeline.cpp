@@ -70,10 +70,8 @@ GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& example
     SFTGO_CHECK(ex.labels.size() == ex.ids.size(), ErrorKind::kInternal, "example ", ex.index, ": ",
                 ex.labels.size(), " labels for ", ex.ids.size(), " ids");
   (void)num_important(0, opts.top_k_percent);  // validates k before any work
-  auto fn = make_grouping_function(opts, tok);
-  SFTGO_CHECK_HINT(fn->is_static(), ErrorKind::kConfig,
-                   "its groups are chosen at every step from the model's losses (grouping/rho1.h)",
-                   "grouping function '", fn->name(), "' cannot be precomputed for the dataset");
+  auto made = make_grouping_function(opts, tok);
+  StaticGroupingFunction* fn = &as_static(*made, "groups precomputed for a dataset");
 
   std::string cache_path;
   uint64_t key = 0;

@@ -13,7 +13,7 @@ inline uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-class RandomFunction final : public GroupingFunction {
+class RandomFunction final : public StaticGroupingFunction {
  public:
   explicit RandomFunction(uint64_t seed) : seed_(seed) {}
   std::string name() const override { return "random"; }

@@ -1,8 +1,9 @@
-// `rho1`: top-k% excess loss (current - reference), chosen at every step from the model's losses.
-// The function object only declares its needs; the selection itself is select_rho1().
+// Rho-1's selection on host buffers: top-k% excess loss (current - reference). The grouping function
+// itself (reference scoring, per-step selection) is in rho1_torch.cpp.
 #include "sftgo/grouping/rho1.h"
 
-#include "builtin.h"
+#include "sftgo/grouping/grouping.h"
+
 #include "sftgo/core/error.h"
 
 namespace sftgo::grouping {
@@ -47,28 +48,4 @@ std::vector<uint8_t> select_rho1(std::span<const float> current_loss, std::span<
   return out;
 }
 
-namespace detail {
-namespace {
-
-class Rho1Function final : public GroupingFunction {
- public:
-  std::string name() const override { return "rho1"; }
-  Requirements requirements() const override {
-    return {.reference_model = true, .current_model_loss = true};
-  }
-  std::string params() const override { return ""; }
-  std::vector<float> score(const data::TokenizedExample& ex) const override {
-    SFTGO_FAIL_HINT(ErrorKind::kUsage, "call grouping::select_rho1 with the step's per-token losses",
-                    "rho1 scores need the current model's losses; they are selected per step, not per example");
-  }
-};
-
-}  // namespace
-
-std::unique_ptr<GroupingFunction> make_grouping_rho1(const GroupingOptions& opts, const Tokenizer*) {
-  (void)parse_selection(opts.selection);
-  return std::make_unique<Rho1Function>();
-}
-
-}  // namespace detail
 }  // namespace sftgo::grouping

@@ -1,9 +1,21 @@
-// Tensor front end of select_rho1; the ranking runs on the CPU (B*S is small next to the forward pass).
+// Rho-1: the tensor front end of select_rho1 (the ranking runs on the CPU: B*S is small next to the
+// forward pass) and the `rho1` dynamic grouping function.
 #include "sftgo/grouping/rho1_torch.h"
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <filesystem>
+
 #include "sftgo/core/error.h"
+#include "sftgo/core/format.h"
+#include "sftgo/core/log.h"
+#include "sftgo/core/timer.h"
+#include "sftgo/grouping/cache.h"
+#include "sftgo/grouping/dynamic.h"
+#include "sftgo/model/config.h"
+#include "sftgo/model/llama.h"
+#include "sftgo/model/score.h"
 
 namespace sftgo::grouping {
 
@@ -25,4 +37,160 @@ torch::Tensor select_rho1(const torch::Tensor& current_loss, const torch::Tensor
   return out.to(current_loss.device());
 }
 
+}  // namespace sftgo::grouping
+
+// ---- The `rho1` grouping function --------------------------------------------------------------
+// Referenced by `-Wl,--undefined` in src/grouping/CMakeLists.txt so that every binary linking
+// sftgo_grouping pulls this object (and its registration below) out of the static library.
+extern "C" int sftgo_rho1_torch_anchor = 0;
+
+namespace sftgo::grouping {
+
+DynamicGroupingFunction* as_dynamic(GroupingFunction& fn) {
+  return fn.is_static() ? nullptr : dynamic_cast<DynamicGroupingFunction*>(&fn);
+}
+
+namespace {
+
+// Identity of a checkpoint's weights for the reference-loss cache: its path, config.json and the name,
+// size and modification time of every safetensors file (re-training into the same directory changes it).
+std::string checkpoint_identity(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::string id = fs::weakly_canonical(dir).string();
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(fs::path(dir))) {
+    const std::string name = e.path().filename().string();
+    if (name == "config.json" || name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json"))
+      files.push_back(name);
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& name : files) {
+    const fs::path p = fs::path(dir) / name;
+    const auto mtime = fs::last_write_time(p).time_since_epoch().count();
+    id += sftgo::format(";{}:{}:{}", name, fs::file_size(p), mtime);
+  }
+  return id;
+}
+
+// Rho-1 (Lin et al. 2024): the important tokens are the top-k% by excess loss, the training model's
+// current loss minus a frozen reference model's. The reference scores every example once (prepare);
+// the current loss is the training forward's own, handed over by the fused loss (select).
+class Rho1Function final : public DynamicGroupingFunction {
+ public:
+  explicit Rho1Function(const GroupingOptions& opts)
+      : k_(opts.top_k_percent),
+        selection_(parse_selection(opts.selection)),
+        reference_(opts.rho1_reference_model),
+        separate_forward_(opts.rho1_extra_forward) {
+    SFTGO_CHECK_HINT(!reference_.empty(), ErrorKind::kConfig,
+                     "set grouping.rho1_reference_model to a Hugging Face checkpoint directory",
+                     "grouping.function rho1 needs a reference model");
+    (void)num_important(0, k_);  // validates k
+  }
+
+  std::string name() const override { return "rho1"; }
+  Requirements requirements() const override { return {.reference_model = true, .current_model_loss = true}; }
+  std::string params() const override { return ""; }
+  std::vector<std::string> batch_scores() const override { return {kRefLossKey}; }
+  bool separate_forward() const override { return separate_forward_; }
+
+  // The reference model's per-token loss travels with each example as scores[kRefLossKey] (entry t
+  // is the loss of predicting token t). Cached on disk keyed on the examples, the reference
+  // checkpoint and the dtype, so further seeds and restarts skip the scoring.
+  void prepare(std::vector<data::TokenizedExample>& examples, const PrepareContext& ctx) override {
+    Timer t;
+    const model::LlamaConfig ref_cfg = model::LlamaConfig::from_file(reference_);
+    SFTGO_CHECK(ref_cfg.vocab_size == ctx.vocab_size, ErrorKind::kConfig, "the Rho-1 reference model ", reference_,
+                " has a vocabulary of ", ref_cfg.vocab_size, " but the trained model's is ", ctx.vocab_size);
+    std::string cache_path;
+    uint64_t key = 0;
+    if (!ctx.cache_dir.empty()) {
+      const std::string fingerprint = sftgo::format("{:x}", examples_fingerprint(examples));
+      const std::string params =
+          sftgo::format("dtype={};{}", c10::toString(ctx.dtype), checkpoint_identity(reference_));
+      key = grouping_cache_key(fingerprint, "rho1-ref", params, 0.0);
+      cache_path = grouping_cache_path(ctx.cache_dir, "rho1-ref", key);
+      // Data parallel: rank 0 scores and writes the cache; the others wait, then read it.
+      if (ctx.world_size > 1 && ctx.rank != 0 && ctx.barrier) ctx.barrier();
+      if (auto cached = load_grouping_cache(cache_path, key, examples)) {
+        for (size_t i = 0; i < examples.size(); ++i) examples[i].scores[kRefLossKey] = std::move(cached->scores[i]);
+        log_info("rho1: reference losses of {} for the {} loaded from {} ({:.2f}s)", reference_, ctx.what,
+                 cache_path, t.seconds());
+        if (ctx.world_size > 1 && ctx.rank == 0 && ctx.barrier) ctx.barrier();
+        return;
+      }
+    }
+    score_with_reference(examples, ctx, cache_path, key);
+    if (!cache_path.empty() && ctx.world_size > 1 && ctx.rank == 0 && ctx.barrier) ctx.barrier();
+    log_info("rho1: reference model {} scored {} examples of the {} in {:.1f}s{}", reference_, examples.size(),
+             ctx.what, t.seconds(), cache_path.empty() ? "" : sftgo::format(" (cached in {})", cache_path));
+  }
+
+  int64_t important_count(const MicroBatchView& b) const override {
+    if (selection_ == Selection::kBatch) return num_important(b.select.numel(), k_);
+    const at::Tensor per_row = b.trained.sum(1).cpu();  // [B] trained tokens per sequence
+    int64_t n = 0;
+    for (int64_t r = 0; r < b.rows; ++r) n += num_important(per_row[r].item<int64_t>(), k_);
+    return n;
+  }
+
+  at::Tensor select(const MicroBatchView& b, const at::Tensor& token_loss) const override {
+    const auto ref = b.scores.find(kRefLossKey);
+    SFTGO_CHECK(ref != b.scores.end(), ErrorKind::kInternal, "rho1: micro-batch without reference losses");
+    // [T] -> [B, S-1] with zeros at untrained positions (never selected).
+    at::Tensor dense = at::zeros({b.rows * b.positions}, token_loss.options()).index_put_({b.select}, token_loss);
+    at::Tensor mask = select_rho1(dense.view({b.rows, b.positions}), ref->second, b.trained, k_, selection_);
+    return mask.reshape({-1}).to(token_loss.device()).index_select(0, b.select);  // [T] uint8
+  }
+
+ private:
+  void score_with_reference(std::vector<data::TokenizedExample>& examples, const PrepareContext& ctx,
+                            const std::string& cache_path, uint64_t key) const {
+    model::ModelOptions mo;
+    mo.dtype = ctx.dtype;
+    mo.device = ctx.device;
+    mo.init_weights = false;
+    std::vector<std::vector<double>> logprobs;
+    {
+      model::LlamaModel ref = model::load_pretrained(reference_, mo);  // released at the end of the scope
+      std::vector<std::vector<int64_t>> seqs;
+      seqs.reserve(examples.size());
+      for (const auto& ex : examples) seqs.emplace_back(ex.ids.begin(), ex.ids.end());
+      logprobs = model::score_logprobs(*ref, seqs);
+    }
+    GroupingOutput out;
+    for (size_t i = 0; i < examples.size(); ++i) {
+      auto& ex = examples[i];
+      std::vector<float> loss(ex.ids.size(), 0.0f);
+      for (size_t k = 1; k < ex.ids.size(); ++k) loss[k] = static_cast<float>(-logprobs[i][k - 1]);
+      if (!cache_path.empty()) {
+        out.groups.emplace_back(ex.ids.size(), kGroupOther);
+        out.scores.push_back(loss);
+      }
+      ex.scores[kRefLossKey] = std::move(loss);
+    }
+    if (!cache_path.empty() && ctx.rank == 0) {
+      try {
+        std::filesystem::create_directories(ctx.cache_dir);
+        save_grouping_cache(cache_path, key, out);
+      } catch (const std::exception& e) {
+        // A read-only or full cache dir must not stop training: the losses are in memory.
+        log_warn("rho1: could not write cache {}: {}", cache_path, e.what());
+      }
+    }
+  }
+
+  double k_;
+  Selection selection_;
+  std::string reference_;
+  bool separate_forward_;
+};
+
+const bool kRho1Registered = [] {
+  register_grouping_function(
+      "rho1", [](const GroupingOptions& opts, const Tokenizer*) { return std::make_unique<Rho1Function>(opts); });
+  return true;
+}();
+
+}  // namespace
 }  // namespace sftgo::grouping

@@ -90,11 +90,19 @@ std::vector<std::vector<uint8_t>> select_top_k_batch(const std::vector<std::span
   return out;
 }
 
-std::vector<uint8_t> GroupingFunction::groups(const data::TokenizedExample& ex, std::span<const float> scores,
-                                              double k_percent) const {
+std::vector<uint8_t> StaticGroupingFunction::groups(const data::TokenizedExample& ex, std::span<const float> scores,
+                                                    double k_percent) const {
   return select_top_k(scores, trained_mask(ex), k_percent);
 }
 
 GroupingFunction::~GroupingFunction() = default;
+
+StaticGroupingFunction& as_static(GroupingFunction& fn, const std::string& what) {
+  auto* s = dynamic_cast<StaticGroupingFunction*>(&fn);
+  SFTGO_CHECK_HINT(s != nullptr && fn.is_static(), ErrorKind::kConfig,
+                   "its groups are chosen at every step from the training model's losses, inside the trainer",
+                   "grouping function '", fn.name(), "' cannot be used for ", what);
+  return *s;
+}
 
 }  // namespace sftgo::grouping

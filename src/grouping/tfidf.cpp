@@ -84,7 +84,7 @@ std::vector<int32_t> trained_ids(const data::TokenizedExample& ex) {
   return ids;
 }
 
-class TfidfFunction final : public GroupingFunction {
+class TfidfFunction final : public StaticGroupingFunction {
  public:
   explicit TfidfFunction(TfidfParams p) : model_(p) {}
   std::string name() const override { return "tfidf"; }

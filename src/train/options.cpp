@@ -1,5 +1,8 @@
 #include "sftgo/train/options.h"
 
+#include "sftgo/core/error.h"
+#include "sftgo/loss/group_loss.h"
+
 namespace sftgo::train {
 
 data::DataOptions data_options(const Config& cfg) {
@@ -31,9 +34,29 @@ grouping::GroupingOptions grouping_options(const Config& cfg) {
   g.llmlingua2_window = cfg.grouping.llmlingua2_window;
   g.llmlingua2_batch_size = cfg.grouping.llmlingua2_batch_size;
   g.llmlingua2_device = cfg.grouping.llmlingua2_device;
+  g.rho1_reference_model = cfg.grouping.rho1_reference_model;
+  g.rho1_extra_forward = cfg.grouping.rho1_extra_forward;
   g.cache_dir = cfg.data.cache_dir;
   g.num_threads = static_cast<int>(cfg.train.num_threads);
   return g;
+}
+
+Precision parse_precision(const std::string& name) {
+  if (name == "fp32") return Precision::kFp32;
+  if (name == "bf16") return Precision::kBf16;
+  if (name == "bf16_autocast") return Precision::kBf16Autocast;
+  SFTGO_FAIL_HINT(ErrorKind::kConfig, "use fp32, bf16 or bf16_autocast", "unknown train.precision '", name, "'");
+}
+
+double LambdaSchedule::at(int64_t step, int64_t total_steps) const {
+  return decay ? loss::lambda_linear_decay(lambda_max, lambda_min, step, total_steps) : loss::lambda_static(lambda);
+}
+
+LambdaSchedule lambda_schedule(const Config& cfg) {
+  const std::string& name = cfg.loss.lambda_schedule;
+  SFTGO_CHECK_HINT(name == "static" || name == "linear_decay", ErrorKind::kConfig, "use static or linear_decay",
+                   "unknown loss.lambda_schedule '", name, "'");
+  return {name == "linear_decay", cfg.loss.lambda, cfg.loss.lambda_max, cfg.loss.lambda_min};
 }
 
 }  // namespace sftgo::train

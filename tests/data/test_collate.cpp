@@ -84,6 +84,30 @@ TEST(DataCollate, PackedBatchResetsPositionsAndIsolatesDocuments) {
   EXPECT_EQ(batch.num_trained_tokens, trained);
 }
 
+// pad_to_multiple for packed rows (issue 15: sequence lengths a multiple of 64 on a GPU): S rounds up,
+// the padding is inert (pad id, ignored labels, document 0, masked) and the trained tokens unchanged.
+TEST(DataCollate, PackedBatchRoundsToMultiple) {
+  std::mt19937 rng(5);
+  std::vector<TokenizedExample> exs;
+  for (int i = 0; i < 5; ++i) exs.push_back(make_example(i, 20 + 7 * i, 10, rng));
+  std::vector<const TokenizedExample*> ptrs;
+  for (auto& e : exs) ptrs.push_back(&e);
+  const Batch plain = collate_packed(ptrs, 100, 0);
+  const Batch rounded = collate_packed(ptrs, 100, 0, kGpuPadMultiple);
+  EXPECT_NE(plain.seq_len() % 64, 0);
+  EXPECT_EQ(rounded.seq_len() % 64, 0);
+  EXPECT_EQ(rounded.seq_len(), (plain.seq_len() + 63) / 64 * 64);
+  const int64_t s = plain.seq_len();
+  EXPECT_TRUE(torch::equal(rounded.input_ids.narrow(1, 0, s), plain.input_ids));
+  EXPECT_TRUE(torch::equal(rounded.labels.narrow(1, 0, s), plain.labels));
+  const int64_t pad = rounded.seq_len() - s;
+  EXPECT_TRUE((rounded.labels.narrow(1, s, pad) == kIgnoreLabel).all().item<bool>());
+  EXPECT_TRUE((rounded.document_ids.narrow(1, s, pad) == 0).all().item<bool>());
+  EXPECT_FALSE(rounded.attention_mask.narrow(1, s, pad).any().item<bool>());
+  EXPECT_EQ(rounded.num_trained_tokens, plain.num_trained_tokens);
+  EXPECT_EQ(collate_padded(ptrs, 0, kGpuPadMultiple).seq_len() % 64, 0);
+}
+
 TEST(DataCollate, PlanPackingFirstFit) {
   auto rows = plan_packing({10, 8, 5, 3, 9}, 16);
   // 10 -> row0; 8 -> row1; 5 -> row0 (15); 3 -> row1 (11); 9 -> row2.
@@ -207,6 +231,37 @@ TEST(DataLoader, EpochCoversEveryExampleOnceAndResumes) {
     DataLoader again(ds, o);
     again.set_state(saved);
     for (int k = 0; k < 3; ++k) EXPECT_EQ(again.next().example_indices, want[k]);
+  }
+}
+
+// One data path: a step is `examples` sampler indices cut into micro-batches of micro_batch_size examples
+// (packed: those examples packed into rows), exactly what the trainer trains on.
+TEST(DataLoader, NextStepIsSamplerOrderInMicroBatchesOfExamples) {
+  std::mt19937 rng(6);
+  auto ds = random_dataset(30, rng);
+  for (bool packing : {false, true}) {
+    SCOPED_TRACE(packing ? "packed" : "padded");
+    LoaderOptions o;
+    o.micro_batch_size = 3;
+    o.packing = packing;
+    o.max_seq_len = 64;
+    o.seed = 2;
+    o.rank = 1;
+    o.world_size = 2;
+    DataLoader loader(ds, o);
+    DistributedSampler sampler(30, 2, 1, 2);
+    for (int step = 0; step < 4; ++step) {  // 15 per rank: steps of 8 end the epoch with 7
+      const std::vector<int64_t> want = sampler.next(8);
+      const std::vector<Batch> got = loader.next_step(8);
+      ASSERT_EQ(got.size(), (want.size() + 2) / 3);
+      std::vector<int64_t> seen;
+      for (const auto& b : got) {
+        EXPECT_LE(b.rows(), 3);
+        seen.insert(seen.end(), b.example_indices.begin(), b.example_indices.end());
+      }
+      EXPECT_EQ(seen, want);
+      EXPECT_EQ(loader.state(), sampler.state());
+    }
   }
 }
 

@@ -99,7 +99,7 @@ TEST(Registry, BuiltinsAndUnknownName) {
 }
 
 TEST(Registry, RuntimeRegistration) {
-  class Last final : public GroupingFunction {
+  class Last final : public StaticGroupingFunction {
    public:
     std::string name() const override { return "test_last"; }
     Requirements requirements() const override { return {}; }

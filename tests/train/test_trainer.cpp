@@ -12,7 +12,9 @@
 #include "sftgo/checkpoint/checkpoint.h"
 #include "sftgo/core/error.h"
 #include "sftgo/core/strings.h"
+#include "sftgo/grouping/dynamic.h"
 #include "sftgo/train/trainer.h"
+#include "../../src/train/step.h"
 
 namespace sftgo::train {
 namespace {
@@ -378,6 +380,85 @@ TEST_F(TrainerTest, Bf16AutocastKeepsFp32WeightsAndCheckpointingRecomputesUnderA
   EXPECT_GT(max_diff(amp, fp32), 0.0);
   // bf16 weights cannot be autocast (autocast casts fp32 weights per op).
   EXPECT_THROW(Trainer(config("bad", {"train.precision=bf16_autocast", "model.dtype=bfloat16"})), Error);
+}
+
+// A dynamic grouping function plugs in through the registry and the DynamicGroupingFunction interface
+// alone: this one (defined only here, unknown to the trainer) marks the top-k% current-loss tokens of
+// each sequence. The trainer must drive it from its declared requirements, never from its name.
+class TopLossGrouping final : public grouping::DynamicGroupingFunction {
+ public:
+  explicit TopLossGrouping(double k) : k_(k) {}
+  std::string name() const override { return "test_top_loss"; }
+  grouping::Requirements requirements() const override { return {.current_model_loss = true}; }
+  std::string params() const override { return ""; }
+  void prepare(std::vector<data::TokenizedExample>& examples, const grouping::PrepareContext&) override {
+    ++prepared;
+  }
+  int64_t important_count(const grouping::MicroBatchView& b) const override {
+    const at::Tensor per_row = b.trained.sum(1);  // [B]
+    int64_t n = 0;
+    for (int64_t r = 0; r < b.rows; ++r) n += grouping::num_important(per_row[r].item<int64_t>(), k_);
+    return n;
+  }
+  at::Tensor select(const grouping::MicroBatchView& b, const at::Tensor& token_loss) const override {
+    ++selected;
+    // Per row: the ceil(k%) trained positions with the largest current loss.
+    at::Tensor dense = at::full({b.rows * b.positions}, -INFINITY).index_put_({b.select}, token_loss);
+    at::Tensor rows = dense.view({b.rows, b.positions});
+    at::Tensor mask = at::zeros_like(rows, at::kByte);
+    const at::Tensor per_row = b.trained.sum(1);
+    for (int64_t r = 0; r < b.rows; ++r) {
+      const int64_t n = grouping::num_important(per_row[r].item<int64_t>(), k_);
+      if (n > 0) mask[r].index_fill_(0, std::get<1>(rows[r].topk(n)), 1);
+    }
+    return mask.reshape({-1}).index_select(0, b.select);
+  }
+  static inline int prepared = 0;
+  static inline int selected = 0;
+
+ private:
+  double k_;
+};
+
+TEST_F(TrainerTest, DynamicGroupingFunctionPlugsInWithoutTrainerChanges) {
+  static const bool registered = [] {
+    grouping::register_grouping_function("test_top_loss", [](const grouping::GroupingOptions& o, const Tokenizer*) {
+      return std::make_unique<TopLossGrouping>(o.top_k_percent);
+    });
+    return true;
+  }();
+  ASSERT_TRUE(registered);
+  TopLossGrouping::prepared = TopLossGrouping::selected = 0;
+  std::vector<StepMetrics> steps;
+  TrainerHooks hooks;
+  hooks.on_step = [&](const StepMetrics& m) {
+    steps.push_back(m);
+    return true;
+  };
+  Trainer t(config("plugin", {"grouping.function=test_top_loss", "train.max_steps=2", "train.micro_batch_size=4"}),
+            hooks);
+  t.run();
+  EXPECT_EQ(TopLossGrouping::prepared, 1);
+  EXPECT_GE(TopLossGrouping::selected, 2 * 2);  // every micro-batch of every step
+  ASSERT_EQ(steps.size(), 2u);
+  for (const auto& m : steps) {
+    EXPECT_TRUE(std::isfinite(m.loss));
+    EXPECT_GT(m.count_imp, 0);
+    // The chosen tokens are the highest-loss ones: their mean CE is above the other group's.
+    EXPECT_GT(m.loss_imp, m.loss_unimp);
+  }
+}
+
+TEST(StepWeights, PlanFollowsScopeObjectiveMicroBatchesAndWorld) {
+  using loss::Objective;
+  using loss::StatsScope;
+  EXPECT_EQ(plan_weights(StatsScope::kMicrobatch, Objective::kSftGo, 4, 2), WeightsPlan::kOwnForward);
+  EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kSftGo, 1, 1), WeightsPlan::kOwnForward);
+  EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kSftGo, 4, 1), WeightsPlan::kPrePass);
+  EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kSftGo, 1, 2), WeightsPlan::kGlobalHook);
+  EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kCe, 4, 1), WeightsPlan::kFromCounts);
+  EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kRho1, 1, 2), WeightsPlan::kFromCounts);
+  EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kCe, 1, 1), WeightsPlan::kOwnForward);
 }
 
 TEST_F(TrainerTest, BadConfigFailsBeforeTraining) {

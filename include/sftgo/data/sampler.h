@@ -14,6 +14,9 @@ enum class TailPolicy {
   kPad,
   // Drop the last N % world_size indices of the permutation; which ones changes with the epoch.
   kDrop,
+  // Every index exactly once: rank r takes positions r, r+W, ... < N, so the first N % world_size ranks
+  // get one more (evaluation, where every rank's sums are added and nothing may count twice).
+  kUneven,
 };
 
 // Position in the stream: `index` examples of this rank's share of `epoch` have been consumed.

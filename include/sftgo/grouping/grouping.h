@@ -44,6 +44,8 @@ struct GroupingOptions {
   int64_t llmlingua2_window = 512;     // classifier window in XLM-R pieces (incl. <s> and </s>)
   int64_t llmlingua2_batch_size = 16;  // classifier windows per forward
   std::string llmlingua2_device = "auto";  // auto | cpu | cuda (auto = cuda when available)
+  std::string rho1_reference_model;    // rho1: frozen reference checkpoint (HF directory)
+  bool rho1_extra_forward = false;     // rho1: current losses from a separate no-grad forward
   std::string cache_dir;               // "" = no on-disk cache
   std::string dataset_fingerprint;     // from the data module's cache key; "" = hash the examples
   int num_threads = 0;                 // 0 = std::thread::hardware_concurrency()
@@ -57,15 +59,26 @@ struct Requirements {
   bool tokenizer = false;           // needs the Llama tokenizer (text spans)
 };
 
+class DynamicGroupingFunction;  // grouping/dynamic.h: groups chosen at every step (LibTorch)
+class StaticGroupingFunction;
+
+// What every grouping function declares. The trainer decides what to load and when to group from
+// requirements() alone, never from the name: a static function (no current_model_loss) is a
+// StaticGroupingFunction whose masks are computed once per dataset and cached; a dynamic one is a
+// DynamicGroupingFunction (dynamic.h) that picks groups from the training forward of every step.
 class GroupingFunction {
  public:
   virtual ~GroupingFunction();
   virtual std::string name() const = 0;
   virtual Requirements requirements() const = 0;
-  // Static functions depend only on the data and parameters: masks are computed once and cached.
-  virtual bool is_static() const { return !requirements().current_model_loss; }
+  bool is_static() const { return !requirements().current_model_loss; }
   // Canonical "key=value;..." of every parameter that changes the scores (part of the cache key).
   virtual std::string params() const = 0;
+};
+
+// Scores each example from the data (and the corpus) alone.
+class StaticGroupingFunction : public GroupingFunction {
+ public:
   // Corpus statistics (called once, before score()); default: nothing to learn.
   virtual void fit(const std::vector<data::TokenizedExample>& corpus) {}
   // Per-token importance, ex.ids.size() long; only trained positions are meaningful (others 0).
@@ -75,6 +88,10 @@ class GroupingFunction {
   virtual std::vector<uint8_t> groups(const data::TokenizedExample& ex, std::span<const float> scores,
                                       double k_percent) const;
 };
+
+// The static interface of fn; throws sftgo::Error(kConfig) naming fn when its groups depend on the
+// training model (what = the caller's purpose, for the message).
+StaticGroupingFunction& as_static(GroupingFunction& fn, const std::string& what);
 
 // 1 where labels[t] != kIgnoreLabel.
 std::vector<uint8_t> trained_mask(const data::TokenizedExample& ex);

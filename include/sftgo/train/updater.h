@@ -1,0 +1,57 @@
+// The Updater: how a step's gradients become a weight update, and what of it a checkpoint keeps.
+// One implementation per way of holding weights and optimizer state; the trainer calls only this
+// interface, so a new way (FSDP, LoRA adapters, another precision) is a new Updater, not a branch in
+// the step.
+//   plain   AdamW on the model's own parameters (fp32, or bf16 weights and state)
+//   masters bf16 working weights, fp32 master weights and AdamW state (train.precision: bf16)
+//   zero1   ZeRO-1: AdamW state and fp32 masters sharded across ranks (dist.zero1)
+// With several ranks the first two compose with the bucketed gradient reducer (dist::GradReducer),
+// which sums gradients over ranks while the step's last backward runs.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sftgo/checkpoint/checkpoint.h"
+#include "sftgo/dist/dist.h"
+#include "sftgo/optim/optim.h"
+
+namespace sftgo::train {
+
+enum class UpdaterKind { kPlain, kFp32Masters, kZero1 };
+
+class Updater {
+ public:
+  virtual ~Updater();
+  virtual UpdaterKind kind() const = 0;
+  // The step's last backward is next: gradient communication may overlap it.
+  virtual void before_last_backward() {}
+  // After the step's backward passes, on every rank, also after an aborted step (collectives stay matched).
+  virtual void after_backward() {}
+  // Clips the gradients to max_norm (0 = no clipping) and applies one AdamW update at `lr`. Returns the
+  // gradient norm before clipping; NaN/Inf (or finite == false, when the loss was not finite on some
+  // rank) means nothing was updated. Every rank gets the same result.
+  virtual double step(double lr, double max_norm, bool finite) = 0;
+  // Clears the gradients for the next step (in place where the gradients are communication buffers).
+  virtual void zero_grad() = 0;
+  // Seconds of this step spent in gradient communication (reducer wait or ZeRO-1 step); -1 = none.
+  virtual double comm_seconds() const { return -1; }
+
+  // Checkpointing, called on every rank: adds this updater's state to a save (rank 0 writes `request`;
+  // files in request.move_files that every rank wrote into staging_dir move into the checkpoint).
+  virtual void add_to_save(checkpoint::SaveRequest& request, const std::string& staging_dir) = 0;
+  // Restores what add_to_save saved from a checkpoint directory, onto the parameters' device.
+  virtual void resume(const std::string& checkpoint_dir) = 0;
+};
+
+struct UpdaterOptions {
+  optim::AdamWOptions adamw;
+  double bucket_mb = 25;  // gradient all-reduce buckets (several ranks, plain and masters)
+};
+
+// params: the model's parameters (HF name, tensor), all on comm->device().
+std::unique_ptr<Updater> make_updater(UpdaterKind kind, std::shared_ptr<dist::Comm> comm,
+                                      const optim::NamedParameters& params, const UpdaterOptions& options);
+
+}  // namespace sftgo::train

@@ -1,0 +1,237 @@
+// The three Updaters (see updater.h). Each owns its optimizer state, its zero-grad and its part of a
+// checkpoint, so the trainer's step, save and resume never ask which one is running.
+#include "sftgo/train/updater.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "sftgo/core/error.h"
+#include "sftgo/core/log.h"
+#include "sftgo/core/timer.h"
+#include "sftgo/dist/zero.h"
+
+namespace fs = std::filesystem;
+
+namespace sftgo::train {
+namespace {
+
+// ZeRO-1 shard files of a checkpoint directory, sorted.
+std::vector<std::string> zero_shards(const std::string& dir) {
+  std::vector<std::string> shards;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().rfind("zero_rank", 0) == 0) shards.push_back(e.path().string());
+  std::sort(shards.begin(), shards.end());
+  return shards;
+}
+
+void check_zero_setting(const std::string& dir, bool zero) {
+  const bool has_shards = !zero_shards(dir).empty();
+  SFTGO_CHECK_HINT(has_shards == zero, ErrorKind::kConfig, "resume with the dist.zero1 setting the run was saved with",
+                   dir, has_shards ? " holds ZeRO-1 optimizer shards, but dist.zero1 is off"
+                                   : " was saved without ZeRO-1 (optimizer.pt), but dist.zero1 is on");
+}
+
+// AdamW's state tensors follow their parameter's device (an optimizer.pt saved on another device, or
+// on CPU by a CPU run, resumes onto this rank's GPU).
+void move_state_to_params(torch::optim::Optimizer& optimizer) {
+  auto& state = optimizer.state();
+  for (const auto& group : optimizer.param_groups()) {
+    for (const auto& p : group.params()) {
+      auto it = state.find(p.unsafeGetTensorImpl());
+      if (it == state.end()) continue;
+      auto& s = static_cast<torch::optim::AdamWParamState&>(*it->second);
+      if (s.exp_avg().defined() && s.exp_avg().device() != p.device()) s.exp_avg(s.exp_avg().to(p.device()));
+      if (s.exp_avg_sq().defined() && s.exp_avg_sq().device() != p.device())
+        s.exp_avg_sq(s.exp_avg_sq().to(p.device()));
+      if (s.max_exp_avg_sq().defined() && s.max_exp_avg_sq().device() != p.device())
+        s.max_exp_avg_sq(s.max_exp_avg_sq().to(p.device()));
+    }
+  }
+}
+
+std::vector<at::Tensor> optimizer_params(const torch::optim::Optimizer& optimizer) {
+  std::vector<at::Tensor> out;
+  for (const auto& g : optimizer.param_groups())
+    for (const auto& p : g.params()) out.push_back(p);
+  return out;
+}
+
+// Gradients summed over ranks while the last backward runs (several ranks only).
+std::unique_ptr<dist::GradReducer> make_reducer(const std::shared_ptr<dist::Comm>& comm,
+                                                const optim::NamedParameters& params, double bucket_mb) {
+  if (comm->world_size() <= 1) return nullptr;
+  std::vector<at::Tensor> trainable;
+  for (const auto& [name, p] : params)
+    if (p.requires_grad()) trainable.push_back(p);
+  return std::make_unique<dist::GradReducer>(comm, trainable, bucket_mb);
+}
+
+// The reducer's half of an Updater: arm before the last backward, wait after it, time the wait.
+class ReducingUpdater : public Updater {
+ public:
+  void before_last_backward() override {
+    if (reducer_) reducer_->arm();
+  }
+  void after_backward() override {
+    if (!reducer_) return;
+    Timer t;
+    reducer_->finish();
+    comm_s_ = t.seconds();
+  }
+  double comm_seconds() const override { return comm_s_; }
+
+ protected:
+  // Clip + AdamW over the optimizer's parameters; returns the norm (nothing changes when not finite).
+  double clip_and_step(double lr, double max_norm, bool finite) {
+    const double norm = finite ? optim::clip_grad_norm(optimizer_params(*optimizer_), max_norm) : NAN;
+    if (std::isfinite(norm)) {
+      optim::set_lr(*optimizer_, lr);
+      optimizer_->step();
+    }
+    return norm;
+  }
+
+  std::unique_ptr<dist::GradReducer> reducer_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  double comm_s_ = -1;
+};
+
+// AdamW over the model's own parameters.
+class PlainUpdater final : public ReducingUpdater {
+ public:
+  PlainUpdater(const std::shared_ptr<dist::Comm>& comm, const optim::NamedParameters& params,
+               const UpdaterOptions& o) {
+    optimizer_ = optim::make_adamw(params, o.adamw);
+    reducer_ = make_reducer(comm, params, o.bucket_mb);
+  }
+  UpdaterKind kind() const override { return UpdaterKind::kPlain; }
+  double step(double lr, double max_norm, bool finite) override { return clip_and_step(lr, max_norm, finite); }
+  void zero_grad() override {
+    // With a reducer the gradients are views of its all-reduce buckets: zeroed in place, never freed.
+    if (reducer_) reducer_->zero_grad();
+    else optimizer_->zero_grad(true);
+  }
+  void add_to_save(checkpoint::SaveRequest& r, const std::string&) override { r.optimizer = optimizer_.get(); }
+  void resume(const std::string& dir) override {
+    check_zero_setting(dir, false);
+    checkpoint::load_optimizer_state(dir, *optimizer_);
+    move_state_to_params(*optimizer_);
+  }
+};
+
+// bf16 working weights; fp32 master weights carry the update and the AdamW state.
+class Fp32MastersUpdater final : public ReducingUpdater {
+ public:
+  Fp32MastersUpdater(const std::shared_ptr<dist::Comm>& comm, const optim::NamedParameters& params,
+                     const UpdaterOptions& o)
+      : working_(params) {
+    for (const auto& [name, p] : working_)
+      masters_.emplace_back(name, p.detach().to(at::kFloat).clone().set_requires_grad(true));
+    optimizer_ = optim::make_adamw(masters_, o.adamw);
+    reducer_ = make_reducer(comm, params, o.bucket_mb);
+  }
+  UpdaterKind kind() const override { return UpdaterKind::kFp32Masters; }
+  double step(double lr, double max_norm, bool finite) override {
+    if (finite) {
+      // bf16 gradients -> fp32 master gradients; clipping and AdamW then work in fp32.
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < masters_.size(); ++i) {
+        const at::Tensor& g = working_[i].second.grad();
+        masters_[i].second.mutable_grad() = g.defined() ? g.to(at::kFloat) : at::zeros_like(masters_[i].second);
+      }
+    }
+    const double norm = clip_and_step(lr, max_norm, finite);
+    if (std::isfinite(norm)) {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < masters_.size(); ++i) working_[i].second.copy_(masters_[i].second);
+    }
+    return norm;
+  }
+  void zero_grad() override {
+    optimizer_->zero_grad(true);  // the fp32 master gradients are freed
+    if (reducer_) {
+      reducer_->zero_grad();
+    } else {
+      for (auto& [name, p] : working_) p.mutable_grad().reset();
+    }
+  }
+  void add_to_save(checkpoint::SaveRequest& r, const std::string&) override {
+    r.optimizer = optimizer_.get();
+    r.master_weights = masters_;
+  }
+  void resume(const std::string& dir) override {
+    check_zero_setting(dir, false);
+    auto saved = checkpoint::load_master_weights(dir);
+    if (saved.empty()) log_warn("{} has no fp32 master weights: continuing from its bf16 weights", dir);
+    {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < masters_.size(); ++i) {
+        auto it = saved.find(masters_[i].first);
+        if (!saved.empty())
+          SFTGO_CHECK(it != saved.end() && it->second.sizes() == masters_[i].second.sizes(), ErrorKind::kFormat, dir,
+                      "/master_weights.safetensors: missing or mis-shaped ", masters_[i].first);
+        masters_[i].second.copy_(saved.empty() ? working_[i].second.to(at::kFloat) : it->second);
+      }
+    }
+    checkpoint::load_optimizer_state(dir, *optimizer_);
+    move_state_to_params(*optimizer_);
+  }
+
+ private:
+  optim::NamedParameters working_;  // the model's parameters
+  optim::NamedParameters masters_;  // fp32 copies the optimizer updates
+};
+
+// ZeRO-1 keeps its own fp32 master shard, so bf16 runs need no full-size masters.
+class Zero1Updater final : public Updater {
+ public:
+  Zero1Updater(std::shared_ptr<dist::Comm> comm, const optim::NamedParameters& params, const UpdaterOptions& o)
+      : comm_(std::move(comm)), zero_(comm_, params, o.adamw) {}
+  UpdaterKind kind() const override { return UpdaterKind::kZero1; }
+  double step(double lr, double max_norm, bool finite) override {
+    Timer t;
+    const double norm = finite ? zero_.step(lr, max_norm) : NAN;
+    if (comm_->world_size() > 1) comm_s_ = t.seconds();
+    return norm;
+  }
+  void zero_grad() override { zero_.zero_grad(); }
+  double comm_seconds() const override { return comm_s_; }
+  void add_to_save(checkpoint::SaveRequest& r, const std::string& staging_dir) override {
+    // Every rank writes its shard into the staging directory; rank 0 moves them all into the
+    // checkpoint before trainer_state.json marks it complete (a filesystem shared by the nodes).
+    fs::create_directories(staging_dir);
+    const int world = comm_->world_size();
+    zero_.save_shard((fs::path(staging_dir) / dist::zero_shard_file_name(comm_->rank(), world)).string());
+    comm_->barrier();
+    for (int r2 = 0; r2 < world; ++r2)
+      r.move_files.push_back((fs::path(staging_dir) / dist::zero_shard_file_name(r2, world)).string());
+  }
+  void resume(const std::string& dir) override {
+    check_zero_setting(dir, true);
+    zero_.load_shards(zero_shards(dir));  // any saved world size: each shard file names its slice
+  }
+
+ private:
+  std::shared_ptr<dist::Comm> comm_;
+  dist::ZeroAdamW zero_;
+  double comm_s_ = -1;
+};
+
+}  // namespace
+
+Updater::~Updater() = default;
+
+std::unique_ptr<Updater> make_updater(UpdaterKind kind, std::shared_ptr<dist::Comm> comm,
+                                      const optim::NamedParameters& params, const UpdaterOptions& options) {
+  switch (kind) {
+    case UpdaterKind::kPlain: return std::make_unique<PlainUpdater>(comm, params, options);
+    case UpdaterKind::kFp32Masters: return std::make_unique<Fp32MastersUpdater>(comm, params, options);
+    case UpdaterKind::kZero1: return std::make_unique<Zero1Updater>(std::move(comm), params, options);
+  }
+  SFTGO_FAIL(ErrorKind::kInternal, "unknown updater kind");
+}
+
+}  // namespace sftgo::train
