@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# Reproduces a results table: trains every config x seed, evaluates each final checkpoint with
-# `sftgo-train eval` on the tasks given, and writes OUT/table.md and OUT/table.csv laid out like the
-# SFT-GO paper's Tables 1-2 (one row per config, one column per task, mean +- std over seeds).
+# Reproduces the SFT-GO paper's tables: trains every config x seed, evaluates each final checkpoint
+# with `sftgo-train eval` (multiple choice) and lm-evaluation-harness (IFEval, TruthfulQA generation),
+# and writes the tables as Markdown and CSV (mean +- std over seeds).
 #
+# Tables 1-4 in one command (the paper's layout, with the paper's value and our difference beside
+# each cell; docs/reproduce.md):
+#   scripts/reproduce.sh --tables --seeds "1 2 3 4 5" [--datasets "lima alpaca"] [--models "3b 8b"]
+#       [--eval-dir data/eval] [--lm-eval .venv/bin/lm_eval | --lm-eval none] [--eta-sweep "55 70 85 90"]
+#   -> OUT/tables.md, OUT/table{1,2,3,4}.csv (scripts/reproduce_tables.py builds them)
+#   --eval-dir holds mmlu.jsonl, mmlu_dev.jsonl, mathqa.jsonl, arc_challenge.jsonl, openbookqa.jsonl,
+#     hellaswag.jsonl, truthfulqa_mc.jsonl (docs/evaluation.md says how to make them).
+#   --lm-eval CMD runs CMD (lm_eval's command line) for ifeval and truthfulqa_gen on each checkpoint,
+#     writing OUT/lm_eval/<run>/<task>/; "none" only reads result JSON already there.
+#   --eta-sweep "P ..." also trains the Figure 3 sweep (LIMA x {tfidf,rho1,llmlingua2} at each eta).
+#   8B configs are launched with --launch8b (default "mpirun -np 8").
+#
+# Any list of configs with the tasks you name (one column per task):
 #   scripts/reproduce.sh --configs "configs/lima_llama3b_sft.yaml configs/lima_llama3b_tfidf.yaml" \
 #       --seeds "1 2 3" \
 #       --task arc_challenge=data/eval/arc_challenge_test.jsonl \
 #       --task mmlu:5=data/eval/mmlu_test.jsonl,data/eval/mmlu_dev.jsonl \
 #       --task truthfulqa_mc2/acc=data/eval/truthfulqa_mc.jsonl
+#   -> OUT/table.md and OUT/table.csv
 #
 # --task NAME[:SHOTS][/METRIC]=FILE[,FEWSHOT_FILE]  (repeatable; METRIC default: acc_norm when the
 #        task reports it, else acc; values are shown in percent)
@@ -25,6 +39,8 @@ cd "$(dirname "$0")/.."
 BUILD_DIR=${SFTGO_BUILD_DIR:-build}
 BIN="$BUILD_DIR/bin/sftgo-train"
 CONFIGS=() SEEDS=(1) TASKS=() SETS=() OUT=results LAUNCH="" DEVICE=auto LIMIT=-1 SETUP=1
+TABLES=0 DATASETS=(lima alpaca) MODELS=(3b 8b) EVAL_DIR=data/eval LM_EVAL=.venv/bin/lm_eval ETAS=()
+LAUNCH8B="mpirun -np 8" LM_EVAL_ARGS=""
 
 die() { echo "reproduce.sh: $*" >&2; exit 2; }
 while (($#)); do
@@ -38,11 +54,53 @@ while (($#)); do
     --device) DEVICE=${2:?}; shift ;;
     --limit) LIMIT=${2:?}; shift ;;
     --no-setup) SETUP=0 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --tables) TABLES=1 ;;
+    --datasets) read -r -a DATASETS <<<"${2:?}"; shift ;;
+    --models) read -r -a MODELS <<<"${2:?}"; shift ;;
+    --eval-dir) EVAL_DIR=${2:?}; shift ;;
+    --lm-eval) LM_EVAL=${2:?}; shift ;;
+    --lm-eval-args) LM_EVAL_ARGS=${2:?}; shift ;;
+    --eta-sweep) read -r -a ETAS <<<"${2:?}"; shift ;;
+    --launch8b) LAUNCH8B=${2:?}; shift ;;
+    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
 done
+if ((TABLES)); then
+  # The paper's rows (make_paper_configs.py): 4 methods per dataset x model, Table 4's extra cells
+  # and the eta sweep; the eight multiple-choice evaluations of Tables 1-2.
+  ((${#CONFIGS[@]} == 0 && ${#TASKS[@]} == 0)) || die "--tables chooses the configs and tasks itself: drop --configs/--task"
+  for d in "${DATASETS[@]}"; do [[ "$d" == lima || "$d" == alpaca ]] || die "--datasets: unknown '$d' (lima, alpaca)"; done
+  for m in "${MODELS[@]}"; do [[ "$m" == 3b || "$m" == 8b ]] || die "--models: unknown '$m' (3b, 8b)"; done
+  for e in "${ETAS[@]}"; do [[ "$e" =~ ^[0-9]+(\.[0-9]*[1-9])?$ ]] || die "--eta-sweep: '$e' is not a percentile like 55 or 82.5"; done
+  for d in "${DATASETS[@]}"; do
+    for m in "${MODELS[@]}"; do
+      for meth in sft rho1 tfidf llmlingua2; do CONFIGS+=("configs/${d}_llama${m}_${meth}.yaml"); done
+      if [ "$d" == lima ]; then
+        [ "$m" == 3b ] && CONFIGS+=("configs/lima_llama3b_llmlingua2_static.yaml")
+        [ "$m" == 8b ] && CONFIGS+=("configs/lima_llama8b_llmlingua2_decaying.yaml")
+      fi
+    done
+  done
+  if ((${#ETAS[@]})); then
+    mkdir -p "$OUT/configs"
+    PYG=.venv/bin/python; [ -x "$PYG" ] || PYG=python3
+    "$PYG" scripts/make_paper_configs.py --eta-sweep "$(IFS=,; echo "${ETAS[*]}")" --out "$OUT/configs" >/dev/null
+    for m in "${MODELS[@]}"; do
+      for meth in tfidf rho1 llmlingua2; do
+        for e in "${ETAS[@]}"; do CONFIGS+=("$OUT/configs/lima_llama${m}_${meth}_eta${e}.yaml"); done
+      done
+    done
+  fi
+  E=$EVAL_DIR
+  TASKS=("mmlu=$E/mmlu.jsonl" "mmlu:5=$E/mmlu.jsonl,$E/mmlu_dev.jsonl" "mathqa=$E/mathqa.jsonl"
+         "arc_challenge=$E/arc_challenge.jsonl" "openbookqa=$E/openbookqa.jsonl" "hellaswag=$E/hellaswag.jsonl"
+         "truthfulqa_mc1=$E/truthfulqa_mc.jsonl" "truthfulqa_mc2=$E/truthfulqa_mc.jsonl")
+  if [ "$LM_EVAL" != none ]; then
+    command -v "${LM_EVAL%% *}" >/dev/null || die "--lm-eval: '$LM_EVAL' not found (install lm_eval, or --lm-eval none to read existing results)"
+  fi
+fi
 ((${#CONFIGS[@]})) || die "--configs is required"
 ((${#TASKS[@]})) || die "at least one --task NAME=FILE is required"
 for c in "${CONFIGS[@]}"; do [ -f "$c" ] || die "config not found: $c"; done
@@ -72,12 +130,15 @@ for cfg in "${CONFIGS[@]}"; do
     run="$OUT/runs/${name}_seed${seed}"
     if [ ! -f "$run/DONE" ]; then
       extra=()
-      if [[ "$name" == *_rho1 ]] && [ -f "$OUT/runs/${name%_rho1}_sft_seed${seed}/DONE" ]; then
-        extra=(--set "grouping.rho1_reference_model=$(final_checkpoint "$OUT/runs/${name%_rho1}_sft_seed${seed}")")
+      sft="${name%%_rho1*}_sft"  # lima_llama3b_rho1[_eta55] -> lima_llama3b_sft
+      if [[ "$name" == *_rho1 || "$name" == *_rho1_eta* ]] && [ -f "$OUT/runs/${sft}_seed${seed}/DONE" ]; then
+        extra=(--set "grouping.rho1_reference_model=$(final_checkpoint "$OUT/runs/${sft}_seed${seed}")")
       fi
+      launch=$LAUNCH
+      ((TABLES)) && [[ "$name" == *_llama8b_* && -z "$LAUNCH" ]] && launch=$LAUNCH8B
       echo "[reproduce] train $name seed $seed -> $run" >&2
-      # shellcheck disable=SC2086  # LAUNCH is a command prefix, split on purpose
-      $LAUNCH "$BIN" --config "$cfg" "${SETS[@]}" "${extra[@]}" --set "run.seed=$seed" \
+      # shellcheck disable=SC2086  # launch is a command prefix, split on purpose
+      $launch "$BIN" --config "$cfg" "${SETS[@]}" "${extra[@]}" --set "run.seed=$seed" \
         --set "run.output_dir=$run" --resume auto
       touch "$run/DONE"
     fi
@@ -98,8 +159,30 @@ for cfg in "${CONFIGS[@]}"; do
       "$BIN" "${args[@]}" >/dev/null
       mv "$res.tmp" "$res"
     done
+    # Generation metrics (Tables 5-8): lm-evaluation-harness on the same checkpoint. LIMA models are
+    # chat-tuned with the llama3 template, so their prompts go through the checkpoint's chat template.
+    if ((TABLES)) && [ "$LM_EVAL" != none ]; then
+      for task in ifeval truthfulqa_gen; do
+        dir="$OUT/lm_eval/${name}_seed${seed}/$task"
+        [ -n "$(find "$dir" -name 'results*.json' 2>/dev/null | head -n 1)" ] && continue
+        chat=(); [[ "$name" == lima_* ]] && chat=(--apply_chat_template)
+        dtype=bfloat16; [ "$DEVICE" == cpu ] && dtype=float32
+        lim=(); ((LIMIT >= 0)) && lim=(--limit "$LIMIT")
+        echo "[reproduce] lm_eval $name seed $seed: $task" >&2
+        # shellcheck disable=SC2086  # LM_EVAL / LM_EVAL_ARGS are command words, split on purpose
+        $LM_EVAL --model hf --model_args "pretrained=$ckpt,dtype=$dtype" --tasks "$task" "${chat[@]}" \
+          --batch_size auto --output_path "$dir" "${lim[@]}" $LM_EVAL_ARGS >&2
+      done
+    fi
   done
 done
+
+if ((TABLES)); then
+  "$PY" scripts/reproduce_tables.py "$OUT" --seeds "${SEEDS[*]}" --datasets "${DATASETS[*]}" \
+    --models "${MODELS[*]}" --eta-sweep "${ETAS[*]}"
+  echo "[reproduce] wrote $OUT/tables.md and $OUT/table{1,2,3,4}.csv" >&2
+  exit 0
+fi
 
 # The table: rows = configs (in the order given), columns = tasks, mean +- sample std over seeds.
 "$PY" - "$OUT" "${#CONFIGS[@]}" "${CONFIGS[@]}" "${SEEDS[@]}" -- "${TASKS[@]}" <<'PYEOF'
