@@ -72,6 +72,7 @@ Batch collate_rows(const Rows& rows, int64_t seq_len, int32_t pad_id, bool packe
 
 Batch collate_padded(const std::vector<const TokenizedExample*>& examples, int32_t pad_id, int64_t pad_to_multiple) {
   SFTGO_CHECK(!examples.empty(), ErrorKind::kInternal, "collate of an empty batch");
+  SFTGO_CHECK(pad_to_multiple >= 1, ErrorKind::kInternal, "collate: pad_to_multiple ", pad_to_multiple, " < 1");
   int64_t longest = 0;
   for (const auto* ex : examples) longest = std::max<int64_t>(longest, static_cast<int64_t>(ex->ids.size()));
   if (pad_to_multiple > 1) longest = (longest + pad_to_multiple - 1) / pad_to_multiple * pad_to_multiple;
@@ -98,8 +99,10 @@ std::vector<std::vector<size_t>> plan_packing(const std::vector<int64_t>& length
   return rows;
 }
 
-Batch collate_packed(const std::vector<const TokenizedExample*>& examples, int64_t max_seq_len, int32_t pad_id) {
+Batch collate_packed(const std::vector<const TokenizedExample*>& examples, int64_t max_seq_len, int32_t pad_id,
+                     int64_t pad_to_multiple) {
   SFTGO_CHECK(!examples.empty(), ErrorKind::kInternal, "collate of an empty batch");
+  SFTGO_CHECK(pad_to_multiple >= 1, ErrorKind::kInternal, "collate: pad_to_multiple ", pad_to_multiple, " < 1");
   std::vector<int64_t> lengths;
   for (const auto* ex : examples) lengths.push_back(static_cast<int64_t>(ex->ids.size()));
   Rows rows;
@@ -113,6 +116,7 @@ Batch collate_packed(const std::vector<const TokenizedExample*>& examples, int64
     }
     longest = std::max(longest, used);
   }
+  longest = (longest + pad_to_multiple - 1) / pad_to_multiple * pad_to_multiple;
   return collate_rows(rows, longest, pad_id, true);
 }
 

@@ -33,6 +33,12 @@ struct Batch {
   int64_t seq_len() const { return input_ids.size(1); }
 };
 
+// pad_to_multiple (both collators): the sequence length S is rounded up to a multiple of it with
+// padding, so that on a GPU the attention and GEMM shapes repeat across batches (64 there: cuBLAS and
+// the attention kernels pick their tiles per shape, and a new length costs new autotuning / a new
+// kernel choice). 1 = no rounding (the CPU default: padding is pure extra work there).
+inline constexpr int64_t kGpuPadMultiple = 64;
+
 // One row per example, padded to the longest (optionally rounded up to a multiple of pad_to_multiple).
 Batch collate_padded(const std::vector<const TokenizedExample*>& examples, int32_t pad_id,
                      int64_t pad_to_multiple = 1);
@@ -42,7 +48,9 @@ Batch collate_padded(const std::vector<const TokenizedExample*>& examples, int32
 std::vector<std::vector<size_t>> plan_packing(const std::vector<int64_t>& lengths, int64_t max_seq_len);
 
 // Packs the examples into rows of at most max_seq_len (plan_packing) and pads every row to the
-// longest row (not to max_seq_len), so S <= max_seq_len.
-Batch collate_packed(const std::vector<const TokenizedExample*>& examples, int64_t max_seq_len, int32_t pad_id);
+// longest row (not to max_seq_len), rounded up to a multiple of pad_to_multiple, so S <= max_seq_len
+// rounded up likewise.
+Batch collate_packed(const std::vector<const TokenizedExample*>& examples, int64_t max_seq_len, int32_t pad_id,
+                     int64_t pad_to_multiple = 1);
 
 }  // namespace sftgo::data
