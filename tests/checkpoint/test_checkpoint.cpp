@@ -176,6 +176,26 @@ TEST(Checkpoint, ResumeAutoSkipsDamagedCheckpointsNewestFirst) {
   EXPECT_NE(all.find("optimizer.pt is missing"), std::string::npos) << all;
 }
 
+TEST(Checkpoint, ZeroShardsMustAllBeThereAndComplete) {
+  Tiny t;
+  const fs::path run = fresh_dir("zero");
+  SaveRequest r = t.request(1);
+  r.optimizer = nullptr;  // ZeRO-1: each rank's optimizer shard travels in move_files
+  for (int rank = 0; rank < 2; ++rank) {
+    const fs::path shard = run / ("zero_rank0000" + std::to_string(rank) + "_of_00002.pt");
+    torch::serialize::OutputArchive a;
+    a.write("master", torch::ones({4}));
+    a.save_to(shard.string());
+    r.move_files.push_back(shard.string());
+  }
+  const fs::path dir = save_checkpoint(run.string(), r, 2);
+  EXPECT_EQ(checkpoint_problem(dir.string()), "");
+  fs::resize_file(dir / "zero_rank00001_of_00002.pt", 10);
+  EXPECT_EQ(checkpoint_problem(dir.string()), "zero_rank00001_of_00002.pt is truncated (no zip end record)");
+  fs::remove(dir / "zero_rank00001_of_00002.pt");
+  EXPECT_EQ(checkpoint_problem(dir.string()), "has 1 ZeRO-1 optimizer shards, expected 2");
+}
+
 TEST(RunDir, LockIsExclusiveAndNamesTheHolder) {
   const fs::path run = fresh_dir("lock");
   {
