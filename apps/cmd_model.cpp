@@ -1,13 +1,17 @@
 // `sftgo-train score` and `sftgo-train generate`: use a Hugging Face-format checkpoint directly.
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 
 #include "commands.h"
 #include "sftgo/core/error.h"
 #include "sftgo/core/log.h"
+#include "sftgo/core/format.h"
 #include "sftgo/core/strings.h"
 #include "sftgo/core/torch_device.h"
+#include "sftgo/data/template.h"
 #include "sftgo/model/generate.h"
 #include "sftgo/model/llama.h"
 #include "sftgo/model/score.h"
@@ -16,6 +20,15 @@
 #include <torch/cuda.h>
 
 namespace sftgo::apps {
+
+namespace {
+
+std::string join_ids(const std::vector<int64_t>& ids) {
+  std::string s;
+  for (size_t i = 0; i < ids.size(); ++i) s += (i ? ", " : "") + std::to_string(ids[i]);
+  return s;
+}
+}  // namespace
 
 void register_score_command(CLI::App& app, std::function<int()>& selected) {
   struct Args {
@@ -60,10 +73,41 @@ void register_score_command(CLI::App& app, std::function<int()>& selected) {
       }
       std::fprintf(stderr, "%lld sequences, %lld scored tokens, mean NLL %.6f, perplexity %.4f\n",
                    static_cast<long long>(s.sequences), static_cast<long long>(s.scored_tokens), s.mean_nll, s.perplexity);
+      if (s.non_finite_tokens > 0)
+        log_warn("WARNING: {} of {} scored tokens of {} have non-finite log-probabilities (NaN/Inf; written as null "
+                 "with \"non_finite\": true): the model's weights are probably damaged, the numbers above mean nothing",
+                 s.non_finite_tokens, s.scored_tokens, opts.model_dir);
       return 0;
     };
   });
 }
+
+namespace {
+// CLI11's Range lets NaN through (every comparison with NaN is false); these do not.
+CLI::Validator finite_at_least(double lo) {
+  return CLI::Validator(
+      [lo](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        if (text.empty() || *end != '\0' || !std::isfinite(v) || v < lo)
+          return "expected a finite number >= " + sftgo::format("{}", lo) + ", got '" + text + "'";
+        return "";
+      },
+      "FINITE>=" + sftgo::format("{}", lo));
+}
+
+CLI::Validator probability_mass() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        if (text.empty() || *end != '\0' || !std::isfinite(v) || v <= 0.0 || v > 1.0)
+          return "expected a number in (0, 1], got '" + text + "'";
+        return "";
+      },
+      "(0,1]");
+}
+}  // namespace
 
 void register_generate_command(CLI::App& app, std::function<int()>& selected) {
   struct Args {
@@ -75,10 +119,16 @@ void register_generate_command(CLI::App& app, std::function<int()>& selected) {
   auto* sub = app.add_subcommand("generate", "Generate text from a Hugging Face checkpoint with a KV cache");
   sub->add_option("--model,-m", args->model_dir, "Hugging Face checkpoint directory")->required();
   sub->add_option("--prompt,-p", args->prompt, "Prompt text")->required();
-  sub->add_flag("--chat", args->chat, "Wrap the prompt as a user turn of the Llama-3 chat format");
-  sub->add_option("--max-new-tokens", args->gen.max_new_tokens, "Tokens to generate at most");
-  sub->add_option("--temperature", args->gen.temperature, "0 = greedy");
-  sub->add_option("--top-p", args->gen.top_p, "Nucleus sampling mass (with temperature > 0)");
+  sub->add_flag("--chat", args->chat,
+                "Wrap the prompt as a user turn of the Llama-3 chat format (the training template, with the "
+                "assistant header as generation prompt)");
+  // 2^24: the most positions any model config may declare (see LlamaConfig::validate); the model's
+  // own max_position_embeddings - prompt length is checked once both are known.
+  sub->add_option("--max-new-tokens", args->gen.max_new_tokens,
+                  "Tokens to generate at most (prompt + new tokens must fit the model's max_position_embeddings)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
+  sub->add_option("--temperature", args->gen.temperature, "0 = greedy")->check(finite_at_least(0.0));
+  sub->add_option("--top-p", args->gen.top_p, "Nucleus sampling mass (with temperature > 0)")->check(probability_mass());
   sub->add_option("--seed", args->gen.seed, "Sampling seed");
   sub->add_option("--tokenizer,-t", args->tokenizer, "Tokenizer (default: the model directory)");
   sub->add_option("--dtype", args->dtype, "float32 | bfloat16")->check(CLI::IsMember({"float32", "bfloat16"}));
@@ -91,26 +141,37 @@ void register_generate_command(CLI::App& app, std::function<int()>& selected) {
       mo.device = parse_device(args->device, "--device", ErrorKind::kUsage);
       mo.init_weights = false;
       model::LlamaModel m = model::load_pretrained(args->model_dir, mo);
-      std::vector<int64_t> prompt;
-      auto append = [&](const std::vector<TokenId>& ids) { prompt.insert(prompt.end(), ids.begin(), ids.end()); };
-      if (auto bos = tok.bos_id()) prompt.push_back(*bos);
+      // The training template renders the prompt (data::apply_template with a generation prompt), so
+      // a prompt tokenizes exactly as the same user turn did in training.
+      std::vector<TokenId> prompt_ids;
       if (args->chat) {
-        // Llama-3 chat format, as the HF template renders one user turn plus the generation prompt.
-        prompt.push_back(tok.special_id("<|start_header_id|>"));
-        append(tok.encode_ordinary("user"));
-        prompt.push_back(tok.special_id("<|end_header_id|>"));
-        append(tok.encode_ordinary("\n\n" + trim(args->prompt)));
-        prompt.push_back(tok.special_id("<|eot_id|>"));
-        prompt.push_back(tok.special_id("<|start_header_id|>"));
-        append(tok.encode_ordinary("assistant"));
-        prompt.push_back(tok.special_id("<|end_header_id|>"));
-        append(tok.encode_ordinary("\n\n"));
+        prompt_ids = data::render_generation_prompt(args->prompt, tok, data::TemplateKind::kLlama3);
       } else {
-        append(tok.encode_ordinary(args->prompt));
+        if (auto bos = tok.bos_id()) prompt_ids.push_back(*bos);
+        const auto text = tok.encode_ordinary(args->prompt);
+        prompt_ids.insert(prompt_ids.end(), text.begin(), text.end());
       }
+      const std::vector<int64_t> prompt(prompt_ids.begin(), prompt_ids.end());
+      log_debug("generate: prompt ids [{}]", join_ids(prompt));
       model::GenerateOptions g = args->gen;
+      const int64_t room = model::max_new_tokens_bound(*m, static_cast<int64_t>(prompt.size()));
+      SFTGO_CHECK_HINT(g.max_new_tokens <= room, ErrorKind::kUsage, "pass --max-new-tokens " + std::to_string(room) +
+                       " or less", "--max-new-tokens ", g.max_new_tokens, ": the prompt's ", prompt.size(),
+                       " tokens leave room for ", room, " new tokens in ", args->model_dir,
+                       " (max_position_embeddings ", m->config().max_position_embeddings, ")");
       for (int64_t id : m->config().eos_token_ids) g.stop_ids.push_back(id);
       if (auto eos = tok.eos_id()) g.stop_ids.push_back(*eos);
+      // Only ids the tokenizer can decode: a model vocabulary padded past the tokenizer (the demo
+      // model: 1408 rows for 1346 ids) has rows no text stands for.
+      const int64_t n = std::min<int64_t>(m->config().vocab_size, tok.vocab_size());
+      g.allowed.assign(static_cast<size_t>(n), 1);
+      for (int64_t id = 0; id < n; ++id) {
+        try {
+          tok.token_bytes(static_cast<TokenId>(id));
+        } catch (const Error&) {
+          g.allowed[static_cast<size_t>(id)] = 0;  // a hole in the tokenizer's id space
+        }
+      }
       std::vector<int64_t> out = model::generate(*m, prompt, g);
       std::vector<TokenId> text_ids;
       for (int64_t id : out)

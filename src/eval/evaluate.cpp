@@ -388,6 +388,7 @@ TaskResult run_eval(const EvalOptions& o) {
     std::vector<bool> greedy;
     for (size_t c = 0; c < doc.choices.size(); ++c) {
       lls.push_back(ll[first_pair[d] + c].loglik);
+      r.non_finite_logliks += !std::isfinite(lls.back());
       greedy.push_back(ll[first_pair[d] + c].is_greedy);
     }
     auto dm = doc_metrics(task, doc, lls);
@@ -443,6 +444,7 @@ std::string result_json(const TaskResult& r, const EvalOptions& o) {
   j["limit"] = o.limit;
   j["dtype"] = o.dtype;
   for (const auto& [name, v] : r.metrics) j["metrics"][name] = metric_json(v);
+  j["non_finite_loglikelihoods"] = r.non_finite_logliks;  // > 0: the model is damaged, metrics mean nothing
   for (const auto& [name, g] : r.groups) {
     json gj = metric_json(g.second);
     gj["docs"] = g.first;

@@ -1,6 +1,7 @@
 // LlamaConfig <-> HF config.json; presets with the published Llama 3.x shapes.
 #include "sftgo/model/config.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -31,10 +32,35 @@ int64_t require_int(const json& j, const char* key, const std::string& source) {
   return it->get<int64_t>();
 }
 
-std::optional<int64_t> opt_int(const json& j, const char* key) {
+// Absent or null: nullopt. Present with another type: an error (a quoted "8" must not silently
+// fall back to a default).
+std::optional<int64_t> opt_int(const json& j, const char* key, const std::string& source) {
   auto it = j.find(key);
-  if (it == j.end() || !it->is_number_integer()) return std::nullopt;
+  if (it == j.end() || it->is_null()) return std::nullopt;
+  SFTGO_CHECK(it->is_number_integer(), ErrorKind::kConfig, source, ": field '", key, "' must be an integer, got ",
+              it->dump());
   return it->get<int64_t>();
+}
+
+// Bounds on what the model code can honour (each with its reason).
+// Token ids are int32 everywhere in the data path (sftgo::TokenId).
+constexpr int64_t kMaxVocab = 2147483647;
+// A [dim x dim] weight of 2^20 x 2^20 is already 4 TiB in fp32; the bound keeps every size product
+// (parameter counts, KV-cache sizes) far from int64 overflow.
+constexpr int64_t kMaxDim = int64_t{1} << 20;
+constexpr int64_t kMaxLayers = 4096;
+// RoPE angles are position x inv_freq in fp32 (as in transformers), and fp32 holds every integer
+// position exactly only up to 2^24.
+constexpr int64_t kMaxPositions = int64_t{1} << 24;
+
+void check_count(int64_t v, int64_t hi, const char* key, const std::string& source, const char* why) {
+  SFTGO_CHECK(v >= 1 && v <= hi, ErrorKind::kConfig, source, ": ", key, " = ", v, " is out of range (expected 1..", hi,
+              why[0] ? "; " : "", why, ")");
+}
+
+void check_positive(double v, const char* key, const std::string& source, const char* why) {
+  SFTGO_CHECK(std::isfinite(v) && v > 0, ErrorKind::kConfig, source, ": ", key, " = ", v,
+              " is out of range (expected a finite number > 0; ", why, ")");
 }
 
 }  // namespace
@@ -61,15 +87,21 @@ LlamaConfig LlamaConfig::from_json(const std::string& text, const std::string& s
   c.intermediate_size = require_int(j, "intermediate_size", source);
   c.num_hidden_layers = require_int(j, "num_hidden_layers", source);
   c.num_attention_heads = require_int(j, "num_attention_heads", source);
-  c.num_key_value_heads = opt_int(j, "num_key_value_heads").value_or(c.num_attention_heads);
-  SFTGO_CHECK(c.num_attention_heads > 0, ErrorKind::kConfig, source, ": num_attention_heads must be positive");
-  c.head_dim = opt_int(j, "head_dim").value_or(c.hidden_size / c.num_attention_heads);
+  c.num_key_value_heads = opt_int(j, "num_key_value_heads", source).value_or(c.num_attention_heads);
+  check_count(c.num_attention_heads, kMaxDim, "num_attention_heads", source, "");
+  const std::optional<int64_t> head_dim = opt_int(j, "head_dim", source);
+  // Without an explicit head_dim, transformers uses hidden_size // num_attention_heads; a remainder
+  // would silently drop part of every attention projection.
+  SFTGO_CHECK(head_dim.has_value() || c.hidden_size % c.num_attention_heads == 0, ErrorKind::kConfig, source,
+              ": hidden_size (", c.hidden_size, ") is not a multiple of num_attention_heads (", c.num_attention_heads,
+              ") and there is no head_dim");
+  c.head_dim = head_dim.value_or(c.hidden_size / c.num_attention_heads);
   c.rms_norm_eps = get_or<double>(j, "rms_norm_eps", 1e-6, source);  // HF LlamaConfig default
-  c.max_position_embeddings = opt_int(j, "max_position_embeddings").value_or(2048);
+  c.max_position_embeddings = opt_int(j, "max_position_embeddings", source).value_or(2048);
   c.tie_word_embeddings = get_or<bool>(j, "tie_word_embeddings", false, source);
   c.initializer_range = get_or<double>(j, "initializer_range", 0.02, source);
-  c.bos_token_id = opt_int(j, "bos_token_id");
-  c.pad_token_id = opt_int(j, "pad_token_id");
+  c.bos_token_id = opt_int(j, "bos_token_id", source);
+  c.pad_token_id = opt_int(j, "pad_token_id", source);
   if (auto it = j.find("eos_token_id"); it != j.end()) {
     if (it->is_number_integer()) c.eos_token_ids = {it->get<int64_t>()};
     else if (it->is_array())
@@ -111,15 +143,35 @@ LlamaConfig LlamaConfig::from_file(const std::string& path) {
 }
 
 void LlamaConfig::validate(const std::string& source) const {
-  SFTGO_CHECK(vocab_size > 0 && hidden_size > 0 && intermediate_size > 0 && num_hidden_layers > 0 && head_dim > 0,
-              ErrorKind::kConfig, source, ": sizes must be positive");
-  SFTGO_CHECK(num_key_value_heads > 0 && num_attention_heads % num_key_value_heads == 0, ErrorKind::kConfig, source,
+  check_count(vocab_size, kMaxVocab, "vocab_size", source, "token ids are 32-bit");
+  check_count(hidden_size, kMaxDim, "hidden_size", source, "");
+  check_count(intermediate_size, kMaxDim, "intermediate_size", source, "");
+  check_count(num_hidden_layers, kMaxLayers, "num_hidden_layers", source, "");
+  check_count(num_attention_heads, kMaxDim, "num_attention_heads", source, "");
+  check_count(num_key_value_heads, kMaxDim, "num_key_value_heads", source, "");
+  check_count(head_dim, kMaxDim, "head_dim", source, "");
+  SFTGO_CHECK(num_attention_heads % num_key_value_heads == 0, ErrorKind::kConfig, source,
               ": num_attention_heads (", num_attention_heads, ") must be a multiple of num_key_value_heads (",
               num_key_value_heads, ")");
-  SFTGO_CHECK(head_dim % 2 == 0, ErrorKind::kConfig, source, ": head_dim must be even for RoPE");
-  if (rope_scaling)
-    SFTGO_CHECK(rope_scaling->high_freq_factor != rope_scaling->low_freq_factor && rope_scaling->factor > 0,
-                ErrorKind::kConfig, source, ": bad llama3 rope_scaling factors");
+  SFTGO_CHECK(head_dim % 2 == 0, ErrorKind::kConfig, source, ": head_dim = ", head_dim,
+              " must be even (RoPE rotates pairs of dimensions)");
+  check_count(max_position_embeddings, kMaxPositions, "max_position_embeddings", source,
+              "RoPE positions are exact in fp32 only up to 2^24");
+  check_positive(rope_theta, "rope_theta", source, "RoPE frequencies are rope_theta^(-2i/head_dim)");
+  check_positive(rms_norm_eps, "rms_norm_eps", source, "RMSNorm divides by sqrt(mean(x^2) + eps)");
+  SFTGO_CHECK(std::isfinite(initializer_range) && initializer_range >= 0, ErrorKind::kConfig, source,
+              ": initializer_range = ", initializer_range, " is out of range (expected a finite number >= 0)");
+  if (rope_scaling) {
+    const RopeScaling& r = *rope_scaling;
+    check_positive(r.factor, "rope_scaling.factor", source, "low frequencies are divided by it");
+    check_positive(r.low_freq_factor, "rope_scaling.low_freq_factor", source, "wavelengths are divided by it");
+    check_positive(r.high_freq_factor, "rope_scaling.high_freq_factor", source, "wavelengths are divided by it");
+    SFTGO_CHECK(r.high_freq_factor > r.low_freq_factor, ErrorKind::kConfig, source, ": rope_scaling.high_freq_factor (",
+                r.high_freq_factor, ") must exceed rope_scaling.low_freq_factor (", r.low_freq_factor,
+                "): the smoothing band divides by their difference");
+    check_count(r.original_max_position_embeddings, kMaxPositions, "rope_scaling.original_max_position_embeddings",
+                source, "");
+  }
 }
 
 int64_t LlamaConfig::num_parameters() const {

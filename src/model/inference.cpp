@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <istream>
+#include <limits>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <ostream>
@@ -22,7 +24,7 @@ using torch::Tensor;
 
 namespace {
 
-// logits [V] (fp32) -> next token.
+// logits [V] (fp32, disallowed ids already -inf) -> next token.
 int64_t pick_token(const Tensor& logits, const GenerateOptions& o, at::Generator& gen) {
   if (o.temperature <= 0.0) return logits.argmax().item<int64_t>();
   Tensor probs = torch::softmax(logits / o.temperature, -1);
@@ -39,12 +41,41 @@ int64_t pick_token(const Tensor& logits, const GenerateOptions& o, at::Generator
 
 }  // namespace
 
+int64_t max_new_tokens_bound(const LlamaModelImpl& model, int64_t prompt_tokens) {
+  return std::max<int64_t>(0, model.config().max_position_embeddings - prompt_tokens);
+}
+
 std::vector<int64_t> generate(LlamaModelImpl& model, const std::vector<int64_t>& prompt, const GenerateOptions& o) {
   SFTGO_CHECK(!prompt.empty(), ErrorKind::kUsage, "generate: the prompt is empty");
-  SFTGO_CHECK(o.top_p > 0.0 && o.top_p <= 1.0, ErrorKind::kUsage, "top_p must be in (0, 1], got ", o.top_p);
+  SFTGO_CHECK(std::isfinite(o.temperature) && o.temperature >= 0.0, ErrorKind::kUsage,
+              "generate: temperature must be a finite number >= 0 (0 = greedy), got ", o.temperature);
+  SFTGO_CHECK(std::isfinite(o.top_p) && o.top_p > 0.0 && o.top_p <= 1.0, ErrorKind::kUsage,
+              "generate: top_p must be in (0, 1], got ", o.top_p);
+  const int64_t prompt_len = static_cast<int64_t>(prompt.size());
+  const int64_t bound = max_new_tokens_bound(model, prompt_len);
+  // The KV cache is sized prompt + max_new_tokens up front, and RoPE is only defined up to
+  // max_position_embeddings, so that is the ceiling.
+  SFTGO_CHECK(o.max_new_tokens >= 0 && o.max_new_tokens <= bound, ErrorKind::kUsage, "generate: max_new_tokens = ",
+              o.max_new_tokens, " is out of range (expected 0..", bound, ": the prompt's ", prompt_len,
+              " tokens plus the new ones must fit max_position_embeddings = ", model.config().max_position_embeddings,
+              ")");
+  const int64_t vocab = model.config().vocab_size;
+  for (int64_t id : prompt)
+    SFTGO_CHECK(id >= 0 && id < vocab, ErrorKind::kUsage, "generate: prompt token id ", id,
+                " is outside the model's vocabulary [0, ", vocab, ")");
   torch::NoGradGuard no_grad;
+  // -inf at every id the caller does not allow (and past the allowed list).
+  std::optional<Tensor> blocked;  // [V] bool
+  if (!o.allowed.empty()) {
+    Tensor ok = torch::zeros({vocab}, torch::kBool);
+    const int64_t n = std::min<int64_t>(vocab, static_cast<int64_t>(o.allowed.size()));
+    auto acc = ok.accessor<bool, 1>();
+    for (int64_t i = 0; i < n; ++i) acc[i] = o.allowed[static_cast<size_t>(i)] != 0;
+    SFTGO_CHECK(ok.any().item<bool>(), ErrorKind::kUsage, "generate: no token id is allowed");
+    blocked = ok.logical_not();
+  }
   const auto dev = model.device();
-  const int64_t total = static_cast<int64_t>(prompt.size()) + o.max_new_tokens;
+  const int64_t total = prompt_len + o.max_new_tokens;
   KVCache cache = KVCache::create(model.config(), 1, total, torch::TensorOptions().dtype(model.dtype()).device(dev));
   at::Generator gen = at::detail::createCPUGenerator(o.seed);
   Tensor ids = torch::tensor(prompt, torch::kInt64).unsqueeze(0).to(dev);  // [1,P]
@@ -52,6 +83,9 @@ std::vector<int64_t> generate(LlamaModelImpl& model, const std::vector<int64_t>&
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
     Tensor h = model.forward_cached(ids, cache);                          // [1,T,H]
     Tensor logits = model.logits(h.select(1, -1)).squeeze(0).to(torch::kCPU, torch::kFloat);  // [V]
+    SFTGO_CHECK(logits.isfinite().all().item<bool>(), ErrorKind::kModel, "generate: the model's logits at new token ",
+                step + 1, " are not finite (NaN or Inf): its weights are probably damaged");
+    if (blocked) logits.masked_fill_(*blocked, -std::numeric_limits<float>::infinity());
     int64_t next = pick_token(logits, o, gen);
     out.push_back(next);
     if (o.on_token) o.on_token(next);
@@ -149,7 +183,12 @@ ScoreSummary run_score_cli(const ScoreCliOptions& options, std::istream& in, std
   ScoreSummary summary;
   double nll = 0.0;
   for (size_t i = 0; i < seqs.size(); ++i) {
-    out << nlohmann::json{{"ids", seqs[i]}, {"logprobs", logprobs[i]}}.dump() << "\n";
+    nlohmann::json line{{"ids", seqs[i]}, {"logprobs", logprobs[i]}};  // NaN/Inf are written as null
+    int64_t bad = 0;
+    for (double lp : logprobs[i]) bad += !std::isfinite(lp);
+    if (bad > 0) line["non_finite"] = true;
+    summary.non_finite_tokens += bad;
+    out << line.dump() << "\n";
     for (double lp : logprobs[i]) nll -= lp;
     summary.scored_tokens += static_cast<int64_t>(logprobs[i].size());
   }

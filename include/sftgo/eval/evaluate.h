@@ -96,6 +96,8 @@ struct TaskResult {
   std::map<std::string, MetricValue> metrics;
   // mmlu: per category and per subject, "acc" only.
   std::map<std::string, std::pair<int64_t, MetricValue>> groups;
+  // Choices whose log-likelihood is NaN/Inf (a damaged model): the metrics then mean nothing.
+  int64_t non_finite_logliks = 0;
 };
 
 TaskResult run_eval(const EvalOptions& options);

@@ -27,6 +27,7 @@ struct ScoreSummary {
   int64_t scored_tokens = 0;  // sum over sequences of (len - 1)
   double mean_nll = 0.0;      // per scored token, nats
   double perplexity = 0.0;    // exp(mean_nll)
+  int64_t non_finite_tokens = 0;  // log-probs that are NaN/Inf (a damaged model); lines say "non_finite": true
 };
 
 // Reads JSONL lines {"ids": [...]} (or {"text": "..."} with options.encode) from `in` and writes,
