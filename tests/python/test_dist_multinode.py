@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -86,3 +87,27 @@ def test_srun_environment_finds_rank0_host_from_the_node_list(tmp_path):
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err
     assert "rendezvous localhost:" in outs[0][1], outs[0][1]
+
+
+# docs/gpu.md's several-node commands, with one host standing in for the nodes.
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun (Open MPI) not installed")
+def test_documented_mpirun_hostfile_command_trains(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost slots=2\n")
+    p = subprocess.run(mpirun("--hostfile", str(hosts), "-npernode", "2", "--mca", "odls_base_sigkill_timeout", "120",
+                              "-x", "MASTER_ADDR=127.0.0.1", "-x", f"MASTER_PORT={free_port()}") + [str(BIN)] +
+                       args(tmp_path / "r"), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "final loss" in p.stderr + p.stdout
+
+
+def test_documented_torchrun_rendezvous_command_trains(tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed next to this python")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI_", "SLURM_", "MASTER_"))}
+    p = subprocess.run([str(torchrun), "--no-python", "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+                        "--rdzv-endpoint", f"127.0.0.1:{free_port()}", str(BIN)] + args(tmp_path / "r"),
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "r" / "metrics.jsonl").read_text().strip()
