@@ -1,5 +1,6 @@
 #include "sftgo/config/config.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -20,6 +21,20 @@ using config_detail::Field;
 using config_detail::fields_of;
 
 namespace {
+
+// Records where each YAML document starts (no node is built).
+struct DocumentStarts : YAML::EventHandler {
+  std::vector<YAML::Mark> starts;
+  void OnDocumentStart(const YAML::Mark& mark) override { starts.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
 
 // "where" prefix for messages: "file.yaml:12" or "--set".
 std::string location(const std::string& source, const YAML::Node& node) {
@@ -213,20 +228,28 @@ LoadedConfig load_from_node(const YAML::Node& root, const std::string& source,
 
 LoadedConfig load_config_text(const std::string& yaml_text, const std::string& source_name,
                               const std::vector<std::string>& overrides) {
-  std::vector<YAML::Node> docs;
+  YAML::Node root;
   try {
-    docs = YAML::LoadAll(yaml_text);
+    // YAML::Load reads the first document only, so anything after a `---` would be silently
+    // ignored; YAML::LoadAll loops forever on a stray ',' (yaml-cpp 0.7 yields an empty document
+    // without consuming it; found by fuzz/fuzz_config.cpp). So: at most two parser steps here.
+    std::istringstream in(yaml_text);
+    YAML::Parser parser(in);
+    DocumentStarts docs;
+    parser.HandleNextDocument(docs);
+    if (parser.HandleNextDocument(docs) && docs.starts.size() >= 2) {
+      const YAML::Mark& second = docs.starts[1];
+      SFTGO_CHECK(second.pos != docs.starts[0].pos, ErrorKind::kConfig, source_name, ":", second.line + 1,
+                  ": invalid YAML: the parser cannot get past column ", second.column + 1,
+                  " (a stray ',' or flow indicator?)");
+      SFTGO_FAIL_HINT(ErrorKind::kConfig, "put every section in one document (remove the '---')", source_name, ":",
+                      second.line + 1, ": a second YAML document; a config is one document");
+    }
+    root = YAML::Load(yaml_text);
   } catch (const YAML::Exception& e) {
     SFTGO_FAIL(ErrorKind::kConfig, source_name, ":", e.mark.line + 1, ": invalid YAML: ", e.msg);
   }
-  // YAML::Load reads the first document only; anything after a `---` would be silently ignored.
-  if (docs.size() > 1) {
-    const auto line = docs[1].Mark().line;
-    SFTGO_FAIL_HINT(ErrorKind::kConfig, "put every section in one document (remove the '---')", source_name,
-                    line >= 0 ? ":" + std::to_string(line + 1) : std::string(),
-                    ": a second YAML document; a config is one document");
-  }
-  return load_from_node(docs.empty() ? YAML::Node() : docs[0], source_name, overrides);
+  return load_from_node(root, source_name, overrides);
 }
 
 LoadedConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {

@@ -80,7 +80,8 @@ YAML_CASES = {
     # name: (text, line, what the message names)
     "duplicate_key": ("optim:\n  lr: 3e-3\n  lr: 1.0\n", 3, "'optim.lr' is given twice"),
     "repeated_section": ("optim:\n  lr: 3e-3\ntrain:\n  epochs: 1\noptim:\n  beta1: 0.5\n", 5, "'optim' is given twice"),
-    "second_document": ("optim:\n  lr: 3e-3\n---\noptim:\n  lr: 1.0\n", 4, "second YAML document"),
+    "second_document": ("optim:\n  lr: 3e-3\n---\noptim:\n  lr: 1.0\n", 3, "second YAML document"),
+    "stray_comma": (",", 1, "invalid YAML"),  # hung (yaml-cpp LoadAll) until the fuzzer found it
     "global_batch_2_31": ("train:\n  global_batch_size: 2147483648\n", 2, "train.global_batch_size"),
     "epochs_1e300": ("train:\n  epochs: 1e300\n", 2, "train.epochs"),
     "max_steps_0": ("train:\n  max_steps: 0\n", 2, "train.max_steps"),
