@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "sftgo/core/error.h"
+#include "sftgo/core/files.h"
 #include "sftgo/core/format.h"
 
 namespace sftgo::dist {
@@ -117,11 +118,16 @@ void ZeroAdamW::save_shard(const std::string& path) const {
   a.write("exp_avg_sq", exp_avg_sq_.cpu());
   // begin, size, numel (unpadded), steps
   a.write("range", torch::tensor({begin_, shard_, numel_, steps_}, torch::kInt64));
+  // Through a CheckedFile: LibTorch's own file writer aborts the process (std::terminate from its
+  // destructor) when the disk fills mid-archive; this sink never throws and finish() reports the
+  // first write error naming the file (and removes it).
+  CheckedFile out(path);
   try {
-    a.save_to(path);
+    a.save_to([&out](const void* data, size_t n) { return out.write(data, n); });
   } catch (const c10::Error& e) {
     SFTGO_FAIL(ErrorKind::kIo, path, ": cannot write the ZeRO-1 shard (", e.what_without_backtrace(), ")");
   }
+  out.finish();
 }
 
 void ZeroAdamW::load_shards(const std::vector<std::string>& paths) {

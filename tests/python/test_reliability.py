@@ -24,14 +24,16 @@ pytestmark = pytest.mark.skipif(not BIN.exists(), reason=f"{BIN} not built")
 
 
 def train_args(run_dir, steps, *extra):
-    a = ["--config", ROOT / "configs/demo_tiny.yaml",
-         "--set", f"tokenizer.path={DEMO_TOK}", "--set", "model.vocab_size=1408",
-         "--set", "model.hidden_size=32", "--set", "model.intermediate_size=64", "--set", "model.num_layers=2",
-         "--set", f"run.output_dir={run_dir}", "--set", f"train.max_steps={steps}", "--set", "data.cache_dir=",
-         "--set", "model.device=cpu", "--set", "train.num_threads=1", "--set", "train.global_batch_size=4",
-         "--set", "train.micro_batch_size=4"]
-    for kv in extra:
-        a += ["--set", kv]
+    sets = {"tokenizer.path": DEMO_TOK, "model.vocab_size": 1408, "model.hidden_size": 32,
+            "model.intermediate_size": 64, "model.num_layers": 2, "run.output_dir": run_dir,
+            "train.max_steps": steps, "data.cache_dir": "", "model.device": "cpu", "train.num_threads": 1,
+            "train.global_batch_size": 4, "train.micro_batch_size": 4}
+    for kv in extra:  # a key given in `extra` replaces the default above
+        k, v = kv.split("=", 1)
+        sets[k] = v
+    a = ["--config", ROOT / "configs/demo_tiny.yaml"]
+    for k, v in sets.items():
+        a += ["--set", f"{k}={v}"]
     return [str(x) for x in a]
 
 
@@ -237,6 +239,35 @@ def test_disk_full_during_training_keeps_the_last_checkpoint_usable(tmp_path, sm
     err = reported(run(*train_args(d, 400, "train.save_every=1", "train.keep_last=1000")))
     assert_clean_failure(small_disk, d, err, str(d))
     assert resume_elsewhere(tmp_path, d) is not None
+
+
+MPIRUN = shutil.which("mpirun")
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed")
+def test_disk_full_while_saving_zero1_shards(tmp_path, small_disk):
+    # ZeRO-1: every rank writes its optimizer shard into the checkpoints directory; a full disk there
+    # used to abort the writing rank (LibTorch's writer: terminate called after throwing c10::Error).
+    ref = tmp_path / "ref"
+    ok(run(*train_args(ref, 1)))
+    run_files = sum(page(p.stat().st_size) for p in ref.iterdir() if p.is_file())
+    model = sum(page(p.stat().st_size) for p in (ref / "checkpoints" / "step_00000001").iterdir()
+                if p.name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"))
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    cmd = [MPIRUN, "-np", "2", "--oversubscribe", "-x", f"MASTER_PORT={port}", "-x", "MASTER_ADDR=127.0.0.1"]
+    if os.geteuid() == 0:
+        cmd.insert(1, "--allow-run-as-root")
+    d = small_disk / "run"
+    fill(small_disk, run_files + model // 2)  # not even room for the two shards
+    p = subprocess.run(cmd + [str(BIN)] + train_args(d, 1, "dist.zero1=true", "train.global_batch_size=4",
+                                                     "train.micro_batch_size=2", "dist.timeout_s=20"),
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode != 0 and "terminate called" not in p.stderr and "internal error" not in p.stderr, p.stderr[-3000:]
+    assert "zero_rank0000" in p.stderr and "No space left on device" in p.stderr, p.stderr[-3000:]
+    assert not [q for q in d.rglob("*") if ".tmp" in q.name and q.is_file()]
 
 
 def test_disk_full_while_appending_metrics(tmp_path, small_disk):
