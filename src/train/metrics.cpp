@@ -33,6 +33,8 @@ std::string StepMetrics::to_json() const {
                       {"trained_tokens", trained_tokens}, {"tokens_per_s", num(tokens_per_s)},
                       {"step_s", num(step_s)}, {"elapsed_s", num(elapsed_s)}, {"skipped", skipped}};
   if (mfu >= 0) j["mfu"] = num(mfu);
+  if (gpu_mem_allocated_gb >= 0) j["gpu_mem_allocated_gb"] = num(gpu_mem_allocated_gb);
+  if (gpu_mem_reserved_gb >= 0) j["gpu_mem_reserved_gb"] = num(gpu_mem_reserved_gb);
   if (comm_s >= 0) j["comm_s"] = num(comm_s);
   return j.dump();
 }
@@ -124,11 +126,14 @@ std::string format_duration(double s) {
 }
 
 std::string progress_line(const StepMetrics& m, int64_t total_steps) {
-  char buf[256];
+  char buf[320];
   const double remaining = m.step > 0 ? m.elapsed_s / static_cast<double>(m.step) * static_cast<double>(total_steps - m.step) : -1;
-  std::snprintf(buf, sizeof buf, "step %lld/%lld | loss %.4f | ce %.4f | imp %.3f | unimp %.3f | lambda %.2f | lr %.2e | %.0f tok/s | ETA %s%s",
+  char gpu[64] = "";
+  if (m.gpu_mem_reserved_gb >= 0)
+    std::snprintf(gpu, sizeof gpu, " | GPU %.1f/%.1f GB", m.gpu_mem_allocated_gb, m.gpu_mem_reserved_gb);
+  std::snprintf(buf, sizeof buf, "step %lld/%lld | loss %.4f | ce %.4f | imp %.3f | unimp %.3f | lambda %.2f | lr %.2e | %.0f tok/s%s | ETA %s%s",
                 static_cast<long long>(m.step), static_cast<long long>(total_steps), m.loss, m.loss_ce, m.loss_imp,
-                m.loss_unimp, m.lambda, m.lr, m.tokens_per_s, format_duration(remaining).c_str(),
+                m.loss_unimp, m.lambda, m.lr, m.tokens_per_s, gpu, format_duration(remaining).c_str(),
                 m.skipped ? " | SKIPPED (non-finite)" : "");
   return buf;
 }

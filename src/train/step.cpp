@@ -29,14 +29,12 @@ MicroBatch to_device(const data::Batch& b, c10::Device device, const std::vector
   d.tokens = b.attention_mask.sum().item<int64_t>();
   d.view.rows = b.rows();
   d.view.positions = S - 1;
-  if (!score_names.empty()) {
-    for (const auto& name : score_names) {
-      auto it = b.scores.find(name);
-      SFTGO_CHECK(it != b.scores.end(), ErrorKind::kInternal, "micro-batch without example scores '", name, "'");
-      d.view.scores[name] = it->second.slice(1, 1, S).to(device);  // [B, S-1]
-    }
-    d.view.trained = (b.labels.slice(1, 1, S) != data::kIgnoreLabel).to(device);  // [B, S-1]
+  for (const auto& name : score_names) {
+    auto it = b.scores.find(name);
+    SFTGO_CHECK(it != b.scores.end(), ErrorKind::kInternal, "micro-batch without example scores '", name, "'");
+    d.view.scores[name] = it->second.slice(1, 1, S).to(device);  // [B, S-1]
   }
+  d.view.trained = (b.labels.slice(1, 1, S) != data::kIgnoreLabel).to(device);  // [B, S-1]
   d.view.select = select.to(device);
   return d;
 }

@@ -23,7 +23,11 @@ struct StepMetrics {
   int64_t tokens = 0;         // tokens forwarded this step (all ranks)
   int64_t trained_tokens = 0;
   double tokens_per_s = 0;
-  double mfu = -1;            // model FLOPs utilisation on GPU; -1 when unknown (CPU)
+  double mfu = -1;            // model FLOPs utilisation on GPU; -1 when unknown (CPU, or a GPU of unknown peak)
+  // GPU only (-1 elsewhere): the step's peak memory held by tensors and reserved by the CUDA caching
+  // allocator, in GB (1e9 bytes), the maximum over ranks. The reserved peak decides an out-of-memory.
+  double gpu_mem_allocated_gb = -1;
+  double gpu_mem_reserved_gb = -1;
   double step_s = 0;
   // Several ranks only: seconds this rank spent after its last backward waiting for the gradient
   // sums (plain data parallel) or in the ZeRO-1 step (reduce-scatter, shard update, all-gather).

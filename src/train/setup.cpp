@@ -1,0 +1,243 @@
+// The Trainer's set-up chain: placement (ranks, device, process group) -> data -> groups -> model ->
+// held-out set -> loader, updater and schedule.
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <optional>
+#include <unistd.h>
+
+#include "sftgo/checkpoint/checkpoint.h"
+#include "sftgo/core/error.h"
+#include "sftgo/core/log.h"
+#include "sftgo/core/strings.h"
+#include "sftgo/core/timer.h"
+#include "sftgo/core/version.h"
+#include "sftgo/data/dataset.h"
+#include "sftgo/data/loader.h"
+#include "sftgo/dist/dist.h"
+#include "sftgo/dist/gpu.h"
+#include "sftgo/grouping/dynamic.h"
+#include "sftgo/grouping/grouping.h"
+#include "sftgo/grouping/pipeline.h"
+#include "sftgo/loss/group_loss.h"
+#include "sftgo/model/autocast.h"
+#include "sftgo/model/config.h"
+#include "sftgo/model/llama.h"
+#include "sftgo/optim/optim.h"
+#include "sftgo/tokenizer/tokenizer.h"
+#include "sftgo/train/options.h"
+#include "sftgo/train/updater.h"
+#include "trainer_impl.h"
+
+namespace fs = std::filesystem;
+
+namespace sftgo::train {
+namespace {
+
+UpdaterKind updater_kind(const Config& cfg, Precision precision) {
+  if (cfg.dist.zero1) return UpdaterKind::kZero1;
+  return precision == Precision::kBf16 ? UpdaterKind::kFp32Masters : UpdaterKind::kPlain;
+}
+
+}  // namespace
+
+// ---- Set-up -----------------------------------------------------------------------------------
+
+void Trainer::Impl::setup() {
+  Timer t;
+  place_job();
+  precision = parse_precision(cfg.train.precision);
+  lambdas = lambda_schedule(cfg);
+  SFTGO_CHECK_HINT(precision != Precision::kBf16Autocast || cfg.model.dtype == "float32", ErrorKind::kConfig,
+                   "set model.dtype: float32, or use train.precision: bf16 for bf16 weights",
+                   "train.precision bf16_autocast keeps fp32 weights (autocast casts them per op) but model.dtype is ",
+                   cfg.model.dtype);
+  SFTGO_CHECK(cfg.train.eval_every == 0 || !cfg.data.eval_path.empty(), ErrorKind::kConfig,
+              "train.eval_every is set but data.eval_path is empty: name the held-out data file");
+  objective = loss::parse_objective(cfg.loss.objective);
+  scope = loss::parse_stats_scope(cfg.loss.scope);
+
+  load_data();
+  prepare_groups();
+  build_model();
+  if (dynamic) prepare_dynamic(dataset.examples, "training data");
+  if (!cfg.data.eval_path.empty()) prepare_eval();
+
+  per_rank_batch = cfg.train.global_batch_size / world;
+  loader = std::make_unique<data::DataLoader>(dataset, data::loader_options(data_options(cfg), pad_id, rank, world));
+  steps_per_epoch = (loader->examples_per_epoch() + per_rank_batch - 1) / per_rank_batch;
+  total_steps = cfg.train.max_steps > 0
+                    ? cfg.train.max_steps
+                    : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(cfg.train.epochs * static_cast<double>(steps_per_epoch) - 1e-9)));
+  build_updater();
+  schedule.peak_lr = cfg.optim.lr;
+  schedule.total_steps = total_steps;
+  schedule.warmup_steps = optim::resolve_warmup_steps(cfg.optim.warmup_steps, cfg.optim.warmup_ratio, total_steps);
+  schedule.decay = optim::parse_lr_decay(cfg.optim.schedule);
+  schedule.min_lr_ratio = cfg.optim.min_lr_ratio;
+  log_info("setup in {:.1f}s: {} optimizer steps ({} per epoch, {} micro-batches of {} per step), device {}",
+           t.seconds(), total_steps, steps_per_epoch, per_rank_batch / cfg.train.micro_batch_size,
+           cfg.train.micro_batch_size, device.str());
+}
+
+// Ranks, threads, seed, device and the process group.
+void Trainer::Impl::place_job() {
+  launch = dist::detect_launch(cfg.dist.master_addr, static_cast<int>(cfg.dist.master_port));
+  rank = launch.rank;
+  world = launch.world_size;
+  if (world > 1) init_logging(rank, world, parse_log_level(cfg.run.log_level));
+  if (cfg.train.num_threads > 0) torch::set_num_threads(static_cast<int>(cfg.train.num_threads));
+  // The same seed on every rank: identical initial weights without a broadcast.
+  torch::manual_seed(static_cast<uint64_t>(cfg.run.seed));
+  // The rank's own GPU becomes the current CUDA device before any CUDA or NCCL call.
+  device = dist::bind_rank_device(launch, cfg.model.device);
+  loss::check_device_supported(device);  // a build without CUDA kernels stops here, not at the first loss
+  SFTGO_CHECK_HINT(cfg.train.global_batch_size % (world * cfg.train.micro_batch_size) == 0, ErrorKind::kConfig,
+                   "make train.global_batch_size a multiple of world size x train.micro_batch_size",
+                   "train.global_batch_size ", cfg.train.global_batch_size, " does not split into ", world, " ranks x ",
+                   "micro-batches of ", cfg.train.micro_batch_size, " (every rank must run the same number of micro-steps)");
+  dist::CommOptions co;
+  co.backend = cfg.dist.backend;
+  co.timeout_s = cfg.dist.timeout_s;
+  comm = dist::Comm::create(launch, co, device);
+  comm->start_watchdog();
+  if (world > 1)
+    log_info("data parallel: {} ranks ({}), {} backend, rendezvous {}:{}, ZeRO-1 {}", world, launch.launcher,
+             comm->backend(), launch.master_addr, launch.master_port, cfg.dist.zero1 ? "on" : "off");
+}
+
+void Trainer::Impl::load_data() {
+  tok.emplace(Tokenizer::load(cfg.tokenizer.path));
+  pad_id = tok->pad_id().value_or(tok->eos_id().value_or(0));
+  dataset = data::prepare_dataset(data_options(cfg), *tok);
+  const auto& st = dataset.stats;
+  SFTGO_CHECK(!dataset.examples.empty(), ErrorKind::kData, cfg.data.path, ": no trainable examples (", st.records,
+              " records, ", st.dropped_too_long, " too long, ", st.dropped_no_trained, " without response tokens)");
+  log_info("data {}: {} examples, {} tokens ({} trained), {} truncated, {} dropped{}", cfg.data.path, st.examples,
+           st.tokens, st.trained_tokens, st.truncated, st.dropped_too_long + st.dropped_no_trained,
+           dataset.from_cache ? " (from cache)" : "");
+}
+
+// Static functions group the whole dataset now (through the on-disk cache: with several ranks, rank 0
+// computes it and the others read it); dynamic ones are kept and choose groups at every step.
+void Trainer::Impl::prepare_groups() {
+  if (cfg.grouping.function == "none") {
+    SFTGO_CHECK(objective == loss::Objective::kCe, ErrorKind::kConfig, "loss.objective '", cfg.loss.objective,
+                "' needs grouping.function other than none");
+    return;
+  }
+  const grouping::GroupingOptions g = grouping_options(cfg);
+  grouping_fn = grouping::make_grouping_function(g, &*tok);  // validates the name and options early
+  dynamic = grouping::as_dynamic(*grouping_fn);
+  if (dynamic) return;
+  grouping_fn.reset();  // the pipeline builds its own (and loads a classifier only on a cache miss)
+  SFTGO_CHECK(cfg.grouping.selection == "sequence", ErrorKind::kConfig,
+              "grouping.selection 'batch' is only supported by dynamic functions (rho1) so far; use 'sequence'");
+  // Several ranks with a cache: rank 0 computes and writes it, the others only read it afterwards (a
+  // classifier such as LLMLingua-2's is then loaded once per job, not once per rank).
+  const bool shared_cache = world > 1 && !g.cache_dir.empty();
+  if (shared_cache && rank != 0) comm->barrier();
+  auto out = grouping::apply_grouping(dataset.examples, g, &*tok, /*keep_scores=*/false,
+                                      /*compute_on_miss=*/!shared_cache || rank == 0);
+  if (shared_cache && rank == 0) comm->barrier();
+  std::vector<std::vector<uint8_t>> masks;
+  masks.reserve(dataset.examples.size());
+  for (const auto& ex : dataset.examples) masks.push_back(ex.groups);
+  auto share = grouping::group_share(dataset.examples, masks);
+  log_info("grouping {}: {:.1f}% of {} trained tokens important (k = {}%), {:.2f}s{}", g.function,
+           100.0 * share.overall, share.trained_tokens, g.top_k_percent, out.seconds, out.from_cache ? " (cache)" : "");
+}
+
+void Trainer::Impl::prepare_dynamic(std::vector<data::TokenizedExample>& examples, const std::string& what) {
+  grouping::PrepareContext ctx;
+  ctx.device = device;
+  ctx.dtype = model->dtype();
+  ctx.vocab_size = model->config().vocab_size;
+  ctx.cache_dir = cfg.data.cache_dir;
+  ctx.what = what;
+  ctx.rank = rank;
+  ctx.world_size = world;
+  if (world > 1) ctx.barrier = [this] { comm->barrier(); };
+  dynamic->prepare(examples, ctx);
+}
+
+void Trainer::Impl::build_model() {
+  model::ModelOptions mo;
+  // precision bf16 always computes in bf16; the fp32 copies live with the optimizer.
+  mo.dtype = (cfg.model.dtype == "bfloat16" || precision == Precision::kBf16) ? c10::kBFloat16 : c10::kFloat;
+  mo.device = device;
+  mo.seed = static_cast<uint64_t>(cfg.run.seed);
+  mo.activation_checkpointing = cfg.model.activation_checkpointing;
+  if (!cfg.model.path.empty()) {
+    model = model::load_pretrained(cfg.model.path, mo);
+  } else {
+    auto c = model::LlamaConfig::preset(cfg.model.preset);
+    auto set = [](int64_t& field, int64_t v) { if (v > 0) field = v; };
+    set(c.hidden_size, cfg.model.hidden_size);
+    set(c.intermediate_size, cfg.model.intermediate_size);
+    set(c.num_hidden_layers, cfg.model.num_layers);
+    set(c.num_attention_heads, cfg.model.num_heads);
+    set(c.num_key_value_heads, cfg.model.num_kv_heads);
+    set(c.vocab_size, cfg.model.vocab_size);
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+    c.initializer_range = cfg.model.init_std;
+    // Special ids come from the tokenizer actually used, so saved checkpoints generate correctly.
+    if (auto bos = tok->bos_id()) c.bos_token_id = *bos;
+    if (auto eos = tok->eos_id()) c.eos_token_ids = {*eos};
+    c.validate("model config");
+    model = model::LlamaModel(c, mo);
+  }
+  model->set_activation_checkpointing(cfg.model.activation_checkpointing);
+  SFTGO_CHECK(tok->vocab_size() <= model->config().vocab_size, ErrorKind::kConfig, "the tokenizer has ",
+              tok->vocab_size(), " ids but the model's vocabulary is ", model->config().vocab_size);
+  n_params = 0;
+  for (const auto& [name, p] : model->hf_named_parameters()) n_params += p.numel();
+  if (device.is_cuda()) {
+    gpu_peak = dist::gpu_peak(device, cfg.train.gpu_peak_tflops * 1e12);
+    if (gpu_peak.flops > 0) log_info("MFU against {:.0f} TFLOP/s dense bf16 ({})", gpu_peak.flops / 1e12, gpu_peak.source);
+    else log_warn("GPU '{}' is not in the peak-FLOPs table: set train.gpu_peak_tflops for MFU", gpu_peak.name);
+  }
+  log_info("model: {} layers, hidden {}, {:.1f}M parameters, {} on {}{}", model->config().num_hidden_layers,
+           model->config().hidden_size, static_cast<double>(n_params) / 1e6,
+           model->dtype() == c10::kBFloat16 ? "bfloat16" : "float32", device.str(),
+           precision == Precision::kBf16 ? " (fp32 master weights)"
+                                         : precision == Precision::kBf16Autocast ? " (bf16 autocast)" : "");
+}
+
+// The held-out set goes through the same template and grouping as the training data. A function that
+// learns corpus statistics (TF-IDF, frequency) is fitted on the TRAINING corpus and only scores the
+// held-out examples, as a trained model would see them; a dynamic one prepares the held-out set too.
+void Trainer::Impl::prepare_eval() {
+  data::DataOptions eo = data_options(cfg);
+  eo.path = cfg.data.eval_path;
+  eval_set = data::prepare_dataset(eo, *tok);
+  SFTGO_CHECK(!eval_set.examples.empty(), ErrorKind::kData, cfg.data.eval_path, ": no trainable examples");
+  if (dynamic) {
+    prepare_dynamic(eval_set.examples, "held-out data");
+  } else if (cfg.grouping.function != "none") {
+    const grouping::GroupingOptions g = grouping_options(cfg);
+    auto fn = grouping::make_grouping_function(g, &*tok);
+    if (fn->requirements().corpus_statistics) {
+      auto& scorer = grouping::as_static(*fn, "held-out groups");
+      scorer.fit(dataset.examples);
+      for (auto& ex : eval_set.examples) ex.groups = scorer.groups(ex, scorer.score(ex), g.top_k_percent);
+    } else {
+      fn.reset();
+      grouping::apply_grouping(eval_set.examples, g, &*tok);
+    }
+  }
+  log_info("eval data {}: {} examples, {} trained tokens", cfg.data.eval_path, eval_set.stats.examples,
+           eval_set.stats.trained_tokens);
+}
+
+void Trainer::Impl::build_updater() {
+  UpdaterOptions uo;
+  uo.adamw = {cfg.optim.lr, cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
+  uo.bucket_mb = cfg.dist.bucket_mb;
+  updater = make_updater(updater_kind(cfg, precision), comm, model->hf_named_parameters(), uo);
+}
+
+}  // namespace sftgo::train

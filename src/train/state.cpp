@@ -1,0 +1,146 @@
+// The Trainer's evaluation loss, checkpoint save and exact resume.
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <optional>
+#include <unistd.h>
+
+#include "sftgo/checkpoint/checkpoint.h"
+#include "sftgo/core/error.h"
+#include "sftgo/core/log.h"
+#include "sftgo/core/strings.h"
+#include "sftgo/core/timer.h"
+#include "sftgo/core/version.h"
+#include "sftgo/data/dataset.h"
+#include "sftgo/data/loader.h"
+#include "sftgo/dist/dist.h"
+#include "sftgo/grouping/dynamic.h"
+#include "sftgo/grouping/grouping.h"
+#include "sftgo/grouping/pipeline.h"
+#include "sftgo/loss/group_loss.h"
+#include "sftgo/model/autocast.h"
+#include "sftgo/model/config.h"
+#include "sftgo/model/llama.h"
+#include "sftgo/optim/optim.h"
+#include "sftgo/tokenizer/tokenizer.h"
+#include "sftgo/train/options.h"
+#include "sftgo/train/updater.h"
+#include "trainer_impl.h"
+
+namespace fs = std::filesystem;
+
+namespace sftgo::train {
+namespace {
+
+// The tokenizer directory's files, copied into every checkpoint so it loads as a HF model dir.
+std::vector<std::string> tokenizer_files(const std::string& path) {
+  fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  return {(dir / "tokenizer.json").string(), (dir / "tokenizer_config.json").string()};
+}
+
+}  // namespace
+
+// ---- Evaluation, save, resume -----------------------------------------------------------------
+
+// Mean losses over the whole eval set under the current weights (one set of group statistics). Rank r
+// evaluates examples r, r + W, ...; the statistics are summed over ranks.
+EvalMetrics Trainer::Impl::evaluate() {
+  Timer timer;
+  torch::NoGradGuard no_grad;
+  const double lambda = lambdas.at(std::max<int64_t>(0, step - 1), total_steps);
+  data::LoaderOptions lo = data::loader_options(data_options(cfg), pad_id, rank, world);
+  lo.shuffle = false;
+  lo.tail = data::TailPolicy::kUneven;
+  data::DataLoader eval_loader(eval_set, lo);
+  const std::vector<std::string> scores = dynamic ? dynamic->batch_scores() : std::vector<std::string>{};
+  loss::GroupStats stats;
+  for (const data::Batch& batch : eval_loader.next_step(eval_loader.examples_per_epoch())) {
+    MicroBatch b = to_device(batch, device, scores);
+    if (dynamic) b.groups = at::Tensor();
+    if (dynamic) b.important = dynamic->important_count(b.view);
+    loss::LossInfo info;
+    loss::fused_group_loss(forward_hidden(b), head_weight(), b.labels, b.groups, loss_options(lambda, b), &info);
+    stats += info.local_stats;
+  }
+  if (world > 1) stats = all_reduce_stats(*comm, stats);
+  const loss::LossMetrics lm =
+      loss::compute_loss_metrics(stats, loss::compute_loss_weights(stats, lambda, objective), lambda);
+  EvalMetrics e;
+  e.step = step;
+  e.loss = lm.loss;
+  e.loss_ce = lm.loss_ce;
+  e.loss_imp = lm.loss_imp;
+  e.loss_unimp = lm.loss_unimp;
+  e.tokens = stats.total_count();
+  e.seconds = timer.seconds();
+  log_info("eval at step {}: loss {:.4f} | ce {:.4f} | imp {:.3f} | unimp {:.3f} | {} tokens in {:.1f}s", e.step,
+           e.loss, e.loss_ce, e.loss_imp, e.loss_unimp, e.tokens, e.seconds);
+  return e;
+}
+
+std::string Trainer::Impl::save(const std::string& why) {
+  Timer t;
+  const fs::path root = checkpoint::checkpoints_root(cfg.run.output_dir);
+  const std::string name = checkpoint::checkpoint_dir_name(step);
+  checkpoint::SaveRequest r;
+  // Files that every rank writes (ZeRO-1 shards) are staged beside the checkpoint, on the same filesystem.
+  updater->add_to_save(r, (root / (".zero_staging_" + name)).string());
+  if (rank != 0) {
+    comm->barrier();  // rank 0 is writing
+    return (root / name).string();
+  }
+  r.model = model.get();
+  r.state.world_size = world;
+  r.state.step = step;
+  r.state.total_steps = total_steps;
+  r.state.sampler_epoch = loader->state().epoch;
+  r.state.sampler_index = loader->state().index;
+  r.state.nan_skips = nan_skips;
+  r.state.tokens_seen = tokens_seen;
+  r.state.lambda = lambdas.at(std::max<int64_t>(0, step - 1), total_steps);
+  r.state.rng_state_hex = checkpoint::cpu_rng_state_hex();
+  r.state.config_yaml = config_to_yaml(cfg);
+  r.resolved_config_yaml = r.state.config_yaml;
+  r.tokenizer_files = tokenizer_files(cfg.tokenizer.path);
+  std::string dir = checkpoint::save_checkpoint(cfg.run.output_dir, r, cfg.train.keep_last);
+  if (!r.move_files.empty()) {
+    std::error_code ec;
+    fs::remove_all(fs::path(r.move_files.front()).parent_path(), ec);
+  }
+  comm->barrier();
+  log_info("saved checkpoint {} ({}, {:.1f}s)", dir, why, t.seconds());
+  return dir;
+}
+
+void Trainer::Impl::resume_from(const std::string& dir) {
+  auto st = checkpoint::load_trainer_state(dir);
+  if (st.config_yaml != config_to_yaml(cfg))
+    log_warn("resuming {} with a config that differs from the one it was saved with", dir);
+  model::load_hf_weights(*model, dir);
+  updater->resume(dir);
+  data::SamplerState ss;
+  ss.epoch = st.sampler_epoch;
+  ss.index = st.sampler_index;
+  if (st.world_size != world) {
+    // Same global position in the epoch: every rank had consumed `index` of its share.
+    const int64_t consumed = st.sampler_index * st.world_size;
+    SFTGO_CHECK_HINT(consumed % world == 0, ErrorKind::kConfig, "resume with a world size that divides the examples consumed",
+                     dir, " was saved by ", st.world_size, " ranks at ", consumed, " examples into epoch ", st.sampler_epoch,
+                     ", which ", world, " ranks cannot split evenly");
+    ss.index = consumed / world;
+    log_warn("resuming {} saved by {} ranks with {}: same examples per step, but epoch tails are padded per rank", dir,
+             st.world_size, world);
+  }
+  loader->set_state(ss);
+  step = st.step;
+  nan_skips = st.nan_skips;
+  tokens_seen = st.tokens_seen;
+  elapsed_before = st.elapsed_s;
+  if (!st.rng_state_hex.empty()) checkpoint::set_cpu_rng_state_hex(st.rng_state_hex);
+  log_info("resumed from {} at step {}/{}", dir, step, total_steps);
+}
+
+}  // namespace sftgo::train

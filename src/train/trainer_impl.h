@@ -1,0 +1,107 @@
+// Internal to src/train/: the Trainer's state and stages, split over trainer.cpp (the step pipeline
+// and the run loop), setup.cpp (the set-up chain) and state.cpp (evaluation, save, resume).
+#pragma once
+
+#include <torch/types.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sftgo/config/config.h"
+#include "sftgo/data/dataset.h"
+#include "sftgo/data/loader.h"
+#include "sftgo/dist/dist.h"
+#include "sftgo/dist/gpu.h"
+#include "sftgo/grouping/dynamic.h"
+#include "sftgo/loss/group_loss.h"
+#include "sftgo/model/llama.h"
+#include "sftgo/optim/optim.h"
+#include "sftgo/tokenizer/tokenizer.h"
+#include "sftgo/train/options.h"
+#include "sftgo/train/trainer.h"
+#include "sftgo/train/updater.h"
+#include "step.h"
+
+namespace sftgo::train {
+
+struct Trainer::Impl {
+  LoadedConfig loaded;
+  const Config& cfg;
+  TrainerHooks hooks;
+
+  // Placement: one process per rank, one device per process.
+  c10::Device device{c10::kCPU};
+  dist::LaunchEnv launch;
+  std::shared_ptr<dist::Comm> comm;  // world 1: every collective is the identity
+  int rank = 0, world = 1;
+  bool stop_all = false;  // some rank was asked to stop: every rank saves and stops
+
+  // The config, decided once at its boundary.
+  loss::Objective objective = loss::Objective::kSftGo;
+  loss::StatsScope scope = loss::StatsScope::kStep;
+  Precision precision = Precision::kFp32;
+  LambdaSchedule lambdas;
+  optim::LrSchedule schedule;
+
+  // Components.
+  std::optional<Tokenizer> tok;
+  data::PreparedDataset dataset;
+  data::PreparedDataset eval_set;  // data.eval_path; empty when none
+  std::unique_ptr<data::DataLoader> loader;
+  std::unique_ptr<grouping::GroupingFunction> grouping_fn;  // kept only when dynamic
+  grouping::DynamicGroupingFunction* dynamic = nullptr;     // groups chosen per step, or null
+  model::LlamaModel model{nullptr};
+  std::unique_ptr<Updater> updater;
+  int64_t per_rank_batch = 1, steps_per_epoch = 1, total_steps = 1, n_params = 0;
+  dist::GpuPeak gpu_peak;  // CUDA: the MFU denominator
+  int32_t pad_id = 0;
+
+  // Progress, saved in checkpoints.
+  int64_t step = 0;
+  int64_t nan_skips = 0;  // consecutive skipped steps
+  int64_t tokens_seen = 0;
+  double elapsed_before = 0;
+
+  Impl(LoadedConfig l, TrainerHooks h) : loaded(std::move(l)), cfg(loaded.config), hooks(std::move(h)) {}
+
+  // Set-up chain.
+  void setup();
+  void place_job();
+  void load_data();
+  void prepare_groups();
+  void build_model();
+  void prepare_dynamic(std::vector<data::TokenizedExample>& examples, const std::string& what);
+  void prepare_eval();
+  void build_updater();
+
+  // The step pipeline.
+  StepMetrics train_step();
+  std::vector<MicroBatch> assemble_step();
+  struct StepWeights {
+    WeightsPlan plan = WeightsPlan::kOwnForward;
+    std::optional<loss::LossWeights> fixed;  // known before the step's forwards
+    bool finite = true;                      // the stats pre-pass stayed finite on every rank
+    double micro_scale = 1.0;                // microbatch scope: each micro-batch of each rank counts 1/(M*W)
+  };
+  StepWeights decide_weights(std::vector<MicroBatch>& micro, double lambda);
+  loss::GroupStats stats_pre_pass(std::vector<MicroBatch>& micro, double lambda, bool* finite);
+  StepTotals forward_backward(std::vector<MicroBatch>& micro, const StepWeights& w, double lambda,
+                              std::optional<loss::LossWeights>* applied);
+  void gpu_metrics(StepMetrics& m);
+  StepMetrics step_metrics(const std::vector<MicroBatch>& micro, const StepWeights& w, const StepTotals& t,
+                           const std::optional<loss::LossWeights>& applied, double lambda, double lr);
+
+  // Forward pieces.
+  void choose_groups_before_forward(MicroBatch& b);
+  loss::FusedLossOptions loss_options(double lambda, MicroBatch& b);
+  at::Tensor forward_hidden(const MicroBatch& b);  // [T,H] hidden states of trained positions
+  at::Tensor head_weight() const;                  // [V,H]
+
+  EvalMetrics evaluate();
+  std::string save(const std::string& why);
+  void resume_from(const std::string& dir);
+};
+
+}  // namespace sftgo::train
