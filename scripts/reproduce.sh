@@ -62,7 +62,7 @@ while (($#)); do
     --lm-eval-args) LM_EVAL_ARGS=${2:?}; shift ;;
     --eta-sweep) read -r -a ETAS <<<"${2:?}"; shift ;;
     --launch8b) LAUNCH8B=${2:?}; shift ;;
-    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
