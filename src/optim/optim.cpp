@@ -141,4 +141,6 @@ double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm)
   return total;
 }
 
+AdamWOptions adamw_options(const OptimConfig& c) { return {c.lr, c.beta1, c.beta2, c.eps, c.weight_decay}; }
+
 }  // namespace sftgo::optim

@@ -235,7 +235,7 @@ void Trainer::Impl::prepare_eval() {
 
 void Trainer::Impl::build_updater() {
   UpdaterOptions uo;
-  uo.adamw = {cfg.optim.lr, cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
+  uo.adamw = optim::adamw_options(cfg.optim);
   uo.bucket_mb = cfg.dist.bucket_mb;
   updater = make_updater(updater_kind(cfg, precision), comm, model->hf_named_parameters(), uo);
 }

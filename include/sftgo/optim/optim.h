@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "sftgo/config/config.h"
+
 namespace sftgo::optim {
 
 enum class LrDecay { kCosine, kLinear, kConstant };
@@ -33,13 +35,15 @@ double lr_at(const LrSchedule& schedule, int64_t step);
 // warmup_steps >= 0 wins; otherwise ceil(ratio * total_steps).
 int64_t resolve_warmup_steps(int64_t warmup_steps, double warmup_ratio, int64_t total_steps);
 
+// The defaults are the config's (OptimConfig in config.h is the one home of these numbers).
 struct AdamWOptions {
-  double lr = 1e-5;
-  double beta1 = 0.9;
-  double beta2 = 0.95;
-  double eps = 1e-8;
-  double weight_decay = 0.0;
+  double lr = OptimConfig{}.lr;
+  double beta1 = OptimConfig{}.beta1;
+  double beta2 = OptimConfig{}.beta2;
+  double eps = OptimConfig{}.eps;
+  double weight_decay = OptimConfig{}.weight_decay;
 };
+AdamWOptions adamw_options(const OptimConfig& config);
 
 using NamedParameters = std::vector<std::pair<std::string, torch::Tensor>>;
 
