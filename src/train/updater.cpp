@@ -2,6 +2,8 @@
 // checkpoint, so the trainer's step, save and resume never ask which one is running.
 #include "sftgo/train/updater.h"
 
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -122,27 +124,49 @@ class PlainUpdater final : public ReducingUpdater {
   }
 };
 
-// bf16 working weights; fp32 master weights carry the update and the AdamW state.
+// After each backward has added a bf16 parameter's gradient into its .grad: add it into the fp32
+// master's gradient and free the bf16 one, so micro-batches accumulate in fp32 (as HF, DeepSpeed and
+// Megatron's main grads do), not in bf16.
+struct AccumulateIntoMaster : torch::autograd::PostAccumulateGradHook {
+  at::Tensor master_grad;  // the fp32 master's .grad (a view of an all-reduce bucket with several ranks)
+  explicit AccumulateIntoMaster(at::Tensor g) : master_grad(std::move(g)) {}
+  void operator()(const torch::autograd::Variable& param) override {
+    torch::NoGradGuard no_grad;
+    master_grad.add_(param.grad());
+    const_cast<torch::autograd::Variable&>(param).mutable_grad().reset();
+  }
+};
+
+// bf16 working weights; fp32 master weights carry the gradients (accumulated and all-reduced in fp32),
+// the update and the AdamW state.
 class Fp32MastersUpdater final : public ReducingUpdater {
  public:
   Fp32MastersUpdater(const std::shared_ptr<dist::Comm>& comm, const optim::NamedParameters& params,
                      const UpdaterOptions& o)
       : working_(params) {
     for (const auto& [name, p] : working_)
-      masters_.emplace_back(name, p.detach().to(at::kFloat).clone().set_requires_grad(true));
+      masters_.emplace_back(name, p.detach().to(at::kFloat).clone().set_requires_grad(p.requires_grad()));
     optimizer_ = optim::make_adamw(masters_, o.adamw);
-    reducer_ = make_reducer(comm, params, o.bucket_mb);
+    // Several ranks: the master gradients are views of fp32 all-reduce buckets. No autograd hook fires on
+    // a master, so the reduction starts in after_backward (finish), after the last backward: an fp32
+    // all-reduce that does not overlap the backward.
+    reducer_ = make_reducer(comm, masters_, o.bucket_mb);
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < working_.size(); ++i) {
+      at::Tensor& master = masters_[i].second;
+      if (!master.requires_grad()) continue;
+      if (!master.grad().defined()) master.mutable_grad() = at::zeros_like(master);
+      torch::autograd::impl::set_post_acc_grad_hooks(working_[i].second,
+                                                     std::make_unique<AccumulateIntoMaster>(master.grad()));
+    }
+  }
+  ~Fp32MastersUpdater() override {
+    for (auto& [name, p] : working_)
+      if (p.requires_grad()) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
   }
   UpdaterKind kind() const override { return UpdaterKind::kFp32Masters; }
   double step(double lr, double max_norm, bool finite) override {
-    if (finite) {
-      // bf16 gradients -> fp32 master gradients; clipping and AdamW then work in fp32.
-      torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < masters_.size(); ++i) {
-        const at::Tensor& g = working_[i].second.grad();
-        masters_[i].second.mutable_grad() = g.defined() ? g.to(at::kFloat) : at::zeros_like(masters_[i].second);
-      }
-    }
+    // The fp32 master gradients already hold the step's sums: clipping and AdamW work in fp32.
     const double norm = clip_and_step(lr, max_norm, finite);
     if (std::isfinite(norm)) {
       torch::NoGradGuard no_grad;
@@ -151,12 +175,14 @@ class Fp32MastersUpdater final : public ReducingUpdater {
     return norm;
   }
   void zero_grad() override {
-    optimizer_->zero_grad(true);  // the fp32 master gradients are freed
+    torch::NoGradGuard no_grad;
     if (reducer_) {
-      reducer_->zero_grad();
+      reducer_->zero_grad();  // the buckets (the master gradients) in place
     } else {
-      for (auto& [name, p] : working_) p.mutable_grad().reset();
+      for (auto& [name, m] : masters_)
+        if (m.grad().defined()) m.mutable_grad().zero_();
     }
+    for (auto& [name, p] : working_) p.mutable_grad().reset();  // normally freed by the hook already
   }
   void add_to_save(checkpoint::SaveRequest& r, const std::string&) override {
     r.optimizer = optimizer_.get();
