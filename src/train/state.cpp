@@ -117,6 +117,9 @@ std::string Trainer::Impl::save(const std::string& why) {
 
 void Trainer::Impl::resume_from(const std::string& dir) {
   auto st = checkpoint::load_trainer_state(dir);
+  SFTGO_CHECK_HINT(st.step <= total_steps, ErrorKind::kConfig,
+                   "resume with train.max_steps (or train.epochs) at least the checkpoint's step, or start a new run",
+                   dir, " is at step ", st.step, " but this run has only ", total_steps, " optimizer steps");
   if (st.config_yaml != config_to_yaml(cfg))
     log_warn("resuming {} with a config that differs from the one it was saved with", dir);
   model::load_hf_weights(*model, dir);

@@ -38,6 +38,23 @@
 namespace fs = std::filesystem;
 
 namespace sftgo::train {
+namespace {
+// The newest complete checkpoint of run_dir at a step below `step` (its weights ran step K+1 <= step),
+// or "" when there is none.
+std::string newest_checkpoint_before(const std::string& run_dir, int64_t step) {
+  std::string best;
+  for (const auto& dir : checkpoint::list_checkpoints(run_dir)) {  // oldest first
+    const std::string name = fs::path(dir).filename().string();
+    if (name.rfind("step_", 0) != 0) continue;
+    try {
+      if (std::stoll(name.substr(5)) < step) best = dir;
+    } catch (const std::exception&) {
+    }
+  }
+  return best;
+}
+}  // namespace
+
 // ---- The step pipeline ------------------------------------------------------------------------
 //   assemble the micro-batches -> decide the loss weights -> forward/backward each micro-batch ->
 //   one reduction over ranks -> the update -> metrics
@@ -305,6 +322,8 @@ TrainResult Trainer::run(const std::string& resume) {
   const bool tty = ::isatty(2);
   Timer wall;
   int64_t last_saved = -1;
+  int64_t ran = 0;                 // steps run by this process
+  int64_t last_finite = s.step;    // the newest step that applied an update
   int64_t last_eval = -1;
   bool first = true;
   while (s.step < s.total_steps) {
@@ -315,7 +334,9 @@ TrainResult Trainer::run(const std::string& resume) {
     first = false;
     result.last_loss = m.loss;
     result.steps = s.step;
+    ++ran;
     if (m.skipped) ++result.skipped_steps;
+    else last_finite = s.step;
     if (tty && is_rank0()) {
       std::fprintf(stderr, "\r\033[K%s %s", progress_bar(s.step, s.total_steps).c_str(),
                    progress_line(m, s.total_steps).c_str());
@@ -324,11 +345,23 @@ TrainResult Trainer::run(const std::string& resume) {
       log_info("{}", progress_line(m, s.total_steps));
     }
     if (s.nan_skips > cfg.train.max_nan_skips) {
-      std::string dir = s.save("before stopping on non-finite values");
+      // The current weights are the ones that made these steps non-finite. Checkpoint step_K holds the
+      // weights that step K+1 ran with: the newest one whose next step was finite is the last good
+      // state, so point there and write (and prune) nothing over it. Only when no such checkpoint
+      // exists are the current weights saved, so there is something to inspect. Rank 0's view
+      // decides for all ranks (their collectives in save() must match).
+      const std::string good = s.rank == 0 ? newest_checkpoint_before(cfg.run.output_dir, last_finite) : "";
+      const bool earlier = s.comm->sum({good.empty() ? 0.0 : 1.0})[0] > 0;
+      const std::string dir = earlier ? (good.empty() ? std::string("(see rank 0)") : good)
+                                      : s.save("before stopping on non-finite values");
       s.comm->shutdown();  // every rank reaches this step together
-      SFTGO_FAIL_HINT(ErrorKind::kNumeric, "lower optim.lr, check the data, or resume from the checkpoint",
-                      "training stopped at step ", s.step, ": ", s.nan_skips, " steps in a row had a non-finite loss or gradient (train.max_nan_skips = ",
-                      cfg.train.max_nan_skips, "); the last good weights are saved in ", dir);
+      SFTGO_FAIL_HINT(ErrorKind::kNumeric, "lower optim.lr, check the data, then --resume " + dir,
+                      "training stopped at step ", s.step, ": ", s.nan_skips, " steps in a row had a non-finite loss or "
+                      "gradient (train.max_nan_skips = ", cfg.train.max_nan_skips, "); ",
+                      earlier ? "the newest checkpoint whose next step was finite is "
+                              : "no checkpoint holds weights whose next step was finite, so the current weights (those "
+                                "of the last applied update, which produced the non-finite steps) are saved in ",
+                      dir);
     }
     if (!s.eval_set.examples.empty() && cfg.train.eval_every > 0 && s.step % cfg.train.eval_every == 0) {
       write_metrics(s.evaluate());
@@ -352,6 +385,10 @@ TrainResult Trainer::run(const std::string& resume) {
   if (!s.eval_set.examples.empty() && last_eval != s.step) write_metrics(s.evaluate());
   if (last_saved != s.step) result.last_checkpoint = s.save("final");
   s.comm->shutdown();
+  // Fewer skips than train.max_nan_skips, but not one update applied: not a trained model.
+  SFTGO_CHECK_HINT(ran == 0 || result.skipped_steps < ran, ErrorKind::kNumeric,
+                   "lower optim.lr or check the data", "every one of the ", ran,
+                   " steps of this run had a non-finite loss or gradient: no update was applied");
   log_info("done: {} steps in {}, final loss {:.4f}", s.step, format_duration(wall.seconds()), result.last_loss);
   return result;
 }

@@ -382,6 +382,46 @@ TEST_F(TrainerTest, Bf16AutocastKeepsFp32WeightsAndCheckpointingRecomputesUnderA
   EXPECT_THROW(Trainer(config("bad", {"train.precision=bf16_autocast", "model.dtype=bfloat16"})), Error);
 }
 
+// After repeated non-finite steps the run points to the newest checkpoint whose next step was finite
+// (checkpoint step_K holds the weights step K+1 ran with) and writes nothing over it. Here the warm-up
+// makes step 1 a no-op (lr 0), step 2 applies a 1e30 learning rate (finite loss, ruined weights), and
+// every later step is non-finite: step_00000001 is the last good state.
+TEST_F(TrainerTest, NonFiniteStopPointsToTheLastGoodCheckpoint) {
+  Trainer t(config("nan_good", {"optim.lr=1e30", "optim.grad_clip=0", "optim.warmup_steps=2", "train.max_steps=10",
+                                "train.max_nan_skips=1", "train.save_every=1", "train.keep_last=5"}));
+  try {
+    t.run();
+    FAIL() << "expected the run to stop";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kNumeric);
+    EXPECT_NE(std::string(e.what()).find("step_00000001"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(fs::exists(dir_ / "nan_good/checkpoints/step_00000001/trainer_state.json"));
+  EXPECT_FALSE(fs::exists(dir_ / "nan_good/checkpoints/step_00000004")) << "nothing is saved over the good state";
+}
+
+// Fewer skipped steps than train.max_nan_skips, but not a single update applied: an error, not success.
+TEST_F(TrainerTest, RunWhoseEveryStepWasSkippedFails) {
+  Trainer t(config("all_nan", {"model.init_std=1e30", "train.max_steps=2", "train.max_nan_skips=10"}));
+  try {
+    t.run();
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kNumeric);
+    EXPECT_NE(std::string(e.what()).find("no update was applied"), std::string::npos) << e.what();
+  }
+}
+
+// A checkpoint beyond this run's last step cannot be resumed into it.
+TEST_F(TrainerTest, ResumePastTheLastStepIsRefused) {
+  {
+    Trainer t(config("past", {"train.max_steps=4"}));
+    t.run();
+  }
+  Trainer t(config("past", {"train.max_steps=2"}));
+  EXPECT_THROW(t.run("auto"), Error);
+}
+
 // A dynamic grouping function plugs in through the registry and the DynamicGroupingFunction interface
 // alone: this one (defined only here, unknown to the trainer) marks the top-k% current-loss tokens of
 // each sequence. The trainer must drive it from its declared requirements, never from its name.
