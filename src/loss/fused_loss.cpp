@@ -88,8 +88,6 @@ void validate_inputs(const at::Tensor& hidden, const at::Tensor& weight, const a
               " but hidden is on ", hidden.device());
   SFTGO_CHECK(!(options.known_weights && options.weights_hook), ErrorKind::kUsage,
               "loss: set either known_weights or weights_hook, not both");
-  SFTGO_CHECK(!(options.groups_hook && options.objective == Objective::kCe), ErrorKind::kUsage,
-              "loss: groups_hook given with objective ce, which has no groups");
   SFTGO_CHECK(!(options.groups_hook && options.pass == LossPass::kOnePass), ErrorKind::kUsage,
               "loss: groups_hook needs the two-pass path (the groups come from this forward's losses); "
               "pass must be auto or two-pass");
@@ -140,7 +138,9 @@ Trained select_trained(const at::Tensor& hidden, const at::Tensor& labels, const
   Trained tr;
   const at::Tensor mask = labels != options.ignore_index;  // [T]
   const int64_t t = labels.size(0);
-  const bool need_groups = options.objective != Objective::kCe && groups.defined();  // else: ce, or groups_hook
+  // Objective ce keeps per-group statistics too when groups are given (the paper's Figure 1 is the group
+  // losses under plain SFT); its coefficients are the same for both groups, so its gradient is unchanged.
+  const bool need_groups = groups.defined();  // else: groups_hook, or ce without groups
   // The trained count, the trained labels' range and the important count come back in one device ->
   // host copy (each .item() would be a separate sync with a GPU). Integers: the same on every device.
   int64_t lo = 0, hi = 0;
@@ -400,7 +400,7 @@ GroupStats local_stats(const at::Tensor& loss, const at::Tensor& groups, int64_t
   GroupStats s;
   if (n == 0) return s;
   const at::Tensor loss64 = loss.to(at::kDouble);
-  if (!groups.defined()) {  // objective ce: no group bookkeeping, everything counts as group 0
+  if (!groups.defined()) {  // objective ce without groups: everything counts as group 0
     s.loss_sum[0] = loss64.sum().item<double>();
     s.count[0] = n;
     return s;

@@ -48,7 +48,8 @@ at::Tensor reference_group_loss(const at::Tensor& hidden, const at::Tensor& weig
                 ErrorKind::kUsage, "loss: groups_hook must return groups [T] with T = ", labels.size(0));
   }
   at::Tensor m1 = at::zeros_like(m_all);
-  if (options.objective != Objective::kCe) m1 = (used_groups.to(at::kBool) & trained).to(at::kDouble);
+  // Objective ce keeps group statistics whenever groups are given (metrics only: its weights ignore them).
+  if (used_groups.defined()) m1 = (used_groups.to(at::kBool) & trained).to(at::kDouble);
   const at::Tensor m0 = m_all - m1;
 
   GroupStats stats;

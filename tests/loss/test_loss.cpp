@@ -830,9 +830,17 @@ TEST(LossGroupsHook, StepWeightsErrorsAndNaN) {
   expect_usage(wrong);
   wrong.groups_hook = [](const at::Tensor& l) { return at::zeros_like(l); };  // float groups
   expect_usage(wrong);
-  FusedLossOptions ce = opts(Objective::kCe);
-  ce.groups_hook = first_half;
-  expect_usage(ce);
+  // Objective ce with a groups hook (a dynamic grouping function under plain SFT): the groups only feed
+  // the statistics (issue #16: group losses for every objective); loss and gradients stay plain CE's.
+  {
+    FusedLossOptions ce = opts(Objective::kCe);
+    ce.groups_hook = first_half;
+    const Result hooked = run_loss(fused_group_loss, in, ce);
+    const Result plain = run_loss(fused_group_loss, in, opts(Objective::kCe));
+    EXPECT_EQ(hooked.info.local_stats.count[1], (in.labels.narrow(0, 0, 10) != -100).sum().item<int64_t>());
+    EXPECT_NEAR(hooked.loss, plain.loss, 1e-12 * std::abs(plain.loss));
+    EXPECT_TRUE(torch::equal(hooked.grad_weight, plain.grad_weight));
+  }
   FusedLossOptions one = opts(Objective::kRho1);
   one.groups_hook = first_half;
   one.pass = LossPass::kOnePass;

@@ -20,7 +20,7 @@ namespace sftgo::loss {
 
 enum class Objective {
   kSftGo,  // lambda * max(group means) + (1 - lambda) * mean CE
-  kCe,     // plain SFT: mean CE over trained tokens (lambda ignored, no group bookkeeping)
+  kCe,     // plain SFT: mean CE over trained tokens (lambda ignored; group statistics kept when groups are given)
   kRho1,   // mean CE over important tokens only (Rho-1 style selective training)
 };
 
