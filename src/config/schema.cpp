@@ -104,6 +104,7 @@ std::vector<Field> fields_of(Config& c) {
   add("train.save_every", c.train.save_every, "Optimizer steps between checkpoints; 0 = only at the end").at_least(0);
   add("train.keep_last", c.train.keep_last, "Checkpoints kept on disk").at_least(1);
   add("train.eval_every", c.train.eval_every, "Optimizer steps between eval-loss passes over data.eval_path; 0 = only at the end").at_least(0);
+  add("train.deterministic", c.train.deterministic, "GPU only: deterministic kernels (LibTorch deterministic algorithms, cuDNN deterministic, no cuDNN benchmark, math attention instead of flash/memory-efficient SDPA, CUBLAS_WORKSPACE_CONFIG) so a run and its resume are bit-reproducible on the same GPU and software; slower, and attention needs more memory. CPU runs are deterministic anyway (docs/gpu.md)");
   add("train.gpu_peak_tflops", c.train.gpu_peak_tflops, "Dense bf16 peak TFLOP/s of one GPU for MFU; 0 = from the GPU's name (H100, H200, A100; other GPUs then report no MFU)").at_least(0);
   add("train.max_nan_skips", c.train.max_nan_skips, "Non-finite steps skipped before saving and stopping").at_least(0);
   add("train.num_threads", c.train.num_threads, "CPU threads for LibTorch; 0 = its default (at most 65536: LibTorch takes an int)").range(0, 65536);

@@ -65,7 +65,8 @@ Batch DataLoader::collate(const std::vector<int64_t>& indices) const {
   std::vector<const TokenizedExample*> exs;
   exs.reserve(indices.size());
   for (int64_t i : indices) exs.push_back(&ds_.examples[static_cast<size_t>(i)]);
-  return opts_.packing ? collate_packed(exs, opts_.max_seq_len, opts_.pad_id) : collate_padded(exs, opts_.pad_id);
+  return opts_.packing ? collate_packed(exs, opts_.max_seq_len, opts_.pad_id, opts_.pad_to_multiple)
+                       : collate_padded(exs, opts_.pad_id, opts_.pad_to_multiple);
 }
 
 }  // namespace sftgo::data

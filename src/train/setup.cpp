@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <filesystem>
 #include <optional>
@@ -37,6 +38,21 @@ namespace fs = std::filesystem;
 namespace sftgo::train {
 namespace {
 
+// train.deterministic on a GPU: the nondeterministic kernels are atomics-based reductions (scatter/index
+// add, cuBLAS split-K without a fixed workspace) and the flash / memory-efficient attention backward;
+// the math attention path is deterministic. (CPU kernels are deterministic already and stay as they are.)
+void use_deterministic_gpu_kernels() {
+  auto& ctx = at::globalContext();
+  ctx.setDeterministicAlgorithms(true, /*warn_only=*/true);  // warn, not fail, on an op without one
+  ctx.setDeterministicCuDNN(true);
+  ctx.setBenchmarkCuDNN(false);
+  ctx.setSDPUseFlash(false);
+  ctx.setSDPUseMemEfficient(false);
+  ctx.setSDPUseCuDNN(false);
+  ctx.setSDPUseMath(true);
+  log_info("train.deterministic: deterministic GPU kernels, math attention");
+}
+
 UpdaterKind updater_kind(const Config& cfg, Precision precision) {
   if (cfg.dist.zero1) return UpdaterKind::kZero1;
   return precision == Precision::kBf16 ? UpdaterKind::kFp32Masters : UpdaterKind::kPlain;
@@ -67,7 +83,7 @@ void Trainer::Impl::setup() {
   if (!cfg.data.eval_path.empty()) prepare_eval();
 
   per_rank_batch = cfg.train.global_batch_size / world;
-  loader = std::make_unique<data::DataLoader>(dataset, data::loader_options(data_options(cfg), pad_id, rank, world));
+  loader = std::make_unique<data::DataLoader>(dataset, loader_options());
   steps_per_epoch = (loader->examples_per_epoch() + per_rank_batch - 1) / per_rank_batch;
   total_steps = cfg.train.max_steps > 0
                     ? cfg.train.max_steps
@@ -92,8 +108,11 @@ void Trainer::Impl::place_job() {
   if (cfg.train.num_threads > 0) torch::set_num_threads(static_cast<int>(cfg.train.num_threads));
   // The same seed on every rank: identical initial weights without a broadcast.
   torch::manual_seed(static_cast<uint64_t>(cfg.run.seed));
+  // cuBLAS reads its workspace setting when it starts: set it before the first CUDA call.
+  if (cfg.train.deterministic) ::setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
   // The rank's own GPU becomes the current CUDA device before any CUDA or NCCL call.
   device = dist::bind_rank_device(launch, cfg.model.device);
+  if (cfg.train.deterministic && device.is_cuda()) use_deterministic_gpu_kernels();
   loss::check_device_supported(device);  // a build without CUDA kernels stops here, not at the first loss
   SFTGO_CHECK_HINT(cfg.train.global_batch_size % (world * cfg.train.micro_batch_size) == 0, ErrorKind::kConfig,
                    "make train.global_batch_size a multiple of world size x train.micro_batch_size",
@@ -231,6 +250,15 @@ void Trainer::Impl::prepare_eval() {
   }
   log_info("eval data {}: {} examples, {} trained tokens", cfg.data.eval_path, eval_set.stats.examples,
            eval_set.stats.trained_tokens);
+}
+
+// The loader of this rank. On a GPU sequence lengths are rounded up to a multiple of 64, so attention
+// and GEMM shapes repeat across steps (kernel selection and the caching allocator reuse them); the padding
+// is masked like any other and changes no number but the cost.
+data::LoaderOptions Trainer::Impl::loader_options() const {
+  data::LoaderOptions lo = data::loader_options(data_options(cfg), pad_id, rank, world);
+  if (device.is_cuda()) lo.pad_to_multiple = data::kGpuPadMultiple;
+  return lo;
 }
 
 void Trainer::Impl::build_updater() {

@@ -51,7 +51,7 @@ EvalMetrics Trainer::Impl::evaluate() {
   Timer timer;
   torch::NoGradGuard no_grad;
   const double lambda = lambdas.at(std::max<int64_t>(0, step - 1), total_steps);
-  data::LoaderOptions lo = data::loader_options(data_options(cfg), pad_id, rank, world);
+  data::LoaderOptions lo = loader_options();
   lo.shuffle = false;
   lo.tail = data::TailPolicy::kUneven;
   data::DataLoader eval_loader(eval_set, lo);

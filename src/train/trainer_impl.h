@@ -75,6 +75,7 @@ struct Trainer::Impl {
   void prepare_dynamic(std::vector<data::TokenizedExample>& examples, const std::string& what);
   void prepare_eval();
   void build_updater();
+  data::LoaderOptions loader_options() const;
 
   // The step pipeline.
   StepMetrics train_step();

@@ -100,6 +100,7 @@ struct TrainConfig {
   int64_t keep_last = 2;
   int64_t eval_every = 0;
   int64_t max_nan_skips = 3;
+  bool deterministic = false;       // GPU: deterministic kernels (math attention), bit-reproducible steps
   double gpu_peak_tflops = 0;       // MFU denominator when the GPU is not in the built-in table; 0 = by name
   int64_t num_threads = 0;          // CPU threads for LibTorch; 0 = its default
 };
