@@ -422,6 +422,35 @@ TEST_F(TrainerTest, ResumePastTheLastStepIsRefused) {
   EXPECT_THROW(t.run("auto"), Error);
 }
 
+// Plain SFT (objective ce) with a grouping function logs the real group means (the paper's Figure 1),
+// train and held-out, while its loss stays the mean CE.
+TEST_F(TrainerTest, CeObjectiveLogsRealGroupLosses) {
+  std::vector<StepMetrics> steps;
+  TrainerHooks hooks;
+  hooks.on_step = [&](const StepMetrics& m) {
+    steps.push_back(m);
+    return true;
+  };
+  Trainer t(config("ce_groups", {"loss.objective=ce", "train.max_steps=2",
+                                 "data.eval_path=" + (dir_ / "train.jsonl").string(), "train.eval_every=2"}),
+            hooks);
+  t.run();
+  ASSERT_EQ(steps.size(), 2u);
+  for (const auto& m : steps) {
+    EXPECT_GT(m.count_imp, 0);
+    EXPECT_GT(m.loss_imp, 0.0);
+    EXPECT_NE(m.loss_imp, m.loss_unimp);
+    EXPECT_NEAR(m.loss, m.loss_ce, 1e-9 * m.loss_ce);
+  }
+  std::ifstream in(dir_ / "ce_groups/metrics.jsonl");
+  std::string line, eval;
+  while (std::getline(in, line))
+    if (line.find("eval_loss") != std::string::npos) eval = line;
+  ASSERT_FALSE(eval.empty());
+  const auto j = nlohmann::json::parse(eval);
+  EXPECT_GT(j.at("eval_loss_imp").get<double>(), 0.0);
+}
+
 // A dynamic grouping function plugs in through the registry and the DynamicGroupingFunction interface
 // alone: this one (defined only here, unknown to the trainer) marks the top-k% current-loss tokens of
 // each sequence. The trainer must drive it from its declared requirements, never from its name.
