@@ -154,6 +154,32 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, const torch::TensorOptions& opti
   weight = register_parameter("weight", torch::empty({out, in}, options));
 }
 
+void LinearImpl::remove_lora() {
+  if (!lora_A.defined()) return;
+  parameters_.erase("lora_A");
+  parameters_.erase("lora_B");
+  lora_A = lora_B = Tensor();
+  lora_scaling = lora_dropout = 0.0;
+  lora_disabled = false;
+}
+
+namespace {
+// True while CheckpointedBlock runs a block's no-grad forward for training: LoRA dropout must act
+// there as it will in the recomputation (which restores the RNG state the forward started from).
+thread_local bool tl_checkpoint_forward = false;
+}  // namespace
+
+Tensor LinearImpl::forward_lora(const Tensor& x) {
+  // PEFT's LoRA Linear: result = base(x); result + lora_B(lora_A(dropout(x.to(A.dtype)))) * scaling,
+  // cast back to the base result's dtype. Dropout only while training with grad on (score/generate
+  // run under no_grad and so never drop).
+  Tensor y = at::linear(x, weight);  // [..., out]
+  Tensor xa = x.to(lora_A.scalar_type());
+  if (lora_dropout > 0 && is_training() && (torch::GradMode::is_enabled() || tl_checkpoint_forward)) xa = at::dropout(xa, lora_dropout, true);
+  Tensor delta = at::linear(at::linear(xa, lora_A), lora_B) * lora_scaling;  // [..., out] fp32
+  return (y + delta).to(y.scalar_type());
+}
+
 AttentionImpl::AttentionImpl(const LlamaConfig& c, const torch::TensorOptions& o)
     : n_heads(c.num_attention_heads), n_kv_heads(c.num_key_value_heads), head_dim(c.head_dim) {
   q_proj = register_module("q_proj", Linear(c.hidden_size, n_heads * head_dim, o));
@@ -222,6 +248,15 @@ Tensor BlockImpl::forward(const Tensor& x, const Tensor& cos, const Tensor& sin,
 
 namespace {
 
+// Does the block draw random numbers in a training forward (LoRA dropout)? Then the checkpoint
+// recomputation must replay the forward's RNG state to drop the same units.
+bool block_uses_rng(BlockImpl& b) {
+  for (LinearImpl* l : {b.self_attn->q_proj.get(), b.self_attn->k_proj.get(), b.self_attn->v_proj.get(),
+                        b.self_attn->o_proj.get(), b.mlp->gate_proj.get(), b.mlp->up_proj.get(), b.mlp->down_proj.get()})
+    if (l->lora_A.defined() && !l->lora_disabled && l->lora_dropout > 0 && l->is_training()) return true;
+  return false;
+}
+
 // Runs a block without keeping its activations; backward re-runs the block forward with grad on
 // and differentiates that (LibTorch has no torch.utils.checkpoint). The block's parameters are
 // explicit inputs so their gradients flow through the engine like any other (hooks, accumulation).
@@ -242,7 +277,13 @@ struct CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
     ctx->saved_data["ac_cuda"] = ac.cuda;
     ctx->saved_data["ac_cpu_dtype"] = static_cast<int64_t>(ac.cpu_dtype);
     ctx->saved_data["ac_cuda_dtype"] = static_cast<int64_t>(ac.cuda_dtype);
+    const bool rng = block_uses_rng(*block);
+    if (rng) ctx->saved_data["rng"] = at::globalContext().defaultGenerator(x.device()).get_state();
     torch::NoGradGuard no_grad;
+    struct Flag {  // reset even if the forward throws
+      Flag() { tl_checkpoint_forward = true; }
+      ~Flag() { tl_checkpoint_forward = false; }
+    } flag;
     return block->forward(x, cos, sin, mask.has_value() ? *mask : Tensor());
   }
 
@@ -262,7 +303,13 @@ struct CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
                            ctx->saved_data["ac_cpu"].toBool(), /*cache=*/false);
       AutocastGuard cuda_ac(c10::DeviceType::CUDA, static_cast<c10::ScalarType>(ctx->saved_data["ac_cuda_dtype"].toInt()),
                             ctx->saved_data["ac_cuda"].toBool(), /*cache=*/false);
+      // LoRA dropout: replay the forward's RNG state, then put the generator back where it was.
+      const bool rng = ctx->saved_data.count("rng") > 0;
+      at::Generator gen = at::globalContext().defaultGenerator(x.device());
+      Tensor resume_state = rng ? gen.get_state() : Tensor();
+      if (rng) gen.set_state(ctx->saved_data["rng"].toTensor());
       out = block->forward(x, ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor(), mask);
+      if (rng) gen.set_state(resume_state);
     }
     std::vector<Tensor> inputs = {x};
     std::vector<size_t> which;  // params that need grads (frozen ones get none)
@@ -364,6 +411,8 @@ Tensor LlamaModelImpl::forward_cached(const Tensor& ids, KVCache& cache) {
 std::vector<std::pair<std::string, Tensor>> LlamaModelImpl::hf_named_parameters() const {
   std::vector<std::pair<std::string, Tensor>> out;
   for (const auto& p : named_parameters()) {
+    // LoRA adapters are not HF weights (lora_named_parameters gives them PEFT's names).
+    if (p.key().ends_with(".lora_A") || p.key().ends_with(".lora_B")) continue;
     // Our tree mirrors HF's LlamaModel; only the head lives outside the "model." prefix.
     if (p.key().starts_with("lm_head.")) out.emplace_back(p.key(), p.value());
     else out.emplace_back("model." + p.key(), p.value());

@@ -12,6 +12,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -71,11 +72,26 @@ class RMSNormImpl : public torch::nn::Module {
 TORCH_MODULE(RMSNorm);
 
 // Bias-free linear layer allocated directly with the given options (no CPU fp32 staging).
+// Optionally carries a LoRA adapter (model/lora.h): then y = W x + lora_scaling * B (A dropout(x)).
 class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in, int64_t out, const torch::TensorOptions& options);
-  torch::Tensor forward(const torch::Tensor& x) { return at::linear(x, weight); }  // x [..., in]
+  torch::Tensor forward(const torch::Tensor& x) {  // x [..., in]
+    if (!lora_A.defined() || lora_disabled) return at::linear(x, weight);
+    return forward_lora(x);
+  }
   torch::Tensor weight;  // [out, in]
+  // LoRA adapter, undefined unless apply_lora added one (registered parameters "lora_A"/"lora_B").
+  torch::Tensor lora_A;  // [r, in] fp32
+  torch::Tensor lora_B;  // [out, r] fp32
+  double lora_scaling = 0.0;
+  double lora_dropout = 0.0;
+  bool lora_disabled = false;  // true: the base layer only (the Rho-1 reference pass)
+  // Drops the adapter (unregisters lora_A/lora_B): merge_lora calls it after folding.
+  void remove_lora();
+
+ private:
+  torch::Tensor forward_lora(const torch::Tensor& x);
 };
 TORCH_MODULE(Linear);
 
@@ -127,6 +143,8 @@ TORCH_MODULE(Block);
 
 // The decoder. Parameter names are HF's without the "model." prefix (lm_head excepted), so
 // hf_named_parameters() is a pure rename and load and save share it.
+struct LoraOptions;  // model/lora.h
+
 class LlamaModelImpl : public torch::nn::Module {
  public:
   LlamaModelImpl(const LlamaConfig& config, const ModelOptions& options = {});
@@ -156,6 +174,7 @@ class LlamaModelImpl : public torch::nn::Module {
   torch::nn::ModuleList layers{nullptr};
   RMSNorm norm{nullptr};
   Linear lm_head{nullptr};  // null when tied
+  std::shared_ptr<const LoraOptions> lora;  // set by apply_lora (model/lora.h); null without adapters
 
  private:
   LlamaConfig config_;

@@ -1,0 +1,82 @@
+// LoRA adapters on the decoder's linear layers, PEFT-compatible in and out.
+//
+// A targeted Linear computes y = W x + s * B (A dropout(x)) with A [r, in], B [out, r] and
+// s = alpha / r (rsLoRA: alpha / sqrt(r)), in PEFT's op order. Adapters are float32 whatever the
+// model dtype (the input is cast to fp32 for the adapter path and the sum cast back to the base
+// output's dtype, as PEFT does for fp32 adapters on a bf16 model); base weights are frozen.
+//
+// Names: the adapter tensors are registered parameters of the Linear ("...q_proj.lora_A"), so
+// model->parameters() (and activation checkpointing, which passes a block's parameters explicitly)
+// sees them; hf_named_parameters() leaves them out, so save_pretrained writes base weights only.
+// lora_named_parameters() gives PEFT's names: base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace sftgo::model {
+
+class LlamaModelImpl;
+
+struct LoraOptions {
+  int64_t rank = 16;
+  double alpha = 32;
+  double dropout = 0.0;  // on the adapter's input, training mode with grad enabled only
+  // Any of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj lm_head (lm_head needs an untied head).
+  std::vector<std::string> target_modules = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                             "gate_proj", "up_proj", "down_proj"};
+  bool use_rslora = false;  // scaling alpha / sqrt(r) instead of alpha / r
+  // "default": PEFT's init_lora_weights=True (A Kaiming-uniform a=sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)),
+  // B zeros, so the adapted model starts equal to the base). "gaussian": A ~ N(0, 1/r), B zeros.
+  std::string init = "default";
+  std::string base_model_name_or_path;  // written into adapter_config.json only
+
+  double scaling() const;
+  // Throws kConfig naming the field when a value is out of range or a target is unknown.
+  void validate() const;
+};
+
+// The projection names apply_lora accepts, in model order.
+const std::vector<std::string>& lora_target_names();
+
+// Adds an adapter to every targeted Linear (A initialised from `seed`, B zeros), freezes every
+// other parameter (requires_grad false) and returns the adapter parameters in model order.
+// Throws kModel if the model already has adapters, kConfig on bad options.
+std::vector<torch::Tensor> apply_lora(LlamaModelImpl& model, const LoraOptions& options, uint64_t seed);
+
+// True when apply_lora (or load_lora_adapter) gave the model adapters.
+bool has_lora(const LlamaModelImpl& model);
+// The options the adapters were created with (throws kModel if none).
+const LoraOptions& lora_options(const LlamaModelImpl& model);
+
+// (PEFT key, tensor) for every adapter tensor, model order:
+// base_model.model.model.layers.N.{self_attn,mlp}.X_proj.lora_{A,B}.weight, base_model.model.lm_head.lora_{A,B}.weight.
+// A is [r, in], B is [out, r]. The tensors are the parameters themselves (not copies).
+std::vector<std::pair<std::string, torch::Tensor>> lora_named_parameters(const LlamaModelImpl& model);
+
+// Turns every adapter off (true) or back on: the reference pass of Rho-1 on the frozen base model.
+void set_lora_disabled(LlamaModelImpl& model, bool disabled);
+
+// Writes `dir`/adapter_config.json (PEFT's LoraConfig fields) + `dir`/adapter_model.safetensors
+// (PEFT names, fp32) atomically: `dir` is replaced as a whole (io::write_sharded_safetensors), so
+// give the adapter a directory of its own. peft.PeftModel.from_pretrained loads it unchanged.
+void save_lora_adapter(const LlamaModelImpl& model, const std::string& dir);
+
+// Reads `dir`/adapter_config.json of a PEFT LoRA adapter; throws kConfig naming the file and field
+// for what this implementation does not support (DoRA, bias, regex targets, rank/alpha patterns, ...).
+LoraOptions read_lora_config(const std::string& dir);
+
+// Reads a PEFT LoRA adapter (ours or trained elsewhere): applies adapters as its config says and
+// fills them from adapter_model.safetensors (or adapter_model.bin is refused: convert it). Errors
+// (kModel/kConfig) name the file and the tensor: unexpected, missing, or of the wrong shape.
+void load_lora_adapter(LlamaModelImpl& model, const std::string& dir);
+
+// Folds every adapter into its base weight, W += s * B A (computed in fp32, rounded once to the
+// weight dtype), and turns the adapters off, so forward and save_pretrained give the merged model.
+void merge_lora(LlamaModelImpl& model);
+
+}  // namespace sftgo::model

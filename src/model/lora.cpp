@@ -1,0 +1,338 @@
+// LoRA adapters: add, name (PEFT), save/load (PEFT adapter directory), merge.
+#include "sftgo/model/lora.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "sftgo/core/error.h"
+#include "sftgo/core/strings.h"
+#include "sftgo/io/safetensors.h"
+#include "sftgo/model/llama.h"
+
+namespace sftgo::model {
+
+using nlohmann::json;
+using torch::Tensor;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kConfigFile = "adapter_config.json";
+constexpr const char* kWeightsFile = "adapter_model.safetensors";
+
+struct Target {
+  std::string name;    // our module path: layers.N.self_attn.q_proj, lm_head
+  std::string kind;    // q_proj ... lm_head
+  LinearImpl* linear;  // null when the model has no such layer (tied lm_head)
+};
+
+// Every Linear that may carry an adapter, in model (parameter registration) order.
+std::vector<Target> all_targets(const LlamaModelImpl& cmodel) {
+  // The holders hand out const pointers on a const model; the adapter code mutates through them
+  // only from the non-const entry points.
+  auto& model = const_cast<LlamaModelImpl&>(cmodel);
+  std::vector<Target> out;
+  for (size_t i = 0; i < model.layers->size(); ++i) {
+    auto* b = model.layers->ptr<BlockImpl>(i).get();
+    const std::string p = "layers." + std::to_string(i) + ".";
+    out.push_back({p + "self_attn.q_proj", "q_proj", b->self_attn->q_proj.get()});
+    out.push_back({p + "self_attn.k_proj", "k_proj", b->self_attn->k_proj.get()});
+    out.push_back({p + "self_attn.v_proj", "v_proj", b->self_attn->v_proj.get()});
+    out.push_back({p + "self_attn.o_proj", "o_proj", b->self_attn->o_proj.get()});
+    out.push_back({p + "mlp.gate_proj", "gate_proj", b->mlp->gate_proj.get()});
+    out.push_back({p + "mlp.up_proj", "up_proj", b->mlp->up_proj.get()});
+    out.push_back({p + "mlp.down_proj", "down_proj", b->mlp->down_proj.get()});
+  }
+  out.push_back({"lm_head", "lm_head", model.lm_head ? model.lm_head.get() : nullptr});
+  return out;
+}
+
+std::vector<Target> adapted(const LlamaModelImpl& model) {
+  std::vector<Target> out;
+  for (auto& t : all_targets(model))
+    if (t.linear != nullptr && t.linear->lora_A.defined()) out.push_back(t);
+  return out;
+}
+
+// PEFT's key: the model is wrapped as base_model.model (PeftModel -> LoraModel -> LlamaForCausalLM),
+// whose decoder lives under "model." (lm_head does not); the adapter name ("default") is dropped on save.
+std::string peft_prefix(const Target& t) {
+  return t.kind == "lm_head" ? "base_model.model.lm_head" : "base_model.model.model." + t.name;
+}
+
+std::string shape_str(c10::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+double LoraOptions::scaling() const {
+  return use_rslora ? alpha / std::sqrt(static_cast<double>(rank)) : alpha / static_cast<double>(rank);
+}
+
+const std::vector<std::string>& lora_target_names() {
+  static const std::vector<std::string> names = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                 "gate_proj", "up_proj", "down_proj", "lm_head"};
+  return names;
+}
+
+void LoraOptions::validate() const {
+  SFTGO_CHECK(rank >= 1, ErrorKind::kConfig, "lora.rank must be >= 1, got ", rank);
+  SFTGO_CHECK(std::isfinite(alpha) && alpha > 0, ErrorKind::kConfig, "lora.alpha must be > 0, got ", alpha);
+  SFTGO_CHECK(dropout >= 0 && dropout < 1, ErrorKind::kConfig, "lora.dropout must be in [0, 1), got ", dropout);
+  SFTGO_CHECK(!target_modules.empty(), ErrorKind::kConfig, "lora.target_modules must name at least one module");
+  const auto& known = lora_target_names();
+  std::set<std::string> seen;
+  for (const auto& t : target_modules) {
+    SFTGO_CHECK(std::find(known.begin(), known.end(), t) != known.end(), ErrorKind::kConfig,
+                "lora.target_modules: unknown module '", t,
+                "'; expected any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head");
+    SFTGO_CHECK(seen.insert(t).second, ErrorKind::kConfig, "lora.target_modules lists '", t, "' twice");
+  }
+  SFTGO_CHECK(init == "default" || init == "gaussian", ErrorKind::kConfig,
+              "lora.init must be 'default' (PEFT: Kaiming-uniform A, zero B) or 'gaussian', got '", init, "'");
+}
+
+std::vector<Tensor> apply_lora(LlamaModelImpl& model, const LoraOptions& options, uint64_t seed) {
+  options.validate();
+  SFTGO_CHECK(!has_lora(model), ErrorKind::kModel, "the model already has LoRA adapters");
+  const bool wants_head = std::count(options.target_modules.begin(), options.target_modules.end(), "lm_head") > 0;
+  SFTGO_CHECK(!wants_head || model.lm_head, ErrorKind::kConfig,
+              "lora.target_modules: lm_head needs an untied LM head, but this model ties it to embed_tokens "
+              "(tie_word_embeddings true)");
+  torch::NoGradGuard no_grad;
+  for (auto& p : model.parameters()) p.requires_grad_(false);
+  // A is drawn on the CPU from `seed` in model order, so every device and rank gets the same adapters.
+  auto gen = at::detail::createCPUGenerator(seed);
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat);
+  const auto dev = f32.device(model.device());
+  std::vector<Tensor> params;
+  for (auto& t : all_targets(model)) {
+    if (t.linear == nullptr ||
+        std::find(options.target_modules.begin(), options.target_modules.end(), t.kind) == options.target_modules.end())
+      continue;
+    const int64_t out = t.linear->weight.size(0), in = t.linear->weight.size(1), r = options.rank;
+    Tensor a;
+    if (options.init == "gaussian") {
+      a = at::normal(0.0, 1.0 / static_cast<double>(r), {r, in}, gen, f32);  // PEFT: normal_(std=1/r)
+    } else {
+      // kaiming_uniform_(a=sqrt(5)): gain sqrt(2/(1+5)), bound gain*sqrt(3/fan_in) = 1/sqrt(in).
+      const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+      a = at::empty({r, in}, f32).uniform_(-bound, bound, gen);
+    }
+    LinearImpl& l = *t.linear;
+    l.lora_A = l.register_parameter("lora_A", a.to(dev), /*requires_grad=*/true);
+    l.lora_B = l.register_parameter("lora_B", torch::zeros({out, r}, dev), /*requires_grad=*/true);
+    l.lora_scaling = options.scaling();
+    l.lora_dropout = options.dropout;
+    l.lora_disabled = false;
+    params.push_back(l.lora_A);
+    params.push_back(l.lora_B);
+  }
+  SFTGO_CHECK(!params.empty(), ErrorKind::kConfig, "lora.target_modules matched no layer of the model");
+  model.lora = std::make_shared<const LoraOptions>(options);
+  return params;
+}
+
+bool has_lora(const LlamaModelImpl& model) { return model.lora != nullptr; }
+
+const LoraOptions& lora_options(const LlamaModelImpl& model) {
+  SFTGO_CHECK(has_lora(model), ErrorKind::kModel, "the model has no LoRA adapters");
+  return *model.lora;
+}
+
+std::vector<std::pair<std::string, Tensor>> lora_named_parameters(const LlamaModelImpl& model) {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (auto& t : adapted(model)) {
+    out.emplace_back(peft_prefix(t) + ".lora_A.weight", t.linear->lora_A);
+    out.emplace_back(peft_prefix(t) + ".lora_B.weight", t.linear->lora_B);
+  }
+  return out;
+}
+
+void set_lora_disabled(LlamaModelImpl& model, bool disabled) {
+  for (auto& t : adapted(model)) t.linear->lora_disabled = disabled;
+}
+
+void save_lora_adapter(const LlamaModelImpl& model, const std::string& dir) {
+  const LoraOptions& o = lora_options(model);
+  json cfg = {
+      {"peft_type", "LORA"},
+      {"task_type", "CAUSAL_LM"},
+      {"auto_mapping", nullptr},
+      {"base_model_name_or_path", o.base_model_name_or_path.empty() ? json(nullptr) : json(o.base_model_name_or_path)},
+      {"revision", nullptr},
+      {"inference_mode", true},
+      {"r", o.rank},
+      {"lora_alpha", o.alpha},
+      {"lora_dropout", o.dropout},
+      {"target_modules", o.target_modules},
+      {"bias", "none"},
+      {"use_rslora", o.use_rslora},
+      {"use_dora", false},
+      {"fan_in_fan_out", false},
+      {"init_lora_weights", o.init == "gaussian" ? json("gaussian") : json(true)},
+      {"modules_to_save", nullptr},
+      {"layers_to_transform", nullptr},
+      {"layers_pattern", nullptr},
+      {"rank_pattern", json::object()},
+      {"alpha_pattern", json::object()},
+  };
+  std::vector<io::TensorSource> sources;
+  for (auto& [name, p] : lora_named_parameters(model)) {
+    io::TensorSource s;
+    s.name = name;
+    s.dtype = io::DType::kF32;
+    s.shape = p.sizes().vec();
+    Tensor param = p;
+    s.bytes = [param]() {
+      auto host = std::make_shared<Tensor>(param.detach().to(torch::kCPU, torch::kFloat).contiguous());
+      return std::shared_ptr<const std::byte>(host, static_cast<const std::byte*>(host->data_ptr()));
+    };
+    sources.push_back(std::move(s));
+  }
+  io::ShardedWriteOptions w;
+  w.max_shard_bytes = UINT64_MAX;  // PEFT reads one adapter_model.safetensors, never shards
+  w.base_name = "adapter_model";
+  w.metadata = {{"format", "pt"}};
+  io::write_sharded_safetensors(dir, sources, w, {{kConfigFile, cfg.dump(2) + "\n"}});
+}
+
+LoraOptions read_lora_config(const std::string& dir) {
+  const std::string path = (fs::path(dir) / kConfigFile).string();
+  SFTGO_CHECK_HINT(fs::exists(path), ErrorKind::kConfig, "pass a PEFT LoRA adapter directory", path,
+                   ": not found");
+  json j;
+  try {
+    j = json::parse(read_file(path));
+  } catch (const json::exception& e) {
+    SFTGO_FAIL(ErrorKind::kConfig, path, ": not valid JSON: ", e.what());
+  }
+  SFTGO_CHECK(j.is_object(), ErrorKind::kConfig, path, ": expected a JSON object");
+  auto field = [&](const char* key) -> const json* { return j.contains(key) && !j[key].is_null() ? &j[key] : nullptr; };
+  auto unsupported = [&](const char* key, const std::string& want) {
+    SFTGO_FAIL(ErrorKind::kConfig, path, ": '", key, "' = ", j[key].dump(), " is not supported (expected ", want, ")");
+  };
+  const json* type = field("peft_type");
+  SFTGO_CHECK(type && type->is_string() && *type == "LORA", ErrorKind::kConfig, path,
+              ": 'peft_type' must be \"LORA\", got ", type ? type->dump() : "nothing");
+  LoraOptions o;
+  try {
+    const json* r = field("r");
+    SFTGO_CHECK(r && r->is_number_integer(), ErrorKind::kConfig, path, ": 'r' must be an integer");
+    o.rank = r->get<int64_t>();
+    const json* a = field("lora_alpha");
+    o.alpha = a ? a->get<double>() : 8.0;  // PEFT's default
+    const json* d = field("lora_dropout");
+    o.dropout = d ? d->get<double>() : 0.0;
+    const json* rs = field("use_rslora");
+    o.use_rslora = rs ? rs->get<bool>() : false;
+    const json* base = field("base_model_name_or_path");
+    if (base && base->is_string()) o.base_model_name_or_path = base->get<std::string>();
+    const json* t = field("target_modules");
+    SFTGO_CHECK(t != nullptr, ErrorKind::kConfig, path, ": 'target_modules' is missing");
+    if (t->is_string()) {
+      // PEFT's string form is a regex matched against full module names; "all-linear" is the one
+      // shorthand we resolve (for a causal LM: every linear layer but the output head).
+      if (*t != "all-linear") unsupported("target_modules", "a list of module names, or \"all-linear\"");
+      o.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    } else {
+      o.target_modules = t->get<std::vector<std::string>>();
+    }
+    std::sort(o.target_modules.begin(), o.target_modules.end(), [](const std::string& x, const std::string& y) {
+      const auto& n = lora_target_names();
+      return std::find(n.begin(), n.end(), x) < std::find(n.begin(), n.end(), y);
+    });
+  } catch (const json::exception& e) {
+    SFTGO_FAIL(ErrorKind::kConfig, path, ": ", e.what());
+  }
+  // Options that change the maths: accepted only at their plain-LoRA values.
+  if (field("bias") && j["bias"] != "none") unsupported("bias", "\"none\"");
+  if (field("use_dora") && j["use_dora"] != false) unsupported("use_dora", "false");
+  if (field("fan_in_fan_out") && j["fan_in_fan_out"] != false) unsupported("fan_in_fan_out", "false");
+  for (const char* key : {"rank_pattern", "alpha_pattern"})
+    if (field(key) && !j[key].empty()) unsupported(key, "{} (one rank and alpha for every layer)");
+  for (const char* key : {"modules_to_save", "layers_to_transform", "layers_pattern", "exclude_modules"})
+    if (field(key) && !j[key].empty()) unsupported(key, "null");
+  if (field("task_type") && j["task_type"] != "CAUSAL_LM") unsupported("task_type", "\"CAUSAL_LM\"");
+  try {
+    o.validate();
+  } catch (const Error& e) {
+    SFTGO_FAIL(ErrorKind::kConfig, path, ": ", e.what());
+  }
+  return o;
+}
+
+void load_lora_adapter(LlamaModelImpl& model, const std::string& dir) {
+  const LoraOptions o = read_lora_config(dir);
+  const std::string path = (fs::path(dir) / kWeightsFile).string();
+  SFTGO_CHECK_HINT(fs::exists(path), ErrorKind::kModel,
+                   "only safetensors adapters are read; convert adapter_model.bin with PEFT first", path,
+                   ": not found");
+  if (has_lora(model)) {
+    // Resume: adapters already added (from the run's config); the file must be for the same shape.
+    const LoraOptions& cur = lora_options(model);
+    SFTGO_CHECK(cur.rank == o.rank && cur.target_modules == o.target_modules, ErrorKind::kConfig, dir,
+                ": adapter (r=", o.rank, ") does not match the model's adapters (r=", cur.rank,
+                ") or targets another module set");
+  } else {
+    apply_lora(model, o, /*seed=*/0);  // every tensor is overwritten below
+  }
+  std::map<std::string, Tensor> params;
+  for (auto& [name, p] : lora_named_parameters(model)) params.emplace(name, p);
+  auto file = io::SafetensorsFile::open(path);
+  std::set<std::string> filled;
+  torch::NoGradGuard no_grad;
+  for (const io::TensorView& v : file->tensors()) {
+    auto it = params.find(v.name);
+    SFTGO_CHECK_HINT(it != params.end(), ErrorKind::kModel, "the adapter does not match adapter_config.json or the model",
+                     path, ": unexpected tensor '", v.name, "' (no such LoRA parameter for target_modules ",
+                     json(o.target_modules).dump(), " on this model)");
+    Tensor& p = it->second;
+    SFTGO_CHECK(v.shape == p.sizes().vec(), ErrorKind::kModel, path, ": tensor '", v.name, "' has shape ",
+                shape_str(v.shape), " but the model expects ", shape_str(p.sizes()));
+    c10::ScalarType dt;
+    switch (v.dtype) {
+      case io::DType::kF32: dt = torch::kFloat; break;
+      case io::DType::kF16: dt = torch::kHalf; break;
+      case io::DType::kBF16: dt = torch::kBFloat16; break;
+      default:
+        SFTGO_FAIL(ErrorKind::kModel, path, ": tensor '", v.name, "' has dtype ", io::dtype_name(v.dtype),
+                   "; adapters must be F32, F16 or BF16");
+    }
+    p.copy_(torch::from_blob(const_cast<std::byte*>(v.data), v.shape, torch::TensorOptions().dtype(dt)));
+    filled.insert(v.name);
+  }
+  std::vector<std::string> missing;
+  for (const auto& [name, p] : params)
+    if (!filled.count(name)) missing.push_back(name);
+  if (!missing.empty()) {
+    std::string list;
+    for (size_t i = 0; i < missing.size() && i < 5; ++i) list += (i ? ", " : "") + missing[i];
+    if (missing.size() > 5) list += ", ... (" + std::to_string(missing.size()) + " in all)";
+    SFTGO_FAIL(ErrorKind::kModel, path, ": missing adapter tensors: ", list);
+  }
+}
+
+void merge_lora(LlamaModelImpl& model) {
+  lora_options(model);  // throws when there is nothing to merge
+  torch::NoGradGuard no_grad;
+  for (auto& t : adapted(model)) {
+    LinearImpl& l = *t.linear;
+    // PEFT's delta_weight: (B @ A) * scaling, [out, in] in fp32; one rounding to the weight dtype.
+    Tensor delta = l.lora_B.to(torch::kFloat).mm(l.lora_A.to(torch::kFloat)) * l.lora_scaling;
+    l.weight.copy_(l.weight.to(torch::kFloat) + delta);
+    l.remove_lora();
+  }
+  model.lora.reset();
+}
+
+}  // namespace sftgo::model
