@@ -296,6 +296,47 @@ std::vector<std::pair<std::string, at::Tensor>> Trainer::named_parameters() cons
   return impl_->model->hf_named_parameters();
 }
 
+// Run files (rank 0 only; metrics are already reduced over ranks): the resolved config, versions, and
+// metrics.jsonl (a resume drops lines past its step).
+std::unique_ptr<MetricsLog> Trainer::Impl::open_run_files(bool resumed) {
+  if (rank != 0) return nullptr;
+  const fs::path out(cfg.run.output_dir);
+  write_file_atomic((out / "resolved_config.yaml").string(), config_to_yaml(cfg));
+  nlohmann::json versions = {{"sftgo", version_string()}, {"git", git_hash()}, {"libtorch", TORCH_VERSION},
+                             {"cuda_kernels", built_with_cuda()}, {"device", device.str()}, {"world_size", world}};
+  write_file_atomic((out / "versions.json").string(), versions.dump(1) + "\n");
+  return std::make_unique<MetricsLog>((out / "metrics.jsonl").string(), resumed ? step : -1);
+}
+
+void Trainer::Impl::print_progress(const StepMetrics& m, bool tty) const {
+  if (tty && is_rank0()) {
+    std::fprintf(stderr, "\r\033[K%s %s", progress_bar(step, total_steps).c_str(), progress_line(m, total_steps).c_str());
+    if (step == total_steps || m.skipped) std::fprintf(stderr, "\n");
+  } else if (step % cfg.train.log_every == 0 || step == total_steps || m.skipped) {
+    log_info("{}", progress_line(m, total_steps));
+  }
+}
+
+// After more than train.max_nan_skips non-finite steps in a row. The current weights are the ones that
+// made these steps non-finite. Checkpoint step_K holds the weights that step K+1 ran with: the newest
+// one whose next step was finite is the last good state, so point there and write (and prune) nothing
+// over it. Only when no such checkpoint exists are the current weights saved, so there is something to
+// inspect. Rank 0's view decides for all ranks (their collectives in save() must match).
+void Trainer::Impl::stop_non_finite(int64_t last_finite) {
+  const std::string good = rank == 0 ? newest_checkpoint_before(cfg.run.output_dir, last_finite) : "";
+  const bool earlier = comm->sum({good.empty() ? 0.0 : 1.0})[0] > 0;
+  const std::string dir =
+      earlier ? (good.empty() ? std::string("(see rank 0)") : good) : save("before stopping on non-finite values");
+  comm->shutdown();  // every rank reaches this step together
+  SFTGO_FAIL_HINT(ErrorKind::kNumeric, "lower optim.lr, check the data, then --resume " + dir, "training stopped at step ",
+                  step, ": ", nan_skips, " steps in a row had a non-finite loss or gradient (train.max_nan_skips = ",
+                  cfg.train.max_nan_skips, "); ",
+                  earlier ? "the newest checkpoint whose next step was finite is "
+                          : "no checkpoint holds weights whose next step was finite, so the current weights (those "
+                            "of the last applied update, which produced the non-finite steps) are saved in ",
+                  dir);
+}
+
 TrainResult Trainer::run(const std::string& resume) {
   Impl& s = *impl_;
   const Config& cfg = s.cfg;
@@ -306,64 +347,28 @@ TrainResult Trainer::run(const std::string& resume) {
     if (dir) s.resume_from(*dir);
     else log_info("--resume auto: no checkpoint in {}, starting fresh", cfg.run.output_dir);
   }
-  // Only rank 0 writes run files; metrics are already reduced over ranks.
-  std::optional<MetricsLog> metrics_log;
-  if (s.rank == 0) {
-    write_file_atomic((fs::path(cfg.run.output_dir) / "resolved_config.yaml").string(), config_to_yaml(cfg));
-    nlohmann::json versions = {{"sftgo", version_string()}, {"git", git_hash()}, {"libtorch", TORCH_VERSION},
-                               {"cuda_kernels", built_with_cuda()}, {"device", s.device.str()}, {"world_size", s.world}};
-    write_file_atomic((fs::path(cfg.run.output_dir) / "versions.json").string(), versions.dump(1) + "\n");
-    metrics_log.emplace((fs::path(cfg.run.output_dir) / "metrics.jsonl").string(), resume.empty() ? -1 : s.step);
-  }
+  const std::unique_ptr<MetricsLog> metrics_log = s.open_run_files(!resume.empty());
   auto write_metrics = [&](const auto& m) {
     if (metrics_log) metrics_log->write(m);
   };
-
   const bool tty = ::isatty(2);
+  const bool evals = !s.eval_set.examples.empty();
   Timer wall;
-  int64_t last_saved = -1;
-  int64_t ran = 0;                 // steps run by this process
-  int64_t last_finite = s.step;    // the newest step that applied an update
-  int64_t last_eval = -1;
-  bool first = true;
+  int64_t last_saved = -1, last_eval = -1;
+  int64_t ran = 0;               // steps run by this process
+  int64_t last_finite = s.step;  // the newest step that applied an update
   while (s.step < s.total_steps) {
     StepMetrics m = s.train_step();
     m.elapsed_s = s.elapsed_before + wall.seconds();
     write_metrics(m);
-    if (first) result.first_loss = m.loss;
-    first = false;
+    if (ran++ == 0) result.first_loss = m.loss;
     result.last_loss = m.loss;
     result.steps = s.step;
-    ++ran;
     if (m.skipped) ++result.skipped_steps;
     else last_finite = s.step;
-    if (tty && is_rank0()) {
-      std::fprintf(stderr, "\r\033[K%s %s", progress_bar(s.step, s.total_steps).c_str(),
-                   progress_line(m, s.total_steps).c_str());
-      if (s.step == s.total_steps || m.skipped) std::fprintf(stderr, "\n");
-    } else if (s.step % cfg.train.log_every == 0 || s.step == s.total_steps || m.skipped) {
-      log_info("{}", progress_line(m, s.total_steps));
-    }
-    if (s.nan_skips > cfg.train.max_nan_skips) {
-      // The current weights are the ones that made these steps non-finite. Checkpoint step_K holds the
-      // weights that step K+1 ran with: the newest one whose next step was finite is the last good
-      // state, so point there and write (and prune) nothing over it. Only when no such checkpoint
-      // exists are the current weights saved, so there is something to inspect. Rank 0's view
-      // decides for all ranks (their collectives in save() must match).
-      const std::string good = s.rank == 0 ? newest_checkpoint_before(cfg.run.output_dir, last_finite) : "";
-      const bool earlier = s.comm->sum({good.empty() ? 0.0 : 1.0})[0] > 0;
-      const std::string dir = earlier ? (good.empty() ? std::string("(see rank 0)") : good)
-                                      : s.save("before stopping on non-finite values");
-      s.comm->shutdown();  // every rank reaches this step together
-      SFTGO_FAIL_HINT(ErrorKind::kNumeric, "lower optim.lr, check the data, then --resume " + dir,
-                      "training stopped at step ", s.step, ": ", s.nan_skips, " steps in a row had a non-finite loss or "
-                      "gradient (train.max_nan_skips = ", cfg.train.max_nan_skips, "); ",
-                      earlier ? "the newest checkpoint whose next step was finite is "
-                              : "no checkpoint holds weights whose next step was finite, so the current weights (those "
-                                "of the last applied update, which produced the non-finite steps) are saved in ",
-                      dir);
-    }
-    if (!s.eval_set.examples.empty() && cfg.train.eval_every > 0 && s.step % cfg.train.eval_every == 0) {
+    s.print_progress(m, tty);
+    if (s.nan_skips > cfg.train.max_nan_skips) s.stop_non_finite(last_finite);
+    if (evals && cfg.train.eval_every > 0 && s.step % cfg.train.eval_every == 0) {
       write_metrics(s.evaluate());
       last_eval = s.step;
     }
@@ -382,13 +387,12 @@ TrainResult Trainer::run(const std::string& resume) {
       return result;
     }
   }
-  if (!s.eval_set.examples.empty() && last_eval != s.step) write_metrics(s.evaluate());
+  if (evals && last_eval != s.step) write_metrics(s.evaluate());
   if (last_saved != s.step) result.last_checkpoint = s.save("final");
   s.comm->shutdown();
   // Fewer skips than train.max_nan_skips, but not one update applied: not a trained model.
-  SFTGO_CHECK_HINT(ran == 0 || result.skipped_steps < ran, ErrorKind::kNumeric,
-                   "lower optim.lr or check the data", "every one of the ", ran,
-                   " steps of this run had a non-finite loss or gradient: no update was applied");
+  SFTGO_CHECK_HINT(ran == 0 || result.skipped_steps < ran, ErrorKind::kNumeric, "lower optim.lr or check the data",
+                   "every one of the ", ran, " steps of this run had a non-finite loss or gradient: no update was applied");
   log_info("done: {} steps in {}, final loss {:.4f}", s.step, format_duration(wall.seconds()), result.last_loss);
   return result;
 }

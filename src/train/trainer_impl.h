@@ -19,6 +19,7 @@
 #include "sftgo/model/llama.h"
 #include "sftgo/optim/optim.h"
 #include "sftgo/tokenizer/tokenizer.h"
+#include "sftgo/train/metrics.h"
 #include "sftgo/train/options.h"
 #include "sftgo/train/trainer.h"
 #include "sftgo/train/updater.h"
@@ -99,6 +100,11 @@ struct Trainer::Impl {
   loss::FusedLossOptions loss_options(double lambda, MicroBatch& b);
   at::Tensor forward_hidden(const MicroBatch& b);  // [T,H] hidden states of trained positions
   at::Tensor head_weight() const;                  // [V,H]
+
+  // The run loop's pieces.
+  std::unique_ptr<MetricsLog> open_run_files(bool resumed);
+  void print_progress(const StepMetrics& m, bool tty) const;
+  [[noreturn]] void stop_non_finite(int64_t last_finite);
 
   EvalMetrics evaluate();
   std::string save(const std::string& why);
