@@ -139,6 +139,54 @@ std::string escape(const std::string& s) {
   return out;
 }
 
+// One panel's curves: per run (dash pattern) the three series (colours); held-out points raw with
+// markers, training raw or raw + EMA-smoothed.
+template <typename PX, typename PY>
+void draw_curves(std::ostringstream& os, const std::vector<RunData>& data, const PlotOptions& opt, bool ev, PX px,
+                 PY py) {
+  for (size_t r = 0; r < data.size(); ++r) {
+    const char* dash = kDashes[r % std::size(kDashes)];
+    // The objective first, thin: it never hides a group curve (it equals L_imp when lambda = 1).
+    if (!ev && opt.objective && !data[r].objective.empty())
+      os << polyline(data[r].objective, px, py, kObjective.colour, 1.0, dash, 0.8);
+    for (int s = 0; s < 3; ++s) {
+      const Points& p = ev ? data[r].eval[s] : data[r].train[s];
+      if (p.empty()) continue;
+      if (ev) {  // few points: raw, with markers
+        os << polyline(p, px, py, kSeries[s].colour, 1.8, dash, 1.0);
+        for (auto [x, y] : p)
+          os << "<circle cx=\"" << px(x) << "\" cy=\"" << py(y) << "\" r=\"2.5\" fill=\"" << kSeries[s].colour << "\"/>\n";
+      } else if (opt.smooth > 0) {
+        os << polyline(p, px, py, kSeries[s].colour, 0.8, dash, 0.3)
+           << polyline(smoothed(p, opt.smooth), px, py, kSeries[s].colour, 2.0, dash, 1.0);
+      } else {
+        os << polyline(p, px, py, kSeries[s].colour, 1.8, dash, 1.0);
+      }
+    }
+  }
+}
+
+// Legend at (lx, ly): colours = series, dash patterns = runs.
+void draw_legend(std::ostringstream& os, const std::vector<RunData>& data, const PlotOptions& opt, double lx,
+                 double ly) {
+  auto entry = [&](const char* colour, const char* dash, const std::string& text) {
+    os << "<line x1=\"" << lx << "\" x2=\"" << lx + 30 << "\" y1=\"" << ly << "\" y2=\"" << ly << "\" stroke=\"" << colour
+       << "\" stroke-width=\"2\"" << (dash[0] ? std::string(" stroke-dasharray=\"") + dash + "\"" : std::string())
+       << "/><text x=\"" << lx + 36 << "\" y=\"" << ly + 4 << "\">" << escape(text) << "</text>\n";
+    ly += 18;
+  };
+  for (const auto& s : kSeries) entry(s.colour, "", s.label);
+  if (opt.objective) entry(kObjective.colour, "", kObjective.label);
+  if (opt.smooth > 0) {
+    os << "<text x=\"" << lx << "\" y=\"" << ly + 4 << "\" fill=\"#555\">training: light = raw, bold = EMA "
+       << opt.smooth << "</text>\n";
+    ly += 18;
+  }
+  ly += 8;
+  if (data.size() > 1 || !data[0].label.empty())
+    for (size_t r = 0; r < data.size(); ++r) entry("#333", kDashes[r % std::size(kDashes)], data[r].label);
+}
+
 }  // namespace
 
 std::string plot_runs_svg(const std::vector<PlotRun>& runs, const PlotOptions& opt) {
@@ -201,45 +249,9 @@ std::string plot_runs_svg(const std::vector<PlotRun>& runs, const PlotOptions& o
     if (pi == 0)
       os << "<text x=\"16\" y=\"" << top + PH / 2 << "\" transform=\"rotate(-90 16 " << top + PH / 2
          << ")\" text-anchor=\"middle\">mean cross-entropy (nats/token)</text>\n";
-    for (size_t r = 0; r < data.size(); ++r) {
-      const char* dash = kDashes[r % std::size(kDashes)];
-      // The objective first, thin: it never hides a group curve (it equals L_imp when lambda = 1).
-      if (!ev && opt.objective && !data[r].objective.empty())
-        os << polyline(data[r].objective, px, py, kObjective.colour, 1.0, dash, 0.8);
-      for (int s = 0; s < 3; ++s) {
-        const Points& p = ev ? data[r].eval[s] : data[r].train[s];
-        if (p.empty()) continue;
-        if (ev) {  // few points: raw, with markers
-          os << polyline(p, px, py, kSeries[s].colour, 1.8, dash, 1.0);
-          for (auto [x, y] : p)
-            os << "<circle cx=\"" << px(x) << "\" cy=\"" << py(y) << "\" r=\"2.5\" fill=\"" << kSeries[s].colour << "\"/>\n";
-        } else if (opt.smooth > 0) {
-          os << polyline(p, px, py, kSeries[s].colour, 0.8, dash, 0.3)
-             << polyline(smoothed(p, opt.smooth), px, py, kSeries[s].colour, 2.0, dash, 1.0);
-        } else {
-          os << polyline(p, px, py, kSeries[s].colour, 1.8, dash, 1.0);
-        }
-      }
-    }
+    draw_curves(os, data, opt, ev, px, py);
   }
-  // Legend: colours = series, dash patterns = runs.
-  double lx = L + panels.size() * PW + (panels.size() - 1) * GAP + 24, ly = T + 6;
-  auto entry = [&](const char* colour, const char* dash, const std::string& text) {
-    os << "<line x1=\"" << lx << "\" x2=\"" << lx + 30 << "\" y1=\"" << ly << "\" y2=\"" << ly << "\" stroke=\"" << colour
-       << "\" stroke-width=\"2\"" << (dash[0] ? std::string(" stroke-dasharray=\"") + dash + "\"" : std::string())
-       << "/><text x=\"" << lx + 36 << "\" y=\"" << ly + 4 << "\">" << escape(text) << "</text>\n";
-    ly += 18;
-  };
-  for (const auto& s : kSeries) entry(s.colour, "", s.label);
-  if (opt.objective) entry(kObjective.colour, "", kObjective.label);
-  if (opt.smooth > 0) {
-    os << "<text x=\"" << lx << "\" y=\"" << ly + 4 << "\" fill=\"#555\">training: light = raw, bold = EMA "
-       << opt.smooth << "</text>\n";
-    ly += 18;
-  }
-  ly += 8;
-  if (data.size() > 1 || !data[0].label.empty())
-    for (size_t r = 0; r < data.size(); ++r) entry("#333", kDashes[r % std::size(kDashes)], data[r].label);
+  draw_legend(os, data, opt, L + panels.size() * PW + (panels.size() - 1) * GAP + 24, T + 6);
   os << "</svg>\n";
   return os.str();
 }
