@@ -17,6 +17,7 @@ void register_eval_command(CLI::App& app, std::function<int()>& selected) {
   auto* sub = app.add_subcommand(
       "eval", "Log-likelihood multiple-choice evaluation (lm-eval style): " + join(eval::task_names(), ", "));
   sub->add_option("--model,-m", opts->model_dir, "Hugging Face checkpoint directory")->required();
+  sub->add_option("--adapter,-a", opts->adapter_dir, "LoRA adapter directory (PEFT layout) applied on top of --model");
   sub->add_option("--task", opts->task, "Task name")->required();
   sub->add_option("--data,-d", opts->data_path, "Task JSONL (Hugging Face dataset fields, see docs/evaluation.md)")
       ->required();

@@ -14,6 +14,7 @@
 #include "sftgo/data/template.h"
 #include "sftgo/model/generate.h"
 #include "sftgo/model/llama.h"
+#include "sftgo/model/lora.h"
 #include "sftgo/model/score.h"
 #include "sftgo/tokenizer/tokenizer.h"
 
@@ -41,6 +42,7 @@ void register_score_command(CLI::App& app, std::function<int()>& selected) {
   args->opts.device = "auto";
   auto* sub = app.add_subcommand("score", "Log-probability of every token of JSONL {\"ids\"} or {\"text\"} lines under a model");
   sub->add_option("--model,-m", args->opts.model_dir, "Hugging Face checkpoint directory")->required();
+  sub->add_option("--adapter,-a", args->opts.adapter_dir, "LoRA adapter directory (PEFT layout) applied on top of --model");
   sub->add_option("--data,-d", args->data, "JSONL input, one {\"ids\": [...]} or {\"text\": ...} per line")->required();
   sub->add_option("--out,-o", args->out, "Output JSONL {\"ids\", \"logprobs\"} (default: stdout)");
   sub->add_option("--tokenizer,-t", args->tokenizer, "Tokenizer for {\"text\"} lines (default: the model directory)");
@@ -111,13 +113,14 @@ CLI::Validator probability_mass() {
 
 void register_generate_command(CLI::App& app, std::function<int()>& selected) {
   struct Args {
-    std::string model_dir, prompt, tokenizer, dtype = "float32", device = "auto";
+    std::string model_dir, adapter_dir, prompt, tokenizer, dtype = "float32", device = "auto";
     bool chat = false;
     model::GenerateOptions gen;
   };
   auto args = std::make_shared<Args>();
   auto* sub = app.add_subcommand("generate", "Generate text from a Hugging Face checkpoint with a KV cache");
   sub->add_option("--model,-m", args->model_dir, "Hugging Face checkpoint directory")->required();
+  sub->add_option("--adapter,-a", args->adapter_dir, "LoRA adapter directory (PEFT layout) applied on top of --model");
   sub->add_option("--prompt,-p", args->prompt, "Prompt text")->required();
   sub->add_flag("--chat", args->chat,
                 "Wrap the prompt as a user turn of the Llama-3 chat format (the training template, with the "
@@ -141,6 +144,7 @@ void register_generate_command(CLI::App& app, std::function<int()>& selected) {
       mo.device = parse_device(args->device, "--device", ErrorKind::kUsage);
       mo.init_weights = false;
       model::LlamaModel m = model::load_pretrained(args->model_dir, mo);
+      if (!args->adapter_dir.empty()) model::load_lora_adapter(*m, args->adapter_dir);
       // The training template renders the prompt (data::apply_template with a generation prompt), so
       // a prompt tokenizes exactly as the same user turn did in training.
       std::vector<TokenId> prompt_ids;

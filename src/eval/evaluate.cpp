@@ -16,6 +16,7 @@
 #include "sftgo/core/strings.h"
 #include "sftgo/core/torch_device.h"
 #include "sftgo/model/llama.h"
+#include "sftgo/model/lora.h"
 #include "sftgo/tokenizer/tokenizer.h"
 
 namespace sftgo::eval {
@@ -351,6 +352,7 @@ TaskResult run_eval(const EvalOptions& o) {
   mo.device = parse_device(o.device, "--device", ErrorKind::kUsage);
   mo.init_weights = false;
   model::LlamaModel m = model::load_pretrained(o.model_dir, mo);
+  if (!o.adapter_dir.empty()) model::load_lora_adapter(*m, o.adapter_dir);
   m->eval();
   const int64_t vocab = m->config().vocab_size;
   for (const auto& p : pairs)
@@ -439,6 +441,7 @@ std::string result_json(const TaskResult& r, const EvalOptions& o) {
   j["num_fewshot"] = r.shots;
   j["docs"] = r.docs;
   j["model"] = o.model_dir;
+  if (!o.adapter_dir.empty()) j["adapter"] = o.adapter_dir;
   j["data"] = o.data_path;
   j["fewshot_data"] = o.shots > 0 ? (o.fewshot_path.empty() ? o.data_path : o.fewshot_path) : "";
   j["limit"] = o.limit;

@@ -14,6 +14,7 @@
 #include "sftgo/core/torch_device.h"
 #include "sftgo/model/generate.h"
 #include "sftgo/model/llama.h"
+#include "sftgo/model/lora.h"
 #include "sftgo/model/score.h"
 
 namespace sftgo::model {
@@ -141,6 +142,7 @@ ScoreSummary run_score_cli(const ScoreCliOptions& options, std::istream& in, std
   mo.dtype = parse_dtype(options.dtype, "score: dtype", ErrorKind::kUsage);
   mo.device = parse_device(options.device, "score: device", ErrorKind::kUsage);
   LlamaModel model = load_pretrained(options.model_dir, mo);
+  if (!options.adapter_dir.empty()) load_lora_adapter(*model, options.adapter_dir);
   model->eval();
 
   std::vector<std::vector<int64_t>> seqs;

@@ -288,6 +288,14 @@ void load_lora_adapter(LlamaModelImpl& model, const std::string& dir) {
   }
   std::map<std::string, Tensor> params;
   for (auto& [name, p] : lora_named_parameters(model)) params.emplace(name, p);
+  // PEFT also saves the whole base weight of a targeted lm_head (save_embedding_layers="auto");
+  // from_pretrained loads it over the base model's, so do we. Optional: absent from our saves.
+  std::set<std::string> optional;
+  for (auto& t : adapted(model))
+    if (t.kind == "lm_head") {
+      params.emplace(peft_prefix(t) + ".base_layer.weight", t.linear->weight);
+      optional.insert(peft_prefix(t) + ".base_layer.weight");
+    }
   auto file = io::SafetensorsFile::open(path);
   std::set<std::string> filled;
   torch::NoGradGuard no_grad;
@@ -313,7 +321,7 @@ void load_lora_adapter(LlamaModelImpl& model, const std::string& dir) {
   }
   std::vector<std::string> missing;
   for (const auto& [name, p] : params)
-    if (!filled.count(name)) missing.push_back(name);
+    if (!filled.count(name) && !optional.count(name)) missing.push_back(name);
   if (!missing.empty()) {
     std::string list;
     for (size_t i = 0; i < missing.size() && i < 5; ++i) list += (i ? ", " : "") + missing[i];

@@ -73,6 +73,7 @@ std::vector<LoglikResult> loglikelihood_shared_context(model::LlamaModelImpl& mo
 
 struct EvalOptions {
   std::string model_dir;
+  std::string adapter_dir;     // optional PEFT LoRA adapter applied on top (model/lora.h)
   std::string tokenizer_path;  // default: model_dir
   std::string task;
   std::string data_path;

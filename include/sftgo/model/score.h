@@ -14,6 +14,7 @@ class LlamaModelImpl;
 
 struct ScoreCliOptions {
   std::string model_dir;          // HF directory (config.json + safetensors)
+  std::string adapter_dir;        // optional PEFT LoRA adapter applied on top (model/lora.h)
   std::string dtype = "float32";  // "float32" | "bfloat16"
   std::string device = "cpu";     // "cpu" | "cuda" | "cuda:N"
   int64_t max_batch_tokens = 8192;  // padded tokens per forward; sequences are batched by length

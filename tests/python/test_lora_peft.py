@@ -1,0 +1,206 @@
+"""LoRA parity with PEFT + transformers (CPU, fp32, tiny random Llama).
+
+PEFT builds and saves the adapters (with random non-zero B, so the adapter path really contributes);
+our side loads them (model/lora.cpp through tests/model/lora_tool and `sftgo-train`) and must give the
+same logits, adapter gradients, scores and merged checkpoint; an adapter saved by us must load in
+peft.PeftModel.from_pretrained unchanged and give the same log-probs.
+"""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+BUILD = Path(os.environ.get("SFTGO_BUILD_DIR", "/work/main/build"))
+TOOL = BUILD / "bin" / "lora_tool"
+SFTGO = BUILD / "bin" / "sftgo-train"
+pytestmark = pytest.mark.skipif(not TOOL.exists() or not SFTGO.exists(), reason=f"{TOOL} or {SFTGO} not built")
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGET_SETS = {"attn_qv": ["q_proj", "v_proj"], "all_attn": ["q_proj", "k_proj", "v_proj", "o_proj"],
+               "mlp": ["gate_proj", "up_proj", "down_proj"], "all_linear": ALL, "all_plus_head": ALL + ["lm_head"]}
+
+
+def base_model(tmp_path, seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=200, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+                                   rope_theta=10000.0, max_position_embeddings=128, tie_word_embeddings=False,
+                                   attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(cfg).float().eval()
+    src = tmp_path / "base"
+    model.save_pretrained(src)
+    return src
+
+
+def peft_adapter(tmp_path, base_dir, targets, r=4, alpha=8.0, rslora=False, seed=1):
+    """A PEFT LoRA model on a fresh copy of the base, with random B, saved to tmp_path/adapter."""
+    base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, use_rslora=rslora,
+                          task_type="CAUSAL_LM")
+    torch.manual_seed(seed)
+    model = peft.get_peft_model(base, cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.2)
+    out = tmp_path / "adapter"
+    model.save_pretrained(out)
+    return model.eval(), out
+
+
+def ids_file(tmp_path):
+    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(7))
+    path = tmp_path / "ids.safetensors"
+    save_file({"ids": ids}, str(path))
+    return ids, path
+
+
+def test_peft_key_names(tmp_path):
+    """The names we write are the names PEFT writes (checked against PEFT's own file)."""
+    base = base_model(tmp_path)
+    _, adapter = peft_adapter(tmp_path, base, ALL + ["lm_head"])
+    theirs = set(load_file(str(adapter / "adapter_model.safetensors")))
+    assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in theirs
+    assert "base_model.model.lm_head.lora_B.weight" in theirs
+    ours_dir = tmp_path / "ours"
+    subprocess.run([str(TOOL), "resave", str(base), str(adapter), str(ours_dir)], check=True)
+    ours = load_file(str(ours_dir / "adapter_model.safetensors"))
+    # PEFT also stores the targeted head's whole base weight (save_embedding_layers="auto"); we read
+    # it (test_score_... loads PEFT's file) but never write it: the base model already holds it.
+    assert theirs - set(ours) == {"base_model.model.lm_head.base_layer.weight"}
+    ref = load_file(str(adapter / "adapter_model.safetensors"))
+    for k in ours:
+        assert torch.equal(ours[k], ref[k]), k
+
+
+@pytest.mark.parametrize("name", list(TARGET_SETS))
+@pytest.mark.parametrize("rslora", [False, True])
+def test_logits_and_gradients_match_peft(tmp_path, name, rslora):
+    base = base_model(tmp_path)
+    model, adapter = peft_adapter(tmp_path, base, TARGET_SETS[name], r=4, alpha=8.0, rslora=rslora)
+    ids, ids_path = ids_file(tmp_path)
+
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        base_logits = model.get_base_model()
+    subprocess.run([str(TOOL), "logits", str(base), str(adapter), str(ids_path), str(tmp_path / "l.safetensors")],
+                   check=True)
+    got = load_file(str(tmp_path / "l.safetensors"))["logits"]
+    with torch.no_grad(), model.disable_adapter():
+        base_logits = model(input_ids=ids).logits
+    assert (want - base_logits).abs().max().item() > 1e-2, "the adapters must change the logits"
+    # fp32 both sides, same op order (PEFT: base(x) + B(A(x)) * s); 1e-4 covers matmul blocking
+    # differences over 2 layers, as in test_model_hf_interop.
+    assert (got - want).abs().max().item() <= 1e-4
+
+    # Adapter gradients of the mean next-token cross-entropy, with and without activation checkpointing.
+    model.train()
+    model.zero_grad()
+    logits = model(input_ids=ids).logits
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
+    loss.backward()
+    ref = {n.replace(".default", ""): p.grad for n, p in model.named_parameters() if p.requires_grad}
+    for mode in ([], ["ckpt"]):
+        out = tmp_path / f"g{len(mode)}.safetensors"
+        subprocess.run([str(TOOL), "grads", str(base), str(adapter), str(ids_path), str(out), *mode], check=True)
+        grads = load_file(str(out))
+        assert abs(grads.pop("loss").item() - loss.item()) <= 1e-5
+        assert set(grads) == set(ref)
+        for k, g in grads.items():
+            # Gradients are sums over 46 positions of products of fp32 values: allow 1e-4 relative to
+            # the tensor's largest entry (plus 1e-6 absolute for tensors near zero).
+            tol = 1e-4 * ref[k].abs().max().item() + 1e-6
+            assert (g - ref[k]).abs().max().item() <= tol, (k, mode)
+            assert ref[k].abs().max().item() > 0, k
+
+
+def test_score_with_adapter_and_our_adapter_in_peft(tmp_path):
+    """`score --adapter` equals PEFT; an adapter saved by us loads in PeftModel.from_pretrained and
+    gives the same log-probs."""
+    base = base_model(tmp_path, seed=2)
+    model, adapter = peft_adapter(tmp_path, base, ["q_proj", "v_proj", "down_proj", "lm_head"], rslora=True)
+    ours_dir = tmp_path / "ours"
+    subprocess.run([str(TOOL), "resave", str(base), str(adapter), str(ours_dir)], check=True)
+    cfg = json.loads((ours_dir / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["use_rslora"] is True and cfg["r"] == 4
+
+    reloaded = peft.PeftModel.from_pretrained(
+        transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), ours_dir).eval()
+    seqs = [[1, 5, 17, 99, 3, 150, 42, 7], [1, 8, 9], list(range(2, 40))]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"ids": s}) + "\n" for s in seqs))
+    out = tmp_path / "scores.jsonl"
+    subprocess.run([str(SFTGO), "score", "--model", str(base), "--adapter", str(ours_dir), "--data", str(data),
+                    "--out", str(out), "--device", "cpu"], check=True)
+    ours = [json.loads(l)["logprobs"] for l in out.read_text().splitlines()]
+    for seq, lp in zip(seqs, ours):
+        for m in (model, reloaded):
+            with torch.no_grad():
+                logits = m(input_ids=torch.tensor([seq])).logits[0].double()
+            ref = torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(seq[1:])[:, None])[:, 0]
+            # fp32 both sides; 1e-4 as for the logits above.
+            assert max(abs(a - b) for a, b in zip(lp, ref.tolist())) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_merge_equals_peft_merge_and_unload(tmp_path, dtype):
+    base = base_model(tmp_path, seed=3)
+    model, adapter = peft_adapter(tmp_path, base, ALL + ["lm_head"], r=8, alpha=16.0)
+    out = tmp_path / "merged"
+    p = subprocess.run([str(SFTGO), "lora-merge", "--model", str(base), "--adapter", str(adapter), "--out", str(out),
+                        "--dtype", dtype], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    merged = model.merge_and_unload()
+    ours = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    theirs = dict(merged.named_parameters())
+    for n, q in ours.named_parameters():
+        if dtype == "float32":
+            # PEFT adds (B @ A) * s to W in fp32, we compute W + (B @ A) * s in fp32: identical up to
+            # the matmul's summation order (rank 8): 1e-6 absolute on weights of size ~0.1.
+            assert (q - theirs[n]).abs().max().item() <= 1e-6, n
+        else:
+            # Written in bf16: our weight is PEFT's fp32 merge rounded once to bf16 (ties aside).
+            assert (q - theirs[n].to(torch.bfloat16).float()).abs().max().item() <= \
+                2 ** -8 * theirs[n].abs().max().item(), n
+    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        want = merged(input_ids=ids).logits
+        got = ours(input_ids=ids).logits
+    tol = 1e-4 if dtype == "float32" else 0.1  # bf16 weights: 2^-8 relative per weight
+    assert (want - got).abs().max().item() <= tol
+
+
+def test_bad_adapters_are_clear_errors(tmp_path):
+    base = base_model(tmp_path, seed=4)
+    _, adapter = peft_adapter(tmp_path, base, ["q_proj"])
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"ids": [1, 2, 3]}) + "\n")
+
+    def score(adapter_dir):
+        return subprocess.run([str(SFTGO), "score", "--model", str(base), "--adapter", str(adapter_dir),
+                               "--data", str(data), "--device", "cpu"], capture_output=True, text=True)
+
+    p = score(tmp_path / "missing")
+    assert p.returncode == 1 and "adapter_config.json: not found" in p.stderr
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["r"] = 8
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    p = score(adapter)
+    assert p.returncode == 1
+    assert "adapter_model.safetensors: tensor 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' " \
+           "has shape [4, 64] but the model expects [8, 64]" in p.stderr
+    cfg["r"] = 4
+    cfg["use_dora"] = True
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    p = score(adapter)
+    assert p.returncode == 1 and "'use_dora' = true is not supported" in p.stderr
+    p = subprocess.run([str(SFTGO), "lora-merge", "--model", str(base), "--out", str(tmp_path / "m")],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "--adapter" in p.stderr
