@@ -204,3 +204,55 @@ def test_bad_adapters_are_clear_errors(tmp_path):
     p = subprocess.run([str(SFTGO), "lora-merge", "--model", str(base), "--out", str(tmp_path / "m")],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "--adapter" in p.stderr
+
+
+def test_generate_and_eval_with_adapter_equal_the_merged_model(tmp_path):
+    """`generate --adapter` and `eval --adapter` give what the same commands give on the `lora-merge`
+    output (itself checked against PEFT's merge_and_unload above)."""
+    import shutil
+    demo_tok = Path(__file__).resolve().parents[2] / "data" / "demo" / "tokenizer"
+    torch.manual_seed(5)
+    cfg = transformers.LlamaConfig(vocab_size=1408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                   max_position_embeddings=256, initializer_range=0.1, tie_word_embeddings=False,
+                                   bos_token_id=1335, eos_token_id=1336)
+    base = tmp_path / "base"
+    transformers.LlamaForCausalLM(cfg).float().eval().save_pretrained(base)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(demo_tok / f, base / f)
+    _, adapter = peft_adapter(tmp_path, base, ALL + ["lm_head"], r=8, alpha=16.0)
+    merged = tmp_path / "merged"
+    subprocess.run([str(SFTGO), "lora-merge", "--model", str(base), "--adapter", str(adapter), "--out", str(merged)],
+                   check=True, capture_output=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(demo_tok / f, merged / f)
+
+    def run(*args):
+        p = subprocess.run([str(SFTGO), *map(str, args)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    gen = ["generate", "--prompt", "Compute 8 * 5.", "--max-new-tokens", "12", "--device", "cpu"]
+    with_adapter = run(*gen, "--model", base, "--adapter", adapter)
+    assert with_adapter == run(*gen, "--model", merged)
+    assert with_adapter != run(*gen, "--model", base), "the adapter must change the continuation"
+
+    rows = [{"question": "Which gas do plants take in?", "answerKey": "B",
+             "choices": {"text": ["oxygen", "carbon dioxide", "helium"], "label": ["A", "B", "C"]}},
+            {"question": "What melts ice?", "answerKey": "1", "choices": {"text": ["heat", "cold"], "label": ["1", "2"]}}]
+    data = tmp_path / "arc.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def ev(model, *extra):
+        samples = tmp_path / f"s_{len(extra)}_{model.name}.jsonl"
+        run("eval", "--model", model, "--task", "arc_easy", "--data", data, "--samples", samples, "--device", "cpu",
+            *extra)
+        return [json.loads(l) for l in samples.read_text().splitlines()]
+
+    ours, ref = ev(base, "--adapter", adapter), ev(merged)
+    assert len(ours) == len(ref) == 2
+    for a, b in zip(ours, ref):
+        la, lb = a["loglikelihoods"], b["loglikelihoods"]
+        assert la and len(la) == len(lb)
+        # Unmerged vs merged fp32 weights: the same sums in another order, ~1e-6 per logit.
+        assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-4
