@@ -115,6 +115,15 @@ std::vector<Field> fields_of(Config& c) {
   add("dist.timeout_s", c.dist.timeout_s, "Seconds before a stuck collective or a silent rank (no heartbeat) fails the job").above(0);
   add("dist.zero1", c.dist.zero1, "Shard optimizer state (and fp32 master weights) across ranks");
   add("dist.bucket_mb", c.dist.bucket_mb, "Gradient all-reduce bucket size in MiB (plain data parallel)").above(0);
+
+  add("lora.enabled", c.lora.enabled, "Train LoRA adapters on a frozen base model instead of every weight (docs/lora.md)");
+  add("lora.rank", c.lora.rank, "LoRA rank r (PEFT's r)").range(1, 65536);
+  add("lora.alpha", c.lora.alpha, "LoRA alpha: the adapter output is scaled by alpha / rank (rsLoRA: alpha / sqrt(rank))").above(0);
+  add("lora.dropout", c.lora.dropout, "Dropout on the adapter input while training (PEFT's lora_dropout)").range(0, 0.999);
+  add("lora.target_modules", c.lora.target_modules, "Comma-separated layers that get adapters: any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head (untied head only), or all-linear (all but lm_head)");
+  add("lora.use_rslora", c.lora.use_rslora, "rsLoRA scaling alpha / sqrt(rank)");
+  add("lora.init", c.lora.init, "Adapter init: default = A Kaiming-uniform, B zeros (PEFT's); gaussian = A ~ N(0, 1/rank), B zeros").one_of({"default", "gaussian"});
+  add("lora.adapter_path", c.lora.adapter_path, "Start from this PEFT adapter directory (adapter_config.json + adapter_model.safetensors); its r and targets must match; empty = fresh init");
   return f;
 }
 

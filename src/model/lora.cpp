@@ -84,6 +84,33 @@ const std::vector<std::string>& lora_target_names() {
   return names;
 }
 
+std::vector<std::string> parse_lora_target_modules(const std::string& csv) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= csv.size()) {
+    size_t end = csv.find(',', start);
+    if (end == std::string::npos) end = csv.size();
+    std::string name = csv.substr(start, end - start);
+    name.erase(0, name.find_first_not_of(" \t"));
+    name.erase(name.find_last_not_of(" \t") + 1);
+    SFTGO_CHECK(!name.empty(), ErrorKind::kConfig, "lora.target_modules: empty name in '", csv, "'");
+    if (name == "all-linear") {
+      for (size_t i = 0; i + 1 < lora_target_names().size(); ++i) out.push_back(lora_target_names()[i]);
+    } else {
+      out.push_back(name);
+    }
+    start = end + 1;
+  }
+  LoraOptions probe;
+  probe.target_modules = out;
+  probe.validate();  // unknown or repeated names
+  const auto& n = lora_target_names();
+  std::sort(out.begin(), out.end(), [&](const std::string& x, const std::string& y) {
+    return std::find(n.begin(), n.end(), x) < std::find(n.begin(), n.end(), y);
+  });
+  return out;
+}
+
 void LoraOptions::validate() const {
   SFTGO_CHECK(rank >= 1, ErrorKind::kConfig, "lora.rank must be >= 1, got ", rank);
   SFTGO_CHECK(std::isfinite(alpha) && alpha > 0, ErrorKind::kConfig, "lora.alpha must be > 0, got ", alpha);

@@ -324,3 +324,12 @@ TEST(Lora, CheckpointingWithDropoutGivesSameGradients) {
     }
   }
 }
+
+TEST(Lora, TargetModulesFromConfigText) {
+  EXPECT_EQ(parse_lora_target_modules("v_proj, q_proj"), (std::vector<std::string>{"q_proj", "v_proj"}));
+  EXPECT_EQ(parse_lora_target_modules("all-linear").size(), 7u);
+  EXPECT_EQ(parse_lora_target_modules("all-linear,lm_head").back(), "lm_head");
+  expect_error([] { parse_lora_target_modules("q_proj,qproj"); }, "lora.target_modules: unknown module 'qproj'");
+  expect_error([] { parse_lora_target_modules("q_proj,,v_proj"); }, "empty name");
+  expect_error([] { parse_lora_target_modules("q_proj,all-linear"); }, "lists 'q_proj' twice");
+}

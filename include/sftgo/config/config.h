@@ -114,6 +114,19 @@ struct DistConfig {
   double bucket_mb = 25.0;          // gradient all-reduce bucket size
 };
 
+// LoRA adapters (docs/lora.md, model/lora.h): the base model is frozen and only the adapters train.
+struct LoraConfig {
+  bool enabled = false;
+  int64_t rank = 16;
+  double alpha = 32.0;              // scaling alpha / rank (rsLoRA: alpha / sqrt(rank))
+  double dropout = 0.0;             // on the adapter input (PEFT's lora_dropout)
+  // Comma-separated: any of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head, or all-linear.
+  std::string target_modules = "all-linear";
+  bool use_rslora = false;
+  std::string init = "default";     // default (A Kaiming-uniform, B zeros, as PEFT) | gaussian
+  std::string adapter_path;         // start from an existing PEFT adapter directory instead of init
+};
+
 struct Config {
   RunConfig run;
   TokenizerConfig tokenizer;
@@ -124,6 +137,7 @@ struct Config {
   OptimConfig optim;
   TrainConfig train;
   DistConfig dist;
+  LoraConfig lora;
 };
 
 // Where a value came from, for the start-up table and error messages.

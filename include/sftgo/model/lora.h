@@ -42,6 +42,10 @@ struct LoraOptions {
 
 // The projection names apply_lora accepts, in model order.
 const std::vector<std::string>& lora_target_names();
+// "q_proj, v_proj" -> {"q_proj", "v_proj"} in model order; "all-linear" -> the seven projections
+// (PEFT's shorthand: every linear layer but the output head). Throws kConfig naming
+// lora.target_modules on an unknown or repeated name.
+std::vector<std::string> parse_lora_target_modules(const std::string& csv);
 
 // Adds an adapter to every targeted Linear (A initialised from `seed`, B zeros), freezes every
 // other parameter (requires_grad false) and returns the adapter parameters in model order.
