@@ -256,3 +256,44 @@ def test_generate_and_eval_with_adapter_equal_the_merged_model(tmp_path):
         assert la and len(la) == len(lb)
         # Unmerged vs merged fp32 weights: the same sums in another order, ~1e-6 per logit.
         assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-4
+
+
+def test_docs_lora_commands_run(tmp_path):
+    """Every command of docs/lora.md's sh blocks, run as written on tiny stand-ins laid out at the
+    paths the doc uses (models/llama3.1-8b = a tiny random Llama with the demo tokenizer)."""
+    import re
+    import shlex
+    import shutil
+    root = Path(__file__).resolve().parents[2]
+    cmds, block = [], None
+    for line in (root / "docs" / "lora.md").read_text().splitlines():
+        if line.startswith("```"):
+            block = [] if line.strip() == "```sh" and block is None else None
+            continue
+        if block is not None and line.strip():
+            cmds.append(line.strip())
+    assert len(cmds) == 4
+    torch.manual_seed(6)
+    cfg = transformers.LlamaConfig(vocab_size=1408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                   max_position_embeddings=256, initializer_range=0.1, tie_word_embeddings=False,
+                                   bos_token_id=1335, eos_token_id=1336)
+    base = tmp_path / "models" / "llama3.1-8b"
+    transformers.LlamaForCausalLM(cfg).float().eval().save_pretrained(base)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(root / "data" / "demo" / "tokenizer" / f, base / f)
+    (tmp_path / "runs" / "lora").mkdir(parents=True)
+    _, adapter = peft_adapter(tmp_path / "runs" / "lora", base, ALL + ["lm_head"])
+    (tmp_path / "score.jsonl").write_text(json.dumps({"text": "Compute 8 * 5."}) + "\n")
+    (tmp_path / "arc_easy.jsonl").write_text(json.dumps(
+        {"question": "What melts ice?", "answerKey": "1", "choices": {"text": ["heat", "cold"], "label": ["1", "2"]}})
+        + "\n")
+    for cmd in cmds:
+        args = shlex.split(cmd)
+        assert args[0] == "sftgo-train"
+        p = subprocess.run([str(SFTGO), *args[1:]], cwd=tmp_path, capture_output=True, text=True)
+        assert p.returncode == 0, (cmd, p.stderr)
+    assert (tmp_path / "scores.jsonl").exists()
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "models" / "llama3.1-8b-merged")
+    assert next(merged.parameters()).dtype == torch.bfloat16
+    assert re.search(r"model.safetensors", " ".join(x.name for x in (tmp_path / "models" / "llama3.1-8b-merged").iterdir()))
