@@ -357,6 +357,16 @@ void load_lora_adapter(LlamaModelImpl& model, const std::string& dir) {
   }
 }
 
+Tensor lora_head_weight(const LlamaModelImpl& model) {
+  if (!model.lm_head) return model.embed_tokens->weight;
+  const LinearImpl& l = *model.lm_head;
+  if (!l.lora_A.defined() || l.lora_disabled) return l.weight;
+  SFTGO_CHECK(l.lora_dropout == 0.0 || !l.is_training(), ErrorKind::kConfig,
+              "lora.dropout must be 0 when lm_head is a LoRA target (the fused loss folds the head's adapter "
+              "into its weight, where input dropout cannot be expressed); got ", l.lora_dropout);
+  return (l.weight.to(torch::kFloat) + l.lora_B.mm(l.lora_A) * l.lora_scaling).to(l.weight.scalar_type());
+}
+
 void merge_lora(LlamaModelImpl& model) {
   lora_options(model);  // throws when there is nothing to merge
   torch::NoGradGuard no_grad;

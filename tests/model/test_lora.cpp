@@ -333,3 +333,39 @@ TEST(Lora, TargetModulesFromConfigText) {
   expect_error([] { parse_lora_target_modules("q_proj,,v_proj"); }, "empty name");
   expect_error([] { parse_lora_target_modules("q_proj,all-linear"); }, "lists 'q_proj' twice");
 }
+
+TEST(Lora, HeadWeightForTheFusedLossGivesTheSameLossAndGradients) {
+  LlamaConfig c = tiny();
+  LlamaModel m(c, ModelOptions{.seed = 8});
+  LoraOptions o;
+  o.rank = 4;
+  o.target_modules = {"v_proj", "lm_head"};
+  apply_lora(*m, o, 2);
+  randomize_b(*m, 3);
+  torch::Tensor ids = ids_for(c);
+  auto run = [&](bool folded) {
+    m->zero_grad();
+    torch::Tensor h = m->forward(ids);
+    torch::Tensor logits = folded ? at::linear(h, lora_head_weight(*m)) : m->logits(h);
+    torch::Tensor loss = torch::nn::functional::cross_entropy(logits.reshape({-1, c.vocab_size}), ids.reshape({-1}));
+    loss.backward();
+    std::vector<torch::Tensor> g;
+    for (auto& [n, t] : lora_named_parameters(*m)) g.push_back(t.grad().clone());
+    return std::make_pair(loss.item<double>(), g);
+  };
+  auto [l0, g0] = run(false);
+  auto [l1, g1] = run(true);
+  // h (W + s B A)^T vs h W^T + s (h A^T) B^T: the same maths associated differently, fp32 rounding only.
+  EXPECT_NEAR(l0, l1, 1e-5);
+  for (size_t i = 0; i < g0.size(); ++i)
+    EXPECT_LT(max_abs(g0[i], g1[i]), 1e-4 * g0[i].abs().max().item<double>() + 1e-7) << i;
+  EXPECT_GT(g1.back().abs().max().item<double>(), 0.0);  // lm_head's B really gets a gradient
+  // No head adapter: the plain head weight itself.
+  set_lora_disabled(*m, true);
+  EXPECT_TRUE(lora_head_weight(*m).is_same(m->lm_head->weight));
+  set_lora_disabled(*m, false);
+  LlamaModel d(c, ModelOptions{.seed = 8});
+  o.dropout = 0.1;
+  apply_lora(*d, o, 2);
+  expect_error([&] { lora_head_weight(*d); }, "lora.dropout must be 0 when lm_head");
+}

@@ -79,6 +79,13 @@ LoraOptions read_lora_config(const std::string& dir);
 // (kModel/kConfig) name the file and the tensor: unexpected, missing, or of the wrong shape.
 void load_lora_adapter(LlamaModelImpl& model, const std::string& dir);
 
+// The LM head's weight [V, H] as the loss should see it: the base head (lm_head, or embed_tokens when
+// tied) when it has no adapter, else W + s * B A formed in fp32 and cast to W's dtype, differentiable
+// with respect to A and B. The fused loss takes a head weight instead of calling lm_head, so a trainer
+// with lm_head among the targets must pass this (costs one [V, H] temporary per step; no dropout on
+// this path: lm_head with lora.dropout > 0 is refused here with kConfig).
+torch::Tensor lora_head_weight(const LlamaModelImpl& model);
+
 // Folds every adapter into its base weight, W += s * B A (computed in fp32, rounded once to the
 // weight dtype), and turns the adapters off, so forward and save_pretrained give the merged model.
 void merge_lora(LlamaModelImpl& model);
