@@ -3,6 +3,10 @@
 transformers + PyTorch (the way an ML engineer would write SFT-GO in Python), side by side.
 
   bench/peer/bench_peer_train.py [--build DIR] [--tokenizer DIR] [--threads N] [--steps K] [--repeats R]
+  bench/peer/bench_peer_train.py --baseline OTHER_BUILD_DIR ...   # sftgo's job only: this build vs another
+
+With --baseline the Python side is skipped and the same sftgo job runs with both builds, alternating,
+so a change to sftgo is measured against the build before it as a ratio on the same machine and load.
 
 Same on both sides: the initial weights (one Hugging Face checkpoint written here by transformers),
 the data (data/demo/demo_sft.jsonl, llama3 chat template, labels on assistant turns), the TF-IDF
@@ -200,6 +204,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs of each side; the median is reported")
+    ap.add_argument("--baseline", default=None, help="another build dir: compare sftgo-train with it instead of Python")
     ap.add_argument("--python-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--expect-tokens", type=int, default=0, help=argparse.SUPPRESS)
@@ -220,6 +225,23 @@ def main():
                 "--set", f"train.num_threads={args.threads}", "--set", f"data.cache_dir={tmp / 'cache'}",
                 "--set", "train.log_every=1", "--set", "train.epochs=100"]
         tokens, trained = sftgo_counts(binary, sets)
+        if args.baseline:
+            baseline = Path(args.baseline) / "bin/sftgo-train"
+            ab = {"this build": [], "baseline": []}
+            for rep in range(args.repeats):
+                ab["this build"].append(run_sftgo(binary, sets, tmp / f"a{rep}"))
+                ab["baseline"].append(run_sftgo(baseline, sets, tmp / f"b{rep}"))
+            med = {k: (statistics.median(summarize(r)[0] for r in v), statistics.median(summarize(r)[1] for r in v))
+                   for k, v in ab.items()}
+            same = ab["this build"][0]["loss"] == ab["baseline"][0]["loss"]
+            print(f"{args.steps} steps, {args.threads} threads, {args.repeats} alternating runs each (median); "
+                  f"losses {'identical' if same else 'DIFFER'}")
+            print("| | tokens/s | peak RSS |\n|---|---|---|")
+            for k, (tps, rss) in med.items():
+                print(f"| {k} | {tps:.0f} | {rss:.0f} MB |")
+            print(f"| this / baseline | {med['this build'][0] / med['baseline'][0]:.3f}x | "
+                  f"{med['this build'][1] / med['baseline'][1]:.3f}x |")
+            return
         results = {"sftgo": [], "transformers": []}
         for rep in range(args.repeats):
             results["sftgo"].append(run_sftgo(binary, sets, tmp / f"run{rep}"))

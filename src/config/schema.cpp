@@ -70,7 +70,7 @@ std::vector<Field> fields_of(Config& c) {
   add("grouping.llmlingua2_window", c.grouping.llmlingua2_window, "LLMLingua-2: classifier window in XLM-R ids incl. <s> and </s> (llmlingua uses 512)").range(3, 1 << 20);
   add("grouping.llmlingua2_batch_size", c.grouping.llmlingua2_batch_size, "LLMLingua-2: windows per classifier forward (CPU: 1-4 is fastest, see docs/benchmarks.md; GPU: larger)").range(1, 1 << 16);
   add("grouping.llmlingua2_device", c.grouping.llmlingua2_device, "LLMLingua-2: where the classifier runs (auto = cuda when available)").one_of({"auto", "cpu", "cuda"});
-  add("grouping.rho1_reference_model", c.grouping.rho1_reference_model, "Rho-1: frozen reference model checkpoint directory");
+  add("grouping.rho1_reference_model", c.grouping.rho1_reference_model, "Rho-1: frozen reference model checkpoint directory, or `base` for a LoRA run's own frozen base model (adapters off: no second model in memory)");
   add("grouping.rho1_extra_forward", c.grouping.rho1_extra_forward, "Rho-1: take the current model's losses from a separate no-grad forward before each step (the pre-#6 way, one extra forward per micro-batch) instead of from the training forward itself");
 
   add("loss.objective", c.loss.objective, "sftgo (group max + CE), ce (plain SFT) or rho1 (CE on important tokens only)").one_of({"sftgo", "ce", "rho1"});

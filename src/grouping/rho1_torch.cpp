@@ -72,6 +72,9 @@ std::string checkpoint_identity(const std::string& dir) {
   return id;
 }
 
+// grouping.rho1_reference_model value that names a LoRA run's own frozen base model as the reference.
+constexpr const char* kBaseReference = "base";
+
 // Rho-1 (Lin et al. 2024): the important tokens are the top-k% by excess loss, the training model's
 // current loss minus a frozen reference model's. The reference scores every example once (prepare);
 // the current loss is the training forward's own, handed over by the fused loss (select).
@@ -99,15 +102,22 @@ class Rho1Function final : public DynamicGroupingFunction {
   // checkpoint and the dtype, so further seeds and restarts skip the scoring.
   void prepare(std::vector<data::TokenizedExample>& examples, const PrepareContext& ctx) override {
     Timer t;
-    const model::LlamaConfig ref_cfg = model::LlamaConfig::from_file(reference_);
-    SFTGO_CHECK(ref_cfg.vocab_size == ctx.vocab_size, ErrorKind::kConfig, "the Rho-1 reference model ", reference_,
-                " has a vocabulary of ", ref_cfg.vocab_size, " but the trained model's is ", ctx.vocab_size);
+    const bool base = reference_ == kBaseReference;
+    SFTGO_CHECK_HINT(!base || ctx.base_model_logprobs, ErrorKind::kConfig,
+                     "set lora.enabled: true, or name a checkpoint directory",
+                     "grouping.rho1_reference_model: base uses the frozen base model of a LoRA run as the reference");
+    if (!base) {
+      const model::LlamaConfig ref_cfg = model::LlamaConfig::from_file(reference_);
+      SFTGO_CHECK(ref_cfg.vocab_size == ctx.vocab_size, ErrorKind::kConfig, "the Rho-1 reference model ", reference_,
+                  " has a vocabulary of ", ref_cfg.vocab_size, " but the trained model's is ", ctx.vocab_size);
+    }
     std::string cache_path;
     uint64_t key = 0;
     if (!ctx.cache_dir.empty()) {
       const std::string fingerprint = sftgo::format("{:x}", examples_fingerprint(examples));
-      const std::string params =
-          sftgo::format("dtype={};{}", c10::toString(ctx.dtype), checkpoint_identity(reference_));
+      const std::string params = sftgo::format(
+          "dtype={};{}", c10::toString(ctx.dtype),
+          base ? "lora-base:" + ctx.base_model_identity : checkpoint_identity(reference_));
       key = grouping_cache_key(fingerprint, "rho1-ref", params, 0.0);
       cache_path = grouping_cache_path(ctx.cache_dir, "rho1-ref", key);
       // Data parallel: rank 0 scores and writes the cache; the others wait, then read it.
@@ -151,11 +161,13 @@ class Rho1Function final : public DynamicGroupingFunction {
     mo.device = ctx.device;
     mo.init_weights = false;
     std::vector<std::vector<double>> logprobs;
-    {
+    std::vector<std::vector<int64_t>> seqs;
+    seqs.reserve(examples.size());
+    for (const auto& ex : examples) seqs.emplace_back(ex.ids.begin(), ex.ids.end());
+    if (reference_ == kBaseReference) {
+      logprobs = ctx.base_model_logprobs(seqs);
+    } else {
       model::LlamaModel ref = model::load_pretrained(reference_, mo);  // released at the end of the scope
-      std::vector<std::vector<int64_t>> seqs;
-      seqs.reserve(examples.size());
-      for (const auto& ex : examples) seqs.emplace_back(ex.ids.begin(), ex.ids.end());
       logprobs = model::score_logprobs(*ref, seqs);
     }
     GroupingOutput out;

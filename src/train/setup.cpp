@@ -27,6 +27,9 @@
 #include "sftgo/model/autocast.h"
 #include "sftgo/model/config.h"
 #include "sftgo/model/llama.h"
+#include "sftgo/core/format.h"
+#include "sftgo/model/score.h"
+#include "sftgo/model/lora.h"
 #include "sftgo/optim/optim.h"
 #include "sftgo/tokenizer/tokenizer.h"
 #include "sftgo/train/options.h"
@@ -170,6 +173,26 @@ void Trainer::Impl::prepare_groups() {
            100.0 * share.overall, share.trained_tokens, g.top_k_percent, out.seconds, out.from_cache ? " (cache)" : "");
 }
 
+// lora.enabled: adapters on the targeted projections (fp32), every base weight frozen; the updater then
+// sees only the adapters (docs/lora.md).
+void Trainer::Impl::add_lora_adapters() {
+  model::LoraOptions lo;
+  lo.rank = cfg.lora.rank;
+  lo.alpha = cfg.lora.alpha;
+  lo.dropout = cfg.lora.dropout;
+  lo.target_modules = model::parse_lora_target_modules(cfg.lora.target_modules);
+  lo.use_rslora = cfg.lora.use_rslora;
+  lo.init = cfg.lora.init;
+  lo.base_model_name_or_path = cfg.model.path;
+  model::apply_lora(*model, lo, static_cast<uint64_t>(cfg.run.seed));
+  if (!cfg.lora.adapter_path.empty()) model::load_lora_adapter(*model, cfg.lora.adapter_path);
+  int64_t n = 0;
+  for (const auto& [name, p] : model::lora_named_parameters(*model)) n += p.numel();
+  log_info("LoRA: rank {}, alpha {}, targets {}: {:.2f}M trainable parameters{}", lo.rank, lo.alpha,
+           cfg.lora.target_modules, static_cast<double>(n) / 1e6,
+           cfg.lora.adapter_path.empty() ? "" : ", from " + cfg.lora.adapter_path);
+}
+
 void Trainer::Impl::prepare_dynamic(std::vector<data::TokenizedExample>& examples, const std::string& what) {
   grouping::PrepareContext ctx;
   ctx.device = device;
@@ -180,6 +203,18 @@ void Trainer::Impl::prepare_dynamic(std::vector<data::TokenizedExample>& example
   ctx.rank = rank;
   ctx.world_size = world;
   if (world > 1) ctx.barrier = [this] { comm->barrier(); };
+  if (model::has_lora(*model)) {
+    // The frozen base model (adapters off) can serve as the reference: no second model in memory.
+    ctx.base_model_identity = cfg.model.path.empty() ? sftgo::format("random-init:seed={}", cfg.run.seed)
+                                                     : "dir:" + cfg.model.path;
+    ctx.base_model_logprobs = [this](const std::vector<std::vector<int64_t>>& seqs) {
+      torch::NoGradGuard no_grad;
+      model::set_lora_disabled(*model, true);
+      auto out = model::score_logprobs(*model, seqs);
+      model::set_lora_disabled(*model, false);
+      return out;
+    };
+  }
   dynamic->prepare(examples, ctx);
 }
 
@@ -210,6 +245,7 @@ void Trainer::Impl::build_model() {
     model = model::LlamaModel(c, mo);
   }
   model->set_activation_checkpointing(cfg.model.activation_checkpointing);
+  if (cfg.lora.enabled) add_lora_adapters();
   SFTGO_CHECK(tok->vocab_size() <= model->config().vocab_size, ErrorKind::kConfig, "the tokenizer has ",
               tok->vocab_size(), " ids but the model's vocabulary is ", model->config().vocab_size);
   n_params = 0;
@@ -265,7 +301,10 @@ void Trainer::Impl::build_updater() {
   UpdaterOptions uo;
   uo.adamw = optim::adamw_options(cfg.optim);
   uo.bucket_mb = cfg.dist.bucket_mb;
-  updater = make_updater(updater_kind(cfg, precision), comm, model->hf_named_parameters(), uo);
+  // LoRA: only the (fp32) adapters train, so no fp32 masters are needed whatever the precision.
+  const bool lora = model::has_lora(*model);
+  const UpdaterKind kind = lora && !cfg.dist.zero1 ? UpdaterKind::kPlain : updater_kind(cfg, precision);
+  updater = make_updater(kind, comm, lora ? model::lora_named_parameters(*model) : model->hf_named_parameters(), uo);
 }
 
 }  // namespace sftgo::train

@@ -24,6 +24,7 @@
 #include "sftgo/model/autocast.h"
 #include "sftgo/model/config.h"
 #include "sftgo/model/llama.h"
+#include "sftgo/model/lora.h"
 #include "sftgo/optim/optim.h"
 #include "sftgo/tokenizer/tokenizer.h"
 #include "sftgo/train/options.h"
@@ -87,7 +88,8 @@ std::string Trainer::Impl::save(const std::string& why) {
   const std::string name = checkpoint::checkpoint_dir_name(step);
   checkpoint::SaveRequest r;
   // Files that every rank writes (ZeRO-1 shards) are staged beside the checkpoint, on the same filesystem.
-  updater->add_to_save(r, (root / (".zero_staging_" + name)).string());
+  const fs::path staging = root / (".zero_staging_" + name);
+  updater->add_to_save(r, staging.string());
   if (rank != 0) {
     comm->barrier();  // rank 0 is writing
     return (root / name).string();
@@ -105,6 +107,13 @@ std::string Trainer::Impl::save(const std::string& why) {
   r.state.config_yaml = config_to_yaml(cfg);
   r.resolved_config_yaml = r.state.config_yaml;
   r.tokenizer_files = tokenizer_files(cfg.tokenizer.path);
+  if (model::has_lora(*model)) {
+    // The PEFT adapter directory (adapter_config.json + adapter_model.safetensors) moves into the
+    // checkpoint with it; the checkpoint's HF weights are the frozen base.
+    fs::create_directories(staging);
+    model::save_lora_adapter(*model, (staging / "adapter").string());
+    r.move_files.push_back((staging / "adapter").string());
+  }
   std::string dir = checkpoint::save_checkpoint(cfg.run.output_dir, r, cfg.train.keep_last);
   if (!r.move_files.empty()) {
     std::error_code ec;
@@ -123,6 +132,7 @@ void Trainer::Impl::resume_from(const std::string& dir) {
   if (st.config_yaml != config_to_yaml(cfg))
     log_warn("resuming {} with a config that differs from the one it was saved with", dir);
   model::load_hf_weights(*model, dir);
+  if (model::has_lora(*model)) model::load_lora_adapter(*model, (fs::path(dir) / "adapter").string());
   updater->resume(dir);
   data::SamplerState ss;
   ss.epoch = st.sampler_epoch;

@@ -29,6 +29,7 @@
 #include "sftgo/model/autocast.h"
 #include "sftgo/model/config.h"
 #include "sftgo/model/llama.h"
+#include "sftgo/model/lora.h"
 #include "sftgo/optim/optim.h"
 #include "sftgo/tokenizer/tokenizer.h"
 #include "sftgo/train/options.h"
@@ -260,7 +261,10 @@ loss::FusedLossOptions Trainer::Impl::loss_options(double lambda, MicroBatch& b)
 
 // [V,H]. bf16_autocast: a bf16 copy (its backward hands the fp32 parameter an fp32 gradient).
 at::Tensor Trainer::Impl::head_weight() const {
-  const at::Tensor& w = model->lm_head ? model->lm_head->weight : model->embed_tokens->weight;
+  // LoRA with lm_head among the targets: W + s B A (the fused loss takes the weight, not the module).
+  const at::Tensor w = model::has_lora(*model) ? model::lora_head_weight(*model)
+                       : model->lm_head       ? model->lm_head->weight
+                                              : model->embed_tokens->weight;
   return precision == Precision::kBf16Autocast ? w.to(at::kBFloat16) : w;
 }
 

@@ -73,6 +73,7 @@ struct Trainer::Impl {
   void load_data();
   void prepare_groups();
   void build_model();
+  void add_lora_adapters();
   void prepare_dynamic(std::vector<data::TokenizedExample>& examples, const std::string& what);
   void prepare_eval();
   void build_updater();

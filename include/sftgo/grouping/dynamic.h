@@ -30,6 +30,10 @@ struct PrepareContext {
   int rank = 0;
   int world_size = 1;
   std::function<void()> barrier;   // empty = world 1
+  // LoRA runs: the frozen base model (adapters off) scores token sequences, so it can be the reference
+  // without a second model in memory; empty otherwise. Log-probs as model::score_logprobs returns them.
+  std::function<std::vector<std::vector<double>>(const std::vector<std::vector<int64_t>>&)> base_model_logprobs;
+  std::string base_model_identity;  // cache identity of that base model
 };
 
 // One micro-batch as a dynamic function sees it. Position t of a row predicts token t + 1, so the
