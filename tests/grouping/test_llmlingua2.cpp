@@ -260,7 +260,14 @@ TEST(Llmlingua2Export, BadTorchScript) {
   register_llmlingua2_classifier();
   const auto ex = make_export(dir);
   const auto module = (fs::path(ex) / kLlmlingua2Module).string();
-  auto err = [&] { return error_of([&] { Llmlingua2Scorer s(opts_for(ex)); }); };
+  // The classifier loads lazily (never on a grouping-cache hit), so the first words() call is where a
+  // bad module is found and reported.
+  auto err = [&] {
+    return error_of([&] {
+      Llmlingua2Scorer s(opts_for(ex));
+      (void)s.words({"a probe text"});
+    });
+  };
 
   save_module(module, "wrong_signature");
   EXPECT_NE(err().find("expected (input_ids: Tensor, attention_mask: Tensor)"), std::string::npos) << err();
