@@ -27,9 +27,11 @@ void register_data_command(CLI::App& app, std::function<int()>& selected) {
     std::string convert;
   };
   auto args = std::make_shared<Args>();
-  auto* sub = app.add_subcommand("data", "Prepare the config's dataset and print counts, a length histogram and examples");
+  auto* sub =
+      app.add_subcommand("data", "Prepare the config's dataset and print counts, a length histogram and examples");
   add_config_options(sub, *args);
-  auto* dump = sub->add_option("--dump", args->dump, "Show the first N examples with trained tokens marked")->check(CLI::NonNegativeNumber);
+  auto* dump = sub->add_option("--dump", args->dump, "Show the first N examples with trained tokens marked")
+                   ->check(CLI::NonNegativeNumber);
   sub->add_option("--convert", args->convert,
                   "Write data.path (any accepted format) as messages JSONL to this file (- = stdout) and exit; "
                   "no tokenizer needed")
@@ -52,9 +54,11 @@ void register_groups_command(CLI::App& app, std::function<int()>& selected) {
     std::string jsonl;
   };
   auto args = std::make_shared<Args>();
-  auto* sub = app.add_subcommand("groups", "Compute (and cache) the important-token groups and show examples highlighted");
+  auto* sub =
+      app.add_subcommand("groups", "Compute (and cache) the important-token groups and show examples highlighted");
   add_config_options(sub, *args);
-  sub->add_option("--show", args->show, "Show the first N examples with important tokens highlighted")->check(CLI::NonNegativeNumber);
+  sub->add_option("--show", args->show, "Show the first N examples with important tokens highlighted")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--html", args->html, "Also write the highlighted examples to this HTML file");
   sub->add_option("--jsonl", args->jsonl,
                   "Also write every example's ids, tokens, trained flags, group and score per token as JSON lines");

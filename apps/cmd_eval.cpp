@@ -41,9 +41,10 @@ void register_eval_command(CLI::App& app, std::function<int()>& selected) {
       eval::EvalOptions o = *opts;
       eval::TaskResult r = eval::run_eval(o);
       if (r.non_finite_logliks > 0)
-        log_warn("WARNING: {} choice log-likelihoods of {} are NaN/Inf: the model's weights are probably damaged and "
-                 "the metrics below mean nothing (results JSON: non_finite_loglikelihoods = {})",
-                 r.non_finite_logliks, o.model_dir, r.non_finite_logliks);
+        log_warn(
+            "WARNING: {} choice log-likelihoods of {} are NaN/Inf: the model's weights are probably damaged and "
+            "the metrics below mean nothing (results JSON: non_finite_loglikelihoods = {})",
+            r.non_finite_logliks, o.model_dir, r.non_finite_logliks);
       if (!o.out_path.empty()) write_file_atomic(o.out_path, eval::result_json(r, o));
       std::cout << eval::result_table(r);
       return 0;

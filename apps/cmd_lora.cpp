@@ -15,13 +15,16 @@ void register_lora_merge_command(CLI::App& app, std::function<int()>& selected) 
     std::string model_dir, adapter_dir, out_dir, dtype = "float32";
   };
   auto args = std::make_shared<Args>();
-  auto* sub = app.add_subcommand("lora-merge",
-                                 "Fold a LoRA adapter (PEFT layout) into its base model and save a Hugging Face checkpoint");
+  auto* sub = app.add_subcommand(
+      "lora-merge", "Fold a LoRA adapter (PEFT layout) into its base model and save a Hugging Face checkpoint");
   sub->add_option("--model,-m", args->model_dir, "Base model: Hugging Face checkpoint directory")->required();
-  sub->add_option("--adapter,-a", args->adapter_dir, "Adapter directory (adapter_config.json + adapter_model.safetensors)")
+  sub->add_option("--adapter,-a", args->adapter_dir,
+                  "Adapter directory (adapter_config.json + adapter_model.safetensors)")
       ->required();
-  sub->add_option("--out,-o", args->out_dir, "Output directory for the merged checkpoint (replaced as a whole)")->required();
-  sub->add_option("--dtype", args->dtype, "dtype of the written weights: float32 | bfloat16 (merging is done in float32)")
+  sub->add_option("--out,-o", args->out_dir, "Output directory for the merged checkpoint (replaced as a whole)")
+      ->required();
+  sub->add_option("--dtype", args->dtype,
+                  "dtype of the written weights: float32 | bfloat16 (merging is done in float32)")
       ->check(CLI::IsMember({"float32", "bfloat16"}));
   sub->final_callback([args, &selected] {
     selected = [args] {

@@ -40,9 +40,11 @@ void register_score_command(CLI::App& app, std::function<int()>& selected) {
   };
   auto args = std::make_shared<Args>();
   args->opts.device = "auto";
-  auto* sub = app.add_subcommand("score", "Log-probability of every token of JSONL {\"ids\"} or {\"text\"} lines under a model");
+  auto* sub = app.add_subcommand("score",
+                                 "Log-probability of every token of JSONL {\"ids\"} or {\"text\"} lines under a model");
   sub->add_option("--model,-m", args->opts.model_dir, "Hugging Face checkpoint directory")->required();
-  sub->add_option("--adapter,-a", args->opts.adapter_dir, "LoRA adapter directory (PEFT layout) applied on top of --model");
+  sub->add_option("--adapter,-a", args->opts.adapter_dir,
+                  "LoRA adapter directory (PEFT layout) applied on top of --model");
   sub->add_option("--data,-d", args->data, "JSONL input, one {\"ids\": [...]} or {\"text\": ...} per line")->required();
   sub->add_option("--out,-o", args->out, "Output JSONL {\"ids\", \"logprobs\"} (default: stdout)");
   sub->add_option("--tokenizer,-t", args->tokenizer, "Tokenizer for {\"text\"} lines (default: the model directory)");
@@ -74,11 +76,13 @@ void register_score_command(CLI::App& app, std::function<int()>& selected) {
         std::rename((args->out + ".tmp").c_str(), args->out.c_str());
       }
       std::fprintf(stderr, "%lld sequences, %lld scored tokens, mean NLL %.6f, perplexity %.4f\n",
-                   static_cast<long long>(s.sequences), static_cast<long long>(s.scored_tokens), s.mean_nll, s.perplexity);
+                   static_cast<long long>(s.sequences), static_cast<long long>(s.scored_tokens), s.mean_nll,
+                   s.perplexity);
       if (s.non_finite_tokens > 0)
-        log_warn("WARNING: {} of {} scored tokens of {} have non-finite log-probabilities (NaN/Inf; written as null "
-                 "with \"non_finite\": true): the model's weights are probably damaged, the numbers above mean nothing",
-                 s.non_finite_tokens, s.scored_tokens, opts.model_dir);
+        log_warn(
+            "WARNING: {} of {} scored tokens of {} have non-finite log-probabilities (NaN/Inf; written as null "
+            "with \"non_finite\": true): the model's weights are probably damaged, the numbers above mean nothing",
+            s.non_finite_tokens, s.scored_tokens, opts.model_dir);
       return 0;
     };
   });
@@ -131,7 +135,8 @@ void register_generate_command(CLI::App& app, std::function<int()>& selected) {
                   "Tokens to generate at most (prompt + new tokens must fit the model's max_position_embeddings)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
   sub->add_option("--temperature", args->gen.temperature, "0 = greedy")->check(finite_at_least(0.0));
-  sub->add_option("--top-p", args->gen.top_p, "Nucleus sampling mass (with temperature > 0)")->check(probability_mass());
+  sub->add_option("--top-p", args->gen.top_p, "Nucleus sampling mass (with temperature > 0)")
+      ->check(probability_mass());
   sub->add_option("--seed", args->gen.seed, "Sampling seed");
   sub->add_option("--tokenizer,-t", args->tokenizer, "Tokenizer (default: the model directory)");
   sub->add_option("--dtype", args->dtype, "float32 | bfloat16")->check(CLI::IsMember({"float32", "bfloat16"}));
@@ -159,10 +164,10 @@ void register_generate_command(CLI::App& app, std::function<int()>& selected) {
       log_debug("generate: prompt ids [{}]", join_ids(prompt));
       model::GenerateOptions g = args->gen;
       const int64_t room = model::max_new_tokens_bound(*m, static_cast<int64_t>(prompt.size()));
-      SFTGO_CHECK_HINT(g.max_new_tokens <= room, ErrorKind::kUsage, "pass --max-new-tokens " + std::to_string(room) +
-                       " or less", "--max-new-tokens ", g.max_new_tokens, ": the prompt's ", prompt.size(),
-                       " tokens leave room for ", room, " new tokens in ", args->model_dir,
-                       " (max_position_embeddings ", m->config().max_position_embeddings, ")");
+      SFTGO_CHECK_HINT(
+          g.max_new_tokens <= room, ErrorKind::kUsage, "pass --max-new-tokens " + std::to_string(room) + " or less",
+          "--max-new-tokens ", g.max_new_tokens, ": the prompt's ", prompt.size(), " tokens leave room for ", room,
+          " new tokens in ", args->model_dir, " (max_position_embeddings ", m->config().max_position_embeddings, ")");
       for (int64_t id : m->config().eos_token_ids) g.stop_ids.push_back(id);
       if (auto eos = tok.eos_id()) g.stop_ids.push_back(*eos);
       // Only ids the tokenizer can decode: a model vocabulary padded past the tokenizer (the demo

@@ -19,8 +19,10 @@ void register_plot_command(CLI::App& app, std::function<int()>& selected) {
   };
   auto args = std::make_shared<Args>();
   auto* sub = app.add_subcommand(
-      "plot", "Plot runs' group losses (L_CE, L_imp, L_unimp; training and held-out) to an SVG, several runs on one figure");
-  sub->add_option("run_dirs", args->run_dirs, "Run directories holding metrics.jsonl (one dash pattern each)")->required();
+      "plot",
+      "Plot runs' group losses (L_CE, L_imp, L_unimp; training and held-out) to an SVG, several runs on one figure");
+  sub->add_option("run_dirs", args->run_dirs, "Run directories holding metrics.jsonl (one dash pattern each)")
+      ->required();
   sub->add_option("--out,-o", args->out, "Output SVG (default RUN_DIR/group_losses.svg; required for several runs)");
   sub->add_option("--smooth", args->smooth, "EMA weight for the training curves, in [0, 1); 0 = raw only")
       ->check(CLI::Range(0.0, 0.999));
@@ -40,7 +42,8 @@ void register_plot_command(CLI::App& app, std::function<int()>& selected) {
         runs.push_back({label, (fs::path(d) / "metrics.jsonl").string()});
       }
       train::PlotOptions opt;
-      opt.title = "SFT-GO group losses: " + (runs.size() == 1 ? args->run_dirs[0] : std::to_string(runs.size()) + " runs");
+      opt.title =
+          "SFT-GO group losses: " + (runs.size() == 1 ? args->run_dirs[0] : std::to_string(runs.size()) + " runs");
       opt.smooth = args->smooth;
       opt.objective = args->objective;
       const std::string svg = train::plot_runs_svg(runs, opt);

@@ -46,8 +46,9 @@ int main(int argc, char** argv) {
   sftgo::apps::TrainArgs train;
   app.add_option("--config,-c", train.config_path, "Training config (YAML); see docs/config.md");
   app.add_option("--set", train.overrides, "Override a config key: --set optim.lr=2e-5 (repeatable)");
-  auto* resume = app.add_option("--resume", train.resume,
-                                "Resume from a checkpoint directory, or 'auto' for the newest intact one in run.output_dir");
+  auto* resume =
+      app.add_option("--resume", train.resume,
+                     "Resume from a checkpoint directory, or 'auto' for the newest intact one in run.output_dir");
   app.add_flag("--overwrite", train.overwrite,
                "Start a new run in a run.output_dir that holds another run, deleting its checkpoints and metrics")
       ->excludes(resume);

@@ -83,7 +83,9 @@ void fuzz_encode(const std::string& text) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   std::string rest(reinterpret_cast<const char*>(data + 1), size - 1);
-  if (data[0] & 1) fuzz_encode(rest);
-  else fuzz_load(rest);
+  if (data[0] & 1)
+    fuzz_encode(rest);
+  else
+    fuzz_load(rest);
   return 0;
 }

@@ -15,10 +15,11 @@
 
 namespace {
 
-const char* kWords[] = {"the", "model", "data", "answer", "question", "explain", "simple", "number", "list",
-                        "write", "short", "story", "about", "a", "cat", "river", "city", "code", "function",
-                        "returns", "value", "because", "however", "example", "summary", "three", "reasons",
-                        "why", "people", "learn", "languages", "quickly", "naïve", "café", "42", "2024,"};
+const char* kWords[] = {"the",     "model", "data",     "answer",  "question", "explain", "simple",    "number",
+                        "list",    "write", "short",    "story",   "about",    "a",       "cat",       "river",
+                        "city",    "code",  "function", "returns", "value",    "because", "however",   "example",
+                        "summary", "three", "reasons",  "why",     "people",   "learn",   "languages", "quickly",
+                        "naïve",   "café",  "42",       "2024,"};
 
 std::string words(std::mt19937& rng, int lo, int hi) {
   std::uniform_int_distribution<int> n(lo, hi), w(0, static_cast<int>(std::size(kWords)) - 1);

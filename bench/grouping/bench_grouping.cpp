@@ -56,8 +56,8 @@ int main(int argc, char** argv) {
     auto out = grouping::compute_groups(examples, opts);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const auto share = grouping::group_share(examples, out.groups);
-    std::printf("%-10s %-6s %7.3f s  (%5.1f M tok/s)  important share %.4f\n", fn, out.from_cache ? "cache" : "cold",
-                s, tokens / s / 1e6, share.overall);
+    std::printf("%-10s %-6s %7.3f s  (%5.1f M tok/s)  important share %.4f\n", fn, out.from_cache ? "cache" : "cold", s,
+                tokens / s / 1e6, share.overall);
     if (out.from_cache) std::remove(out.cache_path.c_str());
   }
   ::rmdir(cache_dir.c_str());

@@ -98,8 +98,8 @@ enum class Variant {
   kFusedSftGoAuto,
   kFusedCeAuto
 };
-constexpr Variant kVariants[] = {Variant::kUnfusedCe,      Variant::kReference,      Variant::kFusedSftGo,
-                                 Variant::kFusedSftGoKnown, Variant::kFusedCe,        Variant::kFusedCeTwoPass,
+constexpr Variant kVariants[] = {Variant::kUnfusedCe,       Variant::kReference,  Variant::kFusedSftGo,
+                                 Variant::kFusedSftGoKnown, Variant::kFusedCe,    Variant::kFusedCeTwoPass,
                                  Variant::kFusedSftGoAuto,  Variant::kFusedCeAuto};
 
 const char* variant_key(Variant v) {
@@ -174,13 +174,12 @@ at::Tensor forward(Variant v, const at::Tensor& hidden, const at::Tensor& weight
     case Variant::kFusedCeTwoPass:
     case Variant::kFusedCeAuto:
       o.objective = Objective::kCe;
-      o.pass = v == Variant::kFusedCe         ? sftgo::loss::LossPass::kOnePass
+      o.pass = v == Variant::kFusedCe          ? sftgo::loss::LossPass::kOnePass
                : v == Variant::kFusedCeTwoPass ? sftgo::loss::LossPass::kTwoPass
                                                : sftgo::loss::LossPass::kAuto;
       loss = sftgo::loss::fused_group_loss(hidden, weight, in.labels, at::Tensor(), o, &info);
       break;
-    case Variant::kReference:
-      return sftgo::loss::reference_group_loss(hidden, weight, in.labels, in.groups, o);
+    case Variant::kReference: return sftgo::loss::reference_group_loss(hidden, weight, in.labels, in.groups, o);
     case Variant::kUnfusedCe:
       // What a plain PyTorch trainer does: logits in the model dtype, then CE (fp32 inside).
       return at::cross_entropy_loss(at::matmul(hidden, weight.t()), in.labels, {}, at::Reduction::Mean, -100);
@@ -380,13 +379,20 @@ int main(int argc, char** argv) {
   std::string sizes;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], val = argv[i + 1];
-    if (k == "--device") cfg.device = val;
-    else if (k == "--sizes") sizes = val;
-    else if (k == "--iters") cfg.iters = std::max(1, std::stoi(val));
-    else if (k == "--threads") cfg.threads = std::stoi(val);
-    else if (k == "--dtype") cfg.dtype = val == "bf16" ? at::kBFloat16 : at::kFloat;
-    else if (k == "--onepass-tokens") cfg.onepass_tokens = std::stoll(val);
-    else if (k == "--variants") cfg.variants = val;
+    if (k == "--device")
+      cfg.device = val;
+    else if (k == "--sizes")
+      sizes = val;
+    else if (k == "--iters")
+      cfg.iters = std::max(1, std::stoi(val));
+    else if (k == "--threads")
+      cfg.threads = std::stoi(val);
+    else if (k == "--dtype")
+      cfg.dtype = val == "bf16" ? at::kBFloat16 : at::kFloat;
+    else if (k == "--onepass-tokens")
+      cfg.onepass_tokens = std::stoll(val);
+    else if (k == "--variants")
+      cfg.variants = val;
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -419,16 +425,17 @@ int main(int argc, char** argv) {
   int failures = 0;
   for (const Size& s : cfg.sizes) {
     Validation val;
-    const bool ok = run_isolated<Validation>(cfg, [&] { return validate(s, cfg); }, &val);
+    const bool ok = run_isolated<Validation>(
+        cfg, [&] { return validate(s, cfg); }, &val);
     const double logits_mib = static_cast<double>(s.t) * s.v * 4.0 / (1 << 20);
     // Gradient outputs every variant allocates: d hidden [T, H] and d weight [V, H].
     const double grads_mib = (static_cast<double>(s.t) + s.v) * s.h * elt / (1 << 20);
     std::printf("\nT=%ld H=%ld V=%ld   fp32 logits = %.0f MiB, gradient outputs = %.0f MiB\n", s.t, s.h, s.v,
                 logits_mib, grads_mib);
-    std::printf("  validation (T=%ld): fused 2p vs reference rel(dh)=%.1e rel(dW)=%.1e rel(loss)=%.1e; "
-                "fused 1p* vs reference %.1e; fused ce 1p / 2p vs at::cross_entropy %.1e / %.1e\n",
-                std::min<int64_t>(s.t, 128), val.rel_dh, val.rel_dw, val.rel_loss, val.rel_known, val.rel_ce,
-                val.rel_ce2);
+    std::printf(
+        "  validation (T=%ld): fused 2p vs reference rel(dh)=%.1e rel(dW)=%.1e rel(loss)=%.1e; "
+        "fused 1p* vs reference %.1e; fused ce 1p / 2p vs at::cross_entropy %.1e / %.1e\n",
+        std::min<int64_t>(s.t, 128), val.rel_dh, val.rel_dw, val.rel_loss, val.rel_known, val.rel_ce, val.rel_ce2);
     const double tol = cfg.dtype == at::kFloat ? 1e-4 : 5e-2;
     if (!ok || !(val.rel_dh <= tol && val.rel_dw <= tol && val.rel_loss <= tol && val.rel_ce <= tol &&
                  val.rel_known <= tol && val.rel_ce2 <= tol)) {
@@ -443,7 +450,8 @@ int main(int argc, char** argv) {
     for (Variant v : kVariants) {
       if (!selected(v, cfg.variants)) continue;
       Measurement m;
-      if (!run_isolated<Measurement>(cfg, [&] { return measure(v, s, cfg); }, &m)) {
+      if (!run_isolated<Measurement>(
+              cfg, [&] { return measure(v, s, cfg); }, &m)) {
         std::printf("  %-17s failed\n", variant_name(v));
         ++failures;
         continue;

@@ -68,9 +68,10 @@ int main(int argc, char** argv) try {
     double sec = std::chrono::duration<double>(clock::now() - t0).count();
     double weights = 0;
     for (const auto& p : model->parameters()) weights += p.numel() * p.element_size();
-    std::printf("{\"impl\": \"sftgo\", \"load_s\": %.2f, \"weights_mb\": %.1f, \"rss_before_mb\": %.1f, "
-                "\"peak_rss_mb\": %.1f}\n",
-                sec, weights / 1048576.0, before, peak_rss_mb());
+    std::printf(
+        "{\"impl\": \"sftgo\", \"load_s\": %.2f, \"weights_mb\": %.1f, \"rss_before_mb\": %.1f, "
+        "\"peak_rss_mb\": %.1f}\n",
+        sec, weights / 1048576.0, before, peak_rss_mb());
     return 0;
   }
   std::fprintf(stderr, "usage: bench_model train B S STEPS THREADS | load DIR\n");

@@ -22,10 +22,14 @@ int main(int argc, char** argv) {
   std::string tok_path, corpus, out_path;
   int repeat = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--tokenizer")) tok_path = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--corpus")) corpus = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--out")) out_path = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--repeat")) repeat = std::max(1, std::atoi(argv[i + 1]));
+    if (!std::strcmp(argv[i], "--tokenizer"))
+      tok_path = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--corpus"))
+      corpus = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--out"))
+      out_path = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--repeat"))
+      repeat = std::max(1, std::atoi(argv[i + 1]));
   }
   if (tok_path.empty() || corpus.empty()) {
     std::cerr << "usage: bench_tokenizer --tokenizer DIR --corpus FILE.jsonl [--out IDS.jsonl] [--repeat N]\n";
@@ -71,8 +75,8 @@ int main(int argc, char** argv) {
       }
     }
     std::cout << "{\"load_ms\": " << load_s * 1000 << ", \"bytes\": " << bytes << ", \"texts\": " << texts.size()
-              << ", \"tokens\": " << tokens << ", \"encode_s\": " << best
-              << ", \"mb_per_s\": " << bytes / best / 1e6 << "}\n";
+              << ", \"tokens\": " << tokens << ", \"encode_s\": " << best << ", \"mb_per_s\": " << bytes / best / 1e6
+              << "}\n";
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;

@@ -28,10 +28,17 @@ namespace fs = std::filesystem;
 namespace sftgo::checkpoint {
 
 std::string TrainerState::to_json() const {
-  nlohmann::json j = {{"format", "sftgo-trainer-state"}, {"version", 1}, {"step", step},
-                      {"total_steps", total_steps}, {"sampler", {{"epoch", sampler_epoch}, {"index", sampler_index}}},
-                      {"nan_skips", nan_skips}, {"tokens_seen", tokens_seen}, {"lambda", lambda},
-                      {"elapsed_s", elapsed_s}, {"rng_state", rng_state_hex}, {"config_yaml", config_yaml},
+  nlohmann::json j = {{"format", "sftgo-trainer-state"},
+                      {"version", 1},
+                      {"step", step},
+                      {"total_steps", total_steps},
+                      {"sampler", {{"epoch", sampler_epoch}, {"index", sampler_index}}},
+                      {"nan_skips", nan_skips},
+                      {"tokens_seen", tokens_seen},
+                      {"lambda", lambda},
+                      {"elapsed_s", elapsed_s},
+                      {"rng_state", rng_state_hex},
+                      {"config_yaml", config_yaml},
                       {"world_size", world_size}};
   return j.dump(1) + "\n";
 }
@@ -55,8 +62,8 @@ int64_t count_field(const nlohmann::json& parent, const char* key, const std::st
 double finite_field(const nlohmann::json& j, const char* key, const std::string& source) {
   SFTGO_CHECK(j.contains(key), ErrorKind::kFormat, source, ": missing field \"", key, "\"");
   const auto& v = j.at(key);
-  SFTGO_CHECK(v.is_number() && std::isfinite(v.get<double>()), ErrorKind::kFormat, source, ": field \"", key,
-              "\" is ", v.dump(), ", expected a finite number");
+  SFTGO_CHECK(v.is_number() && std::isfinite(v.get<double>()), ErrorKind::kFormat, source, ": field \"", key, "\" is ",
+              v.dump(), ", expected a finite number");
   return v.get<double>();
 }
 
@@ -107,10 +114,11 @@ TrainerState TrainerState::from_json(const std::string& text, const std::string&
   s.tokens_seen = count_field(j, "tokens_seen", "tokens_seen", source);
   s.lambda = finite_field(j, "lambda", source);
   s.elapsed_s = finite_field(j, "elapsed_s", source);
-  SFTGO_CHECK(s.elapsed_s >= 0, ErrorKind::kFormat, source, ": field \"elapsed_s\" is ", s.elapsed_s, ", expected >= 0");
+  SFTGO_CHECK(s.elapsed_s >= 0, ErrorKind::kFormat, source, ": field \"elapsed_s\" is ", s.elapsed_s,
+              ", expected >= 0");
   const int64_t world = count_field(j, "world_size", "world_size", source);
-  SFTGO_CHECK(world >= 1 && world <= (int64_t{1} << 20), ErrorKind::kFormat, source, ": field \"world_size\" is ", world,
-              ", expected 1 .. 1048576");
+  SFTGO_CHECK(world >= 1 && world <= (int64_t{1} << 20), ErrorKind::kFormat, source, ": field \"world_size\" is ",
+              world, ", expected 1 .. 1048576");
   s.world_size = static_cast<int>(world);
   SFTGO_CHECK(j.contains("rng_state") && j["rng_state"].is_string(), ErrorKind::kFormat, source,
               ": missing field \"rng_state\" (a hex string)");
@@ -178,7 +186,8 @@ void write_optimizer(const fs::path& path, torch::optim::Optimizer& optimizer) {
   try {
     archive.save_to([&out](const void* data, size_t n) { return out.write(data, n); });
   } catch (const c10::Error& e) {
-    SFTGO_FAIL(ErrorKind::kIo, path.string(), ": cannot serialize the optimizer state (", e.what_without_backtrace(), ")");
+    SFTGO_FAIL(ErrorKind::kIo, path.string(), ": cannot serialize the optimizer state (", e.what_without_backtrace(),
+               ")");
   }
   out.finish();
 }
@@ -203,7 +212,8 @@ void write_checkpoint_files(const fs::path& tmp, const SaveRequest& req) {
     std::vector<io::TensorSource> sources;
     for (const auto& [name, t] : req.master_weights) {
       keep.push_back(t.detach().to(at::kCPU, at::kFloat).contiguous());
-      sources.push_back(io::TensorSource::borrow(name, io::DType::kF32, keep.back().sizes().vec(), keep.back().data_ptr()));
+      sources.push_back(
+          io::TensorSource::borrow(name, io::DType::kF32, keep.back().sizes().vec(), keep.back().data_ptr()));
     }
     io::write_safetensors((tmp / "master_weights.safetensors").string(), sources);
   }
@@ -329,7 +339,8 @@ std::string zip_problem(const fs::path& path) {
   std::string buf(tail, '\0');
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (f == nullptr) return path.filename().string() + " cannot be read (" + std::strerror(errno) + ")";
-  const bool ok = std::fseek(f, static_cast<long>(size - tail), SEEK_SET) == 0 && std::fread(buf.data(), 1, tail, f) == tail;
+  const bool ok =
+      std::fseek(f, static_cast<long>(size - tail), SEEK_SET) == 0 && std::fread(buf.data(), 1, tail, f) == tail;
   std::fclose(f);
   if (!ok) return path.filename().string() + " cannot be read";
   if (buf.rfind(std::string("PK\x05\x06", 4)) == std::string::npos)
@@ -399,11 +410,12 @@ std::optional<std::string> resolve_resume_dir(const std::string& spec, const std
                     "--resume auto: every checkpoint in ", checkpoints_root(run_dir), " is damaged:", damaged);
   }
   SFTGO_CHECK_HINT(fs::exists(fs::path(spec) / "trainer_state.json"), ErrorKind::kIo,
-                   "pass a directory written by sftgo-train (RUN_DIR/checkpoints/step_N) or --resume auto",
-                   "--resume ", spec, ": no trainer_state.json there");
+                   "pass a directory written by sftgo-train (RUN_DIR/checkpoints/step_N) or --resume auto", "--resume ",
+                   spec, ": no trainer_state.json there");
   const std::string problem = checkpoint_problem(spec);
-  SFTGO_CHECK_HINT(problem.empty(), ErrorKind::kFormat, "pass another checkpoint, or --resume auto to pick the newest intact one",
-                   "--resume ", spec, ": damaged checkpoint: ", problem);
+  SFTGO_CHECK_HINT(problem.empty(), ErrorKind::kFormat,
+                   "pass another checkpoint, or --resume auto to pick the newest intact one", "--resume ", spec,
+                   ": damaged checkpoint: ", problem);
   return spec;
 }
 

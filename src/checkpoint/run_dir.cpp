@@ -45,8 +45,8 @@ bool process_gone(long pid) { return pid > 0 && ::kill(static_cast<pid_t>(pid), 
 RunDirLock::RunDirLock(const std::string& run_dir) : path_((fs::path(run_dir) / ".lock").string()) {
   std::error_code ec;
   fs::create_directories(run_dir, ec);
-  SFTGO_CHECK_HINT(!ec, ErrorKind::kIo, "set run.output_dir to a directory this user can create and write to",
-                   run_dir, ": cannot create the run directory: ", ec.message());
+  SFTGO_CHECK_HINT(!ec, ErrorKind::kIo, "set run.output_dir to a directory this user can create and write to", run_dir,
+                   ": cannot create the run directory: ", ec.message());
   fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd_ < 0) {
     const int err = errno;
@@ -59,12 +59,14 @@ RunDirLock::RunDirLock(const std::string& run_dir) : path_((fs::path(run_dir) / 
       const std::string holder = holder_text(fd_);
       ::close(fd_);
       fd_ = -1;
-      SFTGO_FAIL_HINT(ErrorKind::kIo, "wait for that run to finish or stop it, or set run.output_dir to another directory",
+      SFTGO_FAIL_HINT(ErrorKind::kIo,
+                      "wait for that run to finish or stop it, or set run.output_dir to another directory",
                       "run.output_dir ", run_dir, " is in use by another sftgo-train run (", holder, " holds ", path_,
                       "): two runs in one directory would overwrite each other's checkpoints and metrics");
     }
     // A filesystem without locks (ENOLCK, EOPNOTSUPP): carry on unguarded rather than refuse to train.
-    log_warn("{}: cannot lock the run directory ({}); make sure no other run writes into it", path_, std::strerror(err));
+    log_warn("{}: cannot lock the run directory ({}); make sure no other run writes into it", path_,
+             std::strerror(err));
     return;
   }
   const std::string me = std::to_string(::getpid()) + " " + host_name() + "\n";
@@ -125,11 +127,12 @@ void prepare_fresh_run(const std::string& run_dir, bool overwrite) {
     const fs::path from = fs::path(run_dir) / name;
     if (!fs::exists(fs::symlink_status(from, ec))) continue;
     fs::rename(from, trash / name, ec);
-    SFTGO_CHECK_HINT(!ec, ErrorKind::kIo, "remove it by hand or set run.output_dir to a new directory", "--overwrite: cannot move ",
-                     from.string(), " aside: ", ec.message());
+    SFTGO_CHECK_HINT(!ec, ErrorKind::kIo, "remove it by hand or set run.output_dir to a new directory",
+                     "--overwrite: cannot move ", from.string(), " aside: ", ec.message());
   }
   fs::remove_all(trash, ec);
-  if (ec) log_warn("--overwrite: could not delete {} ({}); it is removed by the next run", trash.string(), ec.message());
+  if (ec)
+    log_warn("--overwrite: could not delete {} ({}); it is removed by the next run", trash.string(), ec.message());
   log_info("--overwrite: deleted the previous run in {} ({})", run_dir, existing);
 }
 

@@ -60,8 +60,10 @@ bool is_section(const std::vector<Field>& fields, const std::string& prefix) {
 // Bounds as people write them: 16777216, not 1.67772e+07.
 std::string bound_text(double v) {
   char buf[32];
-  if (v == std::floor(v) && std::fabs(v) < 1e15) std::snprintf(buf, sizeof buf, "%.0f", v);
-  else std::snprintf(buf, sizeof buf, "%g", v);
+  if (v == std::floor(v) && std::fabs(v) < 1e15)
+    std::snprintf(buf, sizeof buf, "%.0f", v);
+  else
+    std::snprintf(buf, sizeof buf, "%g", v);
   return buf;
 }
 
@@ -76,11 +78,16 @@ std::string bound_text(double v) {
 std::string allowed_text(const Field& f, const char* in = "in ") {
   std::ostringstream os;
   if (f.or_value_) os << bound_text(*f.or_value_) << ", or ";
-  if (f.min && f.max && !f.min_exclusive) os << in << "[" << bound_text(*f.min) << ", " << bound_text(*f.max) << "]";
-  else if (f.min && f.max) os << "> " << bound_text(*f.min) << " and <= " << bound_text(*f.max);
-  else if (f.min) os << (f.min_exclusive ? "> " : ">= ") << bound_text(*f.min);
-  else if (f.max) os << "<= " << bound_text(*f.max);
-  else return "";
+  if (f.min && f.max && !f.min_exclusive)
+    os << in << "[" << bound_text(*f.min) << ", " << bound_text(*f.max) << "]";
+  else if (f.min && f.max)
+    os << "> " << bound_text(*f.min) << " and <= " << bound_text(*f.max);
+  else if (f.min)
+    os << (f.min_exclusive ? "> " : ">= ") << bound_text(*f.min);
+  else if (f.max)
+    os << "<= " << bound_text(*f.max);
+  else
+    return "";
   return os.str();
 }
 
@@ -103,9 +110,12 @@ void assign(const Field& f, const YAML::Node& node, const std::string& where) {
     const std::string& where;
     bool is_null;
     void operator()(bool* p) const {
-      if (text == "true" || text == "True" || text == "yes" || text == "on") *p = true;
-      else if (text == "false" || text == "False" || text == "no" || text == "off") *p = false;
-      else SFTGO_FAIL(ErrorKind::kConfig, where, ": ", f.key, ": expected true or false, got '", excerpt(text), "'");
+      if (text == "true" || text == "True" || text == "yes" || text == "on")
+        *p = true;
+      else if (text == "false" || text == "False" || text == "no" || text == "off")
+        *p = false;
+      else
+        SFTGO_FAIL(ErrorKind::kConfig, where, ": ", f.key, ": expected true or false, got '", excerpt(text), "'");
     }
     void operator()(int64_t* p) const {
       errno = 0;
@@ -124,8 +134,8 @@ void assign(const Field& f, const YAML::Node& node, const std::string& where) {
     void operator()(double* p) const {
       char* end = nullptr;
       double v = std::strtod(text.c_str(), &end);
-      SFTGO_CHECK(!is_null && !text.empty() && *end == '\0' && std::isfinite(v), ErrorKind::kConfig, where, ": ",
-                  f.key, ": expected a number, got '", excerpt(text), "'");
+      SFTGO_CHECK(!is_null && !text.empty() && *end == '\0' && std::isfinite(v), ErrorKind::kConfig, where, ": ", f.key,
+                  ": expected a number, got '", excerpt(text), "'");
       check_range(f, v, where, text);
       *p = v;
     }
@@ -147,8 +157,8 @@ Field* find_field(std::vector<Field>& fields, const std::string& key) {
   return nullptr;
 }
 
-void apply_map(const YAML::Node& map, const std::string& prefix, const std::string& source,
-               std::vector<Field>& fields, std::map<std::string, ValueOrigin>& origins) {
+void apply_map(const YAML::Node& map, const std::string& prefix, const std::string& source, std::vector<Field>& fields,
+               std::map<std::string, ValueOrigin>& origins) {
   // yaml-cpp keeps every entry of a mapping, repeated keys included, and a lookup would see only
   // one: a repeated key (`lr: 3e-3` ... `lr: 1.0`) or section would silently take one value.
   std::map<std::string, std::string> seen;  // key -> where it was first given
@@ -197,13 +207,14 @@ void apply_override(const std::string& spec, std::vector<Field>& fields, std::ma
 void resolve_eta(LoadedConfig& out) {
   auto& g = out.config.grouping;
   if (g.eta_percentile == -1.0) return;
-  SFTGO_CHECK(g.eta_percentile > 0 && g.eta_percentile < 100, ErrorKind::kConfig, out.origins["grouping.eta_percentile"].source,
-              ": grouping.eta_percentile = ", g.eta_percentile, " is out of range (expected a percentile in (0, 100), or -1 for unset)");
+  SFTGO_CHECK(g.eta_percentile > 0 && g.eta_percentile < 100, ErrorKind::kConfig,
+              out.origins["grouping.eta_percentile"].source, ": grouping.eta_percentile = ", g.eta_percentile,
+              " is out of range (expected a percentile in (0, 100), or -1 for unset)");
   const double share = 100.0 - g.eta_percentile;
   const auto& k_origin = out.origins["grouping.top_k_percent"].source;
   SFTGO_CHECK_HINT(k_origin == "default" || std::abs(g.top_k_percent - share) < 1e-9, ErrorKind::kConfig,
-                   "set one of them (eta_percentile 90 = top_k_percent 10)",
-                   "grouping.eta_percentile (", out.origins["grouping.eta_percentile"].source, ": ", g.eta_percentile,
+                   "set one of them (eta_percentile 90 = top_k_percent 10)", "grouping.eta_percentile (",
+                   out.origins["grouping.eta_percentile"].source, ": ", g.eta_percentile,
                    ") and grouping.top_k_percent (", k_origin, ": ", g.top_k_percent, ") are both set and disagree");
   g.top_k_percent = share;
 }
@@ -215,7 +226,8 @@ LoadedConfig load_from_node(const YAML::Node& root, const std::string& source,
   auto fields = fields_of(out.config);
   for (const auto& f : fields) out.origins[f.key] = ValueOrigin{};
   if (root && !root.IsNull()) {
-    SFTGO_CHECK(root.IsMap(), ErrorKind::kConfig, source, ": expected a mapping of sections (run:, model:, ...) at the top");
+    SFTGO_CHECK(root.IsMap(), ErrorKind::kConfig, source,
+                ": expected a mapping of sections (run:, model:, ...) at the top");
     apply_map(root, "", source, fields, out.origins);
   }
   for (const auto& spec : overrides) apply_override(spec, fields, out.origins);
@@ -261,19 +273,20 @@ void validate_config(const Config& c) {
   SFTGO_CHECK(c.loss.lambda_min <= c.loss.lambda_max, ErrorKind::kConfig, "loss.lambda_min (", c.loss.lambda_min,
               ") must not exceed loss.lambda_max (", c.loss.lambda_max, ")");
   SFTGO_CHECK_HINT(c.train.global_batch_size % c.train.micro_batch_size == 0, ErrorKind::kConfig,
-                   "pick a micro batch size that divides the global batch",
-                   "train.global_batch_size (", c.train.global_batch_size,
-                   ") is not a multiple of train.micro_batch_size (", c.train.micro_batch_size, ")");
+                   "pick a micro batch size that divides the global batch", "train.global_batch_size (",
+                   c.train.global_batch_size, ") is not a multiple of train.micro_batch_size (",
+                   c.train.micro_batch_size, ")");
   SFTGO_CHECK(!c.data.path.empty(), ErrorKind::kConfig, "data.path is empty: name the training data file");
   SFTGO_CHECK(!c.tokenizer.path.empty(), ErrorKind::kConfig, "tokenizer.path is empty");
-  SFTGO_CHECK(!c.grouping.function.empty(), ErrorKind::kConfig, "grouping.function is empty (use 'none' for plain SFT)");
+  SFTGO_CHECK(!c.grouping.function.empty(), ErrorKind::kConfig,
+              "grouping.function is empty (use 'none' for plain SFT)");
   const bool needs_groups = c.loss.objective != "ce";
   SFTGO_CHECK_HINT(!(needs_groups && c.grouping.function == "none"), ErrorKind::kConfig,
-                   "set grouping.function (tfidf, llmlingua2, rho1, ...) or loss.objective: ce",
-                   "loss.objective '", c.loss.objective, "' needs important-token groups but grouping.function is 'none'");
+                   "set grouping.function (tfidf, llmlingua2, rho1, ...) or loss.objective: ce", "loss.objective '",
+                   c.loss.objective, "' needs important-token groups but grouping.function is 'none'");
   SFTGO_CHECK(c.model.num_kv_heads <= 0 || c.model.num_heads <= 0 || c.model.num_heads % c.model.num_kv_heads == 0,
-              ErrorKind::kConfig, "model.num_heads (", c.model.num_heads, ") must be a multiple of model.num_kv_heads (",
-              c.model.num_kv_heads, ")");
+              ErrorKind::kConfig, "model.num_heads (", c.model.num_heads,
+              ") must be a multiple of model.num_kv_heads (", c.model.num_kv_heads, ")");
 }
 
 std::vector<std::string> config_keys() {
@@ -296,11 +309,15 @@ std::string config_to_yaml(const Config& config) {
       section = sec;
     }
     out << YAML::Key << f.key.substr(dot + 1) << YAML::Value;
-    std::visit([&](auto* p) {
-      using T = std::remove_pointer_t<decltype(p)>;
-      if constexpr (std::is_same_v<T, std::string>) out << YAML::DoubleQuoted << *p;
-      else out << config_detail::value_string(f.ptr);
-    }, f.ptr);
+    std::visit(
+        [&](auto* p) {
+          using T = std::remove_pointer_t<decltype(p)>;
+          if constexpr (std::is_same_v<T, std::string>)
+            out << YAML::DoubleQuoted << *p;
+          else
+            out << config_detail::value_string(f.ptr);
+        },
+        f.ptr);
   }
   if (!section.empty()) out << YAML::EndMap;
   out << YAML::EndMap;

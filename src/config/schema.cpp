@@ -32,98 +32,179 @@ std::vector<Field> fields_of(Config& c) {
 
   add("tokenizer.path", c.tokenizer.path, "Directory with tokenizer.json (+ tokenizer_config.json), or the file");
 
-  add("model.preset", c.model.preset, "Architecture preset when no checkpoint is given, and the shape checked against one")
+  add("model.preset", c.model.preset,
+      "Architecture preset when no checkpoint is given, and the shape checked against one")
       .one_of({"tiny", "llama3.2-1b", "llama3.2-3b", "llama3.1-8b", "llama3.1-70b"});
-  add("model.path", c.model.path, "Hugging Face checkpoint directory to fine-tune; empty = random init from the preset");
+  add("model.path", c.model.path,
+      "Hugging Face checkpoint directory to fine-tune; empty = random init from the preset");
   add("model.dtype", c.model.dtype, "Parameter dtype").one_of({"float32", "bfloat16"});
   add("model.device", c.model.device, "Device; auto = CUDA when available").one_of({"auto", "cpu", "cuda"});
-  add("model.activation_checkpointing", c.model.activation_checkpointing, "Recompute each block's activations in backward");
+  add("model.activation_checkpointing", c.model.activation_checkpointing,
+      "Recompute each block's activations in backward");
   // Shape bounds are the model's own (LlamaConfig::validate): 2^20 keeps every size product far from
   // int64 overflow (a 2^20 x 2^20 fp32 weight is already 4 TiB), token ids are 32-bit.
-  add("model.hidden_size", c.model.hidden_size, "Override the preset's hidden size (-1 keeps it; at most 2^20, which keeps size products within int64)").range(1, 1 << 20).or_value(-1);
-  add("model.intermediate_size", c.model.intermediate_size, "Override the preset's MLP size (-1 keeps it; at most 2^20 as hidden_size)").range(1, 1 << 20).or_value(-1);
-  add("model.num_layers", c.model.num_layers, "Override the preset's layer count (-1 keeps it)").range(1, 4096).or_value(-1);
-  add("model.num_heads", c.model.num_heads, "Override the preset's attention heads (-1 keeps it)").range(1, 1 << 20).or_value(-1);
-  add("model.num_kv_heads", c.model.num_kv_heads, "Override the preset's key/value heads (-1 keeps it)").range(1, 1 << 20).or_value(-1);
-  add("model.vocab_size", c.model.vocab_size, "Override the preset's vocabulary size (-1 keeps it; token ids are 32-bit)").range(1, 2147483647).or_value(-1);
+  add("model.hidden_size", c.model.hidden_size,
+      "Override the preset's hidden size (-1 keeps it; at most 2^20, which keeps size products within int64)")
+      .range(1, 1 << 20)
+      .or_value(-1);
+  add("model.intermediate_size", c.model.intermediate_size,
+      "Override the preset's MLP size (-1 keeps it; at most 2^20 as hidden_size)")
+      .range(1, 1 << 20)
+      .or_value(-1);
+  add("model.num_layers", c.model.num_layers, "Override the preset's layer count (-1 keeps it)")
+      .range(1, 4096)
+      .or_value(-1);
+  add("model.num_heads", c.model.num_heads, "Override the preset's attention heads (-1 keeps it)")
+      .range(1, 1 << 20)
+      .or_value(-1);
+  add("model.num_kv_heads", c.model.num_kv_heads, "Override the preset's key/value heads (-1 keeps it)")
+      .range(1, 1 << 20)
+      .or_value(-1);
+  add("model.vocab_size", c.model.vocab_size,
+      "Override the preset's vocabulary size (-1 keeps it; token ids are 32-bit)")
+      .range(1, 2147483647)
+      .or_value(-1);
   add("model.init_std", c.model.init_std, "Std of the normal init for random weights").above(0);
 
   add("data.path", c.data.path, "Training data file (JSONL, or a JSON array for Alpaca)");
-  add("data.format", c.data.format, "Record format; auto detects from the first record (shapes: docs/data.md)").one_of({"auto", "lima", "alpaca", "chat", "sharegpt"});
+  add("data.format", c.data.format, "Record format; auto detects from the first record (shapes: docs/data.md)")
+      .one_of({"auto", "lima", "alpaca", "chat", "sharegpt"});
   add("data.template", c.data.template_name, "Prompt template").one_of({"llama3", "alpaca", "plain"});
-  add("data.system_prompt", c.data.system_prompt, "System message prepended to every conversation (llama3 template); empty = none");
+  add("data.system_prompt", c.data.system_prompt,
+      "System message prepended to every conversation (llama3 template); empty = none");
   add("data.max_seq_len", c.data.max_seq_len, "Longest sequence in tokens (4096 in the paper)").range(8, 1 << 20);
-  add("data.truncation", c.data.truncation, "Over-long examples: truncate the response, or drop the example").one_of({"truncate", "drop"});
-  add("data.on_bad_record", c.data.on_bad_record, "Malformed records: stop at the first, or skip and count them").one_of({"stop", "skip"});
+  add("data.truncation", c.data.truncation, "Over-long examples: truncate the response, or drop the example")
+      .one_of({"truncate", "drop"});
+  add("data.on_bad_record", c.data.on_bad_record, "Malformed records: stop at the first, or skip and count them")
+      .one_of({"stop", "skip"});
   add("data.packing", c.data.packing, "Pack several examples per sequence (per-document attention, position reset)");
   add("data.cache_dir", c.data.cache_dir, "Where tokenized data, grouping masks and Rho-1 reference losses are cached");
-  add("data.eval_path", c.data.eval_path, "Held-out data (same format) for eval-loss passes, logged to metrics.jsonl as eval_* lines; empty = none");
+  add("data.eval_path", c.data.eval_path,
+      "Held-out data (same format) for eval-loss passes, logged to metrics.jsonl as eval_* lines; empty = none");
 
   add("grouping.function", c.grouping.function, "Grouping function that marks important tokens (registry name)");
-  add("grouping.top_k_percent", c.grouping.top_k_percent, "Share of trained tokens marked important (percent); equals 100 - eta_percentile").range(0, 100);
-  add("grouping.eta_percentile", c.grouping.eta_percentile, "The paper's eta: percentile threshold, tokens above it are important (90 = top 10%); sets top_k_percent = 100 - eta; -1 = unset").range(-1, 100);
-  add("grouping.selection", c.grouping.selection, "Top-k within each sequence or over the whole batch").one_of({"sequence", "batch"});
-  add("grouping.tfidf_sublinear_tf", c.grouping.tfidf_sublinear_tf, "TF-IDF: use 1 + log(tf) as scikit-learn's sublinear_tf");
-  add("grouping.tfidf_smooth_idf", c.grouping.tfidf_smooth_idf, "TF-IDF: idf = ln((1+n)/(1+df)) + 1 as scikit-learn's smooth_idf");
-  add("grouping.llmlingua2_model", c.grouping.llmlingua2_model, "LLMLingua-2 TorchScript export directory (scripts/export_llmlingua2.py)");
-  add("grouping.llmlingua2_aggregation", c.grouping.llmlingua2_aggregation, "How a Llama token combines the word probabilities it overlaps").one_of({"max", "mean", "first"});
-  add("grouping.llmlingua2_window", c.grouping.llmlingua2_window, "LLMLingua-2: classifier window in XLM-R ids incl. <s> and </s> (llmlingua uses 512)").range(3, 1 << 20);
-  add("grouping.llmlingua2_batch_size", c.grouping.llmlingua2_batch_size, "LLMLingua-2: windows per classifier forward (CPU: 1-4 is fastest, see docs/benchmarks.md; GPU: larger)").range(1, 1 << 16);
-  add("grouping.llmlingua2_device", c.grouping.llmlingua2_device, "LLMLingua-2: where the classifier runs (auto = cuda when available)").one_of({"auto", "cpu", "cuda"});
-  add("grouping.rho1_reference_model", c.grouping.rho1_reference_model, "Rho-1: frozen reference model checkpoint directory, or `base` for a LoRA run's own frozen base model (adapters off: no second model in memory)");
-  add("grouping.rho1_extra_forward", c.grouping.rho1_extra_forward, "Rho-1: take the current model's losses from a separate no-grad forward before each step (the pre-#6 way, one extra forward per micro-batch) instead of from the training forward itself");
+  add("grouping.top_k_percent", c.grouping.top_k_percent,
+      "Share of trained tokens marked important (percent); equals 100 - eta_percentile")
+      .range(0, 100);
+  add("grouping.eta_percentile", c.grouping.eta_percentile,
+      "The paper's eta: percentile threshold, tokens above it are important (90 = top 10%); sets top_k_percent = 100 - eta; -1 = unset")
+      .range(-1, 100);
+  add("grouping.selection", c.grouping.selection, "Top-k within each sequence or over the whole batch")
+      .one_of({"sequence", "batch"});
+  add("grouping.tfidf_sublinear_tf", c.grouping.tfidf_sublinear_tf,
+      "TF-IDF: use 1 + log(tf) as scikit-learn's sublinear_tf");
+  add("grouping.tfidf_smooth_idf", c.grouping.tfidf_smooth_idf,
+      "TF-IDF: idf = ln((1+n)/(1+df)) + 1 as scikit-learn's smooth_idf");
+  add("grouping.llmlingua2_model", c.grouping.llmlingua2_model,
+      "LLMLingua-2 TorchScript export directory (scripts/export_llmlingua2.py)");
+  add("grouping.llmlingua2_aggregation", c.grouping.llmlingua2_aggregation,
+      "How a Llama token combines the word probabilities it overlaps")
+      .one_of({"max", "mean", "first"});
+  add("grouping.llmlingua2_window", c.grouping.llmlingua2_window,
+      "LLMLingua-2: classifier window in XLM-R ids incl. <s> and </s> (llmlingua uses 512)")
+      .range(3, 1 << 20);
+  add("grouping.llmlingua2_batch_size", c.grouping.llmlingua2_batch_size,
+      "LLMLingua-2: windows per classifier forward (CPU: 1-4 is fastest, see docs/benchmarks.md; GPU: larger)")
+      .range(1, 1 << 16);
+  add("grouping.llmlingua2_device", c.grouping.llmlingua2_device,
+      "LLMLingua-2: where the classifier runs (auto = cuda when available)")
+      .one_of({"auto", "cpu", "cuda"});
+  add("grouping.rho1_reference_model", c.grouping.rho1_reference_model,
+      "Rho-1: frozen reference model checkpoint directory, or `base` for a LoRA run's own frozen base model (adapters off: no second model in memory)");
+  add("grouping.rho1_extra_forward", c.grouping.rho1_extra_forward,
+      "Rho-1: take the current model's losses from a separate no-grad forward before each step (the pre-#6 way, one extra forward per micro-batch) instead of from the training forward itself");
 
-  add("loss.objective", c.loss.objective, "sftgo (group max + CE), ce (plain SFT) or rho1 (CE on important tokens only)").one_of({"sftgo", "ce", "rho1"});
-  add("loss.lambda_schedule", c.loss.lambda_schedule, "Static lambda or linear decay from lambda_max to lambda_min").one_of({"static", "linear_decay"});
+  add("loss.objective", c.loss.objective,
+      "sftgo (group max + CE), ce (plain SFT) or rho1 (CE on important tokens only)")
+      .one_of({"sftgo", "ce", "rho1"});
+  add("loss.lambda_schedule", c.loss.lambda_schedule, "Static lambda or linear decay from lambda_max to lambda_min")
+      .one_of({"static", "linear_decay"});
   add("loss.lambda", c.loss.lambda, "Static lambda: weight of the worst-group term").range(0, 1);
   add("loss.lambda_max", c.loss.lambda_max, "Linear decay: lambda at the first step").range(0, 1);
   add("loss.lambda_min", c.loss.lambda_min, "Linear decay: lambda at the last step").range(0, 1);
-  add("loss.scope", c.loss.scope, "Group means over the whole optimizer step (all micro-batches and ranks) or each micro-batch").one_of({"step", "microbatch"});
-  add("loss.chunk_tokens", c.loss.chunk_tokens, "Trained tokens per pass of the fused LM head + cross-entropy; 0 = all in one pass (vocabulary blocks are sized automatically)").range(0, 1 << 24);
+  add("loss.scope", c.loss.scope,
+      "Group means over the whole optimizer step (all micro-batches and ranks) or each micro-batch")
+      .one_of({"step", "microbatch"});
+  add("loss.chunk_tokens", c.loss.chunk_tokens,
+      "Trained tokens per pass of the fused LM head + cross-entropy; 0 = all in one pass (vocabulary blocks are sized automatically)")
+      .range(0, 1 << 24);
   add("loss.check_finite", c.loss.check_finite, "Check the loss and inputs for NaN/Inf every step");
 
   add("optim.lr", c.optim.lr, "Peak learning rate").above(0);
   add("optim.beta1", c.optim.beta1, "AdamW beta1").range(0, 1);
   add("optim.beta2", c.optim.beta2, "AdamW beta2").range(0, 1);
   add("optim.eps", c.optim.eps, "AdamW epsilon").above(0);
-  add("optim.weight_decay", c.optim.weight_decay, "Decoupled weight decay (not applied to norms and biases)").at_least(0);
+  add("optim.weight_decay", c.optim.weight_decay, "Decoupled weight decay (not applied to norms and biases)")
+      .at_least(0);
   add("optim.schedule", c.optim.schedule, "Learning-rate decay after warmup").one_of({"cosine", "linear", "constant"});
   add("optim.warmup_ratio", c.optim.warmup_ratio, "Warmup as a share of all optimizer steps").range(0, 1);
-  add("optim.warmup_steps", c.optim.warmup_steps, "Warmup steps; >= 0 overrides warmup_ratio; -1 = use warmup_ratio (at most 10^9 as train.max_steps)").range(-1, 1e9);
+  add("optim.warmup_steps", c.optim.warmup_steps,
+      "Warmup steps; >= 0 overrides warmup_ratio; -1 = use warmup_ratio (at most 10^9 as train.max_steps)")
+      .range(-1, 1e9);
   add("optim.min_lr_ratio", c.optim.min_lr_ratio, "Final learning rate as a share of the peak").range(0, 1);
   add("optim.grad_clip", c.optim.grad_clip, "Clip the global gradient norm to this; 0 disables").at_least(0);
 
   // Step counts: ceil(epochs x steps per epoch) must be an exact int64; 10^9 steps of even 10 ms is
   // 116 days, so a larger value is a typo, not a plan.
-  add("train.epochs", c.train.epochs, "Passes over the training data (at most 10^6, so that the step count ceil(epochs x steps per epoch) stays an exact integer)").above(0).at_most(1e6);
-  add("train.max_steps", c.train.max_steps, "Stop after this many optimizer steps (at most 10^9); -1 = run the epochs (0 is an error: it would train nothing)").range(1, 1e9).or_value(-1);
-  add("train.global_batch_size", c.train.global_batch_size, "Examples per optimizer step over all ranks (at most 2^20: a step runs its micro-batches one after another, so 2^31 examples made a step that never ended)").range(1, 1 << 20);
-  add("train.micro_batch_size", c.train.micro_batch_size, "Examples per forward pass on one rank (at most 2^16: one forward holds micro_batch_size x max_seq_len tokens)").range(1, 1 << 16);
-  add("train.precision", c.train.precision, "fp32; bf16 (bf16 weights and compute, fp32 master weights and AdamW state); or bf16_autocast (fp32 weights and AdamW state, forward and loss in bf16 under LibTorch autocast as torch.autocast does, backward outside it; needs model.dtype float32)").one_of({"fp32", "bf16", "bf16_autocast"});
+  add("train.epochs", c.train.epochs,
+      "Passes over the training data (at most 10^6, so that the step count ceil(epochs x steps per epoch) stays an exact integer)")
+      .above(0)
+      .at_most(1e6);
+  add("train.max_steps", c.train.max_steps,
+      "Stop after this many optimizer steps (at most 10^9); -1 = run the epochs (0 is an error: it would train nothing)")
+      .range(1, 1e9)
+      .or_value(-1);
+  add("train.global_batch_size", c.train.global_batch_size,
+      "Examples per optimizer step over all ranks (at most 2^20: a step runs its micro-batches one after another, so 2^31 examples made a step that never ended)")
+      .range(1, 1 << 20);
+  add("train.micro_batch_size", c.train.micro_batch_size,
+      "Examples per forward pass on one rank (at most 2^16: one forward holds micro_batch_size x max_seq_len tokens)")
+      .range(1, 1 << 16);
+  add("train.precision", c.train.precision,
+      "fp32; bf16 (bf16 weights and compute, fp32 master weights and AdamW state); or bf16_autocast (fp32 weights and AdamW state, forward and loss in bf16 under LibTorch autocast as torch.autocast does, backward outside it; needs model.dtype float32)")
+      .one_of({"fp32", "bf16", "bf16_autocast"});
   add("train.log_every", c.train.log_every, "Optimizer steps between metric lines").at_least(1);
   add("train.save_every", c.train.save_every, "Optimizer steps between checkpoints; 0 = only at the end").at_least(0);
   add("train.keep_last", c.train.keep_last, "Checkpoints kept on disk").at_least(1);
-  add("train.eval_every", c.train.eval_every, "Optimizer steps between eval-loss passes over data.eval_path; 0 = only at the end").at_least(0);
-  add("train.deterministic", c.train.deterministic, "GPU only: deterministic kernels (LibTorch deterministic algorithms, cuDNN deterministic, no cuDNN benchmark, math attention instead of flash/memory-efficient SDPA, CUBLAS_WORKSPACE_CONFIG) so a run and its resume are bit-reproducible on the same GPU and software; slower, and attention needs more memory. CPU runs are deterministic anyway (docs/gpu.md)");
-  add("train.gpu_peak_tflops", c.train.gpu_peak_tflops, "Dense bf16 peak TFLOP/s of one GPU for MFU; 0 = from the GPU's name (H100, H200, A100; other GPUs then report no MFU)").at_least(0);
+  add("train.eval_every", c.train.eval_every,
+      "Optimizer steps between eval-loss passes over data.eval_path; 0 = only at the end")
+      .at_least(0);
+  add("train.deterministic", c.train.deterministic,
+      "GPU only: deterministic kernels (LibTorch deterministic algorithms, cuDNN deterministic, no cuDNN benchmark, math attention instead of flash/memory-efficient SDPA, CUBLAS_WORKSPACE_CONFIG) so a run and its resume are bit-reproducible on the same GPU and software; slower, and attention needs more memory. CPU runs are deterministic anyway (docs/gpu.md)");
+  add("train.gpu_peak_tflops", c.train.gpu_peak_tflops,
+      "Dense bf16 peak TFLOP/s of one GPU for MFU; 0 = from the GPU's name (H100, H200, A100; other GPUs then report no MFU)")
+      .at_least(0);
   add("train.max_nan_skips", c.train.max_nan_skips, "Non-finite steps skipped before saving and stopping").at_least(0);
-  add("train.num_threads", c.train.num_threads, "CPU threads for LibTorch; 0 = its default (at most 65536: LibTorch takes an int)").range(0, 65536);
+  add("train.num_threads", c.train.num_threads,
+      "CPU threads for LibTorch; 0 = its default (at most 65536: LibTorch takes an int)")
+      .range(0, 65536);
 
-  add("dist.backend", c.dist.backend, "Process-group backend; auto = NCCL on GPU, Gloo on CPU").one_of({"auto", "nccl", "gloo"});
+  add("dist.backend", c.dist.backend, "Process-group backend; auto = NCCL on GPU, Gloo on CPU")
+      .one_of({"auto", "nccl", "gloo"});
   add("dist.master_addr", c.dist.master_addr, "Rendezvous address when MASTER_ADDR is not set");
   add("dist.master_port", c.dist.master_port, "Rendezvous port when MASTER_PORT is not set").range(1, 65535);
-  add("dist.timeout_s", c.dist.timeout_s, "Seconds before a stuck collective or a silent rank (no heartbeat) fails the job").above(0);
+  add("dist.timeout_s", c.dist.timeout_s,
+      "Seconds before a stuck collective or a silent rank (no heartbeat) fails the job")
+      .above(0);
   add("dist.zero1", c.dist.zero1, "Shard optimizer state (and fp32 master weights) across ranks");
   add("dist.bucket_mb", c.dist.bucket_mb, "Gradient all-reduce bucket size in MiB (plain data parallel)").above(0);
 
-  add("lora.enabled", c.lora.enabled, "Train LoRA adapters on a frozen base model instead of every weight (docs/lora.md)");
+  add("lora.enabled", c.lora.enabled,
+      "Train LoRA adapters on a frozen base model instead of every weight (docs/lora.md)");
   add("lora.rank", c.lora.rank, "LoRA rank r (PEFT's r)").range(1, 65536);
-  add("lora.alpha", c.lora.alpha, "LoRA alpha: the adapter output is scaled by alpha / rank (rsLoRA: alpha / sqrt(rank))").above(0);
-  add("lora.dropout", c.lora.dropout, "Dropout on the adapter input while training (PEFT's lora_dropout)").range(0, 0.999);
-  add("lora.target_modules", c.lora.target_modules, "Comma-separated layers that get adapters: any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head (untied head only), or all-linear (all but lm_head)");
+  add("lora.alpha", c.lora.alpha,
+      "LoRA alpha: the adapter output is scaled by alpha / rank (rsLoRA: alpha / sqrt(rank))")
+      .above(0);
+  add("lora.dropout", c.lora.dropout, "Dropout on the adapter input while training (PEFT's lora_dropout)")
+      .range(0, 0.999);
+  add("lora.target_modules", c.lora.target_modules,
+      "Comma-separated layers that get adapters: any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head (untied head only), or all-linear (all but lm_head)");
   add("lora.use_rslora", c.lora.use_rslora, "rsLoRA scaling alpha / sqrt(rank)");
-  add("lora.init", c.lora.init, "Adapter init: default = A Kaiming-uniform, B zeros (PEFT's); gaussian = A ~ N(0, 1/rank), B zeros").one_of({"default", "gaussian"});
-  add("lora.adapter_path", c.lora.adapter_path, "Start from this PEFT adapter directory (adapter_config.json + adapter_model.safetensors); its r and targets must match; empty = fresh init");
+  add("lora.init", c.lora.init,
+      "Adapter init: default = A Kaiming-uniform, B zeros (PEFT's); gaussian = A ~ N(0, 1/rank), B zeros")
+      .one_of({"default", "gaussian"});
+  add("lora.adapter_path", c.lora.adapter_path,
+      "Start from this PEFT adapter directory (adapter_config.json + adapter_model.safetensors); its r and targets must match; empty = fresh init");
   return f;
 }
 

@@ -25,12 +25,32 @@ struct Field {
   std::string yaml_name;             // name in YAML when it differs from the struct field
   std::optional<double> or_value_;   // one value accepted outside [min, max], e.g. -1 = "unset"
 
-  Field& range(double lo, double hi) { min = lo; max = hi; return *this; }
-  Field& at_most(double hi) { max = hi; return *this; }
-  Field& or_value(double v) { or_value_ = v; return *this; }
-  Field& at_least(double lo) { min = lo; return *this; }
-  Field& above(double lo) { min = lo; min_exclusive = true; return *this; }
-  Field& one_of(std::vector<std::string> values) { choices = std::move(values); return *this; }
+  Field& range(double lo, double hi) {
+    min = lo;
+    max = hi;
+    return *this;
+  }
+  Field& at_most(double hi) {
+    max = hi;
+    return *this;
+  }
+  Field& or_value(double v) {
+    or_value_ = v;
+    return *this;
+  }
+  Field& at_least(double lo) {
+    min = lo;
+    return *this;
+  }
+  Field& above(double lo) {
+    min = lo;
+    min_exclusive = true;
+    return *this;
+  }
+  Field& one_of(std::vector<std::string> values) {
+    choices = std::move(values);
+    return *this;
+  }
 };
 
 // Builds the field list bound to one Config instance.

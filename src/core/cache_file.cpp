@@ -82,10 +82,10 @@ std::optional<CacheFile> read_cache_file(const std::string& path, CacheKind kind
     warn_cache_rejected(path, kind, e.message());
     return std::nullopt;
   }
-  const std::string problem = bytes.size() < kCacheHeaderSize
-                                  ? sftgo::format("{} bytes, shorter than the {}-byte header", bytes.size(),
-                                                  kCacheHeaderSize)
-                                  : envelope_problem(bytes, kind, version, key);
+  const std::string problem =
+      bytes.size() < kCacheHeaderSize
+          ? sftgo::format("{} bytes, shorter than the {}-byte header", bytes.size(), kCacheHeaderSize)
+          : envelope_problem(bytes, kind, version, key);
   if (!problem.empty()) {
     warn_cache_rejected(path, kind, problem);
     return std::nullopt;

@@ -30,9 +30,12 @@ fs::path existing_dir(const fs::path& path) {
 
 std::string human_bytes(double b) {
   char buf[32];
-  if (b >= 1e9) std::snprintf(buf, sizeof buf, "%.1f GB", b / 1e9);
-  else if (b >= 1e6) std::snprintf(buf, sizeof buf, "%.1f MB", b / 1e6);
-  else std::snprintf(buf, sizeof buf, "%.0f KB", b / 1e3);
+  if (b >= 1e9)
+    std::snprintf(buf, sizeof buf, "%.1f GB", b / 1e9);
+  else if (b >= 1e6)
+    std::snprintf(buf, sizeof buf, "%.1f MB", b / 1e6);
+  else
+    std::snprintf(buf, sizeof buf, "%.0f KB", b / 1e3);
   return buf;
 }
 
@@ -102,8 +105,8 @@ void ensure_writable_directory(const std::string& dir, const std::string& what) 
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) {
-    SFTGO_FAIL_HINT(ErrorKind::kIo, "set " + what + " to a directory this user can create and write to", what, " ",
-                    dir, ": cannot create the directory: ", ec.message());
+    SFTGO_FAIL_HINT(ErrorKind::kIo, "set " + what + " to a directory this user can create and write to", what, " ", dir,
+                    ": cannot create the directory: ", ec.message());
   }
   SFTGO_CHECK_HINT(fs::is_directory(dir, ec), ErrorKind::kIo, "set " + what + " to a directory", what, " ", dir,
                    ": exists but is not a directory");

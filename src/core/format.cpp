@@ -62,9 +62,12 @@ std::string render(const FormatArg& a, std::string_view spec) {
   if (static_cast<int>(out.size()) < width) {
     const size_t pad = static_cast<size_t>(width) - out.size();
     if (!align) align = (a.kind == FormatArg::Kind::kString || a.kind == FormatArg::Kind::kBool) ? '<' : '>';
-    if (align == '<') out += std::string(pad, fill);
-    else if (align == '>') out = std::string(pad, fill) + out;
-    else out = std::string(pad / 2, fill) + out + std::string(pad - pad / 2, fill);
+    if (align == '<')
+      out += std::string(pad, fill);
+    else if (align == '>')
+      out = std::string(pad, fill) + out;
+    else
+      out = std::string(pad / 2, fill) + out + std::string(pad - pad / 2, fill);
   }
   return out;
 }
@@ -77,11 +80,25 @@ std::string vformat(std::string_view fmt, const std::vector<FormatArg>& args) {
   size_t next = 0;
   for (size_t i = 0; i < fmt.size(); ++i) {
     const char c = fmt[i];
-    if (c == '{' && i + 1 < fmt.size() && fmt[i + 1] == '{') { out += '{'; ++i; continue; }
-    if (c == '}' && i + 1 < fmt.size() && fmt[i + 1] == '}') { out += '}'; ++i; continue; }
-    if (c != '{') { out += c; continue; }
+    if (c == '{' && i + 1 < fmt.size() && fmt[i + 1] == '{') {
+      out += '{';
+      ++i;
+      continue;
+    }
+    if (c == '}' && i + 1 < fmt.size() && fmt[i + 1] == '}') {
+      out += '}';
+      ++i;
+      continue;
+    }
+    if (c != '{') {
+      out += c;
+      continue;
+    }
     const size_t close = fmt.find('}', i);
-    if (close == std::string_view::npos) { out.append(fmt.substr(i)); break; }
+    if (close == std::string_view::npos) {
+      out.append(fmt.substr(i));
+      break;
+    }
     std::string_view inner = fmt.substr(i + 1, close - i - 1);
     std::string_view spec = inner.empty() ? inner : (inner[0] == ':' ? inner.substr(1) : inner);
     // A missing argument prints the placeholder itself: a log line never throws.

@@ -58,8 +58,6 @@ static spdlog::logger& logger() {
 
 bool log_enabled(LogLevel level) { return logger().should_log(to_spdlog(level)); }
 
-void log_message(LogLevel level, std::string_view message) {
-  logger().log(to_spdlog(level), "{}", message);
-}
+void log_message(LogLevel level, std::string_view message) { logger().log(to_spdlog(level), "{}", message); }
 
 }  // namespace sftgo

@@ -88,11 +88,21 @@ size_t find_invalid_utf8(std::string_view s) {
     unsigned char c = static_cast<unsigned char>(s[i]);
     size_t len;
     uint32_t cp;
-    if (c < 0x80) { ++i; continue; }
-    if ((c & 0xE0) == 0xC0) { len = 2; cp = c & 0x1F; }
-    else if ((c & 0xF0) == 0xE0) { len = 3; cp = c & 0x0F; }
-    else if ((c & 0xF8) == 0xF0) { len = 4; cp = c & 0x07; }
-    else return i;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      cp = c & 0x07;
+    } else
+      return i;
     if (i + len > n) return i;
     for (size_t k = 1; k < len; ++k) {
       unsigned char cc = static_cast<unsigned char>(s[i + k]);
@@ -112,13 +122,16 @@ std::string excerpt(std::string_view s, size_t max_len) {
   std::string out;
   for (size_t i = 0; i < s.size() && out.size() < max_len; ++i) {
     unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c == '\n') out += "\\n";
-    else if (c == '\t') out += "\\t";
+    if (c == '\n')
+      out += "\\n";
+    else if (c == '\t')
+      out += "\\t";
     else if (c < 0x20 || c == 0x7F) {
       char buf[8];
       std::snprintf(buf, sizeof buf, "\\x%02x", c);
       out += buf;
-    } else out += static_cast<char>(c);
+    } else
+      out += static_cast<char>(c);
   }
   if (out.size() >= max_len && s.size() > max_len) out += "...";
   return out;
@@ -155,8 +168,8 @@ void write_file_atomic(const std::string& path, std::string_view content) {
   fs::rename(tmp, target, ec);
   if (ec) {
     std::remove(tmp.c_str());
-    SFTGO_FAIL_HINT(ErrorKind::kIo, write_error_hint(ec.value(), path), path,
-                    ": rename from temporary file failed (", ec.message(), ")");
+    SFTGO_FAIL_HINT(ErrorKind::kIo, write_error_hint(ec.value(), path), path, ": rename from temporary file failed (",
+                    ec.message(), ")");
   }
 }
 

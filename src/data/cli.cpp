@@ -31,10 +31,14 @@ bool is_terminal(const std::ostream& out) {
 std::string visible(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '\n') out += "\\n\n";
-    else if (c == '\t') out += "\\t";
-    else if (static_cast<unsigned char>(c) < 0x20) out += "?";
-    else out += c;
+    if (c == '\n')
+      out += "\\n\n";
+    else if (c == '\t')
+      out += "\\t";
+    else if (static_cast<unsigned char>(c) < 0x20)
+      out += "?";
+    else
+      out += c;
   }
   return out;
 }
@@ -50,8 +54,8 @@ void print_histogram(const std::vector<int64_t>& lengths, int64_t max_seq_len, s
   for (int b = 0; b < kBins; ++b) {
     const int64_t lo = b * width + 1, hi = (b + 1) * width;
     const int bar = most > 0 ? static_cast<int>(40 * counts[b] / most) : 0;
-    out << "  " << std::setw(6) << lo << "-" << std::left << std::setw(6) << hi << std::right << " "
-        << std::setw(8) << counts[b] << " " << std::string(static_cast<size_t>(bar), '#') << "\n";
+    out << "  " << std::setw(6) << lo << "-" << std::left << std::setw(6) << hi << std::right << " " << std::setw(8)
+        << counts[b] << " " << std::string(static_cast<size_t>(bar), '#') << "\n";
   }
 }
 
@@ -66,7 +70,9 @@ int run_data_cli(const DataOptions& opts, const Tokenizer& tok, int dump_n, std:
       << template_kind_name(opts.template_kind) << ", max_seq_len " << opts.max_seq_len << ", truncation "
       << truncation_name(opts.truncation) << ")\n";
   out << "  prepared in " << std::fixed << std::setprecision(3) << secs << " s"
-      << (ds.from_cache ? " (from cache " + ds.cache_path + ")" : ds.cache_path.empty() ? "" : " (cached to " + ds.cache_path + ")")
+      << (ds.from_cache           ? " (from cache " + ds.cache_path + ")"
+          : ds.cache_path.empty() ? ""
+                                  : " (cached to " + ds.cache_path + ")")
       << "\n";
   const auto row = [&](const char* label, int64_t value) {
     out << "  " << std::left << std::setw(34) << label << std::right << value << "\n";
@@ -87,7 +93,8 @@ int run_data_cli(const DataOptions& opts, const Tokenizer& tok, int dump_n, std:
   const bool colour = is_terminal(out);
   const std::string on = colour ? "\033[1;32m" : "[[", off = colour ? "\033[0m" : "]]";
   const int n = std::min<int>(dump_n, static_cast<int>(ds.examples.size()));
-  if (n > 0) out << "first " << n << " examples (trained tokens marked " << (colour ? "green" : "[[like this]]") << "):\n";
+  if (n > 0)
+    out << "first " << n << " examples (trained tokens marked " << (colour ? "green" : "[[like this]]") << "):\n";
   for (int i = 0; i < n; ++i) {
     const TokenizedExample& ex = ds.examples[static_cast<size_t>(i)];
     out << "--- example " << ex.index << " (" << ex.source.file << ":" << ex.source.line << ", " << ex.ids.size()
@@ -115,10 +122,11 @@ namespace {
 // the temporary file of a conversion that failed part-way, so OUT is either complete or untouched.
 class AtomicOutFile {
  public:
-  explicit AtomicOutFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())) {
+  explicit AtomicOutFile(std::string path)
+      : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())) {
     f_ = std::fopen(tmp_.c_str(), "wb");
-    SFTGO_CHECK_HINT(f_ != nullptr, ErrorKind::kIo, "check that the output directory exists and is writable",
-                     path_, ": cannot open for writing (", std::strerror(errno), ")");
+    SFTGO_CHECK_HINT(f_ != nullptr, ErrorKind::kIo, "check that the output directory exists and is writable", path_,
+                     ": cannot open for writing (", std::strerror(errno), ")");
   }
   AtomicOutFile(const AtomicOutFile&) = delete;
   AtomicOutFile& operator=(const AtomicOutFile&) = delete;
@@ -167,8 +175,10 @@ int run_data_convert(const DataOptions& opts, const std::string& out_path, std::
     with_input += !conv.input.empty();
     line = to_messages_json(conv);
     line += '\n';
-    if (file) file->write(line);
-    else out << line;
+    if (file)
+      file->write(line);
+    else
+      out << line;
   });
   SFTGO_CHECK_HINT(rs.records > 0, ErrorKind::kData, "check data.path and data.format", "no usable records in ",
                    opts.path, " (", rs.bad, " bad records skipped)");

@@ -23,12 +23,12 @@ Batch collate_rows(const Rows& rows, int64_t seq_len, int32_t pad_id, bool packe
 
   Batch batch;
   batch.packed = packed;
-  batch.input_ids = torch::full({b, seq_len}, static_cast<int64_t>(pad_id), torch::kInt64);  // [B, S]
-  batch.labels = torch::full({b, seq_len}, static_cast<int64_t>(kIgnoreLabel), torch::kInt64);  // [B, S]
-  batch.position_ids = torch::zeros({b, seq_len}, torch::kInt64);    // [B, S]
-  batch.document_ids = torch::zeros({b, seq_len}, torch::kInt32);    // [B, S]
-  batch.attention_mask = torch::zeros({b, seq_len}, torch::kBool);   // [B, S]
-  batch.groups = torch::zeros({b, seq_len}, torch::kUInt8);          // [B, S]
+  batch.input_ids = torch::full({b, seq_len}, static_cast<int64_t>(pad_id), torch::kInt64);               // [B, S]
+  batch.labels = torch::full({b, seq_len}, static_cast<int64_t>(kIgnoreLabel), torch::kInt64);            // [B, S]
+  batch.position_ids = torch::zeros({b, seq_len}, torch::kInt64);                                         // [B, S]
+  batch.document_ids = torch::zeros({b, seq_len}, torch::kInt32);                                         // [B, S]
+  batch.attention_mask = torch::zeros({b, seq_len}, torch::kBool);                                        // [B, S]
+  batch.groups = torch::zeros({b, seq_len}, torch::kUInt8);                                               // [B, S]
   for (const auto& name : score_names) batch.scores[name] = torch::zeros({b, seq_len}, torch::kFloat32);  // [B, S]
 
   int64_t* ids = batch.input_ids.data_ptr<int64_t>();

@@ -246,10 +246,9 @@ PreparedDataset prepare_dataset(const DataOptions& opts, const Tokenizer& tok) {
   s.bad_records = rs.bad + template_bad;
   ds.data_format = data_format_name(rs.format);
   if (s.bad_records > 0) log_warn("data: skipped {} bad records in {}", s.bad_records, opts.path);
-  SFTGO_CHECK_HINT(!ds.examples.empty(), ErrorKind::kData,
-                   "check the file format, max_seq_len and truncation policy", "no usable examples in ", opts.path,
-                   " (", s.records, " records, ", s.dropped_too_long + s.dropped_no_trained, " dropped, ",
-                   s.bad_records, " bad)");
+  SFTGO_CHECK_HINT(!ds.examples.empty(), ErrorKind::kData, "check the file format, max_seq_len and truncation policy",
+                   "no usable examples in ", opts.path, " (", s.records, " records, ",
+                   s.dropped_too_long + s.dropped_no_trained, " dropped, ", s.bad_records, " bad)");
   if (!cache_path.empty()) {
     save_dataset_cache(cache_path, key, ds);
     ds.cache_path = cache_path;

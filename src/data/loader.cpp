@@ -23,12 +23,12 @@ LoaderOptions loader_options(const DataOptions& opts, int32_t pad_id, int rank, 
 DataLoader::DataLoader(const PreparedDataset& ds, LoaderOptions opts)
     : ds_(ds),
       opts_(opts),
-      sampler_(static_cast<int64_t>(ds.examples.size()), opts.seed, opts.rank, opts.world_size, opts.shuffle, opts.tail) {
+      sampler_(static_cast<int64_t>(ds.examples.size()), opts.seed, opts.rank, opts.world_size, opts.shuffle,
+               opts.tail) {
   SFTGO_CHECK(opts.micro_batch_size > 0, ErrorKind::kConfig, "micro batch size must be positive, got ",
               opts.micro_batch_size);
   SFTGO_CHECK_HINT(sampler_.per_rank() > 0, ErrorKind::kData, "use a larger dataset or fewer ranks",
-                   "no examples for rank ", opts.rank, " of ", opts.world_size, " (", ds.examples.size(),
-                   " examples)");
+                   "no examples for rank ", opts.rank, " of ", opts.world_size, " (", ds.examples.size(), " examples)");
 }
 
 Batch DataLoader::next() {
@@ -37,7 +37,9 @@ Batch DataLoader::next() {
   SamplerState s = sampler_.state();
   if (s.index >= sampler_.per_rank()) s = {s.epoch + 1, 0};
   const std::vector<int64_t> order = sampler_.epoch_order(s.epoch);
-  const auto len = [&](size_t k) { return static_cast<int64_t>(ds_.examples[static_cast<size_t>(order[k])].ids.size()); };
+  const auto len = [&](size_t k) {
+    return static_cast<int64_t>(ds_.examples[static_cast<size_t>(order[k])].ids.size());
+  };
   size_t end = static_cast<size_t>(s.index);
   int64_t longest = 0, count = 0;
   while (end < order.size()) {
@@ -56,8 +58,9 @@ std::vector<Batch> DataLoader::next_step(int64_t examples) {
   std::vector<Batch> out;
   const auto m = static_cast<size_t>(opts_.micro_batch_size);
   for (size_t i = 0; i < indices.size(); i += m)
-    out.push_back(collate(std::vector<int64_t>(indices.begin() + static_cast<std::ptrdiff_t>(i),
-                                               indices.begin() + static_cast<std::ptrdiff_t>(std::min(indices.size(), i + m)))));
+    out.push_back(
+        collate(std::vector<int64_t>(indices.begin() + static_cast<std::ptrdiff_t>(i),
+                                     indices.begin() + static_cast<std::ptrdiff_t>(std::min(indices.size(), i + m)))));
   return out;
 }
 

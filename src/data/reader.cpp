@@ -43,10 +43,14 @@ Role parse_role(const json& r, size_t i) {
 // ShareGPT speaker names as public SFT sets write them (FastChat's ShareGPT dumps, axolotl and
 // LLaMA-Factory's sharegpt type). Tool/function turns have no place in sftgo's templates.
 bool parse_sharegpt_role(const std::string& s, Role& role) {
-  if (s == "human" || s == "user") role = Role::kUser;
-  else if (s == "gpt" || s == "assistant" || s == "chatgpt" || s == "bing" || s == "bard") role = Role::kAssistant;
-  else if (s == "system") role = Role::kSystem;
-  else return false;
+  if (s == "human" || s == "user")
+    role = Role::kUser;
+  else if (s == "gpt" || s == "assistant" || s == "chatgpt" || s == "bing" || s == "bard")
+    role = Role::kAssistant;
+  else if (s == "system")
+    role = Role::kSystem;
+  else
+    return false;
   return true;
 }
 
@@ -67,13 +71,13 @@ DataFormat detect_format(const json& obj) {
 // One ShareGPT turn: {"from": ..., "value": ...}, or {"role": ..., "content": ...} as some exports write it.
 Message sharegpt_turn(const json& t, size_t i) {
   if (!t.is_object())
-    bad(detail::concat("conversations[", i, "] must be an object with 'from' and 'value', got ", type_name(t),
-                       t.is_string() ? " (a list of strings is the LIMA format: set data.format to lima or auto)" : ""));
+    bad(detail::concat(
+        "conversations[", i, "] must be an object with 'from' and 'value', got ", type_name(t),
+        t.is_string() ? " (a list of strings is the LIMA format: set data.format to lima or auto)" : ""));
   const char* role_key = t.contains("from") ? "from" : t.contains("role") ? "role" : nullptr;
   if (!role_key) bad(detail::concat("conversations[", i, "] has no 'from' (or 'role') key"));
   const json& r = t[role_key];
-  if (!r.is_string())
-    bad(detail::concat("conversations[", i, "].", role_key, " must be a string, got ", type_name(r)));
+  if (!r.is_string()) bad(detail::concat("conversations[", i, "].", role_key, " must be a string, got ", type_name(r)));
   Message msg;
   if (!parse_sharegpt_role(r.get_ref<const std::string&>(), msg.role))
     bad(detail::concat("conversations[", i, "].", role_key, " is '", excerpt(r.get_ref<const std::string&>(), 20),
@@ -100,7 +104,9 @@ Conversation convert(const json& obj, DataFormat format) {
         const json& turn = (*it)[i];
         if (!turn.is_string())
           bad(detail::concat("conversations[", i, "] must be a string, got ", type_name(turn),
-                             turn.is_object() ? " (a list of {from, value} objects is ShareGPT: set data.format to sharegpt or auto)" : ""));
+                             turn.is_object()
+                                 ? " (a list of {from, value} objects is ShareGPT: set data.format to sharegpt or auto)"
+                                 : ""));
         conv.messages.push_back({i % 2 == 0 ? Role::kUser : Role::kAssistant, turn.get<std::string>()});
       }
       break;
@@ -135,7 +141,8 @@ Conversation convert(const json& obj, DataFormat format) {
     case DataFormat::kShareGpt: {
       auto it = obj.find("conversations");
       if (it == obj.end()) bad("missing field 'conversations'");
-      if (!it->is_array()) bad(detail::concat("'conversations' must be an array of {from, value} objects, got ", type_name(*it)));
+      if (!it->is_array())
+        bad(detail::concat("'conversations' must be an array of {from, value} objects, got ", type_name(*it)));
       // LLaMA-Factory's sharegpt type may carry the system prompt beside the turns.
       auto sys = obj.find("system");
       if (sys != obj.end() && !sys->is_null()) {
@@ -147,13 +154,13 @@ Conversation convert(const json& obj, DataFormat format) {
       for (size_t i = 0; i < it->size(); ++i) {
         Message msg = sharegpt_turn((*it)[i], i);
         if (top_system && msg.role == Role::kSystem)
-          bad(detail::concat("conversations[", i, "] is a system turn, but the record also has a 'system' field; keep one"));
+          bad(detail::concat("conversations[", i,
+                             "] is a system turn, but the record also has a 'system' field; keep one"));
         conv.messages.push_back(std::move(msg));
       }
       break;
     }
-    case DataFormat::kAuto:
-      SFTGO_FAIL(ErrorKind::kInternal, "convert() needs a concrete format");
+    case DataFormat::kAuto: SFTGO_FAIL(ErrorKind::kInternal, "convert() needs a concrete format");
   }
   // Checks shared by every format.
   bool any_assistant = false;
@@ -199,8 +206,8 @@ class RecordSink {
     } catch (const BadRecord& e) {
       std::string where = detail::concat(path_, ":", line);
       if (on_bad_ == OnBadRecord::kStop) {
-        SFTGO_FAIL_HINT(ErrorKind::kData, "fix the record, or set on_bad_record: skip to skip bad records",
-                        where, ": ", e.what);
+        SFTGO_FAIL_HINT(ErrorKind::kData, "fix the record, or set on_bad_record: skip to skip bad records", where, ": ",
+                        e.what);
       }
       ++stats_.bad;
       if (stats_.bad_reasons.size() < ReadStats::kMaxBadReasons) {
@@ -226,8 +233,8 @@ json parse_record(std::string_view text, const char* unit) {
   } catch (const json::parse_error& e) {
     bad(detail::concat("malformed JSON at column ", e.byte, ": ", e.what()));
   } catch (const json::out_of_range& e) {
-    bad(detail::concat("number out of range in this ", unit, " (JSON numbers must fit a 64-bit float): ",
-                       excerpt(e.what(), 120)));
+    bad(detail::concat("number out of range in this ", unit,
+                       " (JSON numbers must fit a 64-bit float): ", excerpt(e.what(), 120)));
   } catch (const json::exception& e) {
     bad(detail::concat("cannot read this ", unit, ": ", excerpt(e.what(), 120)));
   }
@@ -257,9 +264,12 @@ std::vector<Span> array_element_spans(std::string_view text) {
   for (size_t i = 0; i < text.size(); ++i) {
     char c = text[i];
     if (in_string) {
-      if (escape) escape = false;
-      else if (c == '\\') escape = true;
-      else if (c == '"') in_string = false;
+      if (escape)
+        escape = false;
+      else if (c == '\\')
+        escape = true;
+      else if (c == '"')
+        in_string = false;
       continue;
     }
     if (c == ' ' || c == '\t' || c == '\n' || c == '\r') continue;
@@ -267,7 +277,8 @@ std::vector<Span> array_element_spans(std::string_view text) {
       spans.push_back({i, text.size()});
       expect_element = false;
     }
-    if (c == '"') in_string = true;
+    if (c == '"')
+      in_string = true;
     else if (c == '[' || c == '{') {
       ++depth;
       if (depth == 1) expect_element = true;

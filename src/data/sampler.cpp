@@ -20,9 +20,7 @@ uint64_t splitmix64(uint64_t& state) {
 
 }  // namespace
 
-std::string SamplerState::to_json() const {
-  return nlohmann::json{{"epoch", epoch}, {"index", index}}.dump();
-}
+std::string SamplerState::to_json() const { return nlohmann::json{{"epoch", epoch}, {"index", index}}.dump(); }
 
 SamplerState SamplerState::from_json(const std::string& text) {
   try {
@@ -42,7 +40,8 @@ std::vector<int64_t> shuffled_indices(int64_t n, uint64_t seed, int64_t epoch) {
   splitmix64(state);
   for (int64_t i = n - 1; i > 0; --i) {
     // Multiply-shift maps a 64-bit draw onto [0, i]; the bias (< 2^-40 here) does not matter.
-    auto j = static_cast<int64_t>((static_cast<unsigned __int128>(splitmix64(state)) * static_cast<uint64_t>(i + 1)) >> 64);
+    auto j =
+        static_cast<int64_t>((static_cast<unsigned __int128>(splitmix64(state)) * static_cast<uint64_t>(i + 1)) >> 64);
     std::swap(order[i], order[j]);
   }
   return order;

@@ -151,8 +151,10 @@ TokenizedExample apply_template(const Conversation& conv, const Tokenizer& tok, 
       for (size_t i = 0; i < messages.size(); ++i) {
         const Message& m = messages[i];
         if (m.role == Role::kSystem) {
-          if (prompt.empty() && first_turn) prompt = m.content;
-          else prompt += "\n\n" + m.content;
+          if (prompt.empty() && first_turn)
+            prompt = m.content;
+          else
+            prompt += "\n\n" + m.content;
           continue;
         }
         if (m.role == Role::kUser) {
@@ -227,13 +229,13 @@ int64_t TokenizedExample::num_trained() const {
 }
 
 void TokenizedExample::check_consistent() const {
-  SFTGO_CHECK(labels.size() == ids.size(), ErrorKind::kInternal, "example ", index, ": ", labels.size(),
-              " labels for ", ids.size(), " ids");
+  SFTGO_CHECK(labels.size() == ids.size(), ErrorKind::kInternal, "example ", index, ": ", labels.size(), " labels for ",
+              ids.size(), " ids");
   SFTGO_CHECK(groups.empty() || groups.size() == ids.size(), ErrorKind::kInternal, "example ", index, ": ",
               groups.size(), " group entries for ", ids.size(), " ids");
   for (const auto& [name, v] : scores) {
-    SFTGO_CHECK(v.size() == ids.size(), ErrorKind::kInternal, "example ", index, ": score '", name, "' has ",
-                v.size(), " entries for ", ids.size(), " ids");
+    SFTGO_CHECK(v.size() == ids.size(), ErrorKind::kInternal, "example ", index, ": score '", name, "' has ", v.size(),
+                " entries for ", ids.size(), " ids");
   }
 }
 

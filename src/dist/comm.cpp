@@ -24,9 +24,7 @@ constexpr auto kHeartbeatPeriod = std::chrono::milliseconds(500);
 std::string hb_key(int r) { return "sftgo/hb/" + std::to_string(r); }
 std::string done_key(int r) { return "sftgo/done/" + std::to_string(r); }
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 }  // namespace
 
@@ -81,7 +79,8 @@ std::shared_ptr<Comm> Comm::create(const LaunchEnv& env, const CommOptions& opti
   try {
     c->impl_->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
   } catch (const std::exception& e) {
-    SFTGO_FAIL_HINT(ErrorKind::kDist, "check MASTER_ADDR/MASTER_PORT (or dist.master_addr/master_port) and that every rank started",
+    SFTGO_FAIL_HINT(ErrorKind::kDist,
+                    "check MASTER_ADDR/MASTER_PORT (or dist.master_addr/master_port) and that every rank started",
                     "rank ", env.rank, "/", env.world_size, ": rendezvous at ", c->impl_->store_addr, " failed within ",
                     options.timeout_s, " s: ", e.what());
   }
@@ -95,7 +94,8 @@ std::shared_ptr<Comm> Comm::create(const LaunchEnv& env, const CommOptions& opti
                                     : c10d::ProcessGroupGloo::createDefaultDevice());
       c->impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, env.rank, env.world_size, o);
     } else {
-      SFTGO_CHECK(nccl_available(), ErrorKind::kConfig, "dist.backend nccl: this build has no NCCL process group "
+      SFTGO_CHECK(nccl_available(), ErrorKind::kConfig,
+                  "dist.backend nccl: this build has no NCCL process group "
                   "(built without the CUDA toolkit)");
       c->impl_->pg = make_nccl_backend(prefixed, env.rank, env.world_size, timeout);
     }
@@ -107,10 +107,11 @@ std::shared_ptr<Comm> Comm::create(const LaunchEnv& env, const CommOptions& opti
   c->impl_->store->add(hb_key(env.rank), 1);
   stop_with_launcher(env);
   if (env.rank == 0 && env.launcher == "mpirun" && env.kill_grace_s < 30)
-    log_info("on Ctrl-C mpirun sends the ranks SIGTERM after {:.0f} s and SIGKILL {:.0f} s later; to save a "
-             "checkpoint then, a step plus a save must fit in {:.0f} s: start mpirun with --mca "
-             "odls_base_sigkill_timeout <seconds> (docs/architecture.md, data parallelism)", env.kill_grace_s,
-             env.kill_grace_s, env.kill_grace_s);
+    log_info(
+        "on Ctrl-C mpirun sends the ranks SIGTERM after {:.0f} s and SIGKILL {:.0f} s later; to save a "
+        "checkpoint then, a step plus a save must fit in {:.0f} s: start mpirun with --mca "
+        "odls_base_sigkill_timeout <seconds> (docs/architecture.md, data parallelism)",
+        env.kill_grace_s, env.kill_grace_s, env.kill_grace_s);
   return c;
 }
 
@@ -225,14 +226,18 @@ void Comm::start_watchdog() {
             last[static_cast<size_t>(r)] = v;
             changed[static_cast<size_t>(r)] = t;
           } else if (t - changed[static_cast<size_t>(r)] > limit && im->store->add(done_key(r), 0) == 0) {
-            fatal_exit(format("rank {}: rank {} sent no heartbeat for {:.0f} s (dist.timeout_s = {:.0f}): it died or hangs; "
-                              "exiting", me, r, t - changed[static_cast<size_t>(r)], limit));
+            fatal_exit(
+                format("rank {}: rank {} sent no heartbeat for {:.0f} s (dist.timeout_s = {:.0f}): it died or hangs; "
+                       "exiting",
+                       me, r, t - changed[static_cast<size_t>(r)], limit));
           }
         }
       } catch (const std::exception& e) {
         if (im->stop_watchdog) return;
-        fatal_exit(format("rank {}: lost the rendezvous store at {} ({}): rank 0 (its host) or the launcher died; "
-                          "exiting", me, im->store_addr, e.what()));
+        fatal_exit(
+            format("rank {}: lost the rendezvous store at {} ({}): rank 0 (its host) or the launcher died; "
+                   "exiting",
+                   me, im->store_addr, e.what()));
       }
       std::this_thread::sleep_for(kHeartbeatPeriod);
     }

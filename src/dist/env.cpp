@@ -131,8 +131,9 @@ LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, i
   SFTGO_CHECK(e.rank < e.world_size, ErrorKind::kDist, "rank ", e.rank, " from the ", e.launcher,
               " environment is not below the world size ", e.world_size);
   SFTGO_CHECK(e.local_size <= e.world_size && e.local_rank < e.local_size, ErrorKind::kDist, "the ", e.launcher,
-              " environment puts local rank ", e.local_rank, " among ", e.local_size, " ranks on this host of a world of ",
-              e.world_size, ": expected local rank < ranks on this host <= world size");
+              " environment puts local rank ", e.local_rank, " among ", e.local_size,
+              " ranks on this host of a world of ", e.world_size,
+              ": expected local rank < ranks on this host <= world size");
   const char* addr = getenv("MASTER_ADDR");
   e.master_addr = addr != nullptr && *addr != '\0' ? std::string(addr) : default_addr;
   e.master_addr_source = addr != nullptr && *addr != '\0' ? "MASTER_ADDR" : "config";
@@ -155,18 +156,21 @@ LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, i
                              : e.launcher == "torchrun" ? "LOCAL_WORLD_SIZE"
                              : e.launcher == "pmi"      ? "MPI_LOCALNRANKS"
                                                         : "SLURM_STEP_TASKS_PER_NODE";
-      const char* example = e.launcher == "mpirun"
-                                ? "mpirun -x MASTER_ADDR=<rank 0's host> -x MASTER_PORT=29500 --hostfile HOSTS -np N ..."
-                            : e.launcher == "torchrun"
-                                ? "torchrun --nnodes N --rdzv-backend c10d --rdzv-endpoint <rank 0's host>:29500 ..."
-                                : "export MASTER_ADDR=<rank 0's host> MASTER_PORT=29500 before launching";
+      const char* example =
+          e.launcher == "mpirun"
+              ? "mpirun -x MASTER_ADDR=<rank 0's host> -x MASTER_PORT=29500 --hostfile HOSTS -np N ..."
+          : e.launcher == "torchrun"
+              ? "torchrun --nnodes N --rdzv-backend c10d --rdzv-endpoint <rank 0's host>:29500 ..."
+              : "export MASTER_ADDR=<rank 0's host> MASTER_PORT=29500 before launching";
       SFTGO_FAIL_HINT(ErrorKind::kDist,
                       sftgo::format("set MASTER_ADDR (and MASTER_PORT) to rank 0's host for every rank, e.g. {}; or "
                                     "set dist.master_addr in the config (docs/gpu.md, several nodes)",
                                     example),
                       "this ", e.launcher, " job spans several hosts (", e.local_size, " of its ", e.world_size,
-                      " ranks on this host, ", size_var, ") but MASTER_ADDR is not set, so every host would "
-                      "rendezvous at its own ", e.master_addr.empty() ? std::string("127.0.0.1") : e.master_addr,
+                      " ranks on this host, ", size_var,
+                      ") but MASTER_ADDR is not set, so every host would "
+                      "rendezvous at its own ",
+                      e.master_addr.empty() ? std::string("127.0.0.1") : e.master_addr,
                       " (dist.master_addr) and wait there until dist.timeout_s");
     }
   }

@@ -98,8 +98,8 @@ void reset_gpu_peak_memory(c10::Device device) {
 // ---- rank -> device ------------------------------------------------------------------------------
 
 int rank_device_index(const LaunchEnv& env, int device_count, const char* cuda_visible_devices) {
-  SFTGO_CHECK_HINT(device_count > 0, ErrorKind::kDist, "check nvidia-smi and CUDA_VISIBLE_DEVICES",
-                   "rank ", env.rank, ": no CUDA device is visible");
+  SFTGO_CHECK_HINT(device_count > 0, ErrorKind::kDist, "check nvidia-smi and CUDA_VISIBLE_DEVICES", "rank ", env.rank,
+                   ": no CUDA device is visible");
   int listed = -1;  // ids in CUDA_VISIBLE_DEVICES; -1 = unset
   if (cuda_visible_devices != nullptr) {
     std::string v(cuda_visible_devices);
@@ -110,14 +110,18 @@ int rank_device_index(const LaunchEnv& env, int device_count, const char* cuda_v
   if (device_count == 1) {
     SFTGO_CHECK_HINT(env.local_size <= 1, ErrorKind::kDist,
                      "start one rank per GPU on each host, or give each rank its own GPU through CUDA_VISIBLE_DEVICES",
-                     "rank ", env.rank, ": ", env.local_size, " ranks on this host would share its only visible GPU "
+                     "rank ", env.rank, ": ", env.local_size,
+                     " ranks on this host would share its only visible GPU "
                      "(NCCL needs a GPU per rank)");
     return 0;
   }
-  SFTGO_CHECK_HINT(env.local_rank < device_count, ErrorKind::kDist,
-                   "start at most one rank per GPU on each host (mpirun -npernode / torchrun --nproc-per-node)",
-                   "rank ", env.rank, " is local rank ", env.local_rank, " on its host, which has only ", device_count,
-                   " visible GPUs", listed > 0 ? " (CUDA_VISIBLE_DEVICES=" + std::string(cuda_visible_devices) + ")" : "");
+  SFTGO_CHECK_HINT(
+      env.local_rank<device_count, ErrorKind::kDist,
+                     "start at most one rank per GPU on each host (mpirun -npernode / torchrun --nproc-per-node)",
+                     "rank ", env.rank, " is local rank ", env.local_rank, " on its host, which has only ",
+                     device_count, " visible GPUs", listed> 0
+          ? " (CUDA_VISIBLE_DEVICES=" + std::string(cuda_visible_devices) + ")"
+          : "");
   return env.local_rank;
 }
 
@@ -139,8 +143,8 @@ c10::Device bind_rank_device(const LaunchEnv& env, const std::string& device_nam
       SFTGO_FAIL(ErrorKind::kConfig, "model.device '", device_name, "': expected cuda:N");
     }
     index = d.index();
-    SFTGO_CHECK(index < static_cast<int>(torch::cuda::device_count()), ErrorKind::kConfig, "model.device ",
-                device_name, ": only ", torch::cuda::device_count(), " CUDA devices are visible");
+    SFTGO_CHECK(index < static_cast<int>(torch::cuda::device_count()), ErrorKind::kConfig, "model.device ", device_name,
+                ": only ", torch::cuda::device_count(), " CUDA devices are visible");
   } else {
     const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
     index = rank_device_index(env, static_cast<int>(torch::cuda::device_count()), visible);

@@ -60,14 +60,15 @@ std::string nccl_world1_smoke(int device_index) {
   c10d::BarrierOptions b;
   b.device_ids = {static_cast<int64_t>(device_index)};
   pg->barrier(b)->wait();
-  return sftgo::format("nccl smoke: {}reduce_scatter all_gather barrier exact on {} (NCCL headers {})", done,
-                       dev.str(), sftgo::nccl_version());
+  return sftgo::format("nccl smoke: {}reduce_scatter all_gather barrier exact on {} (NCCL headers {})", done, dev.str(),
+                       sftgo::nccl_version());
 }
 #else
 bool nccl_available() { return false; }
 
 std::string nccl_world1_smoke(int) {
-  SFTGO_FAIL(ErrorKind::kDist, "NCCL smoke test: this build has no NCCL process group (sftgo-train --version: NCCL none)");
+  SFTGO_FAIL(ErrorKind::kDist,
+             "NCCL smoke test: this build has no NCCL process group (sftgo-train --version: NCCL none)");
 }
 
 c10::intrusive_ptr<c10d::Backend> make_nccl_backend(const c10::intrusive_ptr<c10d::Store>&, int, int,

@@ -33,15 +33,15 @@ struct GradReducer::Impl {
   std::shared_ptr<Comm> comm;
   std::vector<at::Tensor> params;
   std::vector<BucketPlan> plan;
-  std::vector<at::Tensor> flat;           // per bucket [numel], the params' dtype and device: the gradients
-  std::vector<size_t> bucket_of;          // param -> bucket
-  std::vector<int64_t> offset;            // param -> offset in its bucket
-  std::vector<char> ready;                // param's gradient is final for this step
-  std::vector<int64_t> pending;           // bucket -> params still missing
-  std::vector<Work> works;                // bucket -> in-flight all-reduce
-  size_t next_launch = 0;                 // buckets launch strictly in order on every rank
+  std::vector<at::Tensor> flat;   // per bucket [numel], the params' dtype and device: the gradients
+  std::vector<size_t> bucket_of;  // param -> bucket
+  std::vector<int64_t> offset;    // param -> offset in its bucket
+  std::vector<char> ready;        // param's gradient is final for this step
+  std::vector<int64_t> pending;   // bucket -> params still missing
+  std::vector<Work> works;        // bucket -> in-flight all-reduce
+  size_t next_launch = 0;         // buckets launch strictly in order on every rank
   bool armed = false;
-  int64_t copied = 0;                     // gradients that were not views and had to be copied in
+  int64_t copied = 0;  // gradients that were not views and had to be copied in
   bool warned = false;
 
   // Param i's slice of its bucket, shaped like the param (contiguous: the layout AccumulateGrad
@@ -64,8 +64,10 @@ struct GradReducer::Impl {
     if (is_view(i)) return;
     at::Tensor v = view(i);
     const at::Tensor& g = params[i].grad();
-    if (g.defined()) v.copy_(g);
-    else v.zero_();
+    if (g.defined())
+      v.copy_(g);
+    else
+      v.zero_();
     params[i].mutable_grad() = v;
     ++copied;
   }
@@ -190,8 +192,10 @@ void GradReducer::finish() {
   }
   if (s.copied > 0 && !s.warned) {
     s.warned = true;
-    log_warn("gradient reducer: {} gradients were not views of the all-reduce buckets (set to None or replaced "
-             "between steps) and were copied in; zero them with GradReducer::zero_grad()", s.copied);
+    log_warn(
+        "gradient reducer: {} gradients were not views of the all-reduce buckets (set to None or replaced "
+        "between steps) and were copied in; zero them with GradReducer::zero_grad()",
+        s.copied);
   }
   std::fill(s.ready.begin(), s.ready.end(), 0);
   for (size_t b = 0; b < s.plan.size(); ++b) s.pending[b] = static_cast<int64_t>(s.plan[b].params.size());

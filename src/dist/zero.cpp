@@ -15,7 +15,8 @@ std::string zero_shard_file_name(int rank, int world_size) {
   return format("zero_rank{:05d}_of_{:05d}.pt", rank, world_size);
 }
 
-ZeroAdamW::ZeroAdamW(std::shared_ptr<Comm> comm, const optim::NamedParameters& params, const optim::AdamWOptions& options)
+ZeroAdamW::ZeroAdamW(std::shared_ptr<Comm> comm, const optim::NamedParameters& params,
+                     const optim::AdamWOptions& options)
     : comm_(std::move(comm)), options_(options) {
   torch::NoGradGuard no_grad;
   for (const auto& [name, p] : params) {
@@ -150,11 +151,14 @@ void ZeroAdamW::load_shards(const std::vector<std::string>& paths) {
       SFTGO_FAIL(ErrorKind::kFormat, path, ": not a ZeRO-1 shard (", e.what_without_backtrace(), ")");
     }
     SFTGO_CHECK(range.numel() == 4 && m.numel() == range[1].item<int64_t>() && ea.numel() == m.numel() &&
-                    es.numel() == m.numel(), ErrorKind::kFormat, path, ": inconsistent ZeRO-1 shard tensors");
+                    es.numel() == m.numel(),
+                ErrorKind::kFormat, path, ": inconsistent ZeRO-1 shard tensors");
     const int64_t fb = range[0].item<int64_t>(), fs = range[1].item<int64_t>(), fn = range[2].item<int64_t>();
-    SFTGO_CHECK(fn == numel_, ErrorKind::kFormat, path, ": shard of a model with ", fn, " parameters, this one has ", numel_);
+    SFTGO_CHECK(fn == numel_, ErrorKind::kFormat, path, ": shard of a model with ", fn, " parameters, this one has ",
+                numel_);
     const int64_t fsteps = range[3].item<int64_t>();
-    SFTGO_CHECK(steps < 0 || steps == fsteps, ErrorKind::kFormat, path, ": step count ", fsteps, " differs from other shards (", steps, ")");
+    SFTGO_CHECK(steps < 0 || steps == fsteps, ErrorKind::kFormat, path, ": step count ", fsteps,
+                " differs from other shards (", steps, ")");
     steps = fsteps;
     const int64_t lo = std::max(fb, begin_), hi = std::min({fb + fs, end});
     if (lo >= hi) continue;
@@ -165,7 +169,8 @@ void ZeroAdamW::load_shards(const std::vector<std::string>& paths) {
     filled += hi - lo;
   }
   SFTGO_CHECK(filled == std::max<int64_t>(0, end - begin_), ErrorKind::kFormat, "ZeRO-1 resume: the shard files cover ",
-              filled, " of this rank's ", std::max<int64_t>(0, end - begin_), " values (missing or overlapping shard files)");
+              filled, " of this rank's ", std::max<int64_t>(0, end - begin_),
+              " values (missing or overlapping shard files)");
   steps_ = steps;
   // The working parameters follow the restored fp32 masters (exact for bf16 runs too).
   gather_params();

@@ -108,7 +108,7 @@ void score_rows(model::LlamaModelImpl& model, const Tensor& hidden, const std::v
   for (int64_t s = 0; s < total; s += kRows) {
     const int64_t e = std::min(total, s + kRows);
     Tensor logits = model.logits(hidden.slice(0, s, e).unsqueeze(0)).squeeze(0);  // [r,V]
-    Tensor logp = torch::log_softmax(logits.to(torch::kFloat), -1);                // [r,V]
+    Tensor logp = torch::log_softmax(logits.to(torch::kFloat), -1);               // [r,V]
     Tensor t = tgt.slice(0, s, e);
     Tensor tok_lp = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1).to(torch::kCPU, torch::kDouble);
     Tensor is_max = (logp.argmax(-1) == t).to(torch::kCPU, torch::kUInt8);
@@ -155,8 +155,7 @@ std::vector<LoglikResult> loglikelihood(model::LlamaModelImpl& model, const std:
   std::vector<size_t> order(pairs.size());
   std::iota(order.begin(), order.end(), 0);
   // Longest first: each batch pads little and the first batch shows the peak memory at once.
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return inputs[a].size() > inputs[b].size(); });
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return inputs[a].size() > inputs[b].size(); });
   size_t next = 0;
   while (next < order.size()) {
     const auto len = static_cast<int64_t>(inputs[order[next]].size());
@@ -165,7 +164,7 @@ std::vector<LoglikResult> loglikelihood(model::LlamaModelImpl& model, const std:
     for (; next < order.size() && static_cast<int64_t>(members.size()) < rows; ++next) members.push_back(order[next]);
     const auto b = static_cast<int64_t>(members.size());
     Tensor ids = torch::zeros({b, len}, torch::kInt64);  // [b,len], right padding (causal: harmless)
-    std::vector<int64_t> flat_pos, targets;                // continuation positions in [b*len]
+    std::vector<int64_t> flat_pos, targets;              // continuation positions in [b*len]
     for (int64_t m = 0; m < b; ++m) {
       const auto& in = inputs[members[m]];
       const auto& cont = pairs[members[m]].continuation;
@@ -220,8 +219,8 @@ std::vector<LoglikResult> loglikelihood_shared_context(model::LlamaModelImpl& mo
     const auto steps = static_cast<int64_t>(maxl) - 1;  // continuation tokens that are model inputs
     model::KVCache cache = model::KVCache::create(model.config(), 1, c, opts);
     Tensor hc = model.forward_cached(torch::tensor(ctx, torch::kInt64).unsqueeze(0).to(dev), cache);  // [1,c,H]
-    Tensor last = hc[0][c - 1].unsqueeze(0);                                                             // [1,H]
-    Tensor hn;  // [n,steps,H]
+    Tensor last = hc[0][c - 1].unsqueeze(0);                                                          // [1,H]
+    Tensor hn;                                                                                        // [n,steps,H]
     if (steps > 0) {
       // The context's keys/values, repeated for the n continuations, then the continuations on top.
       model::KVCache big;
@@ -325,8 +324,7 @@ TaskResult run_eval(const EvalOptions& o) {
   const bool own_pool = o.fewshot_path.empty() || o.fewshot_path == o.data_path;
   if (o.shots > 0 && !own_pool) pool_own = read_task_file(task, o.fewshot_path);
   const std::vector<Doc>& pool = own_pool ? all_docs : pool_own;
-  const size_t n_docs =
-      o.limit >= 0 ? std::min(all_docs.size(), static_cast<size_t>(o.limit)) : all_docs.size();
+  const size_t n_docs = o.limit >= 0 ? std::min(all_docs.size(), static_cast<size_t>(o.limit)) : all_docs.size();
   SFTGO_CHECK(n_docs > 0, ErrorKind::kUsage, "--limit ", o.limit, " leaves no documents");
 
   Tokenizer tok = Tokenizer::load(o.tokenizer_path.empty() ? o.model_dir : o.tokenizer_path);
@@ -397,8 +395,8 @@ TaskResult run_eval(const EvalOptions& o) {
     for (const auto& name : task.metrics) per_metric[name].push_back(dm.at(name));
     if (task.kind == TaskKind::kMmlu) per_subject[doc.subject].push_back(dm.at("acc"));
     if (samples.is_open()) {
-      json s = {{"doc", d},          {"source", doc.source}, {"context", contexts[d]}, {"choices", doc.choices},
-                {"gold", doc.gold},  {"loglikelihoods", lls}, {"is_greedy", greedy},    {"metrics", dm}};
+      json s = {{"doc", d},         {"source", doc.source},  {"context", contexts[d]}, {"choices", doc.choices},
+                {"gold", doc.gold}, {"loglikelihoods", lls}, {"is_greedy", greedy},    {"metrics", dm}};
       samples << s.dump() << "\n";
     }
   }

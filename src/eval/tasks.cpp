@@ -47,27 +47,63 @@ constexpr const char* kTruthfulQaPrimer =
 // The 57 MMLU subjects and lm_eval's category (the tag of each mmlu_<subject> task).
 const std::vector<std::pair<std::string, std::string>>& mmlu_subjects() {
   static const std::vector<std::pair<std::string, std::string>> kSubjects = {
-      {"abstract_algebra", "stem"}, {"anatomy", "stem"}, {"astronomy", "stem"}, {"business_ethics", "other"},
-      {"clinical_knowledge", "other"}, {"college_biology", "stem"}, {"college_chemistry", "stem"},
-      {"college_computer_science", "stem"}, {"college_mathematics", "stem"}, {"college_medicine", "other"},
-      {"college_physics", "stem"}, {"computer_security", "stem"}, {"conceptual_physics", "stem"},
-      {"econometrics", "social_sciences"}, {"electrical_engineering", "stem"}, {"elementary_mathematics", "stem"},
-      {"formal_logic", "humanities"}, {"global_facts", "other"}, {"high_school_biology", "stem"},
-      {"high_school_chemistry", "stem"}, {"high_school_computer_science", "stem"},
-      {"high_school_european_history", "humanities"}, {"high_school_geography", "social_sciences"},
-      {"high_school_government_and_politics", "social_sciences"}, {"high_school_macroeconomics", "social_sciences"},
-      {"high_school_mathematics", "stem"}, {"high_school_microeconomics", "social_sciences"},
-      {"high_school_physics", "stem"}, {"high_school_psychology", "social_sciences"},
-      {"high_school_statistics", "stem"}, {"high_school_us_history", "humanities"},
-      {"high_school_world_history", "humanities"}, {"human_aging", "other"}, {"human_sexuality", "social_sciences"},
-      {"international_law", "humanities"}, {"jurisprudence", "humanities"}, {"logical_fallacies", "humanities"},
-      {"machine_learning", "stem"}, {"management", "other"}, {"marketing", "other"}, {"medical_genetics", "other"},
-      {"miscellaneous", "other"}, {"moral_disputes", "humanities"}, {"moral_scenarios", "humanities"},
-      {"nutrition", "other"}, {"philosophy", "humanities"}, {"prehistory", "humanities"},
-      {"professional_accounting", "other"}, {"professional_law", "humanities"}, {"professional_medicine", "other"},
-      {"professional_psychology", "social_sciences"}, {"public_relations", "social_sciences"},
-      {"security_studies", "social_sciences"}, {"sociology", "social_sciences"},
-      {"us_foreign_policy", "social_sciences"}, {"virology", "other"}, {"world_religions", "humanities"},
+      {"abstract_algebra", "stem"},
+      {"anatomy", "stem"},
+      {"astronomy", "stem"},
+      {"business_ethics", "other"},
+      {"clinical_knowledge", "other"},
+      {"college_biology", "stem"},
+      {"college_chemistry", "stem"},
+      {"college_computer_science", "stem"},
+      {"college_mathematics", "stem"},
+      {"college_medicine", "other"},
+      {"college_physics", "stem"},
+      {"computer_security", "stem"},
+      {"conceptual_physics", "stem"},
+      {"econometrics", "social_sciences"},
+      {"electrical_engineering", "stem"},
+      {"elementary_mathematics", "stem"},
+      {"formal_logic", "humanities"},
+      {"global_facts", "other"},
+      {"high_school_biology", "stem"},
+      {"high_school_chemistry", "stem"},
+      {"high_school_computer_science", "stem"},
+      {"high_school_european_history", "humanities"},
+      {"high_school_geography", "social_sciences"},
+      {"high_school_government_and_politics", "social_sciences"},
+      {"high_school_macroeconomics", "social_sciences"},
+      {"high_school_mathematics", "stem"},
+      {"high_school_microeconomics", "social_sciences"},
+      {"high_school_physics", "stem"},
+      {"high_school_psychology", "social_sciences"},
+      {"high_school_statistics", "stem"},
+      {"high_school_us_history", "humanities"},
+      {"high_school_world_history", "humanities"},
+      {"human_aging", "other"},
+      {"human_sexuality", "social_sciences"},
+      {"international_law", "humanities"},
+      {"jurisprudence", "humanities"},
+      {"logical_fallacies", "humanities"},
+      {"machine_learning", "stem"},
+      {"management", "other"},
+      {"marketing", "other"},
+      {"medical_genetics", "other"},
+      {"miscellaneous", "other"},
+      {"moral_disputes", "humanities"},
+      {"moral_scenarios", "humanities"},
+      {"nutrition", "other"},
+      {"philosophy", "humanities"},
+      {"prehistory", "humanities"},
+      {"professional_accounting", "other"},
+      {"professional_law", "humanities"},
+      {"professional_medicine", "other"},
+      {"professional_psychology", "social_sciences"},
+      {"public_relations", "social_sciences"},
+      {"security_studies", "social_sciences"},
+      {"sociology", "social_sciences"},
+      {"us_foreign_policy", "social_sciences"},
+      {"virology", "other"},
+      {"world_religions", "humanities"},
   };
   return kSubjects;
 }
@@ -133,7 +169,8 @@ std::vector<std::string> str_list(const json& v, const std::string& what, const 
 // HF "choices": {"text": [...], "label": [...]} (ARC, OpenBookQA).
 void labelled_choices(const json& j, const std::string& answer_key, Doc& d, const std::string& src) {
   const json& c = field(j, "choices", src);
-  SFTGO_CHECK(c.is_object(), ErrorKind::kData, src, ": field \"choices\" must be an object {\"text\": [...], \"label\": [...]}");
+  SFTGO_CHECK(c.is_object(), ErrorKind::kData, src,
+              ": field \"choices\" must be an object {\"text\": [...], \"label\": [...]}");
   SFTGO_CHECK(c.contains("text") && c.contains("label"), ErrorKind::kData, src,
               ": field \"choices\" needs \"text\" and \"label\" lists");
   d.choices = str_list(c["text"], "choices.text", src);
@@ -168,8 +205,8 @@ const TaskInfo& find_task(const std::string& name) {
   for (const auto& t : all_tasks())
     if (t.name == name) return t;
   const auto names = task_names();
-  SFTGO_FAIL_HINT(ErrorKind::kUsage, "known tasks: " + join(names, ", "), "unknown task '", name,
-                  "'; did you mean '", closest_match(name, names), "'?");
+  SFTGO_FAIL_HINT(ErrorKind::kUsage, "known tasks: " + join(names, ", "), "unknown task '", name, "'; did you mean '",
+                  closest_match(name, names), "'?");
 }
 
 std::vector<std::string> task_names() {
@@ -228,8 +265,10 @@ std::vector<std::string> mathqa_choices(const std::string& s) {
     if (end == std::string::npos && c == 'e' && opens(pos)) {
       // '$' matches at the end or before a final newline; '.' never crosses a newline.
       size_t nl = s.find('\n', pos + 4);
-      if (nl == std::string::npos) end = s.size();
-      else if (nl == s.size() - 1) end = nl;
+      if (nl == std::string::npos)
+        end = s.size();
+      else if (nl == s.size() - 1)
+        end = nl;
     }
     if (end == std::string::npos) {
       ++pos;
@@ -281,8 +320,8 @@ Doc parse_doc(const TaskInfo& task, const std::string& line, const std::string& 
                        src, ": unknown MMLU subject \"", d.subject, "\"");
       std::vector<std::string> c = str_list(field(j, "choices", src), "field \"choices\"", src);
       SFTGO_CHECK(c.size() == 4, ErrorKind::kData, src, ": MMLU needs exactly 4 choices, got ", c.size());
-      d.text = py_strip(str_field(j, "question", src)) + "\nA. " + c[0] + "\nB. " + c[1] + "\nC. " + c[2] +
-               "\nD. " + c[3] + "\nAnswer:";
+      d.text = py_strip(str_field(j, "question", src)) + "\nA. " + c[0] + "\nB. " + c[1] + "\nC. " + c[2] + "\nD. " +
+               c[3] + "\nAnswer:";
       d.choices = {"A", "B", "C", "D"};
       const json& a = field(j, "answer", src);
       if (a.is_string() && a.get<std::string>().size() == 1 && a.get<std::string>()[0] >= 'A' &&
@@ -303,8 +342,8 @@ Doc parse_doc(const TaskInfo& task, const std::string& line, const std::string& 
       SFTGO_CHECK(t["labels"].is_array() && t["labels"].size() == d.choices.size(), ErrorKind::kData, src, ": ", key,
                   ".labels must be a list as long as ", key, ".choices (", d.choices.size(), ")");
       for (const auto& l : t["labels"]) {
-        SFTGO_CHECK(l.is_number_integer() && (l.get<int>() == 0 || l.get<int>() == 1), ErrorKind::kData, src, ": ",
-                    key, ".labels must hold 0 or 1");
+        SFTGO_CHECK(l.is_number_integer() && (l.get<int>() == 0 || l.get<int>() == 1), ErrorKind::kData, src, ": ", key,
+                    ".labels must hold 0 or 1");
         d.labels.push_back(l.get<int>());
       }
       // lm_eval scores against index 0: the dataset lists the (first) true answer first.
@@ -317,8 +356,8 @@ Doc parse_doc(const TaskInfo& task, const std::string& line, const std::string& 
       d.text = "Question: " + str_field(j, "Problem", src) + "\nAnswer:";
       const std::string options = str_field(j, "options", src);
       d.choices = mathqa_choices(options);
-      SFTGO_CHECK(!d.choices.empty(), ErrorKind::kData, src, ": field \"options\" has no \"a ) ..., \" choices: ",
-                  excerpt(options));
+      SFTGO_CHECK(!d.choices.empty(), ErrorKind::kData, src,
+                  ": field \"options\" has no \"a ) ..., \" choices: ", excerpt(options));
       const std::string correct = str_field(j, "correct", src);
       static const std::array<std::string, 5> kLetters = {"a", "b", "c", "d", "e"};
       auto it = std::find(kLetters.begin(), kLetters.end(), correct);

@@ -46,9 +46,8 @@ uint64_t grouping_cache_key(const std::string& dataset_fingerprint, const std::s
                             const std::string& params, double k_percent) {
   // Length-prefixed fields so ("ab","c") and ("a","bc") differ.
   std::string s;
-  for (const std::string& part :
-       {dataset_fingerprint, function_name, params, sftgo::format("{}", k_percent),
-        std::to_string(kGroupingCacheVersion)}) {
+  for (const std::string& part : {dataset_fingerprint, function_name, params, sftgo::format("{}", k_percent),
+                                  std::to_string(kGroupingCacheVersion)}) {
     put<uint64_t>(s, part.size());
     s += part;
   }

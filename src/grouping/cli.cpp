@@ -32,7 +32,7 @@ std::vector<Run> runs_of(const data::TokenizedExample& ex, const std::vector<uin
   std::string bytes;
   std::vector<Kind> kinds;
   for (size_t t = 0; t < ex.ids.size(); ++t) {
-    const Kind k = ex.labels[t] == data::kIgnoreLabel           ? kPrompt
+    const Kind k = ex.labels[t] == data::kIgnoreLabel                    ? kPrompt
                    : (t < groups.size() && groups[t] == kGroupImportant) ? kImportant
                                                                          : kTrained;
     const std::string b = tok.token_bytes(ex.ids[t]);
@@ -102,14 +102,20 @@ std::string render_example(const data::TokenizedExample& ex, const std::vector<u
       out += r.kind == kImportant ? "[[" + r.text + "]]" : r.text;
     } else if (mode == "ansi") {
       // Prompt dim, important tokens black on yellow, other trained tokens plain.
-      if (r.kind == kPrompt) out += "\x1b[2m" + r.text + "\x1b[0m";
-      else if (r.kind == kImportant) out += "\x1b[30;43m" + r.text + "\x1b[0m";
-      else out += r.text;
+      if (r.kind == kPrompt)
+        out += "\x1b[2m" + r.text + "\x1b[0m";
+      else if (r.kind == kImportant)
+        out += "\x1b[30;43m" + r.text + "\x1b[0m";
+      else
+        out += r.text;
     } else {
       const std::string e = html_escape(r.text);
-      if (r.kind == kPrompt) out += "<span class=\"p\">" + e + "</span>";
-      else if (r.kind == kImportant) out += "<mark>" + e + "</mark>";
-      else out += e;
+      if (r.kind == kPrompt)
+        out += "<span class=\"p\">" + e + "</span>";
+      else if (r.kind == kImportant)
+        out += "<mark>" + e + "</mark>";
+      else
+        out += e;
     }
   }
   return out;
@@ -126,8 +132,8 @@ void write_groups_jsonl(const std::string& path, const std::vector<data::Tokeniz
     const auto& groups = result.groups[i];
     const auto& scores = result.scores[i];
     SFTGO_CHECK(groups.size() == ex.ids.size() && scores.size() == ex.ids.size(), ErrorKind::kInternal,
-                "write_groups_jsonl: example ", i, " has ", ex.ids.size(), " tokens, ", groups.size(), " mask entries, ",
-                scores.size(), " scores");
+                "write_groups_jsonl: example ", i, " has ", ex.ids.size(), " tokens, ", groups.size(),
+                " mask entries, ", scores.size(), " scores");
     nlohmann::json ids = nlohmann::json::array(), tokens = nlohmann::json::array(), trained = nlohmann::json::array(),
                    group = nlohmann::json::array(), score = nlohmann::json::array();
     int64_t n_trained = 0, n_important = 0;
@@ -140,15 +146,24 @@ void write_groups_jsonl(const std::string& path, const std::vector<data::Tokeniz
       tokens.push_back(tok.token_bytes(ex.ids[t]));
       trained.push_back(is_trained ? 1 : 0);
       group.push_back(is_important ? 1 : 0);
-      if (is_trained && std::isfinite(scores[t])) score.push_back(scores[t]);
-      else score.push_back(nullptr);
+      if (is_trained && std::isfinite(scores[t]))
+        score.push_back(scores[t]);
+      else
+        score.push_back(nullptr);
     }
-    nlohmann::json j = {{"index", ex.index >= 0 ? ex.index : static_cast<int64_t>(i)},
-                        {"source", ex.source.file.empty() ? std::string() : sftgo::format("{}:{}", ex.source.file, ex.source.line)},
-                        {"function", opts.function}, {"top_k_percent", opts.top_k_percent},
-                        {"num_tokens", ex.ids.size()}, {"num_trained", n_trained}, {"num_important", n_important},
-                        {"ids", std::move(ids)}, {"tokens", std::move(tokens)}, {"trained", std::move(trained)},
-                        {"group", std::move(group)}, {"score", std::move(score)}};
+    nlohmann::json j = {
+        {"index", ex.index >= 0 ? ex.index : static_cast<int64_t>(i)},
+        {"source", ex.source.file.empty() ? std::string() : sftgo::format("{}:{}", ex.source.file, ex.source.line)},
+        {"function", opts.function},
+        {"top_k_percent", opts.top_k_percent},
+        {"num_tokens", ex.ids.size()},
+        {"num_trained", n_trained},
+        {"num_important", n_important},
+        {"ids", std::move(ids)},
+        {"tokens", std::move(tokens)},
+        {"trained", std::move(trained)},
+        {"group", std::move(group)},
+        {"score", std::move(score)}};
     // Token bytes may split a UTF-8 character: replace invalid sequences rather than throw.
     text += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     text += '\n';
@@ -161,13 +176,14 @@ int run_groups_cli(const std::vector<data::TokenizedExample>& examples, const To
                    const std::string& jsonl_out) {
   const auto result = compute_groups(examples, opts, &tok);
   const auto share = group_share(examples, result.groups);
-  out << sftgo::format("grouping function {} ({}), top {}% per sequence\n", opts.function,
-                     result.from_cache ? "loaded from " + result.cache_path : sftgo::format("computed in {:.2f} s", result.seconds),
-                     opts.top_k_percent);
+  out << sftgo::format(
+      "grouping function {} ({}), top {}% per sequence\n", opts.function,
+      result.from_cache ? "loaded from " + result.cache_path : sftgo::format("computed in {:.2f} s", result.seconds),
+      opts.top_k_percent);
   out << sftgo::format("{} examples, {} trained tokens, {} important\n", examples.size(), share.trained_tokens,
-                     share.important_tokens);
+                       share.important_tokens);
   out << sftgo::format("important share: {:.2f}% overall, {:.2f}% mean per sequence\n", 100 * share.overall,
-                     100 * share.mean_per_sequence);
+                       100 * share.mean_per_sequence);
 
   const std::string mode = use_ansi(out) ? "ansi" : "brackets";
   const size_t shown = std::min(examples.size(), static_cast<size_t>(std::max(show_n, 0)));
@@ -179,11 +195,12 @@ int run_groups_cli(const std::vector<data::TokenizedExample>& examples, const To
       trained += ex.labels[t] != data::kIgnoreLabel;
       important += result.groups[i][t] == kGroupImportant;
     }
-    const std::string title = sftgo::format("example {} ({} tokens, {} trained, {} important)",
-                                          ex.index >= 0 ? ex.index : static_cast<int64_t>(i), ex.ids.size(), trained,
-                                          important);
+    const std::string title =
+        sftgo::format("example {} ({} tokens, {} trained, {} important)",
+                      ex.index >= 0 ? ex.index : static_cast<int64_t>(i), ex.ids.size(), trained, important);
     out << "\n--- " << title << " ---\n" << render_example(ex, result.groups[i], tok, mode) << "\n";
-    html += "<h2>" + html_escape(title) + "</h2>\n<pre>" + render_example(ex, result.groups[i], tok, "html") + "</pre>\n";
+    html +=
+        "<h2>" + html_escape(title) + "</h2>\n<pre>" + render_example(ex, result.groups[i], tok, "html") + "</pre>\n";
   }
   if (!html_out.empty()) {
     const std::string page = sftgo::format(

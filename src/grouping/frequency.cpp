@@ -30,8 +30,7 @@ class FrequencyFunction final : public StaticGroupingFunction {
     const double n = static_cast<double>(total);
     score_.assign(counts.size(), 0.0f);
     for (size_t i = 0; i < counts.size(); ++i)
-      score_[i] = static_cast<float>(counts[i] > 0 ? -std::log(static_cast<double>(counts[i]) / n)
-                                                   : std::log(n + 1.0));
+      score_[i] = static_cast<float>(counts[i] > 0 ? -std::log(static_cast<double>(counts[i]) / n) : std::log(n + 1.0));
     unseen_ = static_cast<float>(std::log(n + 1.0));
     fitted_ = true;
   }

@@ -81,8 +81,8 @@ Llmlingua2Meta load_llmlingua2_meta(const std::string& dir) {
   const std::string path = (fs::path(dir) / kLlmlingua2Meta).string();
   for (const char* f : {kLlmlingua2Meta, kLlmlingua2Module, kLlmlingua2Spm})
     SFTGO_CHECK_HINT(fs::is_regular_file(fs::path(dir) / f), ErrorKind::kIo,
-                     "re-run scripts/export_llmlingua2.py into this directory", "LLMLingua-2 export ", dir,
-                     " has no ", f);
+                     "re-run scripts/export_llmlingua2.py into this directory", "LLMLingua-2 export ", dir, " has no ",
+                     f);
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(read_file(path));
@@ -109,8 +109,8 @@ Llmlingua2Meta load_llmlingua2_meta(const std::string& dir) {
   Llmlingua2Meta m;
   m.dir = dir;
   const auto format = str_field("format");
-  SFTGO_CHECK_HINT(format == kLlmlingua2Format, ErrorKind::kConfig, "re-export with scripts/export_llmlingua2.py",
-                   path, ": format \"", format, "\", expected \"", kLlmlingua2Format, "\"");
+  SFTGO_CHECK_HINT(format == kLlmlingua2Format, ErrorKind::kConfig, "re-export with scripts/export_llmlingua2.py", path,
+                   ": format \"", format, "\", expected \"", kLlmlingua2Format, "\"");
   SFTGO_CHECK(str_field("output") == "logits", ErrorKind::kConfig, path, ": \"output\" must be \"logits\"");
   m.model_name = str_field("model_name");
   m.window = int_field("window", 3, 1 << 20);
@@ -123,8 +123,8 @@ Llmlingua2Meta load_llmlingua2_meta(const std::string& dir) {
   m.vocab_size = int_field("vocab_size", 5, int64_t{1} << 31);
   m.sentencepiece_pieces = int_field("sentencepiece_pieces", 4, int64_t{1} << 31);
   m.sentencepiece_sha256 = str_field("sentencepiece_sha256");
-  SFTGO_CHECK(m.sentencepiece_pieces + kXlmrPieceOffset <= m.vocab_size, ErrorKind::kConfig, path,
-              ": ", m.sentencepiece_pieces, " sentencepiece pieces need a vocabulary of at least ",
+  SFTGO_CHECK(m.sentencepiece_pieces + kXlmrPieceOffset <= m.vocab_size, ErrorKind::kConfig, path, ": ",
+              m.sentencepiece_pieces, " sentencepiece pieces need a vocabulary of at least ",
               m.sentencepiece_pieces + kXlmrPieceOffset, ", the model has ", m.vocab_size);
   return m;
 }
@@ -139,8 +139,8 @@ XlmrTokenizer::XlmrTokenizer(const std::string& model_path)
   SFTGO_CHECK(status.ok(), ErrorKind::kConfig, model_path, ": not a sentencepiece model (", status.ToString(), ")");
   SFTGO_CHECK_HINT(sp_->unk_id() == 0 && sp_->bos_id() == 1 && sp_->eos_id() == 2, ErrorKind::kConfig,
                    "LLMLingua-2 uses XLM-RoBERTa's sentencepiece model", model_path,
-                   ": expected the XLM-R layout <unk>=0 <s>=1 </s>=2, got unk ", sp_->unk_id(), " bos ",
-                   sp_->bos_id(), " eos ", sp_->eos_id());
+                   ": expected the XLM-R layout <unk>=0 <s>=1 </s>=2, got unk ", sp_->unk_id(), " bos ", sp_->bos_id(),
+                   " eos ", sp_->eos_id());
 }
 
 XlmrTokenizer::~XlmrTokenizer() = default;
@@ -213,8 +213,8 @@ std::vector<int64_t> llmlingua2_window_ids(const std::vector<XlmrPiece>& pieces,
 
 std::vector<Llmlingua2Word> merge_pieces_to_words(const std::vector<XlmrPiece>& pieces,
                                                   std::span<const float> piece_probs) {
-  SFTGO_CHECK(piece_probs.size() == pieces.size(), ErrorKind::kInternal, "merge_pieces_to_words: ",
-              piece_probs.size(), " probabilities for ", pieces.size(), " pieces");
+  SFTGO_CHECK(piece_probs.size() == pieces.size(), ErrorKind::kInternal, "merge_pieces_to_words: ", piece_probs.size(),
+              " probabilities for ", pieces.size(), " pieces");
   std::vector<Llmlingua2Word> words;
   std::vector<double> sums;
   std::vector<int64_t> counts;
@@ -301,16 +301,16 @@ Llmlingua2Scorer::Llmlingua2Scorer(const GroupingOptions& opts) : meta_(load_llm
   SFTGO_CHECK_HINT(window_ >= 3 && window_ <= meta_.window, ErrorKind::kConfig,
                    sftgo::format("the export {} takes at most {} ids per window", meta_.dir, meta_.window),
                    "grouping.llmlingua2_window = ", window_, ", expected 3..", meta_.window);
-  SFTGO_CHECK(opts.llmlingua2_batch_size >= 1, ErrorKind::kConfig, "grouping.llmlingua2_batch_size = ",
-              opts.llmlingua2_batch_size, ", expected >= 1");
+  SFTGO_CHECK(opts.llmlingua2_batch_size >= 1, ErrorKind::kConfig,
+              "grouping.llmlingua2_batch_size = ", opts.llmlingua2_batch_size, ", expected >= 1");
   const std::string sp_path = (fs::path(meta_.dir) / kLlmlingua2Spm).string();
   const std::string sha = sha256_file(sp_path);
   SFTGO_CHECK_HINT(sha == meta_.sentencepiece_sha256, ErrorKind::kConfig,
                    "the sentencepiece model does not belong to this export; re-run scripts/export_llmlingua2.py",
                    sp_path, ": sha256 ", sha, " but ", kLlmlingua2Meta, " expects ", meta_.sentencepiece_sha256);
   sp_ = std::make_unique<XlmrTokenizer>(sp_path);
-  SFTGO_CHECK(sp_->piece_count() == meta_.sentencepiece_pieces, ErrorKind::kConfig, sp_path, ": ",
-              sp_->piece_count(), " pieces but ", kLlmlingua2Meta, " says ", meta_.sentencepiece_pieces);
+  SFTGO_CHECK(sp_->piece_count() == meta_.sentencepiece_pieces, ErrorKind::kConfig, sp_path, ": ", sp_->piece_count(),
+              " pieces but ", kLlmlingua2Meta, " says ", meta_.sentencepiece_pieces);
   KeepClassifierLoader loader;
   {
     std::lock_guard lock(loader_mu());
@@ -347,8 +347,8 @@ std::vector<std::vector<Llmlingua2Word>> Llmlingua2Scorer::words(const std::vect
   std::vector<std::vector<float>> piece_probs(texts.size());
   for (size_t t = 0; t < texts.size(); ++t) piece_probs[t].assign(pieces[t].size(), std::nanf(""));
   for (size_t w = 0; w < windows.size(); ++w) {
-    SFTGO_CHECK(probs[w].size() == windows[w].size(), ErrorKind::kInternal, "classifier returned ",
-                probs[w].size(), " probabilities for a window of ", windows[w].size());
+    SFTGO_CHECK(probs[w].size() == windows[w].size(), ErrorKind::kInternal, "classifier returned ", probs[w].size(),
+                " probabilities for a window of ", windows[w].size());
     // Position 0 is the opening boundary; piece i of the range sits at 1 + (i - begin) when it fits in the window.
     const auto& [t, r] = where[w];
     for (size_t i = r.begin; i < r.end && 1 + (i - r.begin) < probs[w].size(); ++i)
@@ -394,8 +394,7 @@ std::vector<Segment> segments_of(const data::TokenizedExample& ex, const Tokeniz
 
 class Llmlingua2Function final : public StaticGroupingFunction {
  public:
-  Llmlingua2Function(const GroupingOptions& opts, const Tokenizer& tok)
-      : opts_(opts), tok_(tok), scorer_(opts) {
+  Llmlingua2Function(const GroupingOptions& opts, const Tokenizer& tok) : opts_(opts), tok_(tok), scorer_(opts) {
     (void)words_to_token_scores({}, {}, opts.llmlingua2_aggregation);  // validates the name now
     // The cache key must change with the weights: hash the TorchScript file once.
     const std::string module = (fs::path(scorer_.meta().dir) / kLlmlingua2Module).string();

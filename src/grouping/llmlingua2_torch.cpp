@@ -42,7 +42,8 @@ std::string last_line(const std::string& what) {
   size_t end = what.find_last_not_of(" \n\r\t");
   if (end == std::string::npos) return what;
   const size_t begin = what.rfind('\n', end);
-  return what.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin == std::string::npos ? 0 : begin + 1));
+  return what.substr(begin == std::string::npos ? 0 : begin + 1,
+                     end + 1 - (begin == std::string::npos ? 0 : begin + 1));
 }
 
 // Printed IR of every prim::Constant of Device type in `method`'s graph with all calls inlined.
@@ -175,8 +176,8 @@ std::unique_ptr<KeepClassifier> load_llmlingua2_classifier(const Llmlingua2Meta&
                   args[1].type()->kind() == c10::TypeKind::TensorType &&
                   args[2].type()->kind() == c10::TypeKind::TensorType && schema.returns().size() == 1 &&
                   schema.returns()[0].type()->kind() == c10::TypeKind::TensorType;
-  SFTGO_CHECK_HINT(ok, ErrorKind::kConfig, "export it with scripts/export_llmlingua2.py", path,
-                   ": forward takes (", got, ") -> ", schema.returns().empty() ? "()" : schema.returns()[0].type()->str(),
+  SFTGO_CHECK_HINT(ok, ErrorKind::kConfig, "export it with scripts/export_llmlingua2.py", path, ": forward takes (",
+                   got, ") -> ", schema.returns().empty() ? "()" : schema.returns()[0].type()->str(),
                    ", expected (input_ids: Tensor, attention_mask: Tensor) -> Tensor (logits [B, T, 2])");
   auto clf = std::make_unique<TorchKeepClassifier>(std::move(module), dev, meta.label_index, batch_size, path);
   // Probe: two windows of different lengths, using the largest piece id we can produce, so that a

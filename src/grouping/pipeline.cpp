@@ -63,12 +63,10 @@ GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& example
 GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& examples, const GroupingOptions& opts,
                               const Tokenizer* tok, bool compute_on_miss) {
   const auto start = std::chrono::steady_clock::now();
-  auto elapsed = [&] {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  };
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
   for (const auto& ex : examples)
-    SFTGO_CHECK(ex.labels.size() == ex.ids.size(), ErrorKind::kInternal, "example ", ex.index, ": ",
-                ex.labels.size(), " labels for ", ex.ids.size(), " ids");
+    SFTGO_CHECK(ex.labels.size() == ex.ids.size(), ErrorKind::kInternal, "example ", ex.index, ": ", ex.labels.size(),
+                " labels for ", ex.ids.size(), " ids");
   (void)num_important(0, opts.top_k_percent);  // validates k before any work
   auto made = make_grouping_function(opts, tok);
   StaticGroupingFunction* fn = &as_static(*made, "groups precomputed for a dataset");
@@ -139,8 +137,8 @@ GroupingOutput apply_grouping(std::vector<data::TokenizedExample>& examples, con
 
 GroupShare group_share(const std::vector<data::TokenizedExample>& examples,
                        const std::vector<std::vector<uint8_t>>& groups) {
-  SFTGO_CHECK(groups.size() == examples.size(), ErrorKind::kInternal, "group_share: ", groups.size(),
-              " masks for ", examples.size(), " examples");
+  SFTGO_CHECK(groups.size() == examples.size(), ErrorKind::kInternal, "group_share: ", groups.size(), " masks for ",
+              examples.size(), " examples");
   GroupShare s;
   double sum_share = 0;
   int64_t sequences = 0;
@@ -159,7 +157,8 @@ GroupShare group_share(const std::vector<data::TokenizedExample>& examples,
       ++sequences;
     }
   }
-  s.overall = s.trained_tokens > 0 ? static_cast<double>(s.important_tokens) / static_cast<double>(s.trained_tokens) : 0;
+  s.overall =
+      s.trained_tokens > 0 ? static_cast<double>(s.important_tokens) / static_cast<double>(s.trained_tokens) : 0;
   s.mean_per_sequence = sequences > 0 ? sum_share / static_cast<double>(sequences) : 0;
   return s;
 }

@@ -21,8 +21,8 @@ class RandomFunction final : public StaticGroupingFunction {
   std::string params() const override { return "seed=" + std::to_string(seed_); }
   std::vector<float> score(const data::TokenizedExample& ex) const override {
     // Examples without a dataset index are identified by their content instead.
-    const uint64_t id = ex.index >= 0 ? static_cast<uint64_t>(ex.index)
-                                      : hash64(ex.ids.data(), ex.ids.size() * sizeof(int32_t));
+    const uint64_t id =
+        ex.index >= 0 ? static_cast<uint64_t>(ex.index) : hash64(ex.ids.data(), ex.ids.size() * sizeof(int32_t));
     const uint64_t base = splitmix64(splitmix64(seed_) ^ id);
     std::vector<float> s(ex.ids.size(), 0.0f);
     for (size_t t = 0; t < s.size(); ++t) {

@@ -40,8 +40,8 @@ void register_grouping_function(const std::string& name, GroupingFactory factory
   auto& r = registry();
   std::lock_guard lock(r.mu);
   SFTGO_CHECK(!name.empty() && factory, ErrorKind::kInternal, "grouping function needs a name and a factory");
-  SFTGO_CHECK(r.factories.emplace(name, std::move(factory)).second, ErrorKind::kInternal,
-              "grouping function '", name, "' is already registered");
+  SFTGO_CHECK(r.factories.emplace(name, std::move(factory)).second, ErrorKind::kInternal, "grouping function '", name,
+              "' is already registered");
 }
 
 std::vector<std::string> grouping_function_names() {
@@ -63,10 +63,10 @@ std::unique_ptr<GroupingFunction> make_grouping_function(const GroupingOptions& 
   if (!factory) {
     const auto names = grouping_function_names();
     const auto close = closest_match(opts.function, names);
-    SFTGO_FAIL_HINT(ErrorKind::kConfig,
-                    close.empty() ? "set grouping.function to one of the registered names"
-                                  : "did you mean '" + close + "'?",
-                    "unknown grouping function '", opts.function, "'; registered: ", join(names, ", "));
+    SFTGO_FAIL_HINT(
+        ErrorKind::kConfig,
+        close.empty() ? "set grouping.function to one of the registered names" : "did you mean '" + close + "'?",
+        "unknown grouping function '", opts.function, "'; registered: ", join(names, ", "));
   }
   auto fn = factory(opts, tok);
   SFTGO_CHECK(fn != nullptr, ErrorKind::kInternal, "grouping factory '", opts.function, "' returned null");

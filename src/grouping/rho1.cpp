@@ -15,8 +15,8 @@ Selection parse_selection(const std::string& name) {
 }
 
 std::vector<uint8_t> select_rho1(std::span<const float> current_loss, std::span<const float> ref_loss,
-                                 std::span<const uint8_t> trained, int64_t batch, int64_t seq_len,
-                                 double k_percent, Selection selection) {
+                                 std::span<const uint8_t> trained, int64_t batch, int64_t seq_len, double k_percent,
+                                 Selection selection) {
   SFTGO_CHECK(batch >= 0 && seq_len >= 0, ErrorKind::kInternal, "select_rho1: bad shape [", batch, ", ", seq_len, "]");
   const auto n = static_cast<size_t>(batch * seq_len);
   SFTGO_CHECK(current_loss.size() == n && ref_loss.size() == n && trained.size() == n, ErrorKind::kInternal,

@@ -23,16 +23,17 @@ torch::Tensor select_rho1(const torch::Tensor& current_loss, const torch::Tensor
                           const torch::Tensor& trained, double k_percent, Selection selection) {
   SFTGO_CHECK(current_loss.dim() == 2, ErrorKind::kInternal, "select_rho1: current_loss must be [B, S], got ",
               current_loss.sizes());
-  SFTGO_CHECK(ref_loss.sizes() == current_loss.sizes() && trained.sizes() == current_loss.sizes(),
-              ErrorKind::kInternal, "select_rho1: shapes differ: current ", current_loss.sizes(), ", reference ",
-              ref_loss.sizes(), ", mask ", trained.sizes());
+  SFTGO_CHECK(ref_loss.sizes() == current_loss.sizes() && trained.sizes() == current_loss.sizes(), ErrorKind::kInternal,
+              "select_rho1: shapes differ: current ", current_loss.sizes(), ", reference ", ref_loss.sizes(), ", mask ",
+              trained.sizes());
   const int64_t b = current_loss.size(0), s = current_loss.size(1);
-  auto cur = current_loss.detach().to(torch::kCPU, torch::kFloat32).contiguous();  // [B, S]
-  auto ref = ref_loss.detach().to(torch::kCPU, torch::kFloat32).contiguous();      // [B, S]
+  auto cur = current_loss.detach().to(torch::kCPU, torch::kFloat32).contiguous();    // [B, S]
+  auto ref = ref_loss.detach().to(torch::kCPU, torch::kFloat32).contiguous();        // [B, S]
   auto msk = trained.detach().to(torch::kCPU).ne(0).to(torch::kUInt8).contiguous();  // [B, S]
   const auto n = static_cast<size_t>(b * s);
-  auto sel = select_rho1(std::span<const float>(cur.data_ptr<float>(), n), std::span<const float>(ref.data_ptr<float>(), n),
-                         std::span<const uint8_t>(msk.data_ptr<uint8_t>(), n), b, s, k_percent, selection);
+  auto sel =
+      select_rho1(std::span<const float>(cur.data_ptr<float>(), n), std::span<const float>(ref.data_ptr<float>(), n),
+                  std::span<const uint8_t>(msk.data_ptr<uint8_t>(), n), b, s, k_percent, selection);
   auto out = torch::from_blob(sel.data(), {b, s}, torch::kUInt8).clone();  // [B, S]
   return out.to(current_loss.device());
 }
@@ -115,17 +116,17 @@ class Rho1Function final : public DynamicGroupingFunction {
     uint64_t key = 0;
     if (!ctx.cache_dir.empty()) {
       const std::string fingerprint = sftgo::format("{:x}", examples_fingerprint(examples));
-      const std::string params = sftgo::format(
-          "dtype={};{}", c10::toString(ctx.dtype),
-          base ? "lora-base:" + ctx.base_model_identity : checkpoint_identity(reference_));
+      const std::string params =
+          sftgo::format("dtype={};{}", c10::toString(ctx.dtype),
+                        base ? "lora-base:" + ctx.base_model_identity : checkpoint_identity(reference_));
       key = grouping_cache_key(fingerprint, "rho1-ref", params, 0.0);
       cache_path = grouping_cache_path(ctx.cache_dir, "rho1-ref", key);
       // Data parallel: rank 0 scores and writes the cache; the others wait, then read it.
       if (ctx.world_size > 1 && ctx.rank != 0 && ctx.barrier) ctx.barrier();
       if (auto cached = load_grouping_cache(cache_path, key, examples)) {
         for (size_t i = 0; i < examples.size(); ++i) examples[i].scores[kRefLossKey] = std::move(cached->scores[i]);
-        log_info("rho1: reference losses of {} for the {} loaded from {} ({:.2f}s)", reference_, ctx.what,
-                 cache_path, t.seconds());
+        log_info("rho1: reference losses of {} for the {} loaded from {} ({:.2f}s)", reference_, ctx.what, cache_path,
+                 t.seconds());
         if (ctx.world_size > 1 && ctx.rank == 0 && ctx.barrier) ctx.barrier();
         return;
       }

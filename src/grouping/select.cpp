@@ -70,8 +70,8 @@ std::vector<std::vector<uint8_t>> select_top_k_batch(const std::vector<std::span
               " score rows for ", trained.size(), " mask rows");
   std::vector<int64_t> offsets(scores.size() + 1, 0);
   for (size_t b = 0; b < scores.size(); ++b) {
-    SFTGO_CHECK(scores[b].size() == trained[b].size(), ErrorKind::kInternal, "select_top_k_batch: row ", b,
-                " has ", scores[b].size(), " scores for ", trained[b].size(), " mask entries");
+    SFTGO_CHECK(scores[b].size() == trained[b].size(), ErrorKind::kInternal, "select_top_k_batch: row ", b, " has ",
+                scores[b].size(), " scores for ", trained[b].size(), " mask entries");
     offsets[b + 1] = offsets[b] + static_cast<int64_t>(scores[b].size());
   }
   std::vector<Candidate> cands;

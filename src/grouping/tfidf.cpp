@@ -121,9 +121,8 @@ class TfidfFunction final : public StaticGroupingFunction {
 }  // namespace
 
 std::unique_ptr<GroupingFunction> make_grouping_tfidf(const GroupingOptions& opts, const Tokenizer*) {
-  return std::make_unique<TfidfFunction>(
-      TfidfParams{.smooth_idf = opts.tfidf_smooth_idf, .sublinear_tf = opts.tfidf_sublinear_tf,
-                  .l2_norm = opts.tfidf_l2_norm});
+  return std::make_unique<TfidfFunction>(TfidfParams{
+      .smooth_idf = opts.tfidf_smooth_idf, .sublinear_tf = opts.tfidf_sublinear_tf, .l2_norm = opts.tfidf_l2_norm});
 }
 
 }  // namespace detail

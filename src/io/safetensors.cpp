@@ -30,11 +30,21 @@ struct DTypeInfo {
   size_t size;
 };
 constexpr std::array<DTypeInfo, 15> kDTypes = {{
-    {DType::kBool, "BOOL", 1}, {DType::kU8, "U8", 1},       {DType::kI8, "I8", 1},
-    {DType::kF8E5M2, "F8_E5M2", 1}, {DType::kF8E4M3, "F8_E4M3", 1}, {DType::kI16, "I16", 2},
-    {DType::kU16, "U16", 2},   {DType::kF16, "F16", 2},     {DType::kBF16, "BF16", 2},
-    {DType::kI32, "I32", 4},   {DType::kU32, "U32", 4},     {DType::kF32, "F32", 4},
-    {DType::kF64, "F64", 8},   {DType::kI64, "I64", 8},     {DType::kU64, "U64", 8},
+    {DType::kBool, "BOOL", 1},
+    {DType::kU8, "U8", 1},
+    {DType::kI8, "I8", 1},
+    {DType::kF8E5M2, "F8_E5M2", 1},
+    {DType::kF8E4M3, "F8_E4M3", 1},
+    {DType::kI16, "I16", 2},
+    {DType::kU16, "U16", 2},
+    {DType::kF16, "F16", 2},
+    {DType::kBF16, "BF16", 2},
+    {DType::kI32, "I32", 4},
+    {DType::kU32, "U32", 4},
+    {DType::kF32, "F32", 4},
+    {DType::kF64, "F64", 8},
+    {DType::kI64, "I64", 8},
+    {DType::kU64, "U64", 8},
 }};
 
 const DTypeInfo& info(DType dtype) {
@@ -53,18 +63,34 @@ size_t first_invalid_utf8(std::string_view s) {
   size_t n = s.size(), i = 0;
   while (i < n) {
     unsigned c = p[i];
-    if (c < 0x80) { ++i; continue; }
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
     size_t len;
     unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c == 0xE0) { len = 3; lo = 0xA0; }
-    else if (c >= 0xE1 && c <= 0xEC) len = 3;
-    else if (c == 0xED) { len = 3; hi = 0x9F; }
-    else if (c >= 0xEE && c <= 0xEF) len = 3;
-    else if (c == 0xF0) { len = 4; lo = 0x90; }
-    else if (c >= 0xF1 && c <= 0xF3) len = 4;
-    else if (c == 0xF4) { len = 4; hi = 0x8F; }
-    else return i;
+    if (c >= 0xC2 && c <= 0xDF)
+      len = 2;
+    else if (c == 0xE0) {
+      len = 3;
+      lo = 0xA0;
+    } else if (c >= 0xE1 && c <= 0xEC)
+      len = 3;
+    else if (c == 0xED) {
+      len = 3;
+      hi = 0x9F;
+    } else if (c >= 0xEE && c <= 0xEF)
+      len = 3;
+    else if (c == 0xF0) {
+      len = 4;
+      lo = 0x90;
+    } else if (c >= 0xF1 && c <= 0xF3)
+      len = 4;
+    else if (c == 0xF4) {
+      len = 4;
+      hi = 0x8F;
+    } else
+      return i;
     if (i + len > n) return i;
     if (p[i + 1] < lo || p[i + 1] > hi) return i;
     for (size_t k = 2; k < len; ++k)
@@ -105,7 +131,9 @@ json parse_json_no_duplicates(std::string_view text, const std::string& label) {
   json::parser_callback_t cb = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
     switch (event) {
       case json::parse_event_t::object_start: keys.emplace_back(); break;
-      case json::parse_event_t::object_end: if (!keys.empty()) keys.pop_back(); break;
+      case json::parse_event_t::object_end:
+        if (!keys.empty()) keys.pop_back();
+        break;
       case json::parse_event_t::key:
         if (!keys.empty() && !keys.back().insert(parsed.get<std::string>()).second && duplicate.empty())
           duplicate = parsed.get<std::string>();
@@ -149,8 +177,7 @@ void fsync_dir(const fs::path& dir) {
 // LibTorch, and its remove_all crashes there.
 void remove_tree(const fs::path& p) {
   ::nftw(
-      p.c_str(),
-      [](const char* path, const struct stat*, int, struct FTW*) { return ::remove(path) == 0 ? 0 : 0; }, 16,
+      p.c_str(), [](const char* path, const struct stat*, int, struct FTW*) { return ::remove(path) == 0 ? 0 : 0; }, 16,
       FTW_DEPTH | FTW_PHYS);
 }
 
@@ -286,10 +313,9 @@ ParsedHeader parse_safetensors(std::span<const std::byte> bytes, const std::stri
       e.shape.push_back(static_cast<int64_t>(dv));
     }
     auto o = v.find("data_offsets");
-    SFTGO_CHECK(o != v.end() && o->is_array() && o->size() == 2 && (*o)[0].is_number_unsigned() &&
-                    (*o)[1].is_number_unsigned(),
-                ErrorKind::kFormat, label, ": tensor '", name,
-                "': data_offsets must be an array of two non-negative integers");
+    SFTGO_CHECK(
+        o != v.end() && o->is_array() && o->size() == 2 && (*o)[0].is_number_unsigned() && (*o)[1].is_number_unsigned(),
+        ErrorKind::kFormat, label, ": tensor '", name, "': data_offsets must be an array of two non-negative integers");
     e.begin = (*o)[0].get<uint64_t>();
     e.end = (*o)[1].get<uint64_t>();
     SFTGO_CHECK(e.begin <= e.end, ErrorKind::kFormat, label, ": tensor '", name, "': data_offsets [", e.begin, ", ",
@@ -298,8 +324,8 @@ ParsedHeader parse_safetensors(std::span<const std::byte> bytes, const std::stri
                 e.end, "] are beyond the data section of ", data_size, " bytes");
     auto numel = checked_numel(e.shape);
     uint64_t esz = dtype_size(e.dtype);
-    SFTGO_CHECK(numel && *numel <= std::numeric_limits<uint64_t>::max() / esz, ErrorKind::kFormat, label,
-                ": tensor '", name, "': shape ", shape_str(e.shape), " overflows");
+    SFTGO_CHECK(numel && *numel <= std::numeric_limits<uint64_t>::max() / esz, ErrorKind::kFormat, label, ": tensor '",
+                name, "': shape ", shape_str(e.shape), " overflows");
     SFTGO_CHECK(*numel * esz == e.nbytes(), ErrorKind::kFormat, label, ": tensor '", name, "': ", dtype_name(e.dtype),
                 " ", shape_str(e.shape), " needs ", *numel * esz, " bytes but data_offsets span ", e.nbytes());
     out.tensors.push_back(std::move(e));
@@ -311,8 +337,8 @@ ParsedHeader parse_safetensors(std::span<const std::byte> bytes, const std::stri
   });
   uint64_t cursor = 0;
   for (const auto& e : out.tensors) {
-    SFTGO_CHECK(e.begin >= cursor, ErrorKind::kFormat, label, ": tensor '", e.name, "': data_offsets [", e.begin,
-                ", ", e.end, "] overlap the previous tensor (which ends at ", cursor, ")");
+    SFTGO_CHECK(e.begin >= cursor, ErrorKind::kFormat, label, ": tensor '", e.name, "': data_offsets [", e.begin, ", ",
+                e.end, "] overlap the previous tensor (which ends at ", cursor, ")");
     SFTGO_CHECK(e.begin == cursor, ErrorKind::kFormat, label, ": tensor '", e.name, "': hole of ", e.begin - cursor,
                 " unindexed bytes before it (the spec forbids holes)");
     cursor = e.end;
@@ -389,8 +415,10 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::string& path) {
   fs::path index_path;
   fs::path single_path;
   if (fs::is_directory(p, ec)) {
-    if (fs::exists(p / "model.safetensors.index.json", ec)) index_path = p / "model.safetensors.index.json";
-    else if (fs::exists(p / "model.safetensors", ec)) single_path = p / "model.safetensors";
+    if (fs::exists(p / "model.safetensors.index.json", ec))
+      index_path = p / "model.safetensors.index.json";
+    else if (fs::exists(p / "model.safetensors", ec))
+      single_path = p / "model.safetensors";
     else
       SFTGO_FAIL_HINT(ErrorKind::kIo, "expected a Hugging Face model directory", path,
                       ": has neither model.safetensors.index.json nor model.safetensors");
@@ -512,8 +540,7 @@ std::vector<std::string> write_sharded_safetensors(const std::string& dir, const
   fs::create_directories(parent, ec);
   const fs::path tmp = fs::path(target.string() + tmp_suffix());
   remove_tree(tmp);
-  SFTGO_CHECK(fs::create_directory(tmp, ec), ErrorKind::kIo, tmp.string(), ": cannot create directory: ",
-              ec.message());
+  SFTGO_CHECK(fs::create_directory(tmp, ec), ErrorKind::kIo, tmp.string(), ": cannot create directory: ", ec.message());
 
   // Greedy packing in order, as HF's split does; an oversized tensor goes alone into its shard.
   std::vector<std::vector<size_t>> shards;
@@ -534,8 +561,8 @@ std::vector<std::string> write_sharded_safetensors(const std::string& dir, const
     uint64_t total = 0;
     json weight_map = json::object();
     for (size_t k = 0; k < shards.size(); ++k) {
-      std::string name = shards.size() == 1 ? options.base_name + ".safetensors"
-                                            : shard_name(options.base_name, k + 1, shards.size());
+      std::string name =
+          shards.size() == 1 ? options.base_name + ".safetensors" : shard_name(options.base_name, k + 1, shards.size());
       std::vector<TensorSource> part;
       for (size_t i : shards[k]) {
         part.push_back(tensors[i]);

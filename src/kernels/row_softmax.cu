@@ -114,19 +114,19 @@ const char* row_softmax_block_cuda(const void* logits, LogitType type, int64_t r
   const auto s = static_cast<cudaStream_t>(stream);
   const dim3 grid(static_cast<unsigned>(rows));
   if (type == LogitType::kFloat32) {
-    row_softmax_block_kernel<float><<<grid, kThreads, 0, s>>>(static_cast<const float*>(logits), cols, ld, col0,
-                                                              labels, state_max, state_sum, label_logit, lse, loss);
+    row_softmax_block_kernel<float><<<grid, kThreads, 0, s>>>(static_cast<const float*>(logits), cols, ld, col0, labels,
+                                                              state_max, state_sum, label_logit, lse, loss);
   } else {
-    row_softmax_block_kernel<__nv_bfloat16><<<grid, kThreads, 0, s>>>(
-        static_cast<const __nv_bfloat16*>(logits), cols, ld, col0, labels, state_max, state_sum, label_logit, lse,
-        loss);
+    row_softmax_block_kernel<__nv_bfloat16><<<grid, kThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(logits), cols,
+                                                                      ld, col0, labels, state_max, state_sum,
+                                                                      label_logit, lse, loss);
   }
   return launch_status();
 }
 
 const char* row_cross_entropy_grad_cuda(void* logits, LogitType type, int64_t rows, int64_t cols, int64_t ld,
-                                        int64_t col0, const int64_t* labels, const float* lse,
-                                        const float* scale, void* stream) {
+                                        int64_t col0, const int64_t* labels, const float* lse, const float* scale,
+                                        void* stream) {
   if (rows <= 0) return nullptr;
   if (rows > 0x7fffffff) return "row_cross_entropy_grad_cuda: too many rows for one launch";
   const auto s = static_cast<cudaStream_t>(stream);

@@ -67,8 +67,8 @@ std::string sizes_str(const at::Tensor& t) {
 
 void validate_inputs(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
                      const at::Tensor& groups, const FusedLossOptions& options) {
-  SFTGO_CHECK(hidden.defined() && hidden.dim() == 2, ErrorKind::kModel,
-              "loss: hidden must be [T, H], got ", hidden.defined() ? sizes_str(hidden) : "undefined");
+  SFTGO_CHECK(hidden.defined() && hidden.dim() == 2, ErrorKind::kModel, "loss: hidden must be [T, H], got ",
+              hidden.defined() ? sizes_str(hidden) : "undefined");
   const int64_t t = hidden.size(0);
   const int64_t h = hidden.size(1);
   SFTGO_CHECK(weight.defined() && weight.dim() == 2 && weight.size(1) == h, ErrorKind::kModel,
@@ -191,7 +191,7 @@ int64_t choose_block_cols(int64_t requested, int64_t t, int64_t n, int64_t rows,
   if (requested > 0) return std::min(requested, vocab);
   double budget = kBudgetShare * static_cast<double>(t) * static_cast<double>(vocab) * 4.0;
   const double nh = static_cast<double>(n) * static_cast<double>(h);
-  if (n < t) budget -= 2.0 * nh * static_cast<double>(elt);  // compacted hidden and its gradient
+  if (n < t) budget -= 2.0 * nh * static_cast<double>(elt);       // compacted hidden and its gradient
   if (elt != 4) budget -= nh * (4.0 + static_cast<double>(elt));  // fp32 accumulator + one GEMM result
   int64_t cols = static_cast<int64_t>(budget / (static_cast<double>(rows) * static_cast<double>(elt)));
   cols = cols / 64 * 64;
@@ -241,8 +241,8 @@ void cpu_softmax_block(const at::Tensor& logits, int64_t col0, const int64_t* la
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const Scalar* row = base + r * cols;
-      const kernels::SoftmaxState merged = kernels::softmax_state_merge(
-          kernels::SoftmaxState{smax[r], ssum[r]}, kernels::row_softmax_state(row, 0, cols));
+      const kernels::SoftmaxState merged = kernels::softmax_state_merge(kernels::SoftmaxState{smax[r], ssum[r]},
+                                                                        kernels::row_softmax_state(row, 0, cols));
       smax[r] = merged.max;
       ssum[r] = merged.sum;
       const int64_t local = labels[r] - col0;
@@ -268,8 +268,8 @@ void cpu_ce_grad(at::Tensor& logits, int64_t col0, const int64_t* labels, const 
 }
 
 // Merges a block into the running states; on the last block (lse/loss defined) finishes lse and CE.
-void row_softmax_block(const at::Tensor& logits, int64_t col0, const at::Tensor& labels, RowState& st,
-                       at::Tensor* lse, at::Tensor* loss) {
+void row_softmax_block(const at::Tensor& logits, int64_t col0, const at::Tensor& labels, RowState& st, at::Tensor* lse,
+                       at::Tensor* loss) {
   float* lse_p = lse != nullptr ? lse->mutable_data_ptr<float>() : nullptr;
   float* loss_p = loss != nullptr ? loss->mutable_data_ptr<float>() : nullptr;
   if (logits.is_cuda()) {
@@ -467,7 +467,8 @@ void apply_groups_hook(const FusedLossOptions& options, const at::Tensor& loss, 
   }
   const at::Tensor g = options.groups_hook(full);
   SFTGO_CHECK(g.defined() && g.dim() == 1 && g.size(0) == t, ErrorKind::kUsage,
-              "loss: groups_hook must return groups [T] with T = ", t, ", got ", g.defined() ? sizes_str(g) : "undefined");
+              "loss: groups_hook must return groups [T] with T = ", t, ", got ",
+              g.defined() ? sizes_str(g) : "undefined");
   const auto gt = g.scalar_type();
   SFTGO_CHECK(gt == at::kBool || gt == at::kChar || gt == at::kByte, ErrorKind::kUsage,
               "loss: groups_hook must return bool, int8 or uint8 groups [T], got ", gt);
@@ -607,7 +608,7 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
     for (int64_t r0 = 0; r0 < n; r0 += rows) {
       const int64_t nr = std::min(rows, n - r0);
       const at::Tensor pos = gather ? tr.rows.narrow(0, r0, nr) : at::Tensor();  // [nr] positions in [0, T)
-      at::Tensor h_rows;                                                          // [nr, H]
+      at::Tensor h_rows;                                                         // [nr, H]
       if (gather) {
         h_rows = block_view(h_flat, nr, h);
         at::index_select_out(h_rows, hidden, 0, pos);
@@ -711,8 +712,9 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
     at::Tensor taken;  // [V, H]
     if (need_w && rows_per_pass >= n && ctx->saved_data["acc"].toBool()) taken = take_grad_for_accumulation(weight);
     at::Tensor grad_w;  // [V, H] or, into `taken`, one [Vb, H] block at a time
-    if (need_w) grad_w = taken.defined() ? at::empty({std::min(block, vocab), weight.size(1)}, weight.options())
-                                         : at::empty_like(weight);
+    if (need_w)
+      grad_w = taken.defined() ? at::empty({std::min(block, vocab), weight.size(1)}, weight.options())
+                               : at::empty_like(weight);
     if (need_h || need_w) {
       const at::Tensor flat = at::empty({rows_per_pass * block}, hidden_c.options());
       for (int64_t r0 = 0; r0 < n; r0 += rows_per_pass) {
@@ -754,8 +756,8 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
     }
     if (need_h) {
       if (!fp32) grad_hc = grad_hc.to(hidden_c.scalar_type());
-      grads[0] = rows.defined() ? at::zeros({t, hidden_c.size(1)}, hidden_c.options()).index_copy_(0, rows, grad_hc)
-                                : grad_hc;
+      grads[0] =
+          rows.defined() ? at::zeros({t, hidden_c.size(1)}, hidden_c.options()).index_copy_(0, rows, grad_hc) : grad_hc;
     }
     if (need_w) grads[1] = taken.defined() ? std::move(taken) : grad_w;
     return grads;
@@ -772,7 +774,8 @@ void check_device_supported(c10::Device device) {
   SFTGO_FAIL_HINT(ErrorKind::kConfig,
                   "rebuild with the CUDA kernels (scripts/setup.sh with nvcc on the PATH, or -DSFTGO_CUDA=ON), or set "
                   "model.device: cpu",
-                  "loss: the model is on ", device.str(), " but this build has no CUDA loss kernels "
+                  "loss: the model is on ", device.str(),
+                  " but this build has no CUDA loss kernels "
                   "(sftgo-train --version: CUDA kernels: off)");
 #endif
 }

@@ -30,9 +30,7 @@ StatsScope parse_stats_scope(const std::string& name) {
   SFTGO_FAIL_HINT(ErrorKind::kConfig, "use one of: microbatch, step", "unknown loss stats scope '", name, "'");
 }
 
-const char* stats_scope_name(StatsScope scope) {
-  return scope == StatsScope::kMicrobatch ? "microbatch" : "step";
-}
+const char* stats_scope_name(StatsScope scope) { return scope == StatsScope::kMicrobatch ? "microbatch" : "step"; }
 
 double lambda_static(double lambda) { return lambda; }
 
@@ -51,8 +49,8 @@ GroupStats& GroupStats::operator+=(const GroupStats& other) {
 }
 
 LossWeights compute_loss_weights(const GroupStats& stats, double lambda, Objective objective) {
-  SFTGO_CHECK(stats.count[0] >= 0 && stats.count[1] >= 0, ErrorKind::kInternal,
-              "GroupStats has negative counts (", stats.count[0], ", ", stats.count[1], ")");
+  SFTGO_CHECK(stats.count[0] >= 0 && stats.count[1] >= 0, ErrorKind::kInternal, "GroupStats has negative counts (",
+              stats.count[0], ", ", stats.count[1], ")");
   LossWeights w;
   const int64_t n = stats.total_count();
   switch (objective) {
@@ -62,8 +60,7 @@ LossWeights compute_loss_weights(const GroupStats& stats, double lambda, Objecti
     case Objective::kRho1:
       if (stats.count[1] > 0) w.coef_group[1] = 1.0 / static_cast<double>(stats.count[1]);
       return w;
-    case Objective::kSftGo:
-      break;
+    case Objective::kSftGo: break;
   }
   SFTGO_CHECK_HINT(lambda >= 0.0 && lambda <= 1.0, ErrorKind::kConfig, "set loss.lambda within [0, 1]",
                    "SFT-GO lambda must lie in [0, 1], got ", lambda);

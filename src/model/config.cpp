@@ -103,7 +103,8 @@ LlamaConfig LlamaConfig::from_json(const std::string& text, const std::string& s
   c.bos_token_id = opt_int(j, "bos_token_id", source);
   c.pad_token_id = opt_int(j, "pad_token_id", source);
   if (auto it = j.find("eos_token_id"); it != j.end()) {
-    if (it->is_number_integer()) c.eos_token_ids = {it->get<int64_t>()};
+    if (it->is_number_integer())
+      c.eos_token_ids = {it->get<int64_t>()};
     else if (it->is_array())
       for (const auto& e : *it)
         if (e.is_number_integer()) c.eos_token_ids.push_back(e.get<int64_t>());
@@ -111,18 +112,20 @@ LlamaConfig LlamaConfig::from_json(const std::string& text, const std::string& s
 
   // RoPE: transformers 5 nests everything in rope_parameters; 4.x has rope_theta + rope_scaling.
   json rope = json::object();
-  if (auto it = j.find("rope_parameters"); it != j.end() && it->is_object()) rope = *it;
-  else if (auto it2 = j.find("rope_scaling"); it2 != j.end() && it2->is_object()) rope = *it2;
+  if (auto it = j.find("rope_parameters"); it != j.end() && it->is_object())
+    rope = *it;
+  else if (auto it2 = j.find("rope_scaling"); it2 != j.end() && it2->is_object())
+    rope = *it2;
   c.rope_theta = get_or<double>(rope, "rope_theta", get_or<double>(j, "rope_theta", 10000.0, source), source);
-  std::string rope_type = get_or<std::string>(rope, "rope_type", get_or<std::string>(rope, "type", "default", source),
-                                              source);
+  std::string rope_type =
+      get_or<std::string>(rope, "rope_type", get_or<std::string>(rope, "type", "default", source), source);
   if (rope_type == "llama3") {
     RopeScaling s;
     s.factor = get_or<double>(rope, "factor", s.factor, source);
     s.low_freq_factor = get_or<double>(rope, "low_freq_factor", s.low_freq_factor, source);
     s.high_freq_factor = get_or<double>(rope, "high_freq_factor", s.high_freq_factor, source);
-    s.original_max_position_embeddings = get_or<int64_t>(rope, "original_max_position_embeddings",
-                                                         c.max_position_embeddings, source);
+    s.original_max_position_embeddings =
+        get_or<int64_t>(rope, "original_max_position_embeddings", c.max_position_embeddings, source);
     c.rope_scaling = s;
   } else {
     SFTGO_CHECK_HINT(rope_type == "default", ErrorKind::kConfig, "supported rope types: default, llama3", source,
@@ -150,9 +153,8 @@ void LlamaConfig::validate(const std::string& source) const {
   check_count(num_attention_heads, kMaxDim, "num_attention_heads", source, "");
   check_count(num_key_value_heads, kMaxDim, "num_key_value_heads", source, "");
   check_count(head_dim, kMaxDim, "head_dim", source, "");
-  SFTGO_CHECK(num_attention_heads % num_key_value_heads == 0, ErrorKind::kConfig, source,
-              ": num_attention_heads (", num_attention_heads, ") must be a multiple of num_key_value_heads (",
-              num_key_value_heads, ")");
+  SFTGO_CHECK(num_attention_heads % num_key_value_heads == 0, ErrorKind::kConfig, source, ": num_attention_heads (",
+              num_attention_heads, ") must be a multiple of num_key_value_heads (", num_key_value_heads, ")");
   SFTGO_CHECK(head_dim % 2 == 0, ErrorKind::kConfig, source, ": head_dim = ", head_dim,
               " must be even (RoPE rotates pairs of dimensions)");
   check_count(max_position_embeddings, kMaxPositions, "max_position_embeddings", source,
@@ -213,8 +215,10 @@ std::string LlamaConfig::to_json(const std::string& dtype) const {
   else
     j["rope_scaling"] = nullptr;
   j["bos_token_id"] = bos_token_id ? json(*bos_token_id) : json(nullptr);
-  if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
-  else if (!eos_token_ids.empty()) j["eos_token_id"] = eos_token_ids;
+  if (eos_token_ids.size() == 1)
+    j["eos_token_id"] = eos_token_ids[0];
+  else if (!eos_token_ids.empty())
+    j["eos_token_id"] = eos_token_ids;
   if (pad_token_id) j["pad_token_id"] = *pad_token_id;
   return j.dump(2) + "\n";
 }
@@ -239,10 +243,14 @@ LlamaConfig LlamaConfig::preset(const std::string& name) {
     c.tie_word_embeddings = tied;
     c.rope_scaling->factor = factor;
   };
-  if (name == "llama3.2-1b") shape(2048, 8192, 16, 32, 8, true, 32.0);
-  else if (name == "llama3.2-3b") shape(3072, 8192, 28, 24, 8, true, 32.0);
-  else if (name == "llama3.1-8b") shape(4096, 14336, 32, 32, 8, false, 8.0);
-  else if (name == "llama3.1-70b") shape(8192, 28672, 80, 64, 8, false, 8.0);
+  if (name == "llama3.2-1b")
+    shape(2048, 8192, 16, 32, 8, true, 32.0);
+  else if (name == "llama3.2-3b")
+    shape(3072, 8192, 28, 24, 8, true, 32.0);
+  else if (name == "llama3.1-8b")
+    shape(4096, 14336, 32, 32, 8, false, 8.0);
+  else if (name == "llama3.1-70b")
+    shape(8192, 28672, 80, 64, 8, false, 8.0);
   else if (name == "tiny") {
     // Real Llama-3 vocabulary (so the real tokenizer works) around a toy trunk; ~8.5M params.
     shape(64, 256, 2, 4, 2, true, 8.0);

@@ -56,8 +56,9 @@ std::vector<int64_t> generate(LlamaModelImpl& model, const std::vector<int64_t>&
   const int64_t bound = max_new_tokens_bound(model, prompt_len);
   // The KV cache is sized prompt + max_new_tokens up front, and RoPE is only defined up to
   // max_position_embeddings, so that is the ceiling.
-  SFTGO_CHECK(o.max_new_tokens >= 0 && o.max_new_tokens <= bound, ErrorKind::kUsage, "generate: max_new_tokens = ",
-              o.max_new_tokens, " is out of range (expected 0..", bound, ": the prompt's ", prompt_len,
+  SFTGO_CHECK(o.max_new_tokens >= 0 && o.max_new_tokens <= bound, ErrorKind::kUsage,
+              "generate: max_new_tokens = ", o.max_new_tokens, " is out of range (expected 0..", bound,
+              ": the prompt's ", prompt_len,
               " tokens plus the new ones must fit max_position_embeddings = ", model.config().max_position_embeddings,
               ")");
   const int64_t vocab = model.config().vocab_size;
@@ -82,7 +83,7 @@ std::vector<int64_t> generate(LlamaModelImpl& model, const std::vector<int64_t>&
   Tensor ids = torch::tensor(prompt, torch::kInt64).unsqueeze(0).to(dev);  // [1,P]
   std::vector<int64_t> out;
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
-    Tensor h = model.forward_cached(ids, cache);                          // [1,T,H]
+    Tensor h = model.forward_cached(ids, cache);                                              // [1,T,H]
     Tensor logits = model.logits(h.select(1, -1)).squeeze(0).to(torch::kCPU, torch::kFloat);  // [V]
     SFTGO_CHECK(logits.isfinite().all().item<bool>(), ErrorKind::kModel, "generate: the model's logits at new token ",
                 step + 1, " are not finite (NaN or Inf): its weights are probably damaged");
@@ -121,12 +122,11 @@ std::vector<std::vector<double>> score_logprobs(LlamaModelImpl& model, const std
     Tensor ids = torch::zeros({static_cast<int64_t>(members.size()), len}, torch::kInt64);  // [b,len]
     for (size_t m = 0; m < members.size(); ++m) {
       const auto& s = seqs[members[m]];
-      ids[static_cast<int64_t>(m)].slice(0, 0, static_cast<int64_t>(s.size()))
-          .copy_(torch::tensor(s, torch::kInt64));
+      ids[static_cast<int64_t>(m)].slice(0, 0, static_cast<int64_t>(s.size())).copy_(torch::tensor(s, torch::kInt64));
     }
     ids = ids.to(dev);
-    Tensor logits = model.logits(model.forward(ids)).to(torch::kFloat);          // [b,len,V]
-    Tensor logp = torch::log_softmax(logits.slice(1, 0, len - 1), -1);          // [b,len-1,V]
+    Tensor logits = model.logits(model.forward(ids)).to(torch::kFloat);  // [b,len,V]
+    Tensor logp = torch::log_softmax(logits.slice(1, 0, len - 1), -1);   // [b,len-1,V]
     Tensor tok = logp.gather(-1, ids.slice(1, 1).unsqueeze(-1)).squeeze(-1).to(torch::kCPU, torch::kDouble);
     for (size_t m = 0; m < members.size(); ++m) {
       const int64_t n = static_cast<int64_t>(seqs[members[m]].size()) - 1;

@@ -59,9 +59,9 @@ Tensor apply_rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
 Tensor document_causal_mask(const Tensor& doc_ids) {
   SFTGO_CHECK(doc_ids.dim() == 2, ErrorKind::kModel, "document ids must be [B,S], got ", doc_ids.sizes());
   const int64_t s = doc_ids.size(1);
-  Tensor same = doc_ids.unsqueeze(2) == doc_ids.unsqueeze(1);                            // [B,S,S]
+  Tensor same = doc_ids.unsqueeze(2) == doc_ids.unsqueeze(1);                         // [B,S,S]
   Tensor causal = torch::ones({s, s}, doc_ids.options().dtype(torch::kBool)).tril();  // [S,S]
-  return same.logical_and(causal).unsqueeze(1);                                          // [B,1,S,S]
+  return same.logical_and(causal).unsqueeze(1);                                       // [B,1,S,S]
 }
 
 Tensor document_position_ids(const Tensor& doc_ids) {
@@ -129,8 +129,8 @@ struct EmbeddingFn : public torch::autograd::Function<EmbeddingFn> {
                                                  torch::autograd::variable_list grad_out) {
     const Tensor weight = ctx->saved_data["weight"].toTensor();  // [V, H]
     const Tensor ids = ctx->get_saved_variables()[0];            // [B, S]
-    const Tensor& grad = grad_out[0];  // [B, S, H]
-    torch::autograd::variable_list grads(3);  // weight, ids, accumulate
+    const Tensor& grad = grad_out[0];                            // [B, S, H]
+    torch::autograd::variable_list grads(3);                     // weight, ids, accumulate
     if (!ctx->needs_input_grad(0)) return grads;
     Tensor taken = ctx->saved_data["acc"].toBool() ? take_grad_for_accumulation(weight) : Tensor();
     if (!taken.defined()) {
@@ -175,7 +175,8 @@ Tensor LinearImpl::forward_lora(const Tensor& x) {
   // run under no_grad and so never drop).
   Tensor y = at::linear(x, weight);  // [..., out]
   Tensor xa = x.to(lora_A.scalar_type());
-  if (lora_dropout > 0 && is_training() && (torch::GradMode::is_enabled() || tl_checkpoint_forward)) xa = at::dropout(xa, lora_dropout, true);
+  if (lora_dropout > 0 && is_training() && (torch::GradMode::is_enabled() || tl_checkpoint_forward))
+    xa = at::dropout(xa, lora_dropout, true);
   Tensor delta = at::linear(at::linear(xa, lora_A), lora_B) * lora_scaling;  // [..., out] fp32
   return (y + delta).to(y.scalar_type());
 }
@@ -188,10 +189,10 @@ AttentionImpl::AttentionImpl(const LlamaConfig& c, const torch::TensorOptions& o
   o_proj = register_module("o_proj", Linear(n_heads * head_dim, c.hidden_size, o));
 }
 
-Tensor AttentionImpl::forward(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& mask,
-                              KVCache* cache, int64_t layer) {
+Tensor AttentionImpl::forward(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& mask, KVCache* cache,
+                              int64_t layer) {
   const int64_t b = x.size(0), s = x.size(1);
-  Tensor q = q_proj(x).view({b, s, n_heads, head_dim}).transpose(1, 2);  // [B,nh,S,hd]
+  Tensor q = q_proj(x).view({b, s, n_heads, head_dim}).transpose(1, 2);     // [B,nh,S,hd]
   Tensor k = k_proj(x).view({b, s, n_kv_heads, head_dim}).transpose(1, 2);  // [B,nkv,S,hd]
   Tensor v = v_proj(x).view({b, s, n_kv_heads, head_dim}).transpose(1, 2);
   q = apply_rope(q, cos, sin);
@@ -213,8 +214,7 @@ Tensor AttentionImpl::forward(const Tensor& x, const Tensor& cos, const Tensor& 
       // Query i sits at absolute position start+i: it sees keys 0..start+i. (A single new token
       // sees everything; SDPA's is_causal would align the triangle to the top-left instead.)
       causal = false;
-      if (s > 1)
-        attn_mask = torch::ones({s, end}, x.options().dtype(torch::kBool)).tril(start);
+      if (s > 1) attn_mask = torch::ones({s, end}, x.options().dtype(torch::kBool)).tril(start);
     }
   }
   // GQA: SDPA broadcasts the kv heads over the query groups itself (no repeat_kv copy).
@@ -251,8 +251,9 @@ namespace {
 // Does the block draw random numbers in a training forward (LoRA dropout)? Then the checkpoint
 // recomputation must replay the forward's RNG state to drop the same units.
 bool block_uses_rng(BlockImpl& b) {
-  for (LinearImpl* l : {b.self_attn->q_proj.get(), b.self_attn->k_proj.get(), b.self_attn->v_proj.get(),
-                        b.self_attn->o_proj.get(), b.mlp->gate_proj.get(), b.mlp->up_proj.get(), b.mlp->down_proj.get()})
+  for (LinearImpl* l :
+       {b.self_attn->q_proj.get(), b.self_attn->k_proj.get(), b.self_attn->v_proj.get(), b.self_attn->o_proj.get(),
+        b.mlp->gate_proj.get(), b.mlp->up_proj.get(), b.mlp->down_proj.get()})
     if (l->lora_A.defined() && !l->lora_disabled && l->lora_dropout > 0 && l->is_training()) return true;
   return false;
 }
@@ -262,9 +263,8 @@ bool block_uses_rng(BlockImpl& b) {
 // explicit inputs so their gradients flow through the engine like any other (hooks, accumulation).
 // There is no dropout in Llama, so the recomputation is deterministic.
 struct CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
-  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& cos,
-                        const Tensor& sin, const std::optional<Tensor>& mask, at::TensorList params,
-                        BlockImpl* block) {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                        const std::optional<Tensor>& mask, at::TensorList params, BlockImpl* block) {
     ctx->save_for_backward({x});
     ctx->saved_data["cos"] = cos;
     ctx->saved_data["sin"] = sin;
@@ -301,7 +301,8 @@ struct CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
       // cached under the forward's no_grad carry no graph and would cut the weights' gradients.
       AutocastGuard cpu_ac(c10::DeviceType::CPU, static_cast<c10::ScalarType>(ctx->saved_data["ac_cpu_dtype"].toInt()),
                            ctx->saved_data["ac_cpu"].toBool(), /*cache=*/false);
-      AutocastGuard cuda_ac(c10::DeviceType::CUDA, static_cast<c10::ScalarType>(ctx->saved_data["ac_cuda_dtype"].toInt()),
+      AutocastGuard cuda_ac(c10::DeviceType::CUDA,
+                            static_cast<c10::ScalarType>(ctx->saved_data["ac_cuda_dtype"].toInt()),
                             ctx->saved_data["ac_cuda"].toBool(), /*cache=*/false);
       // LoRA dropout: replay the forward's RNG state, then put the generator back where it was.
       const bool rng = ctx->saved_data.count("rng") > 0;
@@ -347,7 +348,8 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const ModelOptions& op
     blocks_.push_back(block.get());
   }
   norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps, o));
-  if (!config.tie_word_embeddings) lm_head = register_module("lm_head", Linear(config.hidden_size, config.vocab_size, o));
+  if (!config.tie_word_embeddings)
+    lm_head = register_module("lm_head", Linear(config.hidden_size, config.vocab_size, o));
   inv_freq_ = rope_inv_freq(config).to(options.device);
   if (options.init_weights) {
     // HF's _init_weights: normal(0, initializer_range) for matrices, ones for norms.
@@ -379,13 +381,12 @@ Tensor LlamaModelImpl::forward(const Tensor& ids, const Tensor& position_ids, co
                 ErrorKind::kModel, "attn_mask must be [B,1,S,S] = [", b, ",1,", s, ",", s, "], got ",
                 attn_mask.sizes());
   auto [cos, sin] = rope_cos_sin(inv_freq_, pos, dtype_);  // [B,S,hd]
-  Tensor h = embed_tokens(ids);              // [B,S,H]
+  Tensor h = embed_tokens(ids);                            // [B,S,H]
   const bool ckpt = checkpointing_ && torch::GradMode::is_enabled();
   for (BlockImpl* block : blocks_) {
     if (ckpt) {
       std::vector<Tensor> params = block->parameters();
-      h = CheckpointedBlock::apply(h, cos, sin,
-                                   attn_mask.defined() ? std::optional<Tensor>(attn_mask) : std::nullopt,
+      h = CheckpointedBlock::apply(h, cos, sin, attn_mask.defined() ? std::optional<Tensor>(attn_mask) : std::nullopt,
                                    at::TensorList(params), block);
     } else {
       h = block->forward(h, cos, sin, attn_mask);
@@ -400,10 +401,12 @@ Tensor LlamaModelImpl::logits(const Tensor& hidden) {
 
 Tensor LlamaModelImpl::forward_cached(const Tensor& ids, KVCache& cache) {
   const int64_t b = ids.size(0), t = ids.size(1);
-  Tensor pos = torch::arange(cache.length, cache.length + t, ids.options().dtype(torch::kInt64)).unsqueeze(0).expand({b, t});
+  Tensor pos =
+      torch::arange(cache.length, cache.length + t, ids.options().dtype(torch::kInt64)).unsqueeze(0).expand({b, t});
   auto [cos, sin] = rope_cos_sin(inv_freq_, pos, dtype_);
   Tensor h = embed_tokens(ids);
-  for (size_t i = 0; i < blocks_.size(); ++i) h = blocks_[i]->forward(h, cos, sin, Tensor(), &cache, static_cast<int64_t>(i));
+  for (size_t i = 0; i < blocks_.size(); ++i)
+    h = blocks_[i]->forward(h, cos, sin, Tensor(), &cache, static_cast<int64_t>(i));
   cache.length += t;
   return norm(h);
 }
@@ -414,8 +417,10 @@ std::vector<std::pair<std::string, Tensor>> LlamaModelImpl::hf_named_parameters(
     // LoRA adapters are not HF weights (lora_named_parameters gives them PEFT's names).
     if (p.key().ends_with(".lora_A") || p.key().ends_with(".lora_B")) continue;
     // Our tree mirrors HF's LlamaModel; only the head lives outside the "model." prefix.
-    if (p.key().starts_with("lm_head.")) out.emplace_back(p.key(), p.value());
-    else out.emplace_back("model." + p.key(), p.value());
+    if (p.key().starts_with("lm_head."))
+      out.emplace_back(p.key(), p.value());
+    else
+      out.emplace_back("model." + p.key(), p.value());
   }
   return out;
 }

@@ -79,7 +79,7 @@ double LoraOptions::scaling() const {
 }
 
 const std::vector<std::string>& lora_target_names() {
-  static const std::vector<std::string> names = {"q_proj", "k_proj", "v_proj", "o_proj",
+  static const std::vector<std::string> names = {"q_proj",    "k_proj",  "v_proj",    "o_proj",
                                                  "gate_proj", "up_proj", "down_proj", "lm_head"};
   return names;
 }
@@ -235,8 +235,7 @@ void save_lora_adapter(const LlamaModelImpl& model, const std::string& dir) {
 
 LoraOptions read_lora_config(const std::string& dir) {
   const std::string path = (fs::path(dir) / kConfigFile).string();
-  SFTGO_CHECK_HINT(fs::exists(path), ErrorKind::kConfig, "pass a PEFT LoRA adapter directory", path,
-                   ": not found");
+  SFTGO_CHECK_HINT(fs::exists(path), ErrorKind::kConfig, "pass a PEFT LoRA adapter directory", path, ": not found");
   json j;
   try {
     j = json::parse(read_file(path));
@@ -328,9 +327,10 @@ void load_lora_adapter(LlamaModelImpl& model, const std::string& dir) {
   torch::NoGradGuard no_grad;
   for (const io::TensorView& v : file->tensors()) {
     auto it = params.find(v.name);
-    SFTGO_CHECK_HINT(it != params.end(), ErrorKind::kModel, "the adapter does not match adapter_config.json or the model",
-                     path, ": unexpected tensor '", v.name, "' (no such LoRA parameter for target_modules ",
-                     json(o.target_modules).dump(), " on this model)");
+    SFTGO_CHECK_HINT(it != params.end(), ErrorKind::kModel,
+                     "the adapter does not match adapter_config.json or the model", path, ": unexpected tensor '",
+                     v.name, "' (no such LoRA parameter for target_modules ", json(o.target_modules).dump(),
+                     " on this model)");
     Tensor& p = it->second;
     SFTGO_CHECK(v.shape == p.sizes().vec(), ErrorKind::kModel, path, ": tensor '", v.name, "' has shape ",
                 shape_str(v.shape), " but the model expects ", shape_str(p.sizes()));
@@ -363,7 +363,8 @@ Tensor lora_head_weight(const LlamaModelImpl& model) {
   if (!l.lora_A.defined() || l.lora_disabled) return l.weight;
   SFTGO_CHECK(l.lora_dropout == 0.0 || !l.is_training(), ErrorKind::kConfig,
               "lora.dropout must be 0 when lm_head is a LoRA target (the fused loss folds the head's adapter "
-              "into its weight, where input dropout cannot be expressed); got ", l.lora_dropout);
+              "into its weight, where input dropout cannot be expressed); got ",
+              l.lora_dropout);
   return (l.weight.to(torch::kFloat) + l.lora_B.mm(l.lora_A) * l.lora_scaling).to(l.weight.scalar_type());
 }
 

@@ -68,8 +68,7 @@ void load_hf_weights(LlamaModelImpl& model, const std::string& checkpoint_path) 
                   io::dtype_name(v.dtype), "; weights must be F32, F16 or BF16");
       // A view of the mapped bytes (no copy); copy_ converts dtype and moves to the device in one
       // pass, so the only resident copy of the weights is the parameters themselves.
-      torch::Tensor src = torch::from_blob(const_cast<std::byte*>(v.data), v.shape,
-                                           torch::TensorOptions().dtype(*dt));
+      torch::Tensor src = torch::from_blob(const_cast<std::byte*>(v.data), v.shape, torch::TensorOptions().dtype(*dt));
       p.copy_(src);
       file->release_pages(v);
       filled.insert(v.name);

@@ -96,8 +96,8 @@ torch::Tensor LeanAdamW::step(LossClosure closure) {
       const double step_size = options.lr() / bias_correction1;
       // The same element-wise operations as LibTorch's AdamW, slice by slice (element-wise
       // results do not depend on the slicing).
-      const bool same = p.is_contiguous() && grad.is_contiguous() && st.exp_avg().is_contiguous() &&
-                        st.exp_avg_sq().is_contiguous();
+      const bool same =
+          p.is_contiguous() && grad.is_contiguous() && st.exp_avg().is_contiguous() && st.exp_avg_sq().is_contiguous();
       const auto ps = slices(p, same), gs = slices(grad, same), ms = slices(st.exp_avg(), same),
                  vs = slices(st.exp_avg_sq(), same);
       SFTGO_CHECK(ps.size() == gs.size() && ps.size() == ms.size() && ps.size() == vs.size(), ErrorKind::kInternal,

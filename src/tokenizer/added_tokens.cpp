@@ -11,8 +11,7 @@ namespace {
 // Unicode White_Space, which Rust's regex \s (used by HF for lstrip/rstrip) matches.
 bool is_white_space(uint32_t cp) {
   return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
-         cp == 0x3000;
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
 }
 
 // Rust's Unicode \w; PCRE2's UCP \w is the closest (letters, marks, decimal digits, connector
@@ -110,8 +109,8 @@ void AddedTokenMatcher::build(const std::vector<AddedTokenSpec>& tokens) {
   for (const AddedTokenSpec& t : tokens) (t.normalized ? normalized_ : raw_).add(t);
 }
 
-void AddedTokenMatcher::split_pass(const Trie& trie, std::string_view full, size_t begin, size_t end,
-                                   bool skip_special, std::vector<TextSegment>& out) const {
+void AddedTokenMatcher::split_pass(const Trie& trie, std::string_view full, size_t begin, size_t end, bool skip_special,
+                                   std::vector<TextSegment>& out) const {
   const std::string_view text = full.substr(begin, end - begin);
   size_t start_offset = 0, search = 0;
   size_t mstart, mlen;
@@ -166,8 +165,10 @@ void AddedTokenMatcher::split(std::string_view text, bool skip_special, std::vec
   std::vector<TextSegment> first;
   first.swap(out);
   for (const TextSegment& seg : first) {
-    if (seg.token_id >= 0) out.push_back(seg);
-    else split_pass(normalized_, text, seg.begin, seg.end, skip_special, out);
+    if (seg.token_id >= 0)
+      out.push_back(seg);
+    else
+      split_pass(normalized_, text, seg.begin, seg.end, skip_special, out);
   }
 }
 

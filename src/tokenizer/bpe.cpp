@@ -11,8 +11,8 @@
 namespace sftgo::tok {
 namespace {
 
-constexpr size_t kSmallWord = 48;         // below this, a rank scan beats a heap
-constexpr size_t kMaxCachedWord = 256;    // bytes; longer words are rare and would bloat the cache
+constexpr size_t kSmallWord = 48;       // below this, a rank scan beats a heap
+constexpr size_t kMaxCachedWord = 256;  // bytes; longer words are rare and would bloat the cache
 constexpr size_t kMaxCacheEntries = 1 << 17;
 constexpr uint32_t kNoMerge = UINT32_MAX;
 
@@ -138,8 +138,10 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out) cons
       last_unk = true;
     }
   }
-  if (ids.size() <= kSmallWord) merge_small(ids);
-  else merge_large(ids);
+  if (ids.size() <= kSmallWord)
+    merge_small(ids);
+  else
+    merge_large(ids);
   out.insert(out.end(), ids.begin(), ids.end());
 }
 

@@ -27,8 +27,8 @@ class BpeModel {
   void merge_small(std::vector<int32_t>& ids) const;
   void merge_large(std::vector<int32_t>& ids) const;
 
-  StringMap<int32_t> bytes_to_id_;     // token's raw bytes -> id (ignore_merges whole-word lookup)
-  PairMap merges_;                     // (left, right) -> (rank, merged id)
+  StringMap<int32_t> bytes_to_id_;      // token's raw bytes -> id (ignore_merges whole-word lookup)
+  PairMap merges_;                      // (left, right) -> (rank, merged id)
   std::array<int32_t, 256> byte_id_{};  // single-byte tokens, -1 when absent
   bool ignore_merges_ = false;
   int32_t unk_id_ = -1;

@@ -105,16 +105,21 @@ void append_utf8_lossy(std::string& out, std::string_view s) {
       const int b1 = at(i + 1);
       const bool ok1 = b == 0xE0 ? (b1 >= 0xA0 && b1 <= 0xBF) : b == 0xED ? (b1 >= 0x80 && b1 <= 0x9F) : is_cont(b1);
       if (ok1) {
-        if (is_cont(at(i + 2))) valid = 3;
-        else bad = 2;
+        if (is_cont(at(i + 2)))
+          valid = 3;
+        else
+          bad = 2;
       }
     } else if (b >= 0xF0 && b <= 0xF4) {
       const int b1 = at(i + 1);
       const bool ok1 = b == 0xF0 ? (b1 >= 0x90 && b1 <= 0xBF) : b == 0xF4 ? (b1 >= 0x80 && b1 <= 0x8F) : is_cont(b1);
       if (ok1) {
-        if (!is_cont(at(i + 2))) bad = 2;
-        else if (!is_cont(at(i + 3))) bad = 3;
-        else valid = 4;
+        if (!is_cont(at(i + 2)))
+          bad = 2;
+        else if (!is_cont(at(i + 3)))
+          bad = 3;
+        else
+          valid = 4;
       }
     }
     if (valid) {

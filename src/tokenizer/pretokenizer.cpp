@@ -55,8 +55,10 @@ std::string SplitRegex::translate_pattern(const std::string& p) {
   bool in_class = false;
   // Emits a class body: bare inside [...], wrapped (or negated) outside.
   auto emit = [&](const std::string& body, bool negate) {
-    if (in_class) out += body;
-    else out += (negate ? "[^" : "[") + body + "]";
+    if (in_class)
+      out += body;
+    else
+      out += (negate ? "[^" : "[") + body + "]";
   };
   for (size_t i = 0; i < p.size(); ++i) {
     const char c = p[i];
@@ -107,13 +109,13 @@ void SplitRegex::compile(const std::string& pattern, bool literal, const std::st
   if (literal) options = PCRE2_UTF | PCRE2_LITERAL;
   int err = 0;
   PCRE2_SIZE err_offset = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(source.data()), source.size(), options, &err,
-                                   &err_offset, nullptr);
+  pcre2_code* code =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(source.data()), source.size(), options, &err, &err_offset, nullptr);
   if (!code) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof msg);
-    SFTGO_FAIL(ErrorKind::kTokenizer, path, ": pre_tokenizer Split pattern does not compile (", reinterpret_cast<char*>(msg),
-               " at offset ", err_offset, ")");
+    SFTGO_FAIL(ErrorKind::kTokenizer, path, ": pre_tokenizer Split pattern does not compile (",
+               reinterpret_cast<char*>(msg), " at offset ", err_offset, ")");
   }
   // JIT is a speed-up only; the interpreter gives the same matches if JIT is unavailable.
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);

@@ -112,9 +112,12 @@ Tokenizer Tokenizer::load(const std::string& path) {
     const auto vocab_count = static_cast<int32_t>(spec.vocab.size());
     for (auto& a : spec.added_tokens) {
       if (impl->added_by_content.count(a.content)) continue;
-      if (const int32_t* id = impl->vocab_by_spelling.find(a.content)) a.id = *id;
-      else if (!max_added) a.id = vocab_count;
-      else a.id = *max_added >= vocab_count ? *max_added + 1 : vocab_count;
+      if (const int32_t* id = impl->vocab_by_spelling.find(a.content))
+        a.id = *id;
+      else if (!max_added)
+        a.id = vocab_count;
+      else
+        a.id = *max_added >= vocab_count ? *max_added + 1 : vocab_count;
       max_added = std::max(max_added.value_or(a.id), a.id);
       impl->added_by_content[a.content] = a.id;
       kept.push_back(std::move(a));
@@ -177,8 +180,10 @@ std::vector<TokenId> Tokenizer::encode(std::string_view text, SpecialTokens spec
   thread_local std::vector<tok::TextSegment> segments;
   impl_->matcher.split(text, special == SpecialTokens::kOrdinary, segments);
   for (const tok::TextSegment& seg : segments) {
-    if (seg.token_id >= 0) out.push_back(seg.token_id);
-    else impl_->encode_text(text.substr(seg.begin, seg.end - seg.begin), out);
+    if (seg.token_id >= 0)
+      out.push_back(seg.token_id);
+    else
+      impl_->encode_text(text.substr(seg.begin, seg.end - seg.begin), out);
   }
   return out;
 }
@@ -205,7 +210,8 @@ std::string Tokenizer::token_bytes(TokenId id) const {
 int64_t Tokenizer::vocab_size() const { return static_cast<int64_t>(impl_->flags.size()); }
 
 std::optional<TokenId> Tokenizer::token_to_id(std::string_view token) const {
-  if (auto it = impl_->added_by_content.find(std::string(token)); it != impl_->added_by_content.end()) return it->second;
+  if (auto it = impl_->added_by_content.find(std::string(token)); it != impl_->added_by_content.end())
+    return it->second;
   if (const int32_t* id = impl_->vocab_by_spelling.find(token)) return *id;
   return std::nullopt;
 }

@@ -23,7 +23,8 @@ class SpecSax : public nlohmann::json_sax<Json> {
   bool null() override { return value(Json(nullptr)); }
   bool boolean(bool v) override { return value(Json(v)); }
   bool number_integer(number_integer_t v) override {
-    if (mode_ == Mode::kVocab) return fail("model.vocab[\"" + key_ + "\"] must be a non-negative integer id, got " + std::to_string(v));
+    if (mode_ == Mode::kVocab)
+      return fail("model.vocab[\"" + key_ + "\"] must be a non-negative integer id, got " + std::to_string(v));
     return value(Json(v));
   }
   bool number_unsigned(number_unsigned_t v) override {
@@ -59,7 +60,8 @@ class SpecSax : public nlohmann::json_sax<Json> {
   bool binary(binary_t&) override { return fail("unexpected binary value"); }
 
   bool start_object(std::size_t) override {
-    if (mode_ != Mode::kDom) return fail(mode_ == Mode::kVocab ? "model.vocab values must be integer ids" : merge_pair_error());
+    if (mode_ != Mode::kDom)
+      return fail(mode_ == Mode::kVocab ? "model.vocab values must be integer ids" : merge_pair_error());
     if (stack_.size() == 2 && in_model() && key_ == "vocab") {
       mode_ = Mode::kVocab;
       saw_vocab = true;
@@ -86,7 +88,8 @@ class SpecSax : public nlohmann::json_sax<Json> {
       pair_.clear();
       return true;
     }
-    if (mode_ != Mode::kDom) return fail(mode_ == Mode::kVocab ? "model.vocab values must be integer ids" : merge_pair_error());
+    if (mode_ != Mode::kDom)
+      return fail(mode_ == Mode::kVocab ? "model.vocab values must be integer ids" : merge_pair_error());
     if (stack_.size() == 2 && in_model() && key_ == "merges") {
       mode_ = Mode::kMerges;
       saw_merges = true;
@@ -125,7 +128,8 @@ class SpecSax : public nlohmann::json_sax<Json> {
 
   bool in_model() const { return path_.size() == 2 && path_[1] == "model"; }
   std::string merge_pair_error() const {
-    return "model.merges[" + std::to_string(spec_.merges.size()) + "] must be \"a b\" or a pair [\"a\", \"b\"] of strings";
+    return "model.merges[" + std::to_string(spec_.merges.size()) +
+           "] must be \"a b\" or a pair [\"a\", \"b\"] of strings";
   }
   bool fail(std::string msg) {
     if (error.empty()) error = std::move(msg);
@@ -169,8 +173,8 @@ class SpecSax : public nlohmann::json_sax<Json> {
 };
 
 [[noreturn]] void bad(const std::string& path, const std::string& what) {
-  SFTGO_FAIL_HINT(ErrorKind::kTokenizer, "use the tokenizer.json of a Llama-3 model from the Hugging Face Hub",
-                  path, ": ", what);
+  SFTGO_FAIL_HINT(ErrorKind::kTokenizer, "use the tokenizer.json of a Llama-3 model from the Hugging Face Hub", path,
+                  ": ", what);
 }
 
 const Json& member(const Json& obj, const char* key, const std::string& where, const std::string& path) {
@@ -202,7 +206,8 @@ void check_model(const Json& model, TokenizerSpec& spec, const std::string& path
   if (get_bool(model, "byte_fallback", false, "model", path)) bad(path, "model.byte_fallback=true is not supported");
   if (auto it = model.find("dropout"); it != model.end() && !it->is_null()) {
     if (!it->is_number()) bad(path, "model.dropout must be a number or null");
-    if (it->get<double>() != 0.0) bad(path, "model.dropout is set; BPE dropout is not supported (encode must be deterministic)");
+    if (it->get<double>() != 0.0)
+      bad(path, "model.dropout is set; BPE dropout is not supported (encode must be deterministic)");
   }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     const std::string* s = get_string(model, key, "model", path);
@@ -223,13 +228,15 @@ void check_pre_tokenizer(const Json& root, TokenizerSpec& spec, const std::strin
   const std::string* type = get_string(pre, "type", "pre_tokenizer", path);
   const Json* list = nullptr;
   if (type && *type == "Sequence") list = &member(pre, "pretokenizers", "pre_tokenizer", path);
-  if (!list || !list->is_array() || list->size() != 2) bad(path, std::string("unsupported pre_tokenizer; ") + kSupported);
+  if (!list || !list->is_array() || list->size() != 2)
+    bad(path, std::string("unsupported pre_tokenizer; ") + kSupported);
   const Json& split = (*list)[0];
   const Json& byte_level = (*list)[1];
   if (!split.is_object() || !byte_level.is_object()) bad(path, std::string("unsupported pre_tokenizer; ") + kSupported);
   const std::string* t0 = get_string(split, "type", "pre_tokenizer.pretokenizers[0]", path);
   const std::string* t1 = get_string(byte_level, "type", "pre_tokenizer.pretokenizers[1]", path);
-  if (!t0 || *t0 != "Split" || !t1 || *t1 != "ByteLevel") bad(path, std::string("unsupported pre_tokenizer; ") + kSupported);
+  if (!t0 || *t0 != "Split" || !t1 || *t1 != "ByteLevel")
+    bad(path, std::string("unsupported pre_tokenizer; ") + kSupported);
 
   const Json& pattern = member(split, "pattern", "pre_tokenizer Split", path);
   if (!pattern.is_object()) bad(path, "pre_tokenizer Split pattern must be {\"Regex\": ...} or {\"String\": ...}");
@@ -261,7 +268,8 @@ void check_added_tokens(const Json& root, TokenizerSpec& spec, const std::string
     if (!t.is_object()) bad(path, where + " must be an object");
     AddedTokenSpec a;
     const Json& id = member(t, "id", where, path);
-    if (!id.is_number_unsigned() || id.get<uint64_t>() > 0x7FFFFFFF) bad(path, where + ".id must be a non-negative integer");
+    if (!id.is_number_unsigned() || id.get<uint64_t>() > 0x7FFFFFFF)
+      bad(path, where + ".id must be a non-negative integer");
     a.id = static_cast<int32_t>(id.get<uint64_t>());
     const Json& content = member(t, "content", where, path);
     if (!content.is_string()) bad(path, where + ".content must be a string");

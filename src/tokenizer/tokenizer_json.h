@@ -22,11 +22,11 @@ struct AddedTokenSpec {
 };
 
 struct TokenizerSpec {
-  std::vector<std::pair<std::string, int32_t>> vocab;          // spelled token -> id
-  std::vector<std::pair<std::string, std::string>> merges;     // in rank order
+  std::vector<std::pair<std::string, int32_t>> vocab;       // spelled token -> id
+  std::vector<std::pair<std::string, std::string>> merges;  // in rank order
   std::vector<AddedTokenSpec> added_tokens;
-  std::string split_pattern;    // the Split pre-tokenizer's pattern
-  bool split_is_regex = true;   // false: {"String": ...}, a literal
+  std::string split_pattern;   // the Split pre-tokenizer's pattern
+  bool split_is_regex = true;  // false: {"String": ...}, a literal
   bool ignore_merges = false;
   std::optional<std::string> unk_token;
   bool fuse_unk = false;

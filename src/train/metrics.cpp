@@ -26,12 +26,24 @@ nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlo
 }  // namespace
 
 std::string StepMetrics::to_json() const {
-  nlohmann::json j = {{"step", step}, {"epoch", num(epoch)}, {"loss", num(loss)}, {"loss_ce", num(loss_ce)},
-                      {"loss_imp", num(loss_imp)}, {"loss_unimp", num(loss_unimp)}, {"worst_group", worst_group},
-                      {"count_imp", count_imp}, {"count_unimp", count_unimp}, {"lambda", num(lambda)},
-                      {"lr", num(lr)}, {"grad_norm", num(grad_norm)}, {"tokens", tokens},
-                      {"trained_tokens", trained_tokens}, {"tokens_per_s", num(tokens_per_s)},
-                      {"step_s", num(step_s)}, {"elapsed_s", num(elapsed_s)}, {"skipped", skipped}};
+  nlohmann::json j = {{"step", step},
+                      {"epoch", num(epoch)},
+                      {"loss", num(loss)},
+                      {"loss_ce", num(loss_ce)},
+                      {"loss_imp", num(loss_imp)},
+                      {"loss_unimp", num(loss_unimp)},
+                      {"worst_group", worst_group},
+                      {"count_imp", count_imp},
+                      {"count_unimp", count_unimp},
+                      {"lambda", num(lambda)},
+                      {"lr", num(lr)},
+                      {"grad_norm", num(grad_norm)},
+                      {"tokens", tokens},
+                      {"trained_tokens", trained_tokens},
+                      {"tokens_per_s", num(tokens_per_s)},
+                      {"step_s", num(step_s)},
+                      {"elapsed_s", num(elapsed_s)},
+                      {"skipped", skipped}};
   if (mfu >= 0) j["mfu"] = num(mfu);
   if (gpu_mem_allocated_gb >= 0) j["gpu_mem_allocated_gb"] = num(gpu_mem_allocated_gb);
   if (gpu_mem_reserved_gb >= 0) j["gpu_mem_reserved_gb"] = num(gpu_mem_reserved_gb);
@@ -40,9 +52,13 @@ std::string StepMetrics::to_json() const {
 }
 
 std::string EvalMetrics::to_json() const {
-  nlohmann::json j = {{"step", step}, {"eval_loss", num(loss)}, {"eval_loss_ce", num(loss_ce)},
-                      {"eval_loss_imp", num(loss_imp)}, {"eval_loss_unimp", num(loss_unimp)},
-                      {"eval_tokens", tokens}, {"eval_s", num(seconds)}};
+  nlohmann::json j = {{"step", step},
+                      {"eval_loss", num(loss)},
+                      {"eval_loss_ce", num(loss_ce)},
+                      {"eval_loss_imp", num(loss_imp)},
+                      {"eval_loss_unimp", num(loss_unimp)},
+                      {"eval_tokens", tokens},
+                      {"eval_s", num(seconds)}};
   return j.dump();
 }
 
@@ -111,39 +127,47 @@ void MetricsLog::write_line(const std::string& json) {
   const int err = n < 0 ? errno : ENOSPC;  // short write: the filesystem ran out of room mid-line
   if (before >= 0 && ::ftruncate(fd_, before) != 0)
     log_warn("{}: could not cut a partial line back off ({})", path_, std::strerror(errno));
-  SFTGO_FAIL_HINT(ErrorKind::kIo, write_error_hint(err, path_), path_, ": cannot append the metrics of this step: ",
-                  std::strerror(err));
+  SFTGO_FAIL_HINT(ErrorKind::kIo, write_error_hint(err, path_), path_,
+                  ": cannot append the metrics of this step: ", std::strerror(err));
 }
 
 std::string format_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
   auto total = static_cast<int64_t>(std::llround(s));
   std::ostringstream os;
-  if (total >= 3600) os << total / 3600 << "h" << (total % 3600) / 60 << "m";
-  else if (total >= 60) os << total / 60 << "m" << total % 60 << "s";
-  else os << total << "s";
+  if (total >= 3600)
+    os << total / 3600 << "h" << (total % 3600) / 60 << "m";
+  else if (total >= 60)
+    os << total / 60 << "m" << total % 60 << "s";
+  else
+    os << total << "s";
   return os.str();
 }
 
 std::string progress_line(const StepMetrics& m, int64_t total_steps) {
   char buf[320];
-  const double remaining = m.step > 0 ? m.elapsed_s / static_cast<double>(m.step) * static_cast<double>(total_steps - m.step) : -1;
+  const double remaining =
+      m.step > 0 ? m.elapsed_s / static_cast<double>(m.step) * static_cast<double>(total_steps - m.step) : -1;
   char gpu[64] = "";
   if (m.gpu_mem_reserved_gb >= 0)
     std::snprintf(gpu, sizeof gpu, " | GPU %.1f/%.1f GB", m.gpu_mem_allocated_gb, m.gpu_mem_reserved_gb);
-  std::snprintf(buf, sizeof buf, "step %lld/%lld | loss %.4f | ce %.4f | imp %.3f | unimp %.3f | lambda %.2f | lr %.2e | %.0f tok/s%s | ETA %s%s",
-                static_cast<long long>(m.step), static_cast<long long>(total_steps), m.loss, m.loss_ce, m.loss_imp,
-                m.loss_unimp, m.lambda, m.lr, m.tokens_per_s, gpu, format_duration(remaining).c_str(),
-                m.skipped ? " | SKIPPED (non-finite)" : "");
+  std::snprintf(
+      buf, sizeof buf,
+      "step %lld/%lld | loss %.4f | ce %.4f | imp %.3f | unimp %.3f | lambda %.2f | lr %.2e | %.0f tok/s%s | ETA %s%s",
+      static_cast<long long>(m.step), static_cast<long long>(total_steps), m.loss, m.loss_ce, m.loss_imp, m.loss_unimp,
+      m.lambda, m.lr, m.tokens_per_s, gpu, format_duration(remaining).c_str(),
+      m.skipped ? " | SKIPPED (non-finite)" : "");
   return buf;
 }
 
 std::string progress_bar(int64_t step, int64_t total_steps, int width) {
-  const double frac = total_steps > 0 ? std::clamp(static_cast<double>(step) / static_cast<double>(total_steps), 0.0, 1.0) : 0.0;
+  const double frac =
+      total_steps > 0 ? std::clamp(static_cast<double>(step) / static_cast<double>(total_steps), 0.0, 1.0) : 0.0;
   const int filled = static_cast<int>(frac * width);
   char pct[8];
   std::snprintf(pct, sizeof pct, "%3d%%", static_cast<int>(frac * 100.0));
-  return "[" + std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(width - filled), '.') + "] " + pct;
+  return "[" + std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(width - filled), '.') +
+         "] " + pct;
 }
 
 }  // namespace sftgo::train

@@ -130,11 +130,16 @@ std::string polyline(const Points& p, const std::function<double(double)>& px, c
 std::string escape(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '&') out += "&amp;";
-    else if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else if (c == '"') out += "&quot;";
-    else out += c;
+    if (c == '&')
+      out += "&amp;";
+    else if (c == '<')
+      out += "&lt;";
+    else if (c == '>')
+      out += "&gt;";
+    else if (c == '"')
+      out += "&quot;";
+    else
+      out += c;
   }
   return out;
 }
@@ -155,7 +160,8 @@ void draw_curves(std::ostringstream& os, const std::vector<RunData>& data, const
       if (ev) {  // few points: raw, with markers
         os << polyline(p, px, py, kSeries[s].colour, 1.8, dash, 1.0);
         for (auto [x, y] : p)
-          os << "<circle cx=\"" << px(x) << "\" cy=\"" << py(y) << "\" r=\"2.5\" fill=\"" << kSeries[s].colour << "\"/>\n";
+          os << "<circle cx=\"" << px(x) << "\" cy=\"" << py(y) << "\" r=\"2.5\" fill=\"" << kSeries[s].colour
+             << "\"/>\n";
       } else if (opt.smooth > 0) {
         os << polyline(p, px, py, kSeries[s].colour, 0.8, dash, 0.3)
            << polyline(smoothed(p, opt.smooth), px, py, kSeries[s].colour, 2.0, dash, 1.0);
@@ -170,9 +176,10 @@ void draw_curves(std::ostringstream& os, const std::vector<RunData>& data, const
 void draw_legend(std::ostringstream& os, const std::vector<RunData>& data, const PlotOptions& opt, double lx,
                  double ly) {
   auto entry = [&](const char* colour, const char* dash, const std::string& text) {
-    os << "<line x1=\"" << lx << "\" x2=\"" << lx + 30 << "\" y1=\"" << ly << "\" y2=\"" << ly << "\" stroke=\"" << colour
-       << "\" stroke-width=\"2\"" << (dash[0] ? std::string(" stroke-dasharray=\"") + dash + "\"" : std::string())
-       << "/><text x=\"" << lx + 36 << "\" y=\"" << ly + 4 << "\">" << escape(text) << "</text>\n";
+    os << "<line x1=\"" << lx << "\" x2=\"" << lx + 30 << "\" y1=\"" << ly << "\" y2=\"" << ly << "\" stroke=\""
+       << colour << "\" stroke-width=\"2\""
+       << (dash[0] ? std::string(" stroke-dasharray=\"") + dash + "\"" : std::string()) << "/><text x=\"" << lx + 36
+       << "\" y=\"" << ly + 4 << "\">" << escape(text) << "</text>\n";
     ly += 18;
   };
   for (const auto& s : kSeries) entry(s.colour, "", s.label);
@@ -218,8 +225,10 @@ std::string plot_runs_svg(const std::vector<PlotRun>& runs, const PlotOptions& o
     double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
     auto extend = [&](const Points& p) {
       for (auto [x, y] : p) {
-        x0 = std::min(x0, x); x1 = std::max(x1, x);
-        y0 = std::min(y0, y); y1 = std::max(y1, y);
+        x0 = std::min(x0, x);
+        x1 = std::max(x1, x);
+        y0 = std::min(y0, y);
+        y1 = std::max(y1, y);
       }
     };
     for (const auto& d : data) {

@@ -88,9 +88,11 @@ void Trainer::Impl::setup() {
   per_rank_batch = cfg.train.global_batch_size / world;
   loader = std::make_unique<data::DataLoader>(dataset, loader_options());
   steps_per_epoch = (loader->examples_per_epoch() + per_rank_batch - 1) / per_rank_batch;
-  total_steps = cfg.train.max_steps > 0
-                    ? cfg.train.max_steps
-                    : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(cfg.train.epochs * static_cast<double>(steps_per_epoch) - 1e-9)));
+  total_steps =
+      cfg.train.max_steps > 0
+          ? cfg.train.max_steps
+          : std::max<int64_t>(
+                1, static_cast<int64_t>(std::ceil(cfg.train.epochs * static_cast<double>(steps_per_epoch) - 1e-9)));
   build_updater();
   schedule.peak_lr = cfg.optim.lr;
   schedule.total_steps = total_steps;
@@ -120,7 +122,8 @@ void Trainer::Impl::place_job() {
   SFTGO_CHECK_HINT(cfg.train.global_batch_size % (world * cfg.train.micro_batch_size) == 0, ErrorKind::kConfig,
                    "make train.global_batch_size a multiple of world size x train.micro_batch_size",
                    "train.global_batch_size ", cfg.train.global_batch_size, " does not split into ", world, " ranks x ",
-                   "micro-batches of ", cfg.train.micro_batch_size, " (every rank must run the same number of micro-steps)");
+                   "micro-batches of ", cfg.train.micro_batch_size,
+                   " (every rank must run the same number of micro-steps)");
   dist::CommOptions co;
   co.backend = cfg.dist.backend;
   co.timeout_s = cfg.dist.timeout_s;
@@ -205,8 +208,8 @@ void Trainer::Impl::prepare_dynamic(std::vector<data::TokenizedExample>& example
   if (world > 1) ctx.barrier = [this] { comm->barrier(); };
   if (model::has_lora(*model)) {
     // The frozen base model (adapters off) can serve as the reference: no second model in memory.
-    ctx.base_model_identity = cfg.model.path.empty() ? sftgo::format("random-init:seed={}", cfg.run.seed)
-                                                     : "dir:" + cfg.model.path;
+    ctx.base_model_identity =
+        cfg.model.path.empty() ? sftgo::format("random-init:seed={}", cfg.run.seed) : "dir:" + cfg.model.path;
     ctx.base_model_logprobs = [this](const std::vector<std::vector<int64_t>>& seqs) {
       torch::NoGradGuard no_grad;
       model::set_lora_disabled(*model, true);
@@ -229,7 +232,9 @@ void Trainer::Impl::build_model() {
     model = model::load_pretrained(cfg.model.path, mo);
   } else {
     auto c = model::LlamaConfig::preset(cfg.model.preset);
-    auto set = [](int64_t& field, int64_t v) { if (v > 0) field = v; };
+    auto set = [](int64_t& field, int64_t v) {
+      if (v > 0) field = v;
+    };
     set(c.hidden_size, cfg.model.hidden_size);
     set(c.intermediate_size, cfg.model.intermediate_size);
     set(c.num_hidden_layers, cfg.model.num_layers);
@@ -252,14 +257,17 @@ void Trainer::Impl::build_model() {
   for (const auto& [name, p] : model->hf_named_parameters()) n_params += p.numel();
   if (device.is_cuda()) {
     gpu_peak = dist::gpu_peak(device, cfg.train.gpu_peak_tflops * 1e12);
-    if (gpu_peak.flops > 0) log_info("MFU against {:.0f} TFLOP/s dense bf16 ({})", gpu_peak.flops / 1e12, gpu_peak.source);
-    else log_warn("GPU '{}' is not in the peak-FLOPs table: set train.gpu_peak_tflops for MFU", gpu_peak.name);
+    if (gpu_peak.flops > 0)
+      log_info("MFU against {:.0f} TFLOP/s dense bf16 ({})", gpu_peak.flops / 1e12, gpu_peak.source);
+    else
+      log_warn("GPU '{}' is not in the peak-FLOPs table: set train.gpu_peak_tflops for MFU", gpu_peak.name);
   }
   log_info("model: {} layers, hidden {}, {:.1f}M parameters, {} on {}{}", model->config().num_hidden_layers,
            model->config().hidden_size, static_cast<double>(n_params) / 1e6,
            model->dtype() == c10::kBFloat16 ? "bfloat16" : "float32", device.str(),
-           precision == Precision::kBf16 ? " (fp32 master weights)"
-                                         : precision == Precision::kBf16Autocast ? " (bf16 autocast)" : "");
+           precision == Precision::kBf16           ? " (fp32 master weights)"
+           : precision == Precision::kBf16Autocast ? " (bf16 autocast)"
+                                                   : "");
 }
 
 // The held-out set goes through the same template and grouping as the training data. A function that

@@ -140,9 +140,10 @@ void Trainer::Impl::resume_from(const std::string& dir) {
   if (st.world_size != world) {
     // Same global position in the epoch: every rank had consumed `index` of its share.
     const int64_t consumed = st.sampler_index * st.world_size;
-    SFTGO_CHECK_HINT(consumed % world == 0, ErrorKind::kConfig, "resume with a world size that divides the examples consumed",
-                     dir, " was saved by ", st.world_size, " ranks at ", consumed, " examples into epoch ", st.sampler_epoch,
-                     ", which ", world, " ranks cannot split evenly");
+    SFTGO_CHECK_HINT(consumed % world == 0, ErrorKind::kConfig,
+                     "resume with a world size that divides the examples consumed", dir, " was saved by ",
+                     st.world_size, " ranks at ", consumed, " examples into epoch ", st.sampler_epoch, ", which ",
+                     world, " ranks cannot split evenly");
     ss.index = consumed / world;
     log_warn("resuming {} saved by {} ranks with {}: same examples per step, but epoch tails are padded per rank", dir,
              st.world_size, world);

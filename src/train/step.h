@@ -46,11 +46,11 @@ WeightsPlan plan_weights(loss::StatsScope scope, loss::Objective objective, size
 
 // The step-wide sums every rank needs after its backward passes: one all-reduce of named fields.
 struct StepTotals {
-  loss::GroupStats seen;        // the step's group statistics
-  bool finite = true;           // every rank's loss was finite
-  bool stop = false;            // some rank was asked to stop (SIGINT/SIGTERM/SIGUSR1)
-  int64_t tokens = 0;           // real tokens forwarded
-  double micro_loss_sum = 0;    // sum of the micro-batch objectives (microbatch scope)
+  loss::GroupStats seen;              // the step's group statistics
+  bool finite = true;                 // every rank's loss was finite
+  bool stop = false;                  // some rank was asked to stop (SIGINT/SIGTERM/SIGUSR1)
+  int64_t tokens = 0;                 // real tokens forwarded
+  double micro_loss_sum = 0;          // sum of the micro-batch objectives (microbatch scope)
   void all_reduce(dist::Comm& comm);  // sums (finite: all; stop: any) over ranks
 };
 

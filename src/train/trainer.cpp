@@ -208,9 +208,8 @@ StepTotals Trainer::Impl::forward_backward(std::vector<MicroBatch>& micro, const
   return t;
 }
 
-StepMetrics Trainer::Impl::step_metrics(const std::vector<MicroBatch>& micro, const StepWeights& w,
-                                        const StepTotals& t, const std::optional<loss::LossWeights>& applied,
-                                        double lambda, double lr) {
+StepMetrics Trainer::Impl::step_metrics(const std::vector<MicroBatch>& micro, const StepWeights& w, const StepTotals& t,
+                                        const std::optional<loss::LossWeights>& applied, double lambda, double lr) {
   const bool multi = micro.size() > 1;
   // Metrics of the whole step from the summed statistics.
   const loss::LossWeights weights =
@@ -219,7 +218,8 @@ StepMetrics Trainer::Impl::step_metrics(const std::vector<MicroBatch>& micro, co
   StepMetrics m;
   m.step = step;
   m.epoch = static_cast<double>(loader->state().epoch) +
-            static_cast<double>(loader->state().index) / static_cast<double>(std::max<int64_t>(1, loader->examples_per_epoch()));
+            static_cast<double>(loader->state().index) /
+                static_cast<double>(std::max<int64_t>(1, loader->examples_per_epoch()));
   m.loss = !t.finite ? NAN
            : scope == loss::StatsScope::kMicrobatch && (multi || world > 1)
                ? t.micro_loss_sum / static_cast<double>(micro.size() * world)
@@ -263,8 +263,8 @@ loss::FusedLossOptions Trainer::Impl::loss_options(double lambda, MicroBatch& b)
 at::Tensor Trainer::Impl::head_weight() const {
   // LoRA with lm_head among the targets: W + s B A (the fused loss takes the weight, not the module).
   const at::Tensor w = model::has_lora(*model) ? model::lora_head_weight(*model)
-                       : model->lm_head       ? model->lm_head->weight
-                                              : model->embed_tokens->weight;
+                       : model->lm_head        ? model->lm_head->weight
+                                               : model->embed_tokens->weight;
   return precision == Precision::kBf16Autocast ? w.to(at::kBFloat16) : w;
 }
 
@@ -306,7 +306,7 @@ std::unique_ptr<MetricsLog> Trainer::Impl::open_run_files(bool resumed) {
   if (rank != 0) return nullptr;
   const fs::path out(cfg.run.output_dir);
   write_file_atomic((out / "resolved_config.yaml").string(), config_to_yaml(cfg));
-  nlohmann::json versions = {{"sftgo", version_string()}, {"git", git_hash()}, {"libtorch", TORCH_VERSION},
+  nlohmann::json versions = {{"sftgo", version_string()},         {"git", git_hash()},      {"libtorch", TORCH_VERSION},
                              {"cuda_kernels", built_with_cuda()}, {"device", device.str()}, {"world_size", world}};
   write_file_atomic((out / "versions.json").string(), versions.dump(1) + "\n");
   return std::make_unique<MetricsLog>((out / "metrics.jsonl").string(), resumed ? step : -1);
@@ -314,7 +314,8 @@ std::unique_ptr<MetricsLog> Trainer::Impl::open_run_files(bool resumed) {
 
 void Trainer::Impl::print_progress(const StepMetrics& m, bool tty) const {
   if (tty && is_rank0()) {
-    std::fprintf(stderr, "\r\033[K%s %s", progress_bar(step, total_steps).c_str(), progress_line(m, total_steps).c_str());
+    std::fprintf(stderr, "\r\033[K%s %s", progress_bar(step, total_steps).c_str(),
+                 progress_line(m, total_steps).c_str());
     if (step == total_steps || m.skipped) std::fprintf(stderr, "\n");
   } else if (step % cfg.train.log_every == 0 || step == total_steps || m.skipped) {
     log_info("{}", progress_line(m, total_steps));
@@ -332,9 +333,10 @@ void Trainer::Impl::stop_non_finite(int64_t last_finite) {
   const std::string dir =
       earlier ? (good.empty() ? std::string("(see rank 0)") : good) : save("before stopping on non-finite values");
   comm->shutdown();  // every rank reaches this step together
-  SFTGO_FAIL_HINT(ErrorKind::kNumeric, "lower optim.lr, check the data, then --resume " + dir, "training stopped at step ",
-                  step, ": ", nan_skips, " steps in a row had a non-finite loss or gradient (train.max_nan_skips = ",
-                  cfg.train.max_nan_skips, "); ",
+  SFTGO_FAIL_HINT(ErrorKind::kNumeric, "lower optim.lr, check the data, then --resume " + dir,
+                  "training stopped at step ", step, ": ", nan_skips,
+                  " steps in a row had a non-finite loss or gradient (train.max_nan_skips = ", cfg.train.max_nan_skips,
+                  "); ",
                   earlier ? "the newest checkpoint whose next step was finite is "
                           : "no checkpoint holds weights whose next step was finite, so the current weights (those "
                             "of the last applied update, which produced the non-finite steps) are saved in ",
@@ -348,8 +350,10 @@ TrainResult Trainer::run(const std::string& resume) {
   fs::create_directories(cfg.run.output_dir);
   if (!resume.empty()) {
     auto dir = checkpoint::resolve_resume_dir(resume, cfg.run.output_dir);
-    if (dir) s.resume_from(*dir);
-    else log_info("--resume auto: no checkpoint in {}, starting fresh", cfg.run.output_dir);
+    if (dir)
+      s.resume_from(*dir);
+    else
+      log_info("--resume auto: no checkpoint in {}, starting fresh", cfg.run.output_dir);
   }
   const std::unique_ptr<MetricsLog> metrics_log = s.open_run_files(!resume.empty());
   auto write_metrics = [&](const auto& m) {
@@ -368,8 +372,10 @@ TrainResult Trainer::run(const std::string& resume) {
     if (ran++ == 0) result.first_loss = m.loss;
     result.last_loss = m.loss;
     result.steps = s.step;
-    if (m.skipped) ++result.skipped_steps;
-    else last_finite = s.step;
+    if (m.skipped)
+      ++result.skipped_steps;
+    else
+      last_finite = s.step;
     s.print_progress(m, tty);
     if (s.nan_skips > cfg.train.max_nan_skips) s.stop_non_finite(last_finite);
     if (evals && cfg.train.eval_every > 0 && s.step % cfg.train.eval_every == 0) {
@@ -396,7 +402,8 @@ TrainResult Trainer::run(const std::string& resume) {
   s.comm->shutdown();
   // Fewer skips than train.max_nan_skips, but not one update applied: not a trained model.
   SFTGO_CHECK_HINT(ran == 0 || result.skipped_steps < ran, ErrorKind::kNumeric, "lower optim.lr or check the data",
-                   "every one of the ", ran, " steps of this run had a non-finite loss or gradient: no update was applied");
+                   "every one of the ", ran,
+                   " steps of this run had a non-finite loss or gradient: no update was applied");
   log_info("done: {} steps in {}, final loss {:.4f}", s.step, format_duration(wall.seconds()), result.last_loss);
   return result;
 }

@@ -32,8 +32,9 @@ std::vector<std::string> zero_shards(const std::string& dir) {
 void check_zero_setting(const std::string& dir, bool zero) {
   const bool has_shards = !zero_shards(dir).empty();
   SFTGO_CHECK_HINT(has_shards == zero, ErrorKind::kConfig, "resume with the dist.zero1 setting the run was saved with",
-                   dir, has_shards ? " holds ZeRO-1 optimizer shards, but dist.zero1 is off"
-                                   : " was saved without ZeRO-1 (optimizer.pt), but dist.zero1 is on");
+                   dir,
+                   has_shards ? " holds ZeRO-1 optimizer shards, but dist.zero1 is off"
+                              : " was saved without ZeRO-1 (optimizer.pt), but dist.zero1 is on");
 }
 
 // AdamW's state tensors follow their parameter's device (an optimizer.pt saved on another device, or
@@ -104,8 +105,7 @@ class ReducingUpdater : public Updater {
 // AdamW over the model's own parameters.
 class PlainUpdater final : public ReducingUpdater {
  public:
-  PlainUpdater(const std::shared_ptr<dist::Comm>& comm, const optim::NamedParameters& params,
-               const UpdaterOptions& o) {
+  PlainUpdater(const std::shared_ptr<dist::Comm>& comm, const optim::NamedParameters& params, const UpdaterOptions& o) {
     optimizer_ = optim::make_adamw(params, o.adamw);
     reducer_ = make_reducer(comm, params, o.bucket_mb);
   }
@@ -113,8 +113,10 @@ class PlainUpdater final : public ReducingUpdater {
   double step(double lr, double max_norm, bool finite) override { return clip_and_step(lr, max_norm, finite); }
   void zero_grad() override {
     // With a reducer the gradients are views of its all-reduce buckets: zeroed in place, never freed.
-    if (reducer_) reducer_->zero_grad();
-    else optimizer_->zero_grad(true);
+    if (reducer_)
+      reducer_->zero_grad();
+    else
+      optimizer_->zero_grad(true);
   }
   void add_to_save(checkpoint::SaveRequest& r, const std::string&) override { r.optimizer = optimizer_.get(); }
   void resume(const std::string& dir) override {

@@ -55,8 +55,10 @@ TrainerState valid_state() {
 
 std::string with(const std::string& key, const nlohmann::json& value) {
   auto j = nlohmann::json::parse(valid_state().to_json());
-  if (key == "sampler.index") j["sampler"]["index"] = value;
-  else j[key] = value;
+  if (key == "sampler.index")
+    j["sampler"]["index"] = value;
+  else
+    j[key] = value;
   return j.dump();
 }
 
@@ -67,7 +69,9 @@ TEST(TrainerState, RoundTripsAndValidatesWhatIsReadBack) {
   EXPECT_EQ(back.rng_state_hex, cpu_rng_state_hex());
   EXPECT_EQ(back.rng_state_hex.size(), expected_rng_state_hex_size());
 
-  auto bad = [](const std::string& text) { return error_of([&] { TrainerState::from_json(text, "x/trainer_state.json"); }); };
+  auto bad = [](const std::string& text) {
+    return error_of([&] { TrainerState::from_json(text, "x/trainer_state.json"); });
+  };
   // Each names the file and the field; "step": -5 used to resume with negative learning rates.
   EXPECT_NE(bad(with("step", -5)).find("x/trainer_state.json: field \"step\" is -5, expected >= 0"), std::string::npos);
   EXPECT_NE(bad(with("step", 11)).find("\"step\" is 11, past \"total_steps\" 10"), std::string::npos);
@@ -146,7 +150,8 @@ TEST(Checkpoint, AFailedSaveRemovesItsPartialOutputAndKeepsThePreviousOne) {
   SaveRequest r = t.request(2);
   r.tokenizer_files = {run.string()};  // a directory: copying it fails after the weights are written
   const std::string err = error_of([&] { save_checkpoint(run.string(), r, 2); });
-  EXPECT_NE(err.find("saving checkpoint " + (run / "checkpoints" / "step_00000002").string() + " failed"), std::string::npos)
+  EXPECT_NE(err.find("saving checkpoint " + (run / "checkpoints" / "step_00000002").string() + " failed"),
+            std::string::npos)
       << err;
   std::vector<std::string> left;
   for (const auto& e : fs::directory_iterator(run / "checkpoints")) left.push_back(e.path().filename().string());
@@ -168,7 +173,9 @@ TEST(Checkpoint, ResumeAutoSkipsDamagedCheckpointsNewestFirst) {
   EXPECT_NE(checkpoint_problem(c2.string()).find("weights: "), std::string::npos) << checkpoint_problem(c2.string());
   EXPECT_EQ(*resolve_resume_dir("auto", run.string()), c1.string());
   // Named explicitly, a damaged checkpoint is an error (no silent substitute).
-  EXPECT_NE(error_of([&] { resolve_resume_dir(c3.string(), run.string()); }).find("damaged checkpoint: optimizer.pt is truncated"),
+  EXPECT_NE(error_of([&] {
+              resolve_resume_dir(c3.string(), run.string());
+            }).find("damaged checkpoint: optimizer.pt is truncated"),
             std::string::npos);
   fs::remove(c1 / "optimizer.pt");
   const std::string all = error_of([&] { resolve_resume_dir("auto", run.string()); });
@@ -218,7 +225,8 @@ TEST(RunDir, FreshRunGuardRefusesAnotherRunUnlessOverwriting) {
   save_checkpoint(run.string(), t.request(5), 2);
   save_checkpoint(run.string(), t.request(10), 2);
   write_file_atomic((run / "metrics.jsonl").string(), "{\"step\": 1}\n{\"step\": 2}\n");
-  EXPECT_EQ(describe_existing_run(run.string()), "checkpoints step_00000005..step_00000010 (2) and metrics.jsonl (2 lines)");
+  EXPECT_EQ(describe_existing_run(run.string()),
+            "checkpoints step_00000005..step_00000010 (2) and metrics.jsonl (2 lines)");
   const std::string err = error_of([&] { prepare_fresh_run(run.string(), false); });
   EXPECT_NE(err.find("already holds a run"), std::string::npos) << err;
   EXPECT_TRUE(fs::exists(run / "checkpoints" / "step_00000010"));
@@ -226,7 +234,8 @@ TEST(RunDir, FreshRunGuardRefusesAnotherRunUnlessOverwriting) {
   EXPECT_FALSE(fs::exists(run / "checkpoints"));
   EXPECT_FALSE(fs::exists(run / "metrics.jsonl"));
   EXPECT_EQ(describe_existing_run(run.string()), "");
-  for (const auto& e : fs::directory_iterator(run)) EXPECT_FALSE(starts_with(e.path().filename().string(), ".overwritten-"));
+  for (const auto& e : fs::directory_iterator(run))
+    EXPECT_FALSE(starts_with(e.path().filename().string(), ".overwritten-"));
 }
 
 TEST(CheckedFile, AFullDeviceIsAnErrorNamingTheFileAndNothingIsLeft) {
@@ -247,18 +256,25 @@ TEST(CheckedFile, AFullDeviceIsAnErrorNamingTheFileAndNothingIsLeft) {
   EXPECT_FALSE(fs::exists(fs::symlink_status(link)));
   EXPECT_TRUE(fs::exists("/dev/full"));
   // A file never finished is removed too (an exception between its writes).
-  { CheckedFile g((dir / "partial").string()); g.write("abc", 3); }
+  {
+    CheckedFile g((dir / "partial").string());
+    g.write("abc", 3);
+  }
   EXPECT_FALSE(fs::exists(dir / "partial"));
 }
 
 TEST(CheckedFile, UnwritableDirectoriesNameTheirSetting) {
   const fs::path dir = fresh_dir("unwritable");
   write_file_atomic((dir / "file").string(), "x");
-  const std::string err = error_of([&] { ensure_writable_directory((dir / "file" / "sub").string(), "run.output_dir"); });
-  EXPECT_NE(err.find("run.output_dir " + (dir / "file" / "sub").string() + ": cannot create the directory: Not a directory"),
-            std::string::npos)
+  const std::string err =
+      error_of([&] { ensure_writable_directory((dir / "file" / "sub").string(), "run.output_dir"); });
+  EXPECT_NE(
+      err.find("run.output_dir " + (dir / "file" / "sub").string() + ": cannot create the directory: Not a directory"),
+      std::string::npos)
       << err;
-  EXPECT_NE(error_of([&] { write_file_atomic((dir / "file" / "x.json").string(), "{}"); }).find("cannot create the directory"),
+  EXPECT_NE(error_of([&] {
+              write_file_atomic((dir / "file" / "x.json").string(), "{}");
+            }).find("cannot create the directory"),
             std::string::npos);
   EXPECT_NO_THROW(ensure_writable_directory((dir / "new" / "deeper").string(), "data.cache_dir"));
   EXPECT_TRUE(fs::is_empty(dir / "new" / "deeper"));  // the probe file is gone

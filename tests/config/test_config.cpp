@@ -79,7 +79,8 @@ TEST(Config, MalformedYamlNamesLine) {
 }
 
 TEST(Config, OverridesApplyInOrderAndAreChecked) {
-  LoadedConfig c = load_config_text("optim:\n  lr: 1e-5\n", "c.yaml", {"optim.lr=3e-4", "data.packing=true", "run.name=x=y"});
+  LoadedConfig c =
+      load_config_text("optim:\n  lr: 1e-5\n", "c.yaml", {"optim.lr=3e-4", "data.packing=true", "run.name=x=y"});
   EXPECT_DOUBLE_EQ(c.config.optim.lr, 3e-4);
   EXPECT_TRUE(c.config.data.packing);
   EXPECT_EQ(c.config.run.name, "x=y");
@@ -125,9 +126,8 @@ TEST(Config, RepeatedKeysSectionsAndDocumentsAreErrors) {
   std::string msg = config_error([] { load_config_text("optim:\n  lr: 3e-3\n  lr: 1.0\n", "d.yaml"); });
   EXPECT_NE(msg.find("d.yaml:3"), std::string::npos) << msg;
   EXPECT_NE(msg.find("'optim.lr' is given twice (first at d.yaml:2)"), std::string::npos) << msg;
-  msg = config_error([] {
-    load_config_text("optim:\n  lr: 3e-3\ntrain:\n  epochs: 1\noptim:\n  beta1: 0.5\n", "s.yaml");
-  });
+  msg = config_error(
+      [] { load_config_text("optim:\n  lr: 3e-3\ntrain:\n  epochs: 1\noptim:\n  beta1: 0.5\n", "s.yaml"); });
   EXPECT_NE(msg.find("s.yaml:5: 'optim' is given twice (first at s.yaml:1)"), std::string::npos) << msg;
   msg = config_error([] { load_config_text("optim:\n  lr: 3e-3\n---\noptim:\n  lr: 1.0\n", "m.yaml"); });
   EXPECT_NE(msg.find("m.yaml:3: a second YAML document"), std::string::npos) << msg;
@@ -146,12 +146,14 @@ TEST(Config, RepeatedKeysSectionsAndDocumentsAreErrors) {
 TEST(Config, IntegersAreBoundedToWhatARunCanHonour) {
   std::string msg = config_error([] { load_config_text("train:\n  global_batch_size: 2147483648\n", "b.yaml"); });
   EXPECT_NE(msg.find("b.yaml:2: train.global_batch_size = 2147483648 is out of range (expected in [1, 1048576])"),
-            std::string::npos) << msg;
+            std::string::npos)
+      << msg;
   msg = config_error([] { load_config_text("train:\n  epochs: 1e300\n", "e.yaml"); });
   EXPECT_NE(msg.find("e.yaml:2: train.epochs = 1e300 is out of range"), std::string::npos) << msg;
   msg = config_error([] { load_config_text("train:\n  max_steps: 0\n", "m.yaml"); });
   EXPECT_NE(msg.find("m.yaml:2: train.max_steps = 0 is out of range (expected -1, or in [1, 1000000000])"),
-            std::string::npos) << msg;
+            std::string::npos)
+      << msg;
   msg = config_error([] { load_config_text("", "x.yaml", {"model.hidden_size=0"}); });
   EXPECT_NE(msg.find("model.hidden_size = 0 is out of range (expected -1, or in [1, 1048576])"), std::string::npos)
       << msg;
@@ -159,8 +161,10 @@ TEST(Config, IntegersAreBoundedToWhatARunCanHonour) {
   config_error([] { load_config_text("", "x.yaml", {"model.vocab_size=2147483648"}); });
   config_error([] { load_config_text("", "x.yaml", {"optim.warmup_steps=-2"}); });
   // The sentinels and the bounds themselves still load.
-  LoadedConfig c = load_config_text("train:\n  max_steps: -1\n  epochs: 1e6\n  global_batch_size: 1048576\n"
-                                    "model:\n  hidden_size: -1\n  vocab_size: 2147483647\n", "ok.yaml");
+  LoadedConfig c = load_config_text(
+      "train:\n  max_steps: -1\n  epochs: 1e6\n  global_batch_size: 1048576\n"
+      "model:\n  hidden_size: -1\n  vocab_size: 2147483647\n",
+      "ok.yaml");
   EXPECT_EQ(c.config.train.max_steps, -1);
   EXPECT_EQ(c.config.model.vocab_size, 2147483647);
 }

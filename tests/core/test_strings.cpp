@@ -30,11 +30,11 @@ TEST(Strings, SplitJoinTrim) {
 TEST(Strings, Utf8Validation) {
   EXPECT_EQ(find_invalid_utf8("plain ascii"), std::string::npos);
   EXPECT_EQ(find_invalid_utf8("h\xc3\xa9llo \xf0\x9f\x98\x80"), std::string::npos);
-  EXPECT_EQ(find_invalid_utf8("ab\xff"), 2u);                 // never valid
-  EXPECT_EQ(find_invalid_utf8("ab\xc3"), 2u);                 // truncated sequence
-  EXPECT_EQ(find_invalid_utf8("\xc0\xaf"), 0u);               // overlong '/'
-  EXPECT_EQ(find_invalid_utf8("x\xed\xa0\x80"), 1u);          // UTF-16 surrogate
-  EXPECT_EQ(find_invalid_utf8("\xf4\x90\x80\x80"), 0u);       // past U+10FFFF
+  EXPECT_EQ(find_invalid_utf8("ab\xff"), 2u);            // never valid
+  EXPECT_EQ(find_invalid_utf8("ab\xc3"), 2u);            // truncated sequence
+  EXPECT_EQ(find_invalid_utf8("\xc0\xaf"), 0u);          // overlong '/'
+  EXPECT_EQ(find_invalid_utf8("x\xed\xa0\x80"), 1u);     // UTF-16 surrogate
+  EXPECT_EQ(find_invalid_utf8("\xf4\x90\x80\x80"), 0u);  // past U+10FFFF
 }
 
 TEST(Strings, ExcerptEscapesAndCuts) {

@@ -121,32 +121,33 @@ struct TinyLm {
   torch::Tensor emb, pos_emb, wq, wk, wv, wo, head;
   TinyLm() {
     torch::manual_seed(0);
-    emb = torch::randn({vocab, dim}, torch::kFloat64);     // [V, D]
+    emb = torch::randn({vocab, dim}, torch::kFloat64);        // [V, D]
     pos_emb = torch::randn({max_pos, dim}, torch::kFloat64);  // [P, D]
-    wq = torch::randn({dim, dim}, torch::kFloat64) / 4;   // [D, D]
+    wq = torch::randn({dim, dim}, torch::kFloat64) / 4;       // [D, D]
     wk = torch::randn({dim, dim}, torch::kFloat64) / 4;
     wv = torch::randn({dim, dim}, torch::kFloat64) / 4;
     wo = torch::randn({dim, dim}, torch::kFloat64) / 4;
-    head = torch::randn({dim, vocab}, torch::kFloat64);   // [D, V]
+    head = torch::randn({dim, vocab}, torch::kFloat64);  // [D, V]
   }
   // Per-token losses [B, S]: entry t is the loss of predicting labels[t] from tokens <= t-1; 0 where ignored.
   torch::Tensor token_losses(const Batch& b) const {
-    auto h = emb.index({b.input_ids}) + pos_emb.index({b.position_ids});  // [B, S, D]
-    auto q = h.matmul(wq), k = h.matmul(wk), v = h.matmul(wv);            // [B, S, D]
+    auto h = emb.index({b.input_ids}) + pos_emb.index({b.position_ids});              // [B, S, D]
+    auto q = h.matmul(wq), k = h.matmul(wk), v = h.matmul(wv);                        // [B, S, D]
     auto scores = q.matmul(k.transpose(1, 2)) / std::sqrt(static_cast<double>(dim));  // [B, S, S]
-    auto doc = b.document_ids;                                              // [B, S]
-    auto same = doc.unsqueeze(2) == doc.unsqueeze(1);                       // [B, S, S]
-    auto causal = torch::ones({b.seq_len(), b.seq_len()}, torch::kBool).tril();  // [S, S]
-    auto allowed = same & causal.unsqueeze(0) & (doc != 0).unsqueeze(2);    // [B, S, S]
-    allowed = allowed | torch::eye(b.seq_len(), torch::kBool).unsqueeze(0);  // padding attends to itself
+    auto doc = b.document_ids;                                                        // [B, S]
+    auto same = doc.unsqueeze(2) == doc.unsqueeze(1);                                 // [B, S, S]
+    auto causal = torch::ones({b.seq_len(), b.seq_len()}, torch::kBool).tril();       // [S, S]
+    auto allowed = same & causal.unsqueeze(0) & (doc != 0).unsqueeze(2);              // [B, S, S]
+    allowed = allowed | torch::eye(b.seq_len(), torch::kBool).unsqueeze(0);           // padding attends to itself
     scores = scores.masked_fill(~allowed, -1e30);
-    auto out = h + torch::softmax(scores, -1).matmul(v).matmul(wo);         // [B, S, D]
-    auto logits = out.matmul(head);                                         // [B, S, V]
-    auto pred = logits.slice(1, 0, b.seq_len() - 1).reshape({-1, vocab});   // [B*(S-1), V]
-    auto target = b.labels.slice(1, 1).reshape({-1});                       // [B*(S-1)]
+    auto out = h + torch::softmax(scores, -1).matmul(v).matmul(wo);        // [B, S, D]
+    auto logits = out.matmul(head);                                        // [B, S, V]
+    auto pred = logits.slice(1, 0, b.seq_len() - 1).reshape({-1, vocab});  // [B*(S-1), V]
+    auto target = b.labels.slice(1, 1).reshape({-1});                      // [B*(S-1)]
     auto loss = torch::nn::functional::cross_entropy(
-        pred, target, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreLabel).reduction(torch::kNone));
-    auto per = torch::zeros({b.rows(), b.seq_len()}, torch::kFloat64);     // [B, S]
+        pred, target,
+        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreLabel).reduction(torch::kNone));
+    auto per = torch::zeros({b.rows(), b.seq_len()}, torch::kFloat64);  // [B, S]
     per.slice(1, 1).copy_(loss.reshape({b.rows(), b.seq_len() - 1}));
     return per;
   }

@@ -19,15 +19,17 @@ void expect_data_error(Fn&& fn, std::initializer_list<std::string> parts) {
     FAIL() << "expected an sftgo::Error";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kData) << e.what();
-    for (const auto& p : parts) EXPECT_NE(e.message().find(p), std::string::npos) << "'" << p << "' not in: " << e.message();
+    for (const auto& p : parts)
+      EXPECT_NE(e.message().find(p), std::string::npos) << "'" << p << "' not in: " << e.message();
   }
 }
 
 TEST(DataReader, LimaAlternatesUserAndAssistant) {
   TempDir dir;
-  auto path = dir.write("lima.jsonl",
-                       R"({"conversations": ["Hi?", "Hello!"], "source": "stackexchange"})" "\n"
-                       R"({"conversations": ["a", "b", "c", "d"]})" "\n");
+  auto path = dir.write("lima.jsonl", R"({"conversations": ["Hi?", "Hello!"], "source": "stackexchange"})"
+                                      "\n"
+                                      R"({"conversations": ["a", "b", "c", "d"]})"
+                                      "\n");
   ReadStats stats;
   auto convs = read_all_conversations(path, DataFormat::kAuto, OnBadRecord::kStop, &stats);
   ASSERT_EQ(convs.size(), 2u);
@@ -63,7 +65,9 @@ TEST(DataReader, AlpacaJsonArrayWithLineNumbers) {
 
 TEST(DataReader, AlpacaJsonlAndMissingInput) {
   TempDir dir;
-  auto path = dir.write("a.jsonl", "{\"instruction\": \"x\", \"output\": \"y\"}\r\n\r\n{\"instruction\": \"p\", \"input\": null, \"output\": \"q\"}\r\n");
+  auto path = dir.write(
+      "a.jsonl",
+      "{\"instruction\": \"x\", \"output\": \"y\"}\r\n\r\n{\"instruction\": \"p\", \"input\": null, \"output\": \"q\"}\r\n");
   ReadStats stats;
   auto convs = read_all_conversations(path, DataFormat::kAlpaca, OnBadRecord::kStop, &stats);
   ASSERT_EQ(convs.size(), 2u);
@@ -73,8 +77,10 @@ TEST(DataReader, AlpacaJsonlAndMissingInput) {
 
 TEST(DataReader, ChatWithSystem) {
   TempDir dir;
-  auto path = dir.write("c.jsonl",
-                       R"({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]})" "\n");
+  auto path = dir.write(
+      "c.jsonl",
+      R"({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]})"
+      "\n");
   auto convs = read_all_conversations(path);
   ASSERT_EQ(convs.size(), 1u);
   ASSERT_EQ(convs[0].messages.size(), 3u);
@@ -92,14 +98,22 @@ TEST(DataReader, BadRecordsNameFileLineAndProblem) {
   const std::string good = R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})";
   const std::vector<BadCase> cases = {
       {"malformed", R"({"messages": [)", "malformed JSON"},
-      {"missing", R"({"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]})", "missing field 'content'"},
-      {"wrong type", R"({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]})", "must be a string, got number"},
-      {"empty response", R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  \n"}]})", "empty response"},
-      {"bad role", R"({"messages": [{"role": "bot", "content": "q"}, {"role": "assistant", "content": "a"}]})", "expected system, user or assistant"},
-      {"ends with user", R"({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]})", "must end with an assistant"},
+      {"missing", R"({"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]})",
+       "missing field 'content'"},
+      {"wrong type", R"({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]})",
+       "must be a string, got number"},
+      {"empty response",
+       R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  \n"}]})",
+       "empty response"},
+      {"bad role", R"({"messages": [{"role": "bot", "content": "q"}, {"role": "assistant", "content": "a"}]})",
+       "expected system, user or assistant"},
+      {"ends with user", R"({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]})",
+       "must end with an assistant"},
       {"no assistant", R"({"messages": [{"role": "user", "content": "q"}]})", "no assistant message"},
       {"not an object", R"([1, 2])", "expected a JSON object"},
-      {"non-utf8", "{\"messages\": [{\"role\": \"user\", \"content\": \"caf\xE9\"}, {\"role\": \"assistant\", \"content\": \"a\"}]}", "invalid UTF-8"},
+      {"non-utf8",
+       "{\"messages\": [{\"role\": \"user\", \"content\": \"caf\xE9\"}, {\"role\": \"assistant\", \"content\": \"a\"}]}",
+       "invalid UTF-8"},
       {"other format", R"({"instruction": "x", "output": "y"})", "missing field 'messages'"},
   };
   TempDir dir;
@@ -112,17 +126,22 @@ TEST(DataReader, BadRecordsNameFileLineAndProblem) {
 
 TEST(DataReader, LimaWrongTypesAndOddTurns) {
   TempDir dir;
-  auto path = dir.write("l.jsonl", R"({"conversations": ["q", 7]})" "\n");
-  expect_data_error([&] { read_all_conversations(path, DataFormat::kLima); }, {":1", "conversations[1] must be a string"});
-  path = dir.write("l2.jsonl", R"({"conversations": ["q", "a", "q2"]})" "\n");
+  auto path = dir.write("l.jsonl", R"({"conversations": ["q", 7]})"
+                                   "\n");
+  expect_data_error([&] { read_all_conversations(path, DataFormat::kLima); },
+                    {":1", "conversations[1] must be a string"});
+  path = dir.write("l2.jsonl", R"({"conversations": ["q", "a", "q2"]})"
+                               "\n");
   expect_data_error([&] { read_all_conversations(path, DataFormat::kLima); }, {":1", "must end with an assistant"});
 }
 
 TEST(DataReader, AlpacaArrayErrors) {
   TempDir dir;
-  auto path = dir.write("a.json", "[\n {\"instruction\": \"x\", \"output\": \"y\"},\n {\"instruction\": \"x\", \"output\": \"\"}\n]");
+  auto path = dir.write(
+      "a.json", "[\n {\"instruction\": \"x\", \"output\": \"y\"},\n {\"instruction\": \"x\", \"output\": \"\"}\n]");
   expect_data_error([&] { read_all_conversations(path); }, {path + ":3", "empty response"});
-  path = dir.write("b.json", "[\n {\"instruction\": \"x\", \"output\": \"y\"},\n {\"instruction\": \"x\" \"output\": \"\"}\n]");
+  path = dir.write("b.json",
+                   "[\n {\"instruction\": \"x\", \"output\": \"y\"},\n {\"instruction\": \"x\" \"output\": \"\"}\n]");
   expect_data_error([&] { read_all_conversations(path); }, {path + ":3", "malformed JSON"});
 }
 
@@ -130,8 +149,11 @@ TEST(DataReader, SkipCountsBadRecordsAndKeepsGoodOnes) {
   TempDir dir;
   std::string text;
   for (int i = 0; i < 30; ++i) {
-    if (i % 3 == 0) text += "{not json\n";
-    else text += R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})" "\n";
+    if (i % 3 == 0)
+      text += "{not json\n";
+    else
+      text += R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})"
+              "\n";
   }
   auto path = dir.write("s.jsonl", text);
   ReadStats stats;
@@ -169,7 +191,6 @@ TEST(DataReader, DemoDatasetIsValidChat) {
   for (const auto& c : convs) multi += c.messages.size() > 2;
   EXPECT_GT(multi, 10u);
 }
-
 
 std::string fixture(const std::string& name) { return std::string(SFTGO_SOURCE_DIR) + "/tests/data/fixtures/" + name; }
 
@@ -226,7 +247,8 @@ TEST(DataReader, ShareGptSpeakerNames) {
 TEST(DataReader, ShareGptBadRecordsNameFileLineAndProblem) {
   const std::string good = R"({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})";
   const std::vector<BadCase> cases = {
-      {"tool turn", R"({"conversations": [{"from": "human", "value": "q"}, {"from": "tool", "value": "{}"}, {"from": "gpt", "value": "a"}]})",
+      {"tool turn",
+       R"({"conversations": [{"from": "human", "value": "q"}, {"from": "tool", "value": "{}"}, {"from": "gpt", "value": "a"}]})",
        "conversations[1].from is 'tool'; expected human, user, gpt"},
       {"missing value", R"({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]})",
        "conversations[1] has no 'value' (or 'content') key"},
@@ -243,9 +265,11 @@ TEST(DataReader, ShareGptBadRecordsNameFileLineAndProblem) {
        "must end with an assistant"},
       {"empty answer", R"({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": " "}]})",
        "empty response"},
-      {"two system prompts", R"({"system": "s", "conversations": [{"from": "system", "value": "t"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})",
+      {"two system prompts",
+       R"({"system": "s", "conversations": [{"from": "system", "value": "t"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})",
        "also has a 'system' field"},
-      {"system not a string", R"({"system": 3, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})",
+      {"system not a string",
+       R"({"system": 3, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})",
        "field 'system' must be a string"},
       {"LIMA record", R"({"conversations": ["q", "a"]})", "conversations[0] must be an object"},
       {"malformed", R"({"conversations": [{"from": "human")", "malformed JSON"},
@@ -282,25 +306,34 @@ TEST(DataReader, AutoTellsLimaStringsFromShareGptObjects) {
   read_all_conversations(dir.write("l.jsonl", R"({"conversations": ["q", "a"]})"), DataFormat::kAuto,
                          OnBadRecord::kStop, &stats);
   EXPECT_EQ(stats.format, DataFormat::kLima);
-  read_all_conversations(dir.write("s.jsonl", R"({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})"),
-                         DataFormat::kAuto, OnBadRecord::kStop, &stats);
+  read_all_conversations(
+      dir.write("s.jsonl", R"({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})"),
+      DataFormat::kAuto, OnBadRecord::kStop, &stats);
   EXPECT_EQ(stats.format, DataFormat::kShareGpt);
   // LIMA named explicitly on a ShareGPT file says which format it is.
-  auto path = dir.write("s2.jsonl", R"({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})");
+  auto path =
+      dir.write("s2.jsonl", R"({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})");
   expect_data_error([&] { read_all_conversations(path, DataFormat::kLima); },
                     {path + ":1", "conversations[0] must be a string, got object", "is ShareGPT"});
   // Auto on a file whose records switch shape holds them to the first record's format.
-  path = dir.write("mixed.jsonl", R"({"conversations": ["q", "a"]})" "\n"
-                                  R"({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})" "\n");
+  path =
+      dir.write("mixed.jsonl", R"({"conversations": ["q", "a"]})"
+                               "\n"
+                               R"({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})"
+                               "\n");
   expect_data_error([&] { read_all_conversations(path); }, {path + ":2", "must be a string, got object"});
 }
 
 TEST(DataReader, SkippedBadFirstRecordDoesNotPickTheFormat) {
   TempDir dir;
   // The first record is LIMA-shaped but broken; the file is ShareGPT.
-  auto path = dir.write("s.jsonl", R"({"conversations": []})" "\n"
-                                   R"({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})" "\n"
-                                   R"({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "b"}]})" "\n");
+  auto path =
+      dir.write("s.jsonl", R"({"conversations": []})"
+                           "\n"
+                           R"({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})"
+                           "\n"
+                           R"({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "b"}]})"
+                           "\n");
   ReadStats stats;
   auto convs = read_all_conversations(path, DataFormat::kAuto, OnBadRecord::kSkip, &stats);
   EXPECT_EQ(stats.format, DataFormat::kShareGpt);
@@ -315,7 +348,9 @@ TEST(DataReader, NumberOverflowIsABadRecord) {
   TempDir dir;
   for (const std::string& number : std::vector<std::string>{"1e999999", "-1e400", "1" + std::string(400, '0')}) {
     SCOPED_TRACE(number);
-    const std::string bad_line = R"({"n": )" + number + R"(, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})";
+    const std::string bad_line =
+        R"({"n": )" + number +
+        R"(, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})";
     auto path = dir.write("o.jsonl", good + "\n" + bad_line + "\n" + good + "\n");
     expect_data_error([&] { read_all_conversations(path); }, {path + ":2", "number out of range"});
     ReadStats stats;
@@ -325,8 +360,9 @@ TEST(DataReader, NumberOverflowIsABadRecord) {
     EXPECT_EQ(convs[1].source.line, 3);
 
     // A JSON array (Alpaca) with the overflow in its second element, on line 3.
-    auto arr = dir.write("o.json", "[\n {\"instruction\": \"x\", \"output\": \"y\"},\n {\"instruction\": \"x\", \"n\": [" +
-                                       number + "], \"output\": \"z\"},\n {\"instruction\": \"p\", \"output\": \"q\"}\n]\n");
+    auto arr =
+        dir.write("o.json", "[\n {\"instruction\": \"x\", \"output\": \"y\"},\n {\"instruction\": \"x\", \"n\": [" +
+                                number + "], \"output\": \"z\"},\n {\"instruction\": \"p\", \"output\": \"q\"}\n]\n");
     expect_data_error([&] { read_all_conversations(arr); }, {arr + ":3", "number out of range"});
     convs = read_all_conversations(arr, DataFormat::kAuto, OnBadRecord::kSkip, &stats);
     ASSERT_EQ(convs.size(), 2u);
@@ -342,8 +378,8 @@ TEST(DataReader, NumberOverflowIsABadRecord) {
 TEST(DataReader, MessagesJsonlRoundTripGivesSameExamples) {
   const Tokenizer tok = Tokenizer::load(std::string(SFTGO_SOURCE_DIR) + "/data/demo/tokenizer");
   TempDir dir;
-  for (const char* name : {"lima.jsonl", "alpaca.json", "alpaca.jsonl", "chat.jsonl", "sharegpt.jsonl",
-                           "sharegpt_role_content.json"}) {
+  for (const char* name :
+       {"lima.jsonl", "alpaca.json", "alpaca.jsonl", "chat.jsonl", "sharegpt.jsonl", "sharegpt_role_content.json"}) {
     SCOPED_TRACE(name);
     std::string jsonl;
     for (const auto& c : read_all_conversations(fixture(name))) jsonl += to_messages_json(c) + "\n";
@@ -371,9 +407,10 @@ TEST(DataReader, MessagesJsonIsPlainAndKeepsUnicode) {
   Conversation c;
   c.messages = {{Role::kSystem, "s"}, {Role::kUser, "caf\xC3\xA9 \"q\"\n"}, {Role::kAssistant, "a"}};
   c.input = "ctx";
-  EXPECT_EQ(to_messages_json(c),
-            "{\"messages\":[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":\"caf\xC3\xA9 \\\"q\\\"\\n\\n\\nctx\"},"
-            "{\"role\":\"assistant\",\"content\":\"a\"}]}");
+  EXPECT_EQ(
+      to_messages_json(c),
+      "{\"messages\":[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":\"caf\xC3\xA9 \\\"q\\\"\\n\\n\\nctx\"},"
+      "{\"role\":\"assistant\",\"content\":\"a\"}]}");
 }
 
 }  // namespace

@@ -24,7 +24,10 @@ std::pair<std::string, std::string> split_decode(const TokenizedExample& ex, con
 TEST(DataTemplate, PyStripMatchesPythonStrip) {
   EXPECT_EQ(py_strip(" \t\nabc \r\n"), "abc");
   EXPECT_EQ(py_strip("\u00a0\u3000x y\u2003\u2029"), "x y");
-  EXPECT_EQ(py_strip("\x1c\x1f" "a" "\x85"), "a");
+  EXPECT_EQ(py_strip("\x1c\x1f"
+                     "a"
+                     "\x85"),
+            "a");
   EXPECT_EQ(py_strip("\u200bz\u200b"), "\u200bz\u200b");  // U+200B is not whitespace in Python
   EXPECT_EQ(py_strip("   "), "");
   EXPECT_EQ(py_strip(""), "");

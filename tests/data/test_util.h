@@ -27,8 +27,8 @@ inline const Tokenizer* llama3_tokenizer() {
   return tok.get();
 }
 
-#define SFTGO_NEED_TOKENIZER(var)                                              \
-  const ::sftgo::Tokenizer* var##_ptr = ::sftgo::data::testing::llama3_tokenizer(); \
+#define SFTGO_NEED_TOKENIZER(var)                                                        \
+  const ::sftgo::Tokenizer* var##_ptr = ::sftgo::data::testing::llama3_tokenizer();      \
   if (!var##_ptr) GTEST_SKIP() << "no shared Llama-3 tokenizer at " << SFTGO_SHARED_DIR; \
   const ::sftgo::Tokenizer& var = *var##_ptr
 

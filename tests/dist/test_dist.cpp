@@ -99,8 +99,10 @@ TEST(DetectLaunch, NoLauncherIsOneProcess) {
 }
 
 TEST(DetectLaunch, Torchrun) {
-  auto e = detect_launch(env_of({{"RANK", "3"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "1"}, {"MASTER_ADDR", "node0"},
-                                 {"MASTER_PORT", "1234"}}), "127.0.0.1", 29500);
+  auto e = detect_launch(
+      env_of(
+          {{"RANK", "3"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "1"}, {"MASTER_ADDR", "node0"}, {"MASTER_PORT", "1234"}}),
+      "127.0.0.1", 29500);
   EXPECT_EQ(e.launcher, "torchrun");
   EXPECT_EQ(e.rank, 3);
   EXPECT_EQ(e.world_size, 8);
@@ -113,15 +115,18 @@ TEST(DetectLaunch, Torchrun) {
 }
 
 TEST(DetectLaunch, OpenMpiAndPmi) {
-  auto e = detect_launch(env_of({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "2"},
-                                 {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}}), "127.0.0.1", 29500);
+  auto e = detect_launch(
+      env_of({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "2"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}}),
+      "127.0.0.1", 29500);
   EXPECT_EQ(e.launcher, "mpirun");
   EXPECT_EQ(e.rank, 1);
   EXPECT_EQ(e.world_size, 2);
   EXPECT_EQ(e.local_rank, 1);
   EXPECT_EQ(e.kill_grace_s, 1.0);  // Open MPI's default odls_base_sigkill_timeout
-  e = detect_launch(env_of({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"},
-                            {"OMPI_MCA_odls_base_sigkill_timeout", "60"}}), "127.0.0.1", 29500);
+  e = detect_launch(
+      env_of(
+          {{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"}, {"OMPI_MCA_odls_base_sigkill_timeout", "60"}}),
+      "127.0.0.1", 29500);
   EXPECT_EQ(e.kill_grace_s, 60.0);
   e = detect_launch(env_of({{"PMI_RANK", "2"}, {"PMI_SIZE", "4"}, {"MPI_LOCALRANKID", "0"}}), "h", 7);
   EXPECT_EQ(e.launcher, "pmi");
@@ -166,25 +171,38 @@ std::string error_of(const std::function<void()>& f) {
 }  // namespace
 
 TEST(DetectLaunch, LocalSizeFromEachLauncher) {
-  auto e = detect_launch(env_of({{"RANK", "5"}, {"WORLD_SIZE", "16"}, {"LOCAL_RANK", "5"}, {"LOCAL_WORLD_SIZE", "8"},
-                                 {"MASTER_ADDR", "node0"}}), "127.0.0.1", 29500);
+  auto e = detect_launch(env_of({{"RANK", "5"},
+                                 {"WORLD_SIZE", "16"},
+                                 {"LOCAL_RANK", "5"},
+                                 {"LOCAL_WORLD_SIZE", "8"},
+                                 {"MASTER_ADDR", "node0"}}),
+                         "127.0.0.1", 29500);
   EXPECT_EQ(e.local_size, 8);
   EXPECT_TRUE(e.multi_node());
-  e = detect_launch(env_of({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "2"},
-                            {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}), "127.0.0.1", 1);
+  e = detect_launch(env_of({{"OMPI_COMM_WORLD_RANK", "1"},
+                            {"OMPI_COMM_WORLD_SIZE", "2"},
+                            {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+                            {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}),
+                    "127.0.0.1", 1);
   EXPECT_EQ(e.local_size, 2);
   EXPECT_FALSE(e.multi_node());
   EXPECT_EQ(e.master_addr, "127.0.0.1");  // one host: loopback is right
   // Not given: every rank is taken to be on this host (the old behaviour).
   e = detect_launch(env_of({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "4"}}), "127.0.0.1", 1);
   EXPECT_EQ(e.local_size, 4);
-  e = detect_launch(env_of({{"PMI_RANK", "2"}, {"PMI_SIZE", "4"}, {"MPI_LOCALRANKID", "0"}, {"MPI_LOCALNRANKS", "2"},
-                            {"MASTER_ADDR", "h0"}}), "127.0.0.1", 7);
+  e = detect_launch(env_of({{"PMI_RANK", "2"},
+                            {"PMI_SIZE", "4"},
+                            {"MPI_LOCALRANKID", "0"},
+                            {"MPI_LOCALNRANKS", "2"},
+                            {"MASTER_ADDR", "h0"}}),
+                    "127.0.0.1", 7);
   EXPECT_EQ(e.local_size, 2);
   EXPECT_TRUE(e.multi_node());
   EXPECT_NE(error_of([] {
-              detect_launch(env_of({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "4"},
-                                    {"OMPI_COMM_WORLD_LOCAL_RANK", "2"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}),
+              detect_launch(env_of({{"OMPI_COMM_WORLD_RANK", "0"},
+                                    {"OMPI_COMM_WORLD_SIZE", "4"},
+                                    {"OMPI_COMM_WORLD_LOCAL_RANK", "2"},
+                                    {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}),
                             "h", 1);
             }).find("local rank 2 among 2 ranks"),
             std::string::npos);
@@ -193,19 +211,24 @@ TEST(DetectLaunch, LocalSizeFromEachLauncher) {
 TEST(DetectLaunch, SeveralHostsWithoutMasterAddrStopAtOnceSayingWhatToSet) {
   // mpirun over two hosts: Open MPI names no rank-0 address, so the default 127.0.0.1 would send every
   // host to its own loopback.
-  const auto mpi = env_of({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "16"},
-                           {"OMPI_COMM_WORLD_LOCAL_RANK", "3"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "8"}});
+  const auto mpi = env_of({{"OMPI_COMM_WORLD_RANK", "3"},
+                           {"OMPI_COMM_WORLD_SIZE", "16"},
+                           {"OMPI_COMM_WORLD_LOCAL_RANK", "3"},
+                           {"OMPI_COMM_WORLD_LOCAL_SIZE", "8"}});
   std::string msg = error_of([&] { detect_launch(mpi, "127.0.0.1", 29500); });
   EXPECT_NE(msg.find("spans several hosts (8 of its 16 ranks on this host, OMPI_COMM_WORLD_LOCAL_SIZE)"),
-            std::string::npos) << msg;
+            std::string::npos)
+      << msg;
   EXPECT_NE(msg.find("MASTER_ADDR is not set"), std::string::npos) << msg;
   EXPECT_NE(msg.find("mpirun -x MASTER_ADDR="), std::string::npos) << msg;
   EXPECT_NE(msg.find("kind " + std::to_string(static_cast<int>(ErrorKind::kDist))), std::string::npos) << msg;
   // "localhost" is loopback too; a real configured address or MASTER_ADDR is taken as given.
   EXPECT_NE(error_of([&] { detect_launch(mpi, "localhost", 29500); }), "");
   EXPECT_EQ(detect_launch(mpi, "10.1.2.3", 29500).master_addr, "10.1.2.3");
-  const auto mpi_addr = env_of({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "16"},
-                                {"OMPI_COMM_WORLD_LOCAL_RANK", "3"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "8"},
+  const auto mpi_addr = env_of({{"OMPI_COMM_WORLD_RANK", "3"},
+                                {"OMPI_COMM_WORLD_SIZE", "16"},
+                                {"OMPI_COMM_WORLD_LOCAL_RANK", "3"},
+                                {"OMPI_COMM_WORLD_LOCAL_SIZE", "8"},
                                 {"MASTER_ADDR", "node07"}});
   auto e = detect_launch(mpi_addr, "127.0.0.1", 29500);
   EXPECT_EQ(e.master_addr, "node07");
@@ -225,9 +248,13 @@ TEST(DetectLaunch, SeveralHostsWithoutMasterAddrStopAtOnceSayingWhatToSet) {
 
 TEST(DetectLaunch, SlurmStepFindsRankZerosHost) {
   // srun -N 2 --ntasks-per-node 4: rank 6 is local rank 2 on the second node.
-  auto e = detect_launch(env_of({{"SLURM_PROCID", "6"}, {"SLURM_STEP_NUM_TASKS", "8"}, {"SLURM_LOCALID", "2"},
-                                 {"SLURM_NODEID", "1"}, {"SLURM_STEP_NUM_NODES", "2"},
-                                 {"SLURM_STEP_TASKS_PER_NODE", "4(x2)"}, {"SLURM_STEP_NODELIST", "gpu[007-008]"},
+  auto e = detect_launch(env_of({{"SLURM_PROCID", "6"},
+                                 {"SLURM_STEP_NUM_TASKS", "8"},
+                                 {"SLURM_LOCALID", "2"},
+                                 {"SLURM_NODEID", "1"},
+                                 {"SLURM_STEP_NUM_NODES", "2"},
+                                 {"SLURM_STEP_TASKS_PER_NODE", "4(x2)"},
+                                 {"SLURM_STEP_NODELIST", "gpu[007-008]"},
                                  {"SLURM_JOB_NODELIST", "gpu[001-008]"}}),
                          "127.0.0.1", 29500);
   EXPECT_EQ(e.launcher, "slurm");
@@ -239,16 +266,23 @@ TEST(DetectLaunch, SlurmStepFindsRankZerosHost) {
   EXPECT_EQ(e.master_addr, "gpu007");
   EXPECT_EQ(e.master_addr_source, "SLURM_STEP_NODELIST");
   // Uneven counts: the node's own entry.
-  e = detect_launch(env_of({{"SLURM_PROCID", "4"}, {"SLURM_STEP_NUM_TASKS", "5"}, {"SLURM_LOCALID", "0"},
-                            {"SLURM_NODEID", "2"}, {"SLURM_STEP_NUM_NODES", "3"},
-                            {"SLURM_STEP_TASKS_PER_NODE", "2(x2),1"}, {"SLURM_JOB_NODELIST", "a1,b2,c3"}}),
+  e = detect_launch(env_of({{"SLURM_PROCID", "4"},
+                            {"SLURM_STEP_NUM_TASKS", "5"},
+                            {"SLURM_LOCALID", "0"},
+                            {"SLURM_NODEID", "2"},
+                            {"SLURM_STEP_NUM_NODES", "3"},
+                            {"SLURM_STEP_TASKS_PER_NODE", "2(x2),1"},
+                            {"SLURM_JOB_NODELIST", "a1,b2,c3"}}),
                     "127.0.0.1", 29500);
   EXPECT_EQ(e.local_size, 1);
   EXPECT_EQ(e.master_addr, "a1");
   EXPECT_EQ(e.master_addr_source, "SLURM_JOB_NODELIST");
   // One node: loopback is right.
-  e = detect_launch(env_of({{"SLURM_PROCID", "1"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"SLURM_LOCALID", "1"},
-                            {"SLURM_STEP_NUM_NODES", "1"}, {"SLURM_STEP_NODELIST", "n1"}}),
+  e = detect_launch(env_of({{"SLURM_PROCID", "1"},
+                            {"SLURM_STEP_NUM_TASKS", "2"},
+                            {"SLURM_LOCALID", "1"},
+                            {"SLURM_STEP_NUM_NODES", "1"},
+                            {"SLURM_STEP_NODELIST", "n1"}}),
                     "127.0.0.1", 29500);
   EXPECT_FALSE(e.multi_node());
   EXPECT_EQ(e.master_addr, "127.0.0.1");
@@ -259,8 +293,11 @@ TEST(DetectLaunch, SlurmStepFindsRankZerosHost) {
   EXPECT_EQ(e.world_size, 1);
   // Several nodes and an unreadable node list: the same clear error as mpirun's.
   const std::string msg = error_of([] {
-    detect_launch(env_of({{"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"SLURM_LOCALID", "0"},
-                          {"SLURM_STEP_NUM_NODES", "2"}, {"SLURM_STEP_NODELIST", "n[1-"}}),
+    detect_launch(env_of({{"SLURM_PROCID", "0"},
+                          {"SLURM_STEP_NUM_TASKS", "2"},
+                          {"SLURM_LOCALID", "0"},
+                          {"SLURM_STEP_NUM_NODES", "2"},
+                          {"SLURM_STEP_NODELIST", "n[1-"}}),
                   "127.0.0.1", 29500);
   });
   EXPECT_NE(msg.find("MASTER_ADDR is not set"), std::string::npos) << msg;
@@ -283,10 +320,10 @@ TEST(RankDevice, LocalRankPicksTheGpuUnlessTheLauncherGaveOne) {
   e.world_size = 16;
   e.local_rank = 3;
   e.local_size = 8;
-  EXPECT_EQ(rank_device_index(e, 8, nullptr), 3);              // mpirun / torchrun, all GPUs visible
-  EXPECT_EQ(rank_device_index(e, 8, "0,1,2,3,4,5,6,7"), 3);    // the same, listed
-  EXPECT_EQ(rank_device_index(e, 1, "5"), 0);                  // srun --gpus-per-task=1: its one GPU
-  EXPECT_EQ(rank_device_index(e, 8, "GPU-5b3f"), 0);           // one id (a UUID) listed
+  EXPECT_EQ(rank_device_index(e, 8, nullptr), 3);            // mpirun / torchrun, all GPUs visible
+  EXPECT_EQ(rank_device_index(e, 8, "0,1,2,3,4,5,6,7"), 3);  // the same, listed
+  EXPECT_EQ(rank_device_index(e, 1, "5"), 0);                // srun --gpus-per-task=1: its one GPU
+  EXPECT_EQ(rank_device_index(e, 8, "GPU-5b3f"), 0);         // one id (a UUID) listed
   EXPECT_NE(error_of([&] { rank_device_index(e, 2, nullptr); }).find("local rank 3 on its host, which has only 2"),
             std::string::npos);
   EXPECT_NE(error_of([&] { rank_device_index(e, 1, nullptr); }).find("would share its only visible GPU"),
@@ -305,7 +342,8 @@ TEST(RankDevice, CpuAndMissingCudaAreHandledWithoutTouchingAGpu) {
     EXPECT_NE(error_of([&] { bind_rank_device(e, "cuda"); }).find("no CUDA device is available"), std::string::npos);
     EXPECT_NE(error_of([&] { bind_rank_device(e, "cuda:1"); }).find("no CUDA device is available"), std::string::npos);
   }
-  EXPECT_NE(error_of([&] { bind_rank_device(e, "tpu"); }).find("expected auto, cpu, cuda or cuda:N"), std::string::npos);
+  EXPECT_NE(error_of([&] { bind_rank_device(e, "tpu"); }).find("expected auto, cpu, cuda or cuda:N"),
+            std::string::npos);
   synchronize_device(c10::Device(c10::kCPU));  // no-op
 }
 
@@ -490,9 +528,10 @@ TEST(ZeroAdamW, MatchesTorchAdamWAndReshardsOnLoad) {
   optim::AdamWOptions ao{1e-2, 0.9, 0.95, 1e-8, 0.1};
   auto make = [] {
     torch::manual_seed(3);
-    return optim::NamedParameters{{"layers.0.weight", torch::randn({5, 7}).set_requires_grad(true)},
-                                  {"layers.0.norm.weight", torch::randn({7}).set_requires_grad(true)},
-                                  {"head.weight", torch::randn({3, 5}).set_requires_grad(true)}};  // 35+7+15 = 57: padded
+    return optim::NamedParameters{
+        {"layers.0.weight", torch::randn({5, 7}).set_requires_grad(true)},
+        {"layers.0.norm.weight", torch::randn({7}).set_requires_grad(true)},
+        {"head.weight", torch::randn({3, 5}).set_requires_grad(true)}};  // 35+7+15 = 57: padded
   };
   auto grads = [](int rank, int step, const optim::NamedParameters& ps) {
     torch::manual_seed(1000 + 17 * rank + step);
@@ -540,7 +579,8 @@ TEST(ZeroAdamW, MatchesTorchAdamWAndReshardsOnLoad) {
   std::vector<at::Tensor> want;
   torch::load(want, (dir / "final.pt").string());
   ASSERT_EQ(want.size(), params.size());
-  for (size_t i = 0; i < want.size(); ++i) EXPECT_TRUE(params[i].second.equal(want[i])) << params[i].first;  // bit-exact copy
+  for (size_t i = 0; i < want.size(); ++i)
+    EXPECT_TRUE(params[i].second.equal(want[i])) << params[i].first;                    // bit-exact copy
   EXPECT_THROW(one.load_shards({(dir / zero_shard_file_name(0, 2)).string()}), Error);  // half is missing
   fs::remove_all(dir);
 }

@@ -28,8 +28,7 @@ void expect_error(const std::string& task, const std::string& content, const std
   }
 }
 
-const char* kArc =
-    R"({"question": "Q1?", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "B"})";
+const char* kArc = R"({"question": "Q1?", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "B"})";
 
 TEST(EvalTasks, ArcPromptAndGold) {
   Doc d = parse_doc(find_task("arc_challenge"), kArc, "f:1");
@@ -51,9 +50,10 @@ TEST(EvalTasks, MissingFieldNamesFileAndLine) {
 }
 
 TEST(EvalTasks, GoldOutOfRangeNamesLine) {
-  expect_error("arc_easy", std::string(kArc) + "\n" +
-                               R"({"question": "q", "choices": {"text": ["x"], "label": ["A"]}, "answerKey": "E"})",
-               {"t.jsonl:2", "answerKey \"E\"", "out of range"});
+  expect_error(
+      "arc_easy",
+      std::string(kArc) + "\n" + R"({"question": "q", "choices": {"text": ["x"], "label": ["A"]}, "answerKey": "E"})",
+      {"t.jsonl:2", "answerKey \"E\"", "out of range"});
   expect_error("hellaswag",
                R"({"activity_label": "a", "ctx_a": "b", "ctx_b": "c", "endings": ["e1", "e2"], "label": "2"})",
                {"t.jsonl:1", "gold answer index 2", "2 choices"});
@@ -69,9 +69,10 @@ TEST(EvalTasks, HellaswagPreprocessMirrorsLmEval) {
   // strip, " [title]" -> ". ", drop [..] spans (not across newlines), "  " -> " ".
   EXPECT_EQ(hellaswag_preprocess("  How to x [title] Do it [step] now  "), "How to x. Do it now");
   EXPECT_EQ(hellaswag_preprocess("a [b\n] c"), "a [b\n] c");
-  Doc d = parse_doc(find_task("hellaswag"),
-                    R"({"activity_label": "Cooking", "ctx_a": "A man cuts.", "ctx_b": "HE then", "endings": ["fries [x]it.", "eats."], "label": 1})",
-                    "f:1");
+  Doc d = parse_doc(
+      find_task("hellaswag"),
+      R"({"activity_label": "Cooking", "ctx_a": "A man cuts.", "ctx_b": "HE then", "endings": ["fries [x]it.", "eats."], "label": 1})",
+      "f:1");
   EXPECT_EQ(d.text, "Cooking: A man cuts. He then");  // ctx_b.capitalize() lowers the rest
   EXPECT_EQ(d.choices[0], "fries it.");
 }
@@ -89,10 +90,13 @@ TEST(EvalTasks, MathqaChoiceParsing) {
 TEST(EvalTasks, MmluContextWithSubjectHeaderAndFewshot) {
   const TaskInfo& t = find_task("mmlu");
   std::vector<Doc> pool = {
-      parse_doc(t, R"({"question": "D1", "subject": "college_physics", "choices": ["a","b","c","d"], "answer": 2})", "p:1"),
+      parse_doc(t, R"({"question": "D1", "subject": "college_physics", "choices": ["a","b","c","d"], "answer": 2})",
+                "p:1"),
       parse_doc(t, R"({"question": "O1", "subject": "anatomy", "choices": ["a","b","c","d"], "answer": 0})", "p:2"),
-      parse_doc(t, R"({"question": "D2", "subject": "college_physics", "choices": ["e","f","g","h"], "answer": "B"})", "p:3")};
-  Doc d = parse_doc(t, R"({"question": " Q ", "subject": "college_physics", "choices": ["1","2","3","4"], "answer": 3})", "f:1");
+      parse_doc(t, R"({"question": "D2", "subject": "college_physics", "choices": ["e","f","g","h"], "answer": "B"})",
+                "p:3")};
+  Doc d = parse_doc(
+      t, R"({"question": " Q ", "subject": "college_physics", "choices": ["1","2","3","4"], "answer": 3})", "f:1");
   auto shots = pick_fewshot(t, d, pool, 2, false);
   ASSERT_EQ(shots.size(), 2u);
   EXPECT_EQ(build_context(t, d, shots),
@@ -115,12 +119,14 @@ TEST(EvalTasks, UnknownTaskSuggests) {
 
 TEST(EvalMetrics, AccNormAndMc2) {
   const TaskInfo& arc = find_task("arc_easy");
-  Doc d = parse_doc(arc, R"({"question": "q", "choices": {"text": ["ab", "abcdef"], "label": ["A", "B"]}, "answerKey": "B"})", "f:1");
+  Doc d = parse_doc(
+      arc, R"({"question": "q", "choices": {"text": ["ab", "abcdef"], "label": ["A", "B"]}, "answerKey": "B"})", "f:1");
   auto m = doc_metrics(arc, d, {-2.0, -3.0});
   EXPECT_EQ(m["acc"], 0.0);
   EXPECT_EQ(m["acc_norm"], 1.0);  // -1.0/char vs -0.5/char
   const TaskInfo& mc2 = find_task("truthfulqa_mc2");
-  Doc t = parse_doc(mc2, R"({"question": "q", "mc2_targets": {"choices": ["a", "b", "c"], "labels": [1, 0, 1]}})", "f:1");
+  Doc t =
+      parse_doc(mc2, R"({"question": "q", "mc2_targets": {"choices": ["a", "b", "c"], "labels": [1, 0, 1]}})", "f:1");
   auto v = doc_metrics(mc2, t, {std::log(0.2), std::log(0.3), std::log(0.1)});
   EXPECT_NEAR(v["acc"], 0.5, 1e-12);
   // Code points, not bytes, for acc_norm (Python len(str)).

@@ -16,19 +16,26 @@
 int main(int argc, char** argv) {
   using namespace sftgo;
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s FILE [--function F] [--k K] [--smooth 0|1] [--sublinear 0|1] [--norm 0|1]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s FILE [--function F] [--k K] [--smooth 0|1] [--sublinear 0|1] [--norm 0|1]\n",
+                 argv[0]);
     return 2;
   }
   grouping::GroupingOptions opts;
   opts.function = "tfidf";
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--function") opts.function = v;
-    else if (k == "--k") opts.top_k_percent = std::stod(v);
-    else if (k == "--smooth") opts.tfidf_smooth_idf = v == "1";
-    else if (k == "--sublinear") opts.tfidf_sublinear_tf = v == "1";
-    else if (k == "--norm") opts.tfidf_l2_norm = v == "1";
-    else if (k == "--seed") opts.seed = std::stoull(v);
+    if (k == "--function")
+      opts.function = v;
+    else if (k == "--k")
+      opts.top_k_percent = std::stod(v);
+    else if (k == "--smooth")
+      opts.tfidf_smooth_idf = v == "1";
+    else if (k == "--sublinear")
+      opts.tfidf_sublinear_tf = v == "1";
+    else if (k == "--norm")
+      opts.tfidf_l2_norm = v == "1";
+    else if (k == "--seed")
+      opts.seed = std::stoull(v);
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -46,8 +53,8 @@ int main(int argc, char** argv) {
       examples.push_back(std::move(ex));
     }
     auto out = grouping::compute_groups(examples, opts);
-    grouping::TfidfModel model({.smooth_idf = opts.tfidf_smooth_idf, .sublinear_tf = opts.tfidf_sublinear_tf,
-                                .l2_norm = opts.tfidf_l2_norm});
+    grouping::TfidfModel model(
+        {.smooth_idf = opts.tfidf_smooth_idf, .sublinear_tf = opts.tfidf_sublinear_tf, .l2_norm = opts.tfidf_l2_norm});
     if (opts.function == "tfidf") {
       std::vector<std::span<const int32_t>> docs;
       for (const auto& ex : examples) docs.emplace_back(ex.ids);

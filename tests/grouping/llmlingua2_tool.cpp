@@ -27,10 +27,14 @@ int main(int argc, char** argv) {
   bool timing = false;
   for (int i = 3; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--time") timing = v == "1";
-    else if (k == "--window") opts.llmlingua2_window = std::stoll(v);
-    else if (k == "--batch") opts.llmlingua2_batch_size = std::stoll(v);
-    else if (k == "--device") opts.llmlingua2_device = v;
+    if (k == "--time")
+      timing = v == "1";
+    else if (k == "--window")
+      opts.llmlingua2_window = std::stoll(v);
+    else if (k == "--batch")
+      opts.llmlingua2_batch_size = std::stoll(v);
+    else if (k == "--device")
+      opts.llmlingua2_device = v;
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;

@@ -38,9 +38,15 @@ XlmrPiece piece(int64_t id, const std::string& text, size_t begin, size_t end) {
 TEST(Llmlingua2, MergePiecesAsLlmlingua) {
   // "▁Hel lo , ▁wor ld <unk> () ., ▁x": "," and "()" are substrings of string.punctuation and start
   // words; ".," is not and continues; <unk> is skipped.
-  std::vector<XlmrPiece> p = {piece(10, "\xe2\x96\x81Hel", 0, 3), piece(11, "lo", 3, 5),  piece(12, ",", 5, 6),
-                              piece(13, "\xe2\x96\x81wor", 7, 10), piece(14, "ld", 10, 12), piece(kXlmrUnk, "é", 12, 14),
-                              piece(15, "()", 14, 16), piece(16, ".,", 16, 18), piece(17, "\xe2\x96\x81x", 19, 20)};
+  std::vector<XlmrPiece> p = {piece(10, "\xe2\x96\x81Hel", 0, 3),
+                              piece(11, "lo", 3, 5),
+                              piece(12, ",", 5, 6),
+                              piece(13, "\xe2\x96\x81wor", 7, 10),
+                              piece(14, "ld", 10, 12),
+                              piece(kXlmrUnk, "é", 12, 14),
+                              piece(15, "()", 14, 16),
+                              piece(16, ".,", 16, 18),
+                              piece(17, "\xe2\x96\x81x", 19, 20)};
   std::vector<float> prob = {0.1f, 0.3f, 0.5f, 0.2f, 0.4f, 0.99f, 0.6f, 0.8f, 0.7f};
   auto w = merge_pieces_to_words(p, prob);
   ASSERT_EQ(w.size(), 5u);
@@ -103,8 +109,7 @@ TEST(Llmlingua2, WordsToTokenScores) {
     EXPECT_EQ((*v)[3], 0.0f);
     EXPECT_EQ((*v)[4], 0.0f);
   }
-  EXPECT_NE(error_of([&] { words_to_token_scores(w, t, "median"); }).find("llmlingua2_aggregation"),
-            std::string::npos);
+  EXPECT_NE(error_of([&] { words_to_token_scores(w, t, "median"); }).find("llmlingua2_aggregation"), std::string::npos);
 }
 
 // ---- export directory checks ------------------------------------------------------------------------
@@ -134,10 +139,17 @@ std::string make_export(const TempDir& dir, const std::string& forward = kGoodFo
   fs::copy_file(fixture("sp.model"), out / kLlmlingua2Spm, fs::copy_options::overwrite_existing);
   save_module((out / kLlmlingua2Module).string(), forward);
   XlmrTokenizer tok((out / kLlmlingua2Spm).string());
-  nlohmann::json meta = {{"format", kLlmlingua2Format}, {"model_name", "synthetic"}, {"output", "logits"},
-                         {"label_index", 1},  {"window", 512},   {"bos_id", 0},
-                         {"pad_id", 1},       {"eos_id", 2},     {"unk_id", 3},
-                         {"piece_offset", 1}, {"vocab_size", tok.piece_count() + 2},
+  nlohmann::json meta = {{"format", kLlmlingua2Format},
+                         {"model_name", "synthetic"},
+                         {"output", "logits"},
+                         {"label_index", 1},
+                         {"window", 512},
+                         {"bos_id", 0},
+                         {"pad_id", 1},
+                         {"eos_id", 2},
+                         {"unk_id", 3},
+                         {"piece_offset", 1},
+                         {"vocab_size", tok.piece_count() + 2},
                          {"sentencepiece_pieces", tok.piece_count()},
                          {"sentencepiece_sha256", sha256_file((out / kLlmlingua2Spm).string())}};
   std::ofstream((out / kLlmlingua2Meta).string()) << meta.dump(2);
@@ -249,9 +261,7 @@ TEST(Llmlingua2Export, PieceCountMismatch) {
   TempDir dir("llm2");
   register_llmlingua2_classifier();
   const auto ex = make_export(dir);
-  edit_meta(ex, [](auto& j) {
-    j["sentencepiece_pieces"] = j["sentencepiece_pieces"].template get<int64_t>() - 1;
-  });
+  edit_meta(ex, [](auto& j) { j["sentencepiece_pieces"] = j["sentencepiece_pieces"].template get<int64_t>() - 1; });
   EXPECT_NE(error_of([&] { Llmlingua2Scorer s(opts_for(ex)); }).find("pieces but"), std::string::npos);
 }
 

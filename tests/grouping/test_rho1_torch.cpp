@@ -10,9 +10,9 @@ namespace {
 
 TEST(Rho1Torch, MatchesVectorVersion) {
   torch::manual_seed(0);
-  auto cur = torch::rand({3, 17});                  // [B, S]
+  auto cur = torch::rand({3, 17});                       // [B, S]
   auto ref = torch::rand({3, 17}).to(torch::kBFloat16);  // [B, S], another dtype on purpose
-  auto tr = torch::rand({3, 17}) > 0.3;             // [B, S] bool
+  auto tr = torch::rand({3, 17}) > 0.3;                  // [B, S] bool
   for (auto sel : {Selection::kSequence, Selection::kBatch}) {
     auto got = select_rho1(cur, ref, tr, 30, sel);
     ASSERT_EQ(got.sizes(), cur.sizes());

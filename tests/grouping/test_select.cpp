@@ -34,8 +34,9 @@ TokenizedExample make_example(std::vector<int32_t> ids, size_t prompt, int64_t i
 // POSIX on purpose: libtorch.so (2.11 wheel) exports a broken std::filesystem::remove_all that
 // segfaults in binaries linking it.
 void remove_tree(const std::string& path) {
-  ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return std::remove(p); }, 16,
-         FTW_DEPTH | FTW_PHYS);
+  ::nftw(
+      path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return std::remove(p); }, 16,
+      FTW_DEPTH | FTW_PHYS);
 }
 
 std::string temp_dir(const std::string& tag) {
@@ -111,12 +112,11 @@ TEST(Registry, RuntimeRegistration) {
       return s;
     }
   };
-  register_grouping_function("test_last", [](const GroupingOptions&, const Tokenizer*) {
-    return std::make_unique<Last>();
-  });
-  EXPECT_THROW(register_grouping_function("test_last", [](const GroupingOptions&, const Tokenizer*) {
-                 return std::make_unique<Last>();
-               }), Error);
+  register_grouping_function("test_last",
+                             [](const GroupingOptions&, const Tokenizer*) { return std::make_unique<Last>(); });
+  EXPECT_THROW(register_grouping_function(
+                   "test_last", [](const GroupingOptions&, const Tokenizer*) { return std::make_unique<Last>(); }),
+               Error);
   GroupingOptions o;
   o.function = "test_last";
   o.top_k_percent = 50;

@@ -31,7 +31,7 @@ int main(int argc, char** argv) try {
   if (argc >= 4 && std::string(argv[1]) == "write") {
     static std::vector<float> f32 = {0.5f, -1.25f, 3.0f, 1e-7f, -0.0f, 65504.f};
     static std::vector<uint16_t> bf16 = {0x3f80, 0xc000, 0x7f80, 0x0001};  // 1, -2, inf, denormal
-    static std::vector<uint16_t> f16 = {0x3c00, 0xc000, 0x7bff};            // 1, -2, 65504
+    static std::vector<uint16_t> f16 = {0x3c00, 0xc000, 0x7bff};           // 1, -2, 65504
     static std::vector<int64_t> i64 = {1, -2, 1LL << 40};
     static std::vector<int32_t> i32 = {7, -7};
     static std::vector<uint8_t> u8 = {0, 255, 3};

@@ -72,14 +72,13 @@ TEST(Safetensors, RoundTripSingleFile) {
   std::vector<int64_t> c = {7, -8, 9};
   std::vector<uint8_t> d = {1, 0, 1};
   std::string path = (temp_dir() / "rt.safetensors").string();
-  write_safetensors(path,
-                    {TensorSource::borrow("a", DType::kF32, {2, 3}, a.data()),
-                     TensorSource::borrow("b", DType::kBF16, {2}, b.data()),
-                     TensorSource::borrow("c", DType::kI64, {3}, c.data()),
-                     TensorSource::borrow("d", DType::kBool, {3}, d.data()),
-                     TensorSource::borrow("empty", DType::kF32, {0, 4}, nullptr),
-                     TensorSource::borrow("scalar", DType::kF32, {}, a.data())},
-                    {{"format", "pt"}});
+  write_safetensors(
+      path,
+      {TensorSource::borrow("a", DType::kF32, {2, 3}, a.data()), TensorSource::borrow("b", DType::kBF16, {2}, b.data()),
+       TensorSource::borrow("c", DType::kI64, {3}, c.data()), TensorSource::borrow("d", DType::kBool, {3}, d.data()),
+       TensorSource::borrow("empty", DType::kF32, {0, 4}, nullptr),
+       TensorSource::borrow("scalar", DType::kF32, {}, a.data())},
+      {{"format", "pt"}});
   EXPECT_FALSE(fs::exists(path + ".tmp-" + std::to_string(::getpid())));
   auto f = SafetensorsFile::open(path);
   EXPECT_EQ(f->metadata().at("format"), "pt");
@@ -139,7 +138,7 @@ TEST(Safetensors, InterruptedShardedSaveKeepsOldCheckpoint) {
   std::vector<float> a(16, 1.f);
   std::string dir = (temp_dir() / "atomic").string();
   write_sharded_safetensors(dir, {TensorSource::borrow("a", DType::kF32, {16}, a.data())});
-  TensorSource bad{"b", DType::kF32, {4}, [] () -> std::shared_ptr<const std::byte> {
+  TensorSource bad{"b", DType::kF32, {4}, []() -> std::shared_ptr<const std::byte> {
                      throw std::runtime_error("simulated failure mid-save");
                    }};
   EXPECT_THROW(write_sharded_safetensors(dir, {TensorSource::borrow("a", DType::kF32, {16}, a.data()), bad}),
@@ -151,10 +150,10 @@ TEST(Safetensors, InterruptedShardedSaveKeepsOldCheckpoint) {
 
 TEST(Safetensors, WriterRejectsDuplicates) {
   float x = 1.f;
-  EXPECT_THROW(write_safetensors((temp_dir() / "dup.safetensors").string(),
-                                 {TensorSource::borrow("a", DType::kF32, {1}, &x),
-                                  TensorSource::borrow("a", DType::kF32, {1}, &x)}),
-               Error);
+  EXPECT_THROW(
+      write_safetensors((temp_dir() / "dup.safetensors").string(), {TensorSource::borrow("a", DType::kF32, {1}, &x),
+                                                                    TensorSource::borrow("a", DType::kF32, {1}, &x)}),
+      Error);
 }
 
 TEST(SafetensorsBad, Truncated) {
@@ -191,9 +190,9 @@ TEST(SafetensorsBad, UnknownDtypeAndSizeMismatch) {
                {"dtype.st", "'a'", "unknown dtype 'F7'"});
   expect_error(put("size.st", raw_file(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", bytes_of(8))),
                {"size.st", "'a'", "needs 12 bytes"});
-  expect_error(put("ovf.st", raw_file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})",
-                                      "")),
-               {"ovf.st", "'a'", "overflows"});
+  expect_error(
+      put("ovf.st", raw_file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", "")),
+      {"ovf.st", "'a'", "overflows"});
   expect_error(put("neg.st", raw_file(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", "")),
                {"neg.st", "'a'", "non-negative"});
   expect_error(put("noshape.st", raw_file(R"({"a":{"dtype":"F32","data_offsets":[0,0]}})", "")),

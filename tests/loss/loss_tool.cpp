@@ -71,10 +71,14 @@ int main(int argc, char** argv) {
 
     fs::create_directories(out_dir);
     const auto& m = info.metrics;
-    const nlohmann::json result = {{"loss", loss.item<double>()}, {"loss_ce", m.loss_ce},
-                                   {"loss_imp", m.loss_imp},       {"loss_unimp", m.loss_unimp},
-                                   {"worst", m.worst},             {"count_imp", m.count_imp},
-                                   {"count_unimp", m.count_unimp}, {"chunk_vocab", info.chunk_vocab}};
+    const nlohmann::json result = {{"loss", loss.item<double>()},
+                                   {"loss_ce", m.loss_ce},
+                                   {"loss_imp", m.loss_imp},
+                                   {"loss_unimp", m.loss_unimp},
+                                   {"worst", m.worst},
+                                   {"count_imp", m.count_imp},
+                                   {"count_unimp", m.count_unimp},
+                                   {"chunk_vocab", info.chunk_vocab}};
     std::ofstream(out_dir / "result.json") << result.dump(2) << "\n";
     write_raw(out_dir / "grad_hidden.f32", hidden.grad());
     write_raw(out_dir / "grad_weight.f32", weight.grad());

@@ -15,8 +15,8 @@ namespace {
   const char* culprit = !at::isfinite(hidden).all().item<bool>()   ? "hidden [T, H] contains NaN/Inf"
                         : !at::isfinite(weight).all().item<bool>() ? "lm_head weight [V, H] contains NaN/Inf"
                                                                    : "the logits overflowed (inputs are finite)";
-  SFTGO_FAIL(ErrorKind::kNumeric, "reference_group_loss: non-finite loss (sum of token losses = ", loss_sum, "): ",
-             culprit);
+  SFTGO_FAIL(ErrorKind::kNumeric, "reference_group_loss: non-finite loss (sum of token losses = ", loss_sum,
+             "): ", culprit);
 }
 
 }  // namespace
@@ -28,8 +28,8 @@ at::Tensor reference_group_loss(const at::Tensor& hidden, const at::Tensor& weig
               "reference_group_loss: compute dtype must be float32 or float64");
   const int64_t vocab = weight.size(0);
   const at::Tensor logits = at::matmul(hidden.to(compute_dtype), weight.to(compute_dtype).t());  // [T, V]
-  const at::Tensor logp = at::log_softmax(logits, 1);                                     // [T, V]
-  const at::Tensor trained = labels != options.ignore_index;                              // [T]
+  const at::Tensor logp = at::log_softmax(logits, 1);                                            // [T, V]
+  const at::Tensor trained = labels != options.ignore_index;                                     // [T]
   const at::Tensor safe_labels = at::where(trained, labels, at::zeros_like(labels));
   if (trained.any().item<bool>()) {
     const at::Tensor picked = labels.masked_select(trained);
@@ -74,12 +74,8 @@ at::Tensor reference_group_loss(const at::Tensor& hidden, const at::Tensor& weig
     w = compute_loss_weights(stats, options.lambda, options.objective);
     const auto masked_mean = [&](const at::Tensor& m, int64_t count) { return (ce * m).sum() / double(count); };
     switch (options.objective) {
-      case Objective::kCe:
-        result = n > 0 ? masked_mean(m_all, n) : zero;
-        break;
-      case Objective::kRho1:
-        result = stats.count[1] > 0 ? masked_mean(m1, stats.count[1]) : zero;
-        break;
+      case Objective::kCe: result = n > 0 ? masked_mean(m_all, n) : zero; break;
+      case Objective::kRho1: result = stats.count[1] > 0 ? masked_mean(m1, stats.count[1]) : zero; break;
       case Objective::kSftGo: {
         if (n == 0) {
           result = zero;

@@ -303,8 +303,8 @@ TEST(LossParity, ExternalStatsThroughHook) {
   const LossWeights w = compute_loss_weights(total, 0.8, Objective::kSftGo);
   EXPECT_EQ(fused.info.weights.worst, w.worst);
   // The returned loss is sum_i w_i * l_i with the external coefficients.
-  const double expected = w.coef_all * seen.total_loss() + w.coef_group[0] * seen.loss_sum[0] +
-                          w.coef_group[1] * seen.loss_sum[1];
+  const double expected =
+      w.coef_all * seen.total_loss() + w.coef_group[0] * seen.loss_sum[0] + w.coef_group[1] * seen.loss_sum[1];
   EXPECT_NEAR(fused.loss, expected, 1e-6 * std::abs(expected));
 }
 
@@ -342,8 +342,7 @@ TEST(LossParity, StepScopeMicrobatchesEqualFullBatch) {
   double loss_sum = 0.0;
   for (int k = 0; k < 4; ++k) {
     const Inputs m = micro(k);
-    at::Tensor loss =
-        fused_group_loss(hidden.narrow(0, 16 * k, 16), weight, m.labels, m.groups, step_opts, nullptr);
+    at::Tensor loss = fused_group_loss(hidden.narrow(0, 16 * k, 16), weight, m.labels, m.groups, step_opts, nullptr);
     loss.backward();  // gradients accumulate in .grad like gradient accumulation in the trainer
     loss_sum += loss.item<double>();
   }
@@ -419,11 +418,15 @@ TEST(LossChecks, BadShapesAndLabels) {
     }
   };
   const FusedLossOptions o = opts(Objective::kSftGo);
-  expect_kind(ErrorKind::kModel, [&] { fused_group_loss(in.hidden, in.weight.narrow(1, 0, 4), in.labels, in.groups, o); });
-  expect_kind(ErrorKind::kModel, [&] { fused_group_loss(in.hidden.to(at::kDouble), in.weight, in.labels, in.groups, o); });
-  expect_kind(ErrorKind::kData, [&] { fused_group_loss(in.hidden, in.weight, in.labels.narrow(0, 0, 5), in.groups, o); });
+  expect_kind(ErrorKind::kModel,
+              [&] { fused_group_loss(in.hidden, in.weight.narrow(1, 0, 4), in.labels, in.groups, o); });
+  expect_kind(ErrorKind::kModel,
+              [&] { fused_group_loss(in.hidden.to(at::kDouble), in.weight, in.labels, in.groups, o); });
+  expect_kind(ErrorKind::kData,
+              [&] { fused_group_loss(in.hidden, in.weight, in.labels.narrow(0, 0, 5), in.groups, o); });
   expect_kind(ErrorKind::kData, [&] { fused_group_loss(in.hidden, in.weight, in.labels, at::Tensor(), o); });
-  expect_kind(ErrorKind::kData, [&] { fused_group_loss(in.hidden, in.weight, in.labels, in.groups.to(at::kFloat), o); });
+  expect_kind(ErrorKind::kData,
+              [&] { fused_group_loss(in.hidden, in.weight, in.labels, in.groups.to(at::kFloat), o); });
   at::Tensor bad = in.labels.clone();
   bad[0] = 50;
   expect_kind(ErrorKind::kData, [&] { fused_group_loss(in.hidden, in.weight, bad, in.groups, o); });
@@ -492,14 +495,16 @@ TEST(LossOnePass, ParityBothPassesVocabSizes) {
   uint64_t seed = 1;
   for (const Size& s : sizes) {
     const std::string v = " V=" + std::to_string(s.v);
-    check_both_passes("sftgo known weights" + v, make_inputs(s.t, s.h, s.v, seed), [&] {
-      // sftgo lambda > 0: coefficients from step statistics known ahead (the trainer's pre-pass).
-      FusedLossOptions k = opts(Objective::kSftGo, 0.6);
-      k.known_weights = weights_of(make_inputs(s.t, s.h, s.v, seed), k);
-      return k;
-    }(), kFp32Tol);
-    check_both_passes("sftgo lambda=0" + v, make_inputs(s.t, s.h, s.v, seed++), opts(Objective::kSftGo, 0.0),
-                      kFp32Tol);
+    check_both_passes(
+        "sftgo known weights" + v, make_inputs(s.t, s.h, s.v, seed),
+        [&] {
+          // sftgo lambda > 0: coefficients from step statistics known ahead (the trainer's pre-pass).
+          FusedLossOptions k = opts(Objective::kSftGo, 0.6);
+          k.known_weights = weights_of(make_inputs(s.t, s.h, s.v, seed), k);
+          return k;
+        }(),
+        kFp32Tol);
+    check_both_passes("sftgo lambda=0" + v, make_inputs(s.t, s.h, s.v, seed++), opts(Objective::kSftGo, 0.0), kFp32Tol);
     check_both_passes("ce" + v, make_inputs(s.t, s.h, s.v, seed++), opts(Objective::kCe), kFp32Tol);
     check_both_passes("rho1" + v, make_inputs(s.t, s.h, s.v, seed++), opts(Objective::kRho1), kFp32Tol);
   }
@@ -642,7 +647,8 @@ TEST(LossOnePass, UpstreamGradientTiedWeightAndNoGrad) {
   LossInfo info;
   const at::Tensor loss = fused_group_loss(in.hidden, in.weight, in.labels, in.groups, o, &info);
   EXPECT_EQ(info.onepass_tokens, 0);
-  EXPECT_LE(rel_error(loss.item<double>(), reference_group_loss(in.hidden, in.weight, in.labels, in.groups, o).item<double>()),
+  EXPECT_LE(rel_error(loss.item<double>(),
+                      reference_group_loss(in.hidden, in.weight, in.labels, in.groups, o).item<double>()),
             kFp32Tol);
 }
 
@@ -771,8 +777,8 @@ TEST(LossGroupsHook, KnownWeightsWithGroupsHook) {
     EXPECT_EQ(fused.info.onepass_tokens, 0);  // a groups hook always takes two passes
     // The returned value is sum_i w_i l_i under the known weights and the hook's groups.
     const at::Tensor g = hook(seen);
-    const double expected = known.coef_all * ce64.sum().item<double>() +
-                            known.coef_group[1] * ce64.masked_select(g).sum().item<double>();
+    const double expected =
+        known.coef_all * ce64.sum().item<double>() + known.coef_group[1] * ce64.masked_select(g).sum().item<double>();
     EXPECT_LE(rel_error(fused.loss, expected), kFp32Tol) << objective_name(obj);
     // Against the float64 reference with the same options (which calls the hook too).
     calls = 0;
@@ -863,7 +869,6 @@ TEST(LossGroupsHook, StepWeightsErrorsAndNaN) {
   EXPECT_FALSE(called);
 }
 
-
 // FusedLossOptions::accumulate_into_grad. Reference: the same micro-batches with the option off, where
 // LibTorch's AccumulateGrad adds each new [V, H] gradient to .grad. Exact equality is the contract
 // (the in-place path runs the same GEMM per block and the same elementwise add), so no tolerance.
@@ -878,9 +883,9 @@ TEST(LossGradAccumulation, InPlaceEqualsAccumulateGradBitForBit) {
     const Inputs a = make_inputs(40, 32, 300, 101, 0.25, 0.4, dtype);
     const Inputs b = make_inputs(36, 32, 300, 102, 0.25, 0.4, dtype);
     struct Run {
-      at::Tensor grad;       // [V, H] after three micro-batches
-      int hook_calls = 0;    // post-accumulate-grad hook calls
-      int taken = 0;         // micro-batches after which .grad is a new tensor on the same storage
+      at::Tensor grad;     // [V, H] after three micro-batches
+      int hook_calls = 0;  // post-accumulate-grad hook calls
+      int taken = 0;       // micro-batches after which .grad is a new tensor on the same storage
     };
     // share: another tensor holds the accumulated .grad (as a gradient-as-bucket view would); it must
     // then be left in place.

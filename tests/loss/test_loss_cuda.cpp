@@ -17,8 +17,8 @@ using testing::run_loss;
 #define SKIP_WITHOUT_GPU() \
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"
 
-void gpu_parity(const char* name, int64_t t, int64_t h, int64_t v, at::ScalarType dtype, Objective obj,
-                int64_t chunk, double tol, uint64_t seed) {
+void gpu_parity(const char* name, int64_t t, int64_t h, int64_t v, at::ScalarType dtype, Objective obj, int64_t chunk,
+                double tol, uint64_t seed) {
   const auto cpu = make_inputs(t, h, v, seed, 0.25, 0.4, dtype, at::kCPU);
   const auto gpu = make_inputs(t, h, v, seed, 0.25, 0.4, dtype, at::Device(at::kCUDA, 0));
   FusedLossOptions o;

@@ -50,8 +50,8 @@ int main(int argc, char** argv) try {
     m->set_activation_checkpointing(argc >= 7 && std::string(argv[6]) == "ckpt");
     const int64_t s = ids.size(1);
     torch::Tensor logits = m->logits(m->forward(ids));  // [B,S,V]
-    torch::Tensor loss = torch::nn::functional::cross_entropy(
-        logits.slice(1, 0, s - 1).reshape({-1, logits.size(-1)}), ids.slice(1, 1).reshape({-1}));
+    torch::Tensor loss = torch::nn::functional::cross_entropy(logits.slice(1, 0, s - 1).reshape({-1, logits.size(-1)}),
+                                                              ids.slice(1, 1).reshape({-1}));
     loss.backward();
     std::vector<std::pair<std::string, torch::Tensor>> out = {{"loss", loss.detach().reshape({1})}};
     for (auto& [name, p] : lora_named_parameters(*m)) out.emplace_back(name, p.grad());

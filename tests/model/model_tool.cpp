@@ -31,8 +31,8 @@ int main(int argc, char** argv) try {
     torch::NoGradGuard ng;
     torch::Tensor ids = torch::from_blob(const_cast<std::byte*>(v->data), v->shape, torch::kInt64).clone();
     torch::Tensor logits = m->logits(m->forward(ids)).to(torch::kFloat).contiguous();
-    io::write_safetensors(argv[4], {io::TensorSource::borrow("logits", io::DType::kF32, logits.sizes().vec(),
-                                                             logits.data_ptr())});
+    io::write_safetensors(
+        argv[4], {io::TensorSource::borrow("logits", io::DType::kF32, logits.sizes().vec(), logits.data_ptr())});
     return 0;
   }
   if (cmd == "generate" && argc >= 5) {

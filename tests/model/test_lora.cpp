@@ -125,8 +125,9 @@ TEST(Lora, LinearForwardIsTheFormula) {
     torch::NoGradGuard ng;
     // Reference in float64: W x + s * B A x.
     torch::Tensor xd = x.to(torch::kDouble);
-    torch::Tensor want = xd.matmul(l.weight.to(torch::kDouble).t()) +
-                         l.lora_scaling * xd.matmul(l.lora_A.to(torch::kDouble).t()).matmul(l.lora_B.to(torch::kDouble).t());
+    torch::Tensor want =
+        xd.matmul(l.weight.to(torch::kDouble).t()) +
+        l.lora_scaling * xd.matmul(l.lora_A.to(torch::kDouble).t()).matmul(l.lora_B.to(torch::kDouble).t());
     // fp32 matmuls of width <= 48 with O(1) values: ~1e-6 rounding.
     EXPECT_LT(max_abs(l.forward(x).to(torch::kDouble), want), 1e-5);
   }
@@ -270,8 +271,12 @@ TEST(Lora, LoadErrorsNameTheFileAndTensor) {
   expect_error(load_fresh, "lora.rank must be >= 1");
   write_file_atomic(ad + "/adapter_config.json", "{not json");
   expect_error(load_fresh, "adapter_config.json: not valid JSON");
-  expect_error([&] { LlamaModel x(c, ModelOptions{}); load_lora_adapter(*x, dir.path() + "/none"); },
-               "none/adapter_config.json: not found");
+  expect_error(
+      [&] {
+        LlamaModel x(c, ModelOptions{});
+        load_lora_adapter(*x, dir.path() + "/none");
+      },
+      "none/adapter_config.json: not found");
   // Resume into adapters of another rank.
   write_file_atomic(ad + "/adapter_config.json", cfg);
   LlamaModel other(c, ModelOptions{});
@@ -315,7 +320,9 @@ TEST(Lora, CheckpointingWithDropoutGivesSameGradients) {
       m->set_activation_checkpointing(false);
       torch::manual_seed(12);
       torch::Tensor logits = m->logits(m->forward(ids));
-      EXPECT_NE(torch::nn::functional::cross_entropy(logits.reshape({-1, c.vocab_size}), ids.reshape({-1})).item<double>(), l0);
+      EXPECT_NE(
+          torch::nn::functional::cross_entropy(logits.reshape({-1, c.vocab_size}), ids.reshape({-1})).item<double>(),
+          l0);
       // ... and eval mode (or no_grad) never drops.
       m->eval();
       torch::Tensor a = logits_of(*m, ids);

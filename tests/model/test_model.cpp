@@ -23,8 +23,8 @@ using namespace sftgo::model;
 
 namespace {
 
-const std::vector<std::string> kCases = {"mha_untied_rope3", "gqa2_tied_rope3", "gqa4_untied_plain",
-                                         "gqa4_tied_rope3", "gqa2_untied_plain"};
+const std::vector<std::string> kCases = {"mha_untied_rope3", "gqa2_tied_rope3", "gqa4_untied_plain", "gqa4_tied_rope3",
+                                         "gqa2_untied_plain"};
 
 // Returns the fixture dir, generating it once; empty when generation is impossible.
 std::string fixtures() {
@@ -33,8 +33,8 @@ std::string fixtures() {
     if (fs::exists(d / "DONE")) return d.string();
     fs::path py = fs::path(SFTGO_SOURCE_DIR) / ".venv" / "bin" / "python";
     if (!fs::exists(py)) return std::string();
-    std::string cmd = py.string() + " " + SFTGO_SOURCE_DIR + "/scripts/make_tiny_llama.py " + d.string() +
-                      " > " + (d.parent_path() / "make_tiny_llama.log").string() + " 2>&1";
+    std::string cmd = py.string() + " " + SFTGO_SOURCE_DIR + "/scripts/make_tiny_llama.py " + d.string() + " > " +
+                      (d.parent_path() / "make_tiny_llama.log").string() + " 2>&1";
     fs::create_directories(d.parent_path());
     if (std::system(cmd.c_str()) != 0 || !fs::exists(d / "DONE")) return std::string();
     return d.string();
@@ -86,9 +86,9 @@ fs::path temp_dir() {
   return d;
 }
 
-#define REQUIRE_FIXTURES()                                                            \
-  do {                                                                                \
-    if (fixtures().empty()) GTEST_SKIP() << "no venv to generate HF fixtures";       \
+#define REQUIRE_FIXTURES()                                                     \
+  do {                                                                         \
+    if (fixtures().empty()) GTEST_SKIP() << "no venv to generate HF fixtures"; \
   } while (0)
 
 }  // namespace
@@ -129,9 +129,11 @@ TEST(LlamaConfig, JsonBothRopeFormats) {
   EXPECT_EQ(plain.num_key_value_heads, 2);
   EXPECT_THROW(LlamaConfig::from_json(R"({"vocab_size":10})"), Error);
   EXPECT_THROW(LlamaConfig::from_json(R"({"vocab_size":10,"hidden_size":8,"intermediate_size":16,
-    "num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2})"), Error);
+    "num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2})"),
+               Error);
   EXPECT_THROW(LlamaConfig::from_json(R"({"vocab_size":10,"hidden_size":8,"intermediate_size":16,
-    "num_hidden_layers":1,"num_attention_heads":2,"rope_scaling":{"rope_type":"yarn","factor":2.0}})"), Error);
+    "num_hidden_layers":1,"num_attention_heads":2,"rope_scaling":{"rope_type":"yarn","factor":2.0}})"),
+               Error);
 }
 
 // ---- HF parity -----------------------------------------------------------------------------------
@@ -183,8 +185,8 @@ TEST_P(Parity, Bf16Logits) {
   // |logits| ~ 1: bound 3e-2. vs fp32: the bf16 quantisation itself, bound 1e-1.
   EXPECT_LE(vs_hf_bf16, 3e-2);
   EXPECT_LE(vs_fp32, 1e-1);
-  std::printf("[parity] %-20s bf16 logits max|err| vs HF bf16 %.3g, vs HF fp32 %.3g\n", GetParam().c_str(),
-              vs_hf_bf16, vs_fp32);
+  std::printf("[parity] %-20s bf16 logits max|err| vs HF bf16 %.3g, vs HF fp32 %.3g\n", GetParam().c_str(), vs_hf_bf16,
+              vs_fp32);
 }
 
 TEST_P(Parity, GreedyGenerationMatchesTransformers) {
@@ -298,7 +300,8 @@ TEST(LlamaWeights, SaveLoadRoundTripSharded) {
 namespace {
 // Rewrites `src` checkpoint tensors through `edit` into dir/model.safetensors (+ config).
 void write_edited(const std::string& src_dir, const std::string& dir,
-                  const std::function<void(std::vector<io::TensorSource>&)>& edit, const io::SafetensorsCheckpoint& ck) {
+                  const std::function<void(std::vector<io::TensorSource>&)>& edit,
+                  const io::SafetensorsCheckpoint& ck) {
   std::vector<io::TensorSource> ts;
   for (const auto* v : ck.tensors()) ts.push_back(io::TensorSource::borrow(v->name, v->dtype, v->shape, v->data));
   edit(ts);
@@ -325,23 +328,33 @@ TEST(LlamaWeights, LoadErrorsNameTheTensor) {
   save_pretrained(*model, good);
   auto ck = io::SafetensorsCheckpoint::open(good);
   static float extra[4] = {};
-  write_edited(good, (temp_dir() / "missing").string(), [](auto& ts) {
-    std::erase_if(ts, [](const io::TensorSource& t) { return t.name == "model.layers.1.mlp.up_proj.weight"; });
-  }, ck);
+  write_edited(
+      good, (temp_dir() / "missing").string(),
+      [](auto& ts) {
+        std::erase_if(ts, [](const io::TensorSource& t) { return t.name == "model.layers.1.mlp.up_proj.weight"; });
+      },
+      ck);
   expect_load_error((temp_dir() / "missing").string(), "model.layers.1.mlp.up_proj.weight [64, 32]");
-  write_edited(good, (temp_dir() / "extra").string(), [](auto& ts) {
-    ts.push_back(io::TensorSource::borrow("model.layers.7.foo", io::DType::kF32, {4}, extra));
-  }, ck);
+  write_edited(
+      good, (temp_dir() / "extra").string(),
+      [](auto& ts) { ts.push_back(io::TensorSource::borrow("model.layers.7.foo", io::DType::kF32, {4}, extra)); }, ck);
   expect_load_error((temp_dir() / "extra").string(), "unexpected tensor 'model.layers.7.foo'");
-  write_edited(good, (temp_dir() / "shape").string(), [](auto& ts) {
-    for (auto& t : ts)
-      if (t.name == "model.norm.weight") t.shape = {2, 16};
-  }, ck);
-  expect_load_error((temp_dir() / "shape").string(), "'model.norm.weight' has shape [2, 16] but the model expects [32]");
-  write_edited(good, (temp_dir() / "dtype").string(), [](auto& ts) {
-    for (auto& t : ts)
-      if (t.name == "model.norm.weight") t.dtype = io::DType::kI32;
-  }, ck);
+  write_edited(
+      good, (temp_dir() / "shape").string(),
+      [](auto& ts) {
+        for (auto& t : ts)
+          if (t.name == "model.norm.weight") t.shape = {2, 16};
+      },
+      ck);
+  expect_load_error((temp_dir() / "shape").string(),
+                    "'model.norm.weight' has shape [2, 16] but the model expects [32]");
+  write_edited(
+      good, (temp_dir() / "dtype").string(),
+      [](auto& ts) {
+        for (auto& t : ts)
+          if (t.name == "model.norm.weight") t.dtype = io::DType::kI32;
+      },
+      ck);
   expect_load_error((temp_dir() / "dtype").string(), "'model.norm.weight' has dtype I32");
 }
 

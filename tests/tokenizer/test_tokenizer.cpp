@@ -60,8 +60,9 @@ TEST(TokenizerTiny, SpecialVersusOrdinary) {
 
 TEST(TokenizerTiny, DecodeRoundTripAndLossy) {
   Tokenizer tok = Tokenizer::load(tiny_dir());
-  for (std::string s : std::vector<std::string>{"", "the hello world", "  \t\n\r\n x", "h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80 <|eot_id|>",
-                        std::string("nul\0byte", 8)}) {
+  for (std::string s :
+       std::vector<std::string>{"", "the hello world", "  \t\n\r\n x",
+                                "h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80 <|eot_id|>", std::string("nul\0byte", 8)}) {
     EXPECT_EQ(tok.decode(tok.encode(s)), s);
     EXPECT_EQ(tok.decode(tok.encode(s, SpecialTokens::kOrdinary)), s);
   }
@@ -94,8 +95,8 @@ TEST(TokenizerTiny, TokenLookups) {
 
 TEST(TokenizerTiny, SpecialIdsFromConfig) {
   Tokenizer tok = Tokenizer::load(tiny_dir());
-  EXPECT_EQ(tok.bos_id(), kBos);  // {"content": ...} form
-  EXPECT_EQ(tok.eos_id(), kEot);  // string form
+  EXPECT_EQ(tok.bos_id(), kBos);           // {"content": ...} form
+  EXPECT_EQ(tok.eos_id(), kEot);           // string form
   EXPECT_FALSE(tok.pad_id().has_value());  // explicit null
 }
 
@@ -133,7 +134,9 @@ TEST(TokenizerTiny, MergesAsStrings) {
 TEST(TokenizerTiny, InvalidUtf8NamesOffset) {
   Tokenizer tok = Tokenizer::load(tiny_dir());
   try {
-    tok.encode("abc\xff" "def");
+    tok.encode(
+        "abc\xff"
+        "def");
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kTokenizer);
@@ -263,8 +266,9 @@ TEST_F(Llama3, KnownEncodings) {
 }
 
 TEST_F(Llama3, RoundTrip) {
-  for (const char* s : {"", " ", "naïve café", "你好，世界", "مرحبا", "👨‍👩‍👧‍👦 🇫🇷", "a\u0085b\u2028c", "x = [1,2,3]\r\n\tpass  ",
-                        "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"}) {
+  for (const char* s :
+       {"", " ", "naïve café", "你好，世界", "مرحبا", "👨‍👩‍👧‍👦 🇫🇷", "a\u0085b\u2028c",
+        "x = [1,2,3]\r\n\tpass  ", "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"}) {
     EXPECT_EQ(tok_->decode(tok_->encode(s)), s);
     EXPECT_EQ(tok_->decode(tok_->encode(s, SpecialTokens::kOrdinary)), s);
   }

@@ -76,19 +76,22 @@ TEST(TokenizerErrors, MissingParts) {
 }
 
 TEST(TokenizerErrors, WrongTypes) {
-  expect_load_error(minimal(R"({"type": "BPE", "vocab": {"a": "0"}, "merges": []})"), "model.vocab[\"a\"] must be an integer id");
+  expect_load_error(minimal(R"({"type": "BPE", "vocab": {"a": "0"}, "merges": []})"),
+                    "model.vocab[\"a\"] must be an integer id");
   expect_load_error(minimal(R"({"type": "BPE", "vocab": {"a": -1}, "merges": []})"), "non-negative");
   expect_load_error(minimal(R"({"type": "BPE", "vocab": {"a": 1.5}, "merges": []})"), "got a float");
   expect_load_error(minimal(R"({"type": "BPE", "vocab": ["a"], "merges": []})"), "model.vocab must be an object");
   expect_load_error(minimal(R"({"type": "BPE", "vocab": {"a": 0}, "merges": [7]})"), "model.merges[0]");
-  expect_load_error(minimal(R"({"type": "BPE", "vocab": {"a": 0}, "merges": ["a"]})"), "two tokens separated by one space");
+  expect_load_error(minimal(R"({"type": "BPE", "vocab": {"a": 0}, "merges": ["a"]})"),
+                    "two tokens separated by one space");
   expect_load_error(minimal(R"({"type": "BPE", "vocab": {"a": 0}, "merges": [["a"]]})"), "model.merges[0]");
   expect_load_error(minimal(R"({"type": "BPE", "vocab": {"a": 0}, "merges": {}})"), "model.merges must be an array");
   expect_load_error(minimal(R"({"type": "WordPiece", "vocab": {"a": 0}, "merges": []})"), "only byte-level \"BPE\"");
   expect_load_error(minimal(R"({"type": "BPE", "byte_fallback": "yes", "vocab": {"a": 0}, "merges": []})"),
                     "model.byte_fallback must be a boolean");
   expect_load_error(replace_once(tiny_json(), "\"id\": 268", "\"id\": \"x\""), "added_tokens[0].id");
-  expect_load_error(replace_once(tiny_json(), "\"special\": true", "\"special\": 1"), "added_tokens[0].special must be a boolean");
+  expect_load_error(replace_once(tiny_json(), "\"special\": true", "\"special\": 1"),
+                    "added_tokens[0].special must be a boolean");
 }
 
 TEST(TokenizerErrors, MergesNamingUnknownTokens) {

@@ -10,10 +10,14 @@ int main(int argc, char** argv) {
   std::ios::sync_with_stdio(false);
   sftgo::TokenizeCliOptions opts;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--tokenizer") && i + 1 < argc) opts.tokenizer_path = argv[++i];
-    else if (!std::strcmp(argv[i], "--decode")) opts.decode = true;
-    else if (!std::strcmp(argv[i], "--ordinary")) opts.ordinary = true;
-    else if (!std::strcmp(argv[i], "--add-bos")) opts.add_bos = true;
+    if (!std::strcmp(argv[i], "--tokenizer") && i + 1 < argc)
+      opts.tokenizer_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--decode"))
+      opts.decode = true;
+    else if (!std::strcmp(argv[i], "--ordinary"))
+      opts.ordinary = true;
+    else if (!std::strcmp(argv[i], "--add-bos"))
+      opts.add_bos = true;
     else if (!std::strcmp(argv[i], "--help")) {
       std::cout << "usage: tokenize_tool --tokenizer PATH [--decode] [--ordinary] [--add-bos]\n";
       return 0;

@@ -68,8 +68,9 @@ TEST(Metrics, AMetricsLogCutMidLineStillReadsAndResumes) {
   auto dir = std::filesystem::temp_directory_path() / "sftgo_test_metrics_cut";
   std::filesystem::remove_all(dir);
   const std::string path = (dir / "metrics.jsonl").string();
-  const std::string complete = "{\"step\": 1, \"loss_ce\": 2.5, \"loss_imp\": 3.0, \"loss_unimp\": 2.0}\n"
-                               "{\"step\": 2, \"loss_ce\": 2.4, \"loss_imp\": 2.9, \"loss_unimp\": 1.9}\n";
+  const std::string complete =
+      "{\"step\": 1, \"loss_ce\": 2.5, \"loss_imp\": 3.0, \"loss_unimp\": 2.0}\n"
+      "{\"step\": 2, \"loss_ce\": 2.4, \"loss_imp\": 2.9, \"loss_unimp\": 1.9}\n";
   write_file_atomic(path, complete + "{\"step\": 3, \"loss_ce\": 2.");
   EXPECT_EQ(read_metrics_lines(path).size(), 2u);
   EXPECT_NE(plot_metrics_svg(path, "t").find("<svg"), std::string::npos);

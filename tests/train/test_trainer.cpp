@@ -24,7 +24,8 @@ namespace fs = std::filesystem;
 class TrainerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("sftgo_test_trainer_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    dir_ = fs::temp_directory_path() /
+           ("sftgo_test_trainer_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     // The first 32 demo conversations: enough for several steps of 8.
@@ -37,19 +38,33 @@ class TrainerTest : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir_); }
 
   LoadedConfig config(const std::string& run, std::vector<std::string> extra = {}) {
-    std::vector<std::string> o = {
-        "run.output_dir=" + (dir_ / run).string(),
-        "tokenizer.path=" + std::string(SFTGO_SOURCE_DIR) + "/data/demo/tokenizer",
-        "data.path=" + (dir_ / "train.jsonl").string(),
-        "data.cache_dir=",  // no cache: every run prepares from scratch
-        "data.max_seq_len=128",
-        "model.preset=tiny", "model.vocab_size=1408", "model.hidden_size=32", "model.intermediate_size=64",
-        "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2", "model.device=cpu",
-        "grouping.function=tfidf", "grouping.top_k_percent=30",
-        "loss.objective=sftgo", "loss.lambda=0.9", "loss.scope=step",
-        "optim.lr=3e-3", "optim.warmup_steps=0", "optim.schedule=constant", "optim.weight_decay=0.01",
-        "train.global_batch_size=8", "train.micro_batch_size=8", "train.max_steps=4", "train.log_every=100",
-        "train.num_threads=1"};
+    std::vector<std::string> o = {"run.output_dir=" + (dir_ / run).string(),
+                                  "tokenizer.path=" + std::string(SFTGO_SOURCE_DIR) + "/data/demo/tokenizer",
+                                  "data.path=" + (dir_ / "train.jsonl").string(),
+                                  "data.cache_dir=",  // no cache: every run prepares from scratch
+                                  "data.max_seq_len=128",
+                                  "model.preset=tiny",
+                                  "model.vocab_size=1408",
+                                  "model.hidden_size=32",
+                                  "model.intermediate_size=64",
+                                  "model.num_layers=2",
+                                  "model.num_heads=4",
+                                  "model.num_kv_heads=2",
+                                  "model.device=cpu",
+                                  "grouping.function=tfidf",
+                                  "grouping.top_k_percent=30",
+                                  "loss.objective=sftgo",
+                                  "loss.lambda=0.9",
+                                  "loss.scope=step",
+                                  "optim.lr=3e-3",
+                                  "optim.warmup_steps=0",
+                                  "optim.schedule=constant",
+                                  "optim.weight_decay=0.01",
+                                  "train.global_batch_size=8",
+                                  "train.micro_batch_size=8",
+                                  "train.max_steps=4",
+                                  "train.log_every=100",
+                                  "train.num_threads=1"};
     for (auto& e : extra) o.push_back(e);
     return load_config("", o);
   }
@@ -175,15 +190,17 @@ TEST_F(TrainerTest, Bf16WithFp32MastersResumesExactly) {
 }
 
 TEST_F(TrainerTest, EvalLossLinesInMetrics) {
-  Trainer t(config("eval", {"data.eval_path=" + (dir_ / "train.jsonl").string(), "train.eval_every=2",
-                            "train.max_steps=5"}));
+  Trainer t(
+      config("eval", {"data.eval_path=" + (dir_ / "train.jsonl").string(), "train.eval_every=2", "train.max_steps=5"}));
   t.run();
   std::vector<nlohmann::json> evals;
   int step_lines = 0;
   for (const auto& line : split(trim(read_file((dir_ / "eval/metrics.jsonl").string())), '\n')) {
     auto j = nlohmann::json::parse(line);
-    if (j.contains("eval_loss_ce")) evals.push_back(j);
-    else ++step_lines;
+    if (j.contains("eval_loss_ce"))
+      evals.push_back(j);
+    else
+      ++step_lines;
   }
   EXPECT_EQ(step_lines, 5);
   ASSERT_EQ(evals.size(), 3u);  // steps 2, 4 and the end (5)
@@ -454,8 +471,8 @@ TEST_F(TrainerTest, CeObjectiveLogsRealGroupLosses) {
 // LoRA through the trainer: only the adapters change, each checkpoint carries a PEFT adapter directory,
 // a killed run resumes bit-identically, and Rho-1 can take the frozen base model as its reference.
 TEST_F(TrainerTest, LoraTrainsAdaptersOnlyAndResumesExactly) {
-  const std::vector<std::string> lora = {"lora.enabled=true", "lora.rank=4", "lora.alpha=8", "train.save_every=2",
-                                         "train.max_steps=4", "train.micro_batch_size=4"};
+  const std::vector<std::string> lora = {"lora.enabled=true",  "lora.rank=4",       "lora.alpha=8",
+                                         "train.save_every=2", "train.max_steps=4", "train.micro_batch_size=4"};
   std::map<std::string, at::Tensor> base;
   {
     Trainer t(config("lora_base", {"train.max_steps=1"}));
@@ -499,9 +516,7 @@ class TopLossGrouping final : public grouping::DynamicGroupingFunction {
   std::string name() const override { return "test_top_loss"; }
   grouping::Requirements requirements() const override { return {.current_model_loss = true}; }
   std::string params() const override { return ""; }
-  void prepare(std::vector<data::TokenizedExample>& examples, const grouping::PrepareContext&) override {
-    ++prepared;
-  }
+  void prepare(std::vector<data::TokenizedExample>& examples, const grouping::PrepareContext&) override { ++prepared; }
   int64_t important_count(const grouping::MicroBatchView& b) const override {
     const at::Tensor per_row = b.trained.sum(1);  // [B]
     int64_t n = 0;

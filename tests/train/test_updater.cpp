@@ -74,8 +74,9 @@ TEST(Updater, PlainAndMastersMatchLibTorchAdamW) {
     UpdaterOptions o;
     o.adamw.weight_decay = 0.0;
     auto u = make_updater(kind, single_process(), params, o);
-    torch::optim::AdamW adamw({ref[0].second, ref[1].second},
-                              torch::optim::AdamWOptions(1e-2).betas({o.adamw.beta1, o.adamw.beta2}).eps(o.adamw.eps).weight_decay(0.0));
+    torch::optim::AdamW adamw(
+        {ref[0].second, ref[1].second},
+        torch::optim::AdamWOptions(1e-2).betas({o.adamw.beta1, o.adamw.beta2}).eps(o.adamw.eps).weight_decay(0.0));
     for (int step = 0; step < 3; ++step) {
       fake_backward(params);
       fake_backward(ref);

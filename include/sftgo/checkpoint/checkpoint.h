@@ -31,16 +31,16 @@ namespace sftgo::checkpoint {
 
 // What the trainer needs to continue exactly where it stopped.
 struct TrainerState {
-  int64_t step = 0;             // optimizer steps completed
+  int64_t step = 0;  // optimizer steps completed
   int64_t total_steps = 0;
-  int64_t sampler_epoch = 0;    // data::SamplerState
+  int64_t sampler_epoch = 0;  // data::SamplerState
   int64_t sampler_index = 0;
   int64_t nan_skips = 0;
   int64_t tokens_seen = 0;
   double lambda = 0.0;
-  double elapsed_s = 0.0;       // training time before this checkpoint
-  std::string rng_state_hex;    // CPU generator state
-  std::string config_yaml;      // resolved config, for a mismatch check on resume
+  double elapsed_s = 0.0;     // training time before this checkpoint
+  std::string rng_state_hex;  // CPU generator state
+  std::string config_yaml;    // resolved config, for a mismatch check on resume
   int world_size = 1;
 
   std::string to_json() const;
@@ -68,7 +68,7 @@ struct SaveRequest {
   std::vector<std::pair<std::string, at::Tensor>> master_weights;
 };
 
-std::string checkpoint_dir_name(int64_t step);  // "step_00000100"
+std::string checkpoint_dir_name(int64_t step);             // "step_00000100"
 std::string checkpoints_root(const std::string& run_dir);  // RUN_DIR/checkpoints
 
 // Saves into RUN_DIR/checkpoints/step_N atomically, then prune_checkpoints(run_dir, N, keep_last).

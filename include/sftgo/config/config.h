@@ -38,7 +38,7 @@ struct ModelConfig {
 
 struct DataConfig {
   std::string path = "data/demo/demo_sft.jsonl";
-  std::string format = "auto";     // auto | lima | alpaca | chat
+  std::string format = "auto";           // auto | lima | alpaca | chat
   std::string template_name = "llama3";  // YAML key: data.template
   std::string system_prompt;
   int64_t max_seq_len = 4096;
@@ -50,29 +50,29 @@ struct DataConfig {
 };
 
 struct GroupingConfig {
-  std::string function = "tfidf";  // none | random | frequency | tfidf | llmlingua2 | rho1
-  double top_k_percent = 30.0;    // share of a sequence's trained tokens marked important (= 100 - η)
-  double eta_percentile = -1.0;   // the paper's η, a percentile: top (100 - η)% important; -1 = unset
+  std::string function = "tfidf";      // none | random | frequency | tfidf | llmlingua2 | rho1
+  double top_k_percent = 30.0;         // share of a sequence's trained tokens marked important (= 100 - η)
+  double eta_percentile = -1.0;        // the paper's η, a percentile: top (100 - η)% important; -1 = unset
   std::string selection = "sequence";  // sequence | batch (top-k within each sequence or the batch)
   bool tfidf_sublinear_tf = false;
   bool tfidf_smooth_idf = true;
-  std::string llmlingua2_model;      // directory written by scripts/export_llmlingua2.py
+  std::string llmlingua2_model;                // directory written by scripts/export_llmlingua2.py
   std::string llmlingua2_aggregation = "max";  // how a Llama token combines the words it overlaps
-  int64_t llmlingua2_window = 512;       // classifier window in XLM-R ids (incl. <s> and </s>)
-  int64_t llmlingua2_batch_size = 16;    // classifier windows per forward
-  std::string llmlingua2_device = "auto";  // auto | cpu | cuda
-  std::string rho1_reference_model;  // HF checkpoint directory of the frozen reference model
-  bool rho1_extra_forward = false;   // current losses from a separate no-grad forward (A/B, tests)
+  int64_t llmlingua2_window = 512;             // classifier window in XLM-R ids (incl. <s> and </s>)
+  int64_t llmlingua2_batch_size = 16;          // classifier windows per forward
+  std::string llmlingua2_device = "auto";      // auto | cpu | cuda
+  std::string rho1_reference_model;            // HF checkpoint directory of the frozen reference model
+  bool rho1_extra_forward = false;             // current losses from a separate no-grad forward (A/B, tests)
 };
 
 struct LossConfig {
-  std::string objective = "sftgo";   // sftgo | ce | rho1
+  std::string objective = "sftgo";         // sftgo | ce | rho1
   std::string lambda_schedule = "static";  // static | linear_decay
-  double lambda = 0.9;               // static λ
-  double lambda_max = 0.9;           // linear_decay: λ at step 0
-  double lambda_min = 0.1;           // linear_decay: λ at the last step
-  std::string scope = "step";        // step | microbatch: over what the group means are taken
-  int64_t chunk_tokens = 0;          // trained tokens per pass of the fused LM head + CE; 0 = all
+  double lambda = 0.9;                     // static λ
+  double lambda_max = 0.9;                 // linear_decay: λ at step 0
+  double lambda_min = 0.1;                 // linear_decay: λ at the last step
+  std::string scope = "step";              // step | microbatch: over what the group means are taken
+  int64_t chunk_tokens = 0;                // trained tokens per pass of the fused LM head + CE; 0 = all
   bool check_finite = true;
 };
 
@@ -84,47 +84,47 @@ struct OptimConfig {
   double weight_decay = 0.0;
   std::string schedule = "cosine";  // cosine | linear | constant
   double warmup_ratio = 0.0;
-  int64_t warmup_steps = -1;        // >= 0 overrides warmup_ratio
+  int64_t warmup_steps = -1;  // >= 0 overrides warmup_ratio
   double min_lr_ratio = 0.0;
-  double grad_clip = 1.0;           // global-norm clip; 0 disables
+  double grad_clip = 1.0;  // global-norm clip; 0 disables
 };
 
 struct TrainConfig {
   double epochs = 1.0;
-  int64_t max_steps = -1;           // > 0 caps the optimizer steps
-  int64_t global_batch_size = 64;   // examples per optimizer step over all ranks
-  int64_t micro_batch_size = 1;     // examples per forward on one rank
-  std::string precision = "fp32";   // fp32 | bf16 (bf16 weights with fp32 master copy) | bf16_autocast
+  int64_t max_steps = -1;          // > 0 caps the optimizer steps
+  int64_t global_batch_size = 64;  // examples per optimizer step over all ranks
+  int64_t micro_batch_size = 1;    // examples per forward on one rank
+  std::string precision = "fp32";  // fp32 | bf16 (bf16 weights with fp32 master copy) | bf16_autocast
   int64_t log_every = 1;
-  int64_t save_every = 0;           // optimizer steps between checkpoints; 0 = only at the end
+  int64_t save_every = 0;  // optimizer steps between checkpoints; 0 = only at the end
   int64_t keep_last = 2;
   int64_t eval_every = 0;
   int64_t max_nan_skips = 3;
-  bool deterministic = false;       // GPU: deterministic kernels (math attention), bit-reproducible steps
-  double gpu_peak_tflops = 0;       // MFU denominator when the GPU is not in the built-in table; 0 = by name
-  int64_t num_threads = 0;          // CPU threads for LibTorch; 0 = its default
+  bool deterministic = false;  // GPU: deterministic kernels (math attention), bit-reproducible steps
+  double gpu_peak_tflops = 0;  // MFU denominator when the GPU is not in the built-in table; 0 = by name
+  int64_t num_threads = 0;     // CPU threads for LibTorch; 0 = its default
 };
 
 struct DistConfig {
-  std::string backend = "auto";     // auto | nccl | gloo
+  std::string backend = "auto";  // auto | nccl | gloo
   std::string master_addr = "127.0.0.1";
   int64_t master_port = 29500;
   double timeout_s = 600.0;
   bool zero1 = false;
-  double bucket_mb = 25.0;          // gradient all-reduce bucket size
+  double bucket_mb = 25.0;  // gradient all-reduce bucket size
 };
 
 // LoRA adapters (docs/lora.md, model/lora.h): the base model is frozen and only the adapters train.
 struct LoraConfig {
   bool enabled = false;
   int64_t rank = 16;
-  double alpha = 32.0;              // scaling alpha / rank (rsLoRA: alpha / sqrt(rank))
-  double dropout = 0.0;             // on the adapter input (PEFT's lora_dropout)
+  double alpha = 32.0;   // scaling alpha / rank (rsLoRA: alpha / sqrt(rank))
+  double dropout = 0.0;  // on the adapter input (PEFT's lora_dropout)
   // Comma-separated: any of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head, or all-linear.
   std::string target_modules = "all-linear";
   bool use_rslora = false;
-  std::string init = "default";     // default (A Kaiming-uniform, B zeros, as PEFT) | gaussian
-  std::string adapter_path;         // start from an existing PEFT adapter directory instead of init
+  std::string init = "default";  // default (A Kaiming-uniform, B zeros, as PEFT) | gaussian
+  std::string adapter_path;      // start from an existing PEFT adapter directory instead of init
 };
 
 struct Config {

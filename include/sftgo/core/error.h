@@ -43,16 +43,16 @@ std::string concat(Args&&... args) {
 }  // namespace sftgo
 
 // SFTGO_CHECK(cond, kind, parts...): throws sftgo::Error(kind, concat(parts...)) when cond is false.
-#define SFTGO_CHECK(cond, kind, ...)                                                              \
-  do {                                                                                            \
-    if (!(cond)) [[unlikely]]                                                                     \
+#define SFTGO_CHECK(cond, kind, ...)                                                                \
+  do {                                                                                              \
+    if (!(cond)) [[unlikely]]                                                                       \
       ::sftgo::detail::raise((kind), __FILE__, __LINE__, ::sftgo::detail::concat(__VA_ARGS__), ""); \
   } while (0)
 
 // As SFTGO_CHECK with a hint: a short sentence telling the user what to do about it.
-#define SFTGO_CHECK_HINT(cond, kind, hint, ...)                                                       \
-  do {                                                                                                \
-    if (!(cond)) [[unlikely]]                                                                         \
+#define SFTGO_CHECK_HINT(cond, kind, hint, ...)                                                         \
+  do {                                                                                                  \
+    if (!(cond)) [[unlikely]]                                                                           \
       ::sftgo::detail::raise((kind), __FILE__, __LINE__, ::sftgo::detail::concat(__VA_ARGS__), (hint)); \
   } while (0)
 

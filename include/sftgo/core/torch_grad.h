@@ -19,10 +19,9 @@ namespace sftgo {
 inline at::Tensor take_grad_for_accumulation(const at::Tensor& weight) {
   if (at::GradMode::is_enabled() || !weight.is_leaf() || !weight.requires_grad()) return {};
   at::Tensor& g = weight.mutable_grad();
-  if (!g.defined() || g.use_count() != 1 || !g.has_storage() || g.storage().use_count() != 1 ||
-      g.requires_grad() || g.layout() != at::kStrided || g.scalar_type() != weight.scalar_type() ||
-      g.device() != weight.device() || g.sizes() != weight.sizes() || g.strides() != weight.strides() ||
-      !g.is_contiguous()) {
+  if (!g.defined() || g.use_count() != 1 || !g.has_storage() || g.storage().use_count() != 1 || g.requires_grad() ||
+      g.layout() != at::kStrided || g.scalar_type() != weight.scalar_type() || g.device() != weight.device() ||
+      g.sizes() != weight.sizes() || g.strides() != weight.strides() || !g.is_contiguous()) {
     return {};
   }
   return std::exchange(g, at::Tensor());

@@ -19,12 +19,12 @@ namespace sftgo::data {
 // Labels are aligned with input_ids (the loss shifts); the first token of every document is always
 // kIgnoreLabel, so no document is ever predicted from the previous one.
 struct Batch {
-  at::Tensor input_ids;       // [B, S] int64, pad_id at padding
-  at::Tensor labels;          // [B, S] int64, kIgnoreLabel at prompt/padding/document starts
-  at::Tensor position_ids;    // [B, S] int64, 0.. per document, 0 at padding
-  at::Tensor document_ids;    // [B, S] int32, see above
-  at::Tensor attention_mask;  // [B, S] bool, true at real tokens
-  at::Tensor groups;          // [B, S] uint8, 0 at padding and where an example has no groups
+  at::Tensor input_ids;                      // [B, S] int64, pad_id at padding
+  at::Tensor labels;                         // [B, S] int64, kIgnoreLabel at prompt/padding/document starts
+  at::Tensor position_ids;                   // [B, S] int64, 0.. per document, 0 at padding
+  at::Tensor document_ids;                   // [B, S] int32, see above
+  at::Tensor attention_mask;                 // [B, S] bool, true at real tokens
+  at::Tensor groups;                         // [B, S] uint8, 0 at padding and where an example has no groups
   std::map<std::string, at::Tensor> scores;  // name -> [B, S] float32, 0 where absent
   std::vector<int64_t> example_indices;      // TokenizedExample::index, in row-major order of appearance
   int64_t num_trained_tokens = 0;            // labels != kIgnoreLabel
@@ -40,8 +40,7 @@ struct Batch {
 inline constexpr int64_t kGpuPadMultiple = 64;
 
 // One row per example, padded to the longest (optionally rounded up to a multiple of pad_to_multiple).
-Batch collate_padded(const std::vector<const TokenizedExample*>& examples, int32_t pad_id,
-                     int64_t pad_to_multiple = 1);
+Batch collate_padded(const std::vector<const TokenizedExample*>& examples, int32_t pad_id, int64_t pad_to_multiple = 1);
 
 // Greedy first-fit in the given order: examples go into rows of at most max_seq_len tokens; returns
 // per row the positions in `lengths`. Every length must be <= max_seq_len.

@@ -41,8 +41,8 @@ enum class OnBadRecord { kStop, kSkip };
 OnBadRecord parse_on_bad_record(const std::string& name);  // "stop" | "skip"
 
 struct ReadStats {
-  int64_t records = 0;  // conversations delivered
-  int64_t bad = 0;      // records skipped (only with OnBadRecord::kSkip)
+  int64_t records = 0;                    // conversations delivered
+  int64_t bad = 0;                        // records skipped (only with OnBadRecord::kSkip)
   DataFormat format = DataFormat::kAuto;  // the format the file was read as
   std::vector<std::string> bad_reasons;   // "file:line: what", the first kMaxBadReasons
   static constexpr size_t kMaxBadReasons = 10;
@@ -66,7 +66,6 @@ std::string to_messages_json(const Conversation& conv);
 
 // Convenience: everything in memory.
 std::vector<Conversation> read_all_conversations(const std::string& path, DataFormat format = DataFormat::kAuto,
-                                                 OnBadRecord on_bad = OnBadRecord::kStop,
-                                                 ReadStats* stats = nullptr);
+                                                 OnBadRecord on_bad = OnBadRecord::kStop, ReadStats* stats = nullptr);
 
 }  // namespace sftgo::data

@@ -16,28 +16,28 @@ namespace sftgo::data {
 
 // Everything the data module needs; the app maps the YAML config onto it.
 struct DataOptions {
-  std::string path;                                  // .jsonl or .json
+  std::string path;  // .jsonl or .json
   DataFormat format = DataFormat::kAuto;
   TemplateKind template_kind = TemplateKind::kLlama3;
   int64_t max_seq_len = 2048;
   Truncation truncation = Truncation::kTruncate;
   OnBadRecord on_bad_record = OnBadRecord::kStop;
-  std::optional<std::string> system_prompt;          // prepended where a conversation has none
-  std::string cache_dir;                             // "" = no cache
+  std::optional<std::string> system_prompt;  // prepended where a conversation has none
+  std::string cache_dir;                     // "" = no cache
   bool packing = false;
   uint64_t seed = 0;
-  int64_t micro_batch_size = 8;                      // examples per micro-batch (count mode)
-  int64_t micro_batch_tokens = 0;                    // > 0: token budget per micro-batch instead
+  int64_t micro_batch_size = 8;    // examples per micro-batch (count mode)
+  int64_t micro_batch_tokens = 0;  // > 0: token budget per micro-batch instead
 };
 
 struct DataStats {
-  int64_t records = 0;          // conversations read
-  int64_t bad_records = 0;      // skipped by on_bad_record=skip
-  int64_t examples = 0;         // kept after fitting
-  int64_t truncated = 0;        // kept but cut to max_seq_len
-  int64_t dropped_too_long = 0; // truncation=drop
+  int64_t records = 0;           // conversations read
+  int64_t bad_records = 0;       // skipped by on_bad_record=skip
+  int64_t examples = 0;          // kept after fitting
+  int64_t truncated = 0;         // kept but cut to max_seq_len
+  int64_t dropped_too_long = 0;  // truncation=drop
   int64_t dropped_no_trained = 0;
-  int64_t tokens = 0;           // over kept examples
+  int64_t tokens = 0;  // over kept examples
   int64_t trained_tokens = 0;
   int64_t max_len = 0;
 };
@@ -45,9 +45,9 @@ struct DataStats {
 struct PreparedDataset {
   std::vector<TokenizedExample> examples;  // examples[i].index == i
   DataStats stats;
-  std::string data_format;                 // as read ("lima", ...)
+  std::string data_format;  // as read ("lima", ...)
   bool from_cache = false;
-  std::string cache_path;                  // "" when not cached
+  std::string cache_path;  // "" when not cached
   std::vector<int64_t> lengths() const;
 };
 

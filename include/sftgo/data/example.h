@@ -20,8 +20,8 @@ struct TokenizedExample {
   std::vector<int32_t> labels;
   // Per-token side data that travels with the example through packing and collation. Both are
   // either empty (not filled yet) or ids.size() long.
-  std::vector<uint8_t> groups;                         // group mask, filled by the grouping functions
-  std::map<std::string, std::vector<float>> scores;    // e.g. "ref_loss" -> reference-model losses
+  std::vector<uint8_t> groups;                       // group mask, filled by the grouping functions
+  std::map<std::string, std::vector<float>> scores;  // e.g. "ref_loss" -> reference-model losses
   int64_t index = -1;  // position in the prepared dataset (stable across runs with the same cache key)
   SourceRef source;    // the record it came from
   bool truncated = false;

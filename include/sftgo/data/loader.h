@@ -26,7 +26,7 @@ struct LoaderOptions {
   int rank = 0;
   int world_size = 1;
   TailPolicy tail = TailPolicy::kPad;
-  int64_t pad_to_multiple = 1;     // sequence length rounded up (kGpuPadMultiple on GPUs: shapes repeat)
+  int64_t pad_to_multiple = 1;  // sequence length rounded up (kGpuPadMultiple on GPUs: shapes repeat)
 };
 // From the data options (seed, packing, batch sizes, max_seq_len) plus what only the trainer knows.
 LoaderOptions loader_options(const DataOptions& opts, int32_t pad_id, int rank = 0, int world_size = 1);

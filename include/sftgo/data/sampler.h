@@ -31,8 +31,8 @@ struct SamplerState {
 class DistributedSampler {
  public:
   // The permutation of epoch e depends only on (seed, e); rank r takes positions r, r+W, r+2W, ...
-  DistributedSampler(int64_t num_examples, uint64_t seed, int rank = 0, int world_size = 1,
-                     bool shuffle = true, TailPolicy tail = TailPolicy::kPad);
+  DistributedSampler(int64_t num_examples, uint64_t seed, int rank = 0, int world_size = 1, bool shuffle = true,
+                     TailPolicy tail = TailPolicy::kPad);
 
   int64_t per_rank() const { return per_rank_; }          // examples per rank per epoch
   std::vector<int64_t> epoch_order(int64_t epoch) const;  // this rank's indices for a whole epoch
@@ -64,8 +64,7 @@ std::vector<int64_t> shuffled_indices(int64_t n, uint64_t seed, int64_t epoch);
 // max_tokens > 0, packed: a batch grows while the sum of lengths <= max_tokens.
 // An example longer than the budget gets a batch of its own.
 std::vector<std::vector<int64_t>> make_micro_batches(const std::vector<int64_t>& order,
-                                                     const std::vector<int64_t>& lengths,
-                                                     int64_t batch_size, int64_t max_tokens = 0,
-                                                     bool packed = false);
+                                                     const std::vector<int64_t>& lengths, int64_t batch_size,
+                                                     int64_t max_tokens = 0, bool packed = false);
 
 }  // namespace sftgo::data

@@ -24,10 +24,11 @@ struct LaunchEnv {
   // MPI_LOCALNRANKS (PMI), SLURM_STEP_TASKS_PER_NODE / SLURM_NTASKS_PER_NODE (srun); world_size when
   // the launcher does not say. local_size < world_size means the job spans several hosts.
   int local_size = 1;
-  std::string master_addr;  // MASTER_ADDR, else (several hosts under srun) the step's first host, else the config default
-  int master_port = 0;      // MASTER_PORT, else the config default
+  std::string
+      master_addr;      // MASTER_ADDR, else (several hosts under srun) the step's first host, else the config default
+  int master_port = 0;  // MASTER_PORT, else the config default
   std::string master_addr_source = "config";  // MASTER_ADDR | SLURM_STEP_NODELIST | SLURM_JOB_NODELIST | config
-  std::string launcher = "none";  // none | torchrun | mpirun | pmi | slurm
+  std::string launcher = "none";              // none | torchrun | mpirun | pmi | slurm
   bool multi_node() const { return local_size < world_size; }
   // torchrun's agent already serves the TCPStore at MASTER_ADDR:MASTER_PORT
   // (TORCHELASTIC_USE_AGENT_STORE=True): rank 0 then connects as a client instead of hosting it.

@@ -35,7 +35,7 @@ class ZeroAdamW {
   // backward and after every step; do not set the model's gradients to None in between.
   void zero_grad();
 
-  int64_t numel() const { return numel_; }            // parameters in all (unpadded)
+  int64_t numel() const { return numel_; }  // parameters in all (unpadded)
   int64_t shard_begin() const { return begin_; }
   int64_t shard_size() const { return shard_; }
   int64_t steps() const { return steps_; }
@@ -50,7 +50,7 @@ class ZeroAdamW {
   std::shared_ptr<Comm> comm_;
   std::vector<at::Tensor> params_;
   std::vector<std::pair<int64_t, int64_t>> segments_;  // param -> [offset, numel) in the flat vector
-  std::vector<double> decay_;                           // param -> weight decay
+  std::vector<double> decay_;                          // param -> weight decay
   optim::AdamWOptions options_;
   int64_t numel_ = 0, padded_ = 0, shard_ = 0, begin_ = 0;
   int64_t steps_ = 0;

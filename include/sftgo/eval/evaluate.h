@@ -54,8 +54,7 @@ struct LoglikResult {
 // `max_batch_tokens` padded tokens and `max_batch` rows per forward. Logits are computed only at
 // continuation positions, so the full [B,S,V] tensor is never built.
 std::vector<LoglikResult> loglikelihood(model::LlamaModelImpl& model, const std::vector<EncodedPair>& pairs,
-                                        int64_t max_length, int64_t max_batch_tokens = 16384,
-                                        int64_t max_batch = 64);
+                                        int64_t max_length, int64_t max_batch_tokens = 16384, int64_t max_batch = 64);
 
 // Same values, computing each shared context once: every group (the choices of one document, all
 // with the same context tokens) runs its context through the model once, then all its
@@ -79,15 +78,15 @@ struct EvalOptions {
   std::string data_path;
   std::string fewshot_path;  // default: data_path (then the document itself is skipped)
   int64_t shots = 0;
-  int64_t limit = -1;        // first N documents; -1 = all
+  int64_t limit = -1;  // first N documents; -1 = all
   std::string device = "cpu";
   std::string dtype = "float32";
   int64_t max_batch_tokens = 16384;
   int64_t batch_size = 64;
   int64_t max_length = 0;     // context window; 0 = the model's max_position_embeddings (HFLM's default)
   bool share_context = true;  // loglikelihood_shared_context (false: length-sorted full sequences)
-  std::string out_path;      // results JSON; empty = none
-  std::string samples_path;  // per-document JSONL (context, log-likelihoods, metrics); empty = none
+  std::string out_path;       // results JSON; empty = none
+  std::string samples_path;   // per-document JSONL (context, log-likelihoods, metrics); empty = none
 };
 
 struct TaskResult {

@@ -33,7 +33,7 @@ void write_groups_jsonl(const std::string& path, const std::vector<data::Tokeniz
 
 // One highlighted rendering of an example (exposed for tests): `mode` is "ansi", "brackets" or "html".
 // Untrained tokens are shown plain (ANSI: dim), important ones highlighted.
-std::string render_example(const data::TokenizedExample& ex, const std::vector<uint8_t>& groups,
-                           const Tokenizer& tok, const std::string& mode);
+std::string render_example(const data::TokenizedExample& ex, const std::vector<uint8_t>& groups, const Tokenizer& tok,
+                           const std::string& mode);
 
 }  // namespace sftgo::grouping

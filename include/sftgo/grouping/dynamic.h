@@ -20,16 +20,16 @@ namespace sftgo::grouping {
 
 // Where and how a dynamic function does its one-off preparation of a dataset.
 struct PrepareContext {
-  c10::Device device{c10::kCPU};   // the rank's device
+  c10::Device device{c10::kCPU};        // the rank's device
   c10::ScalarType dtype = c10::kFloat;  // the trained model's parameter dtype
-  int64_t vocab_size = 0;          // the trained model's vocabulary (a reference model must match)
-  std::string cache_dir;           // "" = no on-disk cache
-  std::string what = "training data";  // for log lines
+  int64_t vocab_size = 0;               // the trained model's vocabulary (a reference model must match)
+  std::string cache_dir;                // "" = no on-disk cache
+  std::string what = "training data";   // for log lines
   // Data parallel: with a cache, rank 0 computes and writes it while the others wait in barrier()
   // and then read it, so an expensive preparation runs once per job instead of once per rank.
   int rank = 0;
   int world_size = 1;
-  std::function<void()> barrier;   // empty = world 1
+  std::function<void()> barrier;  // empty = world 1
   // LoRA runs: the frozen base model (adapters off) scores token sequences, so it can be the reference
   // without a second model in memory; empty otherwise. Log-probs as model::score_logprobs returns them.
   std::function<std::vector<std::vector<double>>(const std::vector<std::vector<int64_t>>&)> base_model_logprobs;
@@ -39,10 +39,10 @@ struct PrepareContext {
 // One micro-batch as a dynamic function sees it. Position t of a row predicts token t + 1, so the
 // [B, S-1] tensors are indexed by predicting position; the flat [T] order is that of `select`.
 struct MicroBatchView {
-  int64_t rows = 0;       // B
-  int64_t positions = 0;  // S - 1
-  at::Tensor select;      // [T] int64: flat indices of the trained positions in [B * (S-1)]
-  at::Tensor trained;     // [B, S-1] bool: the position's label is trained
+  int64_t rows = 0;                          // B
+  int64_t positions = 0;                     // S - 1
+  at::Tensor select;                         // [T] int64: flat indices of the trained positions in [B * (S-1)]
+  at::Tensor trained;                        // [B, S-1] bool: the position's label is trained
   std::map<std::string, at::Tensor> scores;  // batch_scores() name -> [B, S-1] float32 on the device
 };
 

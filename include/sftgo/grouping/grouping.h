@@ -41,14 +41,14 @@ struct GroupingOptions {
   bool tfidf_l2_norm = true;           // l2-normalise each document's tf-idf vector (sklearn's default)
   std::string llmlingua2_model;        // directory written by scripts/export_llmlingua2.py
   std::string llmlingua2_aggregation = "max";  // max | mean | first: words -> Llama token
-  int64_t llmlingua2_window = 512;     // classifier window in XLM-R pieces (incl. <s> and </s>)
-  int64_t llmlingua2_batch_size = 16;  // classifier windows per forward
-  std::string llmlingua2_device = "auto";  // auto | cpu | cuda (auto = cuda when available)
-  std::string rho1_reference_model;    // rho1: frozen reference checkpoint (HF directory)
-  bool rho1_extra_forward = false;     // rho1: current losses from a separate no-grad forward
-  std::string cache_dir;               // "" = no on-disk cache
-  std::string dataset_fingerprint;     // from the data module's cache key; "" = hash the examples
-  int num_threads = 0;                 // 0 = std::thread::hardware_concurrency()
+  int64_t llmlingua2_window = 512;             // classifier window in XLM-R pieces (incl. <s> and </s>)
+  int64_t llmlingua2_batch_size = 16;          // classifier windows per forward
+  std::string llmlingua2_device = "auto";      // auto | cpu | cuda (auto = cuda when available)
+  std::string rho1_reference_model;            // rho1: frozen reference checkpoint (HF directory)
+  bool rho1_extra_forward = false;             // rho1: current losses from a separate no-grad forward
+  std::string cache_dir;                       // "" = no on-disk cache
+  std::string dataset_fingerprint;             // from the data module's cache key; "" = hash the examples
+  int num_threads = 0;                         // 0 = std::thread::hardware_concurrency()
 };
 
 // What a function needs before it can score; the trainer uses this to decide what to load.
@@ -115,8 +115,7 @@ using GroupingFactory =
 void register_grouping_function(const std::string& name, GroupingFactory factory);
 std::vector<std::string> grouping_function_names();  // sorted
 // Throws sftgo::Error(kConfig) naming the registered functions and the closest one.
-std::unique_ptr<GroupingFunction> make_grouping_function(const GroupingOptions& opts,
-                                                         const Tokenizer* tok = nullptr);
+std::unique_ptr<GroupingFunction> make_grouping_function(const GroupingOptions& opts, const Tokenizer* tok = nullptr);
 
 // ---- Whole-dataset pipeline -------------------------------------------------------------------------
 struct GroupingOutput {

@@ -53,9 +53,9 @@ inline constexpr int64_t kLlmlinguaBoundary = kXlmrUnk;
 struct Llmlingua2Meta {
   std::string dir;
   std::string model_name;
-  int64_t window = 512;       // largest window the model takes (ids incl. <s>/</s>)
-  int64_t label_index = 1;    // softmax column of "keep"
-  int64_t vocab_size = 0;     // embedding rows: every id we produce must be below this
+  int64_t window = 512;     // largest window the model takes (ids incl. <s>/</s>)
+  int64_t label_index = 1;  // softmax column of "keep"
+  int64_t vocab_size = 0;   // embedding rows: every id we produce must be below this
   int64_t sentencepiece_pieces = 0;
   std::string sentencepiece_sha256;
 };
@@ -63,9 +63,9 @@ struct Llmlingua2Meta {
 Llmlingua2Meta load_llmlingua2_meta(const std::string& dir);
 
 struct XlmrPiece {
-  int64_t id = 0;      // XLM-R id
-  std::string piece;   // the sentencepiece piece ("▁the"); for <unk>, the surface text
-  size_t begin = 0;    // byte span in the encoded text, leading whitespace excluded
+  int64_t id = 0;     // XLM-R id
+  std::string piece;  // the sentencepiece piece ("▁the"); for <unk>, the surface text
+  size_t begin = 0;   // byte span in the encoded text, leading whitespace excluded
   size_t end = 0;
 };
 
@@ -77,7 +77,7 @@ class XlmrTokenizer {
   ~XlmrTokenizer();
   XlmrTokenizer(XlmrTokenizer&&) noexcept;
   std::vector<XlmrPiece> encode(std::string_view text) const;  // thread-safe
-  int64_t piece_count() const;                                   // sentencepiece pieces
+  int64_t piece_count() const;                                 // sentencepiece pieces
   const std::string& path() const { return path_; }
 
  private:
@@ -98,7 +98,7 @@ struct Llmlingua2Word {
   std::string text;  // as llmlingua's context_words (▁ stripped)
   size_t begin = 0;  // byte span in the text, leading whitespace excluded
   size_t end = 0;
-  double prob = 0;   // mean keep probability of its pieces
+  double prob = 0;  // mean keep probability of its pieces
 };
 // pieces with their keep probabilities (piece_probs[i] for pieces[i]; NaN for pieces that had no
 // window position, which never happens with llmlingua's windows) -> words.

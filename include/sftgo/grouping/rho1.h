@@ -17,7 +17,7 @@ Selection parse_selection(const std::string& name);  // "sequence" | "batch"; kC
 // (kSequence) or of the whole batch (kBatch), with the tie rule of grouping.h.
 // current_loss, ref_loss: [B, S] float; trained: [B, S] uint8.
 std::vector<uint8_t> select_rho1(std::span<const float> current_loss, std::span<const float> ref_loss,
-                                 std::span<const uint8_t> trained, int64_t batch, int64_t seq_len,
-                                 double k_percent, Selection selection);
+                                 std::span<const uint8_t> trained, int64_t batch, int64_t seq_len, double k_percent,
+                                 Selection selection);
 
 }  // namespace sftgo::grouping

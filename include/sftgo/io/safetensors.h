@@ -29,8 +29,8 @@ namespace sftgo::io {
 
 enum class DType { kBool, kU8, kI8, kF8E5M2, kF8E4M3, kI16, kU16, kF16, kBF16, kI32, kU32, kF32, kF64, kI64, kU64 };
 
-size_t dtype_size(DType dtype);            // bytes per element
-const char* dtype_name(DType dtype);       // "F32", "BF16", ... as spelled in the header
+size_t dtype_size(DType dtype);       // bytes per element
+const char* dtype_name(DType dtype);  // "F32", "BF16", ... as spelled in the header
 std::optional<DType> parse_dtype(std::string_view name);
 
 // Largest header we accept: real checkpoints have headers of ~100 KB; this stops header bombs.
@@ -50,7 +50,7 @@ struct TensorEntry {
 };
 
 struct ParsedHeader {
-  uint64_t data_start = 0;           // byte offset of the data section in the file (8 + N)
+  uint64_t data_start = 0;  // byte offset of the data section in the file (8 + N)
   Metadata metadata;
   std::vector<TensorEntry> tensors;  // in data order (sorted by begin offset)
 };
@@ -141,7 +141,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorSource>&
 struct ShardedWriteOptions {
   uint64_t max_shard_bytes = 5'000'000'000;  // HF's default "5GB"
   std::string base_name = "model";           // model.safetensors / model-0000k-of-0000n.safetensors
-  Metadata metadata;                          // written into every shard's __metadata__
+  Metadata metadata;                         // written into every shard's __metadata__
 };
 
 // Writes tensors into directory `dir` as one file (<base>.safetensors) when they fit in one shard,

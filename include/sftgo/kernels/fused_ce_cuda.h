@@ -21,7 +21,7 @@ const char* row_softmax_block_cuda(const void* logits, LogitType type, int64_t r
 
 // In place over one vocabulary block: logits[r, j] = scale[r] * (exp(logits[r, j] - lse[r]) - [col0 + j == labels[r]]).
 const char* row_cross_entropy_grad_cuda(void* logits, LogitType type, int64_t rows, int64_t cols, int64_t ld,
-                                        int64_t col0, const int64_t* labels, const float* lse,
-                                        const float* scale, void* stream);
+                                        int64_t col0, const int64_t* labels, const float* lse, const float* scale,
+                                        void* stream);
 
 }  // namespace sftgo::kernels

@@ -59,11 +59,11 @@ struct LossWeights {
 
 // What the trainer logs. Means of empty groups are reported as 0 with their count 0.
 struct LossMetrics {
-  double loss = 0.0;         // the objective value sum_i w_i * l_i under the given stats
-  double loss_ce = 0.0;      // mean CE over all trained tokens
-  double loss_imp = 0.0;     // mean CE over important tokens
-  double loss_unimp = 0.0;   // mean CE over unimportant tokens
-  int worst = -1;            // see LossWeights::worst
+  double loss = 0.0;        // the objective value sum_i w_i * l_i under the given stats
+  double loss_ce = 0.0;     // mean CE over all trained tokens
+  double loss_imp = 0.0;    // mean CE over important tokens
+  double loss_unimp = 0.0;  // mean CE over unimportant tokens
+  int worst = -1;           // see LossWeights::worst
   int64_t count_imp = 0;
   int64_t count_unimp = 0;
   double lambda = 0.0;
@@ -153,11 +153,11 @@ struct FusedLossOptions {
 
 // Filled by the loss functions when non-null; describes the forward just run.
 struct LossInfo {
-  GroupStats local_stats;  // this forward's stats
-  LossWeights weights;     // the weights applied (from local stats or the hook)
-  LossMetrics metrics;     // local stats under the applied weights (metrics.loss = returned value);
-                           // step-wide metrics: compute_loss_metrics(step_stats, weights, lambda)
-  int64_t chunk_vocab = 0;  // vocabulary block width used (two-pass; V for one pass)
+  GroupStats local_stats;      // this forward's stats
+  LossWeights weights;         // the weights applied (from local stats or the hook)
+  LossMetrics metrics;         // local stats under the applied weights (metrics.loss = returned value);
+                               // step-wide metrics: compute_loss_metrics(step_stats, weights, lambda)
+  int64_t chunk_vocab = 0;     // vocabulary block width used (two-pass; V for one pass)
   int64_t onepass_tokens = 0;  // tokens per block of the one-pass path; 0 when it did not run
 };
 
@@ -177,7 +177,6 @@ bool cuda_kernels_built();  // the CUDA row kernels are compiled in (SFTGO_LOSS_
 // The [T, V] logits never exist in full: see docs/loss.md for the one-pass token-blocked and the two-pass
 // vocabulary-blocked algorithms and when each runs (FusedLossOptions::pass).
 at::Tensor fused_group_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
-                            const at::Tensor& groups, const FusedLossOptions& options,
-                            LossInfo* info = nullptr);
+                            const at::Tensor& groups, const FusedLossOptions& options, LossInfo* info = nullptr);
 
 }  // namespace sftgo::loss

@@ -12,9 +12,9 @@ class LlamaModelImpl;
 
 struct GenerateOptions {
   int64_t max_new_tokens = 256;
-  double temperature = 0.0;  // <= 0: greedy (argmax), matching transformers' do_sample=False
-  double top_p = 1.0;        // nucleus sampling mass, used when temperature > 0
-  uint64_t seed = 0;         // sampling is reproducible for a given seed
+  double temperature = 0.0;       // <= 0: greedy (argmax), matching transformers' do_sample=False
+  double top_p = 1.0;             // nucleus sampling mass, used when temperature > 0
+  uint64_t seed = 0;              // sampling is reproducible for a given seed
   std::vector<int64_t> stop_ids;  // generation ends after emitting one of these (it is returned)
   // allowed[i] != 0: the model may emit id i; ids at or past allowed.size() never. Empty = every id
   // of the model. A model whose vocabulary is padded past its tokenizer (rows a tokenizer cannot

@@ -56,7 +56,8 @@ struct KVCache {
   std::vector<torch::Tensor> k, v;  // per layer [B, kv_heads, capacity, head_dim]
   int64_t length = 0;               // positions filled so far
   int64_t capacity = 0;
-  static KVCache create(const LlamaConfig& config, int64_t batch, int64_t capacity, const torch::TensorOptions& options);
+  static KVCache create(const LlamaConfig& config, int64_t batch, int64_t capacity,
+                        const torch::TensorOptions& options);
 };
 
 // ---- Layers ------------------------------------------------------------------------------------
@@ -66,7 +67,7 @@ class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps, const torch::TensorOptions& options);
   torch::Tensor forward(const torch::Tensor& x);  // x [..., dim]
-  torch::Tensor weight;  // [dim]
+  torch::Tensor weight;                           // [dim]
   double eps;
 };
 TORCH_MODULE(RMSNorm);
@@ -99,7 +100,7 @@ class EmbeddingImpl : public torch::nn::Module {
  public:
   EmbeddingImpl(int64_t vocab, int64_t dim, const torch::TensorOptions& options);
   torch::Tensor forward(const torch::Tensor& ids);  // ids [B,S] int64 -> [B,S,dim], at::embedding's values
-  torch::Tensor weight;  // [vocab, dim]
+  torch::Tensor weight;                             // [vocab, dim]
   // The table is used by nothing else in the graph (not tied to the LM head): backward then adds the
   // rows a batch touched into an accumulated weight.grad in place instead of handing AccumulateGrad a
   // dense [vocab, dim] gradient (bit for bit the same sums). Set by LlamaModel.
@@ -173,7 +174,7 @@ class LlamaModelImpl : public torch::nn::Module {
   Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RMSNorm norm{nullptr};
-  Linear lm_head{nullptr};  // null when tied
+  Linear lm_head{nullptr};                  // null when tied
   std::shared_ptr<const LoraOptions> lora;  // set by apply_lora (model/lora.h); null without adapters
 
  private:

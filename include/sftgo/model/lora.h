@@ -27,7 +27,7 @@ struct LoraOptions {
   double alpha = 32;
   double dropout = 0.0;  // on the adapter's input, training mode with grad enabled only
   // Any of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj lm_head (lm_head needs an untied head).
-  std::vector<std::string> target_modules = {"q_proj", "k_proj", "v_proj", "o_proj",
+  std::vector<std::string> target_modules = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                              "gate_proj", "up_proj", "down_proj"};
   bool use_rslora = false;  // scaling alpha / sqrt(r) instead of alpha / r
   // "default": PEFT's init_lora_weights=True (A Kaiming-uniform a=sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)),

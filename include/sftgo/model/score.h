@@ -13,10 +13,10 @@ namespace sftgo::model {
 class LlamaModelImpl;
 
 struct ScoreCliOptions {
-  std::string model_dir;          // HF directory (config.json + safetensors)
-  std::string adapter_dir;        // optional PEFT LoRA adapter applied on top (model/lora.h)
-  std::string dtype = "float32";  // "float32" | "bfloat16"
-  std::string device = "cpu";     // "cpu" | "cuda" | "cuda:N"
+  std::string model_dir;            // HF directory (config.json + safetensors)
+  std::string adapter_dir;          // optional PEFT LoRA adapter applied on top (model/lora.h)
+  std::string dtype = "float32";    // "float32" | "bfloat16"
+  std::string device = "cpu";       // "cpu" | "cuda" | "cuda:N"
   int64_t max_batch_tokens = 8192;  // padded tokens per forward; sequences are batched by length
   // Optional text -> ids (the app passes the tokenizer's encode); without it {"text": ...} lines
   // are an error.
@@ -25,9 +25,9 @@ struct ScoreCliOptions {
 
 struct ScoreSummary {
   int64_t sequences = 0;
-  int64_t scored_tokens = 0;  // sum over sequences of (len - 1)
-  double mean_nll = 0.0;      // per scored token, nats
-  double perplexity = 0.0;    // exp(mean_nll)
+  int64_t scored_tokens = 0;      // sum over sequences of (len - 1)
+  double mean_nll = 0.0;          // per scored token, nats
+  double perplexity = 0.0;        // exp(mean_nll)
   int64_t non_finite_tokens = 0;  // log-probs that are NaN/Inf (a damaged model); lines say "non_finite": true
 };
 

@@ -48,9 +48,7 @@ class Tokenizer {
 
   // Text must be valid UTF-8: invalid bytes raise sftgo::Error(kTokenizer) with the byte offset.
   std::vector<TokenId> encode(std::string_view text, SpecialTokens special = SpecialTokens::kMatch) const;
-  std::vector<TokenId> encode_ordinary(std::string_view text) const {
-    return encode(text, SpecialTokens::kOrdinary);
-  }
+  std::vector<TokenId> encode_ordinary(std::string_view text) const { return encode(text, SpecialTokens::kOrdinary); }
   // Decodes ids to text; byte sequences that are not valid UTF-8 become U+FFFD, as HF does.
   // Throws on ids outside [0, vocab_size()).
   std::string decode(const std::vector<TokenId>& ids, bool skip_special = false) const;
@@ -60,8 +58,8 @@ class Tokenizer {
   // Size of the id space: the largest id + 1 over vocab and added tokens.
   int64_t vocab_size() const;
   std::optional<TokenId> token_to_id(std::string_view token) const;  // vocab or added token
-  std::string id_to_token(TokenId id) const;                            // as spelled in tokenizer.json
-  TokenId special_id(std::string_view content) const;  // throws when `content` is not a special token
+  std::string id_to_token(TokenId id) const;                         // as spelled in tokenizer.json
+  TokenId special_id(std::string_view content) const;                // throws when `content` is not a special token
   bool is_special(TokenId id) const;
   const std::vector<AddedToken>& added_tokens() const;
 

@@ -8,22 +8,22 @@
 namespace sftgo::train {
 
 struct StepMetrics {
-  int64_t step = 0;           // optimizer steps completed, 1-based after the first update
-  double epoch = 0;           // fractional epoch
-  double loss = 0;            // the objective (step-wide)
+  int64_t step = 0;  // optimizer steps completed, 1-based after the first update
+  double epoch = 0;  // fractional epoch
+  double loss = 0;   // the objective (step-wide)
   double loss_ce = 0;
   double loss_imp = 0;
   double loss_unimp = 0;
-  int worst_group = -1;       // 1 = important, 0 = unimportant, -1 = n/a
+  int worst_group = -1;  // 1 = important, 0 = unimportant, -1 = n/a
   int64_t count_imp = 0;
   int64_t count_unimp = 0;
   double lambda = 0;
   double lr = 0;
   double grad_norm = 0;
-  int64_t tokens = 0;         // tokens forwarded this step (all ranks)
+  int64_t tokens = 0;  // tokens forwarded this step (all ranks)
   int64_t trained_tokens = 0;
   double tokens_per_s = 0;
-  double mfu = -1;            // model FLOPs utilisation on GPU; -1 when unknown (CPU, or a GPU of unknown peak)
+  double mfu = -1;  // model FLOPs utilisation on GPU; -1 when unknown (CPU, or a GPU of unknown peak)
   // GPU only (-1 elsewhere): the step's peak memory held by tensors and reserved by the CUDA caching
   // allocator, in GB (1e9 bytes), the maximum over ranks. The reserved peak decides an out-of-memory.
   double gpu_mem_allocated_gb = -1;
@@ -33,7 +33,7 @@ struct StepMetrics {
   // sums (plain data parallel) or in the ZeRO-1 step (reduce-scatter, shard update, all-gather).
   double comm_s = -1;
   double elapsed_s = 0;
-  bool skipped = false;       // non-finite loss or gradient: no update was applied
+  bool skipped = false;  // non-finite loss or gradient: no update was applied
 
   std::string to_json() const;
 };
@@ -41,11 +41,11 @@ struct StepMetrics {
 // Held-out loss, written as its own metrics.jsonl line {"step", "eval_loss", "eval_loss_ce", ...}.
 struct EvalMetrics {
   int64_t step = 0;
-  double loss = 0;        // the training objective on the eval set (same lambda as the step)
+  double loss = 0;  // the training objective on the eval set (same lambda as the step)
   double loss_ce = 0;
   double loss_imp = 0;
   double loss_unimp = 0;
-  int64_t tokens = 0;     // trained tokens evaluated
+  int64_t tokens = 0;  // trained tokens evaluated
   double seconds = 0;
   std::string to_json() const;
 };

@@ -18,12 +18,12 @@
 namespace sftgo::train {
 
 struct TrainResult {
-  int64_t steps = 0;              // optimizer steps completed (including resumed ones)
-  int64_t skipped_steps = 0;      // non-finite steps skipped in this process
-  double first_loss = 0;          // loss of the first step run by this process
+  int64_t steps = 0;          // optimizer steps completed (including resumed ones)
+  int64_t skipped_steps = 0;  // non-finite steps skipped in this process
+  double first_loss = 0;      // loss of the first step run by this process
   double last_loss = 0;
-  std::string last_checkpoint;    // "" when none was written
-  bool interrupted = false;       // stopped by SIGINT/SIGTERM (a checkpoint was saved)
+  std::string last_checkpoint;  // "" when none was written
+  bool interrupted = false;     // stopped by SIGINT/SIGTERM (a checkpoint was saved)
 };
 
 struct TrainerHooks {
