@@ -1,30 +1,20 @@
 # The two helpers every CMakeLists in this repo uses: one for a module library, one for a test.
 
-# One object that owns the precompiled LibTorch headers; torch modules reuse it so that the heavy
-# headers are parsed once per build instead of once per translation unit.
-# A PCH is only reused by targets compiled with the same flags: libraries get -fPIC, executables
-# would get -fPIE, so executables use a second PCH built, like them, without a PIC flag (Debian's
-# GCC emits PIE code by default either way).
+# One object that owns the precompiled LibTorch headers; torch targets reuse it so that the heavy
+# headers are parsed once per build instead of once per translation unit. A PCH is only reused by
+# targets compiled with the same flags: with CMAKE_POSITION_INDEPENDENT_CODE off (top-level
+# CMakeLists.txt) libraries and executables agree, so one PCH serves both (two, one per PIC flag,
+# cost ~50 s more CPU on every fresh build).
 if(SFTGO_USE_PCH)
   add_library(sftgo_torch_pch OBJECT ${PROJECT_SOURCE_DIR}/cmake/torch_pch.cpp)
   target_link_libraries(sftgo_torch_pch PUBLIC ${TORCH_LIBRARIES})
   target_precompile_headers(sftgo_torch_pch PRIVATE <torch/torch.h>)
-  add_library(sftgo_torch_pch_exe OBJECT ${PROJECT_SOURCE_DIR}/cmake/torch_pch.cpp)
-  set_target_properties(sftgo_torch_pch_exe PROPERTIES POSITION_INDEPENDENT_CODE OFF)
-  target_link_libraries(sftgo_torch_pch_exe PUBLIC ${TORCH_LIBRARIES})
-  target_precompile_headers(sftgo_torch_pch_exe PRIVATE <torch/torch.h>)
 endif()
 
 function(_sftgo_use_torch target)
   target_link_libraries(${target} PUBLIC ${TORCH_LIBRARIES})
   if(SFTGO_USE_PCH)
-    get_target_property(_type ${target} TYPE)
-    if(_type STREQUAL "EXECUTABLE")
-      set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE OFF)
-      target_precompile_headers(${target} REUSE_FROM sftgo_torch_pch_exe)
-    else()
-      target_precompile_headers(${target} REUSE_FROM sftgo_torch_pch)
-    endif()
+    target_precompile_headers(${target} REUSE_FROM sftgo_torch_pch)
   endif()
 endfunction()
 
