@@ -59,8 +59,8 @@ EPOCHS_ALPACA = {"3b": (1, "F.2:318 'we train for 1 epoch' (also S4:100)"),
 LR_ALPACA = (2.0e-5, "BLANK in F.2:321-330 (3B, per method) and F.2:331 (8B, baseline / SFT-GO): "
                      "2e-5, the Alpaca recipe's rate (Taori et al. 2023), for every method")
 
-# Model settings: 3B fits one 80 GB GPU (bf16 weights + fp32 masters and AdamW state = 16 B/param =
-# 51 GB, activations checkpointed); 8B needs ZeRO-1 over 8 GPUs (docs/reproduce.md, Memory).
+# Model settings: 3B fits one 80 GB GPU (bf16 weights + fp32 masters, master gradients and AdamW
+# state = 18 B/param = 58 GB, activations checkpointed); 8B needs ZeRO-1 over 8 GPUs (docs/reproduce.md, Memory).
 MODELS = {
     "3b": dict(preset="llama3.2-3b", path="models/Llama-3.2-3B", micro=4, ranks=1, zero1=False),
     "8b": dict(preset="llama3.1-8b", path="models/Llama-3.1-8B", micro=2, ranks=8, zero1=True),

@@ -122,7 +122,7 @@ def run_json(cmd):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--build", default=os.environ.get("SFTGO_BUILD_DIR", "/work/main/build"))
+    ap.add_argument("--build", default=os.environ.get("SFTGO_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)

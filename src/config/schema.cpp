@@ -187,6 +187,9 @@ std::vector<Field> fields_of(Config& c) {
       "Seconds before a stuck collective or a silent rank (no heartbeat) fails the job")
       .above(0);
   add("dist.zero1", c.dist.zero1, "Shard optimizer state (and fp32 master weights) across ranks");
+  add("dist.zero1_fp32_grads", c.dist.zero1_fp32_grads,
+      "ZeRO-1 with bf16 weights: accumulate micro-batch gradients and reduce-scatter them in fp32 (false: in "
+      "bf16, 2 bytes per parameter less memory, less precise sums)");
   add("dist.bucket_mb", c.dist.bucket_mb, "Gradient all-reduce bucket size in MiB (plain data parallel)").above(0);
 
   add("lora.enabled", c.lora.enabled,

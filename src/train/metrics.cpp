@@ -163,11 +163,13 @@ std::string progress_line(const StepMetrics& m, int64_t total_steps) {
 std::string progress_bar(int64_t step, int64_t total_steps, int width) {
   const double frac =
       total_steps > 0 ? std::clamp(static_cast<double>(step) / static_cast<double>(total_steps), 0.0, 1.0) : 0.0;
-  const int filled = static_cast<int>(frac * width);
+  const int w = std::max(width, 0);  // a bounded width keeps GCC's string-overflow analysis quiet too
+  const int filled = std::clamp(static_cast<int>(frac * w), 0, w);
   char pct[8];
   std::snprintf(pct, sizeof pct, "%3d%%", static_cast<int>(frac * 100.0));
-  return "[" + std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(width - filled), '.') +
-         "] " + pct;
+  std::string bar = "[";
+  bar.append(static_cast<size_t>(filled), '#').append(static_cast<size_t>(w - filled), '.');
+  return bar + "] " + pct;
 }
 
 }  // namespace sftgo::train

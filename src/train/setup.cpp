@@ -309,6 +309,7 @@ void Trainer::Impl::build_updater() {
   UpdaterOptions uo;
   uo.adamw = optim::adamw_options(cfg.optim);
   uo.bucket_mb = cfg.dist.bucket_mb;
+  uo.zero1_fp32_grads = cfg.dist.zero1_fp32_grads;
   // LoRA: only the (fp32) adapters train, so no fp32 masters are needed whatever the precision.
   const bool lora = model::has_lora(*model);
   const UpdaterKind kind = lora && !cfg.dist.zero1 ? UpdaterKind::kPlain : updater_kind(cfg, precision);

@@ -217,7 +217,7 @@ class Fp32MastersUpdater final : public ReducingUpdater {
 class Zero1Updater final : public Updater {
  public:
   Zero1Updater(std::shared_ptr<dist::Comm> comm, const optim::NamedParameters& params, const UpdaterOptions& o)
-      : comm_(std::move(comm)), zero_(comm_, params, o.adamw) {}
+      : comm_(std::move(comm)), zero_(comm_, params, o.adamw, o.zero1_fp32_grads) {}
   UpdaterKind kind() const override { return UpdaterKind::kZero1; }
   double step(double lr, double max_norm, bool finite) override {
     Timer t;

@@ -1,7 +1,7 @@
 """Our llama3 template gives the same ids as transformers' apply_chat_template, and trains exactly
 the assistant content + <|eot_id|> of every assistant turn.
 
-Runs tests/data's sftgo_data_template_ids tool (from SFTGO_BUILD_DIR, default /work/main/build) on a
+Runs tests/data's sftgo_data_template_ids tool (from SFTGO_BUILD_DIR, default: the repository's build/) on a
 few hundred generated conversations: multi-turn, system prompts, surrounding whitespace (the template
 trims it), newlines, Unicode, code, digits. Content never contains special-token strings (transformers
 would turn those into control tokens; we deliberately do not, see test_data tests).
@@ -16,7 +16,7 @@ import pytest
 
 transformers = pytest.importorskip("transformers")
 
-BUILD = Path(os.environ.get("SFTGO_BUILD_DIR", "/work/main/build"))
+BUILD = Path(os.environ.get("SFTGO_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
 TOOL = BUILD / "bin" / "sftgo_data_template_ids"
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 TOKENIZER_DIR = SHARED / "data" / "llama3"

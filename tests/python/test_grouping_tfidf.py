@@ -2,7 +2,7 @@
 
 Runs the C++ tool (tests/grouping/grouping_tool.cpp) on a random corpus and compares per-document
 term weights (<= 1e-6) and the top-k masks (tie rule: higher score, then earlier position).
-Binary dir from $SFTGO_BUILD_DIR (default /work/main/build); skipped when the tool is missing.
+Binary dir from $SFTGO_BUILD_DIR (default: the repository's build/); skipped when the tool is missing.
 """
 import json
 import math
@@ -15,7 +15,7 @@ import pytest
 
 sklearn_text = pytest.importorskip("sklearn.feature_extraction.text")
 
-BUILD_DIR = Path(os.environ.get("SFTGO_BUILD_DIR", "/work/main/build"))
+BUILD_DIR = Path(os.environ.get("SFTGO_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
 TOOL = BUILD_DIR / "bin" / "sftgo_grouping_tool"
 pytestmark = pytest.mark.skipif(not TOOL.exists(), reason=f"{TOOL} not built")
 

@@ -11,7 +11,7 @@ safetensors_np = pytest.importorskip("safetensors.numpy")
 torch = pytest.importorskip("torch")
 from safetensors.torch import save_file, load_file  # noqa: E402
 
-BUILD = Path(os.environ.get("SFTGO_BUILD_DIR", "/work/main/build"))
+BUILD = Path(os.environ.get("SFTGO_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
 TOOL = BUILD / "bin" / "st_tool"
 pytestmark = pytest.mark.skipif(not TOOL.exists(), reason=f"{TOOL} not built")
 

@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-BUILD = Path(os.environ.get("SFTGO_BUILD_DIR", "/work/main/build"))
+BUILD = Path(os.environ.get("SFTGO_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
 TOOL = BUILD / "bin" / "lora_tool"
 SFTGO = BUILD / "bin" / "sftgo-train"
 pytestmark = pytest.mark.skipif(not TOOL.exists() or not SFTGO.exists(), reason=f"{TOOL} or {SFTGO} not built")

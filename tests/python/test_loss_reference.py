@@ -2,7 +2,7 @@
 
 Inputs are drawn here, the oracle is F.cross_entropy in float64 plus the group means and max written
 in Python, and tests/loss/loss_tool (built from the C++ tree) runs the fused loss on the same inputs.
-Binary: $SFTGO_BUILD_DIR/bin/loss_tool (default /work/main/build).
+Binary: $SFTGO_BUILD_DIR/bin/loss_tool (default: the repository's build/).
 """
 import json
 import os
@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-BUILD_DIR = Path(os.environ.get("SFTGO_BUILD_DIR", "/work/main/build"))
+BUILD_DIR = Path(os.environ.get("SFTGO_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
 TOOL = BUILD_DIR / "bin" / "loss_tool"
 
 pytestmark = pytest.mark.skipif(not TOOL.exists(), reason=f"{TOOL} not built (ninja loss_tool)")

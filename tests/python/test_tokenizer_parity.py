@@ -9,7 +9,7 @@ runs the same run_tokenize_cli) over the >= 20,000-string corpus of scripts/gen_
   * --decode:   ours == HF decode(ids) for HF's ids and for random id sequences (lone bytes -> U+FFFD)
   * round trip: decode(encode(x)) == x
 Skips when ../shared's tokenizer or the binary is missing. Build dir: $SFTGO_BUILD_DIR (default
-/work/main/build).
+the repository's build/).
 """
 import json
 import os
@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TOK_DIR = REPO.parent / "shared" / "data" / "llama3"
-BUILD = Path(os.environ.get("SFTGO_BUILD_DIR", "/work/main/build"))
+BUILD = Path(os.environ.get("SFTGO_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
 
 tokenizers = pytest.importorskip("tokenizers")
 

@@ -90,30 +90,47 @@ TEST(Updater, PlainAndMastersMatchLibTorchAdamW) {
   }
 }
 
-// bf16 weights: the micro-batches' gradients are summed in fp32 (the masters' gradients), not in bf16.
-// 16 micro-batches of bf16 gradients w_i: the gradient norm the step sees must be that of the exact sum
-// (fp64 reference) to fp32 accuracy, while a bf16 running sum (the old behaviour) is off by ~1e-3.
+// bf16 weights: the micro-batches' gradients are summed in fp32 (the masters' gradients, or ZeRO-1's
+// fp32 flat buffer), not in bf16. 16 micro-batches of bf16 gradients w_i: the gradient norm the step
+// sees must be that of the exact sum (fp64 reference) to fp32 accuracy. ZeRO-1 told to accumulate in
+// the weights' dtype (dist.zero1_fp32_grads: false, the old behaviour) is the control: off by ~1e-3.
 TEST(Updater, Bf16MicroBatchesAccumulateInFp32) {
-  torch::manual_seed(5);
-  const int64_t n = 4096, micro = 16;
-  optim::NamedParameters params = {{"w", torch::randn({n}).to(at::kBFloat16).set_requires_grad(true)}};
-  UpdaterOptions o;
-  auto u = make_updater(UpdaterKind::kFp32Masters, single_process(), params, o);
-  at::Tensor exact = torch::zeros({n}, at::kDouble);
-  at::Tensor bf16_sum = torch::zeros({n}, at::kBFloat16);
-  for (int64_t i = 0; i < micro; ++i) {
-    const at::Tensor w = (torch::rand({n}) + 0.5).to(at::kBFloat16);  // d/dp sum(p * w) = w, exact in bf16
-    (params[0].second * w).sum().backward();
-    EXPECT_FALSE(params[0].second.grad().defined()) << "the bf16 gradient is freed once added into the master's";
-    exact += w.to(at::kDouble);
-    bf16_sum += w;
+  struct Case {
+    UpdaterKind kind;
+    bool fp32_grads;
+  };
+  for (const Case c :
+       {Case{UpdaterKind::kFp32Masters, true}, Case{UpdaterKind::kZero1, true}, Case{UpdaterKind::kZero1, false}}) {
+    SCOPED_TRACE(c.kind == UpdaterKind::kZero1 ? (c.fp32_grads ? "zero1" : "zero1 bf16 grads") : "masters");
+    torch::manual_seed(5);
+    const int64_t n = 4096, micro = 16;
+    optim::NamedParameters params = {{"w", torch::randn({n}).to(at::kBFloat16).set_requires_grad(true)}};
+    UpdaterOptions o;
+    o.zero1_fp32_grads = c.fp32_grads;
+    auto u = make_updater(c.kind, single_process(), params, o);
+    const at::Tensor before = params[0].second.detach().clone();
+    at::Tensor exact = torch::zeros({n}, at::kDouble);
+    for (int64_t i = 0; i < micro; ++i) {
+      const at::Tensor w = (torch::rand({n}) + 0.5).to(at::kBFloat16);  // d/dp sum(p * w) = w, exact in bf16
+      (params[0].second * w).sum().backward();
+      if (c.fp32_grads)
+        EXPECT_FALSE(params[0].second.grad().defined()) << "the bf16 gradient is freed once added into the fp32 sum";
+      exact += w.to(at::kDouble);
+    }
+    const double want = exact.norm().item<double>();
+    const double error = std::abs(u->step(1e-3, 0.0, true) - want) / want;
+    if (c.fp32_grads) {
+      // fp32 sums of 16 terms near 1: relative error ~16 * 2^-24 ~ 1e-6 per element, far less on the norm.
+      EXPECT_LT(error, 1e-6);
+    } else {
+      EXPECT_GT(error, 1e-4) << "the bf16 running sum is measurably worse";
+    }
+    // The update reached the bf16 weights, and the next step starts from zero gradients (norm of ones).
+    EXPECT_FALSE(torch::equal(params[0].second, before));
+    u->zero_grad();
+    (params[0].second * 1.0).sum().backward();
+    EXPECT_NEAR(u->step(1e-3, 0.0, true), std::sqrt(static_cast<double>(n)), 1e-9);
   }
-  const double want = exact.norm().item<double>();
-  const double bf16_error = std::abs(bf16_sum.to(at::kDouble).norm().item<double>() - want) / want;
-  const double got = u->step(1e-3, 0.0, true);
-  // fp32 sums of 16 terms near 1: relative error ~16 * 2^-24 ~ 1e-6 per element, far less on the norm.
-  EXPECT_LT(std::abs(got - want) / want, 1e-6);
-  EXPECT_GT(bf16_error, 1e-4) << "the bf16 running sum this replaces is measurably worse";
 }
 
 TEST(Updater, NonFiniteStepChangesNothing) {

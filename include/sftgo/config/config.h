@@ -111,7 +111,8 @@ struct DistConfig {
   int64_t master_port = 29500;
   double timeout_s = 600.0;
   bool zero1 = false;
-  double bucket_mb = 25.0;  // gradient all-reduce bucket size
+  bool zero1_fp32_grads = true;  // ZeRO-1 with bf16 weights: accumulate and reduce-scatter gradients in fp32
+  double bucket_mb = 25.0;       // gradient all-reduce bucket size
 };
 
 // LoRA adapters (docs/lora.md, model/lora.h): the base model is frozen and only the adapters train.

@@ -1,7 +1,8 @@
 // ZeRO-1: AdamW whose state (exp_avg, exp_avg_sq) and fp32 master weights are sharded across ranks.
 // The parameters are viewed as one flat vector (in parameter order, zero-padded to a multiple of the
 // world size); rank r owns the contiguous slice [r * P / W, (r + 1) * P / W). One step:
-//   1. gradients are flattened and reduce-scattered (summed, see docs/architecture.md#dist),
+//   1. gradients are flattened and reduce-scattered (summed, see docs/architecture.md#dist); with
+//      bf16 weights they accumulate over micro-batches and are reduced in fp32 by default,
 //   2. the global gradient norm is the all-reduced sum of each shard's squared norm (clipping uses it),
 //   3. AdamW updates this rank's fp32 master shard (the same formula as torch::optim::AdamW),
 //   4. the updated shards are all-gathered into the working parameters (bf16 or fp32).
@@ -24,21 +25,32 @@ namespace sftgo::dist {
 class ZeroAdamW {
  public:
   // params: the model's working parameters (HF name, tensor), all on comm->device().
-  ZeroAdamW(std::shared_ptr<Comm> comm, const optim::NamedParameters& params, const optim::AdamWOptions& options);
+  // fp32_grads: with bf16 (or fp16) parameters, every backward's gradient is added into an fp32 flat
+  // buffer (a post-accumulate hook, which then frees the bf16 one) and the reduce-scatter sums fp32,
+  // as HF, DeepSpeed and Megatron accumulate; it costs 2 bytes per parameter more than accumulating in
+  // the weights' dtype (false). fp32 parameters accumulate in fp32 either way.
+  ZeroAdamW(std::shared_ptr<Comm> comm, const optim::NamedParameters& params, const optim::AdamWOptions& options,
+            bool fp32_grads = true);
+  ~ZeroAdamW();
+  ZeroAdamW(const ZeroAdamW&) = delete;
+  ZeroAdamW& operator=(const ZeroAdamW&) = delete;
 
   // Steps 1-4 above. Returns the global gradient norm before clipping (max_norm 0 = no clipping).
   // When the norm is not finite, or skip is set, nothing is updated (every rank sees the same norm,
   // so every rank skips together). Gradients are left as they were; call zero_grad() after.
   double step(double lr, double max_norm, bool skip = false);
   // Zeroes the flat gradient buffer and points every parameter's .grad at its slice of it (backward
-  // then accumulates in place, so gradients take no second full-size buffer). Call before the first
-  // backward and after every step; do not set the model's gradients to None in between.
+  // then accumulates in place, so gradients take no second full-size buffer); with fp32 gradients for
+  // bf16 parameters the .grad is left empty instead (the hook adds each backward's into the buffer).
+  // Call before the first backward and after every step; do not set the model's gradients to None in
+  // between.
   void zero_grad();
 
   int64_t numel() const { return numel_; }  // parameters in all (unpadded)
   int64_t shard_begin() const { return begin_; }
   int64_t shard_size() const { return shard_; }
   int64_t steps() const { return steps_; }
+  at::ScalarType grad_dtype() const { return flat_.scalar_type(); }  // what gradients accumulate in
 
   // Writes this rank's shard (master, exp_avg, exp_avg_sq, step count, range) to path.
   void save_shard(const std::string& path) const;
@@ -55,8 +67,11 @@ class ZeroAdamW {
   int64_t numel_ = 0, padded_ = 0, shard_ = 0, begin_ = 0;
   int64_t steps_ = 0;
   at::Tensor master_, exp_avg_, exp_avg_sq_;  // [shard] fp32
-  at::Tensor flat_;       // [padded] working dtype: the gradients (views), then the gathered parameters
-  at::Tensor shard_buf_;  // [shard] working dtype: reduce-scatter output, then the all-gather input
+  // [padded] gradient dtype: the gradients, then (its storage seen as the working dtype) the gathered
+  // parameters, so the all-gather needs no buffer of its own.
+  at::Tensor flat_;
+  at::Tensor shard_buf_;  // [shard] gradient dtype: reduce-scatter output, then (as above) all-gather input
+  bool hooked_ = false;   // gradients reach flat_ through post-accumulate hooks (dtypes differ)
 
   at::Tensor grad_view(size_t i) const;  // param i's slice of flat_, shaped like the param
   void gather_params();                  // master shards -> flat_ -> parameters

@@ -47,7 +47,8 @@ class Updater {
 
 struct UpdaterOptions {
   optim::AdamWOptions adamw;
-  double bucket_mb = 25;  // gradient all-reduce buckets (several ranks, plain and masters)
+  double bucket_mb = 25;         // gradient all-reduce buckets (several ranks, plain and masters)
+  bool zero1_fp32_grads = true;  // ZeRO-1 with bf16 weights: fp32 gradient accumulation and reduce-scatter
 };
 
 // params: the model's parameters (HF name, tensor), all on comm->device().
