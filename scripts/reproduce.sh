@@ -143,6 +143,9 @@ for cfg in "${CONFIGS[@]}"; do
       touch "$run/DONE"
     fi
     ckpt=$(final_checkpoint "$run")
+    # A LoRA run's checkpoint holds the frozen base weights and its adapter in adapter/: score both.
+    adapter=(); peft=""
+    [ -d "$ckpt/adapter" ] && { adapter=(--adapter "$ckpt/adapter"); peft=",peft=$ckpt/adapter"; }
     for t in "${TASKS[@]}"; do
       spec=${t%%=*} files=${t#*=}
       task=${spec%%[:/]*} shots=0
@@ -153,8 +156,8 @@ for cfg in "${CONFIGS[@]}"; do
       [ -f "$res" ] && continue
       mkdir -p "$(dirname "$res")"
       echo "[reproduce] eval $name seed $seed: $task ${shots}-shot" >&2
-      args=(eval --model "$ckpt" --task "$task" --data "$data" --shots "$shots" --device "$DEVICE"
-            --limit "$LIMIT" --out "$res.tmp")
+      args=(eval --model "$ckpt" "${adapter[@]}" --task "$task" --data "$data" --shots "$shots"
+            --device "$DEVICE" --limit "$LIMIT" --out "$res.tmp")
       [ -n "$fewshot" ] && args+=(--fewshot-data "$fewshot")
       "$BIN" "${args[@]}" >/dev/null
       mv "$res.tmp" "$res"
@@ -170,7 +173,7 @@ for cfg in "${CONFIGS[@]}"; do
         lim=(); ((LIMIT >= 0)) && lim=(--limit "$LIMIT")
         echo "[reproduce] lm_eval $name seed $seed: $task" >&2
         # shellcheck disable=SC2086  # LM_EVAL / LM_EVAL_ARGS are command words, split on purpose
-        $LM_EVAL --model hf --model_args "pretrained=$ckpt,dtype=$dtype" --tasks "$task" "${chat[@]}" \
+        $LM_EVAL --model hf --model_args "pretrained=$ckpt,dtype=$dtype$peft" --tasks "$task" "${chat[@]}" \
           --batch_size auto --output_path "$dir" "${lim[@]}" $LM_EVAL_ARGS >&2
       done
     fi

@@ -265,7 +265,8 @@ void Trainer::Impl::build_model() {
   log_info("model: {} layers, hidden {}, {:.1f}M parameters, {} on {}{}", model->config().num_hidden_layers,
            model->config().hidden_size, static_cast<double>(n_params) / 1e6,
            model->dtype() == c10::kBFloat16 ? "bfloat16" : "float32", device.str(),
-           precision == Precision::kBf16           ? " (fp32 master weights)"
+           precision == Precision::kBf16
+               ? (cfg.lora.enabled ? " (frozen base, fp32 adapters)" : " (fp32 master weights)")
            : precision == Precision::kBf16Autocast ? " (bf16 autocast)"
                                                    : "");
 }
