@@ -66,6 +66,33 @@ def test_reproduce_two_seeds_table(tmp_path):
 
 
 @needs_bin
+def test_reproduce_evaluates_a_lora_run_with_its_adapter(tmp_path):
+    """A LoRA run's checkpoint holds the frozen base weights plus adapter/: reproduce.sh must score the
+    adapted model (eval --adapter), whose metrics equal a direct `eval --adapter` call exactly."""
+    data = tmp_path / "arc.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ARC))
+    out = tmp_path / "results"
+    sets = ["tokenizer.path=data/demo/tokenizer", "model.vocab_size=1408", "model.hidden_size=32",
+            "model.intermediate_size=64", "model.num_layers=2", "train.max_steps=2", "data.cache_dir=",
+            "model.device=cpu", "train.num_threads=2", "lora.enabled=true", "lora.rank=4", "optim.lr=0.05"]
+    cmd = ["bash", "scripts/reproduce.sh", "--no-setup", "--configs", "configs/demo_tiny.yaml", "--seeds", "3",
+           "--task", f"arc_easy={data}", "--device", "cpu", "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    env = {**os.environ, "SFTGO_BUILD_DIR": str(BUILD)}
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / "evals" / "demo_tiny_seed3" / "arc_easy_0shot.json").read_text())
+    ckpt = Path(r["model"])
+    assert r.get("adapter") == str(ckpt / "adapter") and (ckpt / "adapter" / "adapter_model.safetensors").exists()
+    direct = tmp_path / "direct.json"
+    subprocess.run([str(BIN), "eval", "--model", str(ckpt), "--adapter", str(ckpt / "adapter"), "--task",
+                    "arc_easy", "--data", str(data), "--device", "cpu", "--out", str(direct)],
+                   check=True, capture_output=True, cwd=ROOT)
+    assert json.loads(direct.read_text())["metrics"] == r["metrics"]
+
+
+@needs_bin
 def test_reproduce_rejects_bad_task_spec(tmp_path):
     p = subprocess.run(["bash", "scripts/reproduce.sh", "--no-setup", "--configs", "configs/demo_tiny.yaml",
                         "--task", "arc_challenge"], cwd=ROOT, capture_output=True, text=True)
