@@ -309,6 +309,13 @@ void load_lora_adapter(LlamaModelImpl& model, const std::string& dir) {
     SFTGO_CHECK(cur.rank == o.rank && cur.target_modules == o.target_modules, ErrorKind::kConfig, dir,
                 ": adapter (r=", o.rank, ") does not match the model's adapters (r=", cur.rank,
                 ") or targets another module set");
+    // The adapters' scaling comes from the run's config: an adapter saved with another alpha or
+    // rsLoRA setting would silently compute a different function.
+    SFTGO_CHECK_HINT(cur.alpha == o.alpha && cur.use_rslora == o.use_rslora, ErrorKind::kConfig,
+                     "set lora.alpha and lora.use_rslora to the adapter's values", dir, "/", kConfigFile,
+                     ": adapter has lora_alpha ", o.alpha, ", use_rslora ", o.use_rslora ? "true" : "false",
+                     " but the model's adapters have alpha ", cur.alpha, ", use_rslora ",
+                     cur.use_rslora ? "true" : "false");
   } else {
     apply_lora(model, o, /*seed=*/0);  // every tensor is overwritten below
   }

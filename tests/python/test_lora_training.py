@@ -257,6 +257,24 @@ def test_lora_sftgo_steps_equal_peft_training_loop(tmp_path, case):
     assert base_w.keys() == saved.keys() and all(torch.equal(base_w[k], saved[k]) for k in base_w)
 
 
+def test_adapter_path_with_another_scaling_is_refused(tmp_path):
+    """lora.adapter_path: the run's adapters take their scaling from the config. An adapter saved with
+    another lora_alpha or rsLoRA setting used to load silently and compute s' B A instead of s B A
+    (e.g. PEFT's default alpha 8 under sftgo's default 32: 4x its effect); now a clear error."""
+    base = base_model(tmp_path / "base")
+    data = demo_data(tmp_path / "data.jsonl", 2)
+    peft_model(base, ["q_proj", "v_proj"], tmp_path / "adapter")  # r 4, alpha 8, no rsLoRA
+    for extra, ours in ((["lora.alpha=16"], "alpha 16, use_rslora false"),
+                        (["lora.use_rslora=true"], "alpha 8, use_rslora true")):
+        args = common(tmp_path / "run", base, data, 2, 2, "q_proj,v_proj", CLIP,
+                      sets(lora__adapter_path=tmp_path / "adapter") + ["--set", *extra])
+        p = subprocess.run([str(a) for a in [BIN, *args]], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert p.returncode == 1, p.stderr
+        want = f"adapter_config.json: adapter has lora_alpha 8, use_rslora false but the model's adapters have {ours}"
+        assert f"{tmp_path / 'adapter'}/{want}" in p.stderr, p.stderr
+        assert "set lora.alpha and lora.use_rslora to the adapter's values" in p.stderr
+
+
 # ---- Data parallel and ZeRO-1 with LoRA under mpirun --------------------------------------------
 
 # As tests/python/test_dist_mpirun.py: the 2-rank gradients are the same sums in another order
