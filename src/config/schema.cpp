@@ -207,7 +207,7 @@ std::vector<Field> fields_of(Config& c) {
       "Adapter init: default = A Kaiming-uniform, B zeros (PEFT's); gaussian = A ~ N(0, 1/rank), B zeros")
       .one_of({"default", "gaussian"});
   add("lora.adapter_path", c.lora.adapter_path,
-      "Start from this PEFT adapter directory (adapter_config.json + adapter_model.safetensors); its r and targets must match; empty = fresh init");
+      "Start from this PEFT adapter directory (adapter_config.json + adapter_model.safetensors); its r, targets, alpha and rsLoRA setting must match the lora section; empty = fresh init");
   return f;
 }
 
