@@ -145,18 +145,7 @@ def peft_train(args, ckpt: Path, adapter: Path, out_json: Path):
     sampler = Sampler(len(examples), SEED)
 
     def micro(idx):
-        s = max(len(examples[i][0]) for i in idx)
-        ids = torch.full((len(idx), s), pad, dtype=torch.long)
-        lab = torch.full((len(idx), s), -100, dtype=torch.long)
-        grp = torch.zeros((len(idx), s), dtype=torch.long)
-        att = torch.zeros((len(idx), s), dtype=torch.long)
-        for r, i in enumerate(idx):
-            e_ids, e_lab = examples[i]
-            ids[r, :len(e_ids)] = torch.tensor(e_ids)
-            lab[r, :len(e_ids)] = torch.tensor(e_lab)
-            grp[r, :len(e_ids)] = torch.tensor(groups[i])
-            att[r, :len(e_ids)] = 1
-        return ids, lab, grp, att
+        return peer.pad_micro_batch(examples, groups, idx, pad)
 
     step_times, step_tokens, losses, lrs = [], [], [], []
     for _ in range(args.steps):

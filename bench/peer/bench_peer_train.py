@@ -52,6 +52,24 @@ def peak_rss_mb() -> float:
 
 
 # ---------------------------------------------------------------- data (Python side)
+def pad_micro_batch(examples, groups, idx, pad):
+    """Right-padded [B, S] ids, labels (-100 on padding), groups and attention mask of examples[idx]."""
+    import torch
+
+    s = max(len(examples[i][0]) for i in idx)
+    ids = torch.full((len(idx), s), pad, dtype=torch.long)
+    lab = torch.full((len(idx), s), -100, dtype=torch.long)
+    grp = torch.zeros((len(idx), s), dtype=torch.long)
+    att = torch.zeros((len(idx), s), dtype=torch.long)
+    for r, i in enumerate(idx):
+        e_ids, e_lab = examples[i]
+        ids[r, :len(e_ids)] = torch.tensor(e_ids)
+        lab[r, :len(e_ids)] = torch.tensor(e_lab)
+        grp[r, :len(e_ids)] = torch.tensor(groups[i])
+        att[r, :len(e_ids)] = 1
+    return ids, lab, grp, att
+
+
 def tokenize_chat(tok, messages):
     """Llama-3 chat template as sftgo's `llama3` template renders it (BOS, then per message the
     role header, a blank line, the content and <|eot_id|>); labels on assistant content + eot."""
@@ -115,18 +133,7 @@ def python_train(args, ckpt: Path, out_json: Path):
     order: list[int] = []
 
     def micro(idx):
-        s = max(len(examples[i][0]) for i in idx)
-        ids = torch.full((len(idx), s), pad, dtype=torch.long)
-        lab = torch.full((len(idx), s), -100, dtype=torch.long)
-        grp = torch.zeros((len(idx), s), dtype=torch.long)
-        att = torch.zeros((len(idx), s), dtype=torch.long)
-        for r, i in enumerate(idx):
-            e_ids, e_lab = examples[i]
-            ids[r, :len(e_ids)] = torch.tensor(e_ids)
-            lab[r, :len(e_ids)] = torch.tensor(e_lab)
-            grp[r, :len(e_ids)] = torch.tensor(groups[i])
-            att[r, :len(e_ids)] = 1
-        return ids, lab, grp, att
+        return pad_micro_batch(examples, groups, idx, pad)
 
     step_times, step_tokens, losses = [], [], []
     for step in range(args.steps):

@@ -156,18 +156,22 @@ def test_exit_codes_are_documented():
 
 # ---- 3. disk full -------------------------------------------------------------------------------
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs (root only): writes there fail with ENOSPC. Skips when it cannot be mounted."""
-    mnt = tmp_path / "disk"
+def mounted_tmpfs(mnt, options):
+    """Mounts a tmpfs with these options at mnt (root only) and yields it; skips when it cannot."""
     mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(mnt)], capture_output=True, text=True)
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
     if p.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs: writes there fail with ENOSPC."""
+    yield from mounted_tmpfs(tmp_path / "disk", "size=4M")
 
 
 def free_bytes(path):
@@ -359,16 +363,8 @@ def test_trainer_state_is_validated_on_read(tmp_path, field, value, expect):
 
 @pytest.fixture
 def read_only_dir(tmp_path):
-    """A read-only tmpfs: even root gets EROFS there. Skips when it cannot be mounted."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    """A read-only tmpfs: even root gets EROFS there."""
+    yield from mounted_tmpfs(tmp_path / "ro", "ro,size=1M")
 
 
 def under_a_file(tmp_path):
