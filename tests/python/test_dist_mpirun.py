@@ -10,12 +10,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from launch_util import free_port, mpirun_cmd
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("SFTGO_BUILD_DIR", ROOT / "build"))
@@ -35,12 +36,6 @@ pytestmark = [pytest.mark.skipif(not BIN.exists(), reason=f"{BIN} not built"),
 ATOL = 5e-5
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def args(run_dir, steps=4, global_batch=8, micro=4, extra=()):
     a = ["--config", ROOT / "configs/demo_tiny.yaml",
          "--set", f"tokenizer.path={DEMO_TOK}", "--set", "model.vocab_size=1408",
@@ -52,13 +47,6 @@ def args(run_dir, steps=4, global_batch=8, micro=4, extra=()):
     for kv in extra:
         a += ["--set", kv]
     return [str(x) for x in a]
-
-
-def mpirun_cmd(n):
-    cmd = [MPIRUN, "-np", str(n), "--oversubscribe", "-x", f"MASTER_PORT={free_port()}", "-x", "MASTER_ADDR=127.0.0.1"]
-    if os.geteuid() == 0:
-        cmd.insert(1, "--allow-run-as-root")
-    return cmd
 
 
 def train(run_dir, ranks=1, timeout=300, **kw):

@@ -5,7 +5,6 @@ what to set; with MASTER_ADDR given the same job trains. A srun-style environmen
 nodes) finds rank 0's host in SLURM_STEP_NODELIST. The parsing itself is unit-tested in tests/dist."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from launch_util import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("SFTGO_BUILD_DIR", ROOT / "build"))
 BIN = BUILD / "bin" / "sftgo-train"
 DEMO_TOK = ROOT / "data" / "demo" / "tokenizer"
 MPIRUN = shutil.which("mpirun")
 pytestmark = pytest.mark.skipif(not BIN.exists(), reason=f"{BIN} not built")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def args(run_dir):

@@ -18,12 +18,13 @@ import copy
 import json
 import os
 import shutil
-import socket
 import subprocess
 import warnings
 from pathlib import Path
 
 import pytest
+
+from launch_util import mpirun_cmd
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -281,19 +282,6 @@ def test_adapter_path_with_another_scaling_is_refused(tmp_path):
 # (per-rank partial sums, then the all-reduce), ~1e-7 relative per step, which AdamW's m / sqrt(v)
 # amplifies for coordinates whose gradient is ~0; a missing rank's gradient moves weights by ~lr (3e-3).
 DIST_ATOL = 5e-5
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def mpirun_cmd(n):
-    cmd = [MPIRUN, "-np", str(n), "--oversubscribe", "-x", f"MASTER_PORT={free_port()}", "-x", "MASTER_ADDR=127.0.0.1"]
-    if os.geteuid() == 0:
-        cmd.insert(1, "--allow-run-as-root")
-    return cmd
 
 
 def dist_args(run_dir, base, data, extra=()):
