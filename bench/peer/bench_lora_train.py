@@ -118,7 +118,6 @@ def write_adapter(ckpt: Path, out: Path) -> int:
 
 def peft_train(args, ckpt: Path, adapter: Path, out_json: Path):
     import torch
-    import torch.nn.functional as F
     from peft import PeftModel
     from tokenizers import Tokenizer
     from transformers import LlamaForCausalLM, get_cosine_schedule_with_warmup
@@ -157,15 +156,7 @@ def peft_train(args, ckpt: Path, adapter: Path, out_json: Path):
         for idx in batches:
             ids, lab, grp, att = micro(idx)
             tokens += int(att.sum())
-            logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
-            tgt, g = lab[:, 1:], grp[:, 1:]
-            ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="none",
-                                 ignore_index=-100).view_as(tgt)
-            trained = tgt != -100
-            imp, unimp = trained & (g == 1), trained & (g == 0)
-            l_ce = ce[trained].mean()
-            parts = [ce[m].mean() for m in (imp, unimp) if m.any()]
-            loss = peer.LAMBDA * torch.stack(parts).max() + (1 - peer.LAMBDA) * l_ce
+            loss = peer.sft_go_loss(model, ids, lab, grp, att, peer.LAMBDA)
             (loss / len(batches)).backward()
             loss_sum += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)

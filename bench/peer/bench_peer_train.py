@@ -70,6 +70,23 @@ def pad_micro_batch(examples, groups, idx, pad):
     return ids, lab, grp, att
 
 
+def sft_go_loss(model, ids, lab, grp, att, lam):
+    """One micro-batch's SFT-GO loss as sftgo computes it: lam * max(L_imp, L_unimp) + (1 - lam) * L_CE,
+    each a mean over the trained tokens (a group without tokens drops out of the max)."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+    tgt, g = lab[:, 1:], grp[:, 1:]
+    ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="none",
+                         ignore_index=-100).view_as(tgt)
+    trained = tgt != -100
+    imp, unimp = trained & (g == 1), trained & (g == 0)
+    l_ce = ce[trained].mean()
+    parts = [ce[m].mean() for m in (imp, unimp) if m.any()]
+    return lam * torch.stack(parts).max() + (1 - lam) * l_ce
+
+
 def tokenize_chat(tok, messages):
     """Llama-3 chat template as sftgo's `llama3` template renders it (BOS, then per message the
     role header, a blank line, the content and <|eot_id|>); labels on assistant content + eot."""
@@ -108,7 +125,6 @@ def tfidf_groups(examples, k_percent):
 # ---------------------------------------------------------------- Python trainer
 def python_train(args, ckpt: Path, out_json: Path):
     import torch
-    import torch.nn.functional as F
     from tokenizers import Tokenizer
     from transformers import LlamaForCausalLM, get_cosine_schedule_with_warmup
 
@@ -145,15 +161,7 @@ def python_train(args, ckpt: Path, out_json: Path):
             idx, order = order[:MICRO_BATCH], order[MICRO_BATCH:]
             ids, lab, grp, att = micro(idx)
             tokens += int(att.sum())
-            logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
-            tgt, g = lab[:, 1:], grp[:, 1:]
-            ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="none",
-                                 ignore_index=-100).view_as(tgt)
-            trained = tgt != -100
-            imp, unimp = trained & (g == 1), trained & (g == 0)
-            l_ce = ce[trained].mean()
-            parts = [ce[m].mean() for m in (imp, unimp) if m.any()]
-            loss = LAMBDA * torch.stack(parts).max() + (1 - LAMBDA) * l_ce
+            loss = sft_go_loss(model, ids, lab, grp, att, LAMBDA)
             (loss / (GLOBAL_BATCH // MICRO_BATCH)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
