@@ -14,6 +14,7 @@
 #include "sftgo/core/strings.h"
 #include "sftgo/io/safetensors.h"
 #include "sftgo/model/llama.h"
+#include "shape_str.h"
 
 namespace sftgo::model {
 
@@ -66,11 +67,7 @@ std::string peft_prefix(const Target& t) {
   return t.kind == "lm_head" ? "base_model.model.lm_head" : "base_model.model.model." + t.name;
 }
 
-std::string shape_str(c10::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
+using detail::shape_str;
 
 }  // namespace
 

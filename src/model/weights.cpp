@@ -9,6 +9,7 @@
 #include "sftgo/core/torch_device.h"
 #include "sftgo/io/safetensors.h"
 #include "sftgo/model/llama.h"
+#include "shape_str.h"
 
 namespace sftgo::model {
 namespace {
@@ -31,11 +32,7 @@ io::DType io_dtype(c10::ScalarType t) {
   }
 }
 
-std::string shape_str(c10::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
+using detail::shape_str;
 
 // Buffers older HF checkpoints carried (rotary inv_freq) that hold no learned weights.
 bool ignorable(const std::string& name) { return name.ends_with(".rotary_emb.inv_freq"); }
