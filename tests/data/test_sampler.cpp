@@ -28,7 +28,7 @@ TEST(DataSampler, ShuffleIsADeterministicPermutation) {
 TEST(DataSampler, PadTailCoversEveryExampleAcrossRanks) {
   for (int64_t n : {0, 1, 5, 97, 100, 103}) {
     for (int world : {1, 2, 3, 8}) {
-      SCOPED_TRACE(testing::Message() << "n=" << n << " world=" << world);
+      SCOPED_TRACE(::testing::Message() << "n=" << n << " world=" << world);
       std::map<int64_t, int> seen;
       int64_t per_rank = -1;
       for (int r = 0; r < world; ++r) {
