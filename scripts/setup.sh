@@ -68,7 +68,7 @@ REQ_HASH=$(sha256sum scripts/requirements.txt | cut -c1-16)
 if [ "$(cat .venv/.sftgo-requirements 2>/dev/null)" != "$REQ_HASH" ]; then
   log "installing Python requirements (torch 2.11.0 and its CUDA 13 wheels are ~5 GB)"
   # uv (from PyPI) downloads and unpacks the wheels in parallel: the requirements install in ~35 s
-  # instead of pip's ~200 s on 2 cores (docs/benchmarks.md#day-one). pip stays the fallback, and
+  # instead of pip's ~200 s on 2 cores (docs/benchmarks.md, "Day one"). pip stays the fallback, and
   # SFTGO_INSTALLER=pip forces it. uv reads UV_* settings, so the usual PIP_* ones are passed on.
   installed=0
   if [ "${SFTGO_INSTALLER:-uv}" = uv ] && .venv/bin/python -m pip install -q "$UV_PIN" 2>/dev/null; then
