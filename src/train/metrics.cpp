@@ -144,19 +144,20 @@ std::string format_duration(double s) {
   return os.str();
 }
 
-std::string progress_line(const StepMetrics& m, int64_t total_steps) {
+std::string progress_line(const StepMetrics& m, int64_t total_steps, bool with_lambda) {
   char buf[320];
   const double remaining =
       m.step > 0 ? m.elapsed_s / static_cast<double>(m.step) * static_cast<double>(total_steps - m.step) : -1;
   char gpu[64] = "";
   if (m.gpu_mem_reserved_gb >= 0)
     std::snprintf(gpu, sizeof gpu, " | GPU %.1f/%.1f GB", m.gpu_mem_allocated_gb, m.gpu_mem_reserved_gb);
-  std::snprintf(
-      buf, sizeof buf,
-      "step %lld/%lld | loss %.4f | ce %.4f | imp %.3f | unimp %.3f | lambda %.2f | lr %.2e | %.0f tok/s%s | ETA %s%s",
-      static_cast<long long>(m.step), static_cast<long long>(total_steps), m.loss, m.loss_ce, m.loss_imp, m.loss_unimp,
-      m.lambda, m.lr, m.tokens_per_s, gpu, format_duration(remaining).c_str(),
-      m.skipped ? " | SKIPPED (non-finite)" : "");
+  char lambda[32] = "";
+  if (with_lambda) std::snprintf(lambda, sizeof lambda, " | lambda %.2f", m.lambda);
+  std::snprintf(buf, sizeof buf,
+                "step %lld/%lld | loss %.4f | ce %.4f | imp %.3f | unimp %.3f%s | lr %.2e | %.0f tok/s%s | ETA %s%s",
+                static_cast<long long>(m.step), static_cast<long long>(total_steps), m.loss, m.loss_ce, m.loss_imp,
+                m.loss_unimp, lambda, m.lr, m.tokens_per_s, gpu, format_duration(remaining).c_str(),
+                m.skipped ? " | SKIPPED (non-finite)" : "");
   return buf;
 }
 

@@ -315,10 +315,10 @@ std::unique_ptr<MetricsLog> Trainer::Impl::open_run_files(bool resumed) {
 void Trainer::Impl::print_progress(const StepMetrics& m, bool tty) const {
   if (tty && is_rank0()) {
     std::fprintf(stderr, "\r\033[K%s %s", progress_bar(step, total_steps).c_str(),
-                 progress_line(m, total_steps).c_str());
+                 progress_line(m, total_steps, objective == loss::Objective::kSftGo).c_str());
     if (step == total_steps || m.skipped) std::fprintf(stderr, "\n");
   } else if (step % cfg.train.log_every == 0 || step == total_steps || m.skipped) {
-    log_info("{}", progress_line(m, total_steps));
+    log_info("{}", progress_line(m, total_steps, objective == loss::Objective::kSftGo));
   }
 }
 

@@ -88,6 +88,11 @@ TEST(Metrics, ProgressLineAndDurations) {
   m.elapsed_s = 20;
   EXPECT_NE(progress_line(m, 20).find("step 10/20"), std::string::npos);
   EXPECT_NE(progress_line(m, 20).find("ETA 20s"), std::string::npos);
+  m.lambda = 0.25;
+  EXPECT_NE(progress_line(m, 20).find(" | lambda 0.25 | lr "), std::string::npos);
+  // ce and rho1 runs: no lambda, the rest unchanged.
+  EXPECT_EQ(progress_line(m, 20, false).find("lambda"), std::string::npos);
+  EXPECT_NE(progress_line(m, 20, false).find(" | unimp 0.000 | lr "), std::string::npos);
   EXPECT_EQ(progress_bar(10, 20, 10), "[#####.....]  50%");
   EXPECT_EQ(progress_bar(20, 20, 4), "[####] 100%");
   EXPECT_EQ(progress_bar(0, 0, 4), "[....]   0%");

@@ -77,7 +77,9 @@ class MetricsLog {
 std::vector<std::string> read_metrics_lines(const std::string& path);
 
 // "step 12/300 | loss 2.3456 | ce 2.31 | imp 3.10 | unimp 1.95 | lambda 0.90 | 1.2k tok/s | ETA 4m10s"
-std::string progress_line(const StepMetrics& m, int64_t total_steps);
+// with_lambda: print lambda (only the sftgo objective weighs its groups by it; ce and rho1 runs would
+// show a number that does nothing).
+std::string progress_line(const StepMetrics& m, int64_t total_steps, bool with_lambda = true);
 // "[#######.............]  35%": the terminal's bar in front of progress_line.
 std::string progress_bar(int64_t step, int64_t total_steps, int width = 20);
 std::string format_duration(double seconds);
