@@ -71,7 +71,11 @@ if [ "$(cat .venv/.sftgo-requirements 2>/dev/null)" != "$REQ_HASH" ]; then
   # instead of pip's ~200 s on 2 cores (docs/benchmarks.md, "Day one"). pip stays the fallback, and
   # SFTGO_INSTALLER=pip forces it. uv reads UV_* settings, so the usual PIP_* ones are passed on.
   installed=0
-  if [ "${SFTGO_INSTALLER:-uv}" = uv ] && .venv/bin/python -m pip install -q "$UV_PIN" 2>/dev/null; then
+  uv_ok=0
+  if [ "${SFTGO_INSTALLER:-uv}" = uv ]; then
+    if .venv/bin/python -m pip install -q "$UV_PIN"; then uv_ok=1; else log "could not install $UV_PIN; using pip"; fi
+  fi
+  if ((uv_ok)); then
     if env ${PIP_INDEX_URL:+UV_INDEX_URL="${UV_INDEX_URL:-$PIP_INDEX_URL}"} \
         ${PIP_EXTRA_INDEX_URL:+UV_EXTRA_INDEX_URL="${UV_EXTRA_INDEX_URL:-$PIP_EXTRA_INDEX_URL}"} \
         ${PIP_CERT:+SSL_CERT_FILE="${SSL_CERT_FILE:-$PIP_CERT}"} \

@@ -313,12 +313,13 @@ std::unique_ptr<MetricsLog> Trainer::Impl::open_run_files(bool resumed) {
 }
 
 void Trainer::Impl::print_progress(const StepMetrics& m, bool tty) const {
+  const bool with_lambda = objective == loss::Objective::kSftGo;  // ce and rho1 do not use it
   if (tty && is_rank0()) {
     std::fprintf(stderr, "\r\033[K%s %s", progress_bar(step, total_steps).c_str(),
-                 progress_line(m, total_steps, objective == loss::Objective::kSftGo).c_str());
+                 progress_line(m, total_steps, with_lambda).c_str());
     if (step == total_steps || m.skipped) std::fprintf(stderr, "\n");
   } else if (step % cfg.train.log_every == 0 || step == total_steps || m.skipped) {
-    log_info("{}", progress_line(m, total_steps, objective == loss::Objective::kSftGo));
+    log_info("{}", progress_line(m, total_steps, with_lambda));
   }
 }
 
