@@ -1,112 +1,71 @@
+// sftgo::vformat hands the captured arguments to {fmt} (Debian's libfmt, the copy spdlog is built
+// with), so every placeholder, positional index and spec follows fmt's documented syntax and a bad
+// one is an error. This file is the only one that includes fmt: it is compiled in sftgo_core, which
+// has no LibTorch include directory, so <fmt/...> is Debian's and matches the linked library.
 #include "sftgo/core/format.h"
 
-#include <cstdio>
+#include <fmt/args.h>
+#include <fmt/format.h>
+
+#include "sftgo/core/error.h"
 
 namespace sftgo {
 namespace {
 
-std::string render(const FormatArg& a, std::string_view spec) {
-  // spec: [[fill]align][width][.precision][type]
-  char fill = ' ', align = 0, type = 0;
-  size_t i = 0;
-  if (spec.size() >= 2 && (spec[1] == '<' || spec[1] == '>' || spec[1] == '^')) {
-    fill = spec[0];
-    align = spec[1];
-    i = 2;
-  } else if (!spec.empty() && (spec[0] == '<' || spec[0] == '>' || spec[0] == '^')) {
-    align = spec[0];
-    i = 1;
-  }
-  bool zero_pad = false;  // "{:08.3f}", "{:016x}": numbers padded with zeros after the sign
-  if (!align && i < spec.size() && spec[i] == '0') {
-    zero_pad = true;
-    ++i;
-  }
-  int width = 0, precision = -1;
-  while (i < spec.size() && spec[i] >= '0' && spec[i] <= '9') width = width * 10 + (spec[i++] - '0');
-  if (i < spec.size() && spec[i] == '.') {
-    precision = 0;
-    ++i;
-    while (i < spec.size() && spec[i] >= '0' && spec[i] <= '9') precision = precision * 10 + (spec[i++] - '0');
-  }
-  if (i < spec.size()) type = spec[i];
-
-  char buf[64];
-  std::string out;
-  switch (a.kind) {
-    case FormatArg::Kind::kBool: out = a.i ? "true" : "false"; break;
-    case FormatArg::Kind::kInt:
-      std::snprintf(buf, sizeof buf, type == 'x' ? "%llx" : "%lld", static_cast<long long>(a.i));
-      out = buf;
-      break;
-    case FormatArg::Kind::kUint:
-      std::snprintf(buf, sizeof buf, type == 'x' ? "%llx" : "%llu", static_cast<unsigned long long>(a.u));
-      out = buf;
-      break;
-    case FormatArg::Kind::kDouble: {
-      char t = (type == 'f' || type == 'e' || type == 'g') ? type : 'g';
-      int p = precision >= 0 ? precision : (t == 'g' ? 6 : 6);
-      char f[8] = {'%', '.', '*', t, 0};
-      std::snprintf(buf, sizeof buf, f, p, a.d);
-      out = buf;
-      break;
-    }
-    case FormatArg::Kind::kString:
-      out = precision >= 0 && static_cast<size_t>(precision) < a.s.size() ? a.s.substr(0, precision) : a.s;
-      break;
-  }
-  if (zero_pad && a.kind != FormatArg::Kind::kString && static_cast<int>(out.size()) < width) {
-    const size_t sign = (!out.empty() && (out[0] == '-' || out[0] == '+')) ? 1 : 0;
-    out.insert(sign, static_cast<size_t>(width) - out.size(), '0');
-  }
-  if (static_cast<int>(out.size()) < width) {
-    const size_t pad = static_cast<size_t>(width) - out.size();
-    if (!align) align = (a.kind == FormatArg::Kind::kString || a.kind == FormatArg::Kind::kBool) ? '<' : '>';
-    if (align == '<')
-      out += std::string(pad, fill);
-    else if (align == '>')
-      out = std::string(pad, fill) + out;
-    else
-      out = std::string(pad / 2, fill) + out + std::string(pad - pad / 2, fill);
-  }
-  return out;
-}
+// A double whose default presentation is printf's %g with precision 6 ("34.7436", "1e-05"), as
+// sftgo's messages have always printed doubles; fmt's own default is the shortest round-trip form
+// ("0.30000000000000004"). An explicit type or precision ({:.2f}, {:e}, {:.3}) goes to fmt as written.
+struct GeneralDouble {
+  double value;
+};
 
 }  // namespace
+}  // namespace sftgo
 
-std::string vformat(std::string_view fmt, const std::vector<FormatArg>& args) {
-  std::string out;
-  out.reserve(fmt.size() + 16 * args.size());
-  size_t next = 0;
-  for (size_t i = 0; i < fmt.size(); ++i) {
-    const char c = fmt[i];
-    if (c == '{' && i + 1 < fmt.size() && fmt[i + 1] == '{') {
-      out += '{';
-      ++i;
-      continue;
-    }
-    if (c == '}' && i + 1 < fmt.size() && fmt[i + 1] == '}') {
-      out += '}';
-      ++i;
-      continue;
-    }
-    if (c != '{') {
-      out += c;
-      continue;
-    }
-    const size_t close = fmt.find('}', i);
-    if (close == std::string_view::npos) {
-      out.append(fmt.substr(i));
-      break;
-    }
-    std::string_view inner = fmt.substr(i + 1, close - i - 1);
-    std::string_view spec = inner.empty() ? inner : (inner[0] == ':' ? inner.substr(1) : inner);
-    // A missing argument prints the placeholder itself: a log line never throws.
-    out += next < args.size() ? render(args[next], spec) : std::string(fmt.substr(i, close - i + 1));
-    ++next;
-    i = close;
+template <>
+struct fmt::formatter<sftgo::GeneralDouble> : fmt::formatter<double> {
+  std::string spec_;  // kept alive: the base formatter may keep views into it
+
+  auto parse(fmt::format_parse_context& ctx) -> decltype(ctx.begin()) {
+    auto it = ctx.begin();
+    auto end = it;
+    while (end != ctx.end() && *end != '}' && *end != '{') ++end;
+    if (end != ctx.end() && *end == '{') return fmt::formatter<double>::parse(ctx);  // dynamic width
+    spec_.assign(it, end);
+    const bool has_type = !spec_.empty() && std::string_view("aAeEfFgG%").find(spec_.back()) != std::string_view::npos;
+    if (has_type) return fmt::formatter<double>::parse(ctx);
+    if (spec_.find('.') == std::string::npos) spec_ += ".6";
+    spec_ += "g}";
+    fmt::format_parse_context sub(spec_);
+    fmt::formatter<double>::parse(sub);
+    return end;
   }
-  return out;
+  auto format(sftgo::GeneralDouble d, fmt::format_context& ctx) const -> decltype(ctx.out()) {
+    return fmt::formatter<double>::format(d.value, ctx);
+  }
+};
+
+namespace sftgo {
+
+std::string vformat(std::string_view fmt_str, const std::vector<FormatArg>& args) {
+  fmt::dynamic_format_arg_store<fmt::format_context> store;
+  store.reserve(args.size(), 0);
+  for (const FormatArg& a : args) {
+    switch (a.kind) {
+      case FormatArg::Kind::kBool: store.push_back(a.i != 0); break;
+      case FormatArg::Kind::kInt: store.push_back(a.i); break;
+      case FormatArg::Kind::kUint: store.push_back(a.u); break;
+      case FormatArg::Kind::kDouble: store.push_back(GeneralDouble{a.d}); break;
+      case FormatArg::Kind::kString: store.push_back(fmt::string_view(a.s)); break;
+    }
+  }
+  try {
+    return fmt::vformat(fmt::string_view(fmt_str.data(), fmt_str.size()), store);
+  } catch (const fmt::format_error& e) {
+    // A programming error in sftgo, not in the user's input: say which string and why.
+    SFTGO_FAIL(ErrorKind::kInternal, "bad format string \"", fmt_str, "\" with ", args.size(),
+               " argument(s): ", e.what());
+  }
 }
 
 }  // namespace sftgo

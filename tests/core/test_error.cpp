@@ -48,9 +48,39 @@ TEST(Format, PlaceholdersSpecsAndBraces) {
   EXPECT_EQ(format("{:.2f}|{:.3e}|{:5}|{:<5}|{:^7}|{:x}", 3.14159, 12345.0, 42, "ab", "mid", 255),
             "3.14|1.234e+04|   42|ab   |  mid  |ff");
   EXPECT_EQ(format("{{}} {} {}", true, std::string("s")), "{} true s");
-  EXPECT_EQ(format("{} {}", 1), "1 {}");  // a missing argument never throws
   EXPECT_EQ(format("{}", uint64_t{18446744073709551615ull}), "18446744073709551615");
   EXPECT_EQ(format("{:08.3f}|{:016x}|{:05}", 3.5, 255, -42), "0003.500|00000000000000ff|-0042");
+}
+
+// Issue 24: positional indices were ignored, so the groups page read "Grouping function 30, top 356%"
+// and ended in a literal "{5}". The same string as src/grouping/cli.cpp's page, shortened.
+TEST(Format, PositionalIndicesRepeatAndReorder) {
+  EXPECT_EQ(format("<title>{0}</title><h1>{0}, top {1}%</h1><p>{2} examples; {3:.2f}%, {4:.2f}%</p>{5}", "tfidf", 30,
+                   size_t{356}, 34.74361, 12.5, "<h2>x</h2>"),
+            "<title>tfidf</title><h1>tfidf, top 30%</h1><p>356 examples; 34.74%, 12.50%</p><h2>x</h2>");
+  EXPECT_EQ(format("{1}{0}{1}", "a", "b"), "bab");
+  EXPECT_EQ(format("{0:>6.1f}|{0:e}", 2.375), "   2.4|2.375000e+00");
+}
+
+// Doubles without a type keep printf's %g (six significant digits), as every message always showed.
+TEST(Format, DoublesDefaultToGeneralSixDigits) {
+  EXPECT_EQ(format("{} {} {} {} {}", 34.74361234, 1e-5, 0.1 + 0.2, 1e6, 2.0), "34.7436 1e-05 0.3 1e+06 2");
+  EXPECT_EQ(format("{:>8}|{:.3}|{:<5}|", 2.5, 3.14159, 1.0f), "     2.5|3.14|1    |");
+}
+
+// A placeholder fmt cannot render is a programming error: it throws, naming the string, instead of
+// printing the placeholder (the old formatter's silent output).
+TEST(Format, BadPlaceholdersThrowNamingTheString) {
+  for (const char* bad : {"{} {}", "{2}", "{:.2f}", "{0} {}", "{", "x }", "{:q}", "{:d}"}) {
+    const bool is_string_arg = std::string_view(bad) == "{:d}";
+    try {
+      const std::string s = is_string_arg ? format(bad, "text") : format(bad, 7);
+      ADD_FAILURE() << bad << " gave '" << s << "'";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInternal) << bad;
+      EXPECT_NE(e.message().find(std::string("\"") + bad + "\""), std::string::npos) << e.message();
+    }
+  }
 }
 
 TEST(Timer, PhaseTimesAccumulate) {

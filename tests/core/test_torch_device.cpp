@@ -5,6 +5,7 @@
 #include <torch/cuda.h>
 
 #include "sftgo/core/error.h"
+#include "sftgo/core/format.h"
 #include "sftgo/core/torch_device.h"
 
 namespace sftgo {
@@ -60,6 +61,12 @@ TEST(TorchDevice, Dtypes) {
   // dtype_name reads back what parse_dtype takes (and HF's torch_dtype for float16).
   for (const char* name : {"float32", "bfloat16"}) EXPECT_STREQ(dtype_name(parse_dtype(name, "x")), name);
   EXPECT_STREQ(dtype_name(c10::kHalf), "float16");
+}
+
+// sftgo::format from a LibTorch target, whose include path holds LibTorch's own fmt 12: the header
+// captures arguments only, and Debian's fmt in libsftgo_core renders them (docs/architecture.md).
+TEST(Format, WorksInALibTorchTranslationUnit) {
+  EXPECT_EQ(format("{1} {0:.2f} {2}", 0.123, "x", c10::Device(c10::kCPU)), "x 0.12 cpu");
 }
 
 }  // namespace

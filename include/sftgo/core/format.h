@@ -1,7 +1,12 @@
-// A small "{}"-style formatter for log messages. sftgo's headers must not include fmt or spdlog:
-// LibTorch ships its own (newer) fmt headers, which clash with Debian's fmt that spdlog uses.
-// Supports "{}" and "{:[fill]align? width? .precision? type?}" with align < > ^ and type d x f e g s;
-// "{{" and "}}" are literal braces.
+// sftgo::format(fmt, args...): {fmt}'s syntax ("{}", "{0}", "{:>8.3f}", "{{"), rendered by {fmt} itself
+// (Debian's libfmt, the copy spdlog is built with) in format.cpp. A bad placeholder or spec (a missing
+// argument, "{:.2f}" on an integer, mixed "{}" and "{0}") throws sftgo::Error(kInternal).
+// Doubles without a type print as printf's %g ("34.7436"), not fmt's shortest form.
+// This header stays free of fmt on purpose: every LibTorch target has torch's include directory on its
+// path, and that directory holds LibTorch's own, newer fmt (12.x), which would shadow Debian's fmt 9
+// headers while Debian's library is linked. Arguments are captured here and formatted in one
+// LibTorch-free translation unit. Why not LibTorch's fmt for everything: Debian's spdlog 1.10 does not
+// compile against fmt 12 (docs/architecture.md, "Three traps of the PyPI LibTorch").
 #pragma once
 
 #include <cstdint>
