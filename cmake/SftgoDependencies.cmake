@@ -87,9 +87,10 @@ endif()
 # TorchConfig appends its flags to CMAKE_CXX_FLAGS globally; keep them, they carry the ABI define.
 if(SFTGO_HAVE_CUDA)
   # Set after TorchConfig, which warns about (and ignores) it; our own kernels use it.
-  if(NOT DEFINED SFTGO_CUDA_ARCHITECTURES)
-    set(SFTGO_CUDA_ARCHITECTURES 90)  # H100/H200, the GPUs this project runs on
-  endif()
+  # A100 (sm_80), H100/H200 (sm_90), Blackwell B200/GB200 (sm_100): the GPUs docs/gpu.md names. Each
+  # gets its machine code and PTX (later GPUs JIT the newest PTX). CUDA 13's nvcc knows compute_75 to
+  # compute_121 (`nvcc --list-gpu-arch`; sm_70 and older were dropped).
+  set(SFTGO_CUDA_ARCHITECTURES "80;90;100" CACHE STRING "GPU architectures sftgo's CUDA kernels are built for")
   set(CMAKE_CUDA_ARCHITECTURES ${SFTGO_CUDA_ARCHITECTURES})
 endif()
 message(STATUS "sftgo: LibTorch ${Torch_VERSION}, CUDA kernels ${SFTGO_HAVE_CUDA}")
