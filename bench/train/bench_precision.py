@@ -48,7 +48,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     tok = Path(args.tokenizer) if args.tokenizer else ROOT.parent / "shared/data/llama3"
-    extra = []
+    extra = ["--set", "model.vocab_size=128256"]  # Llama-3's ids (configs/demo_tiny.yaml has the demo tokenizer's)
     if not (tok / "tokenizer.json").exists():
         tok = ROOT / "data/demo/tokenizer"
         extra = ["--set", "model.vocab_size=1408"]  # the demo tokenizer's ids

@@ -56,7 +56,10 @@ Paths resolve_paths(const std::string& path) {
     SFTGO_CHECK_HINT(fs::exists(p.json, ec), ErrorKind::kIo, "pass the model directory or its tokenizer.json",
                      "no tokenizer.json in directory ", path);
   } else {
-    SFTGO_CHECK_HINT(fs::exists(path, ec), ErrorKind::kIo, "pass the model directory or its tokenizer.json",
+    // The hint names the tokenizer every clone has, so a config pointing at a missing one has a way out.
+    SFTGO_CHECK_HINT(fs::exists(path, ec), ErrorKind::kIo,
+                     "pass the model directory or its tokenizer.json; a small Llama-3-style tokenizer ships in "
+                     "data/demo/tokenizer (with model.vocab_size: 1408)",
                      "tokenizer file not found: ", path);
     p.json = path;
     dir = fs::path(path).parent_path();
