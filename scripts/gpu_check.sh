@@ -30,12 +30,12 @@ env            5  environment: GPU, driver, clocks, torch/CUDA/NCCL versions, sf
 loss_cuda     35  CUDA loss kernels (fp32, bf16, V = 128256) against the fp64 CPU oracle (test_loss)
 nccl          10  NCCL collectives on a one-rank group (test_dist NcclSmoke)
 sftgo_3b      85  SFT-GO at the Llama-3.2-3B shape, bf16, seq 4096, checkpointing, TF-IDF: loss.scope step and microbatch
-lora_8b       45  LoRA at the Llama-3.1-8B shape, one GPU: peak memory against docs/lora.md, tokens/s
+lora_8b       40  LoRA at the Llama-3.1-8B shape, one GPU: peak memory against docs/lora.md, tokens/s
 loss_sftgo    25  sftgo fused loss fwd+bwd at 8192 x 3072 x 128256 bf16 (bench_loss)
-loss_peers    45  the same loss: eager PyTorch CE, Liger fused linear CE, cut-cross-entropy, bf16 GEMM probe
+loss_peers    55  the same loss: eager PyTorch CE, Liger fused linear CE, cut-cross-entropy, bf16 GEMM probe
 train_peer    45  one 3B-shaped training job in a transformers loop (Liger loss where it imports)
 score         15  sftgo-train score against transformers, fp32 and bf16
-trainer       55  3-step jobs, no warm-up: plain, fp32-master and ZeRO-1 updaters, CUDA vs CPU, loss and grad norm
+trainer       50  3-step jobs, no warm-up: plain, fp32-master and ZeRO-1 updaters, CUDA vs CPU, loss and grad norm
 resume        20  save after step 2, resume to step 4: losses equal the uninterrupted run (deterministic)
 grouping      30  LLMLingua-2 masks and Rho-1 reference losses, GPU against CPU, separate caches
 sanitizer     30  compute-sanitizer memcheck and racecheck on the loss kernels
@@ -270,7 +270,7 @@ check_nccl() {
 
 # ---- sftgo_3b -----------------------------------------------------------------------------------------------
 # The 3B job: random weights (model.path empty), the Llama-3 tokenizer (128256 ids), 32 chat examples
-# of ~4100 tokens truncated at 4096, micro-batch 2, 4 micro-batches per step, 3 steps.
+# of ~4300 tokens truncated at 4096, micro-batch 2, 4 micro-batches per step, 3 steps.
 BIG_ARGS=()
 check_sftgo_3b() {
   local name3="SFT-GO llama3.2-3b shape, seq 4096"
@@ -281,11 +281,12 @@ check_sftgo_3b() {
     return
   fi
   begin sftgo_3b || return
-  $HELP long-data "$W/long.jsonl" 32 3600 > /dev/null
+  $HELP long-data "$W/long.jsonl" 32 4300 > /dev/null
   BIG_ARGS=(--set model.path= --set tokenizer.path="$TOK3" --set data.path="$W/long.jsonl" --set data.format=chat
     --set data.cache_dir="$W/cache_big" --set train.log_every=1 --set train.save_every=0 --set data.packing=false
     --set optim.warmup_steps=0)
-  (while sleep 1; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; done) > "$LOGS/gpu_mem_samples.log" 2>&1 &
+  # Memory, SM clock and power once a second while the 3B jobs run: the clocks the numbers were taken at.
+  (while sleep 1; do nvidia-smi --query-gpu=memory.used,clocks.sm,power.draw --format=csv,noheader,nounits; done) > "$LOGS/gpu_samples.log" 2>&1 &
   SAMPLER=$!
   local scope s_step s_micro
   for scope in step microbatch; do
@@ -303,15 +304,16 @@ check_sftgo_3b() {
   done
   kill "$SAMPLER" 2> /dev/null
   SAMPLER=""
-  local smi_peak r
-  smi_peak=$(sort -n "$LOGS/gpu_mem_samples.log" 2> /dev/null | tail -1)
+  local smi_peak r clocks
+  smi_peak=$(cut -d, -f1 "$LOGS/gpu_samples.log" 2> /dev/null | sort -n | tail -1)
+  clocks=$(cut -d, -f2 "$LOGS/gpu_samples.log" 2> /dev/null | sort -n | awk '{v[NR] = $1} END {if (NR) printf "SM clock median %d MHz (min %d, max %d)", v[int((NR + 1) / 2)], v[1], v[NR]}')
   if [ -n "${s_step:-}" ] && [ -n "${s_micro:-}" ] && [ "$s_step" != None ] && [ "$s_micro" != None ]; then
     r=$("$PY" -c "print(f'{$s_step / $s_micro:.3f}')")
     # With checkpointing a step is ~4 forward-equivalents (forward, recompute, backward = 2); scope step
     # adds one no-grad forward: ~1.25 expected, 1.4 leaves room for the group statistics' sync.
     le "$r" 1.4 && st=pass || st=FAIL
     record "loss.scope step / microbatch step time" "$st" "$r ($s_step s / $s_micro s)" "<= 1.4 (1.25 expected)" \
-      "nvidia-smi peak ${smi_peak:-?} MiB over both runs"
+      "nvidia-smi peak ${smi_peak:-?} MiB; ${clocks:-no clock samples} over both runs"
   else
     record "loss.scope step / microbatch step time" FAIL "a run gave no step time" "<= 1.4" "logs/train_3b_*.log"
   fi
@@ -325,7 +327,7 @@ check_lora_8b() {
     return
   fi
   begin lora_8b || return
-  [ -f "$W/long.jsonl" ] || $HELP long-data "$W/long.jsonl" 32 3600 > /dev/null
+  [ -f "$W/long.jsonl" ] || $HELP long-data "$W/long.jsonl" 32 4300 > /dev/null
   train lora_8b cuda --config "$ROOT/configs/lima_llama8b_tfidf_lora.yaml" --set model.path= --set tokenizer.path="$TOK3" \
     --set data.path="$W/long.jsonl" --set data.format=chat --set data.cache_dir="$W/cache_big" --set train.log_every=1 \
     --set train.save_every=0 --set train.max_steps=3 --set train.global_batch_size=4 --set optim.warmup_steps=0

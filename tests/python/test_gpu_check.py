@@ -226,7 +226,7 @@ def test_gpu_check_plan_lists_the_slots_the_budget_uses(tmp_path):
         assert re.search(rf"^check_{check}\(\) {{", text, re.M), check  # each planned check exists
     # The budget logic reads the same table: with 20 s and slot scale 1, the env check (5 s) runs, the
     # 85 s 3B check would not fit (on a CPU it records its "no GPU" row before asking), and the
-    # trainer check is skipped naming its 55 s slot.
+    # trainer check is skipped naming its slot.
     out = tmp_path / "kit"
     r = run_kit(out, "--quick", "--budget", "20", "--slot-scale", "1", timeout=300)
     rows = summary_rows((out / "summary.md").read_text())
