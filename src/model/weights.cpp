@@ -111,7 +111,9 @@ void save_pretrained(const LlamaModelImpl& model, const std::string& dir, const 
   io::ShardedWriteOptions w;
   w.max_shard_bytes = options.max_shard_bytes;
   w.metadata = {{"format", "pt"}};  // transformers checks for it
-  io::write_sharded_safetensors(dir, sources, w, {{"config.json", model.config().to_json(dtype_name(dtype))}});
+  std::map<std::string, std::string> files = options.extra_files;
+  files["config.json"] = model.config().to_json(dtype_name(dtype));
+  io::write_sharded_safetensors(dir, sources, w, files);
 }
 
 }  // namespace sftgo::model

@@ -223,9 +223,7 @@ def test_generate_and_eval_with_adapter_equal_the_merged_model(tmp_path):
     _, adapter = peft_adapter(tmp_path, base, ALL + ["lm_head"], r=8, alpha=16.0)
     merged = tmp_path / "merged"
     subprocess.run([str(SFTGO), "lora-merge", "--model", str(base), "--adapter", str(adapter), "--out", str(merged)],
-                   check=True, capture_output=True)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(demo_tok / f, merged / f)
+                   check=True, capture_output=True)  # lora-merge copies the base model's tokenizer files
 
     def run(*args):
         p = subprocess.run([str(SFTGO), *map(str, args)], capture_output=True, text=True)
@@ -297,3 +295,91 @@ def test_docs_lora_commands_run(tmp_path):
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "models" / "llama3.1-8b-merged")
     assert next(merged.parameters()).dtype == torch.bfloat16
     assert re.search(r"model.safetensors", " ".join(x.name for x in (tmp_path / "models" / "llama3.1-8b-merged").iterdir()))
+
+
+def tiny_base_with_tokenizer(tmp_path, extra_files=True):
+    """A tiny random Llama saved by transformers with the demo tokenizer saved beside it by
+    transformers too (tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json)."""
+    demo_tok = Path(__file__).resolve().parents[2] / "data" / "demo" / "tokenizer"
+    torch.manual_seed(8)
+    cfg = transformers.LlamaConfig(vocab_size=1408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                   max_position_embeddings=256, initializer_range=0.1, tie_word_embeddings=False,
+                                   bos_token_id=1335, eos_token_id=1336)
+    base = tmp_path / "base"
+    model = transformers.LlamaForCausalLM(cfg).float().eval()
+    model.generation_config.eos_token_id = [1336, 1337]
+    model.save_pretrained(base)
+    transformers.AutoTokenizer.from_pretrained(demo_tok).save_pretrained(base)
+    return base
+
+
+def test_merged_model_has_the_tokenizer(tmp_path):
+    """`lora-merge` output is a complete model directory: score/eval/generate --model OUT work with no
+    copying by hand, and transformers' AutoTokenizer + AutoModelForCausalLM load it."""
+    base = tiny_base_with_tokenizer(tmp_path)
+    assert (base / "special_tokens_map.json").exists() or (base / "tokenizer_config.json").exists()
+    _, adapter = peft_adapter(tmp_path, base, ALL, r=4, alpha=8.0)
+    assert not (adapter / "tokenizer.json").exists()  # PEFT saved no tokenizer: the base model's is taken
+    out = tmp_path / "merged"
+    p = subprocess.run([str(SFTGO), "lora-merge", "--model", str(base), "--adapter", str(adapter), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert f"tokenizer files copied from {base}" in p.stderr, p.stderr
+    # Every tokenizer/generation file of the base, byte for byte, beside config.json and the weights.
+    want = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+            "generation_config.json"} & {f.name for f in base.iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= want
+    have = {f.name for f in out.iterdir()}
+    assert want | {"config.json", "model.safetensors"} == have, have
+    for name in want:
+        assert (out / name).read_bytes() == (base / name).read_bytes(), name
+    # What a Hugging Face user does with it.
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    ref = transformers.AutoTokenizer.from_pretrained(base)
+    assert tok("Compute 8 * 5.")["input_ids"] == ref("Compute 8 * 5.")["input_ids"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert model.generation_config.eos_token_id == [1336, 1337]
+    # And with our own commands, no --tokenizer needed.
+    (tmp_path / "score.jsonl").write_text(json.dumps({"text": "Compute 8 * 5."}) + "\n")
+    p = subprocess.run([str(SFTGO), "score", "--model", str(out), "--data", str(tmp_path / "score.jsonl"), "--out",
+                        str(tmp_path / "scores.jsonl")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    row = json.loads((tmp_path / "scores.jsonl").read_text().splitlines()[0])
+    text_ids = tok.encode("Compute 8 * 5.", add_special_tokens=False)
+    assert row["ids"][-len(text_ids):] == text_ids and len(row["logprobs"]) == len(row["ids"]) - 1
+    (tmp_path / "arc.jsonl").write_text(json.dumps(
+        {"question": "What melts ice?", "answerKey": "1", "choices": {"text": ["heat", "cold"], "label": ["1", "2"]}})
+        + "\n")
+    p = subprocess.run([str(SFTGO), "eval", "--model", str(out), "--task", "arc_easy", "--data",
+                        str(tmp_path / "arc.jsonl"), "--device", "cpu"], capture_output=True, text=True)
+    assert p.returncode == 0 and "| arc_easy |" in p.stdout, p.stderr
+
+
+def test_merge_prefers_the_adapters_tokenizer_and_warns_when_there_is_none(tmp_path):
+    base = tiny_base_with_tokenizer(tmp_path)
+    _, adapter = peft_adapter(tmp_path, base, ["q_proj", "v_proj"])
+    # An adapter saved with its own tokenizer (PEFT users often save one beside it): that one is taken.
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (adapter / f).write_bytes((base / f).read_bytes())
+    cfg = json.loads((adapter / "tokenizer_config.json").read_text())
+    cfg["model_max_length"] = 77
+    (adapter / "tokenizer_config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "merged"
+    p = subprocess.run([str(SFTGO), "lora-merge", "--model", str(base), "--adapter", str(adapter), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and f"tokenizer files copied from {adapter}" in p.stderr, p.stderr
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 77
+    # A base without any tokenizer: the merge still succeeds, and says what is missing.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in base.iterdir():
+        if f.name in ("config.json", "model.safetensors"):
+            (bare / f.name).write_bytes(f.read_bytes())
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (adapter / f).unlink()
+    out2 = tmp_path / "merged2"
+    p = subprocess.run([str(SFTGO), "lora-merge", "--model", str(bare), "--adapter", str(adapter), "--out", str(out2)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and "has no tokenizer" in p.stderr and str(out2) in p.stderr, p.stderr
+    assert not (out2 / "tokenizer.json").exists() and (out2 / "config.json").exists()

@@ -12,6 +12,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -199,6 +200,8 @@ void load_hf_weights(LlamaModelImpl& model, const std::string& checkpoint_path);
 struct SaveOptions {
   uint64_t max_shard_bytes = 5'000'000'000;
   std::optional<c10::ScalarType> dtype;  // default: the model dtype
+  // More files of the directory (name -> content, e.g. the tokenizer's), written in the same atomic swap.
+  std::map<std::string, std::string> extra_files;
 };
 // Writes config.json + safetensors (sharded above max_shard_bytes, with index json) to `dir`,
 // atomically (io::write_sharded_safetensors); transformers.AutoModelForCausalLM loads it.
