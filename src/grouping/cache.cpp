@@ -79,7 +79,15 @@ void save_grouping_cache(const std::string& path, uint64_t key, const GroupingOu
 }
 
 std::optional<GroupingOutput> load_grouping_cache(const std::string& path, uint64_t key,
-                                                  const std::vector<data::TokenizedExample>& examples) {
+                                                  std::span<const data::TokenizedExample> examples) {
+  std::vector<size_t> lengths;
+  lengths.reserve(examples.size());
+  for (const auto& ex : examples) lengths.push_back(ex.ids.size());
+  return load_grouping_rows(path, key, lengths);
+}
+
+std::optional<GroupingOutput> load_grouping_rows(const std::string& path, uint64_t key,
+                                                 std::span<const size_t> lengths) {
   const std::optional<CacheFile> file = read_cache_file(path, CacheKind::kGroups, kGroupingCacheVersion, key);
   if (!file) return std::nullopt;
   auto reject = [&](const std::string& why) -> std::optional<GroupingOutput> {
@@ -89,7 +97,7 @@ std::optional<GroupingOutput> load_grouping_cache(const std::string& path, uint6
   Reader r{file->payload()};
   uint64_t n = 0, tokens = 0;
   if (!r.get(n) || !r.get(tokens)) return reject("payload shorter than its counts");
-  if (n != examples.size()) return reject(sftgo::format("{} examples, dataset has {}", n, examples.size()));
+  if (n != lengths.size()) return reject(sftgo::format("{} examples, dataset has {}", n, lengths.size()));
   const size_t payload_size = r.buf.size();
   if (tokens > payload_size || payload_size != 16 + n * 4 + tokens * 5) return reject("wrong payload size");
 
@@ -100,8 +108,7 @@ std::optional<GroupingOutput> load_grouping_cache(const std::string& path, uint6
   for (size_t i = 0; i < n; ++i) {
     uint32_t len = 0;
     r.get(len);
-    if (len != examples[i].ids.size())
-      return reject(sftgo::format("example {} has {} tokens, cache {}", i, examples[i].ids.size(), len));
+    if (len != lengths[i]) return reject(sftgo::format("example {} has {} tokens, cache {}", i, lengths[i], len));
     out.groups[i].resize(len);
     out.scores[i].resize(len);
     total += len;

@@ -10,7 +10,6 @@
 #include <filesystem>
 #include <mutex>
 #include <numeric>
-#include <unordered_map>
 
 #include <nlohmann/json.hpp>
 
@@ -405,40 +404,33 @@ class Llmlingua2Function final : public StaticGroupingFunction {
   }
 
   std::string name() const override { return "llmlingua2"; }
-  Requirements requirements() const override {
-    // corpus_statistics: fit() scores the whole dataset in classifier batches.
-    return {.corpus_statistics = true, .reference_model = true, .tokenizer = true};
-  }
+  Requirements requirements() const override { return {.reference_model = true, .tokenizer = true}; }
   std::string params() const override {
     return sftgo::format("model={:016x};sp={};window={};aggregation={};text=v1", module_hash_,
                          scorer_.meta().sentencepiece_sha256, scorer_.window(), opts_.llmlingua2_aggregation);
   }
 
-  void fit(const std::vector<data::TokenizedExample>& corpus) override {
-    std::vector<std::vector<Segment>> segs(corpus.size());
+  // All windows of all the examples go through the classifier in batches (Llmlingua2Scorer::words).
+  std::vector<std::vector<float>> score_many(std::span<const data::TokenizedExample> examples,
+                                             int /*threads*/) const override {
+    std::vector<std::vector<Segment>> segs(examples.size());
     std::vector<std::string> texts;
-    for (size_t i = 0; i < corpus.size(); ++i) {
-      segs[i] = segments_of(corpus[i], tok_);
+    for (size_t i = 0; i < examples.size(); ++i) {
+      segs[i] = segments_of(examples[i], tok_);
       for (const auto& s : segs[i]) texts.push_back(s.text);
     }
     const auto words = scorer_.words(texts);
-    precomputed_.clear();
-    precomputed_.reserve(corpus.size());
+    std::vector<std::vector<float>> out(examples.size());
     size_t k = 0;
-    for (size_t i = 0; i < corpus.size(); ++i) {
-      precomputed_.emplace(&corpus[i], scores_from(corpus[i], segs[i], words, k));
+    for (size_t i = 0; i < examples.size(); ++i) {
+      out[i] = scores_from(examples[i], segs[i], words, k);
       k += segs[i].size();
     }
+    return out;
   }
 
   std::vector<float> score(const data::TokenizedExample& ex) const override {
-    // fit() saw the same vector that compute_groups scores; anything else is scored on its own.
-    if (auto it = precomputed_.find(&ex); it != precomputed_.end() && it->second.size() == ex.ids.size())
-      return it->second;
-    const auto segs = segments_of(ex, tok_);
-    std::vector<std::string> texts;
-    for (const auto& s : segs) texts.push_back(s.text);
-    return scores_from(ex, segs, scorer_.words(texts), 0);
+    return std::move(score_many(std::span<const data::TokenizedExample>(&ex, 1), 1)[0]);
   }
 
  private:
@@ -456,7 +448,6 @@ class Llmlingua2Function final : public StaticGroupingFunction {
   const Tokenizer& tok_;
   Llmlingua2Scorer scorer_;
   uint64_t module_hash_ = 0;
-  std::unordered_map<const data::TokenizedExample*, std::vector<float>> precomputed_;
 };
 
 }  // namespace

@@ -2,7 +2,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <filesystem>
+#include <mutex>
 #include <thread>
 
 #include "sftgo/core/format.h"
@@ -12,6 +12,7 @@
 #include "sftgo/grouping/cache.h"
 #include "sftgo/grouping/grouping.h"
 #include "sftgo/grouping/pipeline.h"
+#include "sftgo/grouping/shard.h"
 
 namespace sftgo::grouping {
 namespace {
@@ -54,14 +55,21 @@ int resolve_threads(int requested) {
 
 GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& examples, const GroupingOptions& opts,
                               const Tokenizer* tok) {
-  return compute_groups(examples, opts, tok, true);
+  return compute_groups(examples, opts, tok, ShardJob{});
+}
+
+std::vector<std::vector<float>> StaticGroupingFunction::score_many(std::span<const data::TokenizedExample> examples,
+                                                                   int threads) const {
+  std::vector<std::vector<float>> out(examples.size());
+  parallel_for(examples.size(), resolve_threads(threads), [&](size_t i) { out[i] = score(examples[i]); });
+  return out;
 }
 
 // Making the function object loads no model: the LLMLingua-2 classifier is loaded by the first score
 // (grouping/llmlingua2_torch.h), so a cache hit never touches it, and `fn` going out of scope here
 // frees it (and its GPU memory) once the groups are computed.
 GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& examples, const GroupingOptions& opts,
-                              const Tokenizer* tok, bool compute_on_miss) {
+                              const Tokenizer* tok, const ShardJob& job) {
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
   for (const auto& ex : examples)
@@ -79,55 +87,47 @@ GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& example
                                         : opts.dataset_fingerprint;
     key = grouping_cache_key(fingerprint, fn->name(), fn->params(), opts.top_k_percent);
     cache_path = grouping_cache_path(opts.cache_dir, fn->name(), key);
-    if (auto cached = load_grouping_cache(cache_path, key, examples)) {
-      cached->from_cache = true;
-      cached->cache_path = cache_path;
-      cached->seconds = elapsed();
-      log_info("grouping: {} groups loaded from {} ({:.2f} s)", fn->name(), cache_path, cached->seconds);
-      return std::move(*cached);
-    }
   }
-  SFTGO_CHECK_HINT(compute_on_miss, ErrorKind::kIo,
-                   "rank 0 computes the groups and writes the cache before the other ranks read it: data.cache_dir "
-                   "must be a directory every rank sees (a shared filesystem across nodes)",
-                   "grouping: ", fn->name(), " groups are not in the cache ",
-                   cache_path.empty() ? std::string("(data.cache_dir is empty)") : cache_path,
-                   " and this process was told not to compute them");
-
-  GroupingOutput out;
-  if (fn->requirements().corpus_statistics) fn->fit(examples);
-  out.groups.resize(examples.size());
-  out.scores.resize(examples.size());
-  parallel_for(examples.size(), resolve_threads(opts.num_threads), [&](size_t i) {
-    const auto& ex = examples[i];
-    out.scores[i] = fn->score(ex);
-    SFTGO_CHECK(out.scores[i].size() == ex.ids.size(), ErrorKind::kInternal, "grouping function '", fn->name(),
-                "' returned ", out.scores[i].size(), " scores for ", ex.ids.size(), " tokens");
-    out.groups[i] = fn->groups(ex, out.scores[i], opts.top_k_percent);
-  });
+  // One share: corpus statistics come from every example (cheap; every rank fits them), the scoring
+  // and the selection only from the share's.
+  // Units are single examples in dataset order, so a share is a contiguous run of examples.
+  const ShardUnits units = per_example_units(examples);
+  bool fitted = false;
+  auto compute_share = [&](const ShardUnits& u, ShareRange r) {
+    if (!fitted && fn->requirements().corpus_statistics) fn->fit(examples);
+    fitted = true;
+    const size_t first = u.first(r.begin);
+    const std::span<const data::TokenizedExample> share(examples.data() + first, u.first(r.end) - first);
+    GroupingOutput part;
+    part.scores = fn->score_many(share, opts.num_threads);
+    SFTGO_CHECK(part.scores.size() == share.size(), ErrorKind::kInternal, "grouping function '", fn->name(),
+                "' returned ", part.scores.size(), " score rows for ", share.size(), " examples");
+    part.groups.resize(share.size());
+    parallel_for(share.size(), resolve_threads(opts.num_threads), [&](size_t i) {
+      SFTGO_CHECK(part.scores[i].size() == share[i].ids.size(), ErrorKind::kInternal, "grouping function '",
+                  fn->name(), "' returned ", part.scores[i].size(), " scores for ", share[i].ids.size(), " tokens");
+      part.groups[i] = fn->groups(share[i], part.scores[i], opts.top_k_percent);
+    });
+    return part;
+  };
+  GroupingOutput out = compute_sharded(examples, cache_path, key, job, units, compute_share, fn->name() + " groups");
   out.seconds = elapsed();
-  if (!cache_path.empty()) {
-    try {
-      std::filesystem::create_directories(opts.cache_dir);
-      save_grouping_cache(cache_path, key, out);
-      out.cache_path = cache_path;
-    } catch (const std::exception& e) {
-      // A read-only or full cache dir must not stop training; the groups are in memory.
-      log_warn("grouping: could not write cache {}: {}", cache_path, e.what());
-    }
-  }
-  log_info("grouping: {} groups for {} examples computed in {:.2f} s", fn->name(), examples.size(), out.seconds);
+  if (out.from_cache)
+    log_info("grouping: {} groups loaded from {} ({:.2f} s)", fn->name(), cache_path, out.seconds);
+  else
+    log_info("grouping: {} groups for {} examples computed in {:.2f} s{}", fn->name(), examples.size(), out.seconds,
+             job.world_size > 1 && !cache_path.empty() ? sftgo::format(" ({} ranks)", job.world_size) : "");
   return out;
 }
 
 GroupingOutput apply_grouping(std::vector<data::TokenizedExample>& examples, const GroupingOptions& opts,
                               const Tokenizer* tok, bool keep_scores) {
-  return apply_grouping(examples, opts, tok, keep_scores, true);
+  return apply_grouping(examples, opts, tok, keep_scores, ShardJob{});
 }
 
 GroupingOutput apply_grouping(std::vector<data::TokenizedExample>& examples, const GroupingOptions& opts,
-                              const Tokenizer* tok, bool keep_scores, bool compute_on_miss) {
-  auto out = compute_groups(examples, opts, tok, compute_on_miss);
+                              const Tokenizer* tok, bool keep_scores, const ShardJob& job) {
+  auto out = compute_groups(examples, opts, tok, job);
   for (size_t i = 0; i < examples.size(); ++i) {
     examples[i].groups = out.groups[i];
     if (keep_scores) examples[i].scores[kScoreKey] = out.scores[i];

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <numeric>
+#include <optional>
 
 #include "sftgo/core/error.h"
 #include "sftgo/core/format.h"
@@ -13,6 +15,7 @@
 #include "sftgo/core/timer.h"
 #include "sftgo/grouping/cache.h"
 #include "sftgo/grouping/dynamic.h"
+#include "sftgo/grouping/shard.h"
 #include "sftgo/model/config.h"
 #include "sftgo/model/llama.h"
 #include "sftgo/model/score.h"
@@ -76,6 +79,29 @@ std::string checkpoint_identity(const std::string& dir) {
 // grouping.rho1_reference_model value that names a LoRA run's own frozen base model as the reference.
 constexpr const char* kBaseReference = "base";
 
+// Padded tokens per reference forward (model::score_logprobs' default).
+constexpr int64_t kScoreBatchTokens = 8192;
+
+// The reference forwards as model::score_logprobs forms them: longest first, up to kScoreBatchTokens
+// padded tokens each. They are the units of the sharded scoring (shard.h), and each is scored by one
+// call, so an example gets the same bits whichever rank scores it and however many ranks there are.
+ShardUnits reference_batches(const std::vector<data::TokenizedExample>& examples) {
+  ShardUnits u;
+  u.order.resize(examples.size());
+  std::iota(u.order.begin(), u.order.end(), size_t{0});
+  std::stable_sort(u.order.begin(), u.order.end(),
+                   [&](size_t a, size_t b) { return examples[a].ids.size() > examples[b].ids.size(); });
+  for (size_t i = 0; i < u.order.size();) {
+    const size_t len = std::max<size_t>(1, examples[u.order[i]].ids.size());
+    const size_t batch = std::max<size_t>(1, static_cast<size_t>(kScoreBatchTokens) / len);
+    const size_t end = std::min(u.order.size(), i + batch);
+    u.ends.push_back(end);
+    u.costs.push_back((end - i) * len);
+    i = end;
+  }
+  return u;
+}
+
 // Rho-1 (Lin et al. 2024): the important tokens are the top-k% by excess loss, the training model's
 // current loss minus a frozen reference model's. The reference scores every example once (prepare);
 // the current loss is the training forward's own, handed over by the fused loss (select).
@@ -121,20 +147,19 @@ class Rho1Function final : public DynamicGroupingFunction {
                         base ? "lora-base:" + ctx.base_model_identity : checkpoint_identity(reference_));
       key = grouping_cache_key(fingerprint, "rho1-ref", params, 0.0);
       cache_path = grouping_cache_path(ctx.cache_dir, "rho1-ref", key);
-      // Data parallel: rank 0 scores and writes the cache; the others wait, then read it.
-      if (ctx.world_size > 1 && ctx.rank != 0 && ctx.barrier) ctx.barrier();
-      if (auto cached = load_grouping_cache(cache_path, key, examples)) {
-        for (size_t i = 0; i < examples.size(); ++i) examples[i].scores[kRefLossKey] = std::move(cached->scores[i]);
-        log_info("rho1: reference losses of {} for the {} loaded from {} ({:.2f}s)", reference_, ctx.what, cache_path,
-                 t.seconds());
-        if (ctx.world_size > 1 && ctx.rank == 0 && ctx.barrier) ctx.barrier();
-        return;
-      }
     }
-    score_with_reference(examples, ctx, cache_path, key);
-    if (!cache_path.empty() && ctx.world_size > 1 && ctx.rank == 0 && ctx.barrier) ctx.barrier();
-    log_info("rho1: reference model {} scored {} examples of the {} in {:.1f}s{}", reference_, examples.size(),
-             ctx.what, t.seconds(), cache_path.empty() ? "" : sftgo::format(" (cached in {})", cache_path));
+    // Data parallel with a cache: every rank scores its share, the shares are merged (shard.h).
+    GroupingOutput out = compute_sharded(
+        examples, cache_path, key, ctx.shard, reference_batches(examples),
+        [&](const ShardUnits& u, ShareRange r) { return reference_losses(examples, u, r, ctx); },
+        "Rho-1 reference losses");
+    for (size_t i = 0; i < examples.size(); ++i) examples[i].scores[kRefLossKey] = std::move(out.scores[i]);
+    if (out.from_cache)
+      log_info("rho1: reference losses of {} for the {} loaded from {} ({:.2f}s)", reference_, ctx.what, cache_path,
+               t.seconds());
+    else
+      log_info("rho1: reference model {} scored {} examples of the {} in {:.1f}s{}", reference_, examples.size(),
+               ctx.what, t.seconds(), cache_path.empty() ? "" : sftgo::format(" (cached in {})", cache_path));
   }
 
   int64_t important_count(const MicroBatchView& b) const override {
@@ -155,42 +180,33 @@ class Rho1Function final : public DynamicGroupingFunction {
   }
 
  private:
-  void score_with_reference(std::vector<data::TokenizedExample>& examples, const PrepareContext& ctx,
-                            const std::string& cache_path, uint64_t key) const {
-    model::ModelOptions mo;
-    mo.dtype = ctx.dtype;
-    mo.device = ctx.device;
-    mo.init_weights = false;
-    std::vector<std::vector<double>> logprobs;
-    std::vector<std::vector<int64_t>> seqs;
-    seqs.reserve(examples.size());
-    for (const auto& ex : examples) seqs.emplace_back(ex.ids.begin(), ex.ids.end());
-    if (reference_ == kBaseReference) {
-      logprobs = ctx.base_model_logprobs(seqs);
-    } else {
-      model::LlamaModel ref = model::load_pretrained(reference_, mo);  // released at the end of the scope
-      logprobs = model::score_logprobs(*ref, seqs);
+  // Entry t of an example's scores is the reference loss of predicting token t (0 at t = 0); its
+  // groups are unused (0). Rows in units.order; one scoring call per unit (one forward batch). The
+  // reference model is loaded only here, so a cache hit never loads it.
+  GroupingOutput reference_losses(const std::vector<data::TokenizedExample>& examples, const ShardUnits& units,
+                                  ShareRange share, const PrepareContext& ctx) const {
+    std::optional<model::LlamaModel> ref;  // released at the end of the call
+    if (reference_ != kBaseReference) {
+      model::ModelOptions mo;
+      mo.dtype = ctx.dtype;
+      mo.device = ctx.device;
+      mo.init_weights = false;
+      ref = model::load_pretrained(reference_, mo);
     }
     GroupingOutput out;
-    for (size_t i = 0; i < examples.size(); ++i) {
-      auto& ex = examples[i];
-      std::vector<float> loss(ex.ids.size(), 0.0f);
-      for (size_t k = 1; k < ex.ids.size(); ++k) loss[k] = static_cast<float>(-logprobs[i][k - 1]);
-      if (!cache_path.empty()) {
-        out.groups.emplace_back(ex.ids.size(), kGroupOther);
-        out.scores.push_back(loss);
-      }
-      ex.scores[kRefLossKey] = std::move(loss);
-    }
-    if (!cache_path.empty() && ctx.rank == 0) {
-      try {
-        std::filesystem::create_directories(ctx.cache_dir);
-        save_grouping_cache(cache_path, key, out);
-      } catch (const std::exception& e) {
-        // A read-only or full cache dir must not stop training: the losses are in memory.
-        log_warn("rho1: could not write cache {}: {}", cache_path, e.what());
+    for (size_t u = share.begin; u < share.end; ++u) {
+      std::vector<std::vector<int64_t>> seqs;
+      for (size_t k = units.first(u); k < units.ends[u]; ++k)
+        seqs.emplace_back(examples[units.order[k]].ids.begin(), examples[units.order[k]].ids.end());
+      const auto logprobs = ref ? model::score_logprobs(**ref, seqs, kScoreBatchTokens) : ctx.base_model_logprobs(seqs);
+      for (size_t k = 0; k < seqs.size(); ++k) {
+        std::vector<float> loss(seqs[k].size(), 0.0f);
+        for (size_t t = 1; t < seqs[k].size(); ++t) loss[t] = static_cast<float>(-logprobs[k][t - 1]);
+        out.groups.emplace_back(seqs[k].size(), kGroupOther);
+        out.scores.push_back(std::move(loss));
       }
     }
+    return out;
   }
 
   double k_;

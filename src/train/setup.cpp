@@ -56,6 +56,18 @@ void use_deterministic_gpu_kernels() {
   log_info("train.deterministic: deterministic GPU kernels, math attention");
 }
 
+// This rank's place in the sharded preparation of grouping caches (grouping/shard.h). The ranks wait
+// for each other's part files, not in a collective; a dead peer still ends the job through the
+// watchdog (no heartbeat for dist.timeout_s), a live one that is too slow after wait_timeout_s plus
+// twice this rank's own share time.
+grouping::ShardJob shard_job(int rank, int world, const Config& cfg) {
+  grouping::ShardJob job;
+  job.rank = rank;
+  job.world_size = world;
+  job.wait_timeout_s = cfg.dist.timeout_s;
+  return job;
+}
+
 UpdaterKind updater_kind(const Config& cfg, Precision precision) {
   if (cfg.dist.zero1) return UpdaterKind::kZero1;
   return precision == Precision::kBf16 ? UpdaterKind::kFp32Masters : UpdaterKind::kPlain;
@@ -146,8 +158,8 @@ void Trainer::Impl::load_data() {
            dataset.from_cache ? " (from cache)" : "");
 }
 
-// Static functions group the whole dataset now (through the on-disk cache: with several ranks, rank 0
-// computes it and the others read it); dynamic ones are kept and choose groups at every step.
+// Static functions group the whole dataset now (through the on-disk cache: with several ranks, each
+// computes a share and the shares are merged); dynamic ones are kept and choose groups at every step.
 void Trainer::Impl::prepare_groups() {
   if (cfg.grouping.function == "none") {
     SFTGO_CHECK(objective == loss::Objective::kCe, ErrorKind::kConfig, "loss.objective '", cfg.loss.objective,
@@ -161,13 +173,7 @@ void Trainer::Impl::prepare_groups() {
   grouping_fn.reset();  // the pipeline builds its own (and loads a classifier only on a cache miss)
   SFTGO_CHECK(cfg.grouping.selection == "sequence", ErrorKind::kConfig,
               "grouping.selection 'batch' is only supported by dynamic functions (rho1) so far; use 'sequence'");
-  // Several ranks with a cache: rank 0 computes and writes it, the others only read it afterwards (a
-  // classifier such as LLMLingua-2's is then loaded once per job, not once per rank).
-  const bool shared_cache = world > 1 && !g.cache_dir.empty();
-  if (shared_cache && rank != 0) comm->barrier();
-  auto out = grouping::apply_grouping(dataset.examples, g, &*tok, /*keep_scores=*/false,
-                                      /*compute_on_miss=*/!shared_cache || rank == 0);
-  if (shared_cache && rank == 0) comm->barrier();
+  auto out = grouping::apply_grouping(dataset.examples, g, &*tok, /*keep_scores=*/false, shard_job(rank, world, cfg));
   std::vector<std::vector<uint8_t>> masks;
   masks.reserve(dataset.examples.size());
   for (const auto& ex : dataset.examples) masks.push_back(ex.groups);
@@ -203,9 +209,7 @@ void Trainer::Impl::prepare_dynamic(std::vector<data::TokenizedExample>& example
   ctx.vocab_size = model->config().vocab_size;
   ctx.cache_dir = cfg.data.cache_dir;
   ctx.what = what;
-  ctx.rank = rank;
-  ctx.world_size = world;
-  if (world > 1) ctx.barrier = [this] { comm->barrier(); };
+  ctx.shard = shard_job(rank, world, cfg);
   if (model::has_lora(*model)) {
     // The frozen base model (adapters off) can serve as the reference: no second model in memory.
     ctx.base_model_identity =
@@ -290,7 +294,7 @@ void Trainer::Impl::prepare_eval() {
       for (auto& ex : eval_set.examples) ex.groups = scorer.groups(ex, scorer.score(ex), g.top_k_percent);
     } else {
       fn.reset();
-      grouping::apply_grouping(eval_set.examples, g, &*tok);
+      grouping::apply_grouping(eval_set.examples, g, &*tok, /*keep_scores=*/false, shard_job(rank, world, cfg));
     }
   }
   log_info("eval data {}: {} examples, {} trained tokens", cfg.data.eval_path, eval_set.stats.examples,

@@ -233,34 +233,7 @@ TEST(Cache, RoundTripAndCorruption) {
   remove_tree(dir);
 }
 
-// Data parallel (issue 15, item 2): rank 0 computes and writes the cache, the other ranks only read
-// it (compute_on_miss = false) and never score: on a miss they stop with an error naming the file.
-TEST(Cache, ReaderRanksReadTheCacheAndNeverCompute) {
-  const auto dir = temp_dir("cache_ranks");
-  std::vector<TokenizedExample> ex;
-  for (int i = 0; i < 6; ++i) ex.push_back(make_example({1, 2, 3, i + 4, i + 5}, 1, i));
-  GroupingOptions o;
-  o.function = "tfidf";
-  o.cache_dir = dir;
-  o.dataset_fingerprint = "ds-ranks";
-  try {
-    compute_groups(ex, o, nullptr, /*compute_on_miss=*/false);
-    ADD_FAILURE() << "a reader rank computed the groups";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kIo);
-    EXPECT_NE(std::string(e.what()).find("are not in the cache " + dir), std::string::npos) << e.what();
-  }
-  const auto rank0 = apply_grouping(ex, o, nullptr, false, /*compute_on_miss=*/true);
-  EXPECT_FALSE(rank0.from_cache);
-  std::vector<TokenizedExample> other = ex;
-  for (auto& e : other) e.groups.clear();
-  const auto rank1 = apply_grouping(other, o, nullptr, false, /*compute_on_miss=*/false);
-  EXPECT_TRUE(rank1.from_cache);
-  for (size_t i = 0; i < ex.size(); ++i) EXPECT_EQ(other[i].groups, ex[i].groups) << i;
-  o.cache_dir.clear();  // no cache at all: a reader cannot read anything
-  EXPECT_THROW(compute_groups(ex, o, nullptr, false), Error);
-  remove_tree(dir);
-}
+// Data parallel: tests/grouping/test_shard.cpp.
 
 TEST(Cache, NonStaticFunctionIsRejected) {
   GroupingOptions o;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,9 @@ void save_grouping_cache(const std::string& path, uint64_t key, const GroupingOu
 // nullopt with a warning saying why (missing is silent) when the file is unusable or does not match
 // the examples' lengths.
 std::optional<GroupingOutput> load_grouping_cache(const std::string& path, uint64_t key,
-                                                  const std::vector<data::TokenizedExample>& examples);
+                                                  std::span<const data::TokenizedExample> examples);
+// The same, for rows of the given token counts (a part file of shard.h holds a share's rows).
+std::optional<GroupingOutput> load_grouping_rows(const std::string& path, uint64_t key,
+                                                 std::span<const size_t> lengths);
 
 }  // namespace sftgo::grouping

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "sftgo/grouping/grouping.h"
+#include "sftgo/grouping/shard.h"
 
 namespace sftgo::grouping {
 
@@ -25,11 +26,9 @@ struct PrepareContext {
   int64_t vocab_size = 0;               // the trained model's vocabulary (a reference model must match)
   std::string cache_dir;                // "" = no on-disk cache
   std::string what = "training data";   // for log lines
-  // Data parallel: with a cache, rank 0 computes and writes it while the others wait in barrier()
-  // and then read it, so an expensive preparation runs once per job instead of once per rank.
-  int rank = 0;
-  int world_size = 1;
-  std::function<void()> barrier;  // empty = world 1
+  // Data parallel: with a cache, every rank prepares its share of the examples and the shares are
+  // merged through the cache (shard.h: compute_sharded), so an N-rank job prepares N times faster.
+  ShardJob shard;
   // LoRA runs: the frozen base model (adapters off) scores token sequences, so it can be the reference
   // without a second model in memory; empty otherwise. Log-probs as model::score_logprobs returns them.
   std::function<std::vector<std::vector<double>>(const std::vector<std::vector<int64_t>>&)> base_model_logprobs;

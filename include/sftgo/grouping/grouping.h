@@ -53,7 +53,7 @@ struct GroupingOptions {
 
 // What a function needs before it can score; the trainer uses this to decide what to load.
 struct Requirements {
-  bool corpus_statistics = false;   // fit() must see the whole training set
+  bool corpus_statistics = false;   // fit() must see the whole training set (every rank fits it)
   bool reference_model = false;     // a second (frozen) model scores tokens (LLMLingua-2, Rho-1)
   bool current_model_loss = false;  // needs the training model's per-token loss: selected per step
   bool tokenizer = false;           // needs the Llama tokenizer (text spans)
@@ -84,6 +84,11 @@ class StaticGroupingFunction : public GroupingFunction {
   // Per-token importance, ex.ids.size() long; only trained positions are meaningful (others 0).
   // Must be thread-safe after fit().
   virtual std::vector<float> score(const data::TokenizedExample& ex) const = 0;
+  // score() of each example of a run (the pipeline calls this, on one rank's share of a dataset); a
+  // function that batches a model over many examples (LLMLingua-2) overrides it. Default: score() on
+  // `threads` workers (0 = all cores).
+  virtual std::vector<std::vector<float>> score_many(std::span<const data::TokenizedExample> examples,
+                                                     int threads) const;
   // The group mask of one sequence from its score() output; default: select_top_k.
   virtual std::vector<uint8_t> groups(const data::TokenizedExample& ex, std::span<const float> scores,
                                       double k_percent) const;
@@ -114,6 +119,9 @@ using GroupingFactory =
 // Throws kInternal when the name is taken.
 void register_grouping_function(const std::string& name, GroupingFactory factory);
 std::vector<std::string> grouping_function_names();  // sorted
+// Throws sftgo::Error(kConfig) naming the registered functions (and the nearest) when `name` is not one;
+// make_grouping_function and `sftgo-train config` both check with it.
+void check_grouping_function_name(const std::string& name);
 // Throws sftgo::Error(kConfig) naming the registered functions and the closest one.
 std::unique_ptr<GroupingFunction> make_grouping_function(const GroupingOptions& opts, const Tokenizer* tok = nullptr);
 
