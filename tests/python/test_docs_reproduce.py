@@ -90,6 +90,12 @@ def sandbox(tmp_path_factory):
         (sb / ".venv").symlink_to(ROOT / ".venv")
     (sb / "data").mkdir()
     (sb / "data/demo").symlink_to(ROOT / "data/demo")
+    (sb / "data/eval").mkdir()
+    (sb / "data/eval/samples").symlink_to(ROOT / "data/eval/samples")
+    # evaluation.md's offline commands score the demo's model (what scripts/demo.sh leaves): a tiny one.
+    subprocess.run([str(BIN), "--config", "configs/demo_tiny.yaml", *sum((["--set", s] for s in ter.TINY_SETS), []),
+                    "--set", "run.output_dir=runs/demo_tiny"], cwd=sb, check=True, capture_output=True)
+    assert (sb / "runs/demo_tiny/checkpoints/latest/tokenizer.json").exists()
     (sb / "data/lima").mkdir()
     convs = []
     for line in (ROOT / "data/demo/demo_sft.jsonl").read_text().splitlines()[:40]:
@@ -132,6 +138,7 @@ def test_every_documented_command_runs(sandbox):
     sb = sandbox
     env_vars = {}
     ran = []
+    offline = set()  # tasks the offline section evaluated on data/eval/samples
     lm_eval_help = help_flags([str(ROOT / ".venv/bin/lm_eval"), "run", "--help"]) if (ROOT / ".venv/bin/lm_eval").exists() else None
     hf_help = help_flags([str(ROOT / ".venv/bin/hf"), "download", "--help"]) if (ROOT / ".venv/bin/hf").exists() else None
     curl_help = help_flags(["curl", "--help", "all"])
@@ -182,7 +189,13 @@ def test_every_documented_command_runs(sandbox):
         elif prog == "build/bin/sftgo-train":
             sub = words[1] if not words[1].startswith("-") else "train"
             extra = tiny_sets(sb) if sub in ("train", "data", "groups") else []
-            run_in(sb, words + extra)
+            p = run_in(sb, words + extra)
+            data = words[words.index("--data") + 1] if "--data" in words else ""
+            if sub == "eval" and data.startswith("data/eval/samples/"):
+                task = words[words.index("--task") + 1]
+                n = len((ROOT / data).read_text().splitlines())
+                assert re.search(rf"^\| {task} \| \d+ \| {n} \| acc", p.stdout, re.M), (cmd, p.stdout)
+                offline.add(task)
             if sub == "train" and "configs/lima_llama3b_sft.yaml" in words:
                 # The page's second plot compares with the TF-IDF row: train it the same way.
                 run_in(sb, [words[0], "--config", "configs/lima_llama3b_tfidf.yaml"] + extra)
@@ -201,5 +214,11 @@ def test_every_documented_command_runs(sandbox):
     assert (sb / "sft_vs_tfidf.png").exists()
     tables = (sb / "results/tables.md").read_text()
     assert "## Table 1: LIMA" in tables and "## Table 4" in tables
-    assert {p.name for p in (sb / "data/eval").iterdir()} == {f"{f}.jsonl" for f in HUB.values()}
+    assert {p.name for p in (sb / "data/eval").iterdir()} == {f"{f}.jsonl" for f in HUB.values()} | {"samples"}
+    # The offline commands on data/eval/samples: one per task format, every document scored.
+    assert offline == {"arc_challenge", "openbookqa", "hellaswag", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2",
+                       "mathqa"}, offline
+    res = json.loads((sb / "mathqa.json").read_text())
+    assert res["docs"] == len((ROOT / "data/eval/samples/mathqa.jsonl").read_text().splitlines())
+    assert len((sb / "mathqa_docs.jsonl").read_text().splitlines()) == res["docs"]
     assert len(ran) == len(commands)

@@ -304,3 +304,53 @@ def test_bad_task_files_name_the_line(tmp_path):
     p = subprocess.run([str(BIN), "eval", "--model", str(model_dir), "--task", "arc_chalenge", "--data", str(bad)],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "did you mean 'arc_challenge'" in p.stderr, p.stderr  # usage error
+
+
+# ---- data/eval/samples: the shipped offline sample files, read by lm_eval's own task definitions ----
+SAMPLES = ROOT / "data" / "eval" / "samples"
+
+
+@pytest.mark.parametrize("task,yaml_rel,file,metrics", [
+    ("arc_challenge", "arc/arc_challenge.yaml", "arc_challenge.jsonl", ["acc", "acc_norm"]),
+    ("openbookqa", "openbookqa/openbookqa.yaml", "openbookqa.jsonl", ["acc", "acc_norm"]),
+    ("hellaswag", "hellaswag/hellaswag.yaml", "hellaswag.jsonl", ["acc", "acc_norm"]),
+    ("truthfulqa_mc1", "truthfulqa/truthfulqa_mc1.yaml", "truthfulqa_mc.jsonl", ["acc"]),
+    ("truthfulqa_mc2", "truthfulqa/truthfulqa_mc2.yaml", "truthfulqa_mc.jsonl", ["acc"]),
+    ("mathqa", "mathqa/mathqa.yaml", "mathqa.jsonl", ["acc", "acc_norm"]),
+])
+def test_sample_files_match_lm_eval(setup, task, yaml_rel, file, metrics):
+    """Each shipped sample file is in its dataset's schema: lm_eval's task reads it unchanged and gets
+    the prompts, log-likelihoods and metrics `eval` gets. Every choice is a distinct non-empty string
+    and the gold answer one of them (what a hand-written file could get wrong)."""
+    data = SAMPLES / file
+    rows = [json.loads(l) for l in data.read_text().splitlines()]
+    assert 4 <= len(rows) <= 10
+    theirs, t_samples = run_lm_eval(setup["lm"], lm_eval_task(yaml_rel, {"test": data}), 0)
+    ours, o_samples = run_ours(setup, task, data)
+    assert ours["docs"] == len(rows)
+    compare_samples(t_samples, o_samples, mc2=task == "truthfulqa_mc2")
+    compare_metrics(theirs, ours, metrics)
+    for o in o_samples:
+        assert len(set(o["choices"])) == len(o["choices"]) >= 2 and all(c.strip() for c in o["choices"])
+
+
+@pytest.mark.parametrize("shots", [0, 5])
+def test_mmlu_sample_files_match_lm_eval(setup, shots):
+    test, dev = SAMPLES / "mmlu.jsonl", SAMPLES / "mmlu_dev.jsonl"
+    rows = [json.loads(l) for l in test.read_text().splitlines()]
+    dev_rows = [json.loads(l) for l in dev.read_text().splitlines()]
+    ours, o_samples = run_ours(setup, "mmlu", test, shots=shots, fewshot=dev)
+    t_samples = []
+    for subject in dict.fromkeys(r["subject"] for r in rows):
+        assert sum(r["subject"] == subject for r in dev_rows) == 5  # 5-shot needs five dev questions per subject
+        sub_test = write_jsonl(setup["dir"] / f"sample_{subject}_test.jsonl", [r for r in rows if r["subject"] == subject])
+        sub_dev = write_jsonl(setup["dir"] / f"sample_{subject}_dev.jsonl", [r for r in dev_rows if r["subject"] == subject])
+        res, samples = run_lm_eval(setup["lm"], lm_eval_task(f"mmlu/default/mmlu_{subject}.yaml",
+                                                             {"test": sub_test, "dev": sub_dev}), shots)
+        assert ours["groups"][f"mmlu_{subject}"]["value"] == pytest.approx(res["acc,none"], abs=1e-9)
+        t_samples += samples
+    by_context = {o["context"]: o for o in o_samples}
+    assert len(by_context) == len(rows) == len(t_samples)
+    for t in t_samples:  # lm_eval ran per subject: match documents by their prompt
+        ctx = t["arguments"][0][0]
+        compare_samples([t], [by_context[ctx]])
