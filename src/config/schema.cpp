@@ -33,8 +33,10 @@ std::vector<Field> fields_of(Config& c) {
   add("tokenizer.path", c.tokenizer.path, "Directory with tokenizer.json (+ tokenizer_config.json), or the file");
 
   add("model.preset", c.model.preset,
-      "Architecture preset when no checkpoint is given, and the shape checked against one")
-      .one_of({"tiny", "llama3.2-1b", "llama3.2-3b", "llama3.1-8b", "llama3.1-70b"});
+      "Architecture preset when no checkpoint is given. With model.path, a preset set in the config (and any "
+      "model.* shape override) must match the checkpoint's config.json, else training stops naming the "
+      "differences; auto = the checkpoint's shape, whatever the overrides say (tiny without model.path)")
+      .one_of({"tiny", "llama3.2-1b", "llama3.2-3b", "llama3.1-8b", "llama3.1-70b", "auto"});
   add("model.path", c.model.path,
       "Hugging Face checkpoint directory to fine-tune; empty = random init from the preset");
   add("model.dtype", c.model.dtype, "Parameter dtype").one_of({"float32", "bfloat16"});

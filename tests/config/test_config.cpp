@@ -54,6 +54,69 @@ TEST(Config, UnknownKeyNamesFileLineAndSuggestion) {
   EXPECT_NE(msg.find("c.yaml:1"), std::string::npos) << msg;
 }
 
+// Issue 24: "optim.learning_rate" suggested optim.warmup_ratio (nearest spelling). Suggestions now come
+// from the names other trainers use, then the same name in another section, then shared words.
+TEST(Config, UnknownKeySuggestsFromOtherTrainersNamesAndWords) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"optim.learning_rate", "optim.lr"},
+      {"learning_rate", "optim.lr"},
+      {"train.learning_rate", "optim.lr"},
+      {"optim.lr_scheduler_type", "optim.schedule"},
+      {"optim.lr_scheduler", "optim.schedule"},
+      {"train.per_device_train_batch_size", "train.micro_batch_size"},
+      {"train.gradient_accumulation_steps", "train.global_batch_size"},
+      {"train.batch_size", "train.global_batch_size"},
+      {"train.num_train_epochs", "train.epochs"},
+      {"train.num_epochs", "train.epochs"},
+      {"data.max_seq_length", "data.max_seq_len"},
+      {"train.max_seq_length", "data.max_seq_len"},
+      {"data.max_length", "data.max_seq_len"},
+      {"data.cutoff_len", "data.max_seq_len"},
+      {"optim.warmup_steps_count", "optim.warmup_steps"},  // shared words
+      {"train.warmup_steps", "optim.warmup_steps"},       // same name, other section
+      {"train.weight_decay", "optim.weight_decay"},
+      {"optim.max_grad_norm", "optim.grad_clip"},
+      {"optim.adam_beta1", "optim.beta1"},
+      {"optim.adam_epsilon", "optim.eps"},
+      {"train.logging_steps", "train.log_every"},
+      {"train.save_steps", "train.save_every"},
+      {"train.save_total_limit", "train.keep_last"},
+      {"train.bf16", "train.precision"},
+      {"model.gradient_checkpointing", "model.activation_checkpointing"},
+      {"model.model_name_or_path", "model.path"},
+      {"model.num_hidden_layers", "model.num_layers"},
+      {"model.num_attention_heads", "model.num_heads"},
+      {"model.num_key_value_heads", "model.num_kv_heads"},
+      {"lora.lora_r", "lora.rank"},
+      {"lora.r", "lora.rank"},
+      {"lora.lora_alpha", "lora.alpha"},
+      {"data.dataset", "data.path"},
+      {"run.output-dir", "run.output_dir"},
+      {"optim.lr_rate", "optim.lr"},              // shared word "lr"
+      {"optim.weight_decya", "optim.weight_decay"},  // a typo: nearest spelling
+      {"train.save_evry", "train.save_every"},
+  };
+  for (const auto& [given, expected] : cases) {
+    SCOPED_TRACE(given);
+    const std::string msg = config_error([&] { load_config("", {std::string(given) + "=1"}); });
+    EXPECT_NE(msg.find(std::string("unknown config key '") + given + "'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(std::string("did you mean '") + expected + "'"), std::string::npos) << msg;
+  }
+  // The same from a YAML file, with its line.
+  const std::string msg = config_error([] { load_config_text("optim:\n  learning_rate: 1e-4\n", "c.yaml"); });
+  EXPECT_NE(msg.find("c.yaml:2: unknown config key 'optim.learning_rate' (hint: did you mean 'optim.lr'?)"),
+            std::string::npos)
+      << msg;
+  // Accumulation has no key of its own: the hint says how the global batch covers it.
+  const std::string acc = config_error([] { load_config("", {"gradient_accumulation_steps=4"}); });
+  EXPECT_NE(acc.find("micro_batch_size x ranks"), std::string::npos) << acc;
+  // A name several sections share lists them all; nothing close gives the generic hint.
+  const std::string path = config_error([] { load_config("", {"optim.path=x"}); });
+  EXPECT_NE(path.find("'tokenizer.path' or 'model.path' or 'data.path'"), std::string::npos) << path;
+  const std::string none = config_error([] { load_config("", {"optim.zzzzqqqq=1"}); });
+  EXPECT_NE(none.find("see docs/config.md"), std::string::npos) << none;
+}
+
 TEST(Config, TypeAndRangeErrors) {
   std::string msg = config_error([] { load_config_text("train:\n  epochs: three\n", "c.yaml"); });
   EXPECT_NE(msg.find("c.yaml:2"), std::string::npos) << msg;
@@ -97,6 +160,35 @@ TEST(Config, CrossFieldValidation) {
   config_error([] { load_config_text("loss:\n  lambda_min: 0.9\n  lambda_max: 0.1\n", "c.yaml"); });
   config_error([] { load_config_text("train:\n  global_batch_size: 10\n  micro_batch_size: 4\n", "c.yaml"); });
   config_error([] { load_config_text("grouping:\n  function: none\nloss:\n  objective: sftgo\n", "c.yaml"); });
+}
+
+// The trainer's set-up checks that need only the config also fail `sftgo-train config` (issue 24).
+TEST(Config, TrainerChecksRunAtLoad) {
+  std::string msg = config_error(
+      [] { load_config("", {"train.precision=bf16_autocast", "model.dtype=bfloat16"}); });
+  EXPECT_NE(msg.find("bf16_autocast keeps fp32 weights"), std::string::npos) << msg;
+  msg = config_error([] { load_config("", {"train.eval_every=10"}); });
+  EXPECT_NE(msg.find("data.eval_path is empty"), std::string::npos) << msg;
+  EXPECT_NO_THROW(load_config("", {"train.eval_every=10", "data.eval_path=x.jsonl"}));
+}
+
+// The resume warning lists each changed key with both values; bookkeeping keys and keys the saved
+// config predates are left out (issue 24).
+TEST(Config, ChangesAgainstASavedConfig) {
+  const LoadedConfig saved = load_config("", {"optim.lr=2e-5", "train.max_steps=4", "run.name=a"});
+  const std::string yaml = config_to_yaml(saved.config);
+  EXPECT_TRUE(config_changes(yaml, saved.config).empty());
+  const LoadedConfig now = load_config("", {"optim.lr=3e-5", "train.max_steps=8", "run.name=b",
+                                            "train.log_every=5", "train.save_every=2", "data.cache_dir=/tmp/c"});
+  EXPECT_EQ(config_changes(yaml, now.config),
+            (std::vector<std::string>{"run.name: \"a\" -> \"b\"", "optim.lr: 2e-05 -> 3e-05",
+                                      "train.max_steps: 4 -> 8"}));
+  // A key added to sftgo after the checkpoint was saved is not a change.
+  std::string older = yaml;
+  const auto at = older.find("  lambda_min:");
+  older.erase(at, older.find('\n', at) - at + 1);
+  EXPECT_TRUE(config_changes(older, saved.config).empty()) << older;
+  EXPECT_EQ(config_changes("- not a mapping", now.config).size(), 1u);
 }
 
 TEST(Config, YamlRoundTrip) {
