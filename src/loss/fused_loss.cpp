@@ -32,6 +32,7 @@
 // (memory-bound passes), and by skipping ignored (prompt) tokens entirely. The forward alone (eval,
 // no_grad) does 1 matmul. A groups_hook (Rho-1) always takes two passes: the groups, hence the
 // coefficients, come from this forward's losses.
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -389,6 +390,24 @@ void grad_hidden_mm(at::Tensor& out, const at::Tensor& g, const at::Tensor& w, b
   }
 }
 
+// acc [V, H] fp32 += g^T @ h for a block of a bf16/fp16 one-pass loss: g [C, V], h [C, H]. On CUDA one GEMM
+// writes fp32 (beta = 1 into the accumulator: nothing rounded before the sum). Where that GEMM does not
+// exist (the CPU) the block's product is rounded once into `scratch` [V, H] (the gradient's own buffer)
+// and added in fp32: one rounding per block still, but the running sum no longer loses small blocks.
+void add_block_grad_w(at::Tensor& acc, at::Tensor& scratch, const at::Tensor& g, const at::Tensor& h) {
+  static std::atomic<bool> fp32_gemm{true};
+  if (acc.is_cuda() && fp32_gemm.load()) {
+    try {
+      at::addmm_out(acc, acc, g.t(), h, at::kFloat);
+      return;
+    } catch (const c10::Error&) {
+      fp32_gemm = false;  // this LibTorch's addmm has no fp32 output for these inputs: the portable way
+    }
+  }
+  at::mm_out(scratch, g.t(), h);
+  acc.add_(scratch);
+}
+
 // View of the first rows * cols elements of a flat buffer as a contiguous [rows, cols] matrix, so one
 // allocation serves every block including the narrower last one.
 at::Tensor block_view(const at::Tensor& flat, int64_t rows, int64_t cols) {
@@ -596,11 +615,13 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
     at::Tensor loss = at::empty({n}, f32);                       // [N]
     // grad_h rows are written once (one GEMM over the whole vocabulary per token block), straight into
     // the [T, H] result (through a [rows, H] buffer and a scatter when tokens are ignored); grad_W sums
-    // over token blocks in its own dtype (for bf16: one rounding per block, see docs/loss.md).
+    // over token blocks, for bf16 in an fp32 [V, H] buffer rounded once at the end (see docs/loss.md).
     const bool gather = tr.rows.defined();
     at::Tensor grad_h;  // [T, H]
     if (call.need_h) grad_h = gather ? at::zeros({t, h}, hidden.options()) : at::empty({t, h}, hidden.options());
     at::Tensor grad_w = call.need_w ? at::empty_like(weight) : at::Tensor();  // [V, H]
+    const bool fp32_sum = call.need_w && weight.scalar_type() != at::kFloat && n > rows;
+    at::Tensor grad_w32 = fp32_sum ? at::zeros({vocab, h}, f32) : at::Tensor();  // [V, H] fp32
     const at::Tensor flat = at::empty({rows * vocab}, hidden.options());      // [rows, V] buffer
     // [rows, H] buffers for the gathered hidden rows and their gradient (only when tokens are ignored).
     const at::Tensor h_flat = gather ? at::empty({rows * h}, hidden.options()) : at::Tensor();
@@ -625,13 +646,19 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
         grad_hidden_mm(out, logits, weight, false);  // [nr, V] @ [V, H]
         if (gather) grad_h.index_copy_(0, pos, out);
       }
-      if (call.need_w) {
+      if (fp32_sum) {
+        add_block_grad_w(grad_w32, grad_w, logits, h_rows);
+      } else if (call.need_w) {
         if (r0 == 0) {
           at::mm_out(grad_w, logits.t(), h_rows);  // [V, nr] @ [nr, H]
         } else {
           grad_w.addmm_(logits.t(), h_rows);
         }
       }
+    }
+    if (fp32_sum) {
+      grad_w.copy_(grad_w32);  // the one rounding
+      grad_w32 = at::Tensor();
     }
     const GroupStats stats = local_stats(loss, tr.groups, n);
     if (options.check_numerics && !std::isfinite(stats.total_loss())) {

@@ -129,8 +129,12 @@ void Trainer::Impl::resume_from(const std::string& dir) {
   SFTGO_CHECK_HINT(st.step <= total_steps, ErrorKind::kConfig,
                    "resume with train.max_steps (or train.epochs) at least the checkpoint's step, or start a new run",
                    dir, " is at step ", st.step, " but this run has only ", total_steps, " optimizer steps");
-  if (st.config_yaml != config_to_yaml(cfg))
-    log_warn("resuming {} with a config that differs from the one it was saved with", dir);
+  if (st.config_yaml != config_to_yaml(cfg)) {
+    const auto changes = config_changes(st.config_yaml, cfg);  // one line per key: old -> new
+    if (!changes.empty())
+      log_warn("resuming {} with a config that differs from the one it was saved with:\n  {}", dir,
+               join(changes, "\n  "));
+  }
   model::load_hf_weights(*model, dir);
   if (model::has_lora(*model)) model::load_lora_adapter(*model, (fs::path(dir) / "adapter").string());
   updater->resume(dir);
