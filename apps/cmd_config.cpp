@@ -29,6 +29,7 @@ void register_config_command(CLI::App& app, std::function<int()>& selected) {
         return 0;
       }
       LoadedConfig loaded = load_config(args->path, args->overrides);
+      validate_run_config(loaded);  // what training would refuse, `config` refuses too
       std::string yaml = config_to_yaml(loaded.config);
       std::cout << (args->yaml ? yaml : config_table(loaded));
       if (!args->write.empty()) write_file_atomic(args->write, yaml);

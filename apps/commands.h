@@ -8,6 +8,10 @@
 #include <string>
 #include <vector>
 
+namespace sftgo {
+struct LoadedConfig;
+}
+
 namespace sftgo::apps {
 
 // Exit codes (docs/operations.md): 0 only for a complete job; 1 a reported error naming the file,
@@ -34,6 +38,11 @@ void register_commands(CLI::App& app, std::function<int()>& selected);
 
 // The default job: train from a config.
 int run_train(const TrainArgs& args);
+
+// The checks of a loaded config that need more than the config module: grouping.function is
+// registered, model.preset and the model.* shape overrides match model.path's config.json; warns
+// about LoRA on a random base. Training and `sftgo-train config` both run it.
+void validate_run_config(const LoadedConfig& loaded);
 
 const char* libtorch_version();
 

@@ -35,6 +35,22 @@ std::string version_text() {
   return s;
 }
 
+// "rank 1: " under a multi-process launch (known once training has read its config), else "".
+std::string rank_prefix() {
+  return sftgo::log_world_size() > 1 ? "rank " + std::to_string(sftgo::log_rank()) + ": " : "";
+}
+
+// LibTorch's exceptions carry a C++ backtrace after the message ("Exception raised from ...",
+// "frame #0: ..."); it helps no user, so only the message is printed.
+std::string without_backtrace(const char* what) {
+  std::string s(what);
+  for (const char* marker : {"\nException raised from ", "\nframe #"}) {
+    const auto at = s.find(marker);
+    if (at != std::string::npos) s.resize(at);
+  }
+  return s;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -74,7 +90,7 @@ int main(int argc, char** argv) {
     }
     return sftgo::apps::run_train(train);
   } catch (const sftgo::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s%s\n", rank_prefix().c_str(), e.what());
     sftgo::log_debug("raised at {}", e.where());
     return e.kind() == sftgo::ErrorKind::kUsage ? kExitUsage : kExitError;
   } catch (const std::filesystem::filesystem_error& e) {
@@ -86,7 +102,7 @@ int main(int argc, char** argv) {
                  paths.empty() ? "filesystem" : paths.c_str(), e.code().message().c_str());
     return kExitError;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "internal error: %s\n", e.what());
+    std::fprintf(stderr, "internal error: %s%s\n", rank_prefix().c_str(), without_backtrace(e.what()).c_str());
     return kExitInternal;
   }
 }

@@ -52,6 +52,15 @@ std::vector<std::string> grouping_function_names() {
   return names;
 }
 
+void check_grouping_function_name(const std::string& name) {
+  const auto names = grouping_function_names();
+  if (std::find(names.begin(), names.end(), name) != names.end()) return;
+  const auto close = closest_match(name, names);
+  SFTGO_FAIL_HINT(ErrorKind::kConfig,
+                  close.empty() ? "set grouping.function to one of the registered names" : "did you mean '" + close + "'?",
+                  "unknown grouping function '", name, "'; registered: ", join(names, ", "));
+}
+
 std::unique_ptr<GroupingFunction> make_grouping_function(const GroupingOptions& opts, const Tokenizer* tok) {
   GroupingFactory factory;
   {
@@ -60,14 +69,8 @@ std::unique_ptr<GroupingFunction> make_grouping_function(const GroupingOptions& 
     auto it = r.factories.find(opts.function);
     if (it != r.factories.end()) factory = it->second;
   }
-  if (!factory) {
-    const auto names = grouping_function_names();
-    const auto close = closest_match(opts.function, names);
-    SFTGO_FAIL_HINT(
-        ErrorKind::kConfig,
-        close.empty() ? "set grouping.function to one of the registered names" : "did you mean '" + close + "'?",
-        "unknown grouping function '", opts.function, "'; registered: ", join(names, ", "));
-  }
+  if (!factory) check_grouping_function_name(opts.function);
+  SFTGO_CHECK(static_cast<bool>(factory), ErrorKind::kInternal, "grouping function '", opts.function, "' has no factory");
   auto fn = factory(opts, tok);
   SFTGO_CHECK(fn != nullptr, ErrorKind::kInternal, "grouping factory '", opts.function, "' returned null");
   SFTGO_CHECK_HINT(!fn->requirements().tokenizer || tok != nullptr, ErrorKind::kUsage,

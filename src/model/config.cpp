@@ -227,7 +227,9 @@ std::vector<std::string> LlamaConfig::preset_names() {
   return {"llama3.2-1b", "llama3.2-3b", "llama3.1-8b", "llama3.1-70b", "tiny"};
 }
 
-LlamaConfig LlamaConfig::preset(const std::string& name) {
+LlamaConfig LlamaConfig::preset(const std::string& requested) {
+  // model.preset auto: the checkpoint's shape when there is one; without one, the demo's.
+  const std::string name = requested == "auto" ? "tiny" : requested;
   LlamaConfig c;  // defaults are the shared Llama 3.x values (vocab, theta, eps, kv heads)
   c.bos_token_id = 128000;
   c.eos_token_ids = {128001, 128008, 128009};  // <|end_of_text|>, <|eom_id|>, <|eot_id|>
@@ -257,10 +259,62 @@ LlamaConfig LlamaConfig::preset(const std::string& name) {
     c.max_position_embeddings = 2048;
     c.rope_scaling->original_max_position_embeddings = 256;
   } else {
-    SFTGO_FAIL_HINT(ErrorKind::kConfig, "presets: llama3.2-1b, llama3.2-3b, llama3.1-8b, llama3.1-70b, tiny",
+    SFTGO_FAIL_HINT(ErrorKind::kConfig, "presets: llama3.2-1b, llama3.2-3b, llama3.1-8b, llama3.1-70b, tiny, auto",
                     "unknown model preset '", name, "'");
   }
   return c;
+}
+
+namespace {
+
+struct ShapeField {
+  const char* hf_name;   // config.json's name
+  const char* key;       // the sftgo override key
+  int64_t LlamaConfig::*member;
+  int64_t ShapeRequest::*override_value;
+};
+constexpr ShapeField kShapeFields[] = {
+    {"num_hidden_layers", "model.num_layers", &LlamaConfig::num_hidden_layers, &ShapeRequest::num_layers},
+    {"hidden_size", "model.hidden_size", &LlamaConfig::hidden_size, &ShapeRequest::hidden_size},
+    {"intermediate_size", "model.intermediate_size", &LlamaConfig::intermediate_size, &ShapeRequest::intermediate_size},
+    {"num_attention_heads", "model.num_heads", &LlamaConfig::num_attention_heads, &ShapeRequest::num_heads},
+    {"num_key_value_heads", "model.num_kv_heads", &LlamaConfig::num_key_value_heads, &ShapeRequest::num_kv_heads},
+    {"vocab_size", "model.vocab_size", &LlamaConfig::vocab_size, &ShapeRequest::vocab_size},
+};
+
+bool same_shape(const LlamaConfig& a, const LlamaConfig& b) {
+  for (const auto& f : kShapeFields)
+    if (a.*(f.member) != b.*(f.member)) return false;
+  return true;
+}
+
+}  // namespace
+
+void check_checkpoint_shape(const LlamaConfig& checkpoint, const std::string& source, const ShapeRequest& want) {
+  if (want.preset == "auto") return;  // the whole shape comes from the checkpoint, overrides included
+  const bool use_preset = !want.preset.empty();
+  const LlamaConfig preset = use_preset ? LlamaConfig::preset(want.preset) : LlamaConfig{};
+  std::string diffs;
+  for (const auto& f : kShapeFields) {
+    const int64_t override_value = want.*(f.override_value);
+    if (override_value <= 0 && !use_preset) continue;
+    const int64_t asked = override_value > 0 ? override_value : preset.*(f.member);
+    const int64_t have = checkpoint.*(f.member);
+    if (asked == have) continue;
+    if (!diffs.empty()) diffs += ", ";
+    diffs += std::string(f.hf_name) + " " + std::to_string(asked) + " (" +
+             (override_value > 0 ? std::string(f.key) : "model.preset " + want.preset) + ") vs " +
+             std::to_string(have);
+  }
+  if (diffs.empty()) return;
+  std::string matching;
+  for (const auto& name : LlamaConfig::preset_names())
+    if (same_shape(LlamaConfig::preset(name), checkpoint)) matching = name;
+  std::string hint = "with model.path the shape comes from its config.json: set model.preset: auto (it then "
+                     "ignores the model.* shape overrides)";
+  if (!matching.empty()) hint += ", or " + matching + ", the preset it matches";
+  SFTGO_FAIL_HINT(ErrorKind::kConfig, hint, "model.path ", source, " is not the model the config describes: ", diffs,
+                  " (config vs checkpoint)");
 }
 
 }  // namespace sftgo::model

@@ -229,6 +229,27 @@ def test_dead_or_hung_rank_ends_the_job(tmp_path, victim, how):
     assert weights(ck)
 
 
+def test_run_refused_by_rank_0_is_one_clean_error_under_mpirun(tmp_path):
+    """Issue 24: rank 0 refuses a run (its output dir holds one); rank 1 printed LibTorch's TCPStore
+    backtrace and "stop requested; saving a checkpoint" although it never trained, and both ranks
+    printed the config table. Now: the table once, rank 0's one error line, rank 1 one line at most."""
+    train(tmp_path, steps=1)
+    for attempt in range(3):  # the race between rank 0's exit and rank 1's rendezvous, a few times
+        cmd = mpirun_cmd(2) + [str(BIN)] + args(tmp_path, steps=1)
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+        out = p.stdout + p.stderr
+        assert p.returncode == 1, out
+        assert "frame #" not in out and "Exception raised from" not in out and "TCPStore" not in out, out
+        assert "stop requested" not in out and "saving a checkpoint" not in out, out
+        assert out.count("demo_tiny.yaml:\nkey ") == 1 and out.count("\nkey ") == 1, out  # one table, rank 0's
+        errors = [l for l in out.splitlines() if l.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith("error: rank 0: run.output_dir") and \
+            "already holds a run" in errors[0], out
+        others = [l for l in out.splitlines() if l.startswith("sftgo-train: rank 1")]
+        assert len(others) <= 1, out
+        assert "internal error" not in out, out
+
+
 def test_killed_rank_under_mpirun_leaves_no_process(tmp_path):
     cmd = mpirun_cmd(2) + [str(BIN)] + args(tmp_path, steps=100000, global_batch=4, micro=2,
                                             extra=["dist.timeout_s=5", "train.save_every=2"])

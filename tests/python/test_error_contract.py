@@ -250,3 +250,76 @@ def test_jsonl_number_overflow_names_file_line_and_skip_skips_it(tmp_path):
     expect(run("data", "--config", data_config(tmp_path, data)), 1, f"{data}:2")
     p = run("data", "--config", data_config(tmp_path, data, "skip"))
     expect(p, 0)
+
+
+# ---- issue 24: `config` refuses what training would; suggestions; preset vs checkpoint ------------------
+
+def test_config_rejects_an_unknown_grouping_function_as_training_does(tmp_path):
+    # `config` said nothing about it (exit 0); only training stopped, after loading the data.
+    for cmd in (["config"], ["--set", f"run.output_dir={tmp_path / 'run'}"]):
+        p = run(*cmd, "--config", "configs/demo_tiny.yaml", "--set", "grouping.function=tf-idf")
+        expect(p, 1, "unknown grouping function 'tf-idf'", "did you mean 'tfidf'?")
+    assert not (tmp_path / "run").exists()  # training stopped before creating anything
+    for fn in ("tfidf", "rho1", "llmlingua2", "none", "random"):
+        expect(run("config", "--set", f"grouping.function={fn}", "--set", "loss.objective=ce"), 0)
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("optim.learning_rate", "optim.lr"),
+    ("optim.lr_scheduler_type", "optim.schedule"),
+    ("train.per_device_train_batch_size", "train.micro_batch_size"),
+    ("train.gradient_accumulation_steps", "train.global_batch_size"),
+    ("train.num_train_epochs", "train.epochs"),
+    ("data.max_seq_length", "data.max_seq_len"),
+    ("optim.warmup_steps_total", "optim.warmup_steps"),
+    ("train.weight_decay", "optim.weight_decay"),
+])
+def test_unknown_key_suggests_the_sftgo_name(given, expected):
+    expect(run("config", "--set", f"{given}=1"), 1, f"--set: unknown config key '{given}'",
+           f"did you mean '{expected}'?")
+
+
+def model_config_only(path: Path, **shape):
+    """A checkpoint directory with just config.json: enough for the shape check, which runs first."""
+    cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=1408, hidden_size=32,
+               intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-5, hidden_act="silu",
+               tie_word_embeddings=False)
+    cfg.update(shape)
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+def test_preset_is_checked_against_the_checkpoint(tmp_path):
+    ckpt = model_config_only(tmp_path / "two_layers")
+    cfg = tmp_path / "lora8b.yaml"
+    cfg.write_text(f"model:\n  preset: llama3.1-8b\n  path: {ckpt}\nlora:\n  enabled: true\n"
+                   f"tokenizer:\n  path: {DEMO_TOK}\nrun:\n  output_dir: {tmp_path / 'run'}\n")
+    needles = [f"model.path {ckpt} is not the model the config describes",
+               "num_hidden_layers 32 (model.preset llama3.1-8b) vs 2", "hidden_size 4096 (model.preset llama3.1-8b) vs 32",
+               "vocab_size 128256 (model.preset llama3.1-8b) vs 1408", "set model.preset: auto"]
+    expect(run("config", "--config", cfg), 1, *needles)
+    expect(run("--config", cfg), 1, *needles)  # training: before anything is loaded or written
+    assert not (tmp_path / "run").exists()
+    # auto: the checkpoint's shape, whatever the config says.
+    expect(run("config", "--config", cfg, "--set", "model.preset=auto", "--set", "model.num_layers=4"), 0)
+    # No preset in the config: nothing to check, but a shape override is (with model.path it was ignored).
+    cfg.write_text(f"model:\n  path: {ckpt}\ntokenizer:\n  path: {DEMO_TOK}\n")
+    expect(run("config", "--config", cfg), 0)
+    expect(run("config", "--config", cfg, "--set", "model.vocab_size=1408"), 0)
+    expect(run("config", "--config", cfg, "--set", "model.num_layers=4"), 1,
+           "num_hidden_layers 4 (model.num_layers) vs 2")
+    # A published shape names the preset it matches.
+    big = model_config_only(tmp_path / "like_1b", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                            num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8)
+    expect(run("config", "--set", f"model.path={big}", "--set", "model.preset=llama3.2-3b"), 1,
+           "or llama3.2-1b, the preset it matches")
+
+
+def test_lora_on_a_random_base_warns_once():
+    p = run("config", "--config", "configs/demo_tiny.yaml", "--set", "lora.enabled=true")
+    expect(p, 0)
+    warnings = [l for l in p.stderr.splitlines() if "lora.enabled but no model.path" in l]
+    assert len(warnings) == 1 and "randomly initialised" in warnings[0], p.stderr
+    assert "model.path" not in run("config", "--config", "configs/demo_tiny.yaml").stderr

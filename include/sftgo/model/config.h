@@ -53,4 +53,21 @@ struct LlamaConfig {
   int64_t num_parameters() const;
 };
 
+// The shape a training config asks for when it also names a checkpoint (model.path): an explicit
+// model.preset ("" = none given; "auto" = whatever the checkpoint has, no check at all) and the
+// model.* shape overrides (-1 = not given).
+struct ShapeRequest {
+  std::string preset;
+  int64_t hidden_size = -1;
+  int64_t intermediate_size = -1;
+  int64_t num_layers = -1;
+  int64_t num_heads = -1;
+  int64_t num_kv_heads = -1;
+  int64_t vocab_size = -1;
+};
+
+// Throws sftgo::Error(kConfig) when `checkpoint` (read from `source`) differs from what `want` asks
+// for, naming every differing field with both values and the preset the checkpoint matches, if any.
+void check_checkpoint_shape(const LlamaConfig& checkpoint, const std::string& source, const ShapeRequest& want);
+
 }  // namespace sftgo::model
