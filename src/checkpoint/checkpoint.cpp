@@ -40,6 +40,7 @@ std::string TrainerState::to_json() const {
                       {"rng_state", rng_state_hex},
                       {"config_yaml", config_yaml},
                       {"world_size", world_size}};
+  if (!cuda_rng_states_hex.empty()) j["cuda_rng_states"] = cuda_rng_states_hex;
   return j.dump(1) + "\n";
 }
 
@@ -85,6 +86,32 @@ std::string rng_state_problem(const std::string& hex) {
   return "";
 }
 
+// "" when `hex` is a non-empty string of whole bytes in hex digits (at most max_digits), else what is wrong.
+std::string hex_bytes_problem(const std::string& hex, size_t max_digits = 4096) {
+  if (hex.empty() || hex.size() % 2 != 0 || hex.size() > max_digits)
+    return "has " + std::to_string(hex.size()) + " hex digits, expected an even number from 2 to " +
+           std::to_string(max_digits);
+  for (size_t i = 0; i < hex.size(); ++i)
+    if (hex_digit(hex[i]) < 0) return "has a non-hex character at offset " + std::to_string(i);
+  return "";
+}
+
+// "cuda_rng_states": one generator state per rank of the saving run.
+std::vector<std::string> cuda_rng_states_field(const nlohmann::json& v, const TrainerState& s,
+                                               const std::string& source) {
+  SFTGO_CHECK(v.is_array() && v.size() == static_cast<size_t>(s.world_size), ErrorKind::kFormat, source,
+              ": field \"cuda_rng_states\" is not an array of ", s.world_size, " strings (one per rank)");
+  std::vector<std::string> out;
+  for (size_t r = 0; r < v.size(); ++r) {
+    SFTGO_CHECK(v[r].is_string(), ErrorKind::kFormat, source, ": field \"cuda_rng_states\"[", r, "] is ",
+                v[r].dump(), ", expected a hex string");
+    out.push_back(v[r].get<std::string>());
+    const std::string p = hex_bytes_problem(out.back());
+    SFTGO_CHECK(p.empty(), ErrorKind::kFormat, source, ": field \"cuda_rng_states\"[", r, "] ", p);
+  }
+  return out;
+}
+
 }  // namespace
 
 size_t expected_rng_state_hex_size() {
@@ -128,6 +155,7 @@ TrainerState TrainerState::from_json(const std::string& text, const std::string&
   SFTGO_CHECK(j.contains("config_yaml") && j["config_yaml"].is_string(), ErrorKind::kFormat, source,
               ": missing field \"config_yaml\" (a string)");
   s.config_yaml = j["config_yaml"].get<std::string>();
+  if (j.contains("cuda_rng_states")) s.cuda_rng_states_hex = cuda_rng_states_field(j["cuda_rng_states"], s, source);
   return s;
 }
 
@@ -424,12 +452,20 @@ TrainerState load_trainer_state(const std::string& dir) {
   return TrainerState::from_json(read_file(path), path);
 }
 
+c10::Device optimizer_device(const torch::optim::Optimizer& optimizer) {
+  for (const auto& group : optimizer.param_groups())
+    for (const auto& p : group.params()) return p.is_meta() ? c10::Device(c10::kCPU) : p.device();
+  return c10::kCPU;
+}
+
 void load_optimizer_state(const std::string& dir, torch::optim::Optimizer& optimizer) {
   const std::string path = (fs::path(dir) / "optimizer.pt").string();
   SFTGO_CHECK(fs::exists(path), ErrorKind::kIo, path, ": missing optimizer state");
   try {
     torch::serialize::InputArchive archive;
-    archive.load_from(path);
+    // Mapped to this rank's device: without a map location LibTorch restores every tensor onto the
+    // device it was saved from (rank 0's cuda:0), so each rank would build the whole AdamW state on GPU 0.
+    archive.load_from(path, optimizer_device(optimizer));
     optimizer.load(archive);
   } catch (const c10::Error& e) {
     SFTGO_FAIL(ErrorKind::kFormat, path, ": cannot restore the optimizer state (", e.what_without_backtrace(), ")");
@@ -449,10 +485,9 @@ std::map<std::string, at::Tensor> load_master_weights(const std::string& dir) {
   return out;
 }
 
-std::string cpu_rng_state_hex() {
-  auto gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  at::Tensor state = gen.get_state();
+namespace {
+
+std::string bytes_to_hex(const at::Tensor& state) {  // [n] uint8, CPU
   const auto* p = state.data_ptr<uint8_t>();
   static const char* kHex = "0123456789abcdef";
   std::string out;
@@ -464,19 +499,45 @@ std::string cpu_rng_state_hex() {
   return out;
 }
 
-void set_cpu_rng_state_hex(const std::string& hex) {
-  const std::string problem = rng_state_problem(hex);
-  SFTGO_CHECK(problem.empty(), ErrorKind::kFormat, "RNG state ", problem);
+at::Tensor hex_to_bytes(const std::string& hex) {  // -> [n] uint8; hex already checked
   at::Tensor state = at::empty({static_cast<int64_t>(hex.size() / 2)}, at::kByte);
   auto* p = state.data_ptr<uint8_t>();
   for (size_t i = 0; i < hex.size() / 2; ++i)
     p[i] = static_cast<uint8_t>(hex_digit(hex[2 * i]) * 16 + hex_digit(hex[2 * i + 1]));
-  auto gen = at::detail::getDefaultCPUGenerator();
+  return state;
+}
+
+}  // namespace
+
+std::string cpu_rng_state_hex() { return rng_state_hex(c10::kCPU); }
+
+void set_cpu_rng_state_hex(const std::string& hex) {
+  const std::string problem = rng_state_problem(hex);
+  SFTGO_CHECK(problem.empty(), ErrorKind::kFormat, "RNG state ", problem);
+  set_rng_state_hex(c10::kCPU, hex);
+}
+
+std::string rng_state_hex(c10::Device device) {
+  at::Generator gen = at::globalContext().defaultGenerator(device);
   std::lock_guard<std::mutex> lock(gen.mutex());
+  return bytes_to_hex(gen.get_state());
+}
+
+void set_rng_state_hex(c10::Device device, const std::string& hex) {
+  at::Generator gen = at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  const int64_t want = gen.get_state().numel();
+  const std::string problem =
+      static_cast<int64_t>(hex.size()) != 2 * want
+          ? "has " + std::to_string(hex.size()) + " hex digits, expected exactly " + std::to_string(2 * want)
+          : hex_bytes_problem(hex, hex.size());
+  SFTGO_CHECK(problem.empty(), ErrorKind::kFormat, "RNG state of ", device.str(), " ", problem,
+              " (the generator state of this LibTorch; truncated or from another version?)");
   try {
-    gen.set_state(state);
+    gen.set_state(hex_to_bytes(hex));
   } catch (const c10::Error& e) {
-    SFTGO_FAIL(ErrorKind::kFormat, "RNG state: LibTorch rejects it (", e.what_without_backtrace(), ")");
+    SFTGO_FAIL(ErrorKind::kFormat, "RNG state of ", device.str(), ": LibTorch rejects it (",
+               e.what_without_backtrace(), ")");
   }
 }
 

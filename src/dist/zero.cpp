@@ -6,6 +6,8 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
 
 #include "sftgo/core/error.h"
 #include "sftgo/core/files.h"
@@ -173,16 +175,51 @@ void ZeroAdamW::save_shard(const std::string& path) const {
   out.finish();
 }
 
+namespace {
+
+// zero_rankRRRRR_of_WWWWW.pt -> {R, W}; {-1, -1} for any other name.
+std::pair<int64_t, int64_t> shard_rank_and_world(const std::string& path) {
+  const std::string name = std::filesystem::path(path).filename().string();
+  long long r = -1, w = -1;
+  int used = 0;
+  if (std::sscanf(name.c_str(), "zero_rank%lld_of_%lld.pt%n", &r, &w, &used) != 2 ||
+      used != static_cast<int>(name.size()) || name != zero_shard_file_name(static_cast<int>(r), static_cast<int>(w)) ||
+      w < 1 || r >= w)
+    return {-1, -1};
+  return {r, w};
+}
+
+}  // namespace
+
+std::vector<std::string> zero_shards_overlapping(const std::vector<std::string>& paths, int64_t numel, int64_t begin,
+                                                 int64_t size) {
+  std::vector<std::string> out;
+  const int64_t end = std::min(begin + size, numel);
+  for (const auto& path : paths) {
+    const auto [r, w] = shard_rank_and_world(path);
+    SFTGO_CHECK(w > 0, ErrorKind::kFormat, path, ": not a ZeRO-1 shard file name (expected ",
+                zero_shard_file_name(0, 1), " with the saving rank and world size)");
+    // The same split as the constructor's: rank r of w owns [r * ceil(numel / w), (r + 1) * ceil(numel / w)).
+    const int64_t shard = (numel + w - 1) / w;
+    if (std::max(r * shard, begin) < std::min((r + 1) * shard, end)) out.push_back(path);
+  }
+  return out;
+}
+
 void ZeroAdamW::load_shards(const std::vector<std::string>& paths) {
   torch::NoGradGuard no_grad;
   SFTGO_CHECK(!paths.empty(), ErrorKind::kFormat, "ZeRO-1 resume: the checkpoint has no zero_rank*.pt shard files");
   int64_t filled = 0, steps = -1;
   const int64_t end = std::min(begin_ + shard_, numel_);
-  for (const auto& path : paths) {
+  // Only the files whose slice overlaps this rank's (by their names): one file per rank when the world
+  // size is unchanged, not the whole optimizer state on every rank.
+  std::vector<std::string> needed = zero_shards_overlapping(paths, numel_, begin_, shard_);
+  if (needed.empty()) needed.push_back(paths.front());  // a padding-only rank: the step count
+  for (const auto& path : needed) {
     torch::serialize::InputArchive a;
     at::Tensor m, ea, es, range;
     try {
-      a.load_from(path);
+      a.load_from(path, c10::Device(c10::kCPU));  // saved from the CPU; only this rank's slice moves on
       a.read("master", m);
       a.read("exp_avg", ea);
       a.read("exp_avg_sq", es);
@@ -196,6 +233,9 @@ void ZeroAdamW::load_shards(const std::vector<std::string>& paths) {
     const int64_t fb = range[0].item<int64_t>(), fs = range[1].item<int64_t>(), fn = range[2].item<int64_t>();
     SFTGO_CHECK(fn == numel_, ErrorKind::kFormat, path, ": shard of a model with ", fn, " parameters, this one has ",
                 numel_);
+    const auto [fr, fw] = shard_rank_and_world(path);
+    SFTGO_CHECK(fb == fr * ((numel_ + fw - 1) / fw) && fs == (numel_ + fw - 1) / fw, ErrorKind::kFormat, path,
+                ": holds values [", fb, ", ", fb + fs, ") of the flat vector, not the slice its name gives");
     const int64_t fsteps = range[3].item<int64_t>();
     SFTGO_CHECK(steps < 0 || steps == fsteps, ErrorKind::kFormat, path, ": step count ", fsteps,
                 " differs from other shards (", steps, ")");

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <caffe2/serialize/inline_container.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -201,6 +202,112 @@ TEST(Checkpoint, ZeroShardsMustAllBeThereAndComplete) {
   EXPECT_EQ(checkpoint_problem(dir.string()), "zero_rank00001_of_00002.pt is truncated (no zip end record)");
   fs::remove(dir / "zero_rank00001_of_00002.pt");
   EXPECT_EQ(checkpoint_problem(dir.string()), "has 1 ZeRO-1 optimizer shards, expected 2");
+}
+
+// A LibTorch archive (zip) copied with every storage location "cpu" in its pickled tensors rewritten
+// to `location`: the file a rank would have written from that device, made on a machine without one.
+// Returns how many locations were rewritten.
+int relocate_archive(const fs::path& in, const fs::path& out, const std::string& location) {
+  caffe2::serialize::PyTorchStreamReader reader(in.string());
+  int rewritten = 0;
+  {
+    caffe2::serialize::PyTorchStreamWriter writer(out.string());
+    writer.setMinVersion(reader.version());
+    for (const auto& name : reader.getAllRecords()) {
+      if (name == "version" || starts_with(name, ".data/")) continue;  // the writer adds its own
+      auto [data, size] = reader.getRecord(name);
+      std::string bytes(static_cast<const char*>(data.get()), size);
+      if (name.size() >= 8 && name.compare(name.size() - 8, 8, "data.pkl") == 0) {
+        // Pickle protocol 2, BINUNICODE: 'X', uint32 length, bytes (no frames, so lengths may change).
+        const std::string from = std::string("X\x03\x00\x00\x00", 5) + "cpu";
+        std::string to = "X";
+        for (int i = 0; i < 4; ++i) to += static_cast<char>((location.size() >> (8 * i)) & 0xff);
+        to += location;
+        for (size_t at = bytes.find(from); at != std::string::npos; at = bytes.find(from, at + to.size())) {
+          bytes.replace(at, from.size(), to);
+          ++rewritten;
+        }
+      }
+      writer.writeRecord(name, bytes.data(), bytes.size());
+    }
+    writer.writeEndOfFile();
+  }
+  return rewritten;
+}
+
+// Issue 23, item 5: optimizer.pt is read straight onto the optimizer's own device, whatever device
+// wrote it. The file here says its tensors live on cuda:0 (as rank 0 of a GPU run writes it); on a
+// machine without CUDA, LibTorch can only load it through a map location, so this fails when the
+// loader gives none. What the CPU cannot show: that a GPU rank r then allocates nothing on cuda:0
+// (same call with the rank's device; docs/gpu.md's check runs on a GPU).
+TEST(Checkpoint, OptimizerStateLoadsOntoTheParametersDeviceWhateverSavedIt) {
+  const fs::path dir = fresh_dir("optimizer_device");
+  torch::manual_seed(5);
+  at::Tensor p = torch::randn({3, 4}).set_requires_grad(true);
+  torch::optim::AdamW saved({p}, torch::optim::AdamWOptions(1e-2));
+  p.mutable_grad() = torch::randn({3, 4});
+  saved.step();
+  {
+    torch::serialize::OutputArchive a;
+    saved.save(a);
+    a.save_to((dir / "cpu.pt").string());
+  }
+  fs::create_directories(dir / "ckpt");
+  ASSERT_GE(relocate_archive(dir / "cpu.pt", dir / "ckpt" / "optimizer.pt", "cuda:0"), 1);
+  if (!torch::cuda::is_available()) {
+    torch::serialize::InputArchive raw;  // without a map location: the saved device
+    EXPECT_ANY_THROW(raw.load_from((dir / "ckpt" / "optimizer.pt").string()));
+  }
+  at::Tensor q = torch::zeros({3, 4}).set_requires_grad(true);
+  torch::optim::AdamW loaded({q}, torch::optim::AdamWOptions(1e-2));
+  EXPECT_EQ(optimizer_device(loaded), c10::Device(c10::kCPU));
+  load_optimizer_state((dir / "ckpt").string(), loaded);
+  const auto& want = static_cast<torch::optim::AdamWParamState&>(*saved.state().at(p.unsafeGetTensorImpl()));
+  const auto& got = static_cast<torch::optim::AdamWParamState&>(*loaded.state().at(q.unsafeGetTensorImpl()));
+  EXPECT_TRUE(got.exp_avg().is_cpu());
+  EXPECT_TRUE(got.exp_avg_sq().is_cpu());
+  EXPECT_TRUE(torch::equal(got.exp_avg(), want.exp_avg()));
+  EXPECT_TRUE(torch::equal(got.exp_avg_sq(), want.exp_avg_sq()));
+  EXPECT_EQ(got.step(), want.step());
+}
+
+// Issue 23, item 11: the per-rank CUDA generator states travel in trainer_state.json. The CPU shows the
+// format (round trip, validation, a checkpoint without them still loads) and the device-generic
+// get/set on the CPU generator; the CUDA generator itself (and LoRA dropout after a GPU resume) needs a GPU.
+TEST(TrainerState, CudaRngStatesRoundTripAndOlderCheckpointsStillLoad) {
+  TrainerState s = valid_state();
+  s.world_size = 2;
+  s.cuda_rng_states_hex = {"00112233445566778899aabbccddeeff", "0123456789abcdef0123456789abcdef"};
+  const TrainerState back = TrainerState::from_json(s.to_json(), "ts.json");
+  EXPECT_EQ(back.cuda_rng_states_hex, s.cuda_rng_states_hex);
+  // A CPU run writes no field; a checkpoint from before the field existed has none either.
+  EXPECT_EQ(nlohmann::json::parse(valid_state().to_json()).count("cuda_rng_states"), 0u);
+  EXPECT_TRUE(TrainerState::from_json(valid_state().to_json(), "old.json").cuda_rng_states_hex.empty());
+  auto bad = [&](const nlohmann::json& states) {
+    auto j = nlohmann::json::parse(s.to_json());
+    j["cuda_rng_states"] = states;
+    return error_of([&] { TrainerState::from_json(j.dump(), "x/trainer_state.json"); });
+  };
+  EXPECT_NE(bad(nlohmann::json::array({"00"})).find("x/trainer_state.json: field \"cuda_rng_states\" is not an array "
+                                                    "of 2 strings"),
+            std::string::npos);
+  EXPECT_NE(bad(nlohmann::json::array({"00", 5})).find("\"cuda_rng_states\"[1] is 5"), std::string::npos);
+  EXPECT_NE(bad(nlohmann::json::array({"00", "abc"})).find("[1] has 3 hex digits"), std::string::npos);
+  EXPECT_NE(bad(nlohmann::json::array({"zz", "00"})).find("[0] has a non-hex character at offset 0"),
+            std::string::npos);
+}
+
+TEST(TrainerState, DeviceRngStateRestoresTheDrawsOnTheCpuGenerator) {
+  const c10::Device cpu(c10::kCPU);
+  torch::manual_seed(11);
+  const std::string state = rng_state_hex(cpu);
+  EXPECT_EQ(state, cpu_rng_state_hex());
+  const at::Tensor first = torch::rand({8});
+  set_rng_state_hex(cpu, state);
+  EXPECT_TRUE(torch::equal(torch::rand({8}), first));
+  EXPECT_NE(error_of([&] { set_rng_state_hex(cpu, state.substr(0, 32)); }).find("expected exactly"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { set_rng_state_hex(cpu, "x" + state.substr(1)); }).find("non-hex"), std::string::npos);
 }
 
 TEST(RunDir, LockIsExclusiveAndNamesTheHolder) {

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 
@@ -582,5 +583,51 @@ TEST(ZeroAdamW, MatchesTorchAdamWAndReshardsOnLoad) {
   for (size_t i = 0; i < want.size(); ++i)
     EXPECT_TRUE(params[i].second.equal(want[i])) << params[i].first;                    // bit-exact copy
   EXPECT_THROW(one.load_shards({(dir / zero_shard_file_name(0, 2)).string()}), Error);  // half is missing
+
+  // Issue 23, item 7: a rank opens only the shard files whose slice overlaps its own. Two ranks resume
+  // with the other rank's file replaced by junk of the same name (before, every rank read every file
+  // and failed on it); three ranks (another world size) resume from both files.
+  fs::create_directories(dir / "junk");
+  for (int r = 0; r < 2; ++r) std::ofstream(dir / "junk" / zero_shard_file_name(r, 2)) << "not a shard";
+  auto resumed_equals_final = [&](std::shared_ptr<Comm> c, const std::vector<std::string>& paths) {
+    auto ps = make();
+    ZeroAdamW z(c, ps, ao);
+    z.load_shards(paths);
+    std::vector<at::Tensor> final_params;
+    torch::load(final_params, (dir / "final.pt").string());
+    for (size_t i = 0; i < ps.size(); ++i)
+      if (!ps[i].second.equal(final_params[i])) return false;
+    return z.steps() == 4;
+  };
+  run_ranks(2, [&](std::shared_ptr<Comm> c) {
+    const int r = c->rank();
+    return resumed_equals_final(c, {(dir / zero_shard_file_name(r, 2)).string(),
+                                    (dir / "junk" / zero_shard_file_name(1 - r, 2)).string()});
+  });
+  run_ranks(3, [&](std::shared_ptr<Comm> c) {
+    return resumed_equals_final(c, {(dir / zero_shard_file_name(0, 2)).string(),
+                                    (dir / zero_shard_file_name(1, 2)).string()});
+  });
   fs::remove_all(dir);
+}
+
+// Which saved shard files a rank's slice needs, by their names alone: 57 values saved by 2 ranks
+// (slices [0, 29), [29, 58)), resumed by 3 ([0, 19), [19, 38), [38, 57)) or by 2 again.
+TEST(ZeroAdamW, ShardFilesOverlappingARanksSlice) {
+  const std::vector<std::string> two = {"/c/" + zero_shard_file_name(0, 2), "/c/" + zero_shard_file_name(1, 2)};
+  using V = std::vector<std::string>;
+  EXPECT_EQ(zero_shards_overlapping(two, 57, 0, 19), V{two[0]});
+  EXPECT_EQ(zero_shards_overlapping(two, 57, 19, 19), two);
+  EXPECT_EQ(zero_shards_overlapping(two, 57, 38, 19), V{two[1]});
+  EXPECT_EQ(zero_shards_overlapping(two, 57, 0, 29), V{two[0]});
+  EXPECT_EQ(zero_shards_overlapping(two, 57, 29, 29), V{two[1]});
+  EXPECT_EQ(zero_shards_overlapping(two, 5, 5, 1), V{});  // a rank holding only padding
+  try {
+    zero_shards_overlapping({"/c/zero_rank1_of_2.pt"}, 57, 0, 19);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kFormat);
+    EXPECT_NE(std::string(e.what()).find("/c/zero_rank1_of_2.pt: not a ZeRO-1 shard file name"), std::string::npos)
+        << e.what();
+  }
 }

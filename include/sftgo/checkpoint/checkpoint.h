@@ -15,6 +15,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 #include <torch/optim/optimizer.h>
 
 #include <cstdint>
@@ -40,13 +41,17 @@ struct TrainerState {
   double lambda = 0.0;
   double elapsed_s = 0.0;     // training time before this checkpoint
   std::string rng_state_hex;  // CPU generator state
+  // CUDA runs: each rank's GPU generator state (LoRA dropout draws from it), index = rank; empty on the
+  // CPU and in checkpoints written before it was saved (JSON "cuda_rng_states", absent when empty).
+  std::vector<std::string> cuda_rng_states_hex;
   std::string config_yaml;    // resolved config, for a mismatch check on resume
   int world_size = 1;
 
   std::string to_json() const;
   // Validates what it reads back, since the file may be damaged or hand-edited: counts are integers
   // >= 0, step <= total_steps, lambda and elapsed_s finite, world_size >= 1, rng_state exactly
-  // expected_rng_state_hex_size() hex digits. Throws Error(kFormat) naming `source` and the field.
+  // expected_rng_state_hex_size() hex digits, cuda_rng_states (when present) one non-empty hex string
+  // per rank. Throws Error(kFormat) naming `source` and the field.
   static TrainerState from_json(const std::string& text, const std::string& source);
 };
 
@@ -94,8 +99,12 @@ std::optional<std::string> resolve_resume_dir(const std::string& spec, const std
 std::string checkpoint_problem(const std::string& dir);
 
 TrainerState load_trainer_state(const std::string& checkpoint_dir);
-// Restores optimizer.pt into an optimizer built over the same parameters.
+// Restores optimizer.pt into an optimizer built over the same parameters, every tensor read straight
+// onto optimizer_device(optimizer) whatever device the file was saved from.
 void load_optimizer_state(const std::string& checkpoint_dir, torch::optim::Optimizer& optimizer);
+// The device of the optimizer's first parameter (one device per rank); the CPU when it has none, or
+// when it is the meta device (no data to read into: the caller moves the state after loading).
+c10::Device optimizer_device(const torch::optim::Optimizer& optimizer);
 
 // name -> fp32 tensor (CPU) from master_weights.safetensors; empty when the checkpoint has none.
 std::map<std::string, at::Tensor> load_master_weights(const std::string& checkpoint_dir);
@@ -104,5 +113,11 @@ std::map<std::string, at::Tensor> load_master_weights(const std::string& checkpo
 // of the wrong length or with non-hex digits throws Error(kFormat).
 std::string cpu_rng_state_hex();
 void set_cpu_rng_state_hex(const std::string& hex);
+
+// The same for the default generator of any device (CUDA: that GPU's Philox seed and offset; CPU: the
+// state above). Setting checks the length against the generator's current state and the digits, and
+// throws Error(kFormat) naming what is wrong.
+std::string rng_state_hex(c10::Device device);
+void set_rng_state_hex(c10::Device device, const std::string& hex);
 
 }  // namespace sftgo::checkpoint

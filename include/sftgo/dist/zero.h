@@ -55,7 +55,8 @@ class ZeroAdamW {
   // Writes this rank's shard (master, exp_avg, exp_avg_sq, step count, range) to path.
   void save_shard(const std::string& path) const;
   // Restores this rank's shard from the shard files of a checkpoint saved with any world size
-  // (same parameters): each file holds a known slice of the flat vector.
+  // (same parameters): each file holds the slice its name gives, and only the files overlapping this
+  // rank's slice are opened (zero_shards_overlapping), so a rank reads about 12 bytes per parameter / W.
   void load_shards(const std::vector<std::string>& paths);
 
  private:
@@ -77,6 +78,12 @@ class ZeroAdamW {
   void gather_params();                  // master shards -> flat_ -> parameters
 };
 
-std::string zero_shard_file_name(int rank, int world_size);  // "zero_rank00001_of_00002.pt"
+std::string zero_shard_file_name(int rank, int world_size);  // "zero_rankRRRRR_of_WWWWW.pt"
+
+// The shard files among `paths` (named by zero_shard_file_name, any saving world size) whose slice of
+// a flat vector of `numel` values overlaps [begin, begin + size): the only ones a rank reads on resume.
+// Throws Error(kFormat) naming a path that is not a shard file name.
+std::vector<std::string> zero_shards_overlapping(const std::vector<std::string>& paths, int64_t numel, int64_t begin,
+                                                 int64_t size);
 
 }  // namespace sftgo::dist
