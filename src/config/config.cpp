@@ -441,6 +441,13 @@ void validate_config(const Config& c) {
   SFTGO_CHECK(c.model.num_kv_heads <= 0 || c.model.num_heads <= 0 || c.model.num_heads % c.model.num_kv_heads == 0,
               ErrorKind::kConfig, "model.num_heads (", c.model.num_heads,
               ") must be a multiple of model.num_kv_heads (", c.model.num_kv_heads, ")");
+  // bf16 weights under train.precision fp32 would train pure bf16 (bf16 gradients, AdamW moments and
+  // updates; at lr 1e-5 most updates round away). The docs name precision bf16 for bf16 weights.
+  SFTGO_CHECK_HINT(!(c.model.dtype == "bfloat16" && c.train.precision == "fp32"), ErrorKind::kConfig,
+                   "set train.precision: bf16 (bf16 weights and compute, fp32 master weights and AdamW state), or "
+                   "model.dtype: float32 for fp32 training",
+                   "model.dtype is bfloat16 but train.precision is fp32: that would update bf16 weights with bf16 "
+                   "gradients and AdamW state, where small updates round away");
 }
 
 std::vector<std::string> config_keys() {

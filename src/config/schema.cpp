@@ -39,7 +39,9 @@ std::vector<Field> fields_of(Config& c) {
       .one_of({"tiny", "llama3.2-1b", "llama3.2-3b", "llama3.1-8b", "llama3.1-70b", "auto"});
   add("model.path", c.model.path,
       "Hugging Face checkpoint directory to fine-tune; empty = random init from the preset");
-  add("model.dtype", c.model.dtype, "Parameter dtype").one_of({"float32", "bfloat16"});
+  add("model.dtype", c.model.dtype,
+      "Parameter dtype; bfloat16 needs train.precision bf16 (fp32 master weights and AdamW state), fp32 with bfloat16 weights is refused")
+      .one_of({"float32", "bfloat16"});
   add("model.device", c.model.device, "Device; auto = CUDA when available").one_of({"auto", "cpu", "cuda"});
   add("model.activation_checkpointing", c.model.activation_checkpointing,
       "Recompute each block's activations in backward");
@@ -167,6 +169,8 @@ std::vector<Field> fields_of(Config& c) {
       .one_of({"fp32", "bf16", "bf16_autocast"});
   add("train.log_every", c.train.log_every, "Optimizer steps between metric lines").at_least(1);
   add("train.save_every", c.train.save_every, "Optimizer steps between checkpoints; 0 = only at the end").at_least(0);
+  add("train.save_final", c.train.save_final,
+      "Save a checkpoint when training ends; false = no final save (runs that only measure: metrics.jsonl is written as always, train.save_every's periodic saves and the save on a stop signal still happen)");
   add("train.keep_last", c.train.keep_last, "Checkpoints kept on disk").at_least(1);
   add("train.eval_every", c.train.eval_every,
       "Optimizer steps between eval-loss passes over data.eval_path; 0 = only at the end")

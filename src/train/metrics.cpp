@@ -17,6 +17,7 @@
 #include "sftgo/core/files.h"
 #include "sftgo/core/log.h"
 #include "sftgo/core/strings.h"
+#include "sftgo/model/llama.h"
 
 namespace sftgo::train {
 
@@ -171,6 +172,38 @@ std::string progress_bar(int64_t step, int64_t total_steps, int width) {
   std::string bar = "[";
   bar.append(static_cast<size_t>(filled), '#').append(static_cast<size_t>(w - filled), '.');
   return bar + "] " + pct;
+}
+
+FlopsModel flops_model(const model::LlamaModelImpl& model) {
+  FlopsModel f;
+  const model::LlamaConfig& c = model.config();
+  f.attention = static_cast<double>(c.num_hidden_layers) * static_cast<double>(c.num_attention_heads) *
+                static_cast<double>(c.head_dim);
+  const bool tied = !model.lm_head;
+  for (const auto& item : model.named_parameters()) {
+    const std::string& name = item.key();
+    const at::Tensor& p = item.value();
+    if (p.dim() != 2) continue;  // RMSNorm scales: element-wise
+    const bool embedding = starts_with(name, "embed_tokens.");
+    if (embedding && !tied) continue;  // a lookup, no matmul
+    // The LM head (the embedding table when tied) and its adapters see only the trained positions.
+    const bool head = embedding || starts_with(name, "lm_head.");
+    const double n = static_cast<double>(p.numel());
+    double& slot = head ? (p.requires_grad() ? f.head_trained : f.head_frozen)
+                        : (p.requires_grad() ? f.token_trained : f.token_frozen);
+    slot += n;
+  }
+  return f;
+}
+
+double training_flops(const FlopsModel& f, double tokens, double trained, double pairs) {
+  return (6.0 * f.token_trained + 4.0 * f.token_frozen) * tokens +
+         (6.0 * f.head_trained + 4.0 * f.head_frozen) * trained + 12.0 * f.attention * pairs;
+}
+
+double model_flops_utilization(double flops, double seconds, int world, double peak_flops) {
+  if (!(peak_flops > 0) || !(seconds > 0) || world < 1) return -1;
+  return flops / seconds / (static_cast<double>(world) * peak_flops);
 }
 
 }  // namespace sftgo::train

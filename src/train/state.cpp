@@ -42,7 +42,33 @@ std::vector<std::string> tokenizer_files(const std::string& path) {
   return {(dir / "tokenizer.json").string(), (dir / "tokenizer_config.json").string()};
 }
 
+int hex_value(char c) { return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10; }
+
 }  // namespace
+
+std::vector<std::string> gather_hex(dist::Comm& comm, const std::string& hex) {
+  constexpr size_t kMaxBytes = 256;  // a CUDA (Philox) generator state is 16 bytes
+  const size_t n = hex.size() / 2;
+  SFTGO_CHECK(hex.size() % 2 == 0 && n <= kMaxBytes, ErrorKind::kInternal, "gather_hex: ", hex.size(),
+              " hex digits, at most ", 2 * kMaxBytes, " and even expected");
+  const size_t world = static_cast<size_t>(comm.world_size()), slot = 1 + kMaxBytes;
+  std::vector<double> v(world * slot, 0.0);  // per rank: the byte count, then the bytes
+  double* mine = v.data() + static_cast<size_t>(comm.rank()) * slot;
+  mine[0] = static_cast<double>(n);
+  for (size_t i = 0; i < n; ++i) mine[1 + i] = hex_value(hex[2 * i]) * 16 + hex_value(hex[2 * i + 1]);
+  if (world > 1) v = comm.sum(v);  // one rank writes each slot: the sums are exact
+  static const char* kHex = "0123456789abcdef";
+  std::vector<std::string> out(world);
+  for (size_t r = 0; r < world; ++r) {
+    const double* p = v.data() + r * slot;
+    for (size_t i = 0; i < static_cast<size_t>(p[0]); ++i) {
+      const int b = static_cast<int>(p[1 + i]);
+      out[r] += kHex[b >> 4];
+      out[r] += kHex[b & 15];
+    }
+  }
+  return out;
+}
 
 // ---- Evaluation, save, resume -----------------------------------------------------------------
 
@@ -89,6 +115,8 @@ std::string Trainer::Impl::save(const std::string& why) {
   checkpoint::SaveRequest r;
   // Files that every rank writes (ZeRO-1 shards) are staged beside the checkpoint, on the same filesystem.
   const fs::path staging = root / (".zero_staging_" + name);
+  // Each rank's GPU generator (LoRA dropout draws from it), gathered on every rank (a collective).
+  if (device.is_cuda()) r.state.cuda_rng_states_hex = gather_hex(*comm, checkpoint::rng_state_hex(device));
   updater->add_to_save(r, staging.string());
   if (rank != 0) {
     comm->barrier();  // rank 0 is writing
@@ -158,7 +186,25 @@ void Trainer::Impl::resume_from(const std::string& dir) {
   tokens_seen = st.tokens_seen;
   elapsed_before = st.elapsed_s;
   if (!st.rng_state_hex.empty()) checkpoint::set_cpu_rng_state_hex(st.rng_state_hex);
+  restore_cuda_rng(st, dir);
   log_info("resumed from {} at step {}/{}", dir, step, total_steps);
+}
+
+// This rank's GPU generator as the same rank saved it, so LoRA dropout draws the masks the
+// uninterrupted run would have. Another world size has no matching generator to continue.
+void Trainer::Impl::restore_cuda_rng(const checkpoint::TrainerState& st, const std::string& dir) {
+  if (!device.is_cuda()) return;
+  if (st.cuda_rng_states_hex.empty()) {
+    log_info("{} holds no CUDA random state (saved on the CPU or by an older version): the GPU generator keeps "
+             "its seed",
+             dir);
+  } else if (st.world_size != world) {
+    log_warn("{} holds the CUDA random states of {} ranks, this run has {}: not restored (LoRA dropout masks "
+             "differ from an uninterrupted run)",
+             dir, st.world_size, world);
+  } else {
+    checkpoint::set_rng_state_hex(device, st.cuda_rng_states_hex[static_cast<size_t>(rank)]);
+  }
 }
 
 }  // namespace sftgo::train

@@ -84,19 +84,33 @@ StepMetrics Trainer::Impl::train_step() {
   dist::synchronize_device(device);  // the rank's own GPU (no-op on the CPU)
   m.step_s = timer.seconds();
   m.tokens_per_s = static_cast<double>(m.tokens) / std::max(1e-9, m.step_s);
-  if (device.is_cuda()) gpu_metrics(m);
+  if (device.is_cuda()) gpu_metrics(m, gpu_peak.flops > 0 ? local_flops(micro) : 0.0);
   return m;
 }
 
-// MFU against the GPU actually found, and the step's peak GPU memory: the maximum over ranks (each rank
-// fills its own slot of one small all-reduce).
-void Trainer::Impl::gpu_metrics(StepMetrics& m) {
-  if (gpu_peak.flops > 0) m.mfu = 6.0 * static_cast<double>(n_params) * m.tokens_per_s / gpu_peak.flops;
+// Padding adds 0 to the sum of positions, each real token its position: add 1 per real token.
+int64_t attention_pairs(const MicroBatch& b) { return b.positions.sum().item<int64_t>() + b.tokens; }
+
+// This rank's model FLOPs of the step (FlopsModel): its micro-batches' tokens, trained tokens and
+// attention pairs.
+double Trainer::Impl::local_flops(const std::vector<MicroBatch>& micro) const {
+  double total = 0;
+  for (const auto& b : micro)
+    total += training_flops(flops, static_cast<double>(b.tokens), static_cast<double>(b.trained),
+                            static_cast<double>(attention_pairs(b)));
+  return total;
+}
+
+// MFU against the GPU actually found (all ranks' model FLOPs over all ranks' peak), and the step's
+// peak GPU memory: the maximum over ranks (each rank fills its own slots of one small all-reduce).
+void Trainer::Impl::gpu_metrics(StepMetrics& m, double flops_here) {
   const dist::GpuMemory mem = dist::gpu_memory(device);
-  std::vector<double> slots(2 * static_cast<size_t>(world), 0.0);
+  std::vector<double> slots(2 * static_cast<size_t>(world) + 1, 0.0);
   slots[2 * static_cast<size_t>(rank)] = static_cast<double>(mem.peak_allocated);
   slots[2 * static_cast<size_t>(rank) + 1] = static_cast<double>(mem.peak_reserved);
+  slots.back() = flops_here;
   if (world > 1) slots = comm->sum(slots);
+  if (gpu_peak.flops > 0) m.mfu = model_flops_utilization(slots.back(), m.step_s, world, gpu_peak.flops);
   double allocated = 0, reserved = 0;
   for (size_t r = 0; r < static_cast<size_t>(world); ++r) {
     allocated = std::max(allocated, slots[2 * r]);
@@ -292,6 +306,7 @@ at::Tensor Trainer::Impl::forward_hidden(const MicroBatch& b) {
 Trainer::Trainer(LoadedConfig config, TrainerHooks hooks)
     : impl_(std::make_unique<Impl>(std::move(config), std::move(hooks))) {
   impl_->setup();
+  impl_->flops = flops_model(*impl_->model);  // adapters and frozen weights are final now
 }
 
 Trainer::~Trainer() = default;
@@ -408,7 +423,12 @@ TrainResult Trainer::run(const std::string& resume) {
     }
   }
   if (evals && last_eval != s.step) write_metrics(s.evaluate());
-  if (last_saved != s.step) result.last_checkpoint = s.save("final");
+  // train.save_final: false skips only this save (a run that measures needs no multi-GB checkpoint);
+  // metrics.jsonl is complete either way, and a stop request above still saves, so it can resume.
+  if (!cfg.train.save_final)
+    log_info("train.save_final is false: no checkpoint of step {} written", s.step);
+  else if (last_saved != s.step)
+    result.last_checkpoint = s.save("final");
   s.comm->shutdown();
   // Fewer skips than train.max_nan_skips, but not one update applied: not a trained model.
   SFTGO_CHECK_HINT(ran == 0 || result.skipped_steps < ran, ErrorKind::kNumeric, "lower optim.lr or check the data",

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "sftgo/checkpoint/checkpoint.h"
 #include "sftgo/config/config.h"
 #include "sftgo/data/dataset.h"
 #include "sftgo/data/loader.h"
@@ -26,6 +27,14 @@
 #include "step.h"
 
 namespace sftgo::train {
+
+// Every rank's `hex` (an even number of hex digits, at most 2 * 256), by rank, on every rank: one
+// all-reduce of byte values, each rank filling its own slots (the CUDA generator states for a save).
+std::vector<std::string> gather_hex(dist::Comm& comm, const std::string& hex);
+
+// (query, key) pairs that causal attention within documents computes for b: the sum over real tokens of
+// position + 1 (positions restart at 0 per document and are 0 at padding, data/collate.h).
+int64_t attention_pairs(const MicroBatch& b);
 
 struct Trainer::Impl {
   LoadedConfig loaded;
@@ -57,6 +66,7 @@ struct Trainer::Impl {
   std::unique_ptr<Updater> updater;
   int64_t per_rank_batch = 1, steps_per_epoch = 1, total_steps = 1, n_params = 0;
   dist::GpuPeak gpu_peak;  // CUDA: the MFU denominator
+  FlopsModel flops;        // the MFU numerator per token (metrics.h)
   int32_t pad_id = 0;
 
   // Progress, saved in checkpoints.
@@ -92,7 +102,8 @@ struct Trainer::Impl {
   loss::GroupStats stats_pre_pass(std::vector<MicroBatch>& micro, double lambda, bool* finite);
   StepTotals forward_backward(std::vector<MicroBatch>& micro, const StepWeights& w, double lambda,
                               std::optional<loss::LossWeights>* applied);
-  void gpu_metrics(StepMetrics& m);
+  void gpu_metrics(StepMetrics& m, double flops_here);
+  double local_flops(const std::vector<MicroBatch>& micro) const;
   StepMetrics step_metrics(const std::vector<MicroBatch>& micro, const StepWeights& w, const StepTotals& t,
                            const std::optional<loss::LossWeights>& applied, double lambda, double lr);
 
@@ -110,6 +121,7 @@ struct Trainer::Impl {
   EvalMetrics evaluate();
   std::string save(const std::string& why);
   void resume_from(const std::string& dir);
+  void restore_cuda_rng(const checkpoint::TrainerState& st, const std::string& dir);
 };
 
 }  // namespace sftgo::train

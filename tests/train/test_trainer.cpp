@@ -8,13 +8,20 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "sftgo/checkpoint/checkpoint.h"
 #include "sftgo/core/error.h"
 #include "sftgo/core/strings.h"
 #include "sftgo/grouping/dynamic.h"
+#include "sftgo/model/llama.h"
+#include "sftgo/model/lora.h"
 #include "sftgo/train/trainer.h"
 #include "../../src/train/step.h"
+#include "../../src/train/trainer_impl.h"
 
 namespace sftgo::train {
 namespace {
@@ -582,6 +589,166 @@ TEST(StepWeights, PlanFollowsScopeObjectiveMicroBatchesAndWorld) {
   EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kCe, 4, 1), WeightsPlan::kFromCounts);
   EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kRho1, 1, 2), WeightsPlan::kFromCounts);
   EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kCe, 1, 1), WeightsPlan::kOwnForward);
+}
+
+// Issue 23, item 1: train.save_final false skips only the save at the end. The run's metrics are all
+// there; periodic saves and the save on a stop request still happen (so a stopped run can resume).
+TEST_F(TrainerTest, SaveFinalFalseWritesMetricsButNoFinalCheckpoint) {
+  {
+    Trainer t(config("measure", {"train.save_final=false"}));
+    const TrainResult r = t.run();
+    EXPECT_EQ(r.steps, 4);
+    EXPECT_EQ(r.last_checkpoint, "");
+    EXPECT_TRUE(checkpoint::list_checkpoints((dir_ / "measure").string()).empty());
+    EXPECT_FALSE(fs::exists(dir_ / "measure/checkpoints"));
+    EXPECT_EQ(split(trim(read_file((dir_ / "measure/metrics.jsonl").string())), '\n').size(), 4u);
+  }
+  {
+    Trainer t(config("default"));  // the default is unchanged: a final checkpoint
+    EXPECT_EQ(fs::path(t.run().last_checkpoint).filename(), "step_00000004");
+  }
+  {
+    Trainer t(config("periodic", {"train.save_final=false", "train.save_every=2", "train.max_steps=5"}));
+    t.run();
+    const auto saved = checkpoint::list_checkpoints((dir_ / "periodic").string());
+    ASSERT_EQ(saved.size(), 2u);
+    EXPECT_EQ(fs::path(saved.back()).filename(), "step_00000004");  // not step 5
+  }
+  TrainerHooks stop;
+  stop.on_step = [](const StepMetrics& m) {
+    if (m.step == 2) request_stop();
+    return true;
+  };
+  Trainer t(config("stopped", {"train.save_final=false"}), stop);
+  const TrainResult r = t.run();
+  clear_stop_request();
+  EXPECT_TRUE(r.interrupted);
+  EXPECT_EQ(fs::path(r.last_checkpoint).filename(), "step_00000002");
+}
+
+// Issue 23, item 6: bf16 weights under train.precision fp32 would train pure bf16; refused when the
+// config loads (so `sftgo-train config` refuses it too), naming both keys and the fix. Every shipped
+// config still loads.
+TEST_F(TrainerTest, Bf16WeightsWithFp32PrecisionAreRefusedAtLoad) {
+  try {
+    config("pure_bf16", {"model.dtype=bfloat16"});
+    FAIL() << "expected a config error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    const std::string what = e.what();
+    EXPECT_NE(what.find("model.dtype is bfloat16 but train.precision is fp32"), std::string::npos) << what;
+    EXPECT_NE(what.find("train.precision: bf16"), std::string::npos) << what;
+  }
+  EXPECT_NO_THROW(config("mixed", {"model.dtype=bfloat16", "train.precision=bf16"}));
+  EXPECT_NO_THROW(config("fp32", {"model.dtype=float32", "train.precision=fp32"}));
+  int shipped = 0;
+  for (const auto& e : fs::directory_iterator(std::string(SFTGO_SOURCE_DIR) + "/configs")) {
+    if (e.path().extension() != ".yaml") continue;
+    EXPECT_NO_THROW(load_config(e.path().string(), {})) << e.path();
+    ++shipped;
+  }
+  EXPECT_GT(shipped, 30);
+}
+
+// Issue 23, item 8: the MFU numerator against a hand count. Per token a trained matmul weight of N
+// values costs 6N (forward 2N, input gradient 2N, weight gradient 2N), a frozen one 4N; the LM head
+// only at trained positions; attention 12 x heads x head_dim per (query, key) pair and layer.
+TEST(Flops, HandCountForFullFineTuningAndLora) {
+  model::LlamaConfig c = model::LlamaConfig::preset("tiny");
+  c.vocab_size = 100;
+  c.hidden_size = 32;
+  c.intermediate_size = 64;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  c.tie_word_embeddings = false;
+  model::LlamaModel m(c);
+  // Per layer: q 32x32, k 16x32, v 16x32, o 32x32, gate/up 64x32, down 32x64 = 9216 values.
+  const double layers = 2 * 9216.0, head = 100 * 32.0, attention = 2 * 4 * 8.0;
+  FlopsModel full = flops_model(*m);
+  EXPECT_EQ(full.token_trained, layers);  // the embedding table is a lookup: not counted
+  EXPECT_EQ(full.token_frozen, 0.0);
+  EXPECT_EQ(full.head_trained, head);
+  EXPECT_EQ(full.attention, attention);
+  // One document of 10 tokens, 6 of them trained: 1 + 2 + ... + 10 = 55 attention pairs.
+  EXPECT_DOUBLE_EQ(training_flops(full, 10, 6, 55), 6 * layers * 10 + 6 * head * 6 + 12 * attention * 55);
+
+  model::LoraOptions lo;
+  lo.rank = 4;
+  lo.target_modules = {"q_proj", "v_proj"};
+  model::apply_lora(*m, lo, 7);
+  // Adapters per layer: q A [4,32] + B [32,4] = 256, v A [4,32] + B [16,4] = 192; the base is frozen.
+  const FlopsModel lora = flops_model(*m);
+  EXPECT_EQ(lora.token_trained, 2 * 448.0);
+  EXPECT_EQ(lora.token_frozen, layers);
+  EXPECT_EQ(lora.head_trained, 0.0);
+  EXPECT_EQ(lora.head_frozen, head);
+  const double per_step = training_flops(lora, 10, 6, 55);
+  EXPECT_DOUBLE_EQ(per_step, (6 * 896.0 + 4 * layers) * 10 + 4 * head * 6 + 12 * attention * 55);
+  // The old numerator, 6 x all base parameters x tokens, overstates this LoRA step by ~1.5x.
+  EXPECT_GT(6 * (layers + 2 * head + 5 * 32) * 10 / per_step, 1.6);  // norms: 2 per layer + 1
+  // Utilisation: FLOPs per second over the peak of every GPU of the job.
+  EXPECT_DOUBLE_EQ(model_flops_utilization(4e14, 2.0, 1, 1e15), 0.2);
+  EXPECT_DOUBLE_EQ(model_flops_utilization(4e14, 2.0, 2, 1e15), 0.1);
+  EXPECT_EQ(model_flops_utilization(4e14, 2.0, 1, 0.0), -1.0);
+}
+
+// The attention pairs of a micro-batch from its positions (collate.h: 0.. per document, 0 at padding):
+// documents of 3 and 4 tokens packed into one row with 2 padding slots: 6 + 10 pairs.
+TEST(Flops, AttentionPairsFromPositions) {
+  MicroBatch b;
+  b.positions = torch::tensor({{0, 1, 2, 0, 1, 2, 3, 0, 0}, {0, 1, 2, 3, 4, 0, 0, 0, 0}}, torch::kLong);
+  b.tokens = 12;
+  EXPECT_EQ(attention_pairs(b), 6 + 10 + 15);
+}
+
+// Issue 23, item 11: every rank's CUDA generator state reaches rank 0 through one all-reduce of byte
+// values. Shown here with two forked Gloo ranks and arbitrary hex (the CUDA generators need a GPU).
+TEST(RngGather, EveryRanksHexArrivesInRankOrder) {
+  auto world1 = dist::Comm::create(dist::LaunchEnv{}, dist::CommOptions{}, c10::kCPU);
+  EXPECT_EQ(gather_hex(*world1, "00ff7a"), std::vector<std::string>{"00ff7a"});
+  EXPECT_THROW(gather_hex(*world1, "abc"), Error);
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);  // a free port for the store
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  std::vector<pid_t> kids;
+  for (int r = 0; r < 2; ++r) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid > 0) {
+      kids.push_back(pid);
+      continue;
+    }
+    int code = 1;
+    try {
+      dist::LaunchEnv e;
+      e.rank = r;
+      e.world_size = 2;
+      e.master_addr = "127.0.0.1";
+      e.master_port = ntohs(a.sin_port);
+      dist::CommOptions o;
+      o.backend = "gloo";
+      o.timeout_s = 60;
+      auto comm = dist::Comm::create(e, o, c10::kCPU);
+      const auto all = gather_hex(*comm, r == 0 ? "0123456789abcdef" : "fedcba9876543210ff");
+      code = all == std::vector<std::string>{"0123456789abcdef", "fedcba9876543210ff"} ? 0 : 1;
+      comm->shutdown();
+    } catch (const std::exception& ex) {
+      std::fprintf(stderr, "rank %d: %s\n", r, ex.what());
+    }
+    ::_exit(code);
+  }
+  for (pid_t k : kids) {
+    int status = 0;
+    ::waitpid(k, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  }
 }
 
 TEST_F(TrainerTest, BadConfigFailsBeforeTraining) {

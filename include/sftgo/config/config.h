@@ -97,6 +97,7 @@ struct TrainConfig {
   std::string precision = "fp32";  // fp32 | bf16 (bf16 weights with fp32 master copy) | bf16_autocast
   int64_t log_every = 1;
   int64_t save_every = 0;  // optimizer steps between checkpoints; 0 = only at the end
+  bool save_final = true;  // false: no checkpoint when training ends (a stop request still saves)
   int64_t keep_last = 2;
   int64_t eval_every = 0;
   int64_t max_nan_skips = 3;

@@ -5,6 +5,10 @@
 #include <string>
 #include <vector>
 
+namespace sftgo::model {
+class LlamaModelImpl;
+}
+
 namespace sftgo::train {
 
 struct StepMetrics {
@@ -49,6 +53,27 @@ struct EvalMetrics {
   double seconds = 0;
   std::string to_json() const;
 };
+
+// Model FLOPs of training (forward + backward, activation recomputation not counted): the numerator of
+// MFU. A matmul whose weight holds N values costs 2N FLOPs per token forward, 2N for the input gradient
+// and 2N for the weight gradient, which a frozen weight does not get: 6N trained, 4N frozen. Attention
+// costs 4 x heads x head_dim per (query, key) pair and layer forward (QK^T and PV) and twice that
+// backward: 12 x heads x head_dim. Embedding lookups and element-wise work count nothing.
+struct FlopsModel {
+  double token_trained = 0;  // values of trained matmul weights every token passes (all, or the LoRA adapters)
+  double token_frozen = 0;   // values of frozen matmul weights every token passes (the LoRA base)
+  double head_trained = 0;   // the same for the LM head, which only trained positions reach (V x H, its adapters)
+  double head_frozen = 0;
+  double attention = 0;  // layers x heads x head_dim
+};
+// From the model's parameters as they are now (requires_grad decides trained or frozen).
+FlopsModel flops_model(const model::LlamaModelImpl& model);
+// tokens: real tokens forwarded; trained: those that reach the LM head; pairs: (query, key) pairs that
+// causal attention within each document computes, the sum over real tokens of position + 1.
+//   (6 token_trained + 4 token_frozen) tokens + (6 head_trained + 4 head_frozen) trained + 12 attention pairs
+double training_flops(const FlopsModel& f, double tokens, double trained, double pairs);
+// flops done by `world` GPUs in `seconds`, over their dense peak (peak_flops each); -1 when unknown.
+double model_flops_utilization(double flops, double seconds, int world, double peak_flops);
 
 class MetricsLog {
  public:
