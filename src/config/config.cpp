@@ -547,7 +547,9 @@ std::string config_reference_markdown() {
      << "in step with the code. Configs are YAML with one mapping per section; any key can be overridden on\n"
      << "the command line with `--set section.key=value` (repeatable, applied in order after the file).\n"
      << "Unknown keys, wrong types and out-of-range values are errors that name the file and line, and so\n"
-     << "are a key or section given twice and a second YAML document (`---`).\n"
+     << "are a key or section given twice and a second YAML document (`---`). An unknown key comes with the\n"
+     << "sftgo key it most likely means, also from other trainers' names (`learning_rate` -> `optim.lr`,\n"
+     << "`gradient_accumulation_steps` -> `train.global_batch_size`).\n"
      << "Relative paths are taken from the directory `sftgo-train` runs in.\n";
   std::string section;
   for (const auto& f : fields) {
