@@ -485,13 +485,6 @@ std::string config_to_yaml(const Config& config) {
   return std::string(out.c_str()) + "\n";
 }
 
-std::string config_table(const LoadedConfig& loaded) {
-  Config copy = loaded.config;
-  auto fields = fields_of(copy);
-  size_t wk = 3, wv = 5;
-  for (const auto& f : fields) {
-    wk = std::max(wk, f.key.size());
-    wv = std::min<size_t>(48, std::max(wv, config_detail::value_string(f.ptr).size()));
 std::vector<std::string> config_changes(const std::string& saved_yaml, const Config& now) {
   // Settings that change how a run is logged, saved or connected, never the weights it trains.
   static const std::set<std::string> kBookkeeping = {
@@ -522,6 +515,13 @@ std::vector<std::string> config_changes(const std::string& saved_yaml, const Con
   return out;
 }
 
+std::string config_table(const LoadedConfig& loaded) {
+  Config copy = loaded.config;
+  auto fields = fields_of(copy);
+  size_t wk = 3, wv = 5;
+  for (const auto& f : fields) {
+    wk = std::max(wk, f.key.size());
+    wv = std::min<size_t>(48, std::max(wv, config_detail::value_string(f.ptr).size()));
   }
   auto pad = [](std::string s, size_t w) {
     if (s.size() > w) s = s.substr(0, w - 3) + "...";

@@ -370,6 +370,15 @@ TrainResult Trainer::run(const std::string& resume) {
       s.resume_from(*dir);
     else
       log_info("--resume auto: no checkpoint in {}, starting fresh", cfg.run.output_dir);
+    // A finished run resumed with the same step count: nothing to train, so nothing is rewritten
+    // (checkpoint, metrics.jsonl, run files) and no "final loss" of a step that did not run is printed.
+    if (dir && s.step >= s.total_steps) {
+      log_info("{} is already complete at step {}: nothing to do (raise train.max_steps to train further)",
+               cfg.run.output_dir, s.step);
+      s.comm->shutdown();
+      result.steps = s.step;
+      return result;
+    }
   }
   const std::unique_ptr<MetricsLog> metrics_log = s.open_run_files(!resume.empty());
   auto write_metrics = [&](const auto& m) {
@@ -385,15 +394,6 @@ TrainResult Trainer::run(const std::string& resume) {
     StepMetrics m = s.train_step();
     m.elapsed_s = s.elapsed_before + wall.seconds();
     write_metrics(m);
-    // A finished run resumed with the same step count: nothing to train, so nothing is rewritten
-    // (checkpoint, metrics.jsonl, run files) and no "final loss" of a step that did not run is printed.
-    if (dir && s.step >= s.total_steps) {
-      log_info("{} is already complete at step {}: nothing to do (raise train.max_steps to train further)",
-               cfg.run.output_dir, s.step);
-      s.comm->shutdown();
-      result.steps = s.step;
-      return result;
-    }
     if (ran++ == 0) result.first_loss = m.loss;
     result.last_loss = m.loss;
     result.steps = s.step;

@@ -170,10 +170,10 @@ std::string config_table(const LoadedConfig& loaded);
 std::string config_reference_markdown();
 // Every valid dotted key, in declaration order.
 std::vector<std::string> config_keys();
-
 // What differs between a config saved with a checkpoint (config_to_yaml text) and `now`, one
 // "key: old -> new" line per key, in declaration order. Keys that cannot change what is trained
 // (logging, checkpoint cadence, cache and rendezvous settings) and keys the saved text lacks (added
 // to sftgo since) are left out. A saved text that is not such YAML gives one line saying so.
 std::vector<std::string> config_changes(const std::string& saved_yaml, const Config& now);
+
 }  // namespace sftgo
