@@ -620,7 +620,8 @@ class FusedGroupLossFn : public torch::autograd::Function<FusedGroupLossFn> {
     at::Tensor grad_h;  // [T, H]
     if (call.need_h) grad_h = gather ? at::zeros({t, h}, hidden.options()) : at::empty({t, h}, hidden.options());
     at::Tensor grad_w = call.need_w ? at::empty_like(weight) : at::Tensor();  // [V, H]
-    const bool fp32_sum = call.need_w && weight.scalar_type() != at::kFloat && n > rows;
+    const bool fp32_sum = call.need_w && n > rows &&
+                          (weight.scalar_type() == at::kBFloat16 || weight.scalar_type() == at::kHalf);
     at::Tensor grad_w32 = fp32_sum ? at::zeros({vocab, h}, f32) : at::Tensor();  // [V, H] fp32
     const at::Tensor flat = at::empty({rows * vocab}, hidden.options());      // [rows, V] buffer
     // [rows, H] buffers for the gathered hidden rows and their gradient (only when tokens are ignored).
