@@ -235,7 +235,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="sftgo_peer_") as tmp:
         tmp = Path(tmp)
         vocab = write_checkpoint(Path(args.tokenizer), tmp / "ckpt")
-        sets = ["--set", f"tokenizer.path={args.tokenizer}", "--set", f"model.path={tmp / 'ckpt'}",
+        sets = ["--set", f"tokenizer.path={args.tokenizer}", "--set", f"model.path={tmp / 'ckpt'}", "--set", "model.preset=auto",
                 "--set", "loss.scope=microbatch", "--set", f"train.max_steps={args.steps}",
                 "--set", f"train.num_threads={args.threads}", "--set", f"data.cache_dir={tmp / 'cache'}",
                 "--set", "train.log_every=1", "--set", "train.epochs=100"]

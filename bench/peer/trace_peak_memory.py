@@ -114,7 +114,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="sftgo_peakmem_") as tmp:
         tmp = Path(tmp)
         vocab = peer.write_checkpoint(Path(args.tokenizer), tmp / "ckpt")
-        sets = ["--set", f"tokenizer.path={args.tokenizer}", "--set", f"model.path={tmp / 'ckpt'}",
+        sets = ["--set", f"tokenizer.path={args.tokenizer}", "--set", f"model.path={tmp / 'ckpt'}", "--set", "model.preset=auto",
                 "--set", "loss.scope=microbatch", "--set", f"train.max_steps={args.steps}",
                 "--set", "train.num_threads=1", "--set", f"data.cache_dir={tmp / 'cache'}",
                 "--set", "train.log_every=1", "--set", "train.epochs=100"]

@@ -72,7 +72,7 @@ def sets(**kv):
 def common(run_dir, base, data, n, micro, targets, clip, extra=()):
     """sftgo-train arguments of the PEFT comparison."""
     return ["--config", str(ROOT / "configs/demo_tiny.yaml"), *sets(
-        tokenizer__path=DEMO_TOK, model__path=base, model__device="cpu", data__path=data, data__cache_dir="",
+        tokenizer__path=DEMO_TOK, model__path=base, model__preset="auto", model__device="cpu", data__path=data, data__cache_dir="",
         data__max_seq_len=96, run__output_dir=run_dir, train__num_threads=1, train__max_steps=STEPS,
         train__global_batch_size=n, train__micro_batch_size=micro, train__log_every=1, train__save_every=0,
         grouping__function="tfidf", grouping__top_k_percent=TOP_K, loss__objective="sftgo", loss__lambda=LAMBDA,
@@ -288,7 +288,7 @@ def dist_args(run_dir, base, data, extra=()):
     """8 examples per step: 1 rank x 2 micro-batches of 4, or 2 ranks x 1 micro-batch of 4. Fresh
     adapters (PEFT's init from run.seed, the same on every rank), LoRA on every projection and the head."""
     return ["--config", str(ROOT / "configs/demo_tiny.yaml"), *sets(
-        tokenizer__path=DEMO_TOK, model__path=base, model__device="cpu", data__path=data, data__cache_dir="",
+        tokenizer__path=DEMO_TOK, model__path=base, model__preset="auto", model__device="cpu", data__path=data, data__cache_dir="",
         data__max_seq_len=96, run__output_dir=run_dir, train__num_threads=1, train__max_steps=4,
         train__global_batch_size=8, train__micro_batch_size=4, optim__warmup_ratio=0, optim__weight_decay=0.1,
         dist__timeout_s=20, lora__enabled="true", lora__rank=4, lora__alpha=8.0,

@@ -113,7 +113,7 @@ def runs(tmp_path_factory):
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp / "ckpt")
 
     sets = []
-    for kv in [f"tokenizer.path={DEMO_TOK}", f"model.path={tmp / 'ckpt'}", f"data.path={data}", "data.cache_dir=",
+    for kv in [f"tokenizer.path={DEMO_TOK}", f"model.path={tmp / 'ckpt'}", "model.preset=auto", f"data.path={data}", "data.cache_dir=",
                "model.device=cpu", "train.num_threads=1", f"train.global_batch_size={N_EXAMPLES}",
                f"train.micro_batch_size={N_EXAMPLES}", f"train.max_steps={STEPS}", "train.log_every=1",
                "optim.schedule=constant", "optim.warmup_ratio=0", "optim.warmup_steps=0", f"optim.lr={LR}",
