@@ -60,6 +60,11 @@ TEST(Cli, HighlightsAlignWithText) {
   const std::string page = read_file(html);
   EXPECT_NE(page.find("<mark>"), std::string::npos);
   EXPECT_NE(page.find("caf"), std::string::npos);
+  // Issue 24: positional placeholders were ignored ("Grouping function 30, top 2%", a literal "{5}").
+  const auto h1 = page.find("<h1>Grouping function tfidf, top 30%</h1>\n<p>2 examples; ");
+  EXPECT_NE(h1, std::string::npos) << page;
+  EXPECT_LT(h1, page.find("<h2>example 0"));  // the legend comes before the examples
+  EXPECT_EQ(page.find("{5}"), std::string::npos);
   std::remove(html.c_str());
 }
 
