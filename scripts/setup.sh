@@ -43,7 +43,7 @@ phase_done() {
 # 1. Debian packages (compilers, CMake and the C++ libraries).
 APT_PACKAGES=(build-essential cmake ninja-build pkg-config ccache git python3 python3-venv python3-pip
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libyaml-cpp-dev
-  libpcre2-dev libgtest-dev libgmock-dev libopenmpi-dev openmpi-bin libgloo-dev)
+  libpcre2-dev libgtest-dev libgmock-dev libopenmpi-dev openmpi-bin libgloo-dev libcairo2-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,40 +1,61 @@
 #include "sftgo/train/plot.h"
 
 #include <nlohmann/json.hpp>
+#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <iterator>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <vector>
 
+#include "plot_figure.h"
 #include "sftgo/core/error.h"
+#include "sftgo/core/log.h"
 #include "sftgo/core/strings.h"
 
 namespace sftgo::train {
 namespace {
 
+using detail::Figure;
+using detail::Shape;
+
 struct SeriesDef {
-  const char* key;  // metrics.jsonl field of a training line; "eval_" + key on eval lines
+  const char* key;    // metrics.jsonl field of a training line; "eval_" + key on eval lines
+  const char* count;  // the training line's token count of the group ("" = always drawn)
   const char* label;
   const char* colour;
 };
 // The paper's Figure 2 colours: all tokens blue, important orange, unimportant green.
-constexpr SeriesDef kSeries[] = {{"loss_ce", "L_CE (all tokens)", "#1f77b4"},
-                                 {"loss_imp", "L_imp (important)", "#ff7f0e"},
-                                 {"loss_unimp", "L_unimp (rest)", "#2ca02c"}};
-constexpr SeriesDef kObjective = {"loss", "objective", "#7f7f7f"};
+constexpr SeriesDef kSeries[] = {{"loss_ce", "", "L_CE (all tokens)", "#1f77b4"},
+                                 {"loss_imp", "count_imp", "L_imp (important)", "#ff7f0e"},
+                                 {"loss_unimp", "count_unimp", "L_unimp (rest)", "#2ca02c"}};
+constexpr const char* kObjectiveColour = "#7f7f7f";
 constexpr const char* kDashes[] = {"", "7,4", "2,3", "9,3,2,3", "4,2,1,2,1,2"};
 
 using Points = std::vector<std::pair<double, double>>;
 
+// What the objective curve of a run is: its own line (sftgo), or one of the group curves.
+enum class ObjectiveIs { kNone, kOwn, kCe, kImp };
+
 struct RunData {
   std::string label;
   Points train[3], eval[3], objective;
+  ObjectiveIs objective_is = ObjectiveIs::kNone;
 };
+
+bool same_curve(const Points& a, const Points& b) {
+  if (a.size() != b.size() || a.empty()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i].first != b[i].first || std::abs(a[i].second - b[i].second) > 1e-9 * std::max(1.0, std::abs(b[i].second)))
+      return false;
+  return true;
+}
 
 RunData read_run(const PlotRun& run) {
   RunData d;
@@ -55,35 +76,101 @@ RunData read_run(const PlotRun& run) {
       if (j.contains(key) && j[key].is_number() && std::isfinite(j[key].get<double>()))
         out.emplace_back(step, j[key].get<double>());
     };
-    for (int s = 0; s < 3; ++s) {
-      take(kSeries[s].key, d.train[s]);
-      take(std::string("eval_") + kSeries[s].key, d.eval[s]);
+    for (const auto& s : kSeries) {
+      const size_t k = static_cast<size_t>(&s - kSeries);
+      // A group with no token in this step has no mean (the trainer writes 0): no point.
+      const bool empty_group = s.count[0] && j.contains(s.count) && j[s.count].is_number() && j[s.count] == 0;
+      if (!empty_group) take(s.key, d.train[k]);
+      take(std::string("eval_") + s.key, d.eval[k]);
     }
-    take(kObjective.key, d.objective);
+    take("loss", d.objective);
   }
+  auto by_step = [](const auto& a, const auto& b) { return a.first < b.first; };
+  for (int s = 0; s < 3; ++s) {
+    std::stable_sort(d.train[s].begin(), d.train[s].end(), by_step);
+    std::stable_sort(d.eval[s].begin(), d.eval[s].end(), by_step);
+  }
+  std::stable_sort(d.objective.begin(), d.objective.end(), by_step);
+  if (d.objective.empty())
+    d.objective_is = ObjectiveIs::kNone;
+  else if (run.objective == "ce" || (run.objective.empty() && same_curve(d.objective, d.train[0])))
+    d.objective_is = ObjectiveIs::kCe;
+  else if (run.objective == "rho1")
+    d.objective_is = ObjectiveIs::kImp;
+  else
+    d.objective_is = ObjectiveIs::kOwn;
   return d;
 }
 
-// EMA with TensorBoard's debiasing (the first points are not pulled towards 0).
+// Moments about x_i of the points on one side of i (i included), weights a^|x_j - x_i|:
+// s_k = sum w (x_j - x_i)^k, t_k = sum w (x_j - x_i)^k y_j.
+struct Moments {
+  double s0, s1, s2, t0, t1;
+};
+
+// Moments at a point `d` further along (d = x_new - x_old, signed), plus the point itself.
+Moments shift(const Moments& m, double d, double a, double y) {
+  const double w = std::pow(a, std::abs(d));
+  return {1 + w * m.s0, w * (m.s1 - d * m.s0), w * (m.s2 - 2 * d * m.s1 + d * d * m.s0), y + w * m.t0,
+          w * (m.t1 - d * m.t0)};
+}
+
+// A local linear fit at every point with weights a^|x_j - x_i| on both sides (centred: no lag, and
+// exact on straight lines up to the ends), in O(n) from one forward and one backward pass.
 Points smoothed(const Points& p, double a) {
-  if (a <= 0) return p;
+  const size_t n = p.size();
+  if (a <= 0 || n < 3) return p;
+  std::vector<Moments> fwd(n), bwd(n);
+  fwd[0] = {1, 0, 0, p[0].second, 0};
+  for (size_t i = 1; i < n; ++i) fwd[i] = shift(fwd[i - 1], p[i].first - p[i - 1].first, a, p[i].second);
+  bwd[n - 1] = {1, 0, 0, p[n - 1].second, 0};
+  for (size_t i = n - 1; i-- > 0;) bwd[i] = shift(bwd[i + 1], p[i].first - p[i + 1].first, a, p[i].second);
   Points out;
-  double s = 0, w = 0;
-  for (auto [x, y] : p) {
-    s = a * s + (1 - a) * y;
-    w = a * w + (1 - a);
-    out.emplace_back(x, s / w);
+  for (size_t i = 0; i < n; ++i) {
+    const Moments& f = fwd[i];
+    const Moments& b = bwd[i];
+    // Both sides count the point itself once.
+    const double s0 = f.s0 + b.s0 - 1, s1 = f.s1 + b.s1, s2 = f.s2 + b.s2;
+    const double t0 = f.t0 + b.t0 - p[i].second, t1 = f.t1 + b.t1;
+    const double det = s0 * s2 - s1 * s1;
+    out.emplace_back(p[i].first, det > 1e-12 * s0 * s2 ? (s2 * t0 - s1 * t1) / det : t0 / s0);
   }
   return out;
 }
 
-// A 1-2-2.5-5 x 10^k tick step giving about `n` intervals over [lo, hi].
-double nice_step(double lo, double hi, int n) {
-  const double raw = (hi - lo) / n;
-  const double p = std::pow(10.0, std::floor(std::log10(raw)));
-  for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
-    if (m * p >= raw * (1 - 1e-9)) return m * p;
-  return 10 * p;
+struct Axis {
+  double lo, hi, step;
+  int intervals() const { return static_cast<int>(std::lround((hi - lo) / step)); }
+};
+
+// Limits on multiples of a 1-2-2.5-5 x 10^k step around [lo, hi], 3 to 8 intervals, with the least
+// room beyond the data (ties: the wider step; 2.5 only when nothing else fits as well). `integer`
+// axes (steps) only take integer tick steps.
+Axis nice_axis(double lo, double hi, bool integer) {
+  if (!(hi > lo)) {
+    const double pad = integer ? 1.0 : std::max(std::abs(lo) * 0.05, 0.5);
+    hi = lo + pad;
+    if (!integer) lo -= pad;
+  }
+  const double span = hi - lo;
+  const double p0 = std::pow(10.0, std::floor(std::log10(span / 8)) - 1);
+  auto fit = [&](double s) { return Axis{std::floor(lo / s + 1e-9) * s, std::ceil(hi / s - 1e-9) * s, s}; };
+  std::optional<Axis> best, fallback;
+  double best_score = std::numeric_limits<double>::infinity();
+  for (double p = p0; p <= p0 * 1000; p *= 10)
+    for (double m : {1.0, 2.0, 2.5, 5.0}) {
+      const double s = m * p;
+      if (integer && (s < 1 - 1e-9 || std::abs(s - std::round(s)) > 1e-9)) continue;
+      const Axis ax = fit(s);
+      if (!fallback && ax.intervals() <= 8) fallback = ax;  // the finest step with few enough ticks
+      if (ax.intervals() < 3 || ax.intervals() > 8) continue;
+      const double score = (ax.hi - ax.lo - span) / span + (m == 2.5 ? 1e-6 : 0.0);
+      if (score < best_score - 1e-12 || (score <= best_score + 1e-12 && s > best->step)) {
+        best = ax;
+        best_score = score;
+      }
+    }
+  return best ? *best : fallback ? *fallback : fit(span);
 }
 
 // Enough decimals for a 1-2-2.5-5 x 10^k step: 0.25 -> 2, 0.5 -> 1, 2.5 -> 1, 25 -> 0.
@@ -97,35 +184,285 @@ std::string tick_text(double v, double step) {
   return buf;
 }
 
-struct Axis {
-  double lo, hi, step;
+// ---- Drawing ----------------------------------------------------------------------------------
+
+Shape line_shape(double x1, double y1, double x2, double y2, const std::string& colour, double width,
+                 const std::string& dash = "") {
+  Shape s;
+  s.kind = Shape::Kind::kLine;
+  s.points = {{x1, y1}, {x2, y2}};
+  s.stroke = colour;
+  s.width = width;
+  s.dash = dash;
+  return s;
+}
+
+Shape text_shape(double x, double y, const std::string& text, Shape::Anchor anchor = Shape::Anchor::kStart,
+                 double size = 12, bool bold = false, const std::string& colour = "") {
+  Shape s;
+  s.kind = Shape::Kind::kText;
+  s.points = {{x, y}};
+  s.text = text;
+  s.anchor = anchor;
+  s.font_size = size;
+  s.bold = bold;
+  s.fill = colour;
+  return s;
+}
+
+struct Frame {  // a panel's pixel box and axes
+  double left, top, width, height;
+  Axis x, y;
+  double px(double v) const { return left + (v - x.lo) / (x.hi - x.lo) * width; }
+  double py(double v) const { return top + height - (v - y.lo) / (y.hi - y.lo) * height; }
 };
 
-Axis nice_axis(double lo, double hi, int n) {
-  if (!(hi > lo)) {
-    const double pad = std::max(std::abs(lo) * 0.05, 0.5);
-    lo -= pad;
-    hi += pad;
-  }
-  const double step = nice_step(lo, hi, n);
-  return {std::floor(lo / step + 1e-9) * step, std::ceil(hi / step - 1e-9) * step, step};
+void add_polyline(Figure& f, const Frame& fr, const Points& p, const char* colour, double width, const char* dash,
+                  double opacity) {
+  Shape s;
+  s.kind = Shape::Kind::kPolyline;
+  for (auto [x, y] : p) s.points.emplace_back(fr.px(x), fr.py(y));
+  s.stroke = colour;
+  s.width = width;
+  s.dash = dash;
+  s.opacity = opacity;
+  f.shapes.push_back(std::move(s));
 }
 
-std::string polyline(const Points& p, const std::function<double(double)>& px, const std::function<double(double)>& py,
-                     const char* colour, double width, const char* dash, double opacity) {
-  std::ostringstream os;
-  os << "<polyline fill=\"none\" stroke=\"" << colour << "\" stroke-width=\"" << width << "\" stroke-opacity=\""
-     << opacity << "\" stroke-linejoin=\"round\"";
-  if (dash[0]) os << " stroke-dasharray=\"" << dash << "\"";
-  os << " points=\"";
-  char buf[64];
-  for (auto [x, y] : p) {
-    std::snprintf(buf, sizeof buf, "%.1f,%.1f ", px(x), py(y));
-    os << buf;
+// One panel's curves: per run (dash pattern) the three series (colours); held-out points raw with
+// markers, training raw or raw + smoothed.
+void draw_curves(Figure& f, const Frame& fr, const std::vector<RunData>& data, const PlotOptions& opt, bool ev) {
+  for (size_t r = 0; r < data.size(); ++r) {
+    const char* dash = kDashes[r % std::size(kDashes)];
+    // The objective first, thin: it never hides a group curve. When it is a group curve itself (ce:
+    // L_CE, rho1: L_imp) it is not drawn again over it; the legend says so.
+    if (!ev && opt.objective && data[r].objective_is == ObjectiveIs::kOwn)
+      add_polyline(f, fr, data[r].objective, kObjectiveColour, 1.0, dash, 0.8);
+    for (int s = 0; s < 3; ++s) {
+      const Points& p = ev ? data[r].eval[s] : data[r].train[s];
+      if (p.empty()) continue;
+      if (ev) {  // few points: raw, with markers
+        add_polyline(f, fr, p, kSeries[s].colour, 1.8, dash, 1.0);
+        for (auto [x, y] : p) {
+          Shape c;
+          c.kind = Shape::Kind::kCircle;
+          c.points = {{fr.px(x), fr.py(y)}};
+          c.radius = 2.5;
+          c.fill = kSeries[s].colour;
+          f.shapes.push_back(c);
+        }
+      } else if (opt.smooth > 0) {
+        add_polyline(f, fr, p, kSeries[s].colour, 0.8, dash, 0.3);
+        add_polyline(f, fr, smoothed(p, opt.smooth), kSeries[s].colour, 2.0, dash, 1.0);
+      } else {
+        add_polyline(f, fr, p, kSeries[s].colour, 1.8, dash, 1.0);
+      }
+    }
   }
-  os << "\"/>\n";
-  return os.str();
 }
+
+// A slightly generous width of `text` at 12 px in DejaVu Sans (~6.1 px per character of legend text; UTF-8
+// continuation bytes take no room).
+double text_width(const std::string& text) {
+  double chars = 0;
+  for (unsigned char c : text) chars += (c & 0xC0) != 0x80;
+  return 6.6 * chars;
+}
+
+// Legend at (lx, ly): colours = series, dash patterns = runs. Returns its right edge.
+double draw_legend(Figure& f, const std::vector<RunData>& data, const PlotOptions& opt, double lx, double ly) {
+  double right = lx;
+  auto entry = [&](const char* colour, const char* dash, const std::string& text) {
+    f.shapes.push_back(line_shape(lx, ly, lx + 30, ly, colour, 2, dash));
+    f.shapes.push_back(text_shape(lx + 36, ly + 4, text));
+    right = std::max(right, lx + 36 + text_width(text));
+    ly += 18;
+  };
+  auto note = [&](const std::string& text) {
+    f.shapes.push_back(text_shape(lx, ly + 4, text, Shape::Anchor::kStart, 12, false, "#555555"));
+    right = std::max(right, lx + text_width(text));
+    ly += 18;
+  };
+  for (const auto& s : kSeries) entry(s.colour, "", s.label);
+  if (opt.objective) {
+    bool own = false, ce = false, imp = false;
+    for (const auto& d : data) {
+      own |= d.objective_is == ObjectiveIs::kOwn;
+      ce |= d.objective_is == ObjectiveIs::kCe;
+      imp |= d.objective_is == ObjectiveIs::kImp;
+    }
+    if (own) entry(kObjectiveColour, "", "objective");
+    if (ce) note(data.size() > 1 ? "SFT runs: objective = L_CE" : "objective = L_CE (SFT)");
+    if (imp) note(data.size() > 1 ? "Rho-1 runs: objective = L_imp" : "objective = L_imp (Rho-1)");
+  }
+  if (opt.smooth > 0) {
+    char buf[80];
+    std::snprintf(buf, sizeof buf, "training: light = raw, bold = smoothed %g", opt.smooth);
+    note(buf);
+  }
+  ly += 8;
+  if (data.size() > 1 || !data[0].label.empty())
+    for (size_t r = 0; r < data.size(); ++r) entry("#333333", kDashes[r % std::size(kDashes)], data[r].label);
+  return right;
+}
+
+// Ticks, grid, frame and labels of one panel.
+void draw_axes(Figure& f, const Frame& fr, const char* title, bool y_label) {
+  f.shapes.push_back(text_shape(fr.left, fr.top - 10, title, Shape::Anchor::kStart, 13, true));
+  for (int k = 0; k <= fr.y.intervals(); ++k) {
+    const double v = fr.y.lo + k * fr.y.step;
+    f.shapes.push_back(line_shape(fr.left, fr.py(v), fr.left + fr.width, fr.py(v), "#e5e5e5", 1));
+    f.shapes.push_back(text_shape(fr.left - 6, fr.py(v) + 4, tick_text(v, fr.y.step), Shape::Anchor::kEnd));
+  }
+  for (int k = 0; k <= fr.x.intervals(); ++k) {
+    const double v = fr.x.lo + k * fr.x.step;
+    const double b = fr.top + fr.height;
+    f.shapes.push_back(line_shape(fr.px(v), b, fr.px(v), b + 4, "#333333", 1));
+    f.shapes.push_back(text_shape(fr.px(v), b + 18, tick_text(v, fr.x.step), Shape::Anchor::kMiddle));
+  }
+  Shape box;
+  box.kind = Shape::Kind::kRect;
+  box.points = {{fr.left, fr.top}, {fr.width, fr.height}};
+  box.stroke = "#333333";
+  f.shapes.push_back(box);
+  f.shapes.push_back(text_shape(fr.left + fr.width / 2, fr.top + fr.height + 38, "optimizer step", Shape::Anchor::kMiddle));
+  if (y_label) {
+    Shape t = text_shape(16, fr.top + fr.height / 2, "mean cross-entropy (nats/token)", Shape::Anchor::kMiddle);
+    t.vertical = true;
+    f.shapes.push_back(t);
+  }
+}
+
+// Bounds of a set of curves; x starts at 0 (the step before training).
+void extend(const Points& p, double& x1, double& y0, double& y1) {
+  for (auto [x, y] : p) {
+    x1 = std::max(x1, x);
+    y0 = std::min(y0, y);
+    y1 = std::max(y1, y);
+  }
+}
+
+Figure make_figure(const std::vector<PlotRun>& runs, const PlotOptions& opt) {
+  SFTGO_CHECK(!runs.empty(), ErrorKind::kUsage, "plot: no run to draw");
+  SFTGO_CHECK(opt.smooth >= 0 && opt.smooth < 1, ErrorKind::kUsage, "plot: smoothing must be in [0, 1), got ",
+              opt.smooth);
+  std::vector<RunData> data;
+  for (const auto& r : runs) data.push_back(read_run(r));
+
+  // Both panels share the step axis: from 0 to the last step any run logged (training or held-out).
+  const double inf = std::numeric_limits<double>::infinity();
+  double x_first = inf, x_last = -inf, ty0 = inf, ty1 = -inf, ey0 = inf, ey1 = -inf;
+  for (const auto& d : data) {
+    for (int s = 0; s < 3; ++s) {
+      extend(d.train[s], x_last, ty0, ty1);
+      extend(d.eval[s], x_last, ey0, ey1);
+      for (const auto* p : {&d.train[s], &d.eval[s]})
+        if (!p->empty()) x_first = std::min(x_first, p->front().first);
+    }
+    if (opt.objective && d.objective_is == ObjectiveIs::kOwn) extend(d.objective, x_last, ty0, ty1);
+  }
+  SFTGO_CHECK(std::isfinite(ty0), ErrorKind::kData, runs[0].metrics_jsonl,
+              runs.size() > 1 ? " (and the other runs)" : "", ": no steps with loss values to plot");
+  const Axis ax = nice_axis(std::min(0.0, x_first), x_last, true);
+  const bool any_eval = std::isfinite(ey0);
+
+  const double PW = 420, PH = 300, L = 64, T = 56, B = 48, GAP = 56;
+  const int panels = any_eval ? 2 : 1;
+  Figure f;
+  f.height = T + PH + B;
+  Shape bg;
+  bg.kind = Shape::Kind::kRect;
+  bg.fill = "#ffffff";
+  f.shapes.push_back(bg);  // sized below, when the legend's width is known
+  const std::string title = opt.title.empty() ? default_plot_title(runs) : opt.title;
+  f.shapes.push_back(text_shape(L, 22, title, Shape::Anchor::kStart, 15));
+  for (int pi = 0; pi < panels; ++pi) {
+    const bool ev = pi == 1;
+    const Frame fr{L + pi * (PW + GAP), T, PW, PH, ax, ev ? nice_axis(ey0, ey1, false) : nice_axis(ty0, ty1, false)};
+    draw_axes(f, fr, ev ? "held-out (data.eval_path)" : "training (per step)", pi == 0);
+    draw_curves(f, fr, data, opt, ev);
+  }
+  const double right = draw_legend(f, data, opt, L + panels * PW + (panels - 1) * GAP + 24, T + 6);
+  f.width = std::ceil(std::max(right, L + 1.25 * text_width(title)) + 16);  // the title is 15 px
+  f.shapes[0].points = {{0, 0}, {f.width, f.height}};
+  return f;
+}
+
+const char* method_name(const std::string& objective) {
+  if (objective == "sftgo") return "SFT-GO";
+  if (objective == "ce") return "SFT";
+  if (objective == "rho1") return "Rho-1";
+  return nullptr;
+}
+
+}  // namespace
+
+std::string default_plot_title(const std::vector<PlotRun>& runs) {
+  std::vector<std::string> methods;  // in order of first appearance
+  bool unknown = false;
+  for (const auto& r : runs) {
+    const char* m = method_name(r.objective);
+    if (!m)
+      unknown = true;
+    else if (std::find(methods.begin(), methods.end(), m) == methods.end())
+      methods.push_back(m);
+  }
+  const std::string what = runs.size() == 1 ? runs[0].label : std::to_string(runs.size()) + " runs";
+  if (unknown || methods.empty()) return "Losses by token group: " + what;
+  if (methods.size() == 1) return methods[0] + " losses by token group: " + what;
+  std::string vs;
+  for (const auto& m : methods) vs += (vs.empty() ? "" : " vs ") + m;
+  return vs + ": losses by token group";
+}
+
+PlotRun plot_run_from_dir(const std::string& run_dir, const std::string& label) {
+  namespace fs = std::filesystem;
+  PlotRun run;
+  run.metrics_jsonl = (fs::path(run_dir) / "metrics.jsonl").string();
+  run.label = label;
+  if (run.label.empty()) {
+    const fs::path norm = fs::path(run_dir).lexically_normal();
+    run.label = norm.filename().string();
+    if (run.label.empty()) run.label = norm.parent_path().filename().string();
+    if (run.label.empty() || run.label == ".") run.label = fs::absolute(norm).parent_path().filename().string();
+  }
+  const std::string cfg = (fs::path(run_dir) / "resolved_config.yaml").string();
+  std::error_code ec;
+  if (!fs::exists(cfg, ec)) return run;  // metrics from elsewhere: the method stays unnamed
+  try {
+    const YAML::Node loss = YAML::LoadFile(cfg)["loss"];
+    if (loss && loss["objective"]) run.objective = loss["objective"].as<std::string>();
+  } catch (const std::exception& e) {
+    log_warn("{}: cannot read loss.objective ({}); the plot's title names no method", cfg, e.what());
+  }
+  if (!run.objective.empty() && !method_name(run.objective)) {
+    log_warn("{}: unknown loss.objective '{}'; the plot's title names no method", cfg, run.objective);
+    run.objective.clear();
+  }
+  return run;
+}
+
+std::string plot_runs_svg(const std::vector<PlotRun>& runs, const PlotOptions& opt) {
+  return detail::render_svg(make_figure(runs, opt));
+}
+
+std::string plot_runs_png(const std::vector<PlotRun>& runs, const PlotOptions& opt, double scale) {
+  SFTGO_CHECK(scale > 0 && scale <= 8, ErrorKind::kUsage, "plot: PNG scale must be in (0, 8], got ", scale);
+  return detail::render_png(make_figure(runs, opt), scale);
+}
+
+bool plot_png_supported() { return detail::png_supported(); }
+
+std::string plot_metrics_svg(const std::string& path, const std::string& title) {
+  PlotOptions o;
+  o.title = title;
+  return plot_runs_svg({PlotRun{"", path, ""}}, o);
+}
+
+// ---- SVG --------------------------------------------------------------------------------------
+
+namespace detail {
+namespace {
 
 std::string escape(const std::string& s) {
   std::string out;
@@ -144,131 +481,70 @@ std::string escape(const std::string& s) {
   return out;
 }
 
-// One panel's curves: per run (dash pattern) the three series (colours); held-out points raw with
-// markers, training raw or raw + EMA-smoothed.
-template <typename PX, typename PY>
-void draw_curves(std::ostringstream& os, const std::vector<RunData>& data, const PlotOptions& opt, bool ev, PX px,
-                 PY py) {
-  for (size_t r = 0; r < data.size(); ++r) {
-    const char* dash = kDashes[r % std::size(kDashes)];
-    // The objective first, thin: it never hides a group curve (it equals L_imp when lambda = 1).
-    if (!ev && opt.objective && !data[r].objective.empty())
-      os << polyline(data[r].objective, px, py, kObjective.colour, 1.0, dash, 0.8);
-    for (int s = 0; s < 3; ++s) {
-      const Points& p = ev ? data[r].eval[s] : data[r].train[s];
-      if (p.empty()) continue;
-      if (ev) {  // few points: raw, with markers
-        os << polyline(p, px, py, kSeries[s].colour, 1.8, dash, 1.0);
-        for (auto [x, y] : p)
-          os << "<circle cx=\"" << px(x) << "\" cy=\"" << py(y) << "\" r=\"2.5\" fill=\"" << kSeries[s].colour
-             << "\"/>\n";
-      } else if (opt.smooth > 0) {
-        os << polyline(p, px, py, kSeries[s].colour, 0.8, dash, 0.3)
-           << polyline(smoothed(p, opt.smooth), px, py, kSeries[s].colour, 2.0, dash, 1.0);
-      } else {
-        os << polyline(p, px, py, kSeries[s].colour, 1.8, dash, 1.0);
-      }
-    }
-  }
+std::string num(double v) {  // 0.1 px is below what any viewer shows
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", std::abs(v) < 0.05 ? 0.0 : v);
+  return buf;
 }
 
-// Legend at (lx, ly): colours = series, dash patterns = runs.
-void draw_legend(std::ostringstream& os, const std::vector<RunData>& data, const PlotOptions& opt, double lx,
-                 double ly) {
-  auto entry = [&](const char* colour, const char* dash, const std::string& text) {
-    os << "<line x1=\"" << lx << "\" x2=\"" << lx + 30 << "\" y1=\"" << ly << "\" y2=\"" << ly << "\" stroke=\""
-       << colour << "\" stroke-width=\"2\""
-       << (dash[0] ? std::string(" stroke-dasharray=\"") + dash + "\"" : std::string()) << "/><text x=\"" << lx + 36
-       << "\" y=\"" << ly + 4 << "\">" << escape(text) << "</text>\n";
-    ly += 18;
-  };
-  for (const auto& s : kSeries) entry(s.colour, "", s.label);
-  if (opt.objective) entry(kObjective.colour, "", kObjective.label);
-  if (opt.smooth > 0) {
-    os << "<text x=\"" << lx << "\" y=\"" << ly + 4 << "\" fill=\"#555\">training: light = raw, bold = EMA "
-       << opt.smooth << "</text>\n";
-    ly += 18;
-  }
-  ly += 8;
-  if (data.size() > 1 || !data[0].label.empty())
-    for (size_t r = 0; r < data.size(); ++r) entry("#333", kDashes[r % std::size(kDashes)], data[r].label);
+std::string gnum(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+void svg_text(std::ostringstream& os, const Shape& s) {
+  const auto [x, y] = s.points.at(0);
+  os << "<text x=\"" << num(x) << "\" y=\"" << num(y) << "\"";
+  if (s.font_size != 12) os << " font-size=\"" << gnum(s.font_size) << "\"";
+  if (s.bold) os << " font-weight=\"bold\"";
+  if (!s.fill.empty()) os << " fill=\"" << s.fill << "\"";
+  if (s.vertical) os << " transform=\"rotate(-90 " << num(x) << " " << num(y) << ")\"";
+  if (s.anchor != Shape::Anchor::kStart)
+    os << " text-anchor=\"" << (s.anchor == Shape::Anchor::kMiddle ? "middle" : "end") << "\"";
+  os << ">" << escape(s.text) << "</text>\n";
 }
 
 }  // namespace
 
-std::string plot_runs_svg(const std::vector<PlotRun>& runs, const PlotOptions& opt) {
-  SFTGO_CHECK(!runs.empty(), ErrorKind::kUsage, "plot: no run to draw");
-  SFTGO_CHECK(opt.smooth >= 0 && opt.smooth < 1, ErrorKind::kUsage, "plot: smoothing must be in [0, 1), got ",
-              opt.smooth);
-  std::vector<RunData> data;
-  for (const auto& r : runs) data.push_back(read_run(r));
-
-  bool any_eval = false;
-  for (const auto& d : data)
-    for (const auto& e : d.eval) any_eval |= !e.empty();
-  struct Panel {
-    const char* title;
-    bool eval;
-  };
-  std::vector<Panel> panels = {{"training (per step)", false}};
-  if (any_eval) panels.push_back({"held-out (data.eval_path)", true});
-
-  const double PW = 420, PH = 300, L = 64, T = 56, B = 48, GAP = 56, LEG = 230;
-  const double W = L + panels.size() * PW + (panels.size() - 1) * GAP + 24 + LEG, H = T + PH + B;
+std::string render_svg(const Figure& f) {
   std::ostringstream os;
-  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
-     << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-     << "<text x=\"" << L << "\" y=\"22\" font-size=\"15\">" << escape(opt.title) << "</text>\n";
-
-  for (size_t pi = 0; pi < panels.size(); ++pi) {
-    const bool ev = panels[pi].eval;
-    double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
-    auto extend = [&](const Points& p) {
-      for (auto [x, y] : p) {
-        x0 = std::min(x0, x);
-        x1 = std::max(x1, x);
-        y0 = std::min(y0, y);
-        y1 = std::max(y1, y);
-      }
-    };
-    for (const auto& d : data) {
-      for (int s = 0; s < 3; ++s) extend(ev ? d.eval[s] : d.train[s]);
-      if (!ev && opt.objective) extend(d.objective);
+  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << gnum(f.width) << "\" height=\"" << gnum(f.height)
+     << "\" viewBox=\"0 0 " << gnum(f.width) << " " << gnum(f.height)
+     << "\" font-family=\"DejaVu Sans, Arial, sans-serif\" font-size=\"12\">\n";
+  for (const Shape& s : f.shapes) {
+    const std::string dash = s.dash.empty() ? "" : " stroke-dasharray=\"" + s.dash + "\"";
+    switch (s.kind) {
+      case Shape::Kind::kPolyline:
+        os << "<polyline fill=\"none\" stroke=\"" << s.stroke << "\" stroke-width=\"" << gnum(s.width)
+           << "\" stroke-opacity=\"" << gnum(s.opacity) << "\" stroke-linejoin=\"round\"" << dash << " points=\"";
+        for (auto [x, y] : s.points) os << num(x) << "," << num(y) << " ";
+        os << "\"/>\n";
+        break;
+      case Shape::Kind::kLine:
+        os << "<line x1=\"" << num(s.points[0].first) << "\" y1=\"" << num(s.points[0].second) << "\" x2=\""
+           << num(s.points[1].first) << "\" y2=\"" << num(s.points[1].second) << "\" stroke=\"" << s.stroke
+           << "\" stroke-width=\"" << gnum(s.width) << "\"" << dash << "/>\n";
+        break;
+      case Shape::Kind::kRect:
+        os << "<rect x=\"" << num(s.points[0].first) << "\" y=\"" << num(s.points[0].second) << "\" width=\""
+           << num(s.points[1].first) << "\" height=\"" << num(s.points[1].second) << "\" fill=\""
+           << (s.fill.empty() ? "none" : s.fill) << "\"";
+        if (!s.stroke.empty()) os << " stroke=\"" << s.stroke << "\"";
+        os << "/>\n";
+        break;
+      case Shape::Kind::kCircle:
+        os << "<circle cx=\"" << num(s.points[0].first) << "\" cy=\"" << num(s.points[0].second) << "\" r=\""
+           << gnum(s.radius) << "\" fill=\"" << s.fill << "\"/>\n";
+        break;
+      case Shape::Kind::kText:
+        svg_text(os, s);
+        break;
     }
-    SFTGO_CHECK(std::isfinite(x0) || ev, ErrorKind::kData, runs[0].metrics_jsonl,
-                runs.size() > 1 ? " (and the other runs)" : "", ": no steps with loss values to plot");
-    if (!std::isfinite(x0)) continue;
-    const Axis ax = nice_axis(x0, x1, 5), ay = nice_axis(y0, y1, 5);
-    const double left = L + pi * (PW + GAP), top = T;
-    auto px = [&](double x) { return left + (x - ax.lo) / (ax.hi - ax.lo) * PW; };
-    auto py = [&](double y) { return top + PH - (y - ay.lo) / (ay.hi - ay.lo) * PH; };
-    os << "<text x=\"" << left << "\" y=\"" << top - 10 << "\" font-size=\"13\" font-weight=\"bold\">"
-       << panels[pi].title << "</text>\n";
-    for (double y = ay.lo; y <= ay.hi + ay.step * 1e-6; y += ay.step)
-      os << "<line x1=\"" << left << "\" x2=\"" << left + PW << "\" y1=\"" << py(y) << "\" y2=\"" << py(y)
-         << "\" stroke=\"#e5e5e5\"/><text x=\"" << left - 6 << "\" y=\"" << py(y) + 4 << "\" text-anchor=\"end\">"
-         << tick_text(y, ay.step) << "</text>\n";
-    for (double x = ax.lo; x <= ax.hi + ax.step * 1e-6; x += ax.step)
-      os << "<line x1=\"" << px(x) << "\" x2=\"" << px(x) << "\" y1=\"" << top + PH << "\" y2=\"" << top + PH + 4
-         << "\" stroke=\"#333\"/><text x=\"" << px(x) << "\" y=\"" << top + PH + 18 << "\" text-anchor=\"middle\">"
-         << tick_text(x, ax.step) << "</text>\n";
-    os << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << PW << "\" height=\"" << PH
-       << "\" fill=\"none\" stroke=\"#333\"/>\n"
-       << "<text x=\"" << left + PW / 2 << "\" y=\"" << H - 10 << "\" text-anchor=\"middle\">optimizer step</text>\n";
-    if (pi == 0)
-      os << "<text x=\"16\" y=\"" << top + PH / 2 << "\" transform=\"rotate(-90 16 " << top + PH / 2
-         << ")\" text-anchor=\"middle\">mean cross-entropy (nats/token)</text>\n";
-    draw_curves(os, data, opt, ev, px, py);
   }
-  draw_legend(os, data, opt, L + panels.size() * PW + (panels.size() - 1) * GAP + 24, T + 6);
   os << "</svg>\n";
   return os.str();
 }
 
-std::string plot_metrics_svg(const std::string& path, const std::string& title) {
-  PlotOptions o;
-  o.title = title;
-  return plot_runs_svg({PlotRun{"", path}}, o);
-}
-
+}  // namespace detail
 }  // namespace sftgo::train
