@@ -32,7 +32,6 @@
 // (memory-bound passes), and by skipping ignored (prompt) tokens entirely. The forward alone (eval,
 // no_grad) does 1 matmul. A groups_hook (Rho-1) always takes two passes: the groups, hence the
 // coefficients, come from this forward's losses.
-#include <atomic>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -394,15 +393,26 @@ void grad_hidden_mm(at::Tensor& out, const at::Tensor& g, const at::Tensor& w, b
 // writes fp32 (beta = 1 into the accumulator: nothing rounded before the sum). Where that GEMM does not
 // exist (the CPU) the block's product is rounded once into `scratch` [V, H] (the gradient's own buffer)
 // and added in fp32: one rounding per block still, but the running sum no longer loses small blocks.
-void add_block_grad_w(at::Tensor& acc, at::Tensor& scratch, const at::Tensor& g, const at::Tensor& h) {
-  static std::atomic<bool> fp32_gemm{true};
-  if (acc.is_cuda() && fp32_gemm.load()) {
+// Once per process, on the first CUDA call: does this LibTorch's addmm with an fp32 output for bf16
+// inputs exist and add into its fp32 input (ones + ones [2,3] @ ones [3,2] = 4)? Otherwise the portable way.
+bool fp32_addmm_adds(const at::Tensor& like) {
+  static const bool ok = [&] {
     try {
-      at::addmm_out(acc, acc, g.t(), h, at::kFloat);
-      return;
+      at::Tensor acc = at::ones({2, 2}, like.options().dtype(at::kFloat));
+      const at::Tensor a = at::ones({2, 3}, like.options().dtype(at::kBFloat16));
+      at::addmm_out(acc, acc, a, a.t(), at::kFloat);
+      return acc.equal(at::full({2, 2}, 4.0, acc.options()));
     } catch (const c10::Error&) {
-      fp32_gemm = false;  // this LibTorch's addmm has no fp32 output for these inputs: the portable way
+      return false;
     }
+  }();
+  return ok;
+}
+
+void add_block_grad_w(at::Tensor& acc, at::Tensor& scratch, const at::Tensor& g, const at::Tensor& h) {
+  if (acc.is_cuda() && fp32_addmm_adds(acc)) {
+    at::addmm_out(acc, acc, g.t(), h, at::kFloat);
+    return;
   }
   at::mm_out(scratch, g.t(), h);
   acc.add_(scratch);
