@@ -99,8 +99,33 @@ std::vector<int64_t> generate(LlamaModelImpl& model, const std::vector<int64_t>&
 
 // ---- Scoring -----------------------------------------------------------------------------------
 
+namespace {
+
+// Rows of the LM head per block: its fp32 logits and their log-softmax stay near 128 MiB each
+// (261 rows at the Llama-3 vocabulary) instead of [T, V] for the whole text (4.6 GB each at 9,000
+// tokens), and the GEMMs stay wide enough to run at full speed.
+constexpr int64_t kScoreBlockElements = int64_t{32} << 20;
+
+// hidden [N, H] (the positions that predict a token), targets [N] int64 on hidden's device ->
+// log p(target) [N] fp64 on the CPU, block by block over N. Each row's logits, log-softmax and
+// gather are those of the whole-text computation (rows are independent).
+Tensor target_logprobs(LlamaModelImpl& model, const Tensor& hidden, const Tensor& targets, int64_t rows) {
+  const int64_t n = hidden.size(0);
+  if (rows <= 0) rows = std::max<int64_t>(16, kScoreBlockElements / model.config().vocab_size);
+  Tensor out = torch::empty({n}, torch::kDouble);
+  for (int64_t r0 = 0; r0 < n; r0 += rows) {
+    const int64_t r1 = std::min(n, r0 + rows);
+    Tensor logits = model.logits(hidden.slice(0, r0, r1)).to(torch::kFloat);  // [r,V]
+    Tensor logp = torch::log_softmax(logits, -1);                               // [r,V]
+    out.slice(0, r0, r1).copy_(logp.gather(-1, targets.slice(0, r0, r1).unsqueeze(-1)).squeeze(-1).to(torch::kCPU));
+  }
+  return out;
+}
+
+}  // namespace
+
 std::vector<std::vector<double>> score_logprobs(LlamaModelImpl& model, const std::vector<std::vector<int64_t>>& seqs,
-                                                int64_t max_batch_tokens) {
+                                                int64_t max_batch_tokens, int64_t head_block_rows) {
   torch::NoGradGuard no_grad;
   const auto dev = model.device();
   std::vector<std::vector<double>> result(seqs.size());
@@ -120,18 +145,24 @@ std::vector<std::vector<double>> score_logprobs(LlamaModelImpl& model, const std
     for (; i < order.size() && static_cast<int64_t>(members.size()) < batch && seqs[order[i]].size() >= 2; ++i)
       members.push_back(order[i]);
     Tensor ids = torch::zeros({static_cast<int64_t>(members.size()), len}, torch::kInt64);  // [b,len]
+    // The scored positions, flattened: member m's positions 0..n_m-2 predict its tokens 1..n_m-1.
+    std::vector<int64_t> rows, targets;
     for (size_t m = 0; m < members.size(); ++m) {
       const auto& s = seqs[members[m]];
       ids[static_cast<int64_t>(m)].slice(0, 0, static_cast<int64_t>(s.size())).copy_(torch::tensor(s, torch::kInt64));
+      for (size_t t = 0; t + 1 < s.size(); ++t) {
+        rows.push_back(static_cast<int64_t>(m) * len + static_cast<int64_t>(t));
+        targets.push_back(s[t + 1]);
+      }
     }
-    ids = ids.to(dev);
-    Tensor logits = model.logits(model.forward(ids)).to(torch::kFloat);  // [b,len,V]
-    Tensor logp = torch::log_softmax(logits.slice(1, 0, len - 1), -1);   // [b,len-1,V]
-    Tensor tok = logp.gather(-1, ids.slice(1, 1).unsqueeze(-1)).squeeze(-1).to(torch::kCPU, torch::kDouble);
+    Tensor hidden = model.forward(ids.to(dev));                                         // [b,len,H]
+    hidden = hidden.reshape({-1, hidden.size(-1)}).index_select(0, torch::tensor(rows).to(dev));  // [N,H]
+    const Tensor tok = target_logprobs(model, hidden, torch::tensor(targets).to(dev), head_block_rows);  // [N] fp64
+    const double* p = tok.data_ptr<double>();
     for (size_t m = 0; m < members.size(); ++m) {
-      const int64_t n = static_cast<int64_t>(seqs[members[m]].size()) - 1;
-      const double* p = tok[static_cast<int64_t>(m)].contiguous().data_ptr<double>();
+      const size_t n = seqs[members[m]].size() - 1;
       result[members[m]].assign(p, p + n);
+      p += n;
     }
   }
   return result;

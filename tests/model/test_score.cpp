@@ -51,6 +51,26 @@ TEST(Score, MatchesDirectForwardAndIsBatchInvariant) {
   }
 }
 
+TEST(Score, LmHeadBlocksGiveTheWholeTextsLogProbs) {
+  // score runs the LM head and log-softmax over blocks of scored positions, never [T, V] at once;
+  // blocks of 1, 3 and 5 rows (edges inside and across sequences, padding skipped) against the
+  // whole-text log-softmax of a direct forward. 1e-5 (as the other Score tests): a GEMM of another
+  // row count may sum in another order, a last-bit difference on log-probs of about -4.
+  LlamaModel model(small(), ModelOptions{.seed = 3});
+  std::vector<std::vector<int64_t>> seqs = {{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {9, 8, 7}, {5, 5, 5, 1, 2}};
+  torch::NoGradGuard no_grad;
+  for (int64_t rows : {1, 3, 5}) {
+    auto got = score_logprobs(*model, seqs, /*max_batch_tokens=*/1000, rows);
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      torch::Tensor ids = torch::tensor(seqs[i], torch::kInt64).unsqueeze(0);
+      torch::Tensor lp = torch::log_softmax(model->logits(model->forward(ids)), -1)[0];
+      ASSERT_EQ(got[i].size(), seqs[i].size() - 1);
+      for (size_t t = 0; t + 1 < seqs[i].size(); ++t)
+        EXPECT_NEAR(got[i][t], lp[static_cast<int64_t>(t)][seqs[i][t + 1]].item<double>(), 1e-5) << rows;
+    }
+  }
+}
+
 TEST(Score, JsonlContract) {
   LlamaModel model(small(), ModelOptions{.seed = 4});
   fs::path dir = fs::temp_directory_path() / ("sftgo_test_score_" + std::to_string(::getpid()));
