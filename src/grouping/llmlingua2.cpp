@@ -410,6 +410,13 @@ class Llmlingua2Function final : public StaticGroupingFunction {
                          scorer_.meta().sentencepiece_sha256, scorer_.window(), opts_.llmlingua2_aggregation);
   }
 
+  // Windows of neighbouring examples share classifier batches, so the pipeline calls score_many on
+  // fixed runs of examples of batch_size x window tokens (one batch of full windows, several of the
+  // usual short ones, sorted longest first inside the run).
+  uint64_t score_run_tokens() const override {
+    return static_cast<uint64_t>(opts_.llmlingua2_batch_size) * static_cast<uint64_t>(scorer_.window());
+  }
+
   // All windows of all the examples go through the classifier in batches (Llmlingua2Scorer::words).
   std::vector<std::vector<float>> score_many(std::span<const data::TokenizedExample> examples,
                                              int /*threads*/) const override {

@@ -46,6 +46,22 @@ void parallel_for(size_t n, int threads, Body body) {
   if (error) std::rethrow_exception(error);
 }
 
+// Units of consecutive examples, each closed once it holds `budget` tokens or more.
+ShardUnits token_runs(const std::vector<data::TokenizedExample>& examples, uint64_t budget) {
+  ShardUnits u;
+  uint64_t held = 0;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    u.order.push_back(i);
+    held += examples[i].ids.size();
+    if (held >= budget || i + 1 == examples.size()) {
+      u.ends.push_back(i + 1);
+      u.costs.push_back(held);
+      held = 0;
+    }
+  }
+  return u;
+}
+
 int resolve_threads(int requested) {
   if (requested > 0) return requested;
   return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -90,8 +106,9 @@ GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& example
   }
   // One share: corpus statistics come from every example (cheap; every rank fits them), the scoring
   // and the selection only from the share's.
-  // Units are single examples in dataset order, so a share is a contiguous run of examples.
-  const ShardUnits units = per_example_units(examples);
+  // Units are runs of examples in dataset order, so a share is a contiguous run of examples.
+  const uint64_t run_tokens = fn->score_run_tokens();
+  const ShardUnits units = run_tokens == 0 ? per_example_units(examples) : token_runs(examples, run_tokens);
   bool fitted = false;
   auto compute_share = [&](const ShardUnits& u, ShareRange r) {
     if (!fitted && fn->requirements().corpus_statistics) fn->fit(examples);
@@ -99,7 +116,15 @@ GroupingOutput compute_groups(const std::vector<data::TokenizedExample>& example
     const size_t first = u.first(r.begin);
     const std::span<const data::TokenizedExample> share(examples.data() + first, u.first(r.end) - first);
     GroupingOutput part;
-    part.scores = fn->score_many(share, opts.num_threads);
+    if (run_tokens == 0) {
+      part.scores = fn->score_many(share, opts.num_threads);
+    } else {
+      for (size_t k = r.begin; k < r.end; ++k)  // one call per unit: the same batches on any rank
+        for (auto& row : fn->score_many(
+                 std::span<const data::TokenizedExample>(examples.data() + u.first(k), u.ends[k] - u.first(k)),
+                 opts.num_threads))
+          part.scores.push_back(std::move(row));
+    }
     SFTGO_CHECK(part.scores.size() == share.size(), ErrorKind::kInternal, "grouping function '", fn->name(),
                 "' returned ", part.scores.size(), " score rows for ", share.size(), " examples");
     part.groups.resize(share.size());

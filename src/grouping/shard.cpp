@@ -3,6 +3,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -95,7 +96,7 @@ GroupingOutput own_part(const std::vector<data::TokenizedExample>& examples, con
     return std::move(*reused);
   }
   log_info("grouping: rank {}/{} computes the {} of examples [{}, {}) of {}{}", job.rank, job.world_size, what, first,
-           last, examples.size(), units.size() == examples.size() ? "" : " (in batch order)");
+           last, examples.size(), std::is_sorted(units.order.begin(), units.order.end()) ? "" : " (in batch order)");
   GroupingOutput out = mine.empty() ? GroupingOutput{} : compute(units, mine);
   check_rows(out, lengths, what);
   try {

@@ -89,6 +89,11 @@ class StaticGroupingFunction : public GroupingFunction {
   // `threads` workers (0 = all cores).
   virtual std::vector<std::vector<float>> score_many(std::span<const data::TokenizedExample> examples,
                                                      int threads) const;
+  // A function whose score_many batches across examples (so its floats depend on an example's batch
+  // neighbours) returns a token budget: the pipeline then calls score_many on fixed runs of consecutive
+  // examples of about this many tokens (split where the budget is reached), the same runs in every
+  // world size, so W ranks write the cache one process writes, bit for bit. 0 (default): any runs.
+  virtual uint64_t score_run_tokens() const { return 0; }
   // The group mask of one sequence from its score() output; default: select_top_k.
   virtual std::vector<uint8_t> groups(const data::TokenizedExample& ex, std::span<const float> scores,
                                       double k_percent) const;
