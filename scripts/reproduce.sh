@@ -1,19 +1,13 @@
 #!/usr/bin/env bash
 # Reproduces the SFT-GO paper's tables: trains every config x seed, evaluates each final checkpoint
 # with `sftgo-train eval` (multiple choice) and lm-evaluation-harness (IFEval, TruthfulQA generation),
-# and writes the tables as Markdown and CSV (mean +- std over seeds).
+# and writes the tables as Markdown and CSV (mean +- std over seeds, in percent). docs/reproduce.md.
 #
 # Tables 1-4 in one command (the paper's layout, with the paper's value and our difference beside
-# each cell; docs/reproduce.md):
+# each cell):
 #   scripts/reproduce.sh --tables --seeds "1 2 3 4 5" [--datasets "lima alpaca"] [--models "3b 8b"]
 #       [--eval-dir data/eval] [--lm-eval .venv/bin/lm_eval | --lm-eval none] [--eta-sweep "55 70 85 90"]
 #   -> OUT/tables.md, OUT/table{1,2,3,4}.csv (scripts/reproduce_tables.py builds them)
-#   --eval-dir holds mmlu.jsonl, mmlu_dev.jsonl, mathqa.jsonl, arc_challenge.jsonl, openbookqa.jsonl,
-#     hellaswag.jsonl, truthfulqa_mc.jsonl (docs/evaluation.md says how to make them).
-#   --lm-eval CMD runs CMD (lm_eval's command line) for ifeval and truthfulqa_gen on each checkpoint,
-#     writing OUT/lm_eval/<run>/<task>/; "none" only reads result JSON already there.
-#   --eta-sweep "P ..." also trains the Figure 3 sweep (LIMA x {tfidf,rho1,llmlingua2} at each eta).
-#   8B configs are launched with --launch8b (default "mpirun -np 8").
 #
 # Any list of configs with the tasks you name (one column per task):
 #   scripts/reproduce.sh --configs "configs/lima_llama3b_sft.yaml configs/lima_llama3b_tfidf.yaml" \
@@ -21,15 +15,32 @@
 #       --task arc_challenge=data/eval/arc_challenge_test.jsonl \
 #       --task mmlu:5=data/eval/mmlu_test.jsonl,data/eval/mmlu_dev.jsonl \
 #       --task truthfulqa_mc2/acc=data/eval/truthfulqa_mc.jsonl
-#   -> OUT/table.md and OUT/table.csv
+#   -> OUT/table.md and OUT/table.csv (each column names its metric)
 #
-# --task NAME[:SHOTS][/METRIC]=FILE[,FEWSHOT_FILE]  (repeatable; METRIC default: acc_norm when the
-#        task reports it, else acc; values are shown in percent)
-# --configs "A.yaml B.yaml"   --seeds "1 2 3" (run.seed)   --out DIR (default results)
-# --set KEY=VALUE             passed to every training run (repeatable)
-# --launch "mpirun -np 8"     prefix for the training command (multi-GPU configs)
-# --device auto|cpu|cuda      for evaluation   --limit N   evaluate the first N documents only
-# --no-setup                  skip scripts/setup.sh (build and venv already there)
+# Options:
+#   --tables               the paper's configs and eight multiple-choice columns, then Tables 1-4
+#   --datasets "lima alpaca"  --models "3b 8b"   which rows --tables trains (default: all)
+#   --eval-dir DIR         where --tables reads the benchmark files (default data/eval): mmlu.jsonl,
+#                          mmlu_dev.jsonl, mathqa.jsonl, arc_challenge.jsonl, openbookqa.jsonl,
+#                          hellaswag.jsonl, truthfulqa_mc.jsonl (docs/evaluation.md says how to make them)
+#   --lm-eval CMD          lm_eval's command line, run for ifeval and truthfulqa_gen on each checkpoint
+#                          (--tables; default .venv/bin/lm_eval) into OUT/lm_eval/<run>/<task>/;
+#                          "none" only reads result JSON already there
+#   --lm-eval-args "ARGS"  more arguments for every lm_eval call
+#   --eta-sweep "P ..."    --tables also trains the Figure 3 sweep (LIMA x {tfidf,rho1,llmlingua2} at each eta)
+#   --launch8b "CMD"       prefix for the 8B configs of --tables (default "mpirun -np 8")
+#   --configs "A.yaml B.yaml"  the configs (without --tables)
+#   --task NAME[:SHOTS][/METRIC]=FILE[,FEWSHOT_FILE]  a column (repeatable; without --tables)
+#   --metric acc|acc_norm  metric of the multiple-choice columns that name none, in both modes: acc
+#                          (default, the paper's) or acc_norm (ARC, OpenBookQA, HellaSwag, MathQA;
+#                          MMLU and TruthfulQA report acc only). The tables name the metric they used
+#   --seeds "1 2 3"        run.seed values (default 1)
+#   --out DIR              results directory (default results)
+#   --set KEY=VALUE        passed to every training run (repeatable)
+#   --launch "CMD"         prefix for the training command, e.g. "mpirun -np 8"
+#   --device auto|cpu|cuda for evaluation    --limit N   evaluate the first N documents only
+#   --no-setup             skip scripts/setup.sh (the build and the venv are already there)
+#   -h, --help             this text
 # A run whose OUT/runs/<config>_seed<S>/DONE exists is not trained again, and an evaluation whose
 # JSON exists is not repeated, so an interrupted reproduction continues where it stopped.
 # *_rho1 configs use the final checkpoint of the *_sft run with the same prefix and seed as their
@@ -40,7 +51,7 @@ BUILD_DIR=${SFTGO_BUILD_DIR:-build}
 BIN="$BUILD_DIR/bin/sftgo-train"
 CONFIGS=() SEEDS=(1) TASKS=() SETS=() OUT=results LAUNCH="" DEVICE=auto LIMIT=-1 SETUP=1
 TABLES=0 DATASETS=(lima alpaca) MODELS=(3b 8b) EVAL_DIR=data/eval LM_EVAL=.venv/bin/lm_eval ETAS=()
-LAUNCH8B="mpirun -np 8" LM_EVAL_ARGS=""
+LAUNCH8B="mpirun -np 8" LM_EVAL_ARGS="" METRIC=acc
 
 die() { echo "reproduce.sh: $*" >&2; exit 2; }
 while (($#)); do
@@ -62,7 +73,8 @@ while (($#)); do
     --lm-eval-args) LM_EVAL_ARGS=${2:?}; shift ;;
     --eta-sweep) read -r -a ETAS <<<"${2:?}"; shift ;;
     --launch8b) LAUNCH8B=${2:?}; shift ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    --metric) METRIC=${2:?}; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -101,6 +113,7 @@ if ((TABLES)); then
     command -v "${LM_EVAL%% *}" >/dev/null || die "--lm-eval: '$LM_EVAL' not found (install lm_eval, or --lm-eval none to read existing results)"
   fi
 fi
+[[ "$METRIC" == acc || "$METRIC" == acc_norm ]] || die "--metric: '$METRIC' is not acc or acc_norm"
 ((${#CONFIGS[@]})) || die "--configs is required"
 ((${#TASKS[@]})) || die "at least one --task NAME=FILE is required"
 for c in "${CONFIGS[@]}"; do [ -f "$c" ] || die "config not found: $c"; done
@@ -182,17 +195,17 @@ done
 
 if ((TABLES)); then
   "$PY" scripts/reproduce_tables.py "$OUT" --seeds "${SEEDS[*]}" --datasets "${DATASETS[*]}" \
-    --models "${MODELS[*]}" --eta-sweep "${ETAS[*]}"
+    --models "${MODELS[*]}" --eta-sweep "${ETAS[*]}" --metric "$METRIC"
   echo "[reproduce] wrote $OUT/tables.md and $OUT/table{1,2,3,4}.csv" >&2
   exit 0
 fi
 
 # The table: rows = configs (in the order given), columns = tasks, mean +- sample std over seeds.
-"$PY" - "$OUT" "${#CONFIGS[@]}" "${CONFIGS[@]}" "${SEEDS[@]}" -- "${TASKS[@]}" <<'PYEOF'
+"$PY" - "$OUT" "$METRIC" "${#CONFIGS[@]}" "${CONFIGS[@]}" "${SEEDS[@]}" -- "${TASKS[@]}" <<'PYEOF'
 import csv, json, math, os, sys
-out, n_cfg = sys.argv[1], int(sys.argv[2])
-configs = [os.path.basename(c)[:-5] for c in sys.argv[3:3 + n_cfg]]
-rest = sys.argv[3 + n_cfg:]
+out, default_metric, n_cfg = sys.argv[1], sys.argv[2], int(sys.argv[3])
+configs = [os.path.basename(c)[:-5] for c in sys.argv[4:4 + n_cfg]]
+rest = sys.argv[4 + n_cfg:]
 seeds, tasks = rest[:rest.index("--")], rest[rest.index("--") + 1:]
 cols = []
 for t in tasks:
@@ -207,30 +220,31 @@ def stats(xs):
     std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
     return mean, std
 
-header, rows = ["config"], []
-for task, shots, metric in cols:
-    header.append(f"{task} ({shots}-shot)")
-header.append("average")
+rows, used_by_col = [], {}
 csv_rows = [["config", "task", "shots", "metric", "mean", "std", "seeds"]]
 for cfg in configs:
     cells, means = [cfg], []
-    for task, shots, metric in cols:
-        vals, used = [], metric
+    for c, (task, shots, metric) in enumerate(cols):
+        vals = []
         for s in seeds:
             r = json.load(open(os.path.join(out, "evals", f"{cfg}_seed{s}", f"{task}_{shots}shot.json")))
-            used = metric or ("acc_norm" if "acc_norm" in r["metrics"] else "acc")
+            # The column's metric: the spec's, else --metric where the task reports it, else acc.
+            used = metric or (default_metric if default_metric in r["metrics"] else "acc")
             if used not in r["metrics"]:
                 sys.exit(f"reproduce.sh: {task} reports {sorted(r['metrics'])}, not '{used}'")
             vals.append(100.0 * r["metrics"][used]["value"])
+            used_by_col.setdefault(c, used)
         mean, std = stats(vals)
         means.append(mean)
         cells.append(f"{mean:.2f}" + ("" if math.isnan(std) else f" ± {std:.2f}"))
         csv_rows.append([cfg, task, shots, used, f"{mean:.4f}", "" if math.isnan(std) else f"{std:.4f}", len(vals)])
     cells.append(f"{sum(means) / len(means):.2f}")
     rows.append(cells)
+header = ["config"] + [f"{task} ({shots}-shot, {used_by_col[c]})" for c, (task, shots, _) in enumerate(cols)]
+header.append("average")
 md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-note = (f"\nMean ± sample standard deviation over seeds {', '.join(seeds)} (percent). "
-        "Metric: acc_norm where the task reports it, else acc, unless the --task spec names one.\n")
+note = (f"\nMean ± sample standard deviation over seeds {', '.join(seeds)} (percent). Each column names its "
+        f"metric: the --task spec's, else {default_metric} (--metric) where the task reports it, else acc.\n")
 open(os.path.join(out, "table.md"), "w").write("\n".join(md) + "\n" + note)
 with open(os.path.join(out, "table.csv"), "w", newline="") as f:
     csv.writer(f).writerows(csv_rows)

@@ -23,7 +23,8 @@ Usage: reproduce_tables.py RESULTS --seeds "1 2 3" [--datasets "lima alpaca"] [-
        [--metric acc|acc_norm] [--eta-sweep "55 70 90"] [--self-check]
 Writes RESULTS/tables.md and RESULTS/table{1,2,3,4}.csv (and table_eta_sweep.csv). Rows whose
 results are missing are left out with a note; a result file that is present but malformed stops
-with its path.
+with its path. A RESULTS that does not exist or has no evals/, or results for no row at all, stop
+with exit code 1 and what was expected, writing nothing.
 """
 from __future__ import annotations
 
@@ -212,8 +213,19 @@ def build(results: pathlib.Path, seeds: list[str], datasets: list[str], models: 
           eta_sweep: list[str]) -> str:
     md = ["# SFT-GO paper tables, reproduced", "",
           f"Mean ± sample std over seeds {', '.join(seeds)} (percent); beside each cell the paper's value and "
-          "our difference. Columns and averaging: scripts/reproduce_tables.py (docs/reproduce.md).", ""]
+          "our difference. Columns and averaging: scripts/reproduce_tables.py (docs/reproduce.md).", "",
+          f"Metric: MathQA, ARC-C, OpenBookQA and HellaSwag {metric} (--metric; the paper's values are acc), "
+          "MMLU and TruthfulQA MC1/MC2 acc.", ""]
     rows_by = {}  # (dataset, size, method) -> per-seed columns
+    out_files = {}  # CSV name -> rows, written only when some row has results
+    n_found = 0
+
+    def found(config: str, seeds: list[str], metric: str) -> dict | None:
+        nonlocal n_found
+        vals = collect(results, config, seeds, metric)
+        n_found += vals is not None
+        return vals
+
     for t_no, dataset in ((1, "lima"), (2, "alpaca")):
         if dataset not in datasets:
             continue
@@ -222,7 +234,7 @@ def build(results: pathlib.Path, seeds: list[str], datasets: list[str], models: 
         for size in models:
             mdrows.append([f"**{MODELS[size]}**"] + [""] * (len(header) - 1))
             for method, label in METHODS:
-                vals = collect(results, f"{dataset}_llama{size}_{method}", seeds, metric)
+                vals = found(f"{dataset}_llama{size}_{method}", seeds, metric)
                 if vals is None:
                     continue
                 rows_by[(dataset, size, method)] = vals
@@ -235,8 +247,7 @@ def build(results: pathlib.Path, seeds: list[str], datasets: list[str], models: 
                                     len(seeds), f"{paper[i][0]:.2f}", f"{m - paper[i][0]:+.4f}"])
                 mdrows.append(r)
         md += [f"## Table {t_no}: {'LIMA' if dataset == 'lima' else 'Alpaca'}", "", md_table(header, mdrows), ""]
-        with open(results / f"table{t_no}.csv", "w", newline="") as f:
-            csv.writer(f).writerows(csvrows)
+        out_files[f"table{t_no}.csv"] = csvrows
 
     # Table 3: SS-B / GR-B from the per-seed columns (mean over seeds of each column, then the average).
     header = ["Method"] + [f"{d.upper() if d == 'lima' else 'Alpaca'} {MODELS[s]} {k}"
@@ -268,8 +279,7 @@ def build(results: pathlib.Path, seeds: list[str], datasets: list[str], models: 
     md += ["## Table 3: subject-specific (SS-B) and general-reasoning (GR-B) averages", "",
            "SS-B = mean(MMLU:0, MMLU:5, MathQA, ARC-C, OpenBookQA); GR-B = mean(HellaSwag, TruthfulQA, IFEval).", "",
            md_table(header, mdrows), ""]
-    with open(results / "table3.csv", "w", newline="") as f:
-        csv.writer(f).writerows(csvrows)
+    out_files["table3.csv"] = csvrows
 
     # Table 4: LLMLingua-2 on LIMA, static vs decaying lambda (Avg.).
     if "lima" in datasets:
@@ -278,7 +288,7 @@ def build(results: pathlib.Path, seeds: list[str], datasets: list[str], models: 
         for s in models:
             r = [MODELS[s]]
             for i, cfg in enumerate(TABLE4_RUNS[s]):
-                vals = collect(results, cfg, seeds, metric)
+                vals = found(cfg, seeds, metric)
                 if vals is None:
                     r.append("–")
                     continue
@@ -288,8 +298,7 @@ def build(results: pathlib.Path, seeds: list[str], datasets: list[str], models: 
                                 "" if math.isnan(sd) else f"{sd:.4f}", PAPER_T4[s][i], f"{m - PAPER_T4[s][i]:+.4f}"])
             mdrows.append(r)
         md += ["## Table 4: LLMLingua-2 on LIMA, static vs decaying lambda (Avg.)", "", md_table(header, mdrows), ""]
-        with open(results / "table4.csv", "w", newline="") as f:
-            csv.writer(f).writerows(csvrows)
+        out_files["table4.csv"] = csvrows
 
     if eta_sweep:
         header = ["Model", "Method"] + [f"eta {e}" for e in eta_sweep]
@@ -298,7 +307,7 @@ def build(results: pathlib.Path, seeds: list[str], datasets: list[str], models: 
             for method, label in METHODS[1:]:
                 r = [MODELS[s], label]
                 for e in eta_sweep:
-                    vals = collect(results, f"lima_llama{s}_{method}_eta{e}", seeds, metric)
+                    vals = found(f"lima_llama{s}_{method}_eta{e}", seeds, metric)
                     if vals is None:
                         r.append("–")
                         continue
@@ -307,8 +316,12 @@ def build(results: pathlib.Path, seeds: list[str], datasets: list[str], models: 
                     csvrows.append([MODELS[s], label, e, f"{m:.4f}", "" if math.isnan(sd) else f"{sd:.4f}"])
                 mdrows.append(r)
         md += ["## Figure 3: Avg. against the eta percentile (LIMA)", "", md_table(header, mdrows), ""]
-        with open(results / "table_eta_sweep.csv", "w", newline="") as f:
-            csv.writer(f).writerows(csvrows)
+        out_files["table_eta_sweep.csv"] = csvrows
+    if n_found == 0:  # blank tables would look like a result: say what is missing instead
+        sys.exit(no_results_message(results, seeds, datasets, models))
+    for name, rows in out_files.items():
+        with open(results / name, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
     text = "\n".join(md) + "\n"
     (results / "tables.md").write_text(text)
     return text
@@ -344,6 +357,30 @@ def self_check() -> list[str]:
     return bad
 
 
+def check_results_dir(results: pathlib.Path) -> None:
+    """A results directory that cannot be one: missing, a file, or without evals/ (a typo, or its
+    evals/ subdirectory passed instead of the directory itself). Exits with what was expected."""
+    if not results.exists():
+        sys.exit(f"reproduce_tables.py: {results}: no such directory (the --out directory of scripts/reproduce.sh, "
+                 "default results)")
+    if not results.is_dir():
+        sys.exit(f"reproduce_tables.py: {results}: not a directory")
+    if not (results / "evals").is_dir():
+        runs = sorted(p.name for p in results.iterdir() if p.is_dir() and "_seed" in p.name)
+        hint = (f"; it holds run directories ({', '.join(runs[:3])}...): pass its parent" if runs else
+                "; expected RESULTS/evals/<config>_seed<S>/<task>_<shots>shot.json from scripts/reproduce.sh")
+        sys.exit(f"reproduce_tables.py: {results}: no evals/ directory, so no results to tabulate{hint}")
+
+
+def no_results_message(results: pathlib.Path, seeds: list[str], datasets: list[str], models: list[str]) -> str:
+    have = sorted(p.name for p in (results / "evals").iterdir() if p.is_dir())
+    want = f"{datasets[0]}_llama{models[0]}_sft_seed{seeds[0]}"
+    return (f"reproduce_tables.py: {results}: no complete results for any row of the tables, nothing written "
+            f"(the stderr lines above say what each row lacks; e.g. {results}/evals/{want}/mmlu_0shot.json). "
+            f"Runs found under evals/: {', '.join(have[:6]) + (' ...' if len(have) > 6 else '') if have else 'none'}; "
+            "check RESULTS, --seeds, --datasets and --models")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="?", type=pathlib.Path)
@@ -372,6 +409,7 @@ def main() -> None:
     for m in models:
         if m not in MODELS:
             ap.error(f"--models: unknown '{m}' (3b, 8b)")
+    check_results_dir(a.results)
     print(build(a.results, a.seeds.split(), datasets, models, a.metric, a.eta_sweep.split()))
 
 

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -43,26 +44,31 @@ def test_reproduce_two_seeds_table(tmp_path):
         run = out / "runs" / f"demo_tiny_seed{seed}"
         assert (run / "DONE").exists()
         assert [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-        for task, metric in (("arc_challenge", "acc_norm"), ("arc_easy", "acc")):
+        for task, metric in (("arc_challenge", "acc_norm"), ("arc_challenge", "acc"), ("arc_easy", "acc")):
             r = json.loads((out / "evals" / f"demo_tiny_seed{seed}" / f"{task}_0shot.json").read_text())
             assert r["docs"] == 3
-            vals.setdefault(task, []).append(100 * r["metrics"][metric]["value"])
-    rows = list(csv.DictReader((out / "table.csv").open()))
-    assert [(r["task"], r["metric"], r["seeds"]) for r in rows] == [("arc_challenge", "acc_norm", "2"),
-                                                                   ("arc_easy", "acc", "2")]
-    for r in rows:
-        v = vals[r["task"]]
-        mean = sum(v) / 2
-        std = math.sqrt(sum((x - mean) ** 2 for x in v))  # n - 1 = 1
-        assert float(r["mean"]) == pytest.approx(mean, abs=1e-4)
-        assert float(r["std"]) == pytest.approx(std, abs=1e-4)
-    md = (out / "table.md").read_text().splitlines()
-    assert md[0] == "| config | arc_challenge (0-shot) | arc_easy (0-shot) | average |"
-    assert md[2].startswith("| demo_tiny | ")
+            vals.setdefault((task, metric), []).append(100 * r["metrics"][metric]["value"])
+    def check_table(arc_challenge_metric):
+        rows = list(csv.DictReader((out / "table.csv").open()))
+        assert [(r["task"], r["metric"], r["seeds"]) for r in rows] == [("arc_challenge", arc_challenge_metric, "2"),
+                                                                       ("arc_easy", "acc", "2")]
+        for r in rows:
+            v = vals[(r["task"], r["metric"])]
+            mean = sum(v) / 2
+            std = math.sqrt(sum((x - mean) ** 2 for x in v))  # n - 1 = 1
+            assert float(r["mean"]) == pytest.approx(mean, abs=1e-4)
+            assert float(r["std"]) == pytest.approx(std, abs=1e-4)
+        md = (out / "table.md").read_text().splitlines()
+        # Every column says which metric it shows (the default is the paper's acc, as --tables uses).
+        assert md[0] == f"| config | arc_challenge (0-shot, {arc_challenge_metric}) | arc_easy (0-shot, acc) | average |"
+        assert md[2].startswith("| demo_tiny | ")
 
-    # A second call reuses the finished runs and evaluations (no training step logged again).
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    check_table("acc")
+    # A second call reuses the finished runs and evaluations (no training step logged again);
+    # --metric acc_norm switches the columns whose spec names no metric.
+    p = subprocess.run(cmd + ["--metric", "acc_norm"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert p.returncode == 0 and "[reproduce] train" not in p.stderr, p.stderr[-2000:]
+    check_table("acc_norm")
 
 
 @needs_bin
@@ -350,3 +356,84 @@ def test_reproduce_tables_usage_errors(tmp_path):
                        (["--eta-sweep", "x"], "not a percentile")]:
         p = subprocess.run(base + extra, cwd=ROOT, capture_output=True, text=True)
         assert p.returncode == 2 and msg in p.stderr, (extra, p.stderr)
+
+
+# ---- reproduce.sh's options are documented; reproduce_tables.py refuses what cannot be results ----
+def script_options():
+    """The options reproduce.sh's argument loop accepts (its case labels)."""
+    text = (ROOT / "scripts/reproduce.sh").read_text()
+    loop = text[text.index('while (($#)); do'):text.index("esac")]
+    return sorted({o for o in re.findall(r"^\s+(-[-\w|]+)\)", loop, re.M) for o in o.split("|")})
+
+
+def test_every_reproduce_option_is_in_help_and_docs():
+    opts = script_options()
+    assert {"--no-setup", "--eval-dir", "--metric", "--tables", "--configs", "--task"} <= set(opts), opts
+    p = subprocess.run(["bash", "scripts/reproduce.sh", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.startswith("Reproduces the SFT-GO paper's tables")
+    assert "set -euo" not in p.stdout and not any(l.startswith("#") for l in p.stdout.splitlines())
+    docs = (ROOT / "docs/reproduce.md").read_text()
+    for o in opts:
+        assert re.search(rf"(^|[\s,]){re.escape(o)}([\s,=]|$)", p.stdout, re.M), f"{o} not in --help"
+        if o not in ("-h", "--help"):
+            assert f"`{o}" in docs or f" {o} " in docs or f"{o}`" in docs, f"{o} not in docs/reproduce.md"
+    for text in (p.stdout, docs):  # --no-setup and --eval-dir say what they do
+        assert re.search(r"--no-setup`?:? +skip `?scripts/setup.sh", text), text[:200]
+        assert re.search(r"--eval-dir[` ]", text) and "mmlu_dev.jsonl" in text
+    p = subprocess.run(["bash", "scripts/reproduce.sh", "--no-setup", "--configs", "configs/demo_tiny.yaml",
+                        "--task", "arc_easy=data/eval/samples/arc_challenge.jsonl", "--metric", "f1"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and "--metric: 'f1' is not acc or acc_norm" in p.stderr, p.stderr
+
+
+def tables(results, *extra):
+    return subprocess.run([PY, "scripts/reproduce_tables.py", str(results), "--datasets", "lima", "--models", "3b",
+                           *extra], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_reproduce_tables_refuses_empty_or_mistyped_results(tmp_path):
+    p = tables(tmp_path / "resluts")  # a typo: no such directory
+    assert p.returncode == 1 and f"{tmp_path / 'resluts'}: no such directory" in p.stderr, p.stderr
+    (tmp_path / "file").write_text("x")
+    p = tables(tmp_path / "file")
+    assert p.returncode == 1 and "not a directory" in p.stderr, p.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = tables(empty)
+    assert p.returncode == 1 and "no evals/ directory" in p.stderr, p.stderr
+    # RESULTS/evals passed instead of RESULTS.
+    (tmp_path / "results/evals/lima_llama3b_sft_seed1").mkdir(parents=True)
+    p = tables(tmp_path / "results/evals")
+    assert p.returncode == 1 and "pass its parent" in p.stderr, p.stderr
+    # Results of other seeds than asked: nothing to tabulate, nothing written, and it says what it found.
+    p = tables(tmp_path / "results", "--seeds", "7")
+    assert p.returncode == 1 and "no complete results for any row" in p.stderr, p.stderr
+    assert "lima_llama3b_sft_seed1" in p.stderr and "lima_llama3b_sft_seed7/mmlu_0shot.json" in p.stderr
+    assert sorted(x.name for x in (tmp_path / "results").iterdir()) == ["evals"]
+
+
+def test_tables_md_names_its_metric(tmp_path):
+    """One complete row (LIMA 3B Baseline-SFT, seed 1) of known values: tables.md says which metric the
+    four acc/acc_norm columns use, and the cells follow --metric."""
+    res = tmp_path / "results"
+    d = res / "evals" / "lima_llama3b_sft_seed1"
+    d.mkdir(parents=True)
+    for task, shots in [("mmlu", 0), ("mmlu", 5), ("mathqa", 0), ("arc_challenge", 0), ("openbookqa", 0),
+                        ("hellaswag", 0), ("truthfulqa_mc1", 0), ("truthfulqa_mc2", 0)]:
+        m = {"acc": {"value": 0.25}}
+        if task in ("mathqa", "arc_challenge", "openbookqa", "hellaswag"):
+            m["acc_norm"] = {"value": 0.75}
+        (d / f"{task}_{shots}shot.json").write_text(json.dumps({"metrics": m}))
+    for task, names in [("truthfulqa_gen", rt.TQA_GEN), ("ifeval", rt.IFEVAL)]:
+        g = res / "lm_eval" / "lima_llama3b_sft_seed1" / task / "m"
+        g.mkdir(parents=True)
+        (g / "results_1.json").write_text(json.dumps({"results": {task: {f"{n},none": 0.5 for n in names}}}))
+    for metric, arc in (("acc", 25.0), ("acc_norm", 75.0)):
+        p = tables(res, "--seeds", "1", "--metric", metric)
+        assert p.returncode == 0, p.stderr
+        md = (res / "tables.md").read_text()
+        assert f"Metric: MathQA, ARC-C, OpenBookQA and HellaSwag {metric} " in md and "MMLU and TruthfulQA MC1/MC2 acc" in md
+        row = next(r for r in csv.DictReader((res / "table1.csv").open()) if r["column"] == "ARC-C")
+        assert float(row["mean"]) == pytest.approx(arc)
+        row = next(r for r in csv.DictReader((res / "table1.csv").open()) if r["column"] == "MMLU:0")
+        assert float(row["mean"]) == pytest.approx(25.0)
