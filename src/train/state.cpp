@@ -130,6 +130,7 @@ std::string Trainer::Impl::save(const std::string& why) {
   r.state.sampler_index = loader->state().index;
   r.state.nan_skips = nan_skips;
   r.state.tokens_seen = tokens_seen;
+  r.state.elapsed_s = elapsed_s();  // a resume continues metrics.jsonl's elapsed_s and the ETA from here
   r.state.lambda = lambdas.at(std::max<int64_t>(0, step - 1), total_steps);
   r.state.rng_state_hex = checkpoint::cpu_rng_state_hex();
   r.state.config_yaml = config_to_yaml(cfg);

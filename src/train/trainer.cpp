@@ -387,12 +387,13 @@ TrainResult Trainer::run(const std::string& resume) {
   const bool tty = ::isatty(2);
   const bool evals = !s.eval_set.examples.empty();
   Timer wall;
+  s.run_wall.reset();  // elapsed_s continues from the checkpoint's across a resume
   int64_t last_saved = -1, last_eval = -1;
   int64_t ran = 0;               // steps run by this process
   int64_t last_finite = s.step;  // the newest step that applied an update
   while (s.step < s.total_steps) {
     StepMetrics m = s.train_step();
-    m.elapsed_s = s.elapsed_before + wall.seconds();
+    m.elapsed_s = s.elapsed_s();
     write_metrics(m);
     if (ran++ == 0) result.first_loss = m.loss;
     result.last_loss = m.loss;

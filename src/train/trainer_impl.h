@@ -11,6 +11,7 @@
 
 #include "sftgo/checkpoint/checkpoint.h"
 #include "sftgo/config/config.h"
+#include "sftgo/core/timer.h"
 #include "sftgo/data/dataset.h"
 #include "sftgo/data/loader.h"
 #include "sftgo/dist/dist.h"
@@ -73,7 +74,9 @@ struct Trainer::Impl {
   int64_t step = 0;
   int64_t nan_skips = 0;  // consecutive skipped steps
   int64_t tokens_seen = 0;
-  double elapsed_before = 0;
+  double elapsed_before = 0;  // training time of the runs before a resume (trainer_state.json)
+  Timer run_wall;              // restarted by run(): this process's part of elapsed_s
+  double elapsed_s() const { return elapsed_before + run_wall.seconds(); }
 
   Impl(LoadedConfig l, TrainerHooks h) : loaded(std::move(l)), cfg(loaded.config), hooks(std::move(h)) {}
 

@@ -757,5 +757,31 @@ TEST_F(TrainerTest, BadConfigFailsBeforeTraining) {
   EXPECT_THROW(Trainer(config("bad", {"model.vocab_size=64"})), Error);  // tokenizer needs more ids
 }
 
+// elapsed_s is the run's training time across resumes (issue 29 item 5): trainer_state.json records it
+// at each save and a resumed run continues from it, so metrics.jsonl's elapsed_s never goes back.
+TEST_F(TrainerTest, ElapsedTimeContinuesAcrossAResume) {
+  const std::vector<std::string> o = {"train.save_every=2", "train.max_steps=4", "train.micro_batch_size=4"};
+  {
+    TrainerHooks kill;
+    kill.on_step = [](const StepMetrics& m) { return m.step < 3; };  // dies after step 3, saved at 2
+    Trainer t(config("el", o), kill);
+    t.run();
+  }
+  const auto st = checkpoint::load_trainer_state((dir_ / "el/checkpoints/step_00000002").string());
+  EXPECT_GT(st.elapsed_s, 0.0);
+  Trainer t(config("el", o));
+  t.run("auto");
+  std::vector<nlohmann::json> lines;
+  for (const auto& l : split(trim(read_file((dir_ / "el/metrics.jsonl").string())), '\n'))
+    lines.push_back(nlohmann::json::parse(l));
+  ASSERT_EQ(lines.size(), 4u);
+  const double e2 = lines[1]["elapsed_s"].get<double>();
+  EXPECT_LE(e2, st.elapsed_s);  // saved after step 2's line was written
+  // Step 3 ran after the resume: its elapsed_s is at least the saved time plus its own step time (an
+  // elapsed_s restarted from 0 would be about one step's time, far below two steps').
+  EXPECT_GE(lines[2]["elapsed_s"].get<double>(), st.elapsed_s + lines[2]["step_s"].get<double>());
+  EXPECT_GE(lines[3]["elapsed_s"].get<double>(), lines[2]["elapsed_s"].get<double>());
+}
+
 }  // namespace
 }  // namespace sftgo::train
