@@ -126,6 +126,7 @@ Merged wait_for_parts(const std::vector<data::TokenizedExample>& examples, const
   std::vector<FileWatch> watches;
   for (int r = 0; r < world; ++r) watches.emplace_back(grouping_part_path(cache_path, r, world));
   FileWatch cache_watch(cache_path);
+  cache_watch.changed();  // the caller just tried the cache as it is now: retry only once it changes
   const auto start = Clock::now();
   double next_log = job.progress_log_s;
   for (;;) {
