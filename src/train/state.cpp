@@ -36,10 +36,17 @@ namespace fs = std::filesystem;
 namespace sftgo::train {
 namespace {
 
-// The tokenizer directory's files, copied into every checkpoint so it loads as a HF model dir.
-std::vector<std::string> tokenizer_files(const std::string& path) {
+// The tokenizer directory's files, copied into every checkpoint so it loads as a HF model dir; plus
+// model.path's generation_config.json (its end-of-turn ids: HF's generate() stops on them).
+std::vector<std::string> tokenizer_files(const std::string& path, const std::string& model_path) {
   fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
-  return {(dir / "tokenizer.json").string(), (dir / "tokenizer_config.json").string()};
+  std::vector<std::string> files = {(dir / "tokenizer.json").string(), (dir / "tokenizer_config.json").string()};
+  if (!model_path.empty()) {
+    std::error_code ec;
+    const fs::path gen = fs::path(model_path) / "generation_config.json";
+    if (fs::is_regular_file(gen, ec)) files.push_back(gen.string());
+  }
+  return files;
 }
 
 int hex_value(char c) { return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10; }
@@ -135,7 +142,7 @@ std::string Trainer::Impl::save(const std::string& why) {
   r.state.rng_state_hex = checkpoint::cpu_rng_state_hex();
   r.state.config_yaml = config_to_yaml(cfg);
   r.resolved_config_yaml = r.state.config_yaml;
-  r.tokenizer_files = tokenizer_files(cfg.tokenizer.path);
+  r.tokenizer_files = tokenizer_files(cfg.tokenizer.path, cfg.model.path);
   if (model::has_lora(*model)) {
     // The PEFT adapter directory (adapter_config.json + adapter_model.safetensors) moves into the
     // checkpoint with it; the checkpoint's HF weights are the frozen base.

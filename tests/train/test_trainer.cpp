@@ -783,5 +783,21 @@ TEST_F(TrainerTest, ElapsedTimeContinuesAcrossAResume) {
   EXPECT_GE(lines[3]["elapsed_s"].get<double>(), lines[2]["elapsed_s"].get<double>());
 }
 
+// A checkpoint is a HF model directory: the base model's generation_config.json (end-of-turn ids for
+// generate()) is copied into it with the tokenizer files (issue 29 item 5).
+TEST_F(TrainerTest, CheckpointsCarryTheBasesGenerationConfig) {
+  std::string base;
+  {
+    Trainer t(config("gen_base", {"train.max_steps=1"}));
+    base = t.run().last_checkpoint;
+  }
+  const std::string gen = "{\"bos_token_id\": 1, \"eos_token_id\": [2, 1336]}\n";
+  write_file_atomic((fs::path(base) / "generation_config.json").string(), gen);
+  Trainer t(config("gen_run", {"train.max_steps=1", "model.path=" + base}));
+  const TrainResult r = t.run();
+  ASSERT_TRUE(fs::exists(fs::path(r.last_checkpoint) / "generation_config.json"));
+  EXPECT_EQ(read_file((fs::path(r.last_checkpoint) / "generation_config.json").string()), gen);
+}
+
 }  // namespace
 }  // namespace sftgo::train

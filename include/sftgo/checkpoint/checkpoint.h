@@ -6,6 +6,7 @@
 // Layout of RUN_DIR/checkpoints/step_00000100/:
 //   config.json, model.safetensors[.index.json + shards]  HF weights (model::save_pretrained)
 //   tokenizer.json, tokenizer_config.json                  copied from the run's tokenizer
+//   generation_config.json                                 copied from model.path when it has one
 //   optimizer.pt                                           torch::serialize archive of the optimizer
 //   master_weights.safetensors                             fp32 master weights (bf16 runs only)
 //   zero_rankRRRRR_of_WWWWW.pt                             ZeRO-1 runs instead of optimizer.pt: each
@@ -66,7 +67,8 @@ struct SaveRequest {
   // that every rank wrote into a staging directory on the same filesystem).
   std::vector<std::string> move_files;
   TrainerState state;
-  std::vector<std::string> tokenizer_files;  // copied next to the weights when they exist
+  // Copied next to the weights when they exist: the tokenizer's files, the base's generation_config.json.
+  std::vector<std::string> tokenizer_files;
   std::string resolved_config_yaml;
   // fp32 master weights of a bf16 run ([HF name, tensor]); saved as master_weights.safetensors so a
   // resume continues from the exact fp32 values, not from their bf16 rounding.
