@@ -100,6 +100,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 LOGS=$W/logs
 mkdir -p "$LOGS/metrics"
+# Compiled-kernel caches of torch and Triton go to scratch too: the call leaves the machine as it found it.
+export TORCHINDUCTOR_CACHE_DIR=$W/torchinductor TRITON_CACHE_DIR=$W/triton
 ROWS=$W/rows.tsv
 : > "$ROWS"
 START=$(date +%s)

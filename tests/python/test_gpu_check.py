@@ -299,7 +299,7 @@ def test_gpu_bundle_wraps_its_libraries_and_carries_the_peers(tmp_path):
     assert re.search(rf"calling init: {re.escape(str(out))}/lib/libstdc\+\+\.so\.6", r.stderr), r.stderr[-2000:]
     # The kit with this bundle: sftgo-train runs through the wrapper, python loads its own libstdc++.
     kit = tmp_path / "kit"
-    k = run_kit(kit, "--quick", "--budget", "10", "--slot-scale", "1", env={"SFTGO_BUNDLE": str(out)}, timeout=300)
+    k = run_kit(kit, "--quick", "--budget", "30", "--slot-scale", "1", env={"SFTGO_BUNDLE": str(out)}, timeout=300)
     data = json.loads((kit / "results.json").read_text())
     env_row = [r for r in data["rows"] if r["check"] == "environment"][0]
     assert env_row["result"] == "pass" and f"bundle {out}" in data["title"], (env_row, k.stderr[-2000:])
