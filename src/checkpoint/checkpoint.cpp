@@ -41,6 +41,7 @@ std::string TrainerState::to_json() const {
                       {"config_yaml", config_yaml},
                       {"world_size", world_size}};
   if (!cuda_rng_states_hex.empty()) j["cuda_rng_states"] = cuda_rng_states_hex;
+  if (weights_only) j["weights_only"] = true;
   return j.dump(1) + "\n";
 }
 
@@ -156,6 +157,11 @@ TrainerState TrainerState::from_json(const std::string& text, const std::string&
               ": missing field \"config_yaml\" (a string)");
   s.config_yaml = j["config_yaml"].get<std::string>();
   if (j.contains("cuda_rng_states")) s.cuda_rng_states_hex = cuda_rng_states_field(j["cuda_rng_states"], s, source);
+  if (j.contains("weights_only")) {
+    SFTGO_CHECK(j["weights_only"].is_boolean(), ErrorKind::kFormat, source, ": field \"weights_only\" is ",
+                j["weights_only"].dump(), ", expected true or false");
+    s.weights_only = j["weights_only"].get<bool>();
+  }
   return s;
 }
 
@@ -258,7 +264,8 @@ std::string first_line(const std::string& s) { return s.substr(0, s.find('\n'));
 }  // namespace
 
 std::string save_checkpoint(const std::string& run_dir, const SaveRequest& req, int64_t keep_last) {
-  SFTGO_CHECK(req.model != nullptr && (req.optimizer != nullptr || !req.move_files.empty()), ErrorKind::kInternal,
+  SFTGO_CHECK(req.model != nullptr && (req.optimizer != nullptr || !req.move_files.empty() || req.state.weights_only),
+              ErrorKind::kInternal,
               "save_checkpoint: no model/optimizer");
   const fs::path root = checkpoints_root(run_dir);
   std::error_code ec;
@@ -380,8 +387,9 @@ std::string zip_problem(const fs::path& path) {
 
 std::string checkpoint_problem(const std::string& dir) {
   const fs::path d(dir);
+  bool weights_only = false;
   try {
-    load_trainer_state(dir);
+    weights_only = load_trainer_state(dir).weights_only;
   } catch (const Error& e) {
     return e.message();
   }
@@ -392,7 +400,7 @@ std::string checkpoint_problem(const std::string& dir) {
     return "weights: " + e.message();
   }
   std::string p = file_problem(d / "config.json");
-  if (!p.empty()) return p;
+  if (!p.empty() || weights_only) return p;
   if (fs::exists(d / "master_weights.safetensors")) {
     try {
       io::SafetensorsFile::open((d / "master_weights.safetensors").string());
@@ -417,6 +425,22 @@ std::string checkpoint_problem(const std::string& dir) {
   return "";
 }
 
+namespace {
+
+// A weights-only checkpoint holds nothing to continue the optimizer from: say so, naming it.
+void refuse_weights_only(const std::string& dir, const std::string& spec) {
+  if (!load_trainer_state(dir).weights_only) return;
+  SFTGO_FAIL_HINT(ErrorKind::kConfig,
+                  "train from its weights in a new run (--set model.path=" + dir +
+                      " --set run.output_dir=NEW_DIR; the optimizer and schedule start over), or keep "
+                      "train.intermediate_checkpoints: full to resume from periodic checkpoints",
+                  "--resume ", spec, ": ", dir,
+                  " is a weights-only checkpoint (train.intermediate_checkpoints: weights): it has no optimizer "
+                  "state (optimizer.pt or ZeRO-1 shards) and no fp32 master weights, so it cannot be resumed");
+}
+
+}  // namespace
+
 std::optional<std::string> resolve_resume_dir(const std::string& spec, const std::string& run_dir) {
   if (spec == "auto") {
     auto all = list_checkpoints(run_dir);
@@ -427,6 +451,7 @@ std::optional<std::string> resolve_resume_dir(const std::string& spec, const std
     for (auto it = all.rbegin(); it != all.rend(); ++it) {
       const std::string problem = checkpoint_problem(*it);
       if (problem.empty()) {
+        refuse_weights_only(*it, spec);
         if (!damaged.empty()) log_warn("--resume auto: resuming from {}, the newest intact checkpoint", *it);
         return *it;
       }
@@ -444,6 +469,7 @@ std::optional<std::string> resolve_resume_dir(const std::string& spec, const std
   SFTGO_CHECK_HINT(problem.empty(), ErrorKind::kFormat,
                    "pass another checkpoint, or --resume auto to pick the newest intact one", "--resume ", spec,
                    ": damaged checkpoint: ", problem);
+  refuse_weights_only(spec, spec);
   return spec;
 }
 

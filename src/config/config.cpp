@@ -489,6 +489,7 @@ std::vector<std::string> config_changes(const std::string& saved_yaml, const Con
   // Settings that change how a run is logged, saved or connected, never the weights it trains.
   static const std::set<std::string> kBookkeeping = {
       "run.log_level",   "train.log_every",       "train.save_every",  "train.keep_last", "train.save_final",
+      "train.intermediate_checkpoints",
       "train.gpu_peak_tflops", "data.cache_dir", "dist.master_addr", "dist.master_port", "dist.timeout_s"};
   YAML::Node saved;
   try {

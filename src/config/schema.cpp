@@ -172,6 +172,9 @@ std::vector<Field> fields_of(Config& c) {
   add("train.save_final", c.train.save_final,
       "Save a checkpoint when training ends; false = no final save (runs that only measure: metrics.jsonl is written as always, train.save_every's periodic saves and the save on a stop signal still happen)");
   add("train.keep_last", c.train.keep_last, "Checkpoints kept on disk").at_least(1);
+  add("train.intermediate_checkpoints", c.train.intermediate_checkpoints,
+      "What the periodic (train.save_every) checkpoints hold: full = weights, optimizer state and fp32 masters (about 14 bytes per parameter in bf16, 12 in fp32; any of them can be resumed); weights = the HF weights, tokenizer and adapter only (2 bytes per parameter in bf16), loadable by score, eval and transformers but refused by --resume. The final checkpoint and the one saved on a stop signal are always full (docs/operations.md)")
+      .one_of({"full", "weights"});
   add("train.eval_every", c.train.eval_every,
       "Optimizer steps between eval-loss passes over data.eval_path; 0 = only at the end")
       .at_least(0);

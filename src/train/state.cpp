@@ -115,7 +115,7 @@ EvalMetrics Trainer::Impl::evaluate() {
   return e;
 }
 
-std::string Trainer::Impl::save(const std::string& why) {
+std::string Trainer::Impl::save(const std::string& why, bool weights_only) {
   Timer t;
   const fs::path root = checkpoint::checkpoints_root(cfg.run.output_dir);
   const std::string name = checkpoint::checkpoint_dir_name(step);
@@ -124,13 +124,14 @@ std::string Trainer::Impl::save(const std::string& why) {
   const fs::path staging = root / (".zero_staging_" + name);
   // Each rank's GPU generator (LoRA dropout draws from it), gathered on every rank (a collective).
   if (device.is_cuda()) r.state.cuda_rng_states_hex = gather_hex(*comm, checkpoint::rng_state_hex(device));
-  updater->add_to_save(r, staging.string());
+  if (!weights_only) updater->add_to_save(r, staging.string());  // the same choice on every rank
   if (rank != 0) {
     comm->barrier();  // rank 0 is writing
     return (root / name).string();
   }
   r.model = model.get();
   r.state.world_size = world;
+  r.state.weights_only = weights_only;
   r.state.step = step;
   r.state.total_steps = total_steps;
   r.state.sampler_epoch = loader->state().epoch;
@@ -156,7 +157,7 @@ std::string Trainer::Impl::save(const std::string& why) {
     fs::remove_all(fs::path(r.move_files.front()).parent_path(), ec);
   }
   comm->barrier();
-  log_info("saved checkpoint {} ({}, {:.1f}s)", dir, why, t.seconds());
+  log_info("saved checkpoint {} ({}{}, {:.1f}s)", dir, why, weights_only ? ", weights only" : "", t.seconds());
   return dir;
 }
 

@@ -48,7 +48,8 @@ std::string newest_checkpoint_before(const std::string& run_dir, int64_t step) {
     const std::string name = fs::path(dir).filename().string();
     if (name.rfind("step_", 0) != 0) continue;
     try {
-      if (std::stoll(name.substr(5)) < step) best = dir;
+      // A weights-only checkpoint cannot be resumed: not one to point a user at.
+      if (std::stoll(name.substr(5)) < step && !checkpoint::load_trainer_state(dir).weights_only) best = dir;
     } catch (const std::exception&) {
     }
   }
@@ -410,7 +411,7 @@ TrainResult Trainer::run(const std::string& resume) {
     }
     if (s.hooks.on_step && !s.hooks.on_step(m)) return result;  // simulated kill: no final save
     if (cfg.train.save_every > 0 && s.step % cfg.train.save_every == 0 && s.step < s.total_steps) {
-      result.last_checkpoint = s.save("periodic");
+      result.last_checkpoint = s.save("periodic", cfg.train.intermediate_checkpoints == "weights");
       last_saved = s.step;
     }
     // Several ranks agree on stopping in the step's all-reduce (any rank's SIGINT/SIGTERM stops all).

@@ -122,7 +122,8 @@ struct Trainer::Impl {
   [[noreturn]] void stop_non_finite(int64_t last_finite);
 
   EvalMetrics evaluate();
-  std::string save(const std::string& why);
+  // weights_only: train.intermediate_checkpoints: weights (no optimizer state: not resumable).
+  std::string save(const std::string& why, bool weights_only = false);
   void resume_from(const std::string& dir);
   void restore_cuda_rng(const checkpoint::TrainerState& st, const std::string& dir);
 };

@@ -799,5 +799,47 @@ TEST_F(TrainerTest, CheckpointsCarryTheBasesGenerationConfig) {
   EXPECT_EQ(read_file((fs::path(r.last_checkpoint) / "generation_config.json").string()), gen);
 }
 
+// train.intermediate_checkpoints: weights (issue 29 item 5): periodic checkpoints hold the HF weights
+// (byte for byte those of a full checkpoint of the same step) but no optimizer state; --resume, auto or
+// by name, refuses them naming the checkpoint; the final checkpoint stays full.
+TEST_F(TrainerTest, WeightsOnlyIntermediateCheckpointsAreLoadableButNotResumable) {
+  const std::vector<std::string> o = {"train.save_every=2", "train.max_steps=4", "train.micro_batch_size=4",
+                                      "train.keep_last=5"};
+  std::vector<std::string> w = o;
+  w.push_back("train.intermediate_checkpoints=weights");
+  {
+    Trainer t(config("full", o));
+    t.run();
+  }
+  {
+    Trainer t(config("w", w));
+    const TrainResult r = t.run();
+    EXPECT_TRUE(fs::exists(fs::path(r.last_checkpoint) / "optimizer.pt")) << "the final checkpoint is full";
+    EXPECT_FALSE(checkpoint::load_trainer_state(r.last_checkpoint).weights_only);
+  }
+  const fs::path full2 = dir_ / "full/checkpoints/step_00000002", w2 = dir_ / "w/checkpoints/step_00000002";
+  EXPECT_TRUE(checkpoint::load_trainer_state(w2.string()).weights_only);
+  EXPECT_FALSE(fs::exists(w2 / "optimizer.pt"));
+  EXPECT_TRUE(fs::exists(w2 / "tokenizer.json"));
+  EXPECT_EQ(read_file((w2 / "model.safetensors").string()), read_file((full2 / "model.safetensors").string()));
+  EXPECT_EQ(checkpoint::checkpoint_problem(w2.string()), "");  // intact, just not resumable
+  // A run killed after step 3 has only the weights-only step 2 to resume from: refused, by name and auto.
+  fs::remove_all(dir_ / "w/checkpoints/step_00000004");
+  for (const std::string spec : {std::string("auto"), w2.string()}) {
+    Trainer t(config("w", w));
+    try {
+      t.run(spec);
+      ADD_FAILURE() << spec << " resumed from a weights-only checkpoint";
+    } catch (const Error& e) {
+      EXPECT_NE(e.message().find(w2.string()), std::string::npos) << e.message();
+      EXPECT_NE(e.message().find("weights-only"), std::string::npos) << e.message();
+      EXPECT_NE(e.message().find("optimizer state"), std::string::npos) << e.message();
+    }
+  }
+  // Its weights train on in a new run (model.path).
+  Trainer t(config("from_w", {"train.max_steps=1", "model.path=" + w2.string()}));
+  EXPECT_EQ(t.run().steps, 1);
+}
+
 }  // namespace
 }  // namespace sftgo::train

@@ -47,6 +47,9 @@ struct TrainerState {
   std::vector<std::string> cuda_rng_states_hex;
   std::string config_yaml;    // resolved config, for a mismatch check on resume
   int world_size = 1;
+  // train.intermediate_checkpoints: weights: the checkpoint holds no optimizer state (nor fp32 masters)
+  // and cannot be resumed (JSON "weights_only": true; absent = false).
+  bool weights_only = false;
 
   std::string to_json() const;
   // Validates what it reads back, since the file may be damaged or hand-edited: counts are integers
@@ -92,12 +95,14 @@ void prune_checkpoints(const std::string& run_dir, int64_t saved_step, int64_t k
 std::vector<std::string> list_checkpoints(const std::string& run_dir);
 // "auto" -> the newest intact checkpoint of run_dir (nullopt when there is none at all; a damaged
 // newer one is skipped with a warning naming it and why; Error when all are damaged); otherwise the
-// given directory, which must be an intact checkpoint.
+// given directory, which must be an intact checkpoint. A weights-only checkpoint (the newest intact
+// one for "auto") is refused with an Error naming it and what it lacks.
 std::optional<std::string> resolve_resume_dir(const std::string& spec, const std::string& run_dir);
 
 // "" when `dir` looks resumable without reading tensor data: trainer_state.json parses and
 // validates, the safetensors headers parse and match the file sizes, config.json is there, and
-// optimizer.pt (or every ZeRO-1 shard) is a complete archive. Else the first problem found.
+// optimizer.pt (or every ZeRO-1 shard) is a complete archive (not looked for in a weights-only
+// checkpoint). Else the first problem found.
 std::string checkpoint_problem(const std::string& dir);
 
 TrainerState load_trainer_state(const std::string& checkpoint_dir);

@@ -99,6 +99,7 @@ struct TrainConfig {
   int64_t save_every = 0;  // optimizer steps between checkpoints; 0 = only at the end
   bool save_final = true;  // false: no checkpoint when training ends (a stop request still saves)
   int64_t keep_last = 2;
+  std::string intermediate_checkpoints = "full";  // full | weights (no optimizer state: not resumable)
   int64_t eval_every = 0;
   int64_t max_nan_skips = 3;
   bool deterministic = false;  // GPU: deterministic kernels (math attention), bit-reproducible steps
