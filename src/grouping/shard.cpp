@@ -2,6 +2,7 @@
 #include "sftgo/grouping/shard.h"
 
 #include <sys/stat.h>
+#include <time.h>
 
 #include <algorithm>
 #include <chrono>
@@ -21,6 +22,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// CPU seconds of this process so far: next to the wall time, it shows whether a share had its cores.
+double cpu_seconds() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
 
 // Token counts of the examples of units [share.begin, share.end), in computing order.
 std::vector<size_t> share_lengths(const std::vector<data::TokenizedExample>& examples, const ShardUnits& units,
@@ -213,6 +221,7 @@ GroupingOutput compute_sharded(const std::vector<data::TokenizedExample>& exampl
                                uint64_t key, const ShardJob& job, const ShardUnits& units, const ShareCompute& compute,
                                const std::string& what) {
   const auto start = Clock::now();
+  const double cpu_start = cpu_seconds();
   SFTGO_CHECK(job.world_size >= 1 && job.rank >= 0 && job.rank < job.world_size, ErrorKind::kInternal,
               "compute_sharded: rank ", job.rank, " of ", job.world_size);
   SFTGO_CHECK(units.order.size() == examples.size() && units.costs.size() == units.size() &&
@@ -230,6 +239,8 @@ GroupingOutput compute_sharded(const std::vector<data::TokenizedExample>& exampl
     out = units.size() == 0 ? GroupingOutput{} : compute(units, all);
     check_rows(out, share_lengths(examples, units, all), what);
     out = to_example_order(std::move(out), units);
+    log_info("grouping: {} of {} examples computed in {:.2f} s ({:.2f} s CPU)", what, examples.size(), since(start),
+             cpu_seconds() - cpu_start);
   } else {
     const auto shares = split_shares(units.costs, job.world_size);
     const ShareRange mine = shares[job.rank];
@@ -238,8 +249,9 @@ GroupingOutput compute_sharded(const std::vector<data::TokenizedExample>& exampl
     parts[job.rank] = own_part(examples, units, part, grouping_part_key(key, job.rank, job.world_size, units, mine),
                                mine, job, compute, what);
     const double own_seconds = since(start);
-    log_info("grouping: rank {}/{} did its {} share in {:.1f} s; merging the ranks' parts from {}", job.rank,
-             job.world_size, what, own_seconds, std::filesystem::path(cache_path).parent_path().string());
+    log_info("grouping: rank {}/{} did its {} share in {:.2f} s ({:.2f} s CPU); merging the ranks' parts from {}",
+             job.rank, job.world_size, what, own_seconds, cpu_seconds() - cpu_start,
+             std::filesystem::path(cache_path).parent_path().string());
     Merged m = wait_for_parts(examples, cache_path, key, units, shares, parts, job, own_seconds, what);
     out = std::move(m.out);
     out.cache_path = cache_path;
