@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -47,11 +48,26 @@ RunDirLock::RunDirLock(const std::string& run_dir) : path_((fs::path(run_dir) / 
   fs::create_directories(run_dir, ec);
   SFTGO_CHECK_HINT(!ec, ErrorKind::kIo, "set run.output_dir to a directory this user can create and write to", run_dir,
                    ": cannot create the run directory: ", ec.message());
-  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  // Never through a link: the lock is truncated and rewritten below, so a .lock that is a symlink (or
+  // a hard link, or not a regular file) would have the run overwrite whatever it points at.
+  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
   if (fd_ < 0) {
     const int err = errno;
+    SFTGO_CHECK_HINT(err != ELOOP, ErrorKind::kIo, "remove " + path_ + " (sftgo-train creates it as a regular file)",
+                     path_, " is a symbolic link: refusing to use it as the run lock (the run would overwrite the "
+                     "file it points to)");
     SFTGO_FAIL_HINT(ErrorKind::kIo, "set run.output_dir to a directory this user can write to", path_,
                     ": cannot create the run lock: ", std::strerror(err));
+  }
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink > 1) {
+    const bool regular = S_ISREG(st.st_mode);
+    const auto links = static_cast<long>(st.st_nlink);
+    ::close(fd_);
+    fd_ = -1;
+    SFTGO_FAIL_HINT(ErrorKind::kIo, "remove " + path_ + " (sftgo-train creates it as a regular file)", path_,
+                    regular ? " has " + std::to_string(links) + " hard links" : std::string(" is not a regular file"),
+                    ": refusing to use it as the run lock (the run would overwrite it)");
   }
   if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;

@@ -407,3 +407,25 @@ def test_plot_reads_a_metrics_log_cut_mid_line(tmp_path):
     # ... and a resume drops the cut line, keeping the complete ones.
     ok(run(*train_args(d, 4), "--resume", "auto"))
     assert metric_steps(d) == [1, 2, 3, 4]
+
+
+def test_run_lock_never_follows_a_link(tmp_path):
+    """RUN_DIR/.lock that is a symlink (or a hard link) to another file is refused (exit 1, naming
+    .lock), and that file is left as it was: the lock is truncated and rewritten with 'PID host'."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / ".lock").symlink_to(victim)
+    err = reported(run(*train_args(d, 1)))
+    assert f"{d / '.lock'} is a symbolic link" in err, err
+    assert victim.read_text() == "precious\n"
+    assert not (d / "checkpoints").exists()
+    (d / ".lock").unlink()
+    os.link(victim, d / ".lock")
+    err = reported(run(*train_args(d, 1)))
+    assert f"{d / '.lock'} has 2 hard links" in err, err
+    assert victim.read_text() == "precious\n"
+    (d / ".lock").unlink()
+    ok(run(*train_args(d, 1)))  # a plain lock file is created as before
+    assert not (d / ".lock").is_symlink() and (d / ".lock").read_text().split()[0].isdigit()
