@@ -448,6 +448,11 @@ void validate_config(const Config& c) {
                    "model.dtype: float32 for fp32 training",
                    "model.dtype is bfloat16 but train.precision is fp32: that would update bf16 weights with bf16 "
                    "gradients and AdamW state, where small updates round away");
+  // An adapter to start from means LoRA training; without lora.enabled it was ignored (full fine-tuning).
+  SFTGO_CHECK_HINT(c.lora.enabled || c.lora.adapter_path.empty(), ErrorKind::kConfig,
+                   "set lora.enabled: true to train that adapter, or lora.adapter_path: \"\" for full fine-tuning",
+                   "lora.adapter_path is '", c.lora.adapter_path,
+                   "' but lora.enabled is false: the adapter would be ignored and the whole model trained");
 }
 
 std::vector<std::string> config_keys() {

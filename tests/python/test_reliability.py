@@ -429,3 +429,16 @@ def test_run_lock_never_follows_a_link(tmp_path):
     (d / ".lock").unlink()
     ok(run(*train_args(d, 1)))  # a plain lock file is created as before
     assert not (d / ".lock").is_symlink() and (d / ".lock").read_text().split()[0].isdigit()
+
+
+def test_adapter_path_without_lora_is_refused(tmp_path):
+    """lora.adapter_path with lora.enabled false used to train the whole model (exit 0), ignoring the
+    adapter: now a config error naming both keys, from `config` and from a run, before anything runs."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for p in (run("config", ROOT / "configs/demo_tiny.yaml", "--set", f"lora.adapter_path={adapter}"),
+              run(*train_args(tmp_path / "run", 1, f"lora.adapter_path={adapter}"))):
+        err = reported(p)
+        assert f"lora.adapter_path is '{adapter}' but lora.enabled is false" in err, err
+        assert "set lora.enabled: true" in err, err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
