@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "sftgo/core/error.h"
+#include "sftgo/core/files.h"
 #include "sftgo/core/log.h"
 #include "sftgo/core/format.h"
 #include "sftgo/core/strings.h"
@@ -69,11 +70,9 @@ void register_score_command(CLI::App& app, std::function<int()>& selected) {
       if (args->out.empty()) {
         s = model::run_score_cli(opts, in, std::cout);
       } else {
-        std::ofstream out(args->out + ".tmp");
+        OutputStream out(args->out);  // the one output rule (sftgo/core/files.h)
         s = model::run_score_cli(opts, in, out);
-        out.close();
-        SFTGO_CHECK(out.good(), ErrorKind::kIo, args->out, ": write failed");
-        std::rename((args->out + ".tmp").c_str(), args->out.c_str());
+        out.finish();  // names the file and the OS reason; removes the temporary file
       }
       std::fprintf(stderr, "%lld sequences, %lld scored tokens, mean NLL %.6f, perplexity %.4f\n",
                    static_cast<long long>(s.sequences), static_cast<long long>(s.scored_tokens), s.mean_nll,

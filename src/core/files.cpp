@@ -64,9 +64,18 @@ CheckedFile::CheckedFile(std::string path) : path_(std::move(path)) {
   }
 }
 
+CheckedFile::CheckedFile(std::string path, Through) : path_(std::move(path)), through_(true) {
+  // No O_CREAT: if the device or FIFO went away since it was checked, fail rather than create a file.
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd_ < 0) {
+    const int err = errno;
+    SFTGO_FAIL(ErrorKind::kIo, path_, ": cannot open for writing: ", std::strerror(err));
+  }
+}
+
 CheckedFile::~CheckedFile() {
   if (fd_ >= 0) ::close(fd_);
-  if (!done_) ::unlink(path_.c_str());
+  if (!done_ && !through_) ::unlink(path_.c_str());
 }
 
 size_t CheckedFile::write(const void* data, size_t n) noexcept {
@@ -91,6 +100,10 @@ void CheckedFile::finish() {
   if (err_ == 0 && ::fsync(fd_) != 0 && errno != EINVAL) err_ = errno;  // EINVAL: /dev/null and the like
   if (::close(fd_) != 0 && err_ == 0) err_ = errno;
   fd_ = -1;
+  if (err_ != 0 && through_) {
+    done_ = true;
+    SFTGO_FAIL(ErrorKind::kIo, path_, ": write failed: ", std::strerror(err_));
+  }
   if (err_ != 0) {
     ::unlink(path_.c_str());
     done_ = true;  // already removed
@@ -98,6 +111,82 @@ void CheckedFile::finish() {
                     " (the partial file was removed)");
   }
   done_ = true;
+}
+
+OutputFile::OutputFile(const std::string& path) : path_(path) {
+  SFTGO_CHECK(!path.empty(), ErrorKind::kUsage, "an output path is empty");
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);  // follows links: /dev/stdout -> the pipe or tty
+  if (fs::exists(st)) {
+    SFTGO_CHECK_HINT(!fs::is_directory(st), ErrorKind::kIo, "name a file, not a directory", path,
+                     ": is a directory, expected a file to write");
+    if (!fs::is_regular_file(st)) {
+      through_ = true;  // a device, FIFO, socket or terminal: never replaced by a regular file
+      file_ = std::make_unique<CheckedFile>(path, CheckedFile::Through{});
+      return;
+    }
+  }
+  // A link (or a chain of them) to a regular file: replace the file it points to, not the link.
+  target_ = fs::is_symlink(fs::symlink_status(path, ec)) ? fs::weakly_canonical(path, ec).string() : path;
+  if (ec || target_.empty()) target_ = path;
+  file_ = std::make_unique<CheckedFile>(target_ + ".tmp." + std::to_string(::getpid()));
+}
+
+OutputFile::~OutputFile() = default;  // an unfinished CheckedFile removes its temporary file
+
+void OutputFile::finish() {
+  SFTGO_CHECK(!done_, ErrorKind::kInternal, path_, ": finish() called twice");
+  done_ = true;
+  file_->finish();  // throws naming the file with the OS reason; a temporary file is removed
+  if (through_) return;
+  if (::rename(file_->path().c_str(), target_.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(file_->path().c_str());
+    SFTGO_FAIL_HINT(ErrorKind::kIo, write_error_hint(err, target_), path_, ": cannot rename ", file_->path(),
+                    " into place: ", std::strerror(err));
+  }
+}
+
+void write_output_file(const std::string& path, std::string_view content) {
+  const fs::path target(path);
+  if (target.has_parent_path()) {
+    std::error_code ec;
+    fs::create_directories(target.parent_path(), ec);
+    SFTGO_CHECK_HINT(!ec, ErrorKind::kIo, write_error_hint(ec.value(), path), target.parent_path().string(),
+                     ": cannot create the directory for ", target.filename().string(), ": ", ec.message());
+  }
+  OutputFile f(path);
+  f.write(content);
+  f.finish();
+}
+
+OutputStream::Buf::Buf(OutputFile* f) : f_(f) { setp(buf_, buf_ + sizeof buf_); }
+
+int OutputStream::Buf::sync() {
+  f_->write(std::string_view(pbase(), static_cast<size_t>(pptr() - pbase())));
+  setp(buf_, buf_ + sizeof buf_);
+  return 0;  // errors are kept by the file and reported by finish()
+}
+
+OutputStream::Buf::int_type OutputStream::Buf::overflow(int_type c) {
+  sync();
+  if (!traits_type::eq_int_type(c, traits_type::eof())) {
+    *pptr() = traits_type::to_char_type(c);
+    pbump(1);
+  }
+  return traits_type::not_eof(c);
+}
+
+OutputStream::OutputStream(const std::string& path)
+    : std::ostream(nullptr), file_(std::make_unique<OutputFile>(path)), buf_(std::make_unique<Buf>(file_.get())) {
+  rdbuf(buf_.get());
+}
+
+OutputStream::~OutputStream() { rdbuf(nullptr); }
+
+void OutputStream::finish() {
+  flush();
+  file_->finish();
 }
 
 void ensure_writable_directory(const std::string& dir, const std::string& what) {

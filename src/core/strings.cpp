@@ -150,27 +150,7 @@ std::string read_file(const std::string& path) {
 }
 
 void write_file_atomic(const std::string& path, std::string_view content) {
-  namespace fs = std::filesystem;
-  fs::path target(path);
-  if (target.has_parent_path()) {
-    std::error_code ec;
-    fs::create_directories(target.parent_path(), ec);
-    SFTGO_CHECK_HINT(!ec, ErrorKind::kIo, write_error_hint(ec.value(), path), target.parent_path().string(),
-                     ": cannot create the directory for ", target.filename().string(), ": ", ec.message());
-  }
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    CheckedFile f(tmp);  // removes the temporary file on any failure
-    f.write(content.data(), content.size());
-    f.finish();  // throws naming `tmp` with the OS reason (a full disk: ENOSPC)
-  }
-  std::error_code ec;
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    SFTGO_FAIL_HINT(ErrorKind::kIo, write_error_hint(ec.value(), path), path, ": rename from temporary file failed (",
-                    ec.message(), ")");
-  }
+  write_output_file(path, content);  // the one output rule (sftgo/core/files.h)
 }
 
 }  // namespace sftgo

@@ -14,6 +14,7 @@
 #include <memory>
 
 #include "sftgo/core/error.h"
+#include "sftgo/core/files.h"
 #include "sftgo/core/log.h"
 #include "sftgo/core/strings.h"
 #include "sftgo/core/timer.h"
@@ -116,47 +117,6 @@ int run_data_cli(const DataOptions& opts, const Tokenizer& tok, int dump_n, std:
   return 0;
 }
 
-namespace {
-
-// A file written under a temporary name and renamed into place by commit(); the destructor removes
-// the temporary file of a conversion that failed part-way, so OUT is either complete or untouched.
-class AtomicOutFile {
- public:
-  explicit AtomicOutFile(std::string path)
-      : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())) {
-    f_ = std::fopen(tmp_.c_str(), "wb");
-    SFTGO_CHECK_HINT(f_ != nullptr, ErrorKind::kIo, "check that the output directory exists and is writable", path_,
-                     ": cannot open for writing (", std::strerror(errno), ")");
-  }
-  AtomicOutFile(const AtomicOutFile&) = delete;
-  AtomicOutFile& operator=(const AtomicOutFile&) = delete;
-  ~AtomicOutFile() {
-    if (f_) std::fclose(f_);
-    if (!committed_) std::remove(tmp_.c_str());
-  }
-  void write(std::string_view bytes) {
-    if (std::fwrite(bytes.data(), 1, bytes.size(), f_) != bytes.size()) fail("write failed");
-  }
-  void commit() {
-    if (std::fflush(f_) != 0 || ::fsync(fileno(f_)) != 0) fail("write failed");
-    std::FILE* f = f_;
-    f_ = nullptr;
-    if (std::fclose(f) != 0) fail("write failed");
-    if (std::rename(tmp_.c_str(), path_.c_str()) != 0) fail("rename from the temporary file failed");
-    committed_ = true;
-  }
-
- private:
-  [[noreturn]] void fail(const char* what) {
-    SFTGO_FAIL_HINT(ErrorKind::kIo, "check the free space and permissions of the output directory", path_, ": ", what,
-                    " (", std::strerror(errno), ")");
-  }
-  std::string path_, tmp_;
-  std::FILE* f_ = nullptr;
-  bool committed_ = false;
-};
-
-}  // namespace
 
 int run_data_convert(const DataOptions& opts, const std::string& out_path, std::ostream& out, std::ostream& log) {
   namespace fs = std::filesystem;
@@ -167,8 +127,8 @@ int run_data_convert(const DataOptions& opts, const std::string& out_path, std::
     SFTGO_CHECK_HINT(!fs::equivalent(fs::path(out_path), fs::path(opts.path), ec), ErrorKind::kUsage,
                      "write the converted file somewhere else", "--convert ", out_path, " is the input data file");
   }
-  std::unique_ptr<AtomicOutFile> file;
-  if (!to_stdout) file = std::make_unique<AtomicOutFile>(out_path);
+  std::unique_ptr<OutputFile> file;  // the one output rule (sftgo/core/files.h)
+  if (!to_stdout) file = std::make_unique<OutputFile>(out_path);
   int64_t with_input = 0;
   std::string line;
   ReadStats rs = read_conversations(opts.path, opts.format, opts.on_bad_record, [&](Conversation&& conv) {
@@ -183,7 +143,7 @@ int run_data_convert(const DataOptions& opts, const std::string& out_path, std::
   SFTGO_CHECK_HINT(rs.records > 0, ErrorKind::kData, "check data.path and data.format", "no usable records in ",
                    opts.path, " (", rs.bad, " bad records skipped)");
   if (file) {
-    file->commit();
+    file->finish();
   } else {
     out.flush();
     SFTGO_CHECK(out.good(), ErrorKind::kIo, "writing the converted records to stdout failed");

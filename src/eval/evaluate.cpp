@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "sftgo/core/error.h"
+#include "sftgo/core/files.h"
 #include "sftgo/core/format.h"
 #include "sftgo/core/log.h"
 #include "sftgo/core/strings.h"
@@ -377,11 +378,9 @@ TaskResult run_eval(const EvalOptions& o) {
   r.docs = static_cast<int64_t>(n_docs);
   std::map<std::string, std::vector<double>> per_metric;
   std::map<std::string, std::vector<double>> per_subject;
-  std::ofstream samples;
-  if (!o.samples_path.empty()) {
-    samples.open(o.samples_path);
-    SFTGO_CHECK(samples.good(), ErrorKind::kIo, o.samples_path, ": cannot open for writing");
-  }
+  // The one output rule (sftgo/core/files.h): checked writes, the OS reason on failure, atomic replace.
+  std::unique_ptr<OutputStream> samples;
+  if (!o.samples_path.empty()) samples = std::make_unique<OutputStream>(o.samples_path);
   for (size_t d = 0; d < n_docs; ++d) {
     const Doc& doc = all_docs[d];
     std::vector<double> lls;
@@ -394,12 +393,13 @@ TaskResult run_eval(const EvalOptions& o) {
     auto dm = doc_metrics(task, doc, lls);
     for (const auto& name : task.metrics) per_metric[name].push_back(dm.at(name));
     if (task.kind == TaskKind::kMmlu) per_subject[doc.subject].push_back(dm.at("acc"));
-    if (samples.is_open()) {
+    if (samples) {
       json s = {{"doc", d},         {"source", doc.source},  {"context", contexts[d]}, {"choices", doc.choices},
                 {"gold", doc.gold}, {"loglikelihoods", lls}, {"is_greedy", greedy},    {"metrics", dm}};
-      samples << s.dump() << "\n";
+      *samples << s.dump() << "\n";
     }
   }
+  if (samples) samples->finish();
   for (const auto& [name, values] : per_metric) r.metrics[name] = mean_with_stderr(values);
   if (task.kind == TaskKind::kMmlu) {
     // lm_eval groups: subject -> category -> mmlu, each a size-weighted mean with pooled stderr.

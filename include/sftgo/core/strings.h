@@ -21,7 +21,8 @@ size_t find_invalid_utf8(std::string_view s);
 std::string excerpt(std::string_view s, size_t max_len = 60);
 // Reads a whole file; throws sftgo::Error(kIo) naming the path when it cannot.
 std::string read_file(const std::string& path);
-// Writes via a temporary file + rename so a crash never leaves a half-written file.
+// Writes by the one output rule of sftgo/core/files.h (write_output_file): a regular file via a
+// temporary file + rename, so a crash never leaves a half-written file; a device or FIFO written through.
 void write_file_atomic(const std::string& path, std::string_view content);
 
 }  // namespace sftgo
