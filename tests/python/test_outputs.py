@@ -208,6 +208,12 @@ def test_a_link_to_a_regular_file_replaces_the_file_not_the_link(tmp_path, model
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
+def test_lora_merge_refuses_a_device_as_out(tmp_path, model_dir, adapter):
+    null = device_node(tmp_path / "null", 3)
+    expect(run("lora-merge", "--model", model_dir, "--adapter", adapter, "--out", null), 2, "not a directory")
+    assert is_char_device(null)
+
+
 # ---- 6. a full disk: exit 1 with the OS reason, nothing partial left --------------------------------------
 
 def mounted_tmpfs(mnt, options):
@@ -241,3 +247,58 @@ def test_eval_samples_and_score_out_on_a_full_disk(full_disk, model_dir, ids, ar
     p = run("score", "--model", model_dir, "--data", ids, "--device", "cpu", "--out", out)
     expect(p, 1, "No space left on device", "s.jsonl")
     assert sorted(x.name for x in full_disk.iterdir()) == ["filler"]  # no 0-byte file, no .tmp
+
+
+# ---- 2. lora-merge --out never replaces its own inputs -----------------------------------------------------
+
+@pytest.fixture
+def run_dir(tmp_path, model_dir, adapter):
+    """A run directory holding the base model and an adapter checkpoint, as a user would have it."""
+    d = tmp_path / "run"
+    shutil.copytree(model_dir, d / "base")
+    shutil.copytree(adapter, d / "checkpoints" / "step_00000003" / "adapter")
+    return d
+
+
+@pytest.mark.parametrize("out", ["base", ".", "base/merged", "checkpoints/step_00000003/adapter",
+                                 "checkpoints/step_00000003/adapter/x", "checkpoints", "link_to_base"])
+def test_lora_merge_refuses_an_out_that_is_contains_or_lies_inside_an_input(run_dir, out):
+    (run_dir / "link_to_base").symlink_to(run_dir / "base")
+    before = listing(run_dir)
+    p = run("lora-merge", "--model", "base", "--adapter", "checkpoints/step_00000003/adapter", "--out", out,
+            cwd=run_dir)
+    expect(p, 2, "--out")
+    assert listing(run_dir) == before
+
+
+def test_lora_merge_refuses_the_current_directory_and_a_regular_file(tmp_path, model_dir, adapter):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    expect(run("lora-merge", "--model", model_dir, "--adapter", adapter, "--out", ".", cwd=work), 2,
+           "current directory")
+    assert [p.name for p in work.iterdir()] == ["notes.txt"]
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    f = tmp_path / "file"
+    f.write_text("x")
+    expect(run("lora-merge", "--model", model_dir, "--adapter", adapter, "--out", f), 2, "not a directory")
+    assert f.read_text() == "x"
+    expect(run("lora-merge", "--model", model_dir, "--adapter", adapter, "--out", work), 2, "no config.json")
+    assert [p.name for p in work.iterdir()] == ["notes.txt"]
+
+
+def test_lora_merge_removes_what_a_killed_merge_left(tmp_path, model_dir, adapter):
+    out = tmp_path / "merged"
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    dead = next(p for p in range(pid_max - 1, 1, -1) if not Path(f"/proc/{p}").exists())
+    stale = tmp_path / f"merged.tmp-{dead}"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"\0" * 1000)
+    alive = tmp_path / f"merged.tmp-{os.getpid()}"  # a merge still running (this process) is left alone
+    alive.mkdir()
+    expect(run("lora-merge", "--model", model_dir, "--adapter", adapter, "--out", out), 0)
+    assert not stale.exists() and alive.exists() and (out / "config.json").exists()
+    # Merging again replaces the earlier merge (a checkpoint directory) as a whole.
+    expect(run("lora-merge", "--model", model_dir, "--adapter", adapter, "--out", out), 0)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("merged")) == [
+        "merged", f"merged.tmp-{os.getpid()}"]
