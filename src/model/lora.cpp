@@ -71,60 +71,6 @@ using detail::shape_str;
 
 }  // namespace
 
-double LoraOptions::scaling() const {
-  return use_rslora ? alpha / std::sqrt(static_cast<double>(rank)) : alpha / static_cast<double>(rank);
-}
-
-const std::vector<std::string>& lora_target_names() {
-  static const std::vector<std::string> names = {"q_proj",    "k_proj",  "v_proj",    "o_proj",
-                                                 "gate_proj", "up_proj", "down_proj", "lm_head"};
-  return names;
-}
-
-std::vector<std::string> parse_lora_target_modules(const std::string& csv) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= csv.size()) {
-    size_t end = csv.find(',', start);
-    if (end == std::string::npos) end = csv.size();
-    std::string name = csv.substr(start, end - start);
-    name.erase(0, name.find_first_not_of(" \t"));
-    name.erase(name.find_last_not_of(" \t") + 1);
-    SFTGO_CHECK(!name.empty(), ErrorKind::kConfig, "lora.target_modules: empty name in '", csv, "'");
-    if (name == "all-linear") {
-      for (size_t i = 0; i + 1 < lora_target_names().size(); ++i) out.push_back(lora_target_names()[i]);
-    } else {
-      out.push_back(name);
-    }
-    start = end + 1;
-  }
-  LoraOptions probe;
-  probe.target_modules = out;
-  probe.validate();  // unknown or repeated names
-  const auto& n = lora_target_names();
-  std::sort(out.begin(), out.end(), [&](const std::string& x, const std::string& y) {
-    return std::find(n.begin(), n.end(), x) < std::find(n.begin(), n.end(), y);
-  });
-  return out;
-}
-
-void LoraOptions::validate() const {
-  SFTGO_CHECK(rank >= 1, ErrorKind::kConfig, "lora.rank must be >= 1, got ", rank);
-  SFTGO_CHECK(std::isfinite(alpha) && alpha > 0, ErrorKind::kConfig, "lora.alpha must be > 0, got ", alpha);
-  SFTGO_CHECK(dropout >= 0 && dropout < 1, ErrorKind::kConfig, "lora.dropout must be in [0, 1), got ", dropout);
-  SFTGO_CHECK(!target_modules.empty(), ErrorKind::kConfig, "lora.target_modules must name at least one module");
-  const auto& known = lora_target_names();
-  std::set<std::string> seen;
-  for (const auto& t : target_modules) {
-    SFTGO_CHECK(std::find(known.begin(), known.end(), t) != known.end(), ErrorKind::kConfig,
-                "lora.target_modules: unknown module '", t,
-                "'; expected any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head");
-    SFTGO_CHECK(seen.insert(t).second, ErrorKind::kConfig, "lora.target_modules lists '", t, "' twice");
-  }
-  SFTGO_CHECK(init == "default" || init == "gaussian", ErrorKind::kConfig,
-              "lora.init must be 'default' (PEFT: Kaiming-uniform A, zero B) or 'gaussian', got '", init, "'");
-}
-
 std::vector<Tensor> apply_lora(LlamaModelImpl& model, const LoraOptions& options, uint64_t seed) {
   options.validate();
   SFTGO_CHECK(!has_lora(model), ErrorKind::kModel, "the model already has LoRA adapters");
@@ -230,70 +176,6 @@ void save_lora_adapter(const LlamaModelImpl& model, const std::string& dir) {
   io::write_sharded_safetensors(dir, sources, w, {{kConfigFile, cfg.dump(2) + "\n"}});
 }
 
-LoraOptions read_lora_config(const std::string& dir) {
-  const std::string path = (fs::path(dir) / kConfigFile).string();
-  SFTGO_CHECK_HINT(fs::exists(path), ErrorKind::kConfig, "pass a PEFT LoRA adapter directory", path, ": not found");
-  json j;
-  try {
-    j = json::parse(read_file(path));
-  } catch (const json::exception& e) {
-    SFTGO_FAIL(ErrorKind::kConfig, path, ": not valid JSON: ", e.what());
-  }
-  SFTGO_CHECK(j.is_object(), ErrorKind::kConfig, path, ": expected a JSON object");
-  auto field = [&](const char* key) -> const json* { return j.contains(key) && !j[key].is_null() ? &j[key] : nullptr; };
-  auto unsupported = [&](const char* key, const std::string& want) {
-    SFTGO_FAIL(ErrorKind::kConfig, path, ": '", key, "' = ", j[key].dump(), " is not supported (expected ", want, ")");
-  };
-  const json* type = field("peft_type");
-  SFTGO_CHECK(type && type->is_string() && *type == "LORA", ErrorKind::kConfig, path,
-              ": 'peft_type' must be \"LORA\", got ", type ? type->dump() : "nothing");
-  LoraOptions o;
-  try {
-    const json* r = field("r");
-    SFTGO_CHECK(r && r->is_number_integer(), ErrorKind::kConfig, path, ": 'r' must be an integer");
-    o.rank = r->get<int64_t>();
-    const json* a = field("lora_alpha");
-    o.alpha = a ? a->get<double>() : 8.0;  // PEFT's default
-    const json* d = field("lora_dropout");
-    o.dropout = d ? d->get<double>() : 0.0;
-    const json* rs = field("use_rslora");
-    o.use_rslora = rs ? rs->get<bool>() : false;
-    const json* base = field("base_model_name_or_path");
-    if (base && base->is_string()) o.base_model_name_or_path = base->get<std::string>();
-    const json* t = field("target_modules");
-    SFTGO_CHECK(t != nullptr, ErrorKind::kConfig, path, ": 'target_modules' is missing");
-    if (t->is_string()) {
-      // PEFT's string form is a regex matched against full module names; "all-linear" is the one
-      // shorthand we resolve (for a causal LM: every linear layer but the output head).
-      if (*t != "all-linear") unsupported("target_modules", "a list of module names, or \"all-linear\"");
-      o.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-    } else {
-      o.target_modules = t->get<std::vector<std::string>>();
-    }
-    std::sort(o.target_modules.begin(), o.target_modules.end(), [](const std::string& x, const std::string& y) {
-      const auto& n = lora_target_names();
-      return std::find(n.begin(), n.end(), x) < std::find(n.begin(), n.end(), y);
-    });
-  } catch (const json::exception& e) {
-    SFTGO_FAIL(ErrorKind::kConfig, path, ": ", e.what());
-  }
-  // Options that change the maths: accepted only at their plain-LoRA values.
-  if (field("bias") && j["bias"] != "none") unsupported("bias", "\"none\"");
-  if (field("use_dora") && j["use_dora"] != false) unsupported("use_dora", "false");
-  if (field("fan_in_fan_out") && j["fan_in_fan_out"] != false) unsupported("fan_in_fan_out", "false");
-  for (const char* key : {"rank_pattern", "alpha_pattern"})
-    if (field(key) && !j[key].empty()) unsupported(key, "{} (one rank and alpha for every layer)");
-  for (const char* key : {"modules_to_save", "layers_to_transform", "layers_pattern", "exclude_modules"})
-    if (field(key) && !j[key].empty()) unsupported(key, "null");
-  if (field("task_type") && j["task_type"] != "CAUSAL_LM") unsupported("task_type", "\"CAUSAL_LM\"");
-  try {
-    o.validate();
-  } catch (const Error& e) {
-    SFTGO_FAIL(ErrorKind::kConfig, path, ": ", e.what());
-  }
-  return o;
-}
-
 void load_lora_adapter(LlamaModelImpl& model, const std::string& dir) {
   const LoraOptions o = read_lora_config(dir);
   const std::string path = (fs::path(dir) / kWeightsFile).string();
@@ -313,9 +195,11 @@ void load_lora_adapter(LlamaModelImpl& model, const std::string& dir) {
                      ": adapter has lora_alpha ", o.alpha, ", use_rslora ", o.use_rslora ? "true" : "false",
                      " but the model's adapters have alpha ", cur.alpha, ", use_rslora ",
                      cur.use_rslora ? "true" : "false");
-  } else {
-    apply_lora(model, o, /*seed=*/0);  // every tensor is overwritten below
   }
+  auto file = io::SafetensorsFile::open(path);
+  // Before apply_lora allocates [r, in] and [out, r] for every target.
+  check_adapter_tensors(o, file->tensors(), (fs::path(dir) / kConfigFile).string(), path);
+  if (!has_lora(model)) apply_lora(model, o, /*seed=*/0);  // every tensor is overwritten below
   std::map<std::string, Tensor> params;
   for (auto& [name, p] : lora_named_parameters(model)) params.emplace(name, p);
   // PEFT also saves the whole base weight of a targeted lm_head (save_embedding_layers="auto");
@@ -326,7 +210,6 @@ void load_lora_adapter(LlamaModelImpl& model, const std::string& dir) {
       params.emplace(peft_prefix(t) + ".base_layer.weight", t.linear->weight);
       optional.insert(peft_prefix(t) + ".base_layer.weight");
     }
-  auto file = io::SafetensorsFile::open(path);
   std::set<std::string> filled;
   torch::NoGradGuard no_grad;
   for (const io::TensorView& v : file->tensors()) {

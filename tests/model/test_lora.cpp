@@ -6,6 +6,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "../common/temp_dir.h"
@@ -253,9 +255,13 @@ TEST(Lora, LoadErrorsNameTheFileAndTensor) {
     LlamaModel x(c, ModelOptions{.seed = 6});
     load_lora_adapter(*x, ad);
   };
-  // A rank the tensors do not have: shape error naming the tensor.
-  edit([](auto& j) { j["r"] = 3; });
-  expect_error(load_fresh, "'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' has shape [2, 32]");
+  // A rank the tensors do not have: named before anything of size r is allocated (issue 25 item 3:
+  // "r": 2147483647 tried to allocate 256 TB).
+  for (int64_t r : {int64_t{3}, int64_t{2147483647}, int64_t{1} << 31, std::numeric_limits<int64_t>::max()}) {
+    edit([r](auto& j) { j["r"] = r; });
+    expect_error(load_fresh, "adapter_config.json: 'r' = " + std::to_string(r) + " does not match");
+    expect_error(load_fresh, "tensor 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' of shape [2, 32]");
+  }
   // Fewer targets than the file holds: unexpected tensor.
   edit([](auto& j) { j["target_modules"] = {"q_proj", "k_proj"}; });
   expect_error(load_fresh, "missing adapter tensors: base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight");

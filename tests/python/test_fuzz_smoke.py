@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ["safetensors", "tokenizer", "config", "jsonl"]
+TARGETS = ["safetensors", "tokenizer", "config", "jsonl", "lora_adapter"]
 
 
 def libfuzzer_missing():

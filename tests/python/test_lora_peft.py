@@ -194,8 +194,9 @@ def test_bad_adapters_are_clear_errors(tmp_path):
     (adapter / "adapter_config.json").write_text(json.dumps(cfg))
     p = score(adapter)
     assert p.returncode == 1
+    assert "adapter_config.json: 'r' = 8 does not match" in p.stderr  # checked before allocating (issue 25)
     assert "adapter_model.safetensors: tensor 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' " \
-           "has shape [4, 64] but the model expects [8, 64]" in p.stderr
+           "of shape [4, 64]" in p.stderr
     cfg["r"] = 4
     cfg["use_dora"] = True
     (adapter / "adapter_config.json").write_text(json.dumps(cfg))

@@ -302,3 +302,18 @@ def test_lora_merge_removes_what_a_killed_merge_left(tmp_path, model_dir, adapte
     expect(run("lora-merge", "--model", model_dir, "--adapter", adapter, "--out", out), 0)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("merged")) == [
         "merged", f"merged.tmp-{os.getpid()}"]
+
+
+# ---- 3. a huge rank in adapter_config.json: exit 1 naming the file and field, no allocation -------------
+
+@pytest.mark.parametrize("rank", [2147483647, 2**31, 2**63 - 1, 10**12])
+def test_huge_adapter_rank_is_a_named_error(tmp_path, model_dir, ids, arc, rank):
+    ad = make_adapter(tmp_path / "ad", rank_in_config=rank)
+    for argv in (["lora-merge", "--model", model_dir, "--adapter", ad, "--out", tmp_path / "m"],
+                 ["score", "--model", model_dir, "--adapter", ad, "--data", ids, "--device", "cpu"],
+                 ["generate", "--model", model_dir, "--adapter", ad, "--prompt", "hi", "--device", "cpu",
+                  "--max-new-tokens", "1"],
+                 ["eval", "--model", model_dir, "--adapter", ad, "--task", "arc_easy", "--data", arc, "--device",
+                  "cpu"]):
+        expect(run(*argv, timeout=120), 1, "adapter_config.json", f"'r' = {rank}", "lora_A")
+    assert not (tmp_path / "m").exists()

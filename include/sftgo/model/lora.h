@@ -18,34 +18,12 @@
 #include <utility>
 #include <vector>
 
+#include "sftgo/model/lora_config.h"  // LoraOptions, read_lora_config (no LibTorch)
+
 namespace sftgo::model {
 
 class LlamaModelImpl;
 
-struct LoraOptions {
-  int64_t rank = 16;
-  double alpha = 32;
-  double dropout = 0.0;  // on the adapter's input, training mode with grad enabled only
-  // Any of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj lm_head (lm_head needs an untied head).
-  std::vector<std::string> target_modules = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                             "gate_proj", "up_proj", "down_proj"};
-  bool use_rslora = false;  // scaling alpha / sqrt(r) instead of alpha / r
-  // "default": PEFT's init_lora_weights=True (A Kaiming-uniform a=sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)),
-  // B zeros, so the adapted model starts equal to the base). "gaussian": A ~ N(0, 1/r), B zeros.
-  std::string init = "default";
-  std::string base_model_name_or_path;  // written into adapter_config.json only
-
-  double scaling() const;
-  // Throws kConfig naming the field when a value is out of range or a target is unknown.
-  void validate() const;
-};
-
-// The projection names apply_lora accepts, in model order.
-const std::vector<std::string>& lora_target_names();
-// "q_proj, v_proj" -> {"q_proj", "v_proj"} in model order; "all-linear" -> the seven projections
-// (PEFT's shorthand: every linear layer but the output head). Throws kConfig naming
-// lora.target_modules on an unknown or repeated name.
-std::vector<std::string> parse_lora_target_modules(const std::string& csv);
 
 // Adds an adapter to every targeted Linear (A initialised from `seed`, B zeros), freezes every
 // other parameter (requires_grad false) and returns the adapter parameters in model order.
@@ -70,9 +48,6 @@ void set_lora_disabled(LlamaModelImpl& model, bool disabled);
 // give the adapter a directory of its own. peft.PeftModel.from_pretrained loads it unchanged.
 void save_lora_adapter(const LlamaModelImpl& model, const std::string& dir);
 
-// Reads `dir`/adapter_config.json of a PEFT LoRA adapter; throws kConfig naming the file and field
-// for what this implementation does not support (DoRA, bias, regex targets, rank/alpha patterns, ...).
-LoraOptions read_lora_config(const std::string& dir);
 
 // Reads a PEFT LoRA adapter (ours or trained elsewhere): applies adapters as its config says and
 // fills them from adapter_model.safetensors (or adapter_model.bin is refused: convert it). Errors
