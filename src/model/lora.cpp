@@ -14,6 +14,7 @@
 #include "sftgo/core/strings.h"
 #include "sftgo/io/safetensors.h"
 #include "sftgo/model/llama.h"
+#include "finite.h"
 #include "shape_str.h"
 
 namespace sftgo::model {
@@ -176,6 +177,26 @@ void save_lora_adapter(const LlamaModelImpl& model, const std::string& dir) {
   io::write_sharded_safetensors(dir, sources, w, {{kConfigFile, cfg.dump(2) + "\n"}});
 }
 
+namespace {
+
+// Finite tensors can still overflow: |(B A) s| <= s r max|B| max|A| per element, and the forward
+// pass or a merge computes exactly that product. Refuse a lora_alpha (scaling) that can take it past
+// float32's range, naming the field and the layer, instead of producing Inf/NaN with exit 0.
+void check_adapter_scale(const LlamaModelImpl& model, const std::string& dir) {
+  const LoraOptions& o = lora_options(model);
+  const double s = o.scaling();
+  for (const auto& t : adapted(model)) {
+    const LinearImpl& l = *t.linear;
+    const double bound = s * static_cast<double>(o.rank) * detail::max_abs(l.lora_A) * detail::max_abs(l.lora_B);
+    SFTGO_CHECK_HINT(std::isfinite(s) && bound < 1e30, ErrorKind::kConfig,
+                     "lora_alpha (scaling = lora_alpha / r, or / sqrt(r) with use_rslora) must keep the update finite",
+                     (fs::path(dir) / kConfigFile).string(), ": 'lora_alpha' = ", o.alpha, " gives scaling ", s,
+                     ", and ", peft_prefix(t), "'s update can reach ", bound, " (float32 overflows at 3.4e38)");
+  }
+}
+
+}  // namespace
+
 void load_lora_adapter(LlamaModelImpl& model, const std::string& dir) {
   const LoraOptions o = read_lora_config(dir);
   const std::string path = (fs::path(dir) / kWeightsFile).string();
@@ -231,6 +252,8 @@ void load_lora_adapter(LlamaModelImpl& model, const std::string& dir) {
                    "; adapters must be F32, F16 or BF16");
     }
     p.copy_(torch::from_blob(const_cast<std::byte*>(v.data), v.shape, torch::TensorOptions().dtype(dt)));
+    SFTGO_CHECK_HINT(std::isfinite(detail::max_abs(p)), ErrorKind::kModel, "the adapter is damaged; re-export it",
+                     path, ": tensor '", v.name, "' holds NaN or Inf values");
     filled.insert(v.name);
   }
   std::vector<std::string> missing;
@@ -242,6 +265,7 @@ void load_lora_adapter(LlamaModelImpl& model, const std::string& dir) {
     if (missing.size() > 5) list += ", ... (" + std::to_string(missing.size()) + " in all)";
     SFTGO_FAIL(ErrorKind::kModel, path, ": missing adapter tensors: ", list);
   }
+  check_adapter_scale(model, dir);
 }
 
 Tensor lora_head_weight(const LlamaModelImpl& model) {
@@ -263,6 +287,10 @@ void merge_lora(LlamaModelImpl& model) {
     // PEFT's delta_weight: (B @ A) * scaling, [out, in] in fp32; one rounding to the weight dtype.
     Tensor delta = l.lora_B.to(torch::kFloat).mm(l.lora_A.to(torch::kFloat)) * l.lora_scaling;
     l.weight.copy_(l.weight.to(torch::kFloat) + delta);
+    // A sum of finite weights can still overflow the weight dtype (fp16 at 65504): never write Inf.
+    SFTGO_CHECK_HINT(std::isfinite(detail::max_abs(l.weight)), ErrorKind::kModel,
+                     "merge in float32 or rescale the adapter", "merging LoRA into ", peft_prefix(t),
+                     ".weight gives NaN or Inf values");
     l.remove_lora();
   }
   model.lora.reset();

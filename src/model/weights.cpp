@@ -1,6 +1,7 @@
 // HF-layout weights: load from (sharded) safetensors straight into parameters, save through io.
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -9,6 +10,7 @@
 #include "sftgo/core/torch_device.h"
 #include "sftgo/io/safetensors.h"
 #include "sftgo/model/llama.h"
+#include "finite.h"
 #include "shape_str.h"
 
 namespace sftgo::model {
@@ -67,6 +69,11 @@ void load_hf_weights(LlamaModelImpl& model, const std::string& checkpoint_path) 
       // pass, so the only resident copy of the weights is the parameters themselves.
       torch::Tensor src = torch::from_blob(const_cast<std::byte*>(v.data), v.shape, torch::TensorOptions().dtype(*dt));
       p.copy_(src);
+      // Checked as loaded (the copy in the model dtype, what is computed with): NaN/Inf weights would
+      // make every score, eval and generation meaningless with exit 0.
+      SFTGO_CHECK_HINT(std::isfinite(detail::max_abs(p)), ErrorKind::kModel,
+                       "the checkpoint is damaged (or overflowed in --dtype); re-export it", v.file, ": tensor '",
+                       v.name, "' holds NaN or Inf values");
       file->release_pages(v);
       filled.insert(v.name);
     }

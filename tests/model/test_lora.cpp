@@ -291,6 +291,43 @@ TEST(Lora, LoadErrorsNameTheFileAndTensor) {
   expect_error([&] { load_lora_adapter(*other, ad); }, "does not match the model's adapters");
 }
 
+// Issue 25 item 4: NaN/Inf adapter tensors and a lora_alpha whose scaling overflows float32 are
+// refused as loaded, naming the tensor or the field.
+TEST(Lora, NonFiniteAdaptersAreRefused) {
+  LlamaConfig c = tiny();
+  LoraOptions o;
+  o.rank = 2;
+  o.target_modules = {"q_proj", "v_proj"};
+  test_util::TempDir dir;
+  const std::string ad = dir.path() + "/a";
+  auto save_with = [&](const std::function<void(LlamaModelImpl&)>& damage, double alpha) {
+    LlamaModel m(c, ModelOptions{.seed = 6});
+    LoraOptions oo = o;
+    oo.alpha = alpha;
+    apply_lora(*m, oo, 1);
+    randomize_b(*m, 2);
+    damage(*m);
+    save_lora_adapter(*m, ad);
+  };
+  auto load_fresh = [&] {
+    LlamaModel x(c, ModelOptions{.seed = 6});
+    load_lora_adapter(*x, ad);
+  };
+  auto param = [](LlamaModelImpl& m, const std::string& name) {
+    for (auto& [n, p] : lora_named_parameters(m))
+      if (n == name) return p;
+    throw std::runtime_error("no " + name);
+  };
+  const std::string b1 = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight";
+  const std::string a0 = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
+  save_with([&](LlamaModelImpl& m) { torch::NoGradGuard g; param(m, b1)[0][1] = NAN; }, 4.0);
+  expect_error(load_fresh, "tensor '" + b1 + "' holds NaN or Inf values");
+  save_with([&](LlamaModelImpl& m) { torch::NoGradGuard g; param(m, a0)[1][0] = INFINITY; }, 4.0);
+  expect_error(load_fresh, "tensor '" + a0 + "' holds NaN or Inf values");
+  save_with([](LlamaModelImpl&) {}, 1e308);
+  expect_error(load_fresh, "'lora_alpha' = 1e+308 gives scaling 5e+307");
+}
+
 TEST(Lora, CheckpointingWithDropoutGivesSameGradients) {
   // Dropout draws random numbers: the recomputation must replay the forward's RNG state, else the
   // gradients belong to another mask. Without dropout the two paths are bitwise equal (test_model);

@@ -317,3 +317,52 @@ def test_huge_adapter_rank_is_a_named_error(tmp_path, model_dir, ids, arc, rank)
                   "cpu"]):
         expect(run(*argv, timeout=120), 1, "adapter_config.json", f"'r' = {rank}", "lora_A")
     assert not (tmp_path / "m").exists()
+
+
+# ---- 4. non-finite weights are refused, naming the tensor --------------------------------------------------
+
+def nan_b(t):
+    t["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"][3, 1] = float("nan")
+
+
+def inf_a(t):
+    t["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"][0, 5] = float("inf")
+
+
+@pytest.mark.parametrize("edit,alpha,needle", [
+    (nan_b, 4.0, "layers.1.self_attn.v_proj.lora_B.weight' holds NaN or Inf"),
+    (inf_a, 4.0, "layers.0.self_attn.q_proj.lora_A.weight' holds NaN or Inf"),
+    (None, 1e308, "'lora_alpha' = 1e+308"),
+])
+def test_non_finite_adapters_are_refused(tmp_path, model_dir, ids, arc, edit, alpha, needle):
+    ad = make_adapter(tmp_path / "ad", alpha=alpha, edit=edit)
+    for argv in (["lora-merge", "--model", model_dir, "--adapter", ad, "--out", tmp_path / "m"],
+                 ["score", "--model", model_dir, "--adapter", ad, "--data", ids, "--device", "cpu"],
+                 ["generate", "--model", model_dir, "--adapter", ad, "--prompt", "hi", "--device", "cpu",
+                  "--max-new-tokens", "1"],
+                 ["eval", "--model", model_dir, "--adapter", ad, "--task", "arc_easy", "--data", arc, "--device",
+                  "cpu"]):
+        expect(run(*argv, timeout=120), 1, needle)
+    assert not (tmp_path / "m").exists()
+
+
+def edited_weights(model_dir, dst, name, fn):
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(model_dir, dst)
+    w = load_file(dst / "model.safetensors")
+    w[name] = fn(w[name])
+    save_file(w, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_a_non_finite_base_model_is_refused(tmp_path, model_dir, ids, arc, adapter):
+    def inf_at(x):
+        x = x.clone()
+        x.view(-1)[7] = float("inf")
+        return x
+    bad = edited_weights(model_dir, tmp_path / "bad", "model.layers.0.mlp.up_proj.weight", inf_at)
+    needle = "tensor 'model.layers.0.mlp.up_proj.weight' holds NaN or Inf"
+    expect(run("score", "--model", bad, "--data", ids, "--device", "cpu"), 1, needle)
+    expect(run("eval", "--model", bad, "--task", "arc_easy", "--data", arc, "--device", "cpu"), 1, needle)
+    expect(run("generate", "--model", bad, "--prompt", "hi", "--device", "cpu", "--max-new-tokens", "1"), 1, needle)
+    expect(run("lora-merge", "--model", bad, "--adapter", adapter, "--out", tmp_path / "m"), 1, needle)
