@@ -18,7 +18,8 @@ void register_config_command(CLI::App& app, std::function<int()>& selected) {
   auto args = std::make_shared<Args>();
   auto* sub = app.add_subcommand("config", "Validate a config and print it as a table (or YAML, or the key reference)");
   sub->add_option("--config,-c,path", args->path, "Config file (YAML); none = all defaults");
-  sub->add_option("--set", args->overrides, "Override a key: --set optim.lr=2e-5 (repeatable)");
+  sub->add_option("--set", args->overrides, "Override a key: --set optim.lr=2e-5 (repeatable)")
+      ->check(key_value_override());
   sub->add_flag("--yaml", args->yaml, "Print the resolved config as YAML instead of a table");
   sub->add_flag("--reference", args->reference, "Print the Markdown reference of every key (docs/config.md)");
   sub->add_option("--write", args->write, "Also write the resolved YAML to this file (atomically)");

@@ -17,7 +17,8 @@ struct ConfigArgs {
 };
 void add_config_options(CLI::App* sub, ConfigArgs& a) {
   sub->add_option("--config,-c", a.path, "Training config (YAML)")->required();
-  sub->add_option("--set", a.overrides, "Override a config key: --set data.max_seq_len=2048 (repeatable)");
+  sub->add_option("--set", a.overrides, "Override a config key: --set data.max_seq_len=2048 (repeatable)")
+      ->check(key_value_override());
 }
 }  // namespace
 
@@ -35,6 +36,7 @@ void register_data_command(CLI::App& app, std::function<int()>& selected) {
   sub->add_option("--convert", args->convert,
                   "Write data.path (any accepted format) as messages JSONL to this file (- = stdout) and exit; "
                   "no tokenizer needed")
+      ->check(non_empty_value())
       ->excludes(dump);
   sub->final_callback([args, &selected] {
     selected = [args] {

@@ -2,6 +2,7 @@
 #include <torch/cuda.h>
 
 #include <iostream>
+#include <limits>
 
 #include "commands.h"
 #include "sftgo/core/error.h"
@@ -24,9 +25,11 @@ void register_eval_command(CLI::App& app, std::function<int()>& selected) {
   sub->add_option("--shots,-k", opts->shots, "Few-shot examples per question (first K of the few-shot pool)");
   sub->add_option("--fewshot-data", opts->fewshot_path,
                   "Few-shot pool JSONL (default: the --data file, skipping the question itself)");
-  sub->add_option("--limit,-n", opts->limit, "Evaluate the first N documents only");
-  sub->add_option("--out,-o", opts->out_path, "Write the results as JSON");
-  sub->add_option("--samples", opts->samples_path, "Write per-document contexts, log-likelihoods and metrics (JSONL)");
+  sub->add_option("--limit,-n", opts->limit, "Evaluate the first N documents only (N >= 1)")
+      ->check(CLI::Range(int64_t{1}, std::numeric_limits<int64_t>::max()));
+  sub->add_option("--out,-o", opts->out_path, "Write the results as JSON")->check(non_empty_value());
+  sub->add_option("--samples", opts->samples_path, "Write per-document contexts, log-likelihoods and metrics (JSONL)")
+      ->check(non_empty_value());
   sub->add_option("--tokenizer,-t", opts->tokenizer_path, "Tokenizer (default: the model directory)");
   sub->add_option("--device", opts->device, "auto | cpu | cuda | cuda:N");
   sub->add_option("--dtype", opts->dtype, "float32 | bfloat16")->check(CLI::IsMember({"float32", "bfloat16"}));
@@ -47,6 +50,11 @@ void register_eval_command(CLI::App& app, std::function<int()>& selected) {
             r.non_finite_logliks, o.model_dir, r.non_finite_logliks);
       if (!o.out_path.empty()) write_file_atomic(o.out_path, eval::result_json(r, o));
       std::cout << eval::result_table(r);
+      // The files above are kept for diagnosis, but a job whose metrics mean nothing is not complete.
+      SFTGO_CHECK_HINT(r.non_finite_logliks == 0, ErrorKind::kNumeric,
+                       "check the model (and adapter) weights, or evaluate in --dtype float32", "eval: ",
+                       r.non_finite_logliks, " choice log-likelihoods are NaN/Inf, the first in document ",
+                       r.first_non_finite_doc, " of ", o.data_path, " (", o.model_dir, ")");
       return 0;
     };
   });

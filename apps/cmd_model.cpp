@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <limits>
 
 #include "commands.h"
 #include "sftgo/core/error.h"
@@ -47,11 +48,13 @@ void register_score_command(CLI::App& app, std::function<int()>& selected) {
   sub->add_option("--adapter,-a", args->opts.adapter_dir,
                   "LoRA adapter directory (PEFT layout) applied on top of --model");
   sub->add_option("--data,-d", args->data, "JSONL input, one {\"ids\": [...]} or {\"text\": ...} per line")->required();
-  sub->add_option("--out,-o", args->out, "Output JSONL {\"ids\", \"logprobs\"} (default: stdout)");
+  sub->add_option("--out,-o", args->out, "Output JSONL {\"ids\", \"logprobs\"} (default: stdout)")
+      ->check(non_empty_value());
   sub->add_option("--tokenizer,-t", args->tokenizer, "Tokenizer for {\"text\"} lines (default: the model directory)");
   sub->add_option("--dtype", args->opts.dtype, "float32 | bfloat16")->check(CLI::IsMember({"float32", "bfloat16"}));
   sub->add_option("--device", args->opts.device, "auto | cpu | cuda");
-  sub->add_option("--max-batch-tokens", args->opts.max_batch_tokens, "Padded tokens per forward pass");
+  sub->add_option("--max-batch-tokens", args->opts.max_batch_tokens, "Padded tokens per forward pass")
+      ->check(CLI::Range(int64_t{1}, std::numeric_limits<int64_t>::max()));
   sub->final_callback([args, &selected] {
     selected = [args] {
       std::ifstream in(args->data);

@@ -125,4 +125,19 @@ int run_train(const TrainArgs& args) {
   return kExitOk;
 }
 
+CLI::Validator key_value_override() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        const auto eq = text.find('=');
+        if (eq == std::string::npos || eq == 0) return "expected section.key=value, got '" + text + "'";
+        return "";
+      },
+      "KEY=VALUE");
+}
+
+CLI::Validator non_empty_value() {
+  return CLI::Validator([](std::string& text) -> std::string { return text.empty() ? "must not be empty" : ""; },
+                        "NON-EMPTY");
+}
+
 }  // namespace sftgo::apps

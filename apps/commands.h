@@ -46,6 +46,12 @@ void validate_run_config(const LoadedConfig& loaded);
 
 const char* libtorch_version();
 
+// Command-line value checks shared by the subcommands (a failing one is exit 2, CLI11's message):
+// `--set` must be KEY=VALUE with a non-empty key; a path option must not be the empty string
+// ("--convert ''" was silently ignored).
+CLI::Validator key_value_override();
+CLI::Validator non_empty_value();
+
 // Per-subcommand registration, one file each.
 void register_config_command(CLI::App& app, std::function<int()>& selected);
 void register_tokenize_command(CLI::App& app, std::function<int()>& selected);

@@ -61,7 +61,8 @@ int main(int argc, char** argv) {
 
   sftgo::apps::TrainArgs train;
   app.add_option("--config,-c", train.config_path, "Training config (YAML); see docs/config.md");
-  app.add_option("--set", train.overrides, "Override a config key: --set optim.lr=2e-5 (repeatable)");
+  app.add_option("--set", train.overrides, "Override a config key: --set optim.lr=2e-5 (repeatable)")
+      ->check(sftgo::apps::key_value_override());
   auto* resume =
       app.add_option("--resume", train.resume,
                      "Resume from a checkpoint directory, or 'auto' for the newest intact one in run.output_dir");

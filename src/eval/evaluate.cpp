@@ -387,7 +387,9 @@ TaskResult run_eval(const EvalOptions& o) {
     std::vector<bool> greedy;
     for (size_t c = 0; c < doc.choices.size(); ++c) {
       lls.push_back(ll[first_pair[d] + c].loglik);
-      r.non_finite_logliks += !std::isfinite(lls.back());
+      const bool bad = !std::isfinite(lls.back());
+      r.non_finite_logliks += bad;
+      if (bad && r.first_non_finite_doc < 0) r.first_non_finite_doc = static_cast<int64_t>(d);
       greedy.push_back(ll[first_pair[d] + c].is_greedy);
     }
     auto dm = doc_metrics(task, doc, lls);

@@ -366,3 +366,26 @@ def test_a_non_finite_base_model_is_refused(tmp_path, model_dir, ids, arc, adapt
     expect(run("eval", "--model", bad, "--task", "arc_easy", "--data", arc, "--device", "cpu"), 1, needle)
     expect(run("generate", "--model", bad, "--prompt", "hi", "--device", "cpu", "--max-new-tokens", "1"), 1, needle)
     expect(run("lora-merge", "--model", bad, "--adapter", adapter, "--out", tmp_path / "m"), 1, needle)
+
+
+# ---- 10. command-line values -------------------------------------------------------------------------------
+
+def test_command_line_values_are_checked(tmp_path, model_dir, ids, arc):
+    cfg = data_config(tmp_path)
+    expect(run("data", "--config", cfg, "--convert", ""), 2, "--convert")
+    for v in ("0", "-5"):
+        expect(run("score", "--model", model_dir, "--data", ids, "--max-batch-tokens", v), 2, "--max-batch-tokens")
+    for v in ("-1", "0"):
+        expect(run("eval", "--model", model_dir, "--task", "arc_easy", "--data", arc, "--limit", v), 2, "--limit")
+    for argv in (["--config", cfg, "--set", "optim.lr"], ["data", "--config", cfg, "--set", "=3"],
+                 ["config", "--config", cfg, "--set", "nokey"]):
+        expect(run(*argv), 2, "--set", "key=value")
+
+
+def test_eval_with_non_finite_log_likelihoods_fails_naming_the_document(tmp_path, model_dir, arc):
+    # Finite weights whose products overflow float32: the final norm's 3e38 makes the hidden state Inf.
+    big = edited_weights(model_dir, tmp_path / "big", "model.norm.weight", lambda x: x * 0 + 3e38)
+    out = tmp_path / "r.json"
+    p = run("eval", "--model", big, "--task", "arc_easy", "--data", arc, "--device", "cpu", "--out", out)
+    expect(p, 1, "NaN/Inf", "document 0", str(arc))
+    assert json.loads(out.read_text())["non_finite_loglikelihoods"] == 6  # kept for diagnosis

@@ -98,6 +98,7 @@ struct TaskResult {
   std::map<std::string, std::pair<int64_t, MetricValue>> groups;
   // Choices whose log-likelihood is NaN/Inf (a damaged model): the metrics then mean nothing.
   int64_t non_finite_logliks = 0;
+  int64_t first_non_finite_doc = -1;  // index (into --data) of the first document with one; -1 = none
 };
 
 TaskResult run_eval(const EvalOptions& options);
