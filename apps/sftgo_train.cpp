@@ -65,7 +65,10 @@ int main(int argc, char** argv) {
       ->check(sftgo::apps::key_value_override());
   auto* resume =
       app.add_option("--resume", train.resume,
-                     "Resume from a checkpoint directory, or 'auto' for the newest intact one in run.output_dir");
+                     "Resume from a checkpoint directory, or 'auto' for the newest intact one in run.output_dir")
+          ->check(CLI::Validator(  // "" would silently start a fresh run
+              [](std::string& v) { return v.empty() ? std::string("empty: give a checkpoint directory or 'auto'") : ""; },
+              "DIR|auto"));
   app.add_flag("--overwrite", train.overwrite,
                "Start a new run in a run.output_dir that holds another run, deleting its checkpoints and metrics")
       ->excludes(resume);

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
+#include <set>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -122,13 +123,31 @@ size_t expected_rng_state_hex_size() {
 
 TrainerState TrainerState::from_json(const std::string& text, const std::string& source) {
   nlohmann::json j;
+  // A key given twice in one object: JSON leaves its meaning open (the parser keeps the last), and a
+  // hand edit that adds a second "step" must not resume from whichever one wins.
+  std::vector<std::set<std::string>> keys;  // per open object
+  std::string duplicate;
+  auto track = [&](int, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    if (ev == E::object_start) keys.emplace_back();
+    if (ev == E::object_end && !keys.empty()) keys.pop_back();
+    if (ev == E::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second && duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
   try {
-    j = nlohmann::json::parse(text);
+    j = nlohmann::json::parse(text, track);
   } catch (const nlohmann::json::exception& e) {
     SFTGO_FAIL(ErrorKind::kFormat, source, ": not valid JSON (", e.what(), ")");
   }
+  SFTGO_CHECK(duplicate.empty(), ErrorKind::kFormat, source, ": field \"", duplicate,
+              "\" appears twice in one object; each field must be given once");
   SFTGO_CHECK(j.is_object() && j.value("format", "") == "sftgo-trainer-state", ErrorKind::kFormat, source,
               ": not an sftgo trainer state (expected \"format\": \"sftgo-trainer-state\")");
+  // Version 1 is the only layout there is; a newer one may mean fields this reader would misread.
+  SFTGO_CHECK(!j.contains("version") || (j["version"].is_number_integer() && j["version"].get<int64_t>() == 1),
+              ErrorKind::kFormat, source, ": field \"version\" is ", j.value("version", nlohmann::json()).dump(),
+              ", expected 1 (the only trainer-state version this sftgo-train reads; written by a newer one?)");
   TrainerState s;
   s.step = count_field(j, "step", "step", source);
   s.total_steps = count_field(j, "total_steps", "total_steps", source);

@@ -87,6 +87,27 @@ TEST(TrainerState, RoundTripsAndValidatesWhatIsReadBack) {
   EXPECT_NE(bad("{\"format\": \"sftgo-trainer-state\"}").find("missing field \"step\""), std::string::npos);
 }
 
+// Issue 25 item 10: a second "step" (the parser would keep the last) and an unknown version were
+// accepted; both name the file and the field now. weights_only must be a boolean.
+TEST(TrainerState, DuplicateKeysAndUnknownVersionsAreRefused) {
+  auto bad = [](const std::string& text) {
+    return error_of([&] { TrainerState::from_json(text, "x/trainer_state.json"); });
+  };
+  std::string twice = valid_state().to_json();
+  twice.insert(twice.find('{') + 1, "\"step\": 1,");
+  EXPECT_NE(bad(twice).find("x/trainer_state.json: field \"step\" appears twice"), std::string::npos) << bad(twice);
+  std::string nested = with("sampler.index", 12);
+  nested.insert(nested.find("\"sampler\":{") + 11, "\"epoch\":0,");
+  EXPECT_NE(bad(nested).find("field \"epoch\" appears twice"), std::string::npos) << bad(nested);
+  EXPECT_NE(bad(with("version", 99)).find("x/trainer_state.json: field \"version\" is 99, expected 1"),
+            std::string::npos);
+  EXPECT_NE(bad(with("version", "1")).find("field \"version\" is \"1\", expected 1"), std::string::npos);
+  EXPECT_NE(bad(with("weights_only", 1)).find("field \"weights_only\" is 1, expected true or false"),
+            std::string::npos);
+  // The same key in two different objects is fine ("index" at top level would not clash with sampler's).
+  EXPECT_NO_THROW(TrainerState::from_json(valid_state().to_json(), "ts.json"));
+}
+
 TEST(TrainerState, RngStateOfTheWrongLengthIsAnErrorNotABacktrace) {
   const std::string rng = cpu_rng_state_hex();
   EXPECT_NE(error_of([&] { set_cpu_rng_state_hex(rng.substr(0, 64)); }).find("expected exactly"), std::string::npos);

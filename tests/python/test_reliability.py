@@ -442,3 +442,25 @@ def test_adapter_path_without_lora_is_refused(tmp_path):
         assert f"lora.adapter_path is '{adapter}' but lora.enabled is false" in err, err
         assert "set lora.enabled: true" in err, err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_trainer_state_duplicate_step_unknown_version_and_empty_resume(tmp_path):
+    """A second "step" key (the JSON parser kept the last) and "version": 99 were resumed from; both
+    are refused naming the file (exit 1). `--resume ""` silently started a fresh run: a bad command
+    line now (exit 2)."""
+    d = tmp_path / "run"
+    ok(run(*train_args(d, 2)))
+    path = d / "checkpoints" / "step_00000002" / "trainer_state.json"
+    good = path.read_text()
+    path.write_text(good.replace("{", '{"step": 1,', 1))
+    err = reported(run(*train_args(d, 4), "--resume", path.parent))
+    assert f'{path}: field "step" appears twice' in err, err
+    st = json.loads(good)
+    st["version"] = 99
+    path.write_text(json.dumps(st))
+    err = reported(run(*train_args(d, 4), "--resume", "auto"))
+    assert f'{path}: field "version" is 99, expected 1' in err, err
+    path.write_text(good)
+    err = reported(run(*train_args(d, 4), "--resume", ""), code=2)
+    assert "--resume" in err and "give a checkpoint directory or 'auto'" in err, err
+    assert metric_steps(d) == [1, 2]  # nothing ran
