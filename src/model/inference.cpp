@@ -103,21 +103,26 @@ namespace {
 
 // Rows of the LM head per block: its fp32 logits and their log-softmax stay near 128 MiB each
 // (261 rows at the Llama-3 vocabulary) instead of [T, V] for the whole text (4.6 GB each at 9,000
-// tokens), and the GEMMs stay wide enough to run at full speed.
+// tokens). At least 256 rows, and a short tail joins the block before it (blocks of 256..511 rows):
+// below ~224 rows the CPU GEMM takes another kernel that rounds differently (last bit, 2.6e-6 on
+// logits at the Llama-3.2-1B shape, 2-8 threads); from 224 on every row equals the whole-text GEMM,
+// so scores stay bit-identical to the unblocked computation.
 constexpr int64_t kScoreBlockElements = int64_t{32} << 20;
+constexpr int64_t kScoreMinBlockRows = 256;
 
 // hidden [N, H] (the positions that predict a token), targets [N] int64 on hidden's device ->
 // log p(target) [N] fp64 on the CPU, block by block over N. Each row's logits, log-softmax and
 // gather are those of the whole-text computation (rows are independent).
 Tensor target_logprobs(LlamaModelImpl& model, const Tensor& hidden, const Tensor& targets, int64_t rows) {
   const int64_t n = hidden.size(0);
-  if (rows <= 0) rows = std::max<int64_t>(16, kScoreBlockElements / model.config().vocab_size);
+  if (rows <= 0) rows = std::max(kScoreMinBlockRows, kScoreBlockElements / model.config().vocab_size);
   Tensor out = torch::empty({n}, torch::kDouble);
-  for (int64_t r0 = 0; r0 < n; r0 += rows) {
-    const int64_t r1 = std::min(n, r0 + rows);
+  for (int64_t r0 = 0; r0 < n;) {
+    const int64_t r1 = n - r0 < 2 * rows ? n : r0 + rows;  // no block shorter than `rows`, but the only one
     Tensor logits = model.logits(hidden.slice(0, r0, r1)).to(torch::kFloat);  // [r,V]
     Tensor logp = torch::log_softmax(logits, -1);                               // [r,V]
     out.slice(0, r0, r1).copy_(logp.gather(-1, targets.slice(0, r0, r1).unsqueeze(-1)).squeeze(-1).to(torch::kCPU));
+    r0 = r1;
   }
   return out;
 }
