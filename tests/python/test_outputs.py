@@ -176,10 +176,11 @@ def test_every_output_to_a_full_device_is_enospc(tmp_path, model_dir, ids, arc, 
         assert is_char_device(full), f"{name} replaced the device node with a regular file"
 
 
-def test_outputs_to_a_fifo_reach_the_reader(tmp_path, model_dir, ids, arc):
-    fifo = tmp_path / "pipe"
+def test_outputs_to_a_fifo_reach_the_reader(tmp_path, model_dir, ids, arc, plot_run):
+    fifo = tmp_path / "pipe.svg"
     os.mkfifo(fifo)
-    for name, argv in output_commands(tmp_path, model_dir, ids, arc, fifo):
+    cmds = output_commands(tmp_path, model_dir, ids, arc, fifo) + [("plot -o", ["plot", plot_run, "-o", fifo])]
+    for name, argv in cmds:
         got = []
         reader = threading.Thread(target=lambda: got.append(Path(fifo).read_bytes()), daemon=True)
         reader.start()
