@@ -402,6 +402,36 @@ std::string zip_problem(const fs::path& path) {
   return "";
 }
 
+// zero_manifest.json (written with the shards since it exists; older checkpoints have none): every
+// shard it lists is there with the recorded size. The digests are checked by each rank as it reads
+// its shards (dist::ZeroAdamW::load_shards), not here: that would read every shard on every rank.
+std::string zero_manifest_problem(const fs::path& dir, const std::vector<fs::path>& shards) {
+  const fs::path manifest = dir / "zero_manifest.json";
+  std::error_code ec;
+  if (!fs::exists(manifest, ec)) return "";
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(manifest.string()));
+  } catch (const std::exception& e) {
+    return "zero_manifest.json is not valid JSON";
+  }
+  if (!j.is_object() || !j.contains("shards") || !j["shards"].is_array() || j["shards"].size() != shards.size())
+    return "zero_manifest.json does not list the " + std::to_string(shards.size()) + " ZeRO-1 shards";
+  for (const auto& e : j["shards"]) {
+    if (!e.is_object() || !e.contains("file") || !e["file"].is_string() || !e.contains("bytes") ||
+        !e["bytes"].is_number_unsigned())
+      return "zero_manifest.json has a malformed shard entry";
+    const fs::path f = dir / e["file"].get<std::string>();
+    if (f.parent_path() != dir || !fs::is_regular_file(f, ec))
+      return e["file"].get<std::string>() + " (listed in zero_manifest.json) is missing";
+    const uint64_t size = fs::file_size(f, ec);
+    if (size != e["bytes"].get<uint64_t>())
+      return f.filename().string() + " has " + std::to_string(size) + " bytes, zero_manifest.json records " +
+             std::to_string(e["bytes"].get<uint64_t>()) + " (truncated or replaced after the save)";
+  }
+  return "";
+}
+
 }  // namespace
 
 std::string checkpoint_problem(const std::string& dir) {
@@ -441,7 +471,7 @@ std::string checkpoint_problem(const std::string& dir) {
     p = zip_problem(s);
     if (!p.empty()) return p;
   }
-  return "";
+  return zero_manifest_problem(d, shards);
 }
 
 namespace {

@@ -5,18 +5,83 @@
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <map>
 
 #include "sftgo/core/error.h"
 #include "sftgo/core/files.h"
 #include "sftgo/core/format.h"
+#include "sftgo/core/hash.h"
+#include "sftgo/core/strings.h"
 
 namespace sftgo::dist {
 
 std::string zero_shard_file_name(int rank, int world_size) {
   return format("zero_rank{:05d}_of_{:05d}.pt", rank, world_size);
+}
+
+ZeroShardDigest zero_shard_digest(const std::string& path) {
+  ZeroShardDigest d;
+  d.file = std::filesystem::path(path).filename().string();
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  SFTGO_CHECK(f != nullptr, ErrorKind::kIo, path, ": cannot read the ZeRO-1 shard (", std::strerror(errno), ")");
+  std::vector<char> block(size_t{1} << 20);
+  uint64_t h = kHash64Seed;
+  size_t n = 0;
+  while ((n = std::fread(block.data(), 1, block.size(), f)) > 0) {
+    h = hash64(block.data(), n, h);
+    d.bytes += n;
+  }
+  const bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  SFTGO_CHECK(!failed, ErrorKind::kIo, path, ": read error while checking the ZeRO-1 shard");
+  d.hash = format("{:016x}", h);
+  return d;
+}
+
+std::string zero_manifest_json(int world_size, const std::vector<ZeroShardDigest>& shards) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& s : shards) list.push_back({{"file", s.file}, {"bytes", s.bytes}, {"hash64", s.hash}});
+  nlohmann::json j = {{"format", "sftgo-zero-manifest"},
+                      {"version", 1},
+                      {"digest", "hash64 chained over 1 MiB blocks"},
+                      {"world_size", world_size},
+                      {"shards", list}};
+  return j.dump(1) + "\n";
+}
+
+std::vector<ZeroShardDigest> parse_zero_manifest(const std::string& text, const std::string& source) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    SFTGO_FAIL(ErrorKind::kFormat, source, ": not valid JSON (", e.what(), ")");
+  }
+  SFTGO_CHECK(j.is_object() && j.value("format", "") == "sftgo-zero-manifest" && j.value("version", 0) == 1 &&
+                  j.contains("world_size") && j["world_size"].is_number_integer() && j.contains("shards") &&
+                  j["shards"].is_array(),
+              ErrorKind::kFormat, source,
+              ": not a version 1 sftgo ZeRO-1 manifest (format, version, world_size, shards expected)");
+  const int64_t world = j["world_size"].get<int64_t>();
+  SFTGO_CHECK(world >= 1 && static_cast<int64_t>(j["shards"].size()) == world, ErrorKind::kFormat, source,
+              ": world_size ", world, " but ", j["shards"].size(), " shard entries");
+  std::vector<ZeroShardDigest> out;
+  for (int64_t r = 0; r < world; ++r) {
+    const auto& e = j["shards"][static_cast<size_t>(r)];
+    const std::string want = zero_shard_file_name(static_cast<int>(r), static_cast<int>(world));
+    SFTGO_CHECK(e.is_object() && e.value("file", "") == want && e.contains("bytes") &&
+                    e["bytes"].is_number_unsigned() && e.contains("hash64") && e["hash64"].is_string(),
+                ErrorKind::kFormat, source, ": shard entry ", r, " is not {\"file\": \"", want,
+                "\", \"bytes\": N, \"hash64\": HEX}");
+    out.push_back({want, e["bytes"].get<uint64_t>(), e["hash64"].get<std::string>()});
+  }
+  return out;
 }
 
 namespace {
@@ -163,6 +228,9 @@ void ZeroAdamW::save_shard(const std::string& path) const {
   a.write("exp_avg_sq", exp_avg_sq_.cpu());
   // begin, size, numel (unpadded), steps
   a.write("range", torch::tensor({begin_, shard_, numel_, steps_}, torch::kInt64));
+  // The saving rank and world size, checked against the file's name on resume.
+  a.write("rank_world", torch::tensor({static_cast<int64_t>(comm_->rank()), static_cast<int64_t>(comm_->world_size())},
+                                      torch::kInt64));
   // Through a CheckedFile: LibTorch's own file writer aborts the process (std::terminate from its
   // destructor) when the disk fills mid-archive; this sink never throws and finish() reports the
   // first write error naming the file (and removes it).
@@ -187,6 +255,33 @@ std::pair<int64_t, int64_t> shard_rank_and_world(const std::string& path) {
       w < 1 || r >= w)
     return {-1, -1};
   return {r, w};
+}
+
+// The manifest's entries by file name, from the directory of `paths` (empty when it has none: a
+// checkpoint saved before manifests were written).
+std::map<std::string, ZeroShardDigest> manifest_of(const std::vector<std::string>& paths) {
+  std::map<std::string, ZeroShardDigest> out;
+  const auto manifest = std::filesystem::path(paths.front()).parent_path() / kZeroManifestName;
+  std::error_code ec;
+  if (!std::filesystem::exists(manifest, ec)) return out;
+  for (auto& d : parse_zero_manifest(read_file(manifest.string()), manifest.string())) out[d.file] = d;
+  return out;
+}
+
+// A shard file as the save wrote it: its size and digest are the manifest's.
+void check_against_manifest(const std::string& path, const std::map<std::string, ZeroShardDigest>& manifest) {
+  if (manifest.empty()) return;
+  const std::string name = std::filesystem::path(path).filename().string();
+  const auto it = manifest.find(name);
+  SFTGO_CHECK_HINT(it != manifest.end(), ErrorKind::kFormat, "resume with the world size the shards were saved with",
+                   path, ": not listed in ", kZeroManifestName, " (saved with another world size?)");
+  const ZeroShardDigest d = zero_shard_digest(path);
+  SFTGO_CHECK_HINT(d.bytes == it->second.bytes, ErrorKind::kFormat, "resume from another checkpoint", path, ": ",
+                   d.bytes, " bytes, but ", kZeroManifestName, " records ", it->second.bytes,
+                   " (truncated or replaced after the save)");
+  SFTGO_CHECK_HINT(d.hash == it->second.hash, ErrorKind::kFormat, "resume from another checkpoint", path,
+                   ": content digest ", d.hash, " differs from ", it->second.hash, " in ", kZeroManifestName,
+                   " (the file was changed or replaced by another shard after the save)");
 }
 
 }  // namespace
@@ -215,17 +310,28 @@ void ZeroAdamW::load_shards(const std::vector<std::string>& paths) {
   // size is unchanged, not the whole optimizer state on every rank.
   std::vector<std::string> needed = zero_shards_overlapping(paths, numel_, begin_, shard_);
   if (needed.empty()) needed.push_back(paths.front());  // a padding-only rank: the step count
+  const auto manifest = manifest_of(paths);
   for (const auto& path : needed) {
+    check_against_manifest(path, manifest);
     torch::serialize::InputArchive a;
-    at::Tensor m, ea, es, range;
+    at::Tensor m, ea, es, range, rank_world;
+    bool named = false;
     try {
       a.load_from(path, c10::Device(c10::kCPU));  // saved from the CPU; only this rank's slice moves on
       a.read("master", m);
       a.read("exp_avg", ea);
       a.read("exp_avg_sq", es);
       a.read("range", range);
+      named = a.try_read("rank_world", rank_world);  // absent in shards saved before it was written
     } catch (const c10::Error& e) {
       SFTGO_FAIL(ErrorKind::kFormat, path, ": not a ZeRO-1 shard (", e.what_without_backtrace(), ")");
+    }
+    if (named) {
+      const auto [nr, nw] = shard_rank_and_world(path);
+      const bool two = rank_world.numel() == 2;
+      const int64_t wr = two ? rank_world[0].item<int64_t>() : -1, ww = two ? rank_world[1].item<int64_t>() : -1;
+      SFTGO_CHECK(wr == nr && ww == nw, ErrorKind::kFormat, path, ": written by rank ", wr, " of ", ww,
+                  ", not by the rank ", nr, " of ", nw, " its name gives");
     }
     SFTGO_CHECK(range.numel() == 4 && m.numel() == range[1].item<int64_t>() && ea.numel() == m.numel() &&
                     es.numel() == m.numel(),

@@ -16,7 +16,9 @@
 #include "sftgo/core/version.h"
 #include "sftgo/data/dataset.h"
 #include "sftgo/data/loader.h"
+#include "sftgo/core/format.h"
 #include "sftgo/dist/dist.h"
+#include "sftgo/dist/zero.h"
 #include "sftgo/grouping/dynamic.h"
 #include "sftgo/grouping/grouping.h"
 #include "sftgo/grouping/pipeline.h"
@@ -125,6 +127,9 @@ std::string Trainer::Impl::save(const std::string& why, bool weights_only) {
   // Each rank's GPU generator (LoRA dropout draws from it), gathered on every rank (a collective).
   if (device.is_cuda()) r.state.cuda_rng_states_hex = gather_hex(*comm, checkpoint::rng_state_hex(device));
   if (!weights_only) updater->add_to_save(r, staging.string());  // the same choice on every rank
+  if (std::any_of(r.move_files.begin(), r.move_files.end(),
+                  [](const std::string& f) { return fs::path(f).filename().string().rfind("zero_rank", 0) == 0; }))
+    add_zero_manifest(r, staging.string());
   if (rank != 0) {
     comm->barrier();  // rank 0 is writing
     return (root / name).string();
@@ -159,6 +164,22 @@ std::string Trainer::Impl::save(const std::string& why, bool weights_only) {
   comm->barrier();
   log_info("saved checkpoint {} ({}{}, {:.1f}s)", dir, why, weights_only ? ", weights only" : "", t.seconds());
   return dir;
+}
+
+// ZeRO-1: every rank digests the shard it just wrote (its own file only: 12 bytes per parameter / W)
+// and rank 0 writes zero_manifest.json, moved into the checkpoint with the shards (a collective).
+void Trainer::Impl::add_zero_manifest(checkpoint::SaveRequest& r, const std::string& staging) {
+  const dist::ZeroShardDigest mine =
+      dist::zero_shard_digest((fs::path(staging) / dist::zero_shard_file_name(rank, world)).string());
+  const std::vector<std::string> all = gather_hex(*comm, format("{:016x}", mine.bytes) + mine.hash);
+  if (rank != 0) return;
+  std::vector<dist::ZeroShardDigest> shards;
+  for (int q = 0; q < world; ++q)
+    shards.push_back({dist::zero_shard_file_name(q, world), std::stoull(all[static_cast<size_t>(q)].substr(0, 16), nullptr, 16),
+                      all[static_cast<size_t>(q)].substr(16)});
+  const std::string path = (fs::path(staging) / dist::kZeroManifestName).string();
+  write_file_atomic(path, dist::zero_manifest_json(world, shards));
+  r.move_files.push_back(path);
 }
 
 void Trainer::Impl::resume_from(const std::string& dir) {

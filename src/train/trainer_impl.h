@@ -124,6 +124,7 @@ struct Trainer::Impl {
   EvalMetrics evaluate();
   // weights_only: train.intermediate_checkpoints: weights (no optimizer state: not resumable).
   std::string save(const std::string& why, bool weights_only = false);
+  void add_zero_manifest(checkpoint::SaveRequest& r, const std::string& staging);
   void resume_from(const std::string& dir);
   void restore_cuda_rng(const checkpoint::TrainerState& st, const std::string& dir);
 };

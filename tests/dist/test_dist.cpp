@@ -631,3 +631,33 @@ TEST(ZeroAdamW, ShardFilesOverlappingARanksSlice) {
         << e.what();
   }
 }
+
+// Issue 25 item 9: zero_manifest.json ties a checkpoint's shard files together. The digest covers every
+// byte (a change in the last block counts) and the manifest parses back, refusing entries that do not
+// name rank r of the world in order.
+TEST(ZeroManifest, DigestsAndRoundTrip) {
+  const fs::path dir = fs::temp_directory_path() / "sftgo_test_zero_manifest";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string bytes((size_t{3} << 20) + 5, 'x');  // three full 1 MiB blocks and a tail
+  std::ofstream(dir / "a.pt", std::ios::binary) << bytes;
+  bytes.back() = 'y';
+  std::ofstream(dir / "b.pt", std::ios::binary) << bytes;
+  const ZeroShardDigest a = zero_shard_digest((dir / "a.pt").string()), b = zero_shard_digest((dir / "b.pt").string());
+  EXPECT_EQ(a.bytes, bytes.size());
+  EXPECT_EQ(a.file, "a.pt");
+  EXPECT_EQ(a.hash.size(), 16u);
+  EXPECT_NE(a.hash, b.hash);
+  EXPECT_EQ(a.hash, zero_shard_digest((dir / "a.pt").string()).hash);
+  const std::vector<ZeroShardDigest> two = {{zero_shard_file_name(0, 2), 10, a.hash}, {zero_shard_file_name(1, 2), 11, b.hash}};
+  const auto back = parse_zero_manifest(zero_manifest_json(2, two), "m.json");
+  ASSERT_EQ(back.size(), 2u);
+  EXPECT_EQ(back[1].file, zero_shard_file_name(1, 2));
+  EXPECT_EQ(back[1].bytes, 11u);
+  EXPECT_EQ(back[1].hash, b.hash);
+  const std::vector<ZeroShardDigest> swapped = {two[1], two[0]};
+  EXPECT_THROW(parse_zero_manifest(zero_manifest_json(2, swapped), "m.json"), Error);
+  EXPECT_THROW(parse_zero_manifest(zero_manifest_json(3, two), "m.json"), Error);
+  EXPECT_THROW(parse_zero_manifest("{\"format\": \"sftgo-zero-manifest\"", "m.json"), Error);
+  fs::remove_all(dir);
+}

@@ -464,3 +464,46 @@ def test_trainer_state_duplicate_step_unknown_version_and_empty_resume(tmp_path)
     err = reported(run(*train_args(d, 4), "--resume", ""), code=2)
     assert "--resume" in err and "give a checkpoint directory or 'auto'" in err, err
     assert metric_steps(d) == [1, 2]  # nothing ran
+
+
+def mpirun_train(run_dir, steps, *extra, resume=None):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    cmd = [MPIRUN, "-np", "2", "--oversubscribe", "-x", f"MASTER_PORT={port}", "-x", "MASTER_ADDR=127.0.0.1"]
+    if os.geteuid() == 0:
+        cmd.insert(1, "--allow-run-as-root")
+    return subprocess.run(cmd + [str(BIN)] + train_args(run_dir, steps, "dist.zero1=true", "train.global_batch_size=4",
+                                                         "train.micro_batch_size=2", "dist.timeout_s=20", *extra)
+                          + (["--resume", resume] if resume else []),
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed")
+def test_zero1_shards_are_tied_together_by_a_manifest(tmp_path):
+    """Issue 25 item 9: a ZeRO-1 checkpoint's shard files were not checked against each other, so a
+    shard replaced by another (rank 0's copied over rank 1's, or rank 1's of another run at the same
+    step) resumed and the loss diverged. zero_manifest.json records each shard's size and digest and
+    each rank checks the files it reads: exit 1 naming the file. A truncated shard is named too."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, seed in ((a, 1), (b, 2)):
+        p = mpirun_train(d, 2, f"run.seed={seed}")
+        assert p.returncode == 0, p.stderr[-3000:]
+    ck = a / "checkpoints" / "step_00000002"
+    manifest = json.loads((ck / "zero_manifest.json").read_text())
+    assert [s["file"] for s in manifest["shards"]] == ["zero_rank00000_of_00002.pt", "zero_rank00001_of_00002.pt"]
+    shard1 = ck / "zero_rank00001_of_00002.pt"
+    good = shard1.read_bytes()
+    for name, data in (("rank 0's shard", (ck / "zero_rank00000_of_00002.pt").read_bytes()),
+                       ("another run's rank 1", (b / "checkpoints/step_00000002/zero_rank00001_of_00002.pt").read_bytes()),
+                       ("truncated", good[: len(good) // 2])):
+        shard1.write_bytes(data)
+        p = mpirun_train(a, 4, "run.seed=1", resume="auto")
+        assert p.returncode == 1, f"{name}: exit {p.returncode}\n{p.stderr[-3000:]}"
+        assert "zero_rank00001_of_00002.pt" in p.stderr and "internal error" not in p.stderr, f"{name}\n{p.stderr[-3000:]}"
+        assert metric_steps(a) == [1, 2], name
+    shard1.write_bytes(good)
+    p = mpirun_train(a, 4, "run.seed=1", resume="auto")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert metric_steps(a) == [1, 2, 3, 4]

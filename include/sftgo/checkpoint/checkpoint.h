@@ -11,6 +11,7 @@
 //   master_weights.safetensors                             fp32 master weights (bf16 runs only)
 //   zero_rankRRRRR_of_WWWWW.pt                             ZeRO-1 runs instead of optimizer.pt: each
 //                                                          rank's optimizer state and fp32 master shard
+//   zero_manifest.json                                     ZeRO-1: each shard's name, size and digest
 //   trainer_state.json                                     step, sampler position, lambda, RNG, ...
 //   resolved_config.yaml                                   the config the run used
 #pragma once

@@ -52,11 +52,14 @@ class ZeroAdamW {
   int64_t steps() const { return steps_; }
   at::ScalarType grad_dtype() const { return flat_.scalar_type(); }  // what gradients accumulate in
 
-  // Writes this rank's shard (master, exp_avg, exp_avg_sq, step count, range) to path.
+  // Writes this rank's shard (master, exp_avg, exp_avg_sq, step count, range, rank and world size) to path.
   void save_shard(const std::string& path) const;
   // Restores this rank's shard from the shard files of a checkpoint saved with any world size
   // (same parameters): each file holds the slice its name gives, and only the files overlapping this
   // rank's slice are opened (zero_shards_overlapping), so a rank reads about 12 bytes per parameter / W.
+  // When the files' directory holds kZeroManifestName, each file read must have the size and digest
+  // recorded there (a shard copied over another, truncated or from another run is refused, naming it);
+  // checkpoints saved before the manifest existed load without it.
   void load_shards(const std::vector<std::string>& paths);
 
  private:
@@ -79,6 +82,23 @@ class ZeroAdamW {
 };
 
 std::string zero_shard_file_name(int rank, int world_size);  // "zero_rankRRRRR_of_WWWWW.pt"
+
+// A file's size and content digest: hash64 (core/hash.h) chained over 1 MiB blocks, each block's seed
+// the previous block's hash, as 16 hex digits. Streams the file; Error(kIo) naming it when unreadable.
+struct ZeroShardDigest {
+  std::string file;  // the file name, without its directory
+  uint64_t bytes = 0;
+  std::string hash;
+};
+ZeroShardDigest zero_shard_digest(const std::string& path);
+
+// The checkpoint file that ties a ZeRO-1 checkpoint's shard files together: the saving world size and,
+// per rank in order, its shard's file name, size and digest (JSON, "format": "sftgo-zero-manifest").
+inline constexpr const char* kZeroManifestName = "zero_manifest.json";
+std::string zero_manifest_json(int world_size, const std::vector<ZeroShardDigest>& shards);
+// Parses and validates a manifest (Error(kFormat) naming `source`): one entry per rank, each named
+// zero_shard_file_name(rank, world_size).
+std::vector<ZeroShardDigest> parse_zero_manifest(const std::string& text, const std::string& source);
 
 // The shard files among `paths` (named by zero_shard_file_name, any saving world size) whose slice of
 // a flat vector of `numel` values overlaps [begin, begin + size): the only ones a rank reads on resume.
