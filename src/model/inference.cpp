@@ -101,14 +101,16 @@ std::vector<int64_t> generate(LlamaModelImpl& model, const std::vector<int64_t>&
 
 namespace {
 
-// Rows of the LM head per block: its fp32 logits and their log-softmax stay near 128 MiB each
-// (261 rows at the Llama-3 vocabulary) instead of [T, V] for the whole text (4.6 GB each at 9,000
-// tokens). At least 256 rows, and a short tail joins the block before it (blocks of 256..511 rows):
-// below ~224 rows the CPU GEMM takes another kernel that rounds differently (last bit, 2.6e-6 on
-// logits at the Llama-3.2-1B shape, 2-8 threads); from 224 on every row equals the whole-text GEMM,
-// so scores stay bit-identical to the unblocked computation.
-constexpr int64_t kScoreBlockElements = int64_t{32} << 20;
-constexpr int64_t kScoreMinBlockRows = 256;
+// Rows of the LM head per block: about 512 MiB of fp32 logits (1046 rows at the Llama-3
+// vocabulary) plus as much for their log-softmax, instead of [T, V] twice for the whole text
+// (4.6 GB each at 9,000 tokens). Narrower blocks cost CPU: each GEMM reads the whole [V, H] head
+// again (261-row blocks took ~35% more CPU than one GEMM at T = 4,500, 1,024-row blocks ~8%). The
+// rows are split evenly over the blocks, so none has fewer than half the target (>= 256 rows): below
+// ~224 rows the CPU GEMM takes another kernel that rounds the last bit differently (2.6e-6 on logits
+// at the Llama-3.2-1B shape, 2-8 threads); from 224 on every row equals the whole-text GEMM, and
+// scores stay bit-identical to the unblocked computation.
+constexpr int64_t kScoreBlockElements = int64_t{128} << 20;
+constexpr int64_t kScoreMinBlockRows = 512;
 
 // hidden [N, H] (the positions that predict a token), targets [N] int64 on hidden's device ->
 // log p(target) [N] fp64 on the CPU, block by block over N. Each row's logits, log-softmax and
@@ -116,13 +118,14 @@ constexpr int64_t kScoreMinBlockRows = 256;
 Tensor target_logprobs(LlamaModelImpl& model, const Tensor& hidden, const Tensor& targets, int64_t rows) {
   const int64_t n = hidden.size(0);
   if (rows <= 0) rows = std::max(kScoreMinBlockRows, kScoreBlockElements / model.config().vocab_size);
+  const int64_t blocks = (n + rows - 1) / rows;
+  const int64_t per_block = blocks > 0 ? (n + blocks - 1) / blocks : 0;  // even split, <= rows
   Tensor out = torch::empty({n}, torch::kDouble);
-  for (int64_t r0 = 0; r0 < n;) {
-    const int64_t r1 = n - r0 < 2 * rows ? n : r0 + rows;  // no block shorter than `rows`, but the only one
+  for (int64_t r0 = 0; r0 < n; r0 += per_block) {
+    const int64_t r1 = std::min(n, r0 + per_block);
     Tensor logits = model.logits(hidden.slice(0, r0, r1)).to(torch::kFloat);  // [r,V]
     Tensor logp = torch::log_softmax(logits, -1);                               // [r,V]
     out.slice(0, r0, r1).copy_(logp.gather(-1, targets.slice(0, r0, r1).unsqueeze(-1)).squeeze(-1).to(torch::kCPU));
-    r0 = r1;
   }
   return out;
 }

@@ -38,11 +38,10 @@ struct ScoreSummary {
 ScoreSummary run_score_cli(const ScoreCliOptions& options, std::istream& in, std::ostream& out);
 
 // Library form: log-probs for each sequence (len-1 each), batched by length under max_batch_tokens.
-// The LM head and log-softmax run on blocks of scored positions (~128 MiB of fp32 logits each, 256
-// rows at least), so memory does not grow with [tokens, vocabulary]: a 9,000-token text at the
-// Llama-3 vocabulary needs no 4.6 GB logits tensor.
-// head_block_rows: scored positions per LM-head block (0 = auto, as above; a shorter tail joins the
-// block before it).
+// The LM head and log-softmax run on blocks of scored positions (~512 MiB of fp32 logits each, split
+// evenly), so memory does not grow with [tokens, vocabulary]: a 9,000-token text at the Llama-3
+// vocabulary needs no 4.6 GB logits tensor.
+// head_block_rows: most scored positions per LM-head block (0 = auto, as above).
 std::vector<std::vector<double>> score_logprobs(LlamaModelImpl& model, const std::vector<std::vector<int64_t>>& seqs,
                                                 int64_t max_batch_tokens = 8192, int64_t head_block_rows = 0);
 
