@@ -82,7 +82,8 @@ std::vector<Field> fields_of(Config& c) {
   add("data.on_bad_record", c.data.on_bad_record, "Malformed records: stop at the first, or skip and count them")
       .one_of({"stop", "skip"});
   add("data.packing", c.data.packing, "Pack several examples per sequence (per-document attention, position reset)");
-  add("data.cache_dir", c.data.cache_dir, "Where tokenized data, grouping masks and Rho-1 reference losses are cached");
+  add("data.cache_dir", c.data.cache_dir, "Where tokenized data, grouping masks and Rho-1 reference losses are cached; under several ranks "
+      "also where they exchange their shares of the grouping cache (one directory every rank sees)");
   add("data.eval_path", c.data.eval_path,
       "Held-out data (same format) for eval-loss passes, logged to metrics.jsonl as eval_* lines; empty = none");
 
@@ -193,7 +194,8 @@ std::vector<Field> fields_of(Config& c) {
   add("dist.master_addr", c.dist.master_addr, "Rendezvous address when MASTER_ADDR is not set");
   add("dist.master_port", c.dist.master_port, "Rendezvous port when MASTER_PORT is not set").range(1, 65535);
   add("dist.timeout_s", c.dist.timeout_s,
-      "Seconds before a stuck collective or a silent rank (no heartbeat) fails the job")
+      "Seconds before a stuck collective or a silent rank (no heartbeat) fails the job; also bounds the wait "
+      "for other ranks' grouping-cache shares (plus twice this rank's own share time)")
       .above(0);
   add("dist.zero1", c.dist.zero1, "Shard optimizer state (and fp32 master weights) across ranks");
   add("dist.zero1_fp32_grads", c.dist.zero1_fp32_grads,
