@@ -177,7 +177,8 @@ std::vector<Field> fields_of(Config& c) {
       "What the periodic (train.save_every) checkpoints hold: full = weights, optimizer state and fp32 masters (about 14 bytes per parameter in bf16, 12 in fp32; any of them can be resumed); weights = the HF weights, tokenizer and adapter only (2 bytes per parameter in bf16), loadable by score, eval and transformers but refused by --resume. The final checkpoint and the one saved on a stop signal are always full (docs/operations.md)")
       .one_of({"full", "weights"});
   add("train.eval_every", c.train.eval_every,
-      "Optimizer steps between eval-loss passes over data.eval_path; 0 = only at the end")
+      "Optimizer steps between eval-loss passes over data.eval_path (a fresh run also evaluates its initial "
+      "weights, at step 0, and every run its final ones); 0 = only at the start and the end")
       .at_least(0);
   add("train.deterministic", c.train.deterministic,
       "GPU only: deterministic kernels (LibTorch deterministic algorithms, cuDNN deterministic, no cuDNN benchmark, math attention instead of flash/memory-efficient SDPA, CUBLAS_WORKSPACE_CONFIG) so a run and its resume are bit-reproducible on the same GPU and software; slower, and attention needs more memory. CPU runs are deterministic anyway (docs/gpu.md)");

@@ -392,6 +392,12 @@ TrainResult Trainer::run(const std::string& resume) {
   int64_t last_saved = -1, last_eval = -1;
   int64_t ran = 0;               // steps run by this process
   int64_t last_finite = s.step;  // the newest step that applied an update
+  // A fresh run's held-out curve starts at the initial weights (step 0), as its training curve does.
+  // Evaluation runs without gradients, so it draws no random numbers and leaves training unchanged.
+  if (evals && s.step == 0) {
+    write_metrics(s.evaluate());
+    last_eval = 0;
+  }
   while (s.step < s.total_steps) {
     StepMetrics m = s.train_step();
     m.elapsed_s = s.elapsed_s();

@@ -212,11 +212,11 @@ def test_cli_plot_real_runs_read_as_a_report(real_runs, tmp_path):
     vals = [float(v) for v in xs[0]]
     assert all(v == int(v) and "." not in t for v, t in zip(vals, xs[0])), xs
     assert vals[0] == 0 and STEPS <= vals[-1] < STEPS + (vals[1] - vals[0]), vals
-    # The trainer logs no held-out loss before step 1: the panel shows what exists, from step 10,
-    # on the training panel's axis (the first held-out marker sits 10/70 of the way along it).
-    first_eval = json.loads([l for l in (real_runs["ce"] / "metrics.jsonl").read_text().splitlines()
-                             if "eval_loss" in l][0])["step"]
-    assert first_eval == 10
+    # The held-out curve starts where training starts: the trainer evaluates the initial weights
+    # (step 0), then every 10 steps and after the last one, all on the training panel's axis.
+    evals = [json.loads(l)["step"] for l in (real_runs["ce"] / "metrics.jsonl").read_text().splitlines()
+             if "eval_loss" in l]
+    assert evals == [0, 10, 20, 30, 40, 50, 60, STEPS], evals
     # --title replaces the title; a plain SFT run alone is not called SFT-GO.
     p = subprocess.run([str(BIN), "plot", str(real_runs["ce"]), "--title", "Figure 3: <SFT> baseline", "-o",
                         str(tmp_path / "t.svg")], capture_output=True, text=True)

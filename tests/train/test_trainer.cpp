@@ -210,12 +210,14 @@ TEST_F(TrainerTest, EvalLossLinesInMetrics) {
       ++step_lines;
   }
   EXPECT_EQ(step_lines, 5);
-  ASSERT_EQ(evals.size(), 3u);  // steps 2, 4 and the end (5)
-  EXPECT_EQ(evals[0]["step"], 2);
-  EXPECT_EQ(evals[2]["step"], 5);
-  EXPECT_EQ(evals[0]["eval_tokens"], 305);  // every trained token of the 32 examples
+  ASSERT_EQ(evals.size(), 4u);  // the initial weights (step 0), steps 2, 4 and the end (5)
+  EXPECT_EQ(evals[0]["step"], 0);
+  EXPECT_EQ(evals[1]["step"], 2);
+  EXPECT_EQ(evals[3]["step"], 5);
+  EXPECT_EQ(evals[1]["eval_tokens"], 305);  // every trained token of the 32 examples
   // Evaluating on the training data itself: the loss must go down as training proceeds.
-  EXPECT_LT(evals[2]["eval_loss_ce"].get<double>(), evals[0]["eval_loss_ce"].get<double>());
+  EXPECT_LT(evals[1]["eval_loss_ce"].get<double>(), evals[0]["eval_loss_ce"].get<double>());
+  EXPECT_LT(evals[3]["eval_loss_ce"].get<double>(), evals[1]["eval_loss_ce"].get<double>());
   EXPECT_THROW(Trainer(config("eval_bad", {"train.eval_every=2"})), Error);  // no eval_path
 }
 
