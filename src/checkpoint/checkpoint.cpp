@@ -490,6 +490,29 @@ void refuse_weights_only(const std::string& dir, const std::string& spec) {
 
 }  // namespace
 
+namespace {
+
+// Resuming from a checkpoint of run_dir that is not its newest would train over the later steps in
+// the same directory: their checkpoints, `latest` and metrics.jsonl would hold two histories. So that
+// directory always holds one, such a resume is refused; a branch goes into a new run.output_dir.
+void refuse_rewriting_later_steps(const std::string& spec, const std::string& run_dir) {
+  std::error_code ec;
+  const fs::path own = fs::weakly_canonical(checkpoints_root(run_dir), ec);
+  const fs::path from = fs::weakly_canonical(fs::path(spec), ec);
+  if (from.parent_path() != own) return;  // a checkpoint of another run: this directory is a branch
+  const int64_t step = step_of(from);
+  std::string later;
+  for (const std::string& dir : list_checkpoints(run_dir))
+    if (step_of(dir) > step) later += (later.empty() ? "" : ", ") + fs::path(dir).filename().string();
+  SFTGO_CHECK_HINT(later.empty(), ErrorKind::kConfig,
+                   "continue the run from its newest checkpoint with --resume auto, or branch from this one into a "
+                   "new directory: --resume " + spec + " --set run.output_dir=NEW_DIR",
+                   "--resume ", spec, ": ", run_dir, " already holds later checkpoints (", later,
+                   "); training from step ", step, " there would mix two runs' checkpoints and metrics.jsonl");
+}
+
+}  // namespace
+
 std::optional<std::string> resolve_resume_dir(const std::string& spec, const std::string& run_dir) {
   if (spec == "auto") {
     auto all = list_checkpoints(run_dir);
@@ -519,6 +542,7 @@ std::optional<std::string> resolve_resume_dir(const std::string& spec, const std
                    "pass another checkpoint, or --resume auto to pick the newest intact one", "--resume ", spec,
                    ": damaged checkpoint: ", problem);
   refuse_weights_only(spec, spec);
+  refuse_rewriting_later_steps(spec, run_dir);
   return spec;
 }
 

@@ -87,14 +87,39 @@ def test_fresh_run_refuses_a_directory_holding_another_run(tmp_path):
 
 
 def test_pruning_never_deletes_the_checkpoint_just_saved(tmp_path):
-    # A resume by name from an early checkpoint of a longer run: its later checkpoints are not this
-    # run's past. keep_last counts only the step just saved and older ones.
+    # keep_last counts the step just saved and older ones: a resume from the newest checkpoint with
+    # keep_last 1 keeps exactly the checkpoint it writes.
     d = tmp_path / "run"
     ok(run(*train_args(d, 6, "train.save_every=2", "train.keep_last=5")))
     assert steps_on_disk(d) == ["step_00000002", "step_00000004", "step_00000006"]
-    ok(run(*train_args(d, 3, "train.keep_last=1"), "--resume", d / "checkpoints" / "step_00000002"))
-    on_disk = steps_on_disk(d)
-    assert "step_00000003" in on_disk and "step_00000002" not in on_disk, on_disk
+    ok(run(*train_args(d, 7, "train.keep_last=1"), "--resume", d / "checkpoints" / "step_00000006"))
+    assert steps_on_disk(d) == ["step_00000007"]
+
+
+def test_resume_from_an_earlier_checkpoint_is_refused_in_place_and_branches_elsewhere(tmp_path):
+    # Issue 25 item 7: resuming a run from step 3 of its steps 3, 6, 9 into the same directory silently
+    # replaced step 6, cut metrics.jsonl but kept step 9, and a later --resume auto came back from the
+    # original step 9. A run directory holds one history: that resume is refused, nothing on disk
+    # changes, and the same resume into a new directory is a branch.
+    d = tmp_path / "run"
+    ok(run(*train_args(d, 9, "train.save_every=3", "train.keep_last=5")))
+    assert steps_on_disk(d) == ["step_00000003", "step_00000006", "step_00000009"]
+    before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file() and p.name != ".lock"}
+    latest = os.readlink(d / "checkpoints" / "latest")
+    step3 = d / "checkpoints" / "step_00000003"
+    err = reported(run(*train_args(d, 6, "optim.lr=0.05", "train.keep_last=1"), "--resume", step3))
+    assert "already holds later checkpoints (step_00000006, step_00000009)" in err, err
+    assert "--resume auto" in err and f"--resume {step3} --set run.output_dir=NEW_DIR" in err, err
+    after = {p: p.read_bytes() for p in d.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before and os.readlink(d / "checkpoints" / "latest") == latest
+    # The branch: steps 4-6 with the new learning rate in their own directory; the original untouched.
+    b = tmp_path / "branch"
+    ok(run(*train_args(b, 6, "optim.lr=0.05", "train.save_every=3", "train.keep_last=1"), "--resume", step3))
+    assert steps_on_disk(b) == ["step_00000006"] and metric_steps(b) == [4, 5, 6]
+    assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    # The original continues from its newest checkpoint, one history from 1 to 10.
+    ok(run(*train_args(d, 10, "train.save_every=3", "train.keep_last=5"), "--resume", "auto"))
+    assert metric_steps(d) == list(range(1, 11))
 
 
 # ---- 2. two runs in one directory ---------------------------------------------------------------
