@@ -49,7 +49,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${SFTGO_BUILD_DIR:-build}
 BIN="$BUILD_DIR/bin/sftgo-train"
-CONFIGS=() SEEDS=(1) TASKS=() SETS=() OUT=results LAUNCH="" DEVICE=auto LIMIT=-1 SETUP=1
+CONFIGS=() SEEDS=(1) TASKS=() SETS=() OUT=results LAUNCH="" DEVICE=auto LIMIT="" SETUP=1
 TABLES=0 DATASETS=(lima alpaca) MODELS=(3b 8b) EVAL_DIR=data/eval LM_EVAL=.venv/bin/lm_eval ETAS=()
 LAUNCH8B="mpirun -np 8" LM_EVAL_ARGS="" METRIC=acc
 
@@ -63,7 +63,10 @@ while (($#)); do
     --out) OUT=${2:?}; shift ;;
     --launch) LAUNCH=${2:?}; shift ;;
     --device) DEVICE=${2:?}; shift ;;
-    --limit) LIMIT=${2:?}; shift ;;
+    --limit)
+      LIMIT=${2:?}
+      [[ "$LIMIT" =~ ^[1-9][0-9]*$ ]] || { echo "reproduce.sh: --limit takes a number of documents >= 1, got '$LIMIT'" >&2; exit 2; }
+      shift ;;
     --no-setup) SETUP=0 ;;
     --tables) TABLES=1 ;;
     --datasets) read -r -a DATASETS <<<"${2:?}"; shift ;;
@@ -169,8 +172,9 @@ for cfg in "${CONFIGS[@]}"; do
       [ -f "$res" ] && continue
       mkdir -p "$(dirname "$res")"
       echo "[reproduce] eval $name seed $seed: $task ${shots}-shot" >&2
+      lim=(); [ -n "$LIMIT" ] && lim=(--limit "$LIMIT")  # no --limit: every document
       args=(eval --model "$ckpt" "${adapter[@]}" --task "$task" --data "$data" --shots "$shots"
-            --device "$DEVICE" --limit "$LIMIT" --out "$res.tmp")
+            --device "$DEVICE" "${lim[@]}" --out "$res.tmp")
       [ -n "$fewshot" ] && args+=(--fewshot-data "$fewshot")
       "$BIN" "${args[@]}" >/dev/null
       mv "$res.tmp" "$res"
@@ -183,7 +187,7 @@ for cfg in "${CONFIGS[@]}"; do
         [ -n "$(find "$dir" -name 'results*.json' 2>/dev/null | head -n 1)" ] && continue
         chat=(); [[ "$name" == lima_* ]] && chat=(--apply_chat_template)
         dtype=bfloat16; [ "$DEVICE" == cpu ] && dtype=float32
-        lim=(); ((LIMIT >= 0)) && lim=(--limit "$LIMIT")
+        lim=(); [ -n "$LIMIT" ] && lim=(--limit "$LIMIT")
         echo "[reproduce] lm_eval $name seed $seed: $task" >&2
         # shellcheck disable=SC2086  # LM_EVAL / LM_EVAL_ARGS are command words, split on purpose
         $LM_EVAL --model hf --model_args "pretrained=$ckpt,dtype=$dtype$peft" --tasks "$task" "${chat[@]}" \
