@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tmpfs_util import mounted_tmpfs
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("SFTGO_BUILD_DIR", ROOT / "build"))
 BIN = BUILD / "bin" / "sftgo-train"
@@ -216,17 +218,6 @@ def test_lora_merge_refuses_a_device_as_out(tmp_path, model_dir, adapter):
 
 
 # ---- 6. a full disk: exit 1 with the OS reason, nothing partial left --------------------------------------
-
-def mounted_tmpfs(mnt, options):
-    mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
 
 @pytest.fixture
 def full_disk(tmp_path):

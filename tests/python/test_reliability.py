@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tmpfs_util import mounted_tmpfs
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("SFTGO_BUILD_DIR", ROOT / "build"))
 BIN = BUILD / "bin" / "sftgo-train"
@@ -180,18 +182,6 @@ def test_exit_codes_are_documented():
 
 
 # ---- 3. disk full -------------------------------------------------------------------------------
-
-def mounted_tmpfs(mnt, options):
-    """Mounts a tmpfs with these options at mnt (root only) and yields it; skips when it cannot."""
-    mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
 
 @pytest.fixture
 def small_disk(tmp_path):
