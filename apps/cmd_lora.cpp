@@ -16,7 +16,7 @@
 #include "sftgo/core/error.h"
 #include "sftgo/core/log.h"
 #include "sftgo/core/torch_device.h"
-#include "sftgo/model/llama.h"
+#include "sftgo/model/inference.h"
 #include "sftgo/model/lora.h"
 
 namespace sftgo::apps {
@@ -149,10 +149,8 @@ void register_lora_merge_command(CLI::App& app, std::function<int()>& selected) 
       check_merge_output(args->out_dir, args->model_dir, args->adapter_dir);
       remove_stale_merge_dirs(resolved(args->out_dir));
       // Merged in fp32 (W + s B A rounded once), written in --dtype.
-      model::ModelOptions mo;
-      mo.dtype = torch::kFloat;
-      model::LlamaModel m = model::load_pretrained(args->model_dir, mo);
-      model::load_lora_adapter(*m, args->adapter_dir);
+      model::LlamaModel m = model::load_for_inference(
+          {.model_dir = args->model_dir, .adapter_dir = args->adapter_dir, .dtype = "float32", .device = "cpu"});
       const auto o = model::lora_options(*m);
       model::merge_lora(*m);
       model::SaveOptions so;

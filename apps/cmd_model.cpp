@@ -12,11 +12,9 @@
 #include "sftgo/core/log.h"
 #include "sftgo/core/format.h"
 #include "sftgo/core/strings.h"
-#include "sftgo/core/torch_device.h"
 #include "sftgo/data/template.h"
 #include "sftgo/model/generate.h"
-#include "sftgo/model/llama.h"
-#include "sftgo/model/lora.h"
+#include "sftgo/model/inference.h"
 #include "sftgo/model/score.h"
 #include "sftgo/tokenizer/tokenizer.h"
 
@@ -146,12 +144,8 @@ void register_generate_command(CLI::App& app, std::function<int()>& selected) {
   sub->final_callback([args, &selected] {
     selected = [args] {
       Tokenizer tok = Tokenizer::load(args->tokenizer.empty() ? args->model_dir : args->tokenizer);
-      model::ModelOptions mo;
-      mo.dtype = parse_dtype(args->dtype, "--dtype", ErrorKind::kUsage);
-      mo.device = parse_device(args->device, "--device", ErrorKind::kUsage);
-      mo.init_weights = false;
-      model::LlamaModel m = model::load_pretrained(args->model_dir, mo);
-      if (!args->adapter_dir.empty()) model::load_lora_adapter(*m, args->adapter_dir);
+      model::LlamaModel m = model::load_for_inference(
+          {.model_dir = args->model_dir, .adapter_dir = args->adapter_dir, .dtype = args->dtype, .device = args->device});
       // The training template renders the prompt (data::apply_template with a generation prompt), so
       // a prompt tokenizes exactly as the same user turn did in training.
       std::vector<TokenId> prompt_ids;

@@ -1,4 +1,5 @@
-// Generation (KV cache, greedy / temperature / top-p) and scoring (per-token log-probs).
+// Loading for inference, generation (KV cache, greedy / temperature / top-p) and scoring (per-token
+// log-probs).
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include "sftgo/core/error.h"
 #include "sftgo/core/torch_device.h"
 #include "sftgo/model/generate.h"
+#include "sftgo/model/inference.h"
 #include "sftgo/model/llama.h"
 #include "sftgo/model/lora.h"
 #include "sftgo/model/score.h"
@@ -20,6 +22,19 @@
 namespace sftgo::model {
 
 using torch::Tensor;
+
+// ---- Loading -----------------------------------------------------------------------------------
+
+LlamaModel load_for_inference(const InferenceLoadOptions& o) {
+  ModelOptions mo;
+  mo.dtype = parse_dtype(o.dtype, o.dtype_option, ErrorKind::kUsage);
+  mo.device = parse_device(o.device, o.device_option, ErrorKind::kUsage);
+  mo.init_weights = false;  // every parameter is overwritten by the checkpoint
+  LlamaModel model = load_pretrained(o.model_dir, mo);
+  if (!o.adapter_dir.empty()) load_lora_adapter(*model, o.adapter_dir);
+  model->eval();
+  return model;
+}
 
 // ---- Generation --------------------------------------------------------------------------------
 
@@ -177,12 +192,12 @@ std::vector<std::vector<double>> score_logprobs(LlamaModelImpl& model, const std
 }
 
 ScoreSummary run_score_cli(const ScoreCliOptions& options, std::istream& in, std::ostream& out) {
-  ModelOptions mo;
-  mo.dtype = parse_dtype(options.dtype, "score: dtype", ErrorKind::kUsage);
-  mo.device = parse_device(options.device, "score: device", ErrorKind::kUsage);
-  LlamaModel model = load_pretrained(options.model_dir, mo);
-  if (!options.adapter_dir.empty()) load_lora_adapter(*model, options.adapter_dir);
-  model->eval();
+  LlamaModel model = load_for_inference({.model_dir = options.model_dir,
+                                          .adapter_dir = options.adapter_dir,
+                                          .dtype = options.dtype,
+                                          .device = options.device,
+                                          .dtype_option = "score: dtype",
+                                          .device_option = "score: device"});
 
   std::vector<std::vector<int64_t>> seqs;
   std::string line;

@@ -261,7 +261,9 @@ bool block_uses_rng(BlockImpl& b) {
 // Runs a block without keeping its activations; backward re-runs the block forward with grad on
 // and differentiates that (LibTorch has no torch.utils.checkpoint). The block's parameters are
 // explicit inputs so their gradients flow through the engine like any other (hooks, accumulation).
-// There is no dropout in Llama, so the recomputation is deterministic.
+// Llama itself has no dropout; LoRA dropout does draw random numbers, so a block that uses it saves
+// the generator state in forward and replays it in backward (block_uses_rng), and the recomputation
+// drops the same units.
 struct CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& cos, const Tensor& sin,
                         const std::optional<Tensor>& mask, at::TensorList params, BlockImpl* block) {
