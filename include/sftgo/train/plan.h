@@ -1,0 +1,95 @@
+// Memory planner: per-rank bytes of a training config for each way of sharding the model state, before
+// any GPU is rented (`sftgo-train plan`, docs/memory.md). Pure arithmetic over the resolved Config and
+// the model shape: no LibTorch, nothing allocated. The buffers it counts are the ones the Updaters and
+// dist::ZeroAdamW allocate today (src/train/updater.cpp, src/dist/zero.cpp); ZeRO-2, ZeRO-3 and CPU
+// optimizer offload are the planned designs of issue #27, marked as such and never offered as runnable.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sftgo/config/config.h"
+#include "sftgo/model/config.h"
+
+namespace sftgo::train {
+
+enum class PlanStage { kDdp, kZero1, kZero2, kZero3 };
+
+// One way to hold the model state across ranks.
+struct PlanChoice {
+  std::string name;  // "ddp", "zero1", "zero2", "zero3", "zero1_offload", "zero2_offload"
+  PlanStage stage = PlanStage::kDdp;
+  bool cpu_offload = false;  // fp32 masters and AdamW moments (and the gradient shard) in host memory
+  bool implemented = false;  // false: planned (issue #27), not yet implemented
+};
+
+// Bytes one rank holds on its accelerator (or, on a CPU run, in its process).
+struct MemoryBreakdown {
+  int64_t weights = 0;      // working weights (frozen base included), full or the rank's shard + gathered
+  int64_t gradients = 0;    // gradient buffers, plus the largest transient per-backward gradient
+  int64_t masters = 0;      // fp32 master weights
+  int64_t moments = 0;      // AdamW exp_avg + exp_avg_sq
+  int64_t comm = 0;         // communication buffers not already counted as gradients
+  int64_t activations = 0;  // one micro-batch's forward/backward working set (ActivationBreakdown::total)
+  int64_t total() const { return weights + gradients + masters + moments + comm + activations; }
+};
+
+// One micro-batch's activation memory, by where it comes from.
+struct ActivationBreakdown {
+  int64_t tokens = 0;             // micro_batch_size x max_seq_len (padding to the longest is the worst case)
+  int64_t per_layer = 0;          // tensors one decoder layer saves for backward
+  int64_t layers = 0;             // all layers: L x per_layer, or with checkpointing L inputs + one recomputed layer
+  int64_t backward_working = 0;   // gradients flowing through one layer during backward
+  int64_t head = 0;               // embedding output, final norm, fused LM head + CE vocabulary blocks
+  int64_t autocast_weights = 0;   // bf16_autocast: bf16 casts of the linear weights (forward to end of backward)
+  int64_t total() const { return layers + backward_working + head + autocast_weights; }
+};
+
+struct PlanRow {
+  PlanChoice choice;
+  MemoryBreakdown device;  // per rank on the GPU
+  int64_t host = 0;        // per rank in host memory (offload choices only)
+  bool fits = false;       // device.total() + kPlanReserveBytes <= the GPU's memory
+  bool current = false;    // the choice this config runs today (dist.zero1)
+};
+
+struct PlanOptions {
+  int world_size = 1;
+  double gpu_mem_gb = 80.0;  // 1 GB = 1e9 bytes
+};
+
+// CUDA context, NCCL's own buffers and allocator slack, kept free on every GPU when judging a fit.
+inline constexpr int64_t kPlanReserveBytes = int64_t{2'000'000'000};
+
+struct MemoryPlan {
+  model::LlamaConfig shape;
+  int64_t total_params = 0;
+  int64_t trainable_params = 0;  // all of them, or the LoRA adapters
+  int world_size = 1;
+  int64_t gpu_mem_bytes = 0;
+  std::string precision;  // train.precision
+  int64_t weight_bytes = 0;     // bytes per working weight element (2 bf16, 4 fp32)
+  int64_t trainable_bytes = 0;  // bytes per trainable element (LoRA adapters are fp32)
+  ActivationBreakdown activations;
+  std::vector<PlanRow> rows;
+};
+
+// The model shape training would build: model.path's config.json when given, else model.preset with
+// the model.* overrides applied (as Trainer set-up does).
+model::LlamaConfig planned_model_shape(const Config& cfg);
+
+// Trainable elements of LoRA adapters on `shape` (rank r: r x (in + out) per targeted projection).
+int64_t lora_adapter_params(const model::LlamaConfig& shape, const LoraConfig& lora);
+
+// One micro-batch's activations for `cfg` on `shape`.
+ActivationBreakdown plan_activations(const Config& cfg, const model::LlamaConfig& shape);
+
+// Every choice's per-rank bytes at options.world_size ranks.
+MemoryPlan plan_memory(const Config& cfg, const model::LlamaConfig& shape, const PlanOptions& options);
+
+// A readable table (GB = 1e9 bytes) and the same numbers as JSON (bytes).
+std::string plan_table(const MemoryPlan& plan);
+std::string plan_json(const MemoryPlan& plan);
+
+}  // namespace sftgo::train

@@ -1,0 +1,328 @@
+// Memory planner arithmetic (see plan.h and docs/memory.md for every term and where it comes from).
+#include "sftgo/train/plan.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+
+#include "sftgo/core/error.h"
+#include "sftgo/core/format.h"
+#include "sftgo/model/lora_config.h"
+
+namespace sftgo::train {
+namespace {
+
+constexpr int64_t kFp32 = 4;
+// Extra memory of the fused LM head + CE over the fp32 [T, V] logits it never forms: its block sizes
+// aim at 9% (kBudgetShare in src/loss/fused_loss_impl.h) and measured up to 10.5% with BLAS buffers.
+constexpr double kFusedLossShare = 0.105;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+bool bf16_weights(const Config& cfg) { return cfg.model.dtype == "bfloat16" || cfg.train.precision == "bf16"; }
+
+// Elements of the linear weights of one decoder layer.
+int64_t layer_linear_params(const model::LlamaConfig& s) {
+  const int64_t q = s.num_attention_heads * s.head_dim, kv = s.num_key_value_heads * s.head_dim;
+  return s.hidden_size * (2 * q + 2 * kv) + 3 * s.hidden_size * s.intermediate_size;
+}
+
+int64_t layer_params(const model::LlamaConfig& s) { return layer_linear_params(s) + 2 * s.hidden_size; }
+
+// Tensors one decoder layer saves for backward, per token (bytes). Counted from the autograd graph of
+// src/model/llama.cpp's Block with ATen's SDPA (tests/python/test_plan.py checks it against the saved
+// tensors of the same ops in PyTorch, exactly): each RMSNorm keeps its fp32 input (4H), its normed
+// output in the activation dtype (eH), its weighted output (eH, the projections' input) and 4-byte rstd;
+// attention keeps the roped q (eH), roped k and v (e kv each), the SDPA output (eH, already laid out as
+// o_proj's input) and its fp32 log-sum-exp (4 per head); the MLP keeps gate, silu(gate), up and their
+// product (eI each). bf16_autocast: norms and residuals stay fp32, the linears save bf16 casts.
+int64_t layer_bytes_per_token(const model::LlamaConfig& s, const std::string& precision, int64_t e) {
+  const int64_t h = s.num_attention_heads * s.head_dim, kv = s.num_key_value_heads * s.head_dim;
+  const int64_t heads = 4 * s.num_attention_heads;
+  if (precision == "bf16_autocast") return 30 * h + 4 * kv + 8 * s.intermediate_size + heads + 8;
+  return 8 * h + 6 * e * h + 2 * e * kv + 4 * e * s.intermediate_size + heads + 8;
+}
+
+}  // namespace
+
+model::LlamaConfig planned_model_shape(const Config& cfg) {
+  if (!cfg.model.path.empty()) return model::LlamaConfig::from_file(cfg.model.path);
+  model::LlamaConfig c = model::LlamaConfig::preset(cfg.model.preset);
+  auto set = [](int64_t& field, int64_t v) {
+    if (v > 0) field = v;
+  };
+  set(c.hidden_size, cfg.model.hidden_size);
+  set(c.intermediate_size, cfg.model.intermediate_size);
+  set(c.num_hidden_layers, cfg.model.num_layers);
+  set(c.num_attention_heads, cfg.model.num_heads);
+  set(c.num_key_value_heads, cfg.model.num_kv_heads);
+  set(c.vocab_size, cfg.model.vocab_size);
+  c.head_dim = c.hidden_size / c.num_attention_heads;
+  c.validate("model config");
+  return c;
+}
+
+int64_t lora_adapter_params(const model::LlamaConfig& s, const LoraConfig& lora) {
+  const int64_t q = s.num_attention_heads * s.head_dim, kv = s.num_key_value_heads * s.head_dim;
+  const int64_t h = s.hidden_size, in = s.intermediate_size;
+  int64_t per_layer = 0, head = 0;
+  for (const auto& t : model::parse_lora_target_modules(lora.target_modules)) {
+    if (t == "q_proj") per_layer += h + q;
+    if (t == "k_proj" || t == "v_proj") per_layer += h + kv;
+    if (t == "o_proj") per_layer += q + h;
+    if (t == "gate_proj" || t == "up_proj" || t == "down_proj") per_layer += h + in;
+    if (t == "lm_head") head += h + s.vocab_size;
+  }
+  return lora.rank * (per_layer * s.num_hidden_layers + head);
+}
+
+ActivationBreakdown plan_activations(const Config& cfg, const model::LlamaConfig& s) {
+  ActivationBreakdown a;
+  const int64_t e = bf16_weights(cfg) ? 2 : kFp32;
+  const int64_t h = s.hidden_size, L = s.num_hidden_layers;
+  a.tokens = cfg.train.micro_batch_size * cfg.data.max_seq_len;
+  a.per_layer = a.tokens * layer_bytes_per_token(s, cfg.train.precision, e);
+  // Checkpointing keeps each block's input (the residual stream, in the weights' dtype; fp32 under
+  // autocast) and rebuilds one block's graph at a time in backward.
+  const int64_t stream = cfg.train.precision == "bf16_autocast" ? kFp32 : e;
+  a.layers = cfg.model.activation_checkpointing ? L * a.tokens * h * stream + a.per_layer : L * a.per_layer;
+  // While one block runs backward: d(gate), d(up), d(silu) [T, I] and d(x), d(h) [T, H]. An estimate of
+  // the autograd temporaries, not a count of saved tensors.
+  a.backward_working = a.tokens * e * (3 * s.intermediate_size + 2 * h);
+  // Final norm (as one layer's norm) plus the fused loss's blocks; loss.chunk_tokens caps the tokens a
+  // pass of the fused loss sees.
+  const int64_t loss_tokens = cfg.loss.chunk_tokens > 0 ? std::min(cfg.loss.chunk_tokens, a.tokens) : a.tokens;
+  a.head = a.tokens * (kFp32 * h + 2 * e * h + 4) +
+           static_cast<int64_t>(kFusedLossShare * static_cast<double>(kFp32 * loss_tokens * s.vocab_size));
+  // Autocast's bf16 copies of every linear weight and of the LM head (cast for the fused loss).
+  if (cfg.train.precision == "bf16_autocast")
+    a.autocast_weights = 2 * (L * layer_linear_params(s) + s.vocab_size * h);
+  return a;
+}
+
+namespace {
+
+// What every choice's arithmetic needs.
+struct StateSizes {
+  int64_t frozen = 0, trainable = 0;  // elements
+  int64_t wb = 0, tb = 0;             // bytes per working weight / trainable element
+  int64_t world = 1, shard = 0;       // shard = ceil(trainable / world), as dist::ZeroAdamW splits
+  bool masters_path = false;          // train.precision bf16, full fine-tuning: fp32 masters
+  bool fp32_grads = true;             // dist.zero1_fp32_grads
+  bool lora = false;
+  int64_t embed = 0;                  // V x H elements: the largest dense gradient
+  int64_t gather_unit = 0;            // ZeRO-3: the largest block gathered at once (a layer or the embedding)
+  int64_t bucket = 0;                 // dist.bucket_mb in bytes
+};
+
+// A gradient that exists whole for a moment during backward: a bf16 parameter's gradient before the
+// post-accumulate hook adds it into fp32 and frees it, or, with several ranks, the embedding's dense
+// per-micro-batch gradient that AccumulateGrad adds into its bucket (docs/architecture.md).
+int64_t transient_grad(const StateSizes& z, bool hooked) {
+  if (z.lora) return 0;
+  if (z.masters_path || hooked) return z.embed * 2;
+  return z.world > 1 ? z.embed * z.tb : 0;
+}
+
+// Today's Updaters: PlainUpdater / Fp32MastersUpdater with GradReducer buckets (ddp) and Zero1Updater.
+MemoryBreakdown built_state(const StateSizes& z, PlanStage stage) {
+  MemoryBreakdown m;
+  m.weights = z.frozen * z.wb + z.trainable * z.tb;
+  if (stage == PlanStage::kDdp) {
+    // Gradients are the all-reduce buckets themselves (views), so no separate communication buffer.
+    const int64_t g = z.masters_path ? kFp32 : z.tb;
+    m.gradients = z.trainable * g + transient_grad(z, false);
+    m.masters = z.masters_path ? kFp32 * z.trainable : 0;
+    m.moments = 2 * z.trainable * (z.masters_path ? kFp32 : z.tb);
+    return m;
+  }
+  // ZeRO-1: one flat gradient buffer (fp32 when bf16 gradients are hooked into it), an fp32 master
+  // shard (also for fp32 weights) and moments shard, and the reduce-scatter/all-gather shard buffer.
+  const bool hooked = z.fp32_grads && z.tb < kFp32;
+  const int64_t g = hooked ? kFp32 : z.tb;
+  m.gradients = z.shard * z.world * g + transient_grad(z, hooked);
+  m.masters = kFp32 * z.shard;
+  m.moments = 2 * kFp32 * z.shard;
+  m.comm = z.shard * g;
+  return m;
+}
+
+// The planned designs (issue #27): gradients reduce-scattered per bucket into an fp32 shard (two
+// buckets in flight), ZeRO-3 also shards the weights and gathers two units at a time (the one running
+// and the prefetched one). An fp32 shard of fp32 weights is its own master.
+MemoryBreakdown planned_state(const StateSizes& z, PlanStage stage, bool offload, int64_t& host) {
+  MemoryBreakdown m;
+  const int64_t all = z.frozen * z.wb + z.trainable * z.tb;
+  m.weights = stage == PlanStage::kZero3 ? ceil_div(all, z.world) + 2 * z.gather_unit * z.wb : all;
+  const bool hooked = z.fp32_grads && z.tb < kFp32;
+  const int64_t masters = z.tb < kFp32 || stage == PlanStage::kZero1 ? kFp32 * z.shard : 0;
+  const int64_t state = masters + 2 * kFp32 * z.shard;
+  if (stage == PlanStage::kZero1) {  // ZeRO-1 + offload: today's gradient buffers, state in host memory
+    m = built_state(z, PlanStage::kZero1);
+    m.masters = m.moments = 0;
+    host = state;
+    return m;
+  }
+  const int64_t grad_shard = kFp32 * z.shard;
+  m.comm = 2 * z.bucket;
+  m.gradients = (offload ? 0 : grad_shard) + transient_grad(z, hooked);
+  m.masters = offload ? 0 : masters;
+  m.moments = offload ? 0 : 2 * kFp32 * z.shard;
+  host = offload ? state + grad_shard : 0;
+  return m;
+}
+
+StateSizes state_sizes(const Config& cfg, const model::LlamaConfig& s, int64_t total, int64_t trainable, int world) {
+  StateSizes z;
+  z.lora = cfg.lora.enabled;
+  z.trainable = trainable;
+  z.frozen = total - trainable;
+  z.wb = bf16_weights(cfg) ? 2 : kFp32;
+  z.tb = z.lora ? kFp32 : z.wb;  // LoRA adapters are fp32 whatever the base
+  z.world = world;
+  z.shard = ceil_div(trainable, world);
+  z.masters_path = !z.lora && cfg.train.precision == "bf16";
+  z.fp32_grads = cfg.dist.zero1_fp32_grads;
+  z.embed = s.vocab_size * s.hidden_size;
+  z.gather_unit = std::max(layer_params(s), z.embed);
+  z.bucket = static_cast<int64_t>(cfg.dist.bucket_mb * 1024.0 * 1024.0);
+  return z;
+}
+
+const std::vector<PlanChoice>& plan_choices() {
+  static const std::vector<PlanChoice> choices = {
+      {"ddp", PlanStage::kDdp, false, true},          {"zero1", PlanStage::kZero1, false, true},
+      {"zero2", PlanStage::kZero2, false, false},     {"zero3", PlanStage::kZero3, false, false},
+      {"zero1_offload", PlanStage::kZero1, true, false}, {"zero2_offload", PlanStage::kZero2, true, false},
+  };
+  return choices;
+}
+
+}  // namespace
+
+MemoryPlan plan_memory(const Config& cfg, const model::LlamaConfig& shape, const PlanOptions& options) {
+  SFTGO_CHECK(options.world_size >= 1, ErrorKind::kUsage, "plan: --gpus must be at least 1, got ",
+              options.world_size);
+  SFTGO_CHECK(options.gpu_mem_gb > 0, ErrorKind::kUsage, "plan: --gpu-mem must be positive (GB), got ",
+              options.gpu_mem_gb);
+  MemoryPlan p;
+  p.shape = shape;
+  p.total_params = shape.num_parameters();
+  p.trainable_params = cfg.lora.enabled ? lora_adapter_params(shape, cfg.lora) : p.total_params;
+  if (cfg.lora.enabled) p.total_params += p.trainable_params;
+  p.world_size = options.world_size;
+  p.gpu_mem_bytes = static_cast<int64_t>(options.gpu_mem_gb * 1e9);
+  p.precision = cfg.train.precision;
+  p.activations = plan_activations(cfg, shape);
+  const StateSizes z = state_sizes(cfg, shape, p.total_params, p.trainable_params, options.world_size);
+  p.weight_bytes = z.wb;
+  p.trainable_bytes = z.tb;
+  for (const auto& c : plan_choices()) {
+    PlanRow r;
+    r.choice = c;
+    r.device = c.implemented ? built_state(z, c.stage) : planned_state(z, c.stage, c.cpu_offload, r.host);
+    r.device.activations = p.activations.total();
+    r.fits = r.device.total() + kPlanReserveBytes <= p.gpu_mem_bytes;
+    r.current = c.implemented && (c.stage == PlanStage::kZero1) == cfg.dist.zero1;
+    p.rows.push_back(r);
+  }
+  return p;
+}
+
+namespace {
+
+std::string gb(int64_t bytes) { return format("{:.2f}", static_cast<double>(bytes) / 1e9); }
+
+std::string stage_name(PlanStage s) {
+  switch (s) {
+    case PlanStage::kDdp: return "none";
+    case PlanStage::kZero1: return "zero1";
+    case PlanStage::kZero2: return "zero2";
+    case PlanStage::kZero3: return "zero3";
+  }
+  return "?";
+}
+
+std::string status(const PlanChoice& c) { return c.implemented ? "runnable" : "planned, not yet implemented"; }
+
+}  // namespace
+
+std::string plan_table(const MemoryPlan& p) {
+  const auto& s = p.shape;
+  const auto& a = p.activations;
+  std::string out = format(
+      "Memory plan per rank: {} layers, hidden {}, vocab {}: {:.3g} parameters ({:.3g} trainable), "
+      "train.precision {}, {} tokens per micro-batch\n"
+      "{} rank(s), {} GB per GPU, {} GB kept free for the CUDA context and NCCL; 1 GB = 1e9 bytes\n\n",
+      s.num_hidden_layers, s.hidden_size, s.vocab_size, static_cast<double>(p.total_params),
+      static_cast<double>(p.trainable_params), p.precision, a.tokens, p.world_size, gb(p.gpu_mem_bytes),
+      gb(kPlanReserveBytes));
+  out += format("{:<15} {:>8} {:>9} {:>8} {:>8} {:>6} {:>11} {:>9} {:>9}  {:<4} {}\n", "choice", "weights",
+                "gradients", "masters", "moments", "comm", "activations", "GPU total", "host", "fits", "status");
+  for (const auto& r : p.rows) {
+    const auto& d = r.device;
+    out += format("{:<15} {:>8} {:>9} {:>8} {:>8} {:>6} {:>11} {:>9} {:>9}  {:<4} {}{}\n", r.choice.name,
+                  gb(d.weights), gb(d.gradients), gb(d.masters), gb(d.moments), gb(d.comm), gb(d.activations),
+                  gb(d.total()), gb(r.host), r.fits ? "yes" : "no", status(r.choice),
+                  r.current ? " (this config)" : "");
+  }
+  out += format(
+      "\nActivations of one micro-batch: {} GB per layer, {} GB for the layers ({}), {} GB backward working set, "
+      "{} GB embedding/final norm/fused loss{}\n",
+      gb(a.per_layer), gb(a.layers), a.layers == a.per_layer * s.num_hidden_layers ? "all saved" : "checkpointed",
+      gb(a.backward_working), gb(a.head),
+      a.autocast_weights > 0 ? format(", {} GB bf16 weight casts (autocast)", gb(a.autocast_weights)) : "");
+  out += "zero2, zero3 and the offload rows are issue #27's planned designs, not yet implemented: today "
+         "dist.zero1 true/false are the only choices you can run.\n";
+  return out;
+}
+
+std::string plan_json(const MemoryPlan& p) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& r : p.rows) {
+    const auto& d = r.device;
+    rows.push_back({{"choice", r.choice.name},
+                    {"stage", stage_name(r.choice.stage)},
+                    {"cpu_offload", r.choice.cpu_offload},
+                    {"implemented", r.choice.implemented},
+                    {"status", status(r.choice)},
+                    {"current", r.current},
+                    {"weights", d.weights},
+                    {"gradients", d.gradients},
+                    {"masters", d.masters},
+                    {"moments", d.moments},
+                    {"comm", d.comm},
+                    {"activations", d.activations},
+                    {"device_total", d.total()},
+                    {"host", r.host},
+                    {"fits", r.fits}});
+  }
+  const auto& a = p.activations;
+  nlohmann::json j = {
+      {"units", "bytes"},
+      {"world_size", p.world_size},
+      {"gpu_mem_bytes", p.gpu_mem_bytes},
+      {"reserve_bytes", kPlanReserveBytes},
+      {"precision", p.precision},
+      {"total_params", p.total_params},
+      {"trainable_params", p.trainable_params},
+      {"model",
+       {{"num_layers", p.shape.num_hidden_layers},
+        {"hidden_size", p.shape.hidden_size},
+        {"intermediate_size", p.shape.intermediate_size},
+        {"vocab_size", p.shape.vocab_size},
+        {"num_heads", p.shape.num_attention_heads},
+        {"num_kv_heads", p.shape.num_key_value_heads}}},
+      {"activations",
+       {{"tokens", a.tokens},
+        {"per_layer", a.per_layer},
+        {"layers", a.layers},
+        {"backward_working", a.backward_working},
+        {"head", a.head},
+        {"autocast_weights", a.autocast_weights},
+        {"total", a.total()}}},
+      {"choices", rows}};
+  return j.dump(1) + "\n";
+}
+
+}  // namespace sftgo::train

@@ -1,0 +1,200 @@
+// The memory planner's arithmetic against numbers computed by hand (the sums are written out next to
+// each expectation). Exact integers: the planner counts bytes, nothing is measured here.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "sftgo/core/error.h"
+#include "sftgo/train/plan.h"
+
+namespace sftgo::train {
+namespace {
+
+// Llama-3.1-8B: 2 x 128256 x 4096 (embedding + untied head) + 32 x 218,112,000 (layer) + 4096 (norm).
+constexpr int64_t kP8b = 8'030'261'248;
+constexpr int64_t kVH8b = 128'256LL * 4096;  // 525,336,576
+
+Config llama8b_bf16_zero1() {
+  Config c;
+  c.model.preset = "llama3.1-8b";
+  c.train.precision = "bf16";
+  c.train.micro_batch_size = 1;
+  c.data.max_seq_len = 4096;
+  c.model.activation_checkpointing = true;
+  c.dist.zero1 = true;
+  return c;
+}
+
+const PlanRow& row(const MemoryPlan& p, const std::string& name) {
+  for (const auto& r : p.rows)
+    if (r.choice.name == name) return r;
+  throw std::runtime_error("no row " + name);
+}
+
+TEST(Plan, Llama8bShapeAndParameterCount) {
+  const auto s = planned_model_shape(llama8b_bf16_zero1());
+  EXPECT_EQ(s.num_parameters(), kP8b);
+  const auto p = plan_memory(llama8b_bf16_zero1(), s, {8, 80});
+  EXPECT_EQ(p.total_params, kP8b);
+  EXPECT_EQ(p.trainable_params, kP8b);
+  EXPECT_EQ(p.weight_bytes, 2);
+}
+
+TEST(Plan, Zero1Bf16On8RanksIsTheArchitectureTable) {
+  const auto p = plan_memory(llama8b_bf16_zero1(), planned_model_shape(llama8b_bf16_zero1()), {8, 80});
+  const auto& z = row(p, "zero1");
+  const int64_t shard = kP8b / 8;  // 1,003,782,656: divides evenly, no padding
+  EXPECT_TRUE(z.current);
+  EXPECT_TRUE(z.choice.implemented);
+  EXPECT_EQ(z.device.weights, 2 * kP8b);                   // 16.06 GB bf16 weights
+  EXPECT_EQ(z.device.gradients, 4 * kP8b + 2 * kVH8b);     // fp32 flat buffer + one bf16 embedding gradient
+  EXPECT_EQ(z.device.masters, 4 * shard);                  // 4.02 GB
+  EXPECT_EQ(z.device.moments, 8 * shard);                  // 8.03 GB
+  EXPECT_EQ(z.device.comm, 4 * shard);                     // fp32 reduce-scatter shard buffer
+  EXPECT_EQ(z.host, 0);
+  EXPECT_TRUE(z.fits);  // 65.3 GB of state + activations + 2 GB reserve < 80 GB
+  const auto& d = row(p, "ddp");
+  EXPECT_FALSE(d.current);
+  EXPECT_EQ(d.device.weights + d.device.gradients + d.device.masters + d.device.moments + d.device.comm,
+            2 * kP8b + (4 * kP8b + 2 * kVH8b) + 4 * kP8b + 8 * kP8b);  // 145.6 GB
+  EXPECT_FALSE(d.fits);
+}
+
+TEST(Plan, Zero1FalseFp32GradsKeepsBf16Gradients) {
+  Config c = llama8b_bf16_zero1();
+  c.dist.zero1_fp32_grads = false;
+  const auto p = plan_memory(c, planned_model_shape(c), {8, 80});
+  const auto& z = row(p, "zero1");
+  // The bf16 flat buffer (no hook) and, with 8 ranks, the embedding's dense per-micro-batch bf16 gradient.
+  EXPECT_EQ(z.device.gradients, 2 * kP8b + 2 * kVH8b);
+  EXPECT_EQ(z.device.comm, 2 * (kP8b / 8));
+}
+
+TEST(Plan, PlannedStagesAreLabelledAndSharded) {
+  const auto p = plan_memory(llama8b_bf16_zero1(), planned_model_shape(llama8b_bf16_zero1()), {8, 80});
+  const int64_t shard = kP8b / 8, bucket = 25LL * 1024 * 1024;
+  for (const char* name : {"zero2", "zero3", "zero1_offload", "zero2_offload"}) {
+    EXPECT_FALSE(row(p, name).choice.implemented) << name;
+    EXPECT_FALSE(row(p, name).current) << name;
+  }
+  const auto& z2 = row(p, "zero2");
+  EXPECT_EQ(z2.device.weights, 2 * kP8b);
+  EXPECT_EQ(z2.device.gradients, 4 * shard + 2 * kVH8b);  // fp32 shard + the transient bf16 embedding gradient
+  EXPECT_EQ(z2.device.comm, 2 * bucket);
+  const auto& z3 = row(p, "zero3");
+  // The bf16 weight shard plus two gathered units; the largest unit is the 128256 x 4096 embedding.
+  EXPECT_EQ(z3.device.weights, 2 * kP8b / 8 + 2 * kVH8b * 2);
+  const auto& o2 = row(p, "zero2_offload");
+  EXPECT_EQ(o2.device.masters + o2.device.moments, 0);
+  EXPECT_EQ(o2.host, 12 * shard + 4 * shard);  // masters, moments and the fp32 gradient shard
+  const auto& o1 = row(p, "zero1_offload");
+  EXPECT_EQ(o1.device.gradients, row(p, "zero1").device.gradients);
+  EXPECT_EQ(o1.host, 12 * shard);
+}
+
+TEST(Plan, ActivationsOfATinyModelByHand) {
+  Config c;
+  c.model.preset = "tiny";  // H 64, I 256, 4 heads of 16, 2 kv heads, 2 layers
+  c.model.vocab_size = 1408;
+  c.train.micro_batch_size = 2;
+  c.data.max_seq_len = 8;
+  const auto s = planned_model_shape(c);
+  auto a = plan_activations(c, s);
+  EXPECT_EQ(a.tokens, 16);
+  // fp32 per token: 8H + 6eH + 2e kv + 4eI + 4 heads + 8 = 512 + 1536 + 256 + 4096 + 16 + 8 = 6424.
+  EXPECT_EQ(a.per_layer, 16 * 6424);
+  EXPECT_EQ(a.layers, 2 * 16 * 6424);
+  EXPECT_EQ(a.backward_working, 16 * 4 * (3 * 256 + 2 * 64));
+  // Final norm 16 x (4H + 2eH + 4) = 12,352, fused loss 0.105 x 4 x 16 x 1408 = 9461.76 -> 9461.
+  EXPECT_EQ(a.head, 12'352 + 9'461);
+  EXPECT_EQ(a.autocast_weights, 0);
+
+  c.train.precision = "bf16";
+  c.model.activation_checkpointing = true;
+  a = plan_activations(c, s);
+  // bf16 per token: 512 + 768 + 128 + 2048 + 24 = 3480; checkpointing keeps 2 layer inputs of 16 x 64 x 2.
+  EXPECT_EQ(a.per_layer, 16 * 3480);
+  EXPECT_EQ(a.layers, 2 * 16 * 64 * 2 + 16 * 3480);
+
+  c.train.precision = "bf16_autocast";
+  c.model.activation_checkpointing = false;
+  c.loss.chunk_tokens = 4;
+  a = plan_activations(c, s);
+  EXPECT_EQ(a.per_layer, 16 * (30 * 64 + 4 * 32 + 8 * 256 + 16 + 8));
+  // Linear weights per layer 64 x (2 x 64 + 2 x 32) + 3 x 64 x 256 = 61,440; the head 1408 x 64.
+  EXPECT_EQ(a.autocast_weights, 2 * (2 * 61'440 + 1408 * 64));
+  EXPECT_EQ(a.head, 16 * (256 + 512 + 4) + static_cast<int64_t>(0.105 * 4 * 4 * 1408));
+}
+
+TEST(Plan, LoraTrainsOnlyFp32Adapters) {
+  Config c;
+  c.model.preset = "tiny";
+  c.lora.enabled = true;
+  c.lora.rank = 16;
+  const auto s = planned_model_shape(c);
+  // Per layer q (64+64), k and v (64+32 each), o (64+64), gate/up/down (64+256 each) = 1408; x 2 layers x r.
+  EXPECT_EQ(lora_adapter_params(s, c.lora), 16 * 2 * 1408);
+  const auto p = plan_memory(c, s, {1, 80});
+  const int64_t a = 16 * 2 * 1408;
+  EXPECT_EQ(p.trainable_params, a);
+  EXPECT_EQ(p.total_params, s.num_parameters() + a);
+  const auto& d = row(p, "ddp");
+  EXPECT_EQ(d.device.weights, 4 * s.num_parameters() + 4 * a);
+  EXPECT_EQ(d.device.gradients, 4 * a);
+  EXPECT_EQ(d.device.masters, 0);
+  EXPECT_EQ(d.device.moments, 8 * a);
+}
+
+TEST(Plan, Fp32Zero1PadsTheShardAndKeepsAnFp32Master) {
+  Config c;
+  c.model.preset = "tiny";
+  c.model.vocab_size = 1407;  // 1407 x 64 + 2 x (61,440 + 128) + 64 = 213,248 parameters, not a multiple of 3
+  c.dist.zero1 = true;
+  const auto s = planned_model_shape(c);
+  const int64_t n = s.num_parameters();
+  ASSERT_EQ(n, 213'248);
+  const auto p = plan_memory(c, s, {3, 80});
+  const int64_t shard = (n + 2) / 3;
+  const auto& z = row(p, "zero1");
+  EXPECT_EQ(z.device.weights, 4 * n);
+  // The padded fp32 flat buffer (no hook for fp32) and, with several ranks, the embedding's dense
+  // per-micro-batch gradient that is added into its view.
+  EXPECT_EQ(z.device.gradients, 4 * shard * 3 + 4 * 1407 * 64);
+  EXPECT_EQ(z.device.masters, 4 * shard);
+  EXPECT_EQ(z.device.moments, 8 * shard);
+  EXPECT_EQ(z.device.comm, 4 * shard);
+  // Plain DDP fp32 on 3 ranks: the embedding's dense per-micro-batch gradient on top of the buckets.
+  EXPECT_EQ(row(p, "ddp").device.gradients, 4 * n + 4 * 1407 * 64);
+}
+
+TEST(Plan, FitUsesTheReserve) {
+  Config c = llama8b_bf16_zero1();
+  const auto s = planned_model_shape(c);
+  const auto p = plan_memory(c, s, {8, 80});
+  const int64_t need = row(p, "zero1").device.total() + kPlanReserveBytes;
+  const double just = static_cast<double>(need) / 1e9;
+  EXPECT_TRUE(row(plan_memory(c, s, {8, just + 1e-6}), "zero1").fits);
+  EXPECT_FALSE(row(plan_memory(c, s, {8, just - 1e-3}), "zero1").fits);
+}
+
+TEST(Plan, JsonCarriesEveryRowInBytes) {
+  const auto p = plan_memory(llama8b_bf16_zero1(), planned_model_shape(llama8b_bf16_zero1()), {8, 80});
+  const auto j = nlohmann::json::parse(plan_json(p));
+  ASSERT_EQ(j["choices"].size(), 6u);
+  EXPECT_EQ(j["choices"][1]["choice"], "zero1");
+  EXPECT_EQ(j["choices"][1]["masters"].get<int64_t>(), 4 * (kP8b / 8));
+  EXPECT_EQ(j["choices"][2]["status"], "planned, not yet implemented");
+  EXPECT_NE(plan_table(p).find("planned, not yet implemented"), std::string::npos);
+}
+
+TEST(Plan, BadRankCountIsAUsageError) {
+  Config c;
+  try {
+    plan_memory(c, planned_model_shape(c), {0, 80});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--gpus"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace sftgo::train
