@@ -34,6 +34,7 @@ void register_commands(CLI::App& app, std::function<int()>& selected) {
   register_generate_command(app, selected);
   register_eval_command(app, selected);
   register_lora_merge_command(app, selected);
+  register_track_command(app, selected);
   register_plan_command(app, selected);
 }
 

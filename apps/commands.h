@@ -62,6 +62,7 @@ void register_score_command(CLI::App& app, std::function<int()>& selected);
 void register_generate_command(CLI::App& app, std::function<int()>& selected);
 void register_eval_command(CLI::App& app, std::function<int()>& selected);
 void register_lora_merge_command(CLI::App& app, std::function<int()>& selected);
+void register_track_command(CLI::App& app, std::function<int()>& selected);
 void register_plan_command(CLI::App& app, std::function<int()>& selected);
 
 }  // namespace sftgo::apps

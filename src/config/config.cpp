@@ -416,6 +416,12 @@ LoadedConfig load_config(const std::string& path, const std::vector<std::string>
 }
 
 void validate_config(const Config& c) {
+  for (const auto& part : split(c.logging.report_to, ',')) {
+    const std::string name = trim(part);
+    SFTGO_CHECK(name.empty() || name == "tensorboard" || name == "wandb" || name == "mlflow", ErrorKind::kConfig,
+                "logging.report_to: unknown tracker '", name,
+                "' (expected a comma-separated list of tensorboard, wandb, mlflow)");
+  }
   SFTGO_CHECK(c.loss.lambda_min <= c.loss.lambda_max, ErrorKind::kConfig, "loss.lambda_min (", c.loss.lambda_min,
               ") must not exceed loss.lambda_max (", c.loss.lambda_max, ")");
   SFTGO_CHECK_HINT(c.train.global_batch_size % c.train.micro_batch_size == 0, ErrorKind::kConfig,
@@ -495,7 +501,8 @@ std::vector<std::string> config_changes(const std::string& saved_yaml, const Con
   static const std::set<std::string> kBookkeeping = {
       "run.log_level",   "train.log_every",       "train.save_every",  "train.keep_last", "train.save_final",
       "train.intermediate_checkpoints",
-      "train.gpu_peak_tflops", "data.cache_dir", "dist.master_addr", "dist.master_port", "dist.timeout_s"};
+      "train.gpu_peak_tflops", "data.cache_dir", "dist.master_addr", "dist.master_port", "dist.timeout_s",
+      "logging.report_to", "logging.python"};
   YAML::Node saved;
   try {
     saved = YAML::Load(saved_yaml);

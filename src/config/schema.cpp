@@ -220,6 +220,26 @@ std::vector<Field> fields_of(Config& c) {
       .one_of({"default", "gaussian"});
   add("lora.adapter_path", c.lora.adapter_path,
       "Start from this PEFT adapter directory (adapter_config.json + adapter_model.safetensors); its r, targets, alpha and rsLoRA setting must match the lora section; empty = fresh init");
+  add("logging.report_to", c.logging.report_to,
+      "Comma-separated experiment trackers fed from metrics.jsonl by rank 0's follower process: tensorboard, "
+      "wandb, mlflow (docs/tracking.md); empty = none. A tracker that fails is reported once and never stops "
+      "training");
+  add("logging.python", c.logging.python,
+      "Python that runs the tracker follower (scripts/sftgo_track.py); empty = the repository's .venv/bin/python "
+      "next to the binary, else python3 on PATH");
+}
+
+}  // namespace
+
+std::vector<Field> fields_of(Config& c, bool with_declared) {
+  std::vector<Field> f;
+  f.reserve(96);
+  Builder add(f);
+  run_model_fields(add, c);
+  data_grouping_fields(add, c, with_declared);
+  loss_optim_fields(add, c);
+  train_fields(add, c);
+  dist_lora_fields(add, c);
   return f;
 }
 

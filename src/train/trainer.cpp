@@ -33,6 +33,7 @@
 #include "sftgo/optim/optim.h"
 #include "sftgo/tokenizer/tokenizer.h"
 #include "sftgo/train/options.h"
+#include "sftgo/train/report.h"
 #include "sftgo/train/updater.h"
 #include "trainer_impl.h"
 
@@ -382,6 +383,9 @@ TrainResult Trainer::run(const std::string& resume) {
     }
   }
   const std::unique_ptr<MetricsLog> metrics_log = s.open_run_files(!resume.empty());
+  // Rank 0's tracker follower (logging.report_to) tails metrics.jsonl; its destructor, on every way out
+  // of run(), ends its input and waits a bounded time for it. A run at step 0 starts new tracker runs.
+  const auto follower = s.rank == 0 ? TrackerFollower::start(cfg, s.step == 0) : nullptr;
   auto write_metrics = [&](const auto& m) {
     if (metrics_log) metrics_log->write(m);
   };

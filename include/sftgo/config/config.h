@@ -130,6 +130,12 @@ struct LoraConfig {
   std::string adapter_path;      // start from an existing PEFT adapter directory instead of init
 };
 
+// Experiment trackers fed from metrics.jsonl by a follower process (docs/tracking.md).
+struct LoggingConfig {
+  std::string report_to;  // comma-separated: tensorboard, wandb, mlflow; empty = none
+  std::string python;     // interpreter of the follower; empty = the repo's .venv/bin/python, else python3
+};
+
 struct Config {
   RunConfig run;
   TokenizerConfig tokenizer;
@@ -141,6 +147,7 @@ struct Config {
   TrainConfig train;
   DistConfig dist;
   LoraConfig lora;
+  LoggingConfig logging;
 };
 
 // Where a value came from, for the start-up table and error messages.
