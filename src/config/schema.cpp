@@ -130,6 +130,9 @@ std::vector<Field> fields_of(Config& c) {
   add("loss.scope", c.loss.scope,
       "Group means over the whole optimizer step (all micro-batches and ranks) or each micro-batch")
       .one_of({"step", "microbatch"});
+  add("loss.step_stats", c.loss.step_stats,
+      "Scope step, sftgo, several micro-batches: speculate (bet on the previous step's worst group, redo the step when it changes) or prepass (a no-grad forward of every micro-batch first); auto speculates unless LoRA dropout or groups chosen in the training forward make the two differ (docs/loss.md)")
+      .one_of({"auto", "speculate", "prepass"});
   add("loss.chunk_tokens", c.loss.chunk_tokens,
       "Trained tokens per pass of the fused LM head + cross-entropy; 0 = all in one pass (vocabulary blocks are sized automatically)")
       .range(0, 1 << 24);

@@ -65,18 +65,28 @@ LossWeights compute_loss_weights(const GroupStats& stats, double lambda, Objecti
   SFTGO_CHECK_HINT(lambda >= 0.0 && lambda <= 1.0, ErrorKind::kConfig, "set loss.lambda within [0, 1]",
                    "SFT-GO lambda must lie in [0, 1], got ", lambda);
   if (n == 0) return w;  // no trained tokens: L = 0, zero gradient
-  w.coef_all = (1.0 - lambda) / static_cast<double>(n);
   // An empty group takes no part in the max; on an exact tie the important group (1) is worst.
+  int worst = 1;
   if (stats.count[0] == 0) {
-    w.worst = 1;
+    worst = 1;
   } else if (stats.count[1] == 0) {
-    w.worst = 0;
+    worst = 0;
   } else {
     const double mean0 = stats.loss_sum[0] / static_cast<double>(stats.count[0]);
     const double mean1 = stats.loss_sum[1] / static_cast<double>(stats.count[1]);
-    w.worst = mean1 >= mean0 ? 1 : 0;
+    worst = mean1 >= mean0 ? 1 : 0;
   }
-  w.coef_group[w.worst] = lambda / static_cast<double>(stats.count[w.worst]);
+  return sftgo_weights_for_worst(stats, lambda, worst);
+}
+
+LossWeights sftgo_weights_for_worst(const GroupStats& counts, double lambda, int worst) {
+  SFTGO_CHECK(worst == 0 || worst == 1, ErrorKind::kInternal, "worst group must be 0 or 1, got ", worst);
+  LossWeights w;
+  const int64_t n = counts.total_count();
+  if (n == 0) return w;  // no trained tokens: L = 0, zero gradient
+  w.coef_all = (1.0 - lambda) / static_cast<double>(n);
+  w.worst = worst;
+  if (counts.count[worst] > 0) w.coef_group[worst] = lambda / static_cast<double>(counts.count[worst]);
   return w;
 }
 

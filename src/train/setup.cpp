@@ -96,6 +96,7 @@ void Trainer::Impl::setup() {
   build_model();
   if (dynamic) prepare_dynamic(dataset.examples, "training data");
   if (!cfg.data.eval_path.empty()) prepare_eval();
+  choose_weights_policy();
 
   per_rank_batch = cfg.train.global_batch_size / world;
   loader = std::make_unique<data::DataLoader>(dataset, loader_options());

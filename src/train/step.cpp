@@ -53,14 +53,6 @@ at::Tensor token_cross_entropy(const at::Tensor& hidden, const at::Tensor& weigh
   return at::cat(parts);
 }
 
-WeightsPlan plan_weights(loss::StatsScope scope, loss::Objective objective, size_t micro_batches, int world) {
-  if (scope != loss::StatsScope::kStep) return WeightsPlan::kOwnForward;
-  const bool sftgo = objective == loss::Objective::kSftGo;
-  if (micro_batches > 1) return sftgo ? WeightsPlan::kPrePass : WeightsPlan::kFromCounts;
-  if (world > 1) return sftgo ? WeightsPlan::kGlobalHook : WeightsPlan::kFromCounts;
-  return WeightsPlan::kOwnForward;
-}
-
 namespace {
 // The statistics as doubles for one all-reduce, and back (counts are exact in a double up to 2^53).
 void append(std::vector<double>& v, const loss::GroupStats& s) {

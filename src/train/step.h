@@ -33,16 +33,7 @@ MicroBatch to_device(const data::Batch& batch, c10::Device device, const std::ve
 // row chunks so no more than [1024 x V] logits exist at once. No autograd.
 at::Tensor token_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels);
 
-// How the step's loss coefficients are decided: the StepWeights policy (scope x objective x micro-
-// batches x world). With scope=step the group means cover every micro-batch of every rank, so the
-// coefficients must be known before the first backward.
-enum class WeightsPlan {
-  kOwnForward,  // scope microbatch, or step scope with one micro-batch on one rank: each forward's stats
-  kFromCounts,  // ce / rho1 at step scope over several micro-batches or ranks: the group sizes suffice
-  kPrePass,     // sftgo at step scope, several micro-batches: a no-grad forward sums the step's stats
-  kGlobalHook,  // sftgo at step scope, one micro-batch on several ranks: the forward's stats all-reduced
-};
-WeightsPlan plan_weights(loss::StatsScope scope, loss::Objective objective, size_t micro_batches, int world);
+// How the step's loss coefficients are decided: step_weights.h.
 
 // The step-wide sums every rank needs after its backward passes: one all-reduce of named fields.
 struct StepTotals {

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <optional>
 #include <unistd.h>
@@ -68,17 +69,13 @@ StepMetrics Trainer::Impl::train_step() {
   const double lambda = lambdas.at(step, total_steps);
   const double lr = optim::lr_at(schedule, step);
   std::vector<MicroBatch> micro = assemble_step();
-  const StepWeights weights = decide_weights(micro, lambda);
-  std::optional<loss::LossWeights> applied;
-  StepTotals totals = forward_backward(micro, weights, lambda, &applied);
-  updater->after_backward();  // on every rank, also after an aborted step: collectives stay matched
-  totals.stop = stop_requested();
-  if (world > 1) totals.all_reduce(*comm);  // the skip decision, the stop request, step-wide metrics
+  StepWeights weights = decide_weights(micro, lambda);
+  const StepTotals totals = backward_passes(micro, weights, lambda);
   stop_all = totals.stop;
   const double grad_norm = updater->step(lr, cfg.optim.grad_clip, totals.finite);
   updater->zero_grad();
   ++step;
-  StepMetrics m = step_metrics(micro, weights, totals, applied, lambda, lr);
+  StepMetrics m = step_metrics(weights, totals, lambda, lr);
   m.grad_norm = grad_norm;
   m.skipped = !std::isfinite(grad_norm);
   nan_skips = m.skipped ? nan_skips + 1 : 0;
@@ -144,23 +141,37 @@ void Trainer::Impl::choose_groups_before_forward(MicroBatch& b) {
   b.important = dynamic->important_count(b.view);
 }
 
-Trainer::Impl::StepWeights Trainer::Impl::decide_weights(std::vector<MicroBatch>& micro, double lambda) {
-  StepWeights w;
-  w.plan = plan_weights(scope, objective, micro.size(), world);
-  if (scope == loss::StatsScope::kMicrobatch) w.micro_scale = 1.0 / static_cast<double>(micro.size() * world);
-  if (w.plan == WeightsPlan::kFromCounts) {
-    loss::GroupStats counts;
-    for (const auto& b : micro) {
-      counts.count[1] += b.important;
-      counts.count[0] += b.trained - b.important;
-    }
-    if (world > 1) counts = all_reduce_stats(*comm, counts);
-    w.fixed = loss::compute_loss_weights(counts, lambda, objective);
-  } else if (w.plan == WeightsPlan::kPrePass) {
-    loss::GroupStats stats = stats_pre_pass(micro, lambda, &w.finite);
-    // Every rank takes part even after a non-finite forward, so the collectives stay matched.
-    if (world > 1) stats = all_reduce_stats(*comm, stats, &w.finite);
-    if (w.finite) w.fixed = loss::compute_loss_weights(stats, lambda, objective);
+// The run's WeightsPolicy (step_weights.h): loss.step_stats auto speculates where the result is bit
+// for bit the pre-pass's. SFTGO_TEST_BET_AGAINST=1 (tests only) makes every bet lose, so the redo
+// path runs on every speculated step and must still match the pre-pass.
+void Trainer::Impl::choose_weights_policy() {
+  const bool dropout = cfg.lora.enabled && cfg.lora.dropout > 0;
+  const bool groups_from_forward = dynamic && !dynamic->separate_forward();
+  weights_policy.objective = objective;
+  weights_policy.scope = scope;
+  weights_policy.speculate =
+      resolve_step_stats(parse_step_stats(cfg.loss.step_stats), dropout, groups_from_forward);
+  const char* against = std::getenv("SFTGO_TEST_BET_AGAINST");
+  bet_against = against && std::string(against) == "1";
+}
+
+// The step's WeightsPlan, with what it needs before the forwards: the group sizes summed over ranks
+// (known from the labels, or promised by a dynamic function), or the stats pre-pass.
+StepWeights Trainer::Impl::decide_weights(std::vector<MicroBatch>& micro, double lambda) {
+  StatsReduce reduce = [this](const loss::GroupStats& local, bool* finite) {
+    return world > 1 ? all_reduce_stats(*comm, local, finite) : local;
+  };
+  const int bet = bet_against && predicted_worst >= 0 ? 1 - predicted_worst : predicted_worst;
+  StepWeights w(weights_policy, lambda, micro.size(), world, std::move(reduce), bet);
+  loss::GroupStats counts;
+  for (const auto& b : micro) {
+    counts.count[1] += b.important;
+    counts.count[0] += b.trained - b.important;
+  }
+  if (w.set_counts(counts)) {
+    bool finite = true;
+    const loss::GroupStats stats = stats_pre_pass(micro, lambda, &finite);
+    w.pre_pass_done(stats, finite);
   }
   return w;
 }
@@ -184,31 +195,58 @@ loss::GroupStats Trainer::Impl::stats_pre_pass(std::vector<MicroBatch>& micro, d
   return stats;
 }
 
-StepTotals Trainer::Impl::forward_backward(std::vector<MicroBatch>& micro, const StepWeights& w, double lambda,
-                                           std::optional<loss::LossWeights>* applied) {
+// The step's forward/backward passes and their reduction over ranks. A speculated step whose bet lost
+// discards its gradients and runs again with the right coefficients, from the same generator state
+// (LoRA dropout draws the same masks) and with its groups chosen again by the forward, so it ends
+// exactly as a step that had known them: as the pre-pass plan.
+StepTotals Trainer::Impl::backward_passes(std::vector<MicroBatch>& micro, StepWeights& w, double lambda) {
+  at::Tensor rng;              // the generator's state before the forwards
+  std::vector<size_t> chosen;  // micro-batches whose groups the training forward chooses
+  if (w.speculating()) {
+    ++speculated_steps;
+    rng = at::globalContext().defaultGenerator(device).get_state();
+    for (size_t i = 0; i < micro.size(); ++i)
+      if (!micro[i].groups.defined()) chosen.push_back(i);
+  }
+  StepTotals t = forward_backward(micro, w, lambda);
+  reduce_totals(t);
+  const bool redo = t.finite && w.confirm(t.seen);  // the same decision on every rank (summed stats)
+  if (redo) {
+    ++redone_steps;
+    log_info("step {}: the worst group was not the predicted one; step redone ({} of {} speculated steps)", step + 1,
+             redone_steps, speculated_steps);
+    updater->zero_grad();
+    at::Generator gen = at::globalContext().defaultGenerator(device);
+    gen.set_state(rng);
+    for (size_t i : chosen) micro[i].groups = at::Tensor();
+    t = forward_backward(micro, w, lambda);
+    reduce_totals(t);
+  }
+  // The next step bets on this step's worst group (a skipped step: the next takes the pre-pass).
+  if (weights_policy.speculate) predicted_worst = t.finite ? w.metrics_weights(t.seen).worst : -1;
+  return t;
+}
+
+// On every rank, also after an aborted step (collectives stay matched): the skip decision, the stop
+// request, the step-wide statistics.
+void Trainer::Impl::reduce_totals(StepTotals& t) {
+  updater->after_backward();
+  t.stop = stop_requested();
+  if (world > 1) t.all_reduce(*comm);
+}
+
+StepTotals Trainer::Impl::forward_backward(std::vector<MicroBatch>& micro, StepWeights& w, double lambda) {
   StepTotals t;
-  t.finite = w.finite;
+  t.finite = w.finite();
   for (const auto& b : micro) t.tokens += b.tokens;
-  loss::GroupStats global;  // kGlobalHook: the step's stats over ranks
   for (size_t i = 0; t.finite && i < micro.size(); ++i) {
     MicroBatch& b = micro[i];
     loss::FusedLossOptions opts = loss_options(lambda, b);
-    // Weights known before the forward: the loss may take one pass (3 LM-head GEMMs instead of 4).
-    if (w.fixed) opts.known_weights = *w.fixed;
-    if (w.plan == WeightsPlan::kGlobalHook) {
-      // Every rank reaches the hook (a local NaN must not skip the collective): the finiteness check
-      // runs on the global sums instead, identically on every rank.
-      opts.check_numerics = false;
-      opts.weights_hook = [this, lambda, &global](const loss::GroupStats& local) {
-        global = all_reduce_stats(*comm, local);
-        if (!std::isfinite(global.total_loss())) return loss::LossWeights{NAN, {NAN, NAN}, -1};
-        return loss::compute_loss_weights(global, lambda, objective);
-      };
-    }
+    w.configure(opts);  // the coefficients, or the hook that decides them
     loss::LossInfo info;
     try {
       at::Tensor l = loss::fused_group_loss(forward_hidden(b), head_weight(), b.labels, b.groups, opts, &info);
-      if (w.micro_scale != 1.0) l = l * w.micro_scale;
+      if (w.loss_scale() != 1.0) l = l * w.loss_scale();
       if (i + 1 == micro.size()) updater->before_last_backward();  // reduce while the last backward runs
       l.backward();
     } catch (const Error& e) {
@@ -219,27 +257,19 @@ StepTotals Trainer::Impl::forward_backward(std::vector<MicroBatch>& micro, const
     }
     t.seen += info.local_stats;
     t.micro_loss_sum += info.metrics.loss;
-    *applied = info.weights;
   }
   return t;
 }
 
-StepMetrics Trainer::Impl::step_metrics(const std::vector<MicroBatch>& micro, const StepWeights& w, const StepTotals& t,
-                                        const std::optional<loss::LossWeights>& applied, double lambda, double lr) {
-  const bool multi = micro.size() > 1;
-  // Metrics of the whole step from the summed statistics.
-  const loss::LossWeights weights =
-      w.fixed ? *w.fixed : (applied && !multi ? *applied : loss::compute_loss_weights(t.seen, lambda, objective));
-  const loss::LossMetrics lm = loss::compute_loss_metrics(t.seen, weights, lambda);
+StepMetrics Trainer::Impl::step_metrics(const StepWeights& w, const StepTotals& t, double lambda, double lr) {
+  // Metrics of the whole step from the summed statistics, under the coefficients StepWeights applied.
+  const loss::LossMetrics lm = loss::compute_loss_metrics(t.seen, w.metrics_weights(t.seen), lambda);
   StepMetrics m;
   m.step = step;
   m.epoch = static_cast<double>(loader->state().epoch) +
             static_cast<double>(loader->state().index) /
                 static_cast<double>(std::max<int64_t>(1, loader->examples_per_epoch()));
-  m.loss = !t.finite ? NAN
-           : scope == loss::StatsScope::kMicrobatch && (multi || world > 1)
-               ? t.micro_loss_sum / static_cast<double>(micro.size() * world)
-               : lm.loss;
+  m.loss = t.finite ? w.step_loss(t.seen, t.micro_loss_sum) : NAN;
   m.loss_ce = lm.loss_ce;
   m.loss_imp = lm.loss_imp;
   m.loss_unimp = lm.loss_unimp;

@@ -26,6 +26,7 @@
 #include "sftgo/train/trainer.h"
 #include "sftgo/train/updater.h"
 #include "step.h"
+#include "step_weights.h"
 
 namespace sftgo::train {
 
@@ -95,20 +96,21 @@ struct Trainer::Impl {
   // The step pipeline.
   StepMetrics train_step();
   std::vector<MicroBatch> assemble_step();
-  struct StepWeights {
-    WeightsPlan plan = WeightsPlan::kOwnForward;
-    std::optional<loss::LossWeights> fixed;  // known before the step's forwards
-    bool finite = true;                      // the stats pre-pass stayed finite on every rank
-    double micro_scale = 1.0;                // microbatch scope: each micro-batch of each rank counts 1/(M*W)
-  };
   StepWeights decide_weights(std::vector<MicroBatch>& micro, double lambda);
   loss::GroupStats stats_pre_pass(std::vector<MicroBatch>& micro, double lambda, bool* finite);
-  StepTotals forward_backward(std::vector<MicroBatch>& micro, const StepWeights& w, double lambda,
-                              std::optional<loss::LossWeights>* applied);
+  StepTotals backward_passes(std::vector<MicroBatch>& micro, StepWeights& w, double lambda);
+  StepTotals forward_backward(std::vector<MicroBatch>& micro, StepWeights& w, double lambda);
+  void reduce_totals(StepTotals& t);
   void gpu_metrics(StepMetrics& m, double flops_here);
   double local_flops(const std::vector<MicroBatch>& micro) const;
-  StepMetrics step_metrics(const std::vector<MicroBatch>& micro, const StepWeights& w, const StepTotals& t,
-                           const std::optional<loss::LossWeights>& applied, double lambda, double lr);
+  StepMetrics step_metrics(const StepWeights& w, const StepTotals& t, double lambda, double lr);
+  void choose_weights_policy();
+  // The loss coefficients (step_weights.h): the run's policy and the worst group the next speculated
+  // step bets on (-1: none, that step takes the pre-pass).
+  WeightsPolicy weights_policy;
+  int predicted_worst = -1;
+  int64_t speculated_steps = 0, redone_steps = 0;  // this process's speculations and lost bets
+  bool bet_against = false;                        // SFTGO_TEST_BET_AGAINST=1: every bet loses (tests)
 
   // Forward pieces.
   void choose_groups_before_forward(MicroBatch& b);

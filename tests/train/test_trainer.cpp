@@ -581,16 +581,73 @@ TEST_F(TrainerTest, DynamicGroupingFunctionPlugsInWithoutTrainerChanges) {
   }
 }
 
-TEST(StepWeights, PlanFollowsScopeObjectiveMicroBatchesAndWorld) {
-  using loss::Objective;
-  using loss::StatsScope;
-  EXPECT_EQ(plan_weights(StatsScope::kMicrobatch, Objective::kSftGo, 4, 2), WeightsPlan::kOwnForward);
-  EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kSftGo, 1, 1), WeightsPlan::kOwnForward);
-  EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kSftGo, 4, 1), WeightsPlan::kPrePass);
-  EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kSftGo, 1, 2), WeightsPlan::kGlobalHook);
-  EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kCe, 4, 1), WeightsPlan::kFromCounts);
-  EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kRho1, 1, 2), WeightsPlan::kFromCounts);
-  EXPECT_EQ(plan_weights(StatsScope::kStep, Objective::kCe, 1, 1), WeightsPlan::kOwnForward);
+// Issue 29 item 3: loss.step_stats speculate runs the pre-pass plan's training bit for bit, also when
+// every bet loses (SFTGO_TEST_BET_AGAINST=1: the step's gradients are discarded and its passes run
+// again), with LoRA dropout (the redo replays the generator: same masks) and with groups chosen by the
+// training forward (Rho-1: chosen again in the redo). Step 1 takes the pre-pass (nothing to bet on);
+// with every bet lost, steps 2 to 6 are redone.
+TEST_F(TrainerTest, SpeculatedStepStatsEqualThePrePassBitForBit) {
+  struct Run {
+    std::vector<StepMetrics> steps;
+    std::map<std::string, at::Tensor> weights;
+    int redone = 0;
+  };
+  auto run = [&](const std::string& name, std::vector<std::string> extra, bool against) {
+    Run r;
+    TrainerHooks hooks;
+    hooks.on_step = [&](const StepMetrics& m) {
+      r.steps.push_back(m);
+      return true;
+    };
+    for (const char* e : {"train.micro_batch_size=2", "train.max_steps=6", "train.save_final=false"}) extra.push_back(e);
+    if (against) ::setenv("SFTGO_TEST_BET_AGAINST", "1", 1);
+    ::testing::internal::CaptureStderr();
+    {
+      Trainer t(config(name, extra), hooks);
+      t.run();
+      r.weights = weights(t);
+    }
+    const std::string err = ::testing::internal::GetCapturedStderr();
+    ::unsetenv("SFTGO_TEST_BET_AGAINST");
+    for (size_t at = err.find("step redone"); at != std::string::npos; at = err.find("step redone", at + 1)) ++r.redone;
+    return r;
+  };
+  auto expect_identical = [&](const Run& a, const Run& b, const std::string& what) {
+    ASSERT_EQ(a.steps.size(), b.steps.size()) << what;
+    for (size_t i = 0; i < a.steps.size(); ++i) {
+      EXPECT_EQ(a.steps[i].loss, b.steps[i].loss) << what << " step " << i + 1;
+      EXPECT_EQ(a.steps[i].loss_imp, b.steps[i].loss_imp) << what << " step " << i + 1;
+      EXPECT_EQ(a.steps[i].loss_unimp, b.steps[i].loss_unimp) << what << " step " << i + 1;
+      EXPECT_EQ(a.steps[i].worst_group, b.steps[i].worst_group) << what << " step " << i + 1;
+      EXPECT_EQ(a.steps[i].count_imp, b.steps[i].count_imp) << what << " step " << i + 1;
+      EXPECT_EQ(a.steps[i].grad_norm, b.steps[i].grad_norm) << what << " step " << i + 1;
+    }
+    EXPECT_EQ(max_diff(a.weights, b.weights), 0.0) << what;
+  };
+  const Run prepass = run("prepass", {"loss.step_stats=prepass"}, false);
+  const Run spec = run("speculate", {"loss.step_stats=speculate"}, false);
+  const Run lost = run("lost", {"loss.step_stats=speculate"}, true);
+  EXPECT_EQ(lost.redone, 5);
+  expect_identical(prepass, spec, "speculate");
+  expect_identical(prepass, lost, "speculate, every bet lost");
+  // LoRA dropout: auto takes the pre-pass (its means are of the undropped model); speculation is
+  // still deterministic through a redo.
+  const std::vector<std::string> lora = {"lora.enabled=true", "lora.rank=4", "lora.dropout=0.2",
+                                         "loss.step_stats=speculate"};
+  const Run lora_won = run("lora", lora, false), lora_lost = run("lora_lost", lora, true);
+  EXPECT_EQ(lora_lost.redone, 5);
+  expect_identical(lora_won, lora_lost, "LoRA dropout, every bet lost");
+  // Rho-1 groups from the training forward (sftgo objective over them).
+  std::string ref;
+  {
+    Trainer t(config("ref", {"train.max_steps=1"}));
+    ref = t.run().last_checkpoint;
+  }
+  const std::vector<std::string> rho1 = {"grouping.function=rho1", "grouping.rho1_reference_model=" + ref,
+                                         "loss.step_stats=speculate"};
+  const Run rho1_won = run("rho1", rho1, false), rho1_lost = run("rho1_lost", rho1, true);
+  EXPECT_EQ(rho1_lost.redone, 5);
+  expect_identical(rho1_won, rho1_lost, "Rho-1 groups, every bet lost");
 }
 
 // Issue 23, item 1: train.save_final false skips only the save at the end. The run's metrics are all

@@ -72,6 +72,7 @@ struct LossConfig {
   double lambda_max = 0.9;                 // linear_decay: λ at step 0
   double lambda_min = 0.1;                 // linear_decay: λ at the last step
   std::string scope = "step";              // step | microbatch: over what the group means are taken
+  std::string step_stats = "auto";         // auto | speculate | prepass: how scope step learns its means
   int64_t chunk_tokens = 0;                // trained tokens per pass of the fused LM head + CE; 0 = all
   bool check_finite = true;
 };

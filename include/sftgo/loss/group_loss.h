@@ -78,6 +78,11 @@ struct LossMetrics {
 //  * ce: coef_all = 1 / N (0 when N = 0).  * rho1: coef_group[1] = 1 / N_imp (0 when N_imp = 0).
 // lambda must lie in [0, 1] (sftgo only); throws sftgo::Error(kConfig) otherwise.
 LossWeights compute_loss_weights(const GroupStats& stats, double lambda, Objective objective);
+// The sftgo coefficients once the worst group is known: coef_all = (1 - lambda) / N, coef_group[worst]
+// = lambda / N_worst (0 when that group is empty). Only the counts are read. compute_loss_weights
+// applies exactly this, so a trainer that bets on `worst` before the forward (loss.step_stats:
+// speculate) applies bit for bit the coefficients the step's statistics give when the bet holds.
+LossWeights sftgo_weights_for_worst(const GroupStats& counts, double lambda, int worst);
 // Metrics for given stats and weights (loss = sum of coefficients times sums).
 LossMetrics compute_loss_metrics(const GroupStats& stats, const LossWeights& weights, double lambda);
 
