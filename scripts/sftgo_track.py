@@ -313,6 +313,10 @@ def follow(reporter, reader):
         reporter.send(reader.new_records())
         ready, _, _ = select.select([0], [], [], 1.0)
         if ready and not os.read(0, 4096):
+            try:  # the trainer is done (and waits for us): back to a normal share of the CPU
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            except (AttributeError, OSError):
+                pass
             return
 
 
