@@ -1,4 +1,5 @@
-// safetensors reader/writer; see include/sftgo/io/safetensors.h for the format and guarantees.
+// safetensors reader (the writer is safetensors_write.cpp); see include/sftgo/io/safetensors.h for the
+// format and guarantees.
 #include "sftgo/io/safetensors.h"
 
 #include <fcntl.h>
@@ -17,12 +18,16 @@
 #include <set>
 
 #include "sftgo/core/error.h"
+#include "detail.h"
 
 namespace sftgo::io {
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using detail::checked_numel;
+using detail::errno_text;
+using detail::shape_str;
 
 struct DTypeInfo {
   DType dtype;
@@ -52,8 +57,6 @@ const DTypeInfo& info(DType dtype) {
     if (i.dtype == dtype) return i;
   SFTGO_FAIL(ErrorKind::kInternal, "unknown DType ", static_cast<int>(dtype));
 }
-
-std::string errno_text() { return std::strerror(errno); }
 
 // Strict UTF-8 check (no overlongs, no surrogates, <= U+10FFFF); returns the offset of the first
 // bad byte or npos. The JSON parser also rejects bad UTF-8 inside strings, but this gives a clear
@@ -106,23 +109,6 @@ uint64_t read_u64_le(const std::byte* p) {
   return v;
 }
 
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
-// numel with overflow detection (a hostile header can claim 2^40 x 2^40 elements).
-std::optional<uint64_t> checked_numel(const std::vector<int64_t>& shape) {
-  uint64_t n = 1;
-  for (int64_t d : shape) {
-    if (d < 0) return std::nullopt;
-    if (d != 0 && n > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d)) return std::nullopt;
-    n *= static_cast<uint64_t>(d);
-  }
-  return n;
-}
-
 // Parses with duplicate-key detection: nlohmann silently keeps the last duplicate, the spec's
 // reference implementation rejects them, and a duplicate could hide a tensor from one reader.
 json parse_json_no_duplicates(std::string_view text, const std::string& label) {
@@ -152,99 +138,6 @@ json parse_json_no_duplicates(std::string_view text, const std::string& label) {
   return j;
 }
 
-// Writes all of [data, data+n) to fd, retrying short writes.
-void write_all(int fd, const void* data, size_t n, const std::string& path) {
-  const auto* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t{1} << 30));
-    if (w < 0 && errno == EINTR) continue;
-    SFTGO_CHECK(w > 0, ErrorKind::kIo, path, ": write failed: ", errno_text());
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-}
-
-void fsync_dir(const fs::path& dir) {
-  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd >= 0) {
-    ::fsync(fd);  // best effort: some filesystems refuse fsync on directories
-    ::close(fd);
-  }
-}
-
-// rm -rf with POSIX calls. std::filesystem::remove_all is avoided on purpose: libtorch.so exports
-// its own (older libstdc++) std::filesystem symbols, which interpose on ours in any binary linking
-// LibTorch, and its remove_all crashes there.
-void remove_tree(const fs::path& p) {
-  ::nftw(
-      p.c_str(), [](const char* path, const struct stat*, int, struct FTW*) { return ::remove(path) == 0 ? 0 : 0; }, 16,
-      FTW_DEPTH | FTW_PHYS);
-}
-
-std::string tmp_suffix() { return ".tmp-" + std::to_string(::getpid()); }
-
-// Writes one safetensors file to exactly `path` (no rename), fsync'ed.
-void write_file_direct(const std::string& path, const std::vector<TensorSource>& tensors, const Metadata& metadata) {
-  json header = json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
-  uint64_t offset = 0;
-  std::set<std::string> names;
-  for (const auto& t : tensors) {
-    SFTGO_CHECK(t.name != "__metadata__" && !t.name.empty(), ErrorKind::kFormat, path, ": invalid tensor name '",
-                t.name, "'");
-    SFTGO_CHECK(names.insert(t.name).second, ErrorKind::kFormat, path, ": duplicate tensor '", t.name, "'");
-    uint64_t n = t.nbytes();
-    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
-    offset += n;
-  }
-  std::string text = header.dump();
-  // Pad with spaces so the data section starts 8-byte aligned (as the reference writer does).
-  text.append((8 - (8 + text.size()) % 8) % 8, ' ');
-
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  SFTGO_CHECK(fd >= 0, ErrorKind::kIo, path, ": cannot create: ", errno_text());
-  try {
-    std::array<unsigned char, 8> len{};
-    uint64_t n = text.size();
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-    write_all(fd, len.data(), len.size(), path);
-    write_all(fd, text.data(), text.size(), path);
-    for (const auto& t : tensors) {
-      uint64_t nb = t.nbytes();
-      if (nb == 0) continue;
-      SFTGO_CHECK(static_cast<bool>(t.bytes), ErrorKind::kInternal, path, ": tensor '", t.name, "' has no data");
-      std::shared_ptr<const std::byte> bytes = t.bytes();
-      SFTGO_CHECK(bytes != nullptr, ErrorKind::kInternal, path, ": tensor '", t.name, "' returned no data");
-      write_all(fd, bytes.get(), nb, path + " (tensor '" + t.name + "')");
-    }
-    SFTGO_CHECK(::fsync(fd) == 0, ErrorKind::kIo, path, ": fsync failed: ", errno_text());
-  } catch (...) {
-    ::close(fd);
-    ::unlink(path.c_str());
-    throw;
-  }
-  SFTGO_CHECK(::close(fd) == 0, ErrorKind::kIo, path, ": close failed: ", errno_text());
-}
-
-std::string shard_name(const std::string& base, size_t k, size_t n) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "-%05zu-of-%05zu.safetensors", k, n);
-  return base + buf;
-}
-
-void write_text_file(const fs::path& path, const std::string& contents) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  SFTGO_CHECK(fd >= 0, ErrorKind::kIo, path.string(), ": cannot create: ", errno_text());
-  try {
-    write_all(fd, contents.data(), contents.size(), path.string());
-    SFTGO_CHECK(::fsync(fd) == 0, ErrorKind::kIo, path.string(), ": fsync failed: ", errno_text());
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
-  ::close(fd);
-}
-
 }  // namespace
 
 size_t dtype_size(DType dtype) { return info(dtype).size; }
@@ -257,6 +150,70 @@ std::optional<DType> parse_dtype(std::string_view name) {
 
 int64_t TensorEntry::numel() const { return static_cast<int64_t>(checked_numel(shape).value_or(0)); }
 int64_t TensorView::numel() const { return static_cast<int64_t>(checked_numel(shape).value_or(0)); }
+
+namespace {
+
+// One tensor's header entry: dtype, shape and data_offsets, each checked against the data section.
+TensorEntry parse_entry(const std::string& name, const json& v, uint64_t data_size, const std::string& label) {
+  SFTGO_CHECK(v.is_object(), ErrorKind::kFormat, label, ": tensor '", name, "': entry is not an object");
+  TensorEntry e;
+  e.name = name;
+  auto d = v.find("dtype");
+  SFTGO_CHECK(d != v.end() && d->is_string(), ErrorKind::kFormat, label, ": tensor '", name,
+              "': missing or non-string dtype");
+  auto dt = parse_dtype(d->get<std::string>());
+  SFTGO_CHECK(dt.has_value(), ErrorKind::kFormat, label, ": tensor '", name, "': unknown dtype '",
+              d->get<std::string>(), "'");
+  e.dtype = *dt;
+  auto s = v.find("shape");
+  SFTGO_CHECK(s != v.end() && s->is_array(), ErrorKind::kFormat, label, ": tensor '", name,
+              "': missing or non-array shape");
+  for (const auto& dim : *s) {
+    SFTGO_CHECK(dim.is_number_unsigned(), ErrorKind::kFormat, label, ": tensor '", name,
+                "': shape entries must be non-negative integers");
+    uint64_t dv = dim.get<uint64_t>();
+    SFTGO_CHECK(dv <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), ErrorKind::kFormat, label,
+                ": tensor '", name, "': shape entry too large");
+    e.shape.push_back(static_cast<int64_t>(dv));
+  }
+  auto o = v.find("data_offsets");
+  SFTGO_CHECK(
+      o != v.end() && o->is_array() && o->size() == 2 && (*o)[0].is_number_unsigned() && (*o)[1].is_number_unsigned(),
+      ErrorKind::kFormat, label, ": tensor '", name, "': data_offsets must be an array of two non-negative integers");
+  e.begin = (*o)[0].get<uint64_t>();
+  e.end = (*o)[1].get<uint64_t>();
+  SFTGO_CHECK(e.begin <= e.end, ErrorKind::kFormat, label, ": tensor '", name, "': data_offsets [", e.begin, ", ",
+              e.end, "] are reversed");
+  SFTGO_CHECK(e.end <= data_size, ErrorKind::kFormat, label, ": tensor '", name, "': data_offsets [", e.begin, ", ",
+              e.end, "] are beyond the data section of ", data_size, " bytes");
+  auto numel = checked_numel(e.shape);
+  uint64_t esz = dtype_size(e.dtype);
+  SFTGO_CHECK(numel && *numel <= std::numeric_limits<uint64_t>::max() / esz, ErrorKind::kFormat, label, ": tensor '",
+              name, "': shape ", shape_str(e.shape), " overflows");
+  SFTGO_CHECK(*numel * esz == e.nbytes(), ErrorKind::kFormat, label, ": tensor '", name, "': ", dtype_name(e.dtype),
+              " ", shape_str(e.shape), " needs ", *numel * esz, " bytes but data_offsets span ", e.nbytes());
+  return e;
+}
+
+void check_tiling(std::vector<TensorEntry>& tensors, uint64_t data_size, const std::string& label) {
+  // No overlaps and no holes: sorted by offset, each tensor must start where the previous ended and
+  // the last must end at the end of the file (the spec forbids unindexed bytes).
+  std::sort(tensors.begin(), tensors.end(), [](const TensorEntry& a, const TensorEntry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t cursor = 0;
+  for (const auto& e : tensors) {
+    SFTGO_CHECK(e.begin >= cursor, ErrorKind::kFormat, label, ": tensor '", e.name, "': data_offsets [", e.begin, ", ",
+                e.end, "] overlap the previous tensor (which ends at ", cursor, ")");
+    SFTGO_CHECK(e.begin == cursor, ErrorKind::kFormat, label, ": tensor '", e.name, "': hole of ", e.begin - cursor,
+                " unindexed bytes before it (the spec forbids holes)");
+    cursor = e.end;
+  }
+  SFTGO_CHECK(cursor == data_size, ErrorKind::kFormat, label, ": data section has ", data_size,
+              " bytes but the tensors cover ", cursor, " (trailing unindexed bytes or truncated file)");
+}
+
+}  // namespace
 
 ParsedHeader parse_safetensors(std::span<const std::byte> bytes, const std::string& label) {
   const uint64_t size = bytes.size();
@@ -291,60 +248,9 @@ ParsedHeader parse_safetensors(std::span<const std::byte> bytes, const std::stri
       }
       continue;
     }
-    SFTGO_CHECK(v.is_object(), ErrorKind::kFormat, label, ": tensor '", name, "': entry is not an object");
-    TensorEntry e;
-    e.name = name;
-    auto d = v.find("dtype");
-    SFTGO_CHECK(d != v.end() && d->is_string(), ErrorKind::kFormat, label, ": tensor '", name,
-                "': missing or non-string dtype");
-    auto dt = parse_dtype(d->get<std::string>());
-    SFTGO_CHECK(dt.has_value(), ErrorKind::kFormat, label, ": tensor '", name, "': unknown dtype '",
-                d->get<std::string>(), "'");
-    e.dtype = *dt;
-    auto s = v.find("shape");
-    SFTGO_CHECK(s != v.end() && s->is_array(), ErrorKind::kFormat, label, ": tensor '", name,
-                "': missing or non-array shape");
-    for (const auto& dim : *s) {
-      SFTGO_CHECK(dim.is_number_unsigned(), ErrorKind::kFormat, label, ": tensor '", name,
-                  "': shape entries must be non-negative integers");
-      uint64_t dv = dim.get<uint64_t>();
-      SFTGO_CHECK(dv <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), ErrorKind::kFormat, label,
-                  ": tensor '", name, "': shape entry too large");
-      e.shape.push_back(static_cast<int64_t>(dv));
-    }
-    auto o = v.find("data_offsets");
-    SFTGO_CHECK(
-        o != v.end() && o->is_array() && o->size() == 2 && (*o)[0].is_number_unsigned() && (*o)[1].is_number_unsigned(),
-        ErrorKind::kFormat, label, ": tensor '", name, "': data_offsets must be an array of two non-negative integers");
-    e.begin = (*o)[0].get<uint64_t>();
-    e.end = (*o)[1].get<uint64_t>();
-    SFTGO_CHECK(e.begin <= e.end, ErrorKind::kFormat, label, ": tensor '", name, "': data_offsets [", e.begin, ", ",
-                e.end, "] are reversed");
-    SFTGO_CHECK(e.end <= data_size, ErrorKind::kFormat, label, ": tensor '", name, "': data_offsets [", e.begin, ", ",
-                e.end, "] are beyond the data section of ", data_size, " bytes");
-    auto numel = checked_numel(e.shape);
-    uint64_t esz = dtype_size(e.dtype);
-    SFTGO_CHECK(numel && *numel <= std::numeric_limits<uint64_t>::max() / esz, ErrorKind::kFormat, label, ": tensor '",
-                name, "': shape ", shape_str(e.shape), " overflows");
-    SFTGO_CHECK(*numel * esz == e.nbytes(), ErrorKind::kFormat, label, ": tensor '", name, "': ", dtype_name(e.dtype),
-                " ", shape_str(e.shape), " needs ", *numel * esz, " bytes but data_offsets span ", e.nbytes());
-    out.tensors.push_back(std::move(e));
+    out.tensors.push_back(parse_entry(name, v, data_size, label));
   }
-  // No overlaps and no holes: sorted by offset, each tensor must start where the previous ended and
-  // the last must end at the end of the file (the spec forbids unindexed bytes).
-  std::sort(out.tensors.begin(), out.tensors.end(), [](const TensorEntry& a, const TensorEntry& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
-  uint64_t cursor = 0;
-  for (const auto& e : out.tensors) {
-    SFTGO_CHECK(e.begin >= cursor, ErrorKind::kFormat, label, ": tensor '", e.name, "': data_offsets [", e.begin, ", ",
-                e.end, "] overlap the previous tensor (which ends at ", cursor, ")");
-    SFTGO_CHECK(e.begin == cursor, ErrorKind::kFormat, label, ": tensor '", e.name, "': hole of ", e.begin - cursor,
-                " unindexed bytes before it (the spec forbids holes)");
-    cursor = e.end;
-  }
-  SFTGO_CHECK(cursor == data_size, ErrorKind::kFormat, label, ": data section has ", data_size,
-              " bytes but the tensors cover ", cursor, " (trailing unindexed bytes or truncated file)");
+  check_tiling(out.tensors, data_size, label);
   return out;
 }
 
@@ -501,105 +407,6 @@ const TensorView* SafetensorsCheckpoint::find(std::string_view name) const {
 const Metadata& SafetensorsCheckpoint::metadata() const {
   static const Metadata kEmpty;
   return files_.empty() ? kEmpty : files_.front()->metadata();
-}
-
-// ---- Writing -----------------------------------------------------------------------------------
-
-uint64_t TensorSource::nbytes() const {
-  auto n = checked_numel(shape);
-  SFTGO_CHECK(n.has_value(), ErrorKind::kFormat, "tensor '", name, "': invalid shape ", shape_str(shape));
-  return *n * dtype_size(dtype);
-}
-
-TensorSource TensorSource::borrow(std::string name, DType dtype, std::vector<int64_t> shape, const void* data) {
-  TensorSource t{std::move(name), dtype, std::move(shape), {}};
-  auto* p = static_cast<const std::byte*>(data);
-  t.bytes = [p] { return std::shared_ptr<const std::byte>(std::shared_ptr<const std::byte>(), p); };
-  return t;
-}
-
-void write_safetensors(const std::string& path, const std::vector<TensorSource>& tensors, const Metadata& metadata) {
-  const std::string tmp = path + tmp_suffix();
-  write_file_direct(tmp, tensors, metadata);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    SFTGO_FAIL(ErrorKind::kIo, path, ": rename from ", tmp, " failed: ", std::strerror(err));
-  }
-  fsync_dir(fs::path(path).parent_path());
-}
-
-std::vector<std::string> write_sharded_safetensors(const std::string& dir, const std::vector<TensorSource>& tensors,
-                                                   const ShardedWriteOptions& options,
-                                                   const std::map<std::string, std::string>& extra_files) {
-  SFTGO_CHECK(options.max_shard_bytes > 0, ErrorKind::kUsage, "max_shard_bytes must be positive");
-  fs::path target = fs::path(dir);
-  if (target.filename().empty()) target = target.parent_path();  // "out/" -> "out"
-  const fs::path parent = target.parent_path().empty() ? fs::path(".") : target.parent_path();
-  std::error_code ec;
-  fs::create_directories(parent, ec);
-  const fs::path tmp = fs::path(target.string() + tmp_suffix());
-  remove_tree(tmp);
-  SFTGO_CHECK(fs::create_directory(tmp, ec), ErrorKind::kIo, tmp.string(), ": cannot create directory: ", ec.message());
-
-  // Greedy packing in order, as HF's split does; an oversized tensor goes alone into its shard.
-  std::vector<std::vector<size_t>> shards;
-  uint64_t cur = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    uint64_t nb = tensors[i].nbytes();
-    if (shards.empty() || (cur + nb > options.max_shard_bytes && cur > 0)) {
-      shards.emplace_back();
-      cur = 0;
-    }
-    shards.back().push_back(i);
-    cur += nb;
-  }
-  if (shards.empty()) shards.emplace_back();
-
-  std::vector<std::string> names;
-  try {
-    uint64_t total = 0;
-    json weight_map = json::object();
-    for (size_t k = 0; k < shards.size(); ++k) {
-      std::string name =
-          shards.size() == 1 ? options.base_name + ".safetensors" : shard_name(options.base_name, k + 1, shards.size());
-      std::vector<TensorSource> part;
-      for (size_t i : shards[k]) {
-        part.push_back(tensors[i]);
-        total += tensors[i].nbytes();
-        weight_map[tensors[i].name] = name;
-      }
-      write_file_direct((tmp / name).string(), part, options.metadata);
-      names.push_back(name);
-    }
-    if (shards.size() > 1) {
-      json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-      write_text_file(tmp / (options.base_name + ".safetensors.index.json"), index.dump(2) + "\n");
-    }
-    for (const auto& [name, contents] : extra_files) write_text_file(tmp / name, contents);
-    fsync_dir(tmp);
-  } catch (...) {
-    remove_tree(tmp);
-    throw;
-  }
-  // Swap into place: rename(2) cannot replace a non-empty directory, so the old one is moved aside
-  // first; between the two renames a crash leaves <dir>.old-<pid> holding the previous checkpoint.
-  const fs::path old = fs::path(target.string() + ".old-" + std::to_string(::getpid()));
-  bool had_old = fs::exists(target, ec);
-  if (had_old) {
-    remove_tree(old);
-    fs::rename(target, old, ec);
-    SFTGO_CHECK(!ec, ErrorKind::kIo, target.string(), ": cannot move the previous checkpoint aside: ", ec.message());
-  }
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    std::error_code ec2;
-    if (had_old) fs::rename(old, target, ec2);
-    SFTGO_FAIL(ErrorKind::kIo, target.string(), ": cannot rename ", tmp.string(), " into place: ", ec.message());
-  }
-  fsync_dir(parent);
-  if (had_old) remove_tree(old);
-  return names;
 }
 
 }  // namespace sftgo::io
