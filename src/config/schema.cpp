@@ -169,8 +169,7 @@ std::vector<Field> fields_of(Config& c) {
       "Examples per forward pass on one rank (at most 2^16: one forward holds micro_batch_size x max_seq_len tokens)")
       .range(1, 1 << 16);
   add("train.precision", c.train.precision,
-      "fp32; bf16 (bf16 weights and compute, fp32 master weights and AdamW state); or bf16_autocast (fp32 weights and AdamW state, forward and loss in bf16 under LibTorch autocast as torch.autocast does, backward outside it; needs model.dtype float32)")
-      .one_of({"fp32", "bf16", "bf16_autocast"});
+      "Precision policy (registry name, src/train/precision.cpp): fp32; bf16 (bf16 weights and compute, fp32 master weights and AdamW state); or bf16_autocast (fp32 weights and AdamW state, forward and loss in bf16 under LibTorch autocast as torch.autocast does, backward outside it; needs model.dtype float32)");
   add("train.log_every", c.train.log_every, "Optimizer steps between metric lines").at_least(1);
   add("train.save_every", c.train.save_every, "Optimizer steps between checkpoints; 0 = only at the end").at_least(0);
   add("train.save_final", c.train.save_final,

@@ -115,6 +115,10 @@ std::vector<Tensor> apply_lora(LlamaModelImpl& model, const LoraOptions& options
 
 bool has_lora(const LlamaModelImpl& model) { return model.lora != nullptr; }
 
+std::vector<std::pair<std::string, Tensor>> trained_named_parameters(const LlamaModelImpl& model) {
+  return has_lora(model) ? lora_named_parameters(model) : model.hf_named_parameters();
+}
+
 const LoraOptions& lora_options(const LlamaModelImpl& model) {
   SFTGO_CHECK(has_lora(model), ErrorKind::kModel, "the model has no LoRA adapters");
   return *model.lora;
@@ -268,9 +272,12 @@ void load_lora_adapter(LlamaModelImpl& model, const std::string& dir) {
   check_adapter_scale(model, dir);
 }
 
-Tensor lora_head_weight(const LlamaModelImpl& model) {
-  if (!model.lm_head) return model.embed_tokens->weight;
-  const LinearImpl& l = *model.lm_head;
+Tensor lora_head_weight(const LlamaModelImpl& model) { return model.head_weight(); }
+
+// Declared in llama.h: the one answer to "which head does the loss see", with or without adapters.
+Tensor LlamaModelImpl::head_weight() const {
+  if (!lm_head) return embed_tokens->weight;
+  const LinearImpl& l = *lm_head;
   if (!l.lora_A.defined() || l.lora_disabled) return l.weight;
   SFTGO_CHECK(l.lora_dropout == 0.0 || !l.is_training(), ErrorKind::kConfig,
               "lora.dropout must be 0 when lm_head is a LoRA target (the fused loss folds the head's adapter "

@@ -41,13 +41,6 @@ grouping::GroupingOptions grouping_options(const Config& cfg) {
   return g;
 }
 
-Precision parse_precision(const std::string& name) {
-  if (name == "fp32") return Precision::kFp32;
-  if (name == "bf16") return Precision::kBf16;
-  if (name == "bf16_autocast") return Precision::kBf16Autocast;
-  SFTGO_FAIL_HINT(ErrorKind::kConfig, "use fp32, bf16 or bf16_autocast", "unknown train.precision '", name, "'");
-}
-
 double LambdaSchedule::at(int64_t step, int64_t total_steps) const {
   return decay ? loss::lambda_linear_decay(lambda_max, lambda_min, step, total_steps) : loss::lambda_static(lambda);
 }

@@ -15,6 +15,7 @@
 #include "sftgo/core/log.h"
 #include "sftgo/core/strings.h"
 #include "sftgo/core/timer.h"
+#include "sftgo/core/torch_device.h"
 #include "sftgo/core/version.h"
 #include "sftgo/data/dataset.h"
 #include "sftgo/data/loader.h"
@@ -24,7 +25,6 @@
 #include "sftgo/grouping/grouping.h"
 #include "sftgo/grouping/pipeline.h"
 #include "sftgo/loss/group_loss.h"
-#include "sftgo/model/autocast.h"
 #include "sftgo/model/config.h"
 #include "sftgo/model/llama.h"
 #include "sftgo/core/format.h"
@@ -68,11 +68,6 @@ grouping::ShardJob shard_job(int rank, int world, const Config& cfg) {
   return job;
 }
 
-UpdaterKind updater_kind(const Config& cfg, Precision precision) {
-  if (cfg.dist.zero1) return UpdaterKind::kZero1;
-  return precision == Precision::kBf16 ? UpdaterKind::kFp32Masters : UpdaterKind::kPlain;
-}
-
 }  // namespace
 
 // ---- Set-up -----------------------------------------------------------------------------------
@@ -80,12 +75,10 @@ UpdaterKind updater_kind(const Config& cfg, Precision precision) {
 void Trainer::Impl::setup() {
   Timer t;
   place_job();
-  precision = parse_precision(cfg.train.precision);
+  // The precision policy, decided once here; it refuses a model.dtype it cannot train (before any data work).
+  precision = make_precision_policy(cfg.train.precision);
+  weight_dtype = precision->weight_dtype(parse_dtype(cfg.model.dtype, "model.dtype"));
   lambdas = lambda_schedule(cfg);
-  SFTGO_CHECK_HINT(precision != Precision::kBf16Autocast || cfg.model.dtype == "float32", ErrorKind::kConfig,
-                   "set model.dtype: float32, or use train.precision: bf16 for bf16 weights",
-                   "train.precision bf16_autocast keeps fp32 weights (autocast casts them per op) but model.dtype is ",
-                   cfg.model.dtype);
   SFTGO_CHECK(cfg.train.eval_every == 0 || !cfg.data.eval_path.empty(), ErrorKind::kConfig,
               "train.eval_every is set but data.eval_path is empty: name the held-out data file");
   objective = loss::parse_objective(cfg.loss.objective);
@@ -228,8 +221,7 @@ void Trainer::Impl::prepare_dynamic(std::vector<data::TokenizedExample>& example
 
 void Trainer::Impl::build_model() {
   model::ModelOptions mo;
-  // precision bf16 always computes in bf16; the fp32 copies live with the optimizer.
-  mo.dtype = (cfg.model.dtype == "bfloat16" || precision == Precision::kBf16) ? c10::kBFloat16 : c10::kFloat;
+  mo.dtype = weight_dtype;  // the policy's (bf16 computes in bf16; its fp32 copies live with the updater)
   mo.device = device;
   mo.seed = static_cast<uint64_t>(cfg.run.seed);
   mo.activation_checkpointing = cfg.model.activation_checkpointing;
@@ -267,13 +259,10 @@ void Trainer::Impl::build_model() {
     else
       log_warn("GPU '{}' is not in the peak-FLOPs table: set train.gpu_peak_tflops for MFU", gpu_peak.name);
   }
+  const std::string summary = precision->summary();
   log_info("model: {} layers, hidden {}, {:.1f}M parameters, {} on {}{}", model->config().num_hidden_layers,
-           model->config().hidden_size, static_cast<double>(n_params) / 1e6,
-           model->dtype() == c10::kBFloat16 ? "bfloat16" : "float32", device.str(),
-           precision == Precision::kBf16
-               ? (cfg.lora.enabled ? " (frozen base, fp32 adapters)" : " (fp32 master weights)")
-           : precision == Precision::kBf16Autocast ? " (bf16 autocast)"
-                                                   : "");
+           model->config().hidden_size, static_cast<double>(n_params) / 1e6, dtype_name(model->dtype()), device.str(),
+           summary.empty() ? "" : " (" + summary + ")");
 }
 
 // The held-out set goes through the same template and grouping as the training data. A function that
@@ -316,10 +305,9 @@ void Trainer::Impl::build_updater() {
   uo.adamw = optim::adamw_options(cfg.optim);
   uo.bucket_mb = cfg.dist.bucket_mb;
   uo.zero1_fp32_grads = cfg.dist.zero1_fp32_grads;
-  // LoRA: only the (fp32) adapters train, so no fp32 masters are needed whatever the precision.
-  const bool lora = model::has_lora(*model);
-  const UpdaterKind kind = lora && !cfg.dist.zero1 ? UpdaterKind::kPlain : updater_kind(cfg, precision);
-  updater = make_updater(kind, comm, lora ? model::lora_named_parameters(*model) : model->hf_named_parameters(), uo);
+  // The trained parameters (LoRA: the fp32 adapters, so bf16 needs no masters for them) and the policy's
+  // choice of Updater for them.
+  updater = precision->make_updater({comm, model::trained_named_parameters(*model), uo, cfg.dist.zero1});
 }
 
 }  // namespace sftgo::train

@@ -27,10 +27,8 @@
 #include "sftgo/grouping/grouping.h"
 #include "sftgo/grouping/pipeline.h"
 #include "sftgo/loss/group_loss.h"
-#include "sftgo/model/autocast.h"
 #include "sftgo/model/config.h"
 #include "sftgo/model/llama.h"
-#include "sftgo/model/lora.h"
 #include "sftgo/optim/optim.h"
 #include "sftgo/tokenizer/tokenizer.h"
 #include "sftgo/train/options.h"
@@ -305,32 +303,22 @@ loss::FusedLossOptions Trainer::Impl::loss_options(double lambda, MicroBatch& b)
   return o;
 }
 
-// [V,H]. bf16_autocast: a bf16 copy (its backward hands the fp32 parameter an fp32 gradient).
-at::Tensor Trainer::Impl::head_weight() const {
-  // LoRA with lm_head among the targets: W + s B A (the fused loss takes the weight, not the module).
-  const at::Tensor w = model::has_lora(*model) ? model::lora_head_weight(*model)
-                       : model->lm_head        ? model->lm_head->weight
-                                               : model->embed_tokens->weight;
-  return precision == Precision::kBf16Autocast ? w.to(at::kBFloat16) : w;
-}
+// [V,H]: the model's head (tied, untied, or with its LoRA adapter folded in) as the precision
+// policy has the loss see it.
+at::Tensor Trainer::Impl::head_weight() const { return precision->loss_head(model->head_weight()); }
 
 at::Tensor Trainer::Impl::forward_hidden(const MicroBatch& b) {
-  const bool autocast = precision == Precision::kBf16Autocast;
   at::Tensor hidden;  // [B,S,H]
   {
-    // One region per forward: leaving it drops the cached bf16 weight casts (the weights change at the
-    // next optimizer step). Checkpointed blocks re-enter the same state for their recomputation.
-    std::optional<model::AutocastGuard> region;
-    if (autocast) region.emplace(device.type(), at::kBFloat16);
+    // The policy's region (autocast, or none) covers the model forward only; checkpointed blocks
+    // re-enter its state for their recomputation.
+    const auto region = precision->forward_region(device.type());
     hidden = model->forward(b.ids, b.positions, b.mask);
   }
   const int64_t S = hidden.size(1), H = hidden.size(2);
   // Only trained positions reach the LM head: prompt tokens cost no [T x V] work at all.
   hidden = hidden.slice(1, 0, S - 1).reshape({-1, H}).index_select(0, b.view.select);
-  // The fused loss keeps its own precision (fp32 softmax and grad_h accumulation over bf16 GEMMs), so
-  // under autocast it gets bf16 inputs and runs outside the region, as torch.amp.custom_fwd(cast_inputs=
-  // torch.bfloat16) would run it; its bf16 logits blocks equal what autocast makes of HF's lm_head.
-  return autocast ? hidden.to(at::kBFloat16) : hidden;
+  return precision->loss_hidden(hidden);  // [T,H] in the dtype the policy's loss takes
 }
 
 // ---- Trainer ----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@
 #include "sftgo/tokenizer/tokenizer.h"
 #include "sftgo/train/metrics.h"
 #include "sftgo/train/options.h"
+#include "sftgo/train/precision.h"
 #include "sftgo/train/trainer.h"
 #include "sftgo/train/updater.h"
 #include "step.h"
@@ -53,7 +54,8 @@ struct Trainer::Impl {
   // The config, decided once at its boundary.
   loss::Objective objective = loss::Objective::kSftGo;
   loss::StatsScope scope = loss::StatsScope::kStep;
-  Precision precision = Precision::kFp32;
+  std::unique_ptr<PrecisionPolicy> precision;  // train.precision: weight dtype, forward region, loss inputs, updater
+  c10::ScalarType weight_dtype = c10::kFloat;  // the model's parameters, as the policy resolves model.dtype
   LambdaSchedule lambdas;
   optim::LrSchedule schedule;
 

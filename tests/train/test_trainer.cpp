@@ -19,6 +19,7 @@
 #include "sftgo/grouping/dynamic.h"
 #include "sftgo/model/llama.h"
 #include "sftgo/model/lora.h"
+#include "sftgo/train/precision.h"
 #include "sftgo/train/trainer.h"
 #include "../../src/train/step.h"
 #include "../../src/train/trainer_impl.h"
@@ -578,6 +579,145 @@ TEST_F(TrainerTest, DynamicGroupingFunctionPlugsInWithoutTrainerChanges) {
     EXPECT_GT(m.count_imp, 0);
     // The chosen tokens are the highest-loss ones: their mean CE is above the other group's.
     EXPECT_GT(m.loss_imp, m.loss_unimp);
+  }
+}
+
+// A precision mode defined here, not in src/ (issue 26): a fixed loss scale of 2^10 on fp32 weights.
+// The policy scales the gradients leaving the loss's two inputs (every parameter's gradient passes
+// through one of them); its Updater divides them back before the real one clips and steps. Scaling by a
+// power of two is exact in binary floating point (no value of this model nears overflow or the
+// subnormals), so the run must equal the fp32 run bit for bit, while the updater saw gradients 2^10
+// times larger.
+constexpr double kTestLossScale = 1024.0;
+
+class GradScale : public torch::autograd::Function<GradScale> {
+ public:
+  // x [any]: an identity whose backward multiplies the gradient by `scale`.
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, double scale) {
+    ctx->saved_data["scale"] = scale;
+    return x.clone();
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad) {
+    return {grad[0] * ctx->saved_data["scale"].toDouble(), at::Tensor()};
+  }
+};
+
+class UnscalingUpdater final : public Updater {
+ public:
+  UnscalingUpdater(std::unique_ptr<Updater> inner, optim::NamedParameters params, double scale)
+      : inner_(std::move(inner)), params_(std::move(params)), scale_(scale) {}
+  UpdaterKind kind() const override { return inner_->kind(); }
+  void before_last_backward() override { inner_->before_last_backward(); }
+  void after_backward() override { inner_->after_backward(); }
+  double step(double lr, double max_norm, bool finite) override {
+    torch::NoGradGuard no_grad;
+    double sq = 0;
+    for (const auto& [name, p] : params_) {
+      if (!p.grad().defined()) continue;
+      sq += p.grad().to(at::kDouble).pow(2).sum().item<double>();
+      p.grad().mul_(1.0 / scale_);
+    }
+    scaled_norms.push_back(std::sqrt(sq));
+    return inner_->step(lr, max_norm, finite);
+  }
+  void zero_grad() override { inner_->zero_grad(); }
+  double comm_seconds() const override { return inner_->comm_seconds(); }
+  void add_to_save(checkpoint::SaveRequest& r, const std::string& staging) override { inner_->add_to_save(r, staging); }
+  void resume(const std::string& dir) override { inner_->resume(dir); }
+  static inline std::vector<double> scaled_norms;  // the gradient norm each step() received
+
+ private:
+  std::unique_ptr<Updater> inner_;
+  optim::NamedParameters params_;
+  double scale_;
+};
+
+class LossScalePolicy final : public PrecisionPolicy {
+ public:
+  std::string name() const override { return "test_loss_scale"; }
+  at::Tensor loss_hidden(const at::Tensor& hidden) const override { return GradScale::apply(hidden, kTestLossScale); }
+  at::Tensor loss_head(const at::Tensor& head) const override { return GradScale::apply(head, kTestLossScale); }
+  std::unique_ptr<Updater> make_updater(const UpdaterSetup& s) const override {
+    return std::make_unique<UnscalingUpdater>(PrecisionPolicy::make_updater(s), s.params, kTestLossScale);
+  }
+};
+
+TEST_F(TrainerTest, PrecisionPolicyPlugsInWithoutTrainerChanges) {
+  static const bool registered = [] {
+    register_precision_policy("test_loss_scale", [] { return std::make_unique<LossScalePolicy>(); });
+    return true;
+  }();
+  ASSERT_TRUE(registered);
+  auto train = [&](const std::string& run, const std::string& precision, std::vector<double>& norms) {
+    TrainerHooks hooks;
+    hooks.on_step = [&](const StepMetrics& m) {
+      norms.push_back(m.grad_norm);
+      return true;
+    };
+    // Two micro-batches per step: gradients accumulate over backward passes before the unscale.
+    Trainer t(config(run, {"train.precision=" + precision, "train.max_steps=3", "train.micro_batch_size=4"}), hooks);
+    t.run();
+    return weights(t);
+  };
+  std::vector<double> fp32_norms, scaled_norms;
+  const auto fp32 = train("fp32", "fp32", fp32_norms);
+  UnscalingUpdater::scaled_norms.clear();
+  const auto scaled = train("scaled", "test_loss_scale", scaled_norms);
+  EXPECT_EQ(max_diff(fp32, scaled), 0.0);
+  ASSERT_EQ(scaled_norms.size(), 3u);
+  ASSERT_EQ(UnscalingUpdater::scaled_norms.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(scaled_norms[i], fp32_norms[i]) << "step " << i + 1;
+    // The scale reached the gradients: the updater saw norms 2^10 larger (summed in double here, in
+    // fp32 per tensor by the updater: 1e-5 relative covers the different summation order).
+    EXPECT_NEAR(UnscalingUpdater::scaled_norms[i], kTestLossScale * fp32_norms[i], 1e-5 * kTestLossScale * fp32_norms[i]);
+  }
+}
+
+// The built-in policies: weight dtypes, the refused combination, and which Updater holds the trained
+// parameters (bf16 keeps fp32 masters only of parameters held below fp32: LoRA adapters are fp32).
+TEST(PrecisionPolicy, BuiltInsResolveDtypesAndUpdaters) {
+  EXPECT_GE(precision_policy_names().size(), 3u);
+  auto fp32 = make_precision_policy("fp32");
+  auto bf16 = make_precision_policy("bf16");
+  auto autocast = make_precision_policy("bf16_autocast");
+  EXPECT_EQ(fp32->weight_dtype(c10::kFloat), c10::kFloat);
+  EXPECT_EQ(bf16->weight_dtype(c10::kFloat), c10::kBFloat16);
+  EXPECT_EQ(autocast->weight_dtype(c10::kFloat), c10::kFloat);
+  try {
+    autocast->weight_dtype(c10::kBFloat16);
+    ADD_FAILURE() << "bf16_autocast accepted bfloat16 weights";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("model.dtype is bfloat16"), std::string::npos) << e.message();
+  }
+  EXPECT_EQ(fp32->forward_region(c10::DeviceType::CPU), nullptr);
+  EXPECT_NE(autocast->forward_region(c10::DeviceType::CPU), nullptr);
+  const at::Tensor h = torch::randn({3, 4});
+  EXPECT_TRUE(fp32->loss_hidden(h).is_same(h));
+  EXPECT_EQ(autocast->loss_hidden(h).scalar_type(), at::kBFloat16);
+  EXPECT_EQ(autocast->loss_head(h).scalar_type(), at::kBFloat16);
+
+  auto comm = dist::Comm::create(dist::LaunchEnv{}, {}, c10::kCPU);
+  auto params = [](c10::ScalarType dtype) {
+    return optim::NamedParameters{{"w", torch::zeros({2, 2}, dtype).set_requires_grad(true)}};
+  };
+  EXPECT_EQ(bf16->make_updater({comm, params(at::kBFloat16), {}, false})->kind(), UpdaterKind::kFp32Masters);
+  EXPECT_EQ(bf16->make_updater({comm, params(at::kFloat), {}, false})->kind(), UpdaterKind::kPlain);  // LoRA
+  EXPECT_EQ(bf16->make_updater({comm, params(at::kBFloat16), {}, true})->kind(), UpdaterKind::kZero1);
+  EXPECT_EQ(fp32->make_updater({comm, params(at::kFloat), {}, false})->kind(), UpdaterKind::kPlain);
+  EXPECT_EQ(autocast->make_updater({comm, params(at::kFloat), {}, true})->kind(), UpdaterKind::kZero1);
+}
+
+TEST(PrecisionPolicy, UnknownNameNamesTheRegisteredOnes) {
+  try {
+    make_precision_policy("bf61");
+    ADD_FAILURE() << "an unknown train.precision was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_NE(e.message().find("unknown train.precision 'bf61'"), std::string::npos) << e.message();
+    EXPECT_NE(e.message().find("bf16_autocast"), std::string::npos) << e.message();
+    EXPECT_NE(e.hint().find("did you mean 'bf16'"), std::string::npos) << e.hint();
   }
 }
 

@@ -158,6 +158,10 @@ class LlamaModelImpl : public torch::nn::Module {
                         const torch::Tensor& attn_mask = {});
   // hidden [B,S,H] -> logits [B,S,V] in the model dtype (tied: embed_tokens.weight is the head).
   torch::Tensor logits(const torch::Tensor& hidden);
+  // The LM head weight [V,H] as a loss that takes a head weight (not the module) must see it:
+  // embed_tokens.weight when tied, lm_head.weight, or W + s * B A when lm_head has a LoRA adapter
+  // (model/lora.h: formed in fp32, cast to W's dtype, differentiable in A and B; defined in lora.cpp).
+  torch::Tensor head_weight() const;
   // Incremental decoding: ids [B,T] at positions cache.length.., appends to `cache`, returns the
   // final-normed hidden states [B,T,H].
   torch::Tensor forward_cached(const torch::Tensor& ids, KVCache& cache);

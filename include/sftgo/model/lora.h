@@ -40,6 +40,10 @@ const LoraOptions& lora_options(const LlamaModelImpl& model);
 // A is [r, in], B is [out, r]. The tensors are the parameters themselves (not copies).
 std::vector<std::pair<std::string, torch::Tensor>> lora_named_parameters(const LlamaModelImpl& model);
 
+// The parameters an optimizer updates: the adapters (PEFT names, as lora_named_parameters) when the
+// model has any, else every parameter (HF names, as hf_named_parameters).
+std::vector<std::pair<std::string, torch::Tensor>> trained_named_parameters(const LlamaModelImpl& model);
+
 // Turns every adapter off (true) or back on: the reference pass of Rho-1 on the frozen base model.
 void set_lora_disabled(LlamaModelImpl& model, bool disabled);
 
@@ -54,11 +58,11 @@ void save_lora_adapter(const LlamaModelImpl& model, const std::string& dir);
 // (kModel/kConfig) name the file and the tensor: unexpected, missing, or of the wrong shape.
 void load_lora_adapter(LlamaModelImpl& model, const std::string& dir);
 
-// The LM head's weight [V, H] as the loss should see it: the base head (lm_head, or embed_tokens when
-// tied) when it has no adapter, else W + s * B A formed in fp32 and cast to W's dtype, differentiable
-// with respect to A and B. The fused loss takes a head weight instead of calling lm_head, so a trainer
-// with lm_head among the targets must pass this (costs one [V, H] temporary per step; no dropout on
-// this path: lm_head with lora.dropout > 0 is refused here with kConfig).
+// The LM head's weight [V, H] as the loss should see it: model.head_weight(). The base head (lm_head, or
+// embed_tokens when tied) when it has no adapter, else W + s * B A formed in fp32 and cast to W's dtype,
+// differentiable with respect to A and B. The fused loss takes a head weight instead of calling lm_head,
+// so a trainer must pass this (with lm_head among the targets it costs one [V, H] temporary per step; no
+// dropout on this path: lm_head with lora.dropout > 0 in training is refused here with kConfig).
 torch::Tensor lora_head_weight(const LlamaModelImpl& model);
 
 // Folds every adapter into its base weight, W += s * B A (computed in fp32, rounded once to the

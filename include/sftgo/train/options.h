@@ -11,13 +11,7 @@ namespace sftgo::train {
 data::DataOptions data_options(const Config& config);
 grouping::GroupingOptions grouping_options(const Config& config);
 
-// train.precision
-enum class Precision {
-  kFp32,          // fp32 weights, compute and AdamW state
-  kBf16,          // bf16 weights and compute; fp32 master weights and AdamW state
-  kBf16Autocast,  // fp32 weights and AdamW state; forward and loss in bf16 under LibTorch autocast
-};
-Precision parse_precision(const std::string& name);  // kConfig on an unknown name
+// train.precision is a policy, not an enum: train/precision.h.
 
 // loss.lambda_schedule with its values: static lambda, or linear decay from lambda_max to lambda_min.
 struct LambdaSchedule {

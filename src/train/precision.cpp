@@ -1,0 +1,118 @@
+// The precision policies of train.precision and their registry (include/sftgo/train/precision.h).
+#include "sftgo/train/precision.h"
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+
+#include "sftgo/core/error.h"
+#include "sftgo/core/strings.h"
+#include "sftgo/core/torch_device.h"
+
+namespace sftgo::train {
+
+PrecisionPolicy::~PrecisionPolicy() = default;
+
+std::unique_ptr<Updater> PrecisionPolicy::make_updater(const UpdaterSetup& s) const {
+  return train::make_updater(s.zero1 ? UpdaterKind::kZero1 : UpdaterKind::kPlain, s.comm, s.params, s.options);
+}
+
+namespace {
+
+// fp32 weights, compute and AdamW state (the config refuses model.dtype bfloat16 with it).
+class Fp32Policy final : public PrecisionPolicy {
+ public:
+  std::string name() const override { return "fp32"; }
+};
+
+// bf16 weights and compute; the update keeps fp32 master weights and AdamW state for every trained
+// parameter held in bf16. LoRA adapters are fp32 already, so a LoRA run needs no masters.
+class Bf16MastersPolicy final : public PrecisionPolicy {
+ public:
+  std::string name() const override { return "bf16"; }
+  std::string summary() const override { return "bf16 compute, fp32 master weights of bf16 trained parameters"; }
+  c10::ScalarType weight_dtype(c10::ScalarType) const override { return c10::kBFloat16; }
+  std::unique_ptr<Updater> make_updater(const UpdaterSetup& s) const override {
+    const bool below_fp32 = std::any_of(s.params.begin(), s.params.end(),
+                                        [](const auto& p) { return p.second.scalar_type() != c10::kFloat; });
+    if (s.zero1 || !below_fp32) return PrecisionPolicy::make_updater(s);  // ZeRO-1 keeps its own fp32 shard
+    return train::make_updater(UpdaterKind::kFp32Masters, s.comm, s.params, s.options);
+  }
+};
+
+// fp32 weights and AdamW state; the forward runs inside a bf16 autocast region and the fused loss
+// takes bf16 inputs outside it, as torch.amp.custom_fwd(cast_inputs=torch.bfloat16) would run it: its
+// fp32 softmax and grad_h accumulation over bf16 GEMMs stay its own, and its bf16 logit blocks equal
+// what autocast makes of HF's lm_head. The head cast's backward hands the fp32 parameter an fp32 gradient.
+class Bf16AutocastPolicy final : public PrecisionPolicy {
+ public:
+  std::string name() const override { return "bf16_autocast"; }
+  std::string summary() const override { return "bf16 autocast"; }
+  c10::ScalarType weight_dtype(c10::ScalarType configured) const override {
+    SFTGO_CHECK_HINT(configured == c10::kFloat, ErrorKind::kConfig,
+                     "set model.dtype: float32, or use train.precision: bf16 for bf16 weights",
+                     "train.precision bf16_autocast keeps fp32 weights (autocast casts them per op) but model.dtype is ",
+                     dtype_name(configured));
+    return configured;
+  }
+  // One region per forward: leaving it drops the cached bf16 weight casts (the weights change at the
+  // next optimizer step).
+  std::unique_ptr<model::AutocastGuard> forward_region(c10::DeviceType device) const override {
+    return std::make_unique<model::AutocastGuard>(device, at::kBFloat16);
+  }
+  at::Tensor loss_hidden(const at::Tensor& hidden) const override { return hidden.to(at::kBFloat16); }
+  at::Tensor loss_head(const at::Tensor& head) const override { return head.to(at::kBFloat16); }
+};
+
+struct PrecisionRegistry {
+  std::mutex mu;
+  std::map<std::string, PrecisionFactory> factories;
+};
+
+PrecisionRegistry& precision_registry() {
+  // The built-ins, one line per policy, filled on first use (no static-initialisation order to lose one).
+  static PrecisionRegistry* r = [] {
+    auto* reg = new PrecisionRegistry;
+    reg->factories.emplace("fp32", [] { return std::make_unique<Fp32Policy>(); });
+    reg->factories.emplace("bf16", [] { return std::make_unique<Bf16MastersPolicy>(); });
+    reg->factories.emplace("bf16_autocast", [] { return std::make_unique<Bf16AutocastPolicy>(); });
+    return reg;
+  }();
+  return *r;
+}
+
+}  // namespace
+
+void register_precision_policy(const std::string& name, PrecisionFactory factory) {
+  auto& r = precision_registry();
+  std::lock_guard lock(r.mu);
+  SFTGO_CHECK(!name.empty() && factory, ErrorKind::kInternal, "a precision policy needs a name and a factory");
+  SFTGO_CHECK(r.factories.emplace(name, std::move(factory)).second, ErrorKind::kInternal, "precision policy '", name,
+              "' is already registered");
+}
+
+std::vector<std::string> precision_policy_names() {
+  auto& r = precision_registry();
+  std::lock_guard lock(r.mu);
+  std::vector<std::string> names;
+  for (const auto& [name, f] : r.factories) names.push_back(name);
+  return names;
+}
+
+std::unique_ptr<PrecisionPolicy> make_precision_policy(const std::string& name) {
+  PrecisionFactory factory;
+  {
+    auto& r = precision_registry();
+    std::lock_guard lock(r.mu);
+    if (auto it = r.factories.find(name); it != r.factories.end()) factory = it->second;
+  }
+  if (!factory) {
+    const auto names = precision_policy_names();
+    const auto close = closest_match(name, names);
+    SFTGO_FAIL_HINT(ErrorKind::kConfig, close.empty() ? "use one of the registered names" : "did you mean '" + close + "'?",
+                    "unknown train.precision '", name, "'; registered: ", join(names, ", "));
+  }
+  return factory();
+}
+
+}  // namespace sftgo::train
