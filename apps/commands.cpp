@@ -20,6 +20,7 @@
 #include "sftgo/dist/dist.h"
 #include "sftgo/grouping/grouping.h"
 #include "sftgo/model/config.h"
+#include "sftgo/optim/rule.h"
 #include "sftgo/train/precision.h"
 #include "sftgo/train/trainer.h"
 
@@ -45,6 +46,7 @@ void validate_run_config(const LoadedConfig& loaded) {
   const Config& cfg = loaded.config;
   grouping::check_grouping_function_name(cfg.grouping.function);
   train::make_precision_policy(cfg.train.precision);  // a registered precision policy
+  optim::check_update_rule(cfg.optim, cfg.dist.zero1);  // a registered rule, and one ZeRO-1 can shard
   if (!cfg.model.path.empty()) {
     // A checkpoint that is not there is reported where it is loaded, naming the file.
     const std::filesystem::path json = std::filesystem::path(cfg.model.path) / "config.json";

@@ -138,6 +138,8 @@ std::vector<Field> fields_of(Config& c) {
       .range(0, 1 << 24);
   add("loss.check_finite", c.loss.check_finite, "Check the loss and inputs for NaN/Inf every step");
 
+  add("optim.name", c.optim.name,
+      "Update rule (registry name): adamw; a rule that updates whole matrices cannot run with dist.zero1");
   add("optim.lr", c.optim.lr, "Peak learning rate").above(0);
   add("optim.beta1", c.optim.beta1, "AdamW beta1").range(0, 1);
   add("optim.beta2", c.optim.beta2, "AdamW beta2").range(0, 1);

@@ -101,9 +101,10 @@ struct AddIntoFlat : torch::autograd::PostAccumulateGradHook {
 
 }  // namespace
 
-ZeroAdamW::ZeroAdamW(std::shared_ptr<Comm> comm, const optim::NamedParameters& params,
-                     const optim::AdamWOptions& options, bool fp32_grads)
-    : comm_(std::move(comm)), options_(options) {
+ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, const optim::NamedParameters& params,
+                             const optim::RuleOptions& options, bool fp32_grads)
+    : comm_(std::move(comm)), rule_(optim::make_update_rule(options)) {
+  optim::check_shardable(*rule_);  // a whole-matrix rule cannot update a flat shard
   torch::NoGradGuard no_grad;
   for (const auto& [name, p] : params) {
     if (!p.requires_grad()) continue;
@@ -125,8 +126,7 @@ ZeroAdamW::ZeroAdamW(std::shared_ptr<Comm> comm, const optim::NamedParameters& p
   for (size_t i = 0; i < params_.size(); ++i)
     flat_.narrow(0, segments_[i].first, segments_[i].second).copy_(params_[i].reshape({-1}));
   master_ = flat_.narrow(0, begin_, shard_).to(at::kFloat).clone();
-  exp_avg_ = at::zeros_like(master_);
-  exp_avg_sq_ = at::zeros_like(master_);
+  for (size_t k = 0; k < rule_->state_names().size(); ++k) state_.push_back(at::zeros_like(master_));
   shard_buf_ = at::empty({shard_}, flat_.options());
   if (hooked_) {
     for (size_t i = 0; i < params_.size(); ++i)
@@ -135,16 +135,16 @@ ZeroAdamW::ZeroAdamW(std::shared_ptr<Comm> comm, const optim::NamedParameters& p
   zero_grad();
 }
 
-ZeroAdamW::~ZeroAdamW() {
+ZeroOptimizer::~ZeroOptimizer() {
   if (hooked_)
     for (auto& p : params_) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
 }
 
-at::Tensor ZeroAdamW::grad_view(size_t i) const {
+at::Tensor ZeroOptimizer::grad_view(size_t i) const {
   return flat_.narrow(0, segments_[i].first, segments_[i].second).view(params_[i].sizes());
 }
 
-void ZeroAdamW::zero_grad() {
+void ZeroOptimizer::zero_grad() {
   // Gradients live in flat_ (backward accumulates into these views in place), so reduce-scatter
   // reads them without a second full-size gradient buffer.
   torch::NoGradGuard no_grad;
@@ -158,7 +158,8 @@ void ZeroAdamW::zero_grad() {
   }
 }
 
-double ZeroAdamW::step(double lr, double max_norm, bool skip) {
+double ZeroOptimizer::step(double lr, double max_norm, bool finite) {
+  if (!finite) return NAN;  // the same on every rank: no rank enters the collectives below
   torch::NoGradGuard no_grad;
   // 1. Reduce-scatter the flat gradients (a gradient that is not a view of flat_, e.g. one replaced
   // by other code, is copied in first; with hooks, one that no hook saw is added): this rank gets the
@@ -177,7 +178,7 @@ double ZeroAdamW::step(double lr, double max_norm, bool skip) {
 
   // 2. Global norm from every shard's squared norm, accumulated in float64 like optim::clip_grad_norm.
   // Large shards are processed in slices so temporaries stay a few MB (8B parameters: 1B per rank).
-  constexpr int64_t kSlice = int64_t{1} << 22;
+  constexpr int64_t kSlice = optim::kRuleSliceElements;  // 16 MB of fp32, as the plain updaters slice
   // The sum stays on the device (one host sync per step, not one per slice: ~240 on an 8B shard), added
   // in the same order as before, so the norm is the same double.
   at::Tensor local_sq = at::zeros({}, shard_buf_.options().dtype(at::kDouble));
@@ -186,30 +187,25 @@ double ZeroAdamW::step(double lr, double max_norm, bool skip) {
     local_sq += shard_buf_.narrow(0, o, n).to(at::kDouble).pow(2).sum();
   }
   const double norm = std::sqrt(comm_->sum({local_sq.item<double>()})[0]);
-  if (skip || !std::isfinite(norm)) return norm;
+  if (!std::isfinite(norm)) return norm;
   const double clip = max_norm > 0.0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0;
 
-  // 3. AdamW on the shard, element for element as torch::optim::AdamW computes it (decoupled decay,
-  // bias corrections), in slices.
+  // 3. The update rule on the shard: decay on each parameter's part of it, then the element-wise rule
+  // in slices (the same rule object and operations the plain updater applies to whole parameters).
   ++steps_;
-  const double b1 = options_.beta1, b2 = options_.beta2;
   for (size_t i = 0; i < params_.size(); ++i) {
     if (decay_[i] == 0.0) continue;
     const int64_t lo = std::max(segments_[i].first, begin_);
     const int64_t hi = std::min(segments_[i].first + segments_[i].second, begin_ + shard_);
-    if (lo < hi) master_.narrow(0, lo - begin_, hi - lo).mul_(1.0 - lr * decay_[i]);
+    if (lo < hi) rule_->decay(master_.narrow(0, lo - begin_, hi - lo), lr, decay_[i]);
   }
-  const double bc1 = 1.0 - std::pow(b1, static_cast<double>(steps_));
-  const double bc2 = 1.0 - std::pow(b2, static_cast<double>(steps_));
+  std::vector<at::Tensor> state(state_.size());
   for (int64_t o = 0; o < shard_; o += kSlice) {
     const int64_t n = std::min(kSlice, shard_ - o);
     at::Tensor g = shard_buf_.narrow(0, o, n).to(at::kFloat);
     if (clip != 1.0) g.mul_(clip);
-    at::Tensor m = exp_avg_.narrow(0, o, n), v = exp_avg_sq_.narrow(0, o, n);
-    m.mul_(b1).add_(g, 1.0 - b1);
-    v.mul_(b2).addcmul_(g, g, 1.0 - b2);
-    at::Tensor denom = v.sqrt().div_(std::sqrt(bc2)).add_(options_.eps);
-    master_.narrow(0, o, n).addcdiv_(m, denom, -lr / bc1);
+    for (size_t k = 0; k < state_.size(); ++k) state[k] = state_[k].narrow(0, o, n);
+    rule_->apply(master_.narrow(0, o, n), g, state, lr, steps_);
   }
   if (padded_ > numel_ && begin_ + shard_ > numel_) {
     const int64_t lo = std::max<int64_t>(0, numel_ - begin_);
@@ -221,16 +217,17 @@ double ZeroAdamW::step(double lr, double max_norm, bool skip) {
   return norm;
 }
 
-void ZeroAdamW::save_shard(const std::string& path) const {
+void ZeroOptimizer::save_shard(const std::string& path) const {
   torch::serialize::OutputArchive a;
   a.write("master", master_.cpu());
-  a.write("exp_avg", exp_avg_.cpu());
-  a.write("exp_avg_sq", exp_avg_sq_.cpu());
+  const auto names = rule_->state_names();  // AdamW: exp_avg, exp_avg_sq
+  for (size_t k = 0; k < names.size(); ++k) a.write(names[k], state_[k].cpu());
   // begin, size, numel (unpadded), steps
   a.write("range", torch::tensor({begin_, shard_, numel_, steps_}, torch::kInt64));
   // The saving rank and world size, checked against the file's name on resume.
   a.write("rank_world", torch::tensor({static_cast<int64_t>(comm_->rank()), static_cast<int64_t>(comm_->world_size())},
                                       torch::kInt64));
+  a.write(optim::kUpdateRuleKey, c10::IValue(rule_->name()));
   // Through a CheckedFile: LibTorch's own file writer aborts the process (std::terminate from its
   // destructor) when the disk fills mid-archive; this sink never throws and finish() reports the
   // first write error naming the file (and removes it).
@@ -284,6 +281,49 @@ void check_against_manifest(const std::string& path, const std::map<std::string,
                    " (the file was changed or replaced by another shard after the save)");
 }
 
+// One shard file's tensors, checked against its name and the running rule.
+struct ShardFile {
+  at::Tensor master, range;      // [size] fp32; [4] begin, size, numel, steps
+  std::vector<at::Tensor> state;  // [size] fp32 each, the rule's state_names() order
+};
+
+ShardFile read_shard_file(const std::string& path, const optim::UpdateRule& rule) {
+  torch::serialize::InputArchive a;
+  ShardFile f;
+  at::Tensor rank_world;
+  c10::IValue saved_rule;
+  bool named = false;
+  try {
+    a.load_from(path, c10::Device(c10::kCPU));  // saved from the CPU; only this rank's slice moves on
+    a.read("master", f.master);
+    const bool has_rule = a.try_read(optim::kUpdateRuleKey, saved_rule);  // absent: written before rules, AdamW
+    const std::string by = has_rule && saved_rule.isString() ? saved_rule.toStringRef() : "adamw";
+    SFTGO_CHECK_HINT(by == rule.name(), ErrorKind::kConfig, "resume with the optim.name the run was saved with", path,
+                     ": saved by update rule '", by, "', but optim.name is '", rule.name(), "'");
+    for (const auto& name : rule.state_names()) {
+      at::Tensor t;
+      SFTGO_CHECK(a.try_read(name, t), ErrorKind::kFormat, path, ": no '", name, "' tensor, which update rule '",
+                  rule.name(), "' keeps");
+      f.state.push_back(t);
+    }
+    a.read("range", f.range);
+    named = a.try_read("rank_world", rank_world);  // absent in shards saved before it was written
+  } catch (const c10::Error& e) {
+    SFTGO_FAIL(ErrorKind::kFormat, path, ": not a ZeRO-1 shard (", e.what_without_backtrace(), ")");
+  }
+  if (named) {
+    const auto [nr, nw] = shard_rank_and_world(path);
+    const bool two = rank_world.numel() == 2;
+    const int64_t wr = two ? rank_world[0].item<int64_t>() : -1, ww = two ? rank_world[1].item<int64_t>() : -1;
+    SFTGO_CHECK(wr == nr && ww == nw, ErrorKind::kFormat, path, ": written by rank ", wr, " of ", ww,
+                ", not by the rank ", nr, " of ", nw, " its name gives");
+  }
+  bool consistent = f.range.numel() == 4 && f.master.numel() == f.range[1].item<int64_t>();
+  for (const auto& t : f.state) consistent = consistent && t.numel() == f.master.numel();
+  SFTGO_CHECK(consistent, ErrorKind::kFormat, path, ": inconsistent ZeRO-1 shard tensors");
+  return f;
+}
+
 }  // namespace
 
 std::vector<std::string> zero_shards_overlapping(const std::vector<std::string>& paths, int64_t numel, int64_t begin,
@@ -301,7 +341,7 @@ std::vector<std::string> zero_shards_overlapping(const std::vector<std::string>&
   return out;
 }
 
-void ZeroAdamW::load_shards(const std::vector<std::string>& paths) {
+void ZeroOptimizer::load_shards(const std::vector<std::string>& paths) {
   torch::NoGradGuard no_grad;
   SFTGO_CHECK(!paths.empty(), ErrorKind::kFormat, "ZeRO-1 resume: the checkpoint has no zero_rank*.pt shard files");
   int64_t filled = 0, steps = -1;
@@ -313,29 +353,8 @@ void ZeroAdamW::load_shards(const std::vector<std::string>& paths) {
   const auto manifest = manifest_of(paths);
   for (const auto& path : needed) {
     check_against_manifest(path, manifest);
-    torch::serialize::InputArchive a;
-    at::Tensor m, ea, es, range, rank_world;
-    bool named = false;
-    try {
-      a.load_from(path, c10::Device(c10::kCPU));  // saved from the CPU; only this rank's slice moves on
-      a.read("master", m);
-      a.read("exp_avg", ea);
-      a.read("exp_avg_sq", es);
-      a.read("range", range);
-      named = a.try_read("rank_world", rank_world);  // absent in shards saved before it was written
-    } catch (const c10::Error& e) {
-      SFTGO_FAIL(ErrorKind::kFormat, path, ": not a ZeRO-1 shard (", e.what_without_backtrace(), ")");
-    }
-    if (named) {
-      const auto [nr, nw] = shard_rank_and_world(path);
-      const bool two = rank_world.numel() == 2;
-      const int64_t wr = two ? rank_world[0].item<int64_t>() : -1, ww = two ? rank_world[1].item<int64_t>() : -1;
-      SFTGO_CHECK(wr == nr && ww == nw, ErrorKind::kFormat, path, ": written by rank ", wr, " of ", ww,
-                  ", not by the rank ", nr, " of ", nw, " its name gives");
-    }
-    SFTGO_CHECK(range.numel() == 4 && m.numel() == range[1].item<int64_t>() && ea.numel() == m.numel() &&
-                    es.numel() == m.numel(),
-                ErrorKind::kFormat, path, ": inconsistent ZeRO-1 shard tensors");
+    const ShardFile f = read_shard_file(path, *rule_);
+    const at::Tensor& range = f.range;
     const int64_t fb = range[0].item<int64_t>(), fs = range[1].item<int64_t>(), fn = range[2].item<int64_t>();
     SFTGO_CHECK(fn == numel_, ErrorKind::kFormat, path, ": shard of a model with ", fn, " parameters, this one has ",
                 numel_);
@@ -349,9 +368,9 @@ void ZeroAdamW::load_shards(const std::vector<std::string>& paths) {
     const int64_t lo = std::max(fb, begin_), hi = std::min({fb + fs, end});
     if (lo >= hi) continue;
     const auto dev = master_.device();
-    master_.narrow(0, lo - begin_, hi - lo).copy_(m.narrow(0, lo - fb, hi - lo).to(dev));
-    exp_avg_.narrow(0, lo - begin_, hi - lo).copy_(ea.narrow(0, lo - fb, hi - lo).to(dev));
-    exp_avg_sq_.narrow(0, lo - begin_, hi - lo).copy_(es.narrow(0, lo - fb, hi - lo).to(dev));
+    master_.narrow(0, lo - begin_, hi - lo).copy_(f.master.narrow(0, lo - fb, hi - lo).to(dev));
+    for (size_t k = 0; k < state_.size(); ++k)
+      state_[k].narrow(0, lo - begin_, hi - lo).copy_(f.state[k].narrow(0, lo - fb, hi - lo).to(dev));
     filled += hi - lo;
   }
   SFTGO_CHECK(filled == std::max<int64_t>(0, end - begin_), ErrorKind::kFormat, "ZeRO-1 resume: the shard files cover ",
@@ -363,7 +382,7 @@ void ZeroAdamW::load_shards(const std::vector<std::string>& paths) {
   zero_grad();
 }
 
-void ZeroAdamW::gather_params() {
+void ZeroOptimizer::gather_params() {
   torch::NoGradGuard no_grad;
   // With fp32 gradients for bf16 parameters, the gather runs in bf16 inside the front half of the fp32
   // buffers' storage (their gradients are spent by now): no extra memory, half the traffic of fp32.

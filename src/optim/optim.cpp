@@ -39,79 +39,9 @@ bool decays(const std::string& name, const torch::Tensor& param) {
   return name.find("norm") == std::string::npos && name.find("bias") == std::string::npos;
 }
 
-std::unique_ptr<torch::optim::AdamW> make_adamw(const NamedParameters& params, const AdamWOptions& o) {
-  std::vector<torch::Tensor> with_decay, without_decay;
-  for (const auto& [name, p] : params) {
-    if (!p.requires_grad()) continue;
-    SFTGO_CHECK(p.is_floating_point(), ErrorKind::kInternal, "parameter ", name, " is not floating point");
-    (decays(name, p) ? with_decay : without_decay).push_back(p);
-  }
-  auto base = torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(o.weight_decay);
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(with_decay, std::make_unique<torch::optim::AdamWOptions>(base));
-  auto no_decay = base;
-  no_decay.weight_decay(0.0);
-  groups.emplace_back(without_decay, std::make_unique<torch::optim::AdamWOptions>(no_decay));
-  return std::make_unique<LeanAdamW>(std::move(groups), base);
-}
-
-namespace {
-// Contiguous 1-D slices of at most kAdamWSliceElements covering `t`, or `t` itself when it is small
-// or `sliceable` is false (tensors updated together must be sliced alike).
-std::vector<torch::Tensor> slices(const torch::Tensor& t, bool sliceable = true) {
-  if (!sliceable || t.numel() <= kAdamWSliceElements || !t.is_contiguous()) return {t};
-  return t.view({-1}).split(kAdamWSliceElements);
-}
-}  // namespace
-
-torch::Tensor LeanAdamW::step(LossClosure closure) {
-  torch::NoGradGuard no_grad;
-  torch::Tensor loss;
-  if (closure != nullptr) {
-    at::AutoGradMode enable_grad(true);
-    loss = closure();
-  }
-  for (auto& group : param_groups_) {
-    auto& options = static_cast<torch::optim::AdamWOptions&>(group.options());
-    SFTGO_CHECK(!options.amsgrad(), ErrorKind::kInternal, "LeanAdamW: amsgrad is not supported");
-    const double beta1 = std::get<0>(options.betas());
-    const double beta2 = std::get<1>(options.betas());
-    for (auto& p : group.params()) {
-      if (!p.grad().defined()) continue;
-      const torch::Tensor& grad = p.grad();
-      SFTGO_CHECK(!grad.is_sparse(), ErrorKind::kInternal, "LeanAdamW: sparse gradients are not supported");
-      if (options.weight_decay() != 0) p.mul_(1 - options.lr() * options.weight_decay());
-      auto it = state_.find(p.unsafeGetTensorImpl());
-      if (it == state_.end()) {
-        auto st = std::make_unique<torch::optim::AdamWParamState>();
-        st->step(0);
-        st->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-        st->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-        it = state_.emplace(p.unsafeGetTensorImpl(), std::move(st)).first;
-      }
-      auto& st = static_cast<torch::optim::AdamWParamState&>(*it->second);
-      st.step(st.step() + 1);
-      const double bias_correction1 = 1 - std::pow(beta1, static_cast<double>(st.step()));
-      const double bias_correction2 = 1 - std::pow(beta2, static_cast<double>(st.step()));
-      const double step_size = options.lr() / bias_correction1;
-      // The same element-wise operations as LibTorch's AdamW, slice by slice (element-wise
-      // results do not depend on the slicing).
-      const bool same =
-          p.is_contiguous() && grad.is_contiguous() && st.exp_avg().is_contiguous() && st.exp_avg_sq().is_contiguous();
-      const auto ps = slices(p, same), gs = slices(grad, same), ms = slices(st.exp_avg(), same),
-                 vs = slices(st.exp_avg_sq(), same);
-      SFTGO_CHECK(ps.size() == gs.size() && ps.size() == ms.size() && ps.size() == vs.size(), ErrorKind::kInternal,
-                  "LeanAdamW: parameter, gradient and state layouts differ");
-      for (size_t i = 0; i < ps.size(); ++i) {
-        ms[i].mul_(beta1).add_(gs[i], 1 - beta1);
-        vs[i].mul_(beta2).addcmul_(gs[i], gs[i], 1 - beta2);
-        torch::Tensor denom = vs[i].sqrt();
-        denom.div_(std::sqrt(bias_correction2)).add_(options.eps());
-        ps[i].addcdiv_(ms[i], denom, -step_size);
-      }
-    }
-  }
-  return loss;
+std::vector<torch::Tensor> element_slices(const torch::Tensor& t, bool sliceable) {
+  if (!sliceable || t.numel() <= kRuleSliceElements || !t.is_contiguous()) return {t};
+  return t.view({-1}).split(kRuleSliceElements);
 }
 
 void set_lr(torch::optim::Optimizer& optimizer, double lr) {
@@ -124,7 +54,7 @@ double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm)
   for (const auto& p : params) {
     if (!p.grad().defined()) continue;
     const torch::Tensor g = p.grad().detach();
-    for (const auto& s : slices(g)) {
+    for (const auto& s : element_slices(g)) {
       // Squared in place: one float64 slice (32 MB) at a time instead of two. x * x is what
       // square() computes (pow's exponent-2 kernel), so the norm is unchanged bit for bit.
       torch::Tensor d = s.to(torch::kFloat64);
@@ -140,7 +70,5 @@ double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm)
     if (p.grad().defined()) p.grad().mul_(scale);
   return total;
 }
-
-AdamWOptions adamw_options(const OptimConfig& c) { return {c.lr, c.beta1, c.beta2, c.eps, c.weight_decay}; }
 
 }  // namespace sftgo::optim

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <filesystem>
 
 #include "sftgo/core/error.h"
 #include "sftgo/core/format.h"
@@ -46,7 +47,13 @@ int64_t layer_bytes_per_token(const model::LlamaConfig& s, const std::string& pr
 }  // namespace
 
 model::LlamaConfig planned_model_shape(const Config& cfg) {
-  if (!cfg.model.path.empty()) return model::LlamaConfig::from_file(cfg.model.path);
+  if (!cfg.model.path.empty()) {
+    const auto json = std::filesystem::path(cfg.model.path) / "config.json";
+    SFTGO_CHECK_HINT(std::filesystem::is_regular_file(json), ErrorKind::kConfig,
+                     "download the checkpoint, or set model.path empty to plan from model.preset's shape",
+                     "model.path ", cfg.model.path, ": no config.json there to read the model shape from");
+    return model::LlamaConfig::from_file(json.string());
+  }
   model::LlamaConfig c = model::LlamaConfig::preset(cfg.model.preset);
   auto set = [](int64_t& field, int64_t v) {
     if (v > 0) field = v;
@@ -113,6 +120,7 @@ struct StateSizes {
   int64_t embed = 0;                  // V x H elements: the largest dense gradient
   int64_t gather_unit = 0;            // ZeRO-3: the largest block gathered at once (a layer or the embedding)
   int64_t bucket = 0;                 // dist.bucket_mb in bytes
+  bool gloo = false;                  // the CPU backend (dist.backend gloo, or auto on model.device cpu)
 };
 
 // A gradient that exists whole for a moment during backward: a bf16 parameter's gradient before the
@@ -144,6 +152,8 @@ MemoryBreakdown built_state(const StateSizes& z, PlanStage stage) {
   m.masters = kFp32 * z.shard;
   m.moments = 2 * kFp32 * z.shard;
   m.comm = z.shard * g;
+  // c10d's ProcessGroupGloo implements reduce-scatter as an all-reduce of a clone of its input.
+  if (z.gloo && z.world > 1) m.step_transient = z.shard * z.world * g;
   return m;
 }
 
@@ -186,6 +196,9 @@ StateSizes state_sizes(const Config& cfg, const model::LlamaConfig& s, int64_t t
   z.embed = s.vocab_size * s.hidden_size;
   z.gather_unit = std::max(layer_params(s), z.embed);
   z.bucket = static_cast<int64_t>(cfg.dist.bucket_mb * 1024.0 * 1024.0);
+  // As dist::Comm picks its backend: gloo when asked for, or auto on a CPU run; the plan assumes a GPU
+  // (NCCL) for model.device auto.
+  z.gloo = cfg.dist.backend == "gloo" || (cfg.dist.backend == "auto" && cfg.model.device == "cpu");
   return z;
 }
 
@@ -216,6 +229,7 @@ MemoryPlan plan_memory(const Config& cfg, const model::LlamaConfig& shape, const
   p.activations = plan_activations(cfg, shape);
   const StateSizes z = state_sizes(cfg, shape, p.total_params, p.trainable_params, options.world_size);
   p.weight_bytes = z.wb;
+  p.backend = z.gloo ? "gloo" : "nccl";
   p.trainable_bytes = z.tb;
   for (const auto& c : plan_choices()) {
     PlanRow r;
@@ -253,17 +267,18 @@ std::string plan_table(const MemoryPlan& p) {
   std::string out = format(
       "Memory plan per rank: {} layers, hidden {}, vocab {}: {:.3g} parameters ({:.3g} trainable), "
       "train.precision {}, {} tokens per micro-batch\n"
-      "{} rank(s), {} GB per GPU, {} GB kept free for the CUDA context and NCCL; 1 GB = 1e9 bytes\n\n",
+      "{} rank(s) ({}), {} GB per GPU, {} GB kept free for the CUDA context and NCCL; 1 GB = 1e9 bytes\n\n",
       s.num_hidden_layers, s.hidden_size, s.vocab_size, static_cast<double>(p.total_params),
-      static_cast<double>(p.trainable_params), p.precision, a.tokens, p.world_size, gb(p.gpu_mem_bytes),
+      static_cast<double>(p.trainable_params), p.precision, a.tokens, p.world_size, p.backend, gb(p.gpu_mem_bytes),
       gb(kPlanReserveBytes));
-  out += format("{:<15} {:>8} {:>9} {:>8} {:>8} {:>6} {:>11} {:>9} {:>9}  {:<4} {}\n", "choice", "weights",
-                "gradients", "masters", "moments", "comm", "activations", "GPU total", "host", "fits", "status");
+  out += format("{:<15} {:>8} {:>9} {:>8} {:>8} {:>6} {:>11} {:>9} {:>9} {:>9}  {:<4} {}\n", "choice", "weights",
+                "gradients", "masters", "moments", "comm", "activations", "step tmp", "GPU total", "host", "fits",
+                "status");
   for (const auto& r : p.rows) {
     const auto& d = r.device;
-    out += format("{:<15} {:>8} {:>9} {:>8} {:>8} {:>6} {:>11} {:>9} {:>9}  {:<4} {}{}\n", r.choice.name,
+    out += format("{:<15} {:>8} {:>9} {:>8} {:>8} {:>6} {:>11} {:>9} {:>9} {:>9}  {:<4} {}{}\n", r.choice.name,
                   gb(d.weights), gb(d.gradients), gb(d.masters), gb(d.moments), gb(d.comm), gb(d.activations),
-                  gb(d.total()), gb(r.host), r.fits ? "yes" : "no", status(r.choice),
+                  gb(d.step_transient), gb(d.total()), gb(r.host), r.fits ? "yes" : "no", status(r.choice),
                   r.current ? " (this config)" : "");
   }
   out += format(
@@ -272,6 +287,8 @@ std::string plan_table(const MemoryPlan& p) {
       gb(a.per_layer), gb(a.layers), a.layers == a.per_layer * s.num_hidden_layers ? "all saved" : "checkpointed",
       gb(a.backward_working), gb(a.head),
       a.autocast_weights > 0 ? format(", {} GB bf16 weight casts (autocast)", gb(a.autocast_weights)) : "");
+  out += "GPU total = weights + gradients + masters + moments + comm + the larger of activations and step tmp "
+         "(the step's temporaries exist after backward has freed the activations).\n";
   out += "zero2, zero3 and the offload rows are issue #27's planned designs, not yet implemented: today "
          "dist.zero1 true/false are the only choices you can run.\n";
   return out;
@@ -293,6 +310,7 @@ std::string plan_json(const MemoryPlan& p) {
                     {"moments", d.moments},
                     {"comm", d.comm},
                     {"activations", d.activations},
+                    {"step_transient", d.step_transient},
                     {"device_total", d.total()},
                     {"host", r.host},
                     {"fits", r.fits}});
@@ -303,6 +321,7 @@ std::string plan_json(const MemoryPlan& p) {
       {"world_size", p.world_size},
       {"gpu_mem_bytes", p.gpu_mem_bytes},
       {"reserve_bytes", kPlanReserveBytes},
+      {"backend", p.backend},
       {"precision", p.precision},
       {"total_params", p.total_params},
       {"trainable_params", p.trainable_params},

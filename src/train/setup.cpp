@@ -302,7 +302,7 @@ data::LoaderOptions Trainer::Impl::loader_options() const {
 
 void Trainer::Impl::build_updater() {
   UpdaterOptions uo;
-  uo.adamw = optim::adamw_options(cfg.optim);
+  uo.rule = optim::rule_options(cfg.optim);
   uo.bucket_mb = cfg.dist.bucket_mb;
   uo.zero1_fp32_grads = cfg.dist.zero1_fp32_grads;
   // The trained parameters (LoRA: the fp32 adapters, so bf16 needs no masters for them) and the policy's

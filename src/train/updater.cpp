@@ -37,21 +37,15 @@ void check_zero_setting(const std::string& dir, bool zero) {
                               : " was saved without ZeRO-1 (optimizer.pt), but dist.zero1 is on");
 }
 
-// AdamW's state tensors follow their parameter's device (an optimizer.pt saved on another device, or
-// on CPU by a CPU run, resumes onto this rank's GPU).
-void move_state_to_params(torch::optim::Optimizer& optimizer) {
-  auto& state = optimizer.state();
-  for (const auto& group : optimizer.param_groups()) {
-    for (const auto& p : group.params()) {
-      auto it = state.find(p.unsafeGetTensorImpl());
-      if (it == state.end()) continue;
-      auto& s = static_cast<torch::optim::AdamWParamState&>(*it->second);
-      if (s.exp_avg().defined() && s.exp_avg().device() != p.device()) s.exp_avg(s.exp_avg().to(p.device()));
-      if (s.exp_avg_sq().defined() && s.exp_avg_sq().device() != p.device())
-        s.exp_avg_sq(s.exp_avg_sq().to(p.device()));
-      if (s.max_exp_avg_sq().defined() && s.max_exp_avg_sq().device() != p.device())
-        s.max_exp_avg_sq(s.max_exp_avg_sq().to(p.device()));
-    }
+// optimizer.pt into the rule optimizer, onto the parameters' device. The rule's own checks (another
+// rule saved it, a tensor that does not fit) are told the file here.
+void load_rule_state(const std::string& dir, optim::RuleOptimizer& optimizer) {
+  const std::string path = (fs::path(dir) / "optimizer.pt").string();
+  try {
+    checkpoint::load_optimizer_state(dir, optimizer);
+  } catch (const Error& e) {
+    if (e.message().rfind(path, 0) == 0) throw;
+    throw Error(e.kind(), path + ": " + e.message(), e.hint(), e.where());
   }
 }
 
@@ -87,7 +81,8 @@ class ReducingUpdater : public Updater {
   double comm_seconds() const override { return comm_s_; }
 
  protected:
-  // Clip + AdamW over the optimizer's parameters; returns the norm (nothing changes when not finite).
+  // Clip + the update rule over the optimizer's parameters; returns the norm (nothing changes when not
+  // finite).
   double clip_and_step(double lr, double max_norm, bool finite) {
     const double norm = finite ? optim::clip_grad_norm(optimizer_params(*optimizer_), max_norm) : NAN;
     if (std::isfinite(norm)) {
@@ -98,15 +93,15 @@ class ReducingUpdater : public Updater {
   }
 
   std::unique_ptr<dist::GradReducer> reducer_;
-  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::unique_ptr<optim::RuleOptimizer> optimizer_;
   double comm_s_ = -1;
 };
 
-// AdamW over the model's own parameters.
+// The update rule over the model's own parameters.
 class PlainUpdater final : public ReducingUpdater {
  public:
   PlainUpdater(const std::shared_ptr<dist::Comm>& comm, const optim::NamedParameters& params, const UpdaterOptions& o) {
-    optimizer_ = optim::make_adamw(params, o.adamw);
+    optimizer_ = std::make_unique<optim::RuleOptimizer>(params, o.rule);
     reducer_ = make_reducer(comm, params, o.bucket_mb);
   }
   UpdaterKind kind() const override { return UpdaterKind::kPlain; }
@@ -121,8 +116,7 @@ class PlainUpdater final : public ReducingUpdater {
   void add_to_save(checkpoint::SaveRequest& r, const std::string&) override { r.optimizer = optimizer_.get(); }
   void resume(const std::string& dir) override {
     check_zero_setting(dir, false);
-    checkpoint::load_optimizer_state(dir, *optimizer_);
-    move_state_to_params(*optimizer_);
+    load_rule_state(dir, *optimizer_);
   }
 };
 
@@ -140,7 +134,7 @@ struct AccumulateIntoMaster : torch::autograd::PostAccumulateGradHook {
 };
 
 // bf16 working weights; fp32 master weights carry the gradients (accumulated and all-reduced in fp32),
-// the update and the AdamW state.
+// the update and the rule's state.
 class Fp32MastersUpdater final : public ReducingUpdater {
  public:
   Fp32MastersUpdater(const std::shared_ptr<dist::Comm>& comm, const optim::NamedParameters& params,
@@ -148,7 +142,7 @@ class Fp32MastersUpdater final : public ReducingUpdater {
       : working_(params) {
     for (const auto& [name, p] : working_)
       masters_.emplace_back(name, p.detach().to(at::kFloat).clone().set_requires_grad(p.requires_grad()));
-    optimizer_ = optim::make_adamw(masters_, o.adamw);
+    optimizer_ = std::make_unique<optim::RuleOptimizer>(masters_, o.rule);
     // Several ranks: the master gradients are views of fp32 all-reduce buckets. No autograd hook fires on
     // a master, so the reduction starts in after_backward (finish), after the last backward: an fp32
     // all-reduce that does not overlap the backward.
@@ -168,7 +162,7 @@ class Fp32MastersUpdater final : public ReducingUpdater {
   }
   UpdaterKind kind() const override { return UpdaterKind::kFp32Masters; }
   double step(double lr, double max_norm, bool finite) override {
-    // The fp32 master gradients already hold the step's sums: clipping and AdamW work in fp32.
+    // The fp32 master gradients already hold the step's sums: clipping and the rule work in fp32.
     const double norm = clip_and_step(lr, max_norm, finite);
     if (std::isfinite(norm)) {
       torch::NoGradGuard no_grad;
@@ -192,20 +186,13 @@ class Fp32MastersUpdater final : public ReducingUpdater {
   }
   void resume(const std::string& dir) override {
     check_zero_setting(dir, false);
-    auto saved = checkpoint::load_master_weights(dir);
-    if (saved.empty()) log_warn("{} has no fp32 master weights: continuing from its bf16 weights", dir);
-    {
+    // Tensor by tensor into the masters: a resume needs no more memory than training.
+    if (!checkpoint::load_master_weights_into(dir, masters_)) {
+      log_warn("{} has no fp32 master weights: continuing from its bf16 weights", dir);
       torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < masters_.size(); ++i) {
-        auto it = saved.find(masters_[i].first);
-        if (!saved.empty())
-          SFTGO_CHECK(it != saved.end() && it->second.sizes() == masters_[i].second.sizes(), ErrorKind::kFormat, dir,
-                      "/master_weights.safetensors: missing or mis-shaped ", masters_[i].first);
-        masters_[i].second.copy_(saved.empty() ? working_[i].second.to(at::kFloat) : it->second);
-      }
+      for (size_t i = 0; i < masters_.size(); ++i) masters_[i].second.copy_(working_[i].second);
     }
-    checkpoint::load_optimizer_state(dir, *optimizer_);
-    move_state_to_params(*optimizer_);
+    load_rule_state(dir, *optimizer_);
   }
 
  private:
@@ -217,11 +204,11 @@ class Fp32MastersUpdater final : public ReducingUpdater {
 class Zero1Updater final : public Updater {
  public:
   Zero1Updater(std::shared_ptr<dist::Comm> comm, const optim::NamedParameters& params, const UpdaterOptions& o)
-      : comm_(std::move(comm)), zero_(comm_, params, o.adamw, o.zero1_fp32_grads) {}
+      : comm_(std::move(comm)), zero_(comm_, params, o.rule, o.zero1_fp32_grads) {}
   UpdaterKind kind() const override { return UpdaterKind::kZero1; }
   double step(double lr, double max_norm, bool finite) override {
     Timer t;
-    const double norm = finite ? zero_.step(lr, max_norm) : NAN;
+    const double norm = zero_.step(lr, max_norm, finite);
     if (comm_->world_size() > 1) comm_s_ = t.seconds();
     return norm;
   }
@@ -244,7 +231,7 @@ class Zero1Updater final : public Updater {
 
  private:
   std::shared_ptr<dist::Comm> comm_;
-  dist::ZeroAdamW zero_;
+  dist::ZeroOptimizer zero_;
   double comm_s_ = -1;
 };
 

@@ -523,10 +523,10 @@ TEST(GradReducer, ReplacedGradientsAreCopiedBackIn) {
 
 // ZeRO-1 over 2 ranks = torch::optim::AdamW on the summed gradients, with clipping and decay groups;
 // then the shards written by 2 ranks restore into a 1-rank optimizer (different world size).
-TEST(ZeroAdamW, MatchesTorchAdamWAndReshardsOnLoad) {
+TEST(ZeroOptimizer, MatchesTorchAdamWAndReshardsOnLoad) {
   const fs::path dir = fs::temp_directory_path() / ("sftgo_zero_" + std::to_string(::getpid()));
   fs::create_directories(dir);
-  optim::AdamWOptions ao{1e-2, 0.9, 0.95, 1e-8, 0.1};
+  const optim::RuleOptions ao{"adamw", 1e-2, 0.9, 0.95, 1e-8, 0.1};
   auto make = [] {
     torch::manual_seed(3);
     return optim::NamedParameters{
@@ -540,8 +540,17 @@ TEST(ZeroAdamW, MatchesTorchAdamWAndReshardsOnLoad) {
   };
   run_ranks(2, [&](std::shared_ptr<Comm> c) {
     auto mine = make(), ref = make();
-    ZeroAdamW zero(c, mine, ao);
-    auto adamw = optim::make_adamw(ref, ao);
+    ZeroOptimizer zero(c, mine, ao);
+    // LibTorch's own AdamW (an independent reference, not the rule under test), sftgo's decay groups.
+    std::vector<torch::Tensor> decayed, plain;
+    for (const auto& [n, p] : ref) (optim::decays(n, p) ? decayed : plain).push_back(p);
+    auto with = torch::optim::AdamWOptions(ao.lr).betas({ao.beta1, ao.beta2}).eps(ao.eps).weight_decay(ao.weight_decay);
+    auto without = with;
+    without.weight_decay(0.0);
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(decayed, std::make_unique<torch::optim::AdamWOptions>(with));
+    groups.emplace_back(plain, std::make_unique<torch::optim::AdamWOptions>(without));
+    auto adamw = std::make_unique<torch::optim::AdamW>(std::move(groups), with);
     for (int step = 0; step < 4; ++step) {
       grads(c->rank(), step, mine);
       const double norm = zero.step(1e-2, 5.0);
@@ -574,7 +583,7 @@ TEST(ZeroAdamW, MatchesTorchAdamWAndReshardsOnLoad) {
   // One rank restores both shards: its master weights are the 2-rank run's parameters.
   auto comm = Comm::create(LaunchEnv{}, CommOptions{}, c10::kCPU);
   auto params = make();
-  ZeroAdamW one(comm, params, ao);
+  ZeroOptimizer one(comm, params, ao);
   one.load_shards({(dir / zero_shard_file_name(0, 2)).string(), (dir / zero_shard_file_name(1, 2)).string()});
   EXPECT_EQ(one.steps(), 4);
   std::vector<at::Tensor> want;
@@ -591,7 +600,7 @@ TEST(ZeroAdamW, MatchesTorchAdamWAndReshardsOnLoad) {
   for (int r = 0; r < 2; ++r) std::ofstream(dir / "junk" / zero_shard_file_name(r, 2)) << "not a shard";
   auto resumed_equals_final = [&](std::shared_ptr<Comm> c, const std::vector<std::string>& paths) {
     auto ps = make();
-    ZeroAdamW z(c, ps, ao);
+    ZeroOptimizer z(c, ps, ao);
     z.load_shards(paths);
     std::vector<at::Tensor> final_params;
     torch::load(final_params, (dir / "final.pt").string());
@@ -611,9 +620,115 @@ TEST(ZeroAdamW, MatchesTorchAdamWAndReshardsOnLoad) {
   fs::remove_all(dir);
 }
 
+namespace {
+
+// Momentum SGD, registered from this file: m = 0.9 m + g, p -= lr * m (state "velocity").
+struct MomentumSgd final : optim::UpdateRule {
+  std::string name() const override { return "test_momentum_sgd"; }
+  std::vector<std::string> state_names() const override { return {"velocity"}; }
+  void apply(const at::Tensor& p, const at::Tensor& g, at::TensorList s, double lr, int64_t) const override {
+    s[0].mul_(0.9).add_(g);
+    p.add_(s[0], -lr);
+  }
+};
+
+void register_momentum_sgd() {
+  static const bool once = [] {
+    optim::register_update_rule("test_momentum_sgd",
+                                [](const optim::RuleOptions&) { return std::make_unique<MomentumSgd>(); });
+    return true;
+  }();
+  (void)once;
+}
+
+}  // namespace
+
+// That rule on 2 ranks' ZeRO-1 shards: equal to the formula applied in double to the summed, clipped
+// gradients (the shard boundary and the padding cut through parameters). Tolerance 1e-5 relative: fp32
+// against double over 3 steps of values ~1.
+TEST(ZeroOptimizer, AppliesARuleRegisteredByATest) {
+  register_momentum_sgd();
+  const optim::RuleOptions ro{"test_momentum_sgd", 1.0, 0.9, 0.95, 1e-8, 0.1};
+  auto make = [] {
+    torch::manual_seed(4);
+    return optim::NamedParameters{{"a.weight", torch::randn({3, 5}).set_requires_grad(true)},
+                                  {"a.norm.weight", torch::randn({4}).set_requires_grad(true)}};  // 19: padded
+  };
+  auto grad_of = [](int rank, int step, const at::Tensor& p) {
+    torch::manual_seed(300 + 11 * rank + step);
+    return torch::randn(p.sizes());
+  };
+  const double lr = 0.1, clip = 3.0;
+  run_ranks(2, [&](std::shared_ptr<Comm> c) {
+    auto mine = make(), ref = make();
+    ZeroOptimizer zero(c, mine, ro);
+    std::vector<at::Tensor> p, m;
+    for (auto& [n, t] : ref) {
+      p.push_back(t.detach().to(at::kDouble));
+      m.push_back(torch::zeros_like(p.back()));
+    }
+    for (int step = 0; step < 3; ++step) {
+      std::vector<at::Tensor> g;
+      double sq = 0;
+      for (size_t i = 0; i < mine.size(); ++i) {
+        mine[i].second.mutable_grad() = grad_of(c->rank(), step, mine[i].second);
+        g.push_back((grad_of(0, step, p[i]) + grad_of(1, step, p[i])).to(at::kDouble));
+        sq += g.back().pow(2).sum().item<double>();
+      }
+      const double norm = zero.step(lr, clip, true);
+      if (std::abs(norm - std::sqrt(sq)) > 1e-6 * norm) return false;
+      const double scale = norm > clip ? clip / (std::sqrt(sq) + 1e-6) : 1.0;
+      for (size_t i = 0; i < p.size(); ++i) {
+        if (i == 0) p[i] *= 1 - lr * 0.1;  // the 2-D weight decays, the norm weight does not
+        m[i] = 0.9 * m[i] + scale * g[i];
+        p[i] -= lr * m[i];
+      }
+      zero.zero_grad();
+    }
+    for (size_t i = 0; i < mine.size(); ++i)
+      if (!close(mine[i].second.to(at::kDouble), p[i], 1e-5, 1e-6, mine[i].first.c_str())) return false;
+    return true;
+  });
+}
+
+// Shards written before the update rules (no "update_rule" entry) are AdamW's: they restore into the
+// AdamW rule, and a run with another rule refuses them, naming both.
+TEST(ZeroOptimizer, ShardsWithoutARuleNameAreAdamWs) {
+  register_momentum_sgd();
+  const fs::path dir = fs::temp_directory_path() / ("sftgo_zero_old_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string path = (dir / zero_shard_file_name(0, 1)).string();
+  {
+    torch::serialize::OutputArchive a;  // what ZeroAdamW::save_shard wrote
+    a.write("master", torch::arange(6, torch::kFloat));
+    a.write("exp_avg", torch::full({6}, 0.5f));
+    a.write("exp_avg_sq", torch::full({6}, 0.25f));
+    a.write("range", torch::tensor({int64_t{0}, int64_t{6}, int64_t{6}, int64_t{3}}, torch::kInt64));
+    a.write("rank_world", torch::tensor({int64_t{0}, int64_t{1}}, torch::kInt64));
+    a.save_to(path);
+  }
+  auto comm = Comm::create(LaunchEnv{}, CommOptions{}, c10::kCPU);
+  optim::NamedParameters ps = {{"w.weight", torch::zeros({2, 3}).set_requires_grad(true)}};
+  ZeroOptimizer adamw(comm, ps, optim::RuleOptions{});
+  adamw.load_shards({path});
+  EXPECT_EQ(adamw.steps(), 3);
+  EXPECT_TRUE(ps[0].second.equal(torch::arange(6, torch::kFloat).view({2, 3})));
+  ZeroOptimizer other(comm, ps, optim::RuleOptions{"test_momentum_sgd"});
+  try {
+    other.load_shards({path});
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_NE(std::string(e.what()).find("saved by update rule 'adamw', but optim.name is 'test_momentum_sgd'"),
+              std::string::npos)
+        << e.what();
+  }
+  fs::remove_all(dir);
+}
+
 // Which saved shard files a rank's slice needs, by their names alone: 57 values saved by 2 ranks
 // (slices [0, 29), [29, 58)), resumed by 3 ([0, 19), [19, 38), [38, 57)) or by 2 again.
-TEST(ZeroAdamW, ShardFilesOverlappingARanksSlice) {
+TEST(ZeroOptimizer, ShardFilesOverlappingARanksSlice) {
   const std::vector<std::string> two = {"/c/" + zero_shard_file_name(0, 2), "/c/" + zero_shard_file_name(1, 2)};
   using V = std::vector<std::string>;
   EXPECT_EQ(zero_shards_overlapping(two, 57, 0, 19), V{two[0]});

@@ -4,8 +4,10 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <sstream>
 
 #include "sftgo/core/error.h"
 #include "sftgo/optim/optim.h"
@@ -50,8 +52,9 @@ TEST(AdamW, MatchesTorchPythonWithDecayGroups) {
   auto opts = torch::TensorOptions().dtype(torch::kFloat64);
   auto w = torch::tensor(j["w0"].get<std::vector<double>>(), opts).reshape({4, 3}).set_requires_grad(true);
   auto b = torch::tensor(j["b0"].get<std::vector<double>>(), opts).set_requires_grad(true);
-  AdamWOptions o{j["lr"], j["beta1"], j["beta2"], j["eps"], j["weight_decay"]};
-  auto opt = make_adamw({{"model.layers.0.mlp.up_proj.weight", w}, {"model.layers.0.input_layernorm.weight", b}}, o);
+  RuleOptions o{"adamw", j["lr"], j["beta1"], j["beta2"], j["eps"], j["weight_decay"]};
+  auto opt = std::make_unique<RuleOptimizer>(
+      NamedParameters{{"model.layers.0.mlp.up_proj.weight", w}, {"model.layers.0.input_layernorm.weight", b}}, o);
   for (const auto& g : j["grads"]) {
     w.mutable_grad() = torch::tensor(g[0].get<std::vector<double>>(), opts).reshape({4, 3});
     b.mutable_grad() = torch::tensor(g[1].get<std::vector<double>>(), opts);
@@ -64,22 +67,21 @@ TEST(AdamW, MatchesTorchPythonWithDecayGroups) {
   EXPECT_LT((b.detach() - b2).abs().max().item<double>(), 1e-12);
 }
 
-// (All parameters are 2-D so that make_adamw decays them like the reference, which decays all.)
-// LeanAdamW must be LibTorch's AdamW bit for bit (resume and HF-parity tests rely on the update
+// (All parameters are 2-D so that RuleOptimizer decays them like the reference, which decays all.)
+// The AdamW rule must be LibTorch's AdamW bit for bit (resume and HF-parity tests rely on the update
 // being the reference one); tensors larger than a slice exercise the sliced path, the odd sizes the
 // vectorised loops' tails, a non-contiguous gradient the unsliced fallback.
-TEST(AdamW, LeanAdamWEqualsLibTorchAdamWBitForBit) {
+TEST(AdamW, RuleEqualsLibTorchAdamWBitForBit) {
   torch::manual_seed(7);
-  const int64_t big = kAdamWSliceElements + 37;  // [2, big]: three slices, the last one short
+  const int64_t big = kRuleSliceElements + 37;  // [2, big]: three slices, the last one short
   std::vector<torch::Tensor> ours, theirs;
   for (auto shape : std::vector<std::vector<int64_t>>{{2, big}, {3, 5}, {1000, 3}}) {
     auto p = torch::randn(shape);
     ours.push_back(p.clone().set_requires_grad(true));
     theirs.push_back(p.clone().set_requires_grad(true));
   }
-  AdamWOptions o{1e-3, 0.9, 0.95, 1e-8, 0.1};
-  auto lean = make_adamw({{"a.weight", ours[0]}, {"b.weight", ours[1]}, {"c.weight", ours[2]}}, o);
-  ASSERT_NE(dynamic_cast<LeanAdamW*>(lean.get()), nullptr);
+  RuleOptions o{"adamw", 1e-3, 0.9, 0.95, 1e-8, 0.1};
+  RuleOptimizer lean({{"a.weight", ours[0]}, {"b.weight", ours[1]}, {"c.weight", ours[2]}}, o);
   auto base = torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(o.weight_decay);
   torch::optim::AdamW reference(theirs, base);
   for (int step = 0; step < 4; ++step) {
@@ -88,7 +90,7 @@ TEST(AdamW, LeanAdamWEqualsLibTorchAdamWBitForBit) {
       ours[i].mutable_grad() = g.clone();
       theirs[i].mutable_grad() = g.clone();
     }
-    lean->step();
+    lean.step();
     reference.step();
   }
   for (size_t i = 0; i < ours.size(); ++i)
@@ -96,6 +98,131 @@ TEST(AdamW, LeanAdamWEqualsLibTorchAdamWBitForBit) {
         << "parameter " << i << " differs: max |diff| " << (ours[i] - theirs[i]).abs().max().item<double>() << " at "
         << (ours[i] - theirs[i]).abs().flatten().argmax().item<int64_t>() << ", "
         << (ours[i] != theirs[i]).sum().item<int64_t>() << " elements";
+}
+
+// optimizer.pt stays LibTorch's AdamW archive: a file torch::optim::AdamW wrote (every sftgo before the
+// update rules saved LeanAdamW, i.e. torch::optim::AdamW::save) resumes into the AdamW rule, and the
+// rule's file resumes into torch::optim::AdamW; both continue bit for bit like an uninterrupted run.
+TEST(AdamW, OptimizerArchiveIsLibTorchsBothWays) {
+  const RuleOptions o{"adamw", 1e-2, 0.9, 0.95, 1e-8, 0.1};
+  auto torch_options = torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.eps);
+  auto make = [] {
+    torch::manual_seed(11);
+    return NamedParameters{{"a.weight", torch::randn({5, 7}).set_requires_grad(true)},
+                           {"a.norm.weight", torch::randn({7}).set_requires_grad(true)}};
+  };
+  auto grads = [](const NamedParameters& ps, int step) {
+    torch::manual_seed(100 + step);
+    for (const auto& [n, p] : ps) p.mutable_grad() = torch::randn(p.sizes());
+  };
+  // LibTorch's optimizer with the same groups as RuleOptimizer (decay, then no decay).
+  auto libtorch_adamw = [&](const NamedParameters& ps) {
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(std::vector<torch::Tensor>{ps[0].second},
+                        std::make_unique<torch::optim::AdamWOptions>(torch_options.weight_decay(o.weight_decay)));
+    groups.emplace_back(std::vector<torch::Tensor>{ps[1].second},
+                        std::make_unique<torch::optim::AdamWOptions>(torch_options.weight_decay(0.0)));
+    return std::make_unique<torch::optim::AdamW>(std::move(groups), torch_options);
+  };
+  auto bytes_of = [](torch::optim::Optimizer& opt) {
+    torch::serialize::OutputArchive a;
+    opt.save(a);
+    std::ostringstream out;
+    a.save_to(out);
+    return out.str();
+  };
+  auto load_into = [](torch::optim::Optimizer& opt, const std::string& bytes) {
+    std::istringstream in(bytes);
+    torch::serialize::InputArchive a;
+    a.load_from(in);
+    opt.load(a);
+  };
+  // Uninterrupted: 4 steps of the rule.
+  auto straight = make();
+  RuleOptimizer whole(straight, o);
+  for (int k = 0; k < 4; ++k) {
+    grads(straight, k);
+    whole.step();
+  }
+  for (bool libtorch_first : {true, false}) {
+    SCOPED_TRACE(libtorch_first ? "LibTorch's file resumed by the rule" : "the rule's file resumed by LibTorch");
+    auto first = make(), second = make();
+    std::unique_ptr<torch::optim::Optimizer> a, b;
+    if (libtorch_first) {
+      a = libtorch_adamw(first);
+      b = std::make_unique<RuleOptimizer>(second, o);
+    } else {
+      a = std::make_unique<RuleOptimizer>(first, o);
+      b = libtorch_adamw(second);
+    }
+    for (int k = 0; k < 2; ++k) {
+      grads(first, k);
+      a->step();
+    }
+    {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < first.size(); ++i) second[i].second.copy_(first[i].second);  // the saved weights
+    }
+    load_into(*b, bytes_of(*a));
+    for (int k = 2; k < 4; ++k) {
+      grads(second, k);
+      b->step();
+    }
+    for (size_t i = 0; i < second.size(); ++i)
+      EXPECT_TRUE(torch::equal(second[i].second, straight[i].second)) << second[i].first;
+  }
+}
+
+// A rule registered here (not built in): its state is saved under its own names, and a file of
+// another rule is refused, naming both (so optim.name cannot change silently on resume).
+TEST(UpdateRule, RegistryAndArchiveNameTheRule) {
+  struct Momentum final : UpdateRule {
+    std::string name() const override { return "test_momentum"; }
+    std::vector<std::string> state_names() const override { return {"velocity"}; }
+    void apply(const at::Tensor& p, const at::Tensor& g, at::TensorList s, double lr, int64_t) const override {
+      s[0].mul_(0.5).add_(g);
+      p.add_(s[0], -lr);
+    }
+  };
+  register_update_rule("test_momentum", [](const RuleOptions&) { return std::make_unique<Momentum>(); });
+  EXPECT_THROW(register_update_rule("test_momentum", [](const RuleOptions&) { return std::make_unique<Momentum>(); }),
+               Error);
+  const auto names = update_rule_names();
+  EXPECT_NE(std::find(names.begin(), names.end(), "adamw"), names.end());
+  EXPECT_NE(std::find(names.begin(), names.end(), "test_momentum"), names.end());
+  try {
+    make_update_rule(RuleOptions{"adamm"});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_NE(std::string(e.what()).find("optim.name: unknown update rule 'adamm'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.hint()).find("adamw"), std::string::npos) << e.hint();
+  }
+  NamedParameters ps = {{"w.weight", torch::ones({2, 3}).set_requires_grad(true)}};
+  RuleOptimizer mom(ps, RuleOptions{"test_momentum", 0.1});
+  ps[0].second.mutable_grad() = torch::full({2, 3}, 2.0);
+  mom.step();
+  mom.step();  // velocity 2, then 0.5 * 2 + 2 = 3; w = 1 - 0.1 * 2 - 0.1 * 3 (no weight decay: 0 by default)
+  EXPECT_TRUE(torch::allclose(ps[0].second, torch::full({2, 3}, 0.5), 0, 1e-6));
+  ASSERT_NE(mom.state_of(ps[0].second), nullptr);
+  EXPECT_EQ(mom.state_of(ps[0].second)->step, 2);
+  torch::serialize::OutputArchive a;
+  mom.save(a);
+  std::ostringstream out;
+  a.save_to(out);
+  RuleOptimizer adamw(ps, RuleOptions{});
+  std::istringstream in(out.str());
+  torch::serialize::InputArchive back;
+  back.load_from(in);
+  try {
+    adamw.load(back);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_NE(std::string(e.what()).find("saved by update rule 'test_momentum', but optim.name is 'adamw'"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(AdamW, NoDecayForNormsBiasesAndVectors) {

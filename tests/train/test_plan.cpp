@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+
 #include "sftgo/core/error.h"
 #include "sftgo/train/plan.h"
 
@@ -164,6 +166,29 @@ TEST(Plan, Fp32Zero1PadsTheShardAndKeepsAnFp32Master) {
   EXPECT_EQ(z.device.comm, 4 * shard);
   // Plain DDP fp32 on 3 ranks: the embedding's dense per-micro-batch gradient on top of the buckets.
   EXPECT_EQ(row(p, "ddp").device.gradients, 4 * n + 4 * 1407 * 64);
+}
+
+TEST(Plan, GlooReduceScatterClonesTheFlatBufferDuringTheStep) {
+  Config c;
+  c.model.preset = "tiny";
+  c.model.vocab_size = 1407;  // 213,248 parameters
+  c.dist.zero1 = true;
+  c.model.device = "cpu";  // dist.backend auto -> gloo
+  const auto s = planned_model_shape(c);
+  const int64_t shard = (213'248 + 2) / 3;
+  auto p = plan_memory(c, s, {3, 80});
+  EXPECT_EQ(p.backend, "gloo");
+  const auto& z = row(p, "zero1");
+  EXPECT_EQ(z.device.step_transient, 4 * shard * 3);  // a clone of the padded fp32 flat buffer
+  // The clone and the activations never coexist: the total takes the larger one.
+  EXPECT_EQ(z.device.total(), z.device.weights + z.device.gradients + z.device.masters + z.device.moments +
+                                  z.device.comm + std::max(z.device.activations, z.device.step_transient));
+  EXPECT_EQ(row(p, "ddp").device.step_transient, 0);  // all-reduce works in place
+  EXPECT_EQ(row(plan_memory(c, s, {1, 80}), "zero1").device.step_transient, 0);  // one rank: no collective
+  c.model.device = "auto";  // planned for GPUs: NCCL reduce-scatters without a copy
+  p = plan_memory(c, s, {3, 80});
+  EXPECT_EQ(p.backend, "nccl");
+  EXPECT_EQ(row(p, "zero1").device.step_transient, 0);
 }
 
 TEST(Plan, FitUsesTheReserve) {

@@ -78,6 +78,7 @@ struct LossConfig {
 };
 
 struct OptimConfig {
+  std::string name = "adamw";  // update rule (optim registry name)
   double lr = 1e-5;
   double beta1 = 0.9;
   double beta2 = 0.95;

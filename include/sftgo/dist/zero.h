@@ -1,12 +1,15 @@
-// ZeRO-1: AdamW whose state (exp_avg, exp_avg_sq) and fp32 master weights are sharded across ranks.
-// The parameters are viewed as one flat vector (in parameter order, zero-padded to a multiple of the
-// world size); rank r owns the contiguous slice [r * P / W, (r + 1) * P / W). One step:
+// ZeRO-1: an optimizer whose state (the update rule's tensors, for AdamW exp_avg and exp_avg_sq) and
+// fp32 master weights are sharded across ranks. The parameters are viewed as one flat vector (in
+// parameter order, zero-padded to a multiple of the world size); rank r owns the contiguous slice
+// [r * P / W, (r + 1) * P / W). One step:
 //   1. gradients are flattened and reduce-scattered (summed, see docs/architecture.md#dist); with
 //      bf16 weights they accumulate over micro-batches and are reduced in fp32 by default,
 //   2. the global gradient norm is the all-reduced sum of each shard's squared norm (clipping uses it),
-//   3. AdamW updates this rank's fp32 master shard (the same formula as torch::optim::AdamW),
+//   3. the update rule (optim::UpdateRule, the same one the other updaters apply) updates this rank's
+//      fp32 master shard: decay per parameter, then the element-wise rule in slices,
 //   4. the updated shards are all-gathered into the working parameters (bf16 or fp32).
-// Per rank this keeps 12 bytes per parameter / W of optimizer state instead of 12 bytes per parameter.
+// With AdamW each rank keeps 12 bytes per parameter / W of optimizer state instead of 12 per parameter.
+// A rule that needs whole matrices (optim::UpdateRule::needs_whole_matrices) is refused at construction.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -19,26 +22,31 @@
 
 #include "sftgo/dist/dist.h"
 #include "sftgo/optim/optim.h"
+#include "sftgo/optim/rule.h"
 
 namespace sftgo::dist {
 
-class ZeroAdamW {
+class ZeroOptimizer {
  public:
   // params: the model's working parameters (HF name, tensor), all on comm->device().
   // fp32_grads: with bf16 (or fp16) parameters, every backward's gradient is added into an fp32 flat
   // buffer (a post-accumulate hook, which then frees the bf16 one) and the reduce-scatter sums fp32,
   // as HF, DeepSpeed and Megatron accumulate; it costs 2 bytes per parameter more than accumulating in
   // the weights' dtype (false). fp32 parameters accumulate in fp32 either way.
-  ZeroAdamW(std::shared_ptr<Comm> comm, const optim::NamedParameters& params, const optim::AdamWOptions& options,
-            bool fp32_grads = true);
-  ~ZeroAdamW();
-  ZeroAdamW(const ZeroAdamW&) = delete;
-  ZeroAdamW& operator=(const ZeroAdamW&) = delete;
+  // options: the update rule (options.name) and its hyper-parameters; Error(kConfig) for a rule that
+  // needs whole matrices.
+  ZeroOptimizer(std::shared_ptr<Comm> comm, const optim::NamedParameters& params, const optim::RuleOptions& options,
+                bool fp32_grads = true);
+  ~ZeroOptimizer();
+  ZeroOptimizer(const ZeroOptimizer&) = delete;
+  ZeroOptimizer& operator=(const ZeroOptimizer&) = delete;
 
   // Steps 1-4 above. Returns the global gradient norm before clipping (max_norm 0 = no clipping).
-  // When the norm is not finite, or skip is set, nothing is updated (every rank sees the same norm,
-  // so every rank skips together). Gradients are left as they were; call zero_grad() after.
-  double step(double lr, double max_norm, bool skip = false);
+  // finite: the step's loss was finite on every rank (the same value on all of them, as
+  // train::Updater::step takes it); false returns NaN at once, with no collective and no update. When
+  // the norm is not finite nothing is updated either (every rank sees the same norm, so every rank
+  // skips together). Gradients are left as they were; call zero_grad() after.
+  double step(double lr, double max_norm, bool finite = true);
   // Zeroes the flat gradient buffer and points every parameter's .grad at its slice of it (backward
   // then accumulates in place, so gradients take no second full-size buffer); with fp32 gradients for
   // bf16 parameters the .grad is left empty instead (the hook adds each backward's into the buffer).
@@ -52,14 +60,18 @@ class ZeroAdamW {
   int64_t steps() const { return steps_; }
   at::ScalarType grad_dtype() const { return flat_.scalar_type(); }  // what gradients accumulate in
 
-  // Writes this rank's shard (master, exp_avg, exp_avg_sq, step count, range, rank and world size) to path.
+  const optim::UpdateRule& rule() const { return *rule_; }
+
+  // Writes this rank's shard (master, the rule's state tensors under their names, step count, range,
+  // rank and world size, the rule's name) to path.
   void save_shard(const std::string& path) const;
   // Restores this rank's shard from the shard files of a checkpoint saved with any world size
   // (same parameters): each file holds the slice its name gives, and only the files overlapping this
   // rank's slice are opened (zero_shards_overlapping), so a rank reads about 12 bytes per parameter / W.
   // When the files' directory holds kZeroManifestName, each file read must have the size and digest
   // recorded there (a shard copied over another, truncated or from another run is refused, naming it);
-  // checkpoints saved before the manifest existed load without it.
+  // checkpoints saved before the manifest existed load without it. Shards saved by another rule are
+  // refused (files without a rule name are AdamW's).
   void load_shards(const std::vector<std::string>& paths);
 
  private:
@@ -67,10 +79,11 @@ class ZeroAdamW {
   std::vector<at::Tensor> params_;
   std::vector<std::pair<int64_t, int64_t>> segments_;  // param -> [offset, numel) in the flat vector
   std::vector<double> decay_;                          // param -> weight decay
-  optim::AdamWOptions options_;
+  std::unique_ptr<optim::UpdateRule> rule_;
   int64_t numel_ = 0, padded_ = 0, shard_ = 0, begin_ = 0;
   int64_t steps_ = 0;
-  at::Tensor master_, exp_avg_, exp_avg_sq_;  // [shard] fp32
+  at::Tensor master_;              // [shard] fp32
+  std::vector<at::Tensor> state_;  // [shard] fp32 each, rule_->state_names() order
   // [padded] gradient dtype: the gradients, then (its storage seen as the working dtype) the gathered
   // parameters, so the all-gather needs no buffer of its own.
   at::Tensor flat_;

@@ -1,8 +1,9 @@
-// AdamW with decay / no-decay parameter groups, the warmup + decay learning-rate schedule, and
-// global-norm gradient clipping.
+// The optimizer over whole parameters (an UpdateRule with decay / no-decay parameter groups), the
+// warmup + decay learning-rate schedule, and global-norm gradient clipping.
 #pragma once
 
-#include <torch/optim/adamw.h>
+#include <torch/optim/optimizer.h>
+#include <torch/serialize/archive.h>
 #include <torch/types.h>
 
 #include <cstdint>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "sftgo/config/config.h"
+#include "sftgo/optim/rule.h"
 
 namespace sftgo::optim {
 
@@ -35,35 +37,52 @@ double lr_at(const LrSchedule& schedule, int64_t step);
 // warmup_steps >= 0 wins; otherwise ceil(ratio * total_steps).
 int64_t resolve_warmup_steps(int64_t warmup_steps, double warmup_ratio, int64_t total_steps);
 
-// The defaults are the config's (OptimConfig in config.h is the one home of these numbers).
-struct AdamWOptions {
-  double lr = OptimConfig{}.lr;
-  double beta1 = OptimConfig{}.beta1;
-  double beta2 = OptimConfig{}.beta2;
-  double eps = OptimConfig{}.eps;
-  double weight_decay = OptimConfig{}.weight_decay;
-};
-AdamWOptions adamw_options(const OptimConfig& config);
-
 using NamedParameters = std::vector<std::pair<std::string, torch::Tensor>>;
 
 // Norm weights, biases and other 1-D tensors get no weight decay (standard for Llama fine-tuning).
 bool decays(const std::string& name, const torch::Tensor& param);
 
-// LibTorch's AdamW update, step for step and bit for bit, with bounded scratch memory: the
-// denominator is built in place and large tensors are updated in slices of kAdamWSliceElements, so a
-// step needs a few MB of temporaries instead of two full copies of the largest parameter (a 128k x
-// 4096 fp32 embedding: 4.2 GB). State and checkpoints are LibTorch's (AdamWParamState).
-class LeanAdamW : public torch::optim::AdamW {
- public:
-  using torch::optim::AdamW::AdamW;
-  torch::Tensor step(LossClosure closure = nullptr) override;
-};
-inline constexpr int64_t kAdamWSliceElements = int64_t{1} << 22;  // 16 MB of fp32 per temporary
+// Contiguous 1-D slices of at most kRuleSliceElements covering `t`, or `t` itself when it is small, not
+// contiguous, or `sliceable` is false (tensors updated together must be sliced alike).
+std::vector<torch::Tensor> element_slices(const torch::Tensor& t, bool sliceable = true);
 
-// Group 0 decays, group 1 does not; parameters that do not require grad are left out.
-// Returns a LeanAdamW.
-std::unique_ptr<torch::optim::AdamW> make_adamw(const NamedParameters& params, const AdamWOptions& options);
+// A RuleOptimizer's per-parameter state: the parameter's update count and the rule's state tensors.
+struct RuleParamState : torch::optim::OptimizerCloneableParamState<RuleParamState> {
+  int64_t step = 0;
+  std::vector<torch::Tensor> tensors;  // UpdateRule::state_names() order, each shaped like the parameter
+};
+// A parameter group's rate and decay (group 0 decays, group 1 does not).
+struct RuleGroupOptions : torch::optim::OptimizerCloneableOptions<RuleGroupOptions> {
+  double lr = 0, weight_decay = 0;
+  double get_lr() const override { return lr; }
+  void set_lr(const double value) override { lr = value; }
+};
+
+// An UpdateRule over whole parameters (the plain and fp32-master updaters): decoupled decay, then the
+// rule on each parameter in slices of kRuleSliceElements (bounded scratch memory), or whole for a rule
+// that needs whole matrices. A torch::optim::Optimizer, so checkpoints save it as one; optimizer.pt
+// keeps LibTorch's layout (state/<key>/{step, <state names>}, param_groups/<i>/{params, options}) plus
+// the rule's name, so files written by torch::optim::AdamW (every sftgo before the rules) resume.
+class RuleOptimizer : public torch::optim::Optimizer {
+ public:
+  // Group 0 decays, group 1 does not; parameters that do not require grad are left out.
+  RuleOptimizer(const NamedParameters& params, const RuleOptions& options);
+  torch::Tensor step(LossClosure closure = nullptr) override;
+  void save(torch::serialize::OutputArchive& archive) const override;
+  // Restores the update counts and state tensors (onto each parameter's device); the rates, decay and
+  // the rule's hyper-parameters stay this run's configuration. Error(kFormat) when the archive was
+  // written by another rule or its tensors do not fit the parameters.
+  void load(torch::serialize::InputArchive& archive) override;
+  const UpdateRule& rule() const { return *rule_; }
+  // nullptr before the parameter's first update.
+  const RuleParamState* state_of(const torch::Tensor& param) const;
+
+ private:
+  std::unique_ptr<UpdateRule> rule_;
+};
+
+// The key optimizer.pt names its rule under (absent in files written by torch::optim::AdamW: "adamw").
+inline constexpr const char* kUpdateRuleKey = "update_rule";
 
 // Sets the learning rate of every group.
 void set_lr(torch::optim::Optimizer& optimizer, double lr);

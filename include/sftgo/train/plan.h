@@ -32,7 +32,12 @@ struct MemoryBreakdown {
   int64_t moments = 0;      // AdamW exp_avg + exp_avg_sq
   int64_t comm = 0;         // communication buffers not already counted as gradients
   int64_t activations = 0;  // one micro-batch's forward/backward working set (ActivationBreakdown::total)
-  int64_t total() const { return weights + gradients + masters + moments + comm + activations; }
+  // Exists only during the optimizer step, when the activations are gone: Gloo's reduce-scatter
+  // (CPU runs) works on a clone of the whole flat gradient buffer; NCCL needs none.
+  int64_t step_transient = 0;
+  int64_t total() const {
+    return weights + gradients + masters + moments + comm + (activations > step_transient ? activations : step_transient);
+  }
 };
 
 // One micro-batch's activation memory, by where it comes from.
@@ -69,6 +74,7 @@ struct MemoryPlan {
   int world_size = 1;
   int64_t gpu_mem_bytes = 0;
   std::string precision;  // train.precision
+  std::string backend;    // "nccl" (a GPU job) or "gloo" (dist.backend gloo, or auto with model.device cpu)
   int64_t weight_bytes = 0;     // bytes per working weight element (2 bf16, 4 fp32)
   int64_t trainable_bytes = 0;  // bytes per trainable element (LoRA adapters are fp32)
   ActivationBreakdown activations;

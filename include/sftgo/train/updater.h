@@ -2,9 +2,11 @@
 // One implementation per way of holding weights and optimizer state; the trainer calls only this
 // interface, so a new way (FSDP, LoRA adapters, another precision) is a new Updater, not a branch in
 // the step.
-//   plain   AdamW on the model's own parameters (fp32, or bf16 weights and state)
-//   masters bf16 working weights, fp32 master weights and AdamW state (train.precision: bf16)
-//   zero1   ZeRO-1: AdamW state and fp32 masters sharded across ranks (dist.zero1)
+//   plain   the update rule on the model's own parameters (fp32, or bf16 weights and state)
+//   masters bf16 working weights, fp32 master weights and rule state (train.precision: bf16)
+//   zero1   ZeRO-1: rule state and fp32 masters sharded across ranks (dist.zero1)
+// All three apply the same optim::UpdateRule (optim.name, AdamW by default): an optimizer is a rule,
+// not an Updater.
 // With several ranks the first two compose with the bucketed gradient reducer (dist::GradReducer),
 // which sums gradients over ranks while the step's last backward runs.
 #pragma once
@@ -29,9 +31,10 @@ class Updater {
   virtual void before_last_backward() {}
   // After the step's backward passes, on every rank, also after an aborted step (collectives stay matched).
   virtual void after_backward() {}
-  // Clips the gradients to max_norm (0 = no clipping) and applies one AdamW update at `lr`. Returns the
-  // gradient norm before clipping; NaN/Inf (or finite == false, when the loss was not finite on some
-  // rank) means nothing was updated. Every rank gets the same result.
+  // Clips the gradients to max_norm (0 = no clipping) and applies one update of the rule at `lr`.
+  // finite: the step's loss was finite on every rank (all-reduced, so the same on all; false skips the
+  // step). Returns the gradient norm before clipping; NaN/Inf (always NaN when finite is false) means
+  // nothing was updated. Every rank gets the same result.
   virtual double step(double lr, double max_norm, bool finite) = 0;
   // Clears the gradients for the next step (in place where the gradients are communication buffers).
   virtual void zero_grad() = 0;
@@ -46,12 +49,13 @@ class Updater {
 };
 
 struct UpdaterOptions {
-  optim::AdamWOptions adamw;
+  optim::RuleOptions rule;       // optim.name and its hyper-parameters
   double bucket_mb = 25;         // gradient all-reduce buckets (several ranks, plain and masters)
   bool zero1_fp32_grads = true;  // ZeRO-1 with bf16 weights: fp32 gradient accumulation and reduce-scatter
 };
 
-// params: the model's parameters (HF name, tensor), all on comm->device().
+// params: the model's parameters (HF name, tensor), all on comm->device(). Error(kConfig) for an
+// unknown rule, or one that needs whole matrices with kZero1.
 std::unique_ptr<Updater> make_updater(UpdaterKind kind, std::shared_ptr<dist::Comm> comm,
                                       const optim::NamedParameters& params, const UpdaterOptions& options);
 
