@@ -208,11 +208,14 @@ StepTotals Trainer::Impl::backward_passes(std::vector<MicroBatch>& micro, StepWe
   }
   StepTotals t = forward_backward(micro, w, lambda);
   reduce_totals(t);
-  const bool redo = t.finite && w.confirm(t.seen);  // the same decision on every rank (summed stats)
+  // The same decision on every rank (summed stats). Tests (bet_against) redo every speculated step.
+  const bool lost = t.finite && w.confirm(t.seen);
+  const bool redo = lost || (bet_against && t.finite && rng.defined());
   if (redo) {
     ++redone_steps;
-    log_info("step {}: the worst group was not the predicted one; step redone ({} of {} speculated steps)", step + 1,
-             redone_steps, speculated_steps);
+    log_info("step {}: {}; step redone ({} of {} speculated steps)", step + 1,
+             lost ? "the worst group was not the predicted one" : "redo forced (SFTGO_TEST_BET_AGAINST)", redone_steps,
+             speculated_steps);
     updater->zero_grad();
     at::Generator gen = at::globalContext().defaultGenerator(device);
     gen.set_state(rng);

@@ -112,7 +112,7 @@ struct Trainer::Impl {
   WeightsPolicy weights_policy;
   int predicted_worst = -1;
   int64_t speculated_steps = 0, redone_steps = 0;  // this process's speculations and lost bets
-  bool bet_against = false;                        // SFTGO_TEST_BET_AGAINST=1: every bet loses (tests)
+  bool bet_against = false;                        // SFTGO_TEST_BET_AGAINST=1: bet wrong, always redo (tests)
 
   // Forward pieces.
   void choose_groups_before_forward(MicroBatch& b);

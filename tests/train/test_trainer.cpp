@@ -725,7 +725,8 @@ TEST(PrecisionPolicy, UnknownNameNamesTheRegisteredOnes) {
 // every bet loses (SFTGO_TEST_BET_AGAINST=1: the step's gradients are discarded and its passes run
 // again), with LoRA dropout (the redo replays the generator: same masks) and with groups chosen by the
 // training forward (Rho-1: chosen again in the redo). Step 1 takes the pre-pass (nothing to bet on);
-// with every bet lost, steps 2 to 6 are redone.
+// SFTGO_TEST_BET_AGAINST bets on the previous step's losing group (lost unless the worst group
+// changed) and redoes every speculated step: steps 2 to 6.
 TEST_F(TrainerTest, SpeculatedStepStatsEqualThePrePassBitForBit) {
   struct Run {
     std::vector<StepMetrics> steps;
@@ -767,7 +768,7 @@ TEST_F(TrainerTest, SpeculatedStepStatsEqualThePrePassBitForBit) {
   const Run prepass = run("prepass", {"loss.step_stats=prepass"}, false);
   const Run spec = run("speculate", {"loss.step_stats=speculate"}, false);
   const Run lost = run("lost", {"loss.step_stats=speculate"}, true);
-  EXPECT_EQ(lost.redone, 5);
+  EXPECT_EQ(lost.redone, 5) << "steps redone";
   expect_identical(prepass, spec, "speculate");
   expect_identical(prepass, lost, "speculate, every bet lost");
   // LoRA dropout: auto takes the pre-pass (its means are of the undropped model); speculation is
@@ -775,7 +776,7 @@ TEST_F(TrainerTest, SpeculatedStepStatsEqualThePrePassBitForBit) {
   const std::vector<std::string> lora = {"lora.enabled=true", "lora.rank=4", "lora.dropout=0.2",
                                          "loss.step_stats=speculate"};
   const Run lora_won = run("lora", lora, false), lora_lost = run("lora_lost", lora, true);
-  EXPECT_EQ(lora_lost.redone, 5);
+  EXPECT_EQ(lora_lost.redone, 5) << "steps redone";
   expect_identical(lora_won, lora_lost, "LoRA dropout, every bet lost");
   // Rho-1 groups from the training forward (sftgo objective over them).
   std::string ref;
@@ -786,7 +787,7 @@ TEST_F(TrainerTest, SpeculatedStepStatsEqualThePrePassBitForBit) {
   const std::vector<std::string> rho1 = {"grouping.function=rho1", "grouping.rho1_reference_model=" + ref,
                                          "loss.step_stats=speculate"};
   const Run rho1_won = run("rho1", rho1, false), rho1_lost = run("rho1_lost", rho1, true);
-  EXPECT_EQ(rho1_lost.redone, 5);
+  EXPECT_EQ(rho1_lost.redone, 5) << "steps redone";
   expect_identical(rho1_won, rho1_lost, "Rho-1 groups, every bet lost");
 }
 
