@@ -3,12 +3,15 @@
 #include <cstdio>
 #include <sstream>
 
+#include "sftgo/core/error.h"
+
 namespace sftgo::config_detail {
 namespace {
 
 class Builder {
  public:
   explicit Builder(std::vector<Field>& out) : out_(out) {}
+  std::vector<Field>& fields() { return out_; }
   template <typename T>
   Field& operator()(std::string key, T& ref, std::string doc) {
     out_.push_back(Field{std::move(key), FieldPtr(&ref), std::move(doc), {}, {}, false, {}, {}, {}});
@@ -21,10 +24,10 @@ class Builder {
 
 }  // namespace
 
-std::vector<Field> fields_of(Config& c) {
-  std::vector<Field> f;
-  f.reserve(96);
-  Builder add(f);
+namespace {
+
+// One function per group of sections, in the order of the reference.
+void run_model_fields(Builder& add, Config& c) {
   add("run.name", c.run.name, "Run name, used in logs and metrics");
   add("run.output_dir", c.run.output_dir, "Directory for checkpoints, metrics.jsonl and the resolved config");
   add("run.seed", c.run.seed, "Seed for weights init, data order and random grouping").at_least(0);
@@ -69,7 +72,9 @@ std::vector<Field> fields_of(Config& c) {
       .range(1, 2147483647)
       .or_value(-1);
   add("model.init_std", c.model.init_std, "Std of the normal init for random weights").above(0);
+}
 
+void data_grouping_fields(Builder& add, Config& c, bool with_declared) {
   add("data.path", c.data.path, "Training data file (JSONL, or a JSON array for Alpaca)");
   add("data.format", c.data.format, "Record format; auto detects from the first record (shapes: docs/data.md)")
       .one_of({"auto", "lima", "alpaca", "chat", "sharegpt"});
@@ -96,29 +101,11 @@ std::vector<Field> fields_of(Config& c) {
       .range(-1, 100);
   add("grouping.selection", c.grouping.selection, "Top-k within each sequence or over the whole batch")
       .one_of({"sequence", "batch"});
-  add("grouping.tfidf_sublinear_tf", c.grouping.tfidf_sublinear_tf,
-      "TF-IDF: use 1 + log(tf) as scikit-learn's sublinear_tf");
-  add("grouping.tfidf_smooth_idf", c.grouping.tfidf_smooth_idf,
-      "TF-IDF: idf = ln((1+n)/(1+df)) + 1 as scikit-learn's smooth_idf");
-  add("grouping.llmlingua2_model", c.grouping.llmlingua2_model,
-      "LLMLingua-2 TorchScript export directory (scripts/export_llmlingua2.py)");
-  add("grouping.llmlingua2_aggregation", c.grouping.llmlingua2_aggregation,
-      "How a Llama token combines the word probabilities it overlaps")
-      .one_of({"max", "mean", "first"});
-  add("grouping.llmlingua2_window", c.grouping.llmlingua2_window,
-      "LLMLingua-2: classifier window in XLM-R ids incl. <s> and </s> (llmlingua uses 512)")
-      .range(3, 1 << 20);
-  add("grouping.llmlingua2_batch_size", c.grouping.llmlingua2_batch_size,
-      "LLMLingua-2: windows per classifier forward (CPU: 1-4 is fastest, see docs/benchmarks.md; GPU: larger)")
-      .range(1, 1 << 16);
-  add("grouping.llmlingua2_device", c.grouping.llmlingua2_device,
-      "LLMLingua-2: where the classifier runs (auto = cuda when available)")
-      .one_of({"auto", "cpu", "cuda"});
-  add("grouping.rho1_reference_model", c.grouping.rho1_reference_model,
-      "Rho-1: frozen reference model checkpoint directory, or `base` for a LoRA run's own frozen base model (adapters off: no second model in memory)");
-  add("grouping.rho1_extra_forward", c.grouping.rho1_extra_forward,
-      "Rho-1: take the current model's losses from a separate no-grad forward before each step (the pre-#6 way, one extra forward per micro-batch) instead of from the training forward itself");
+  // Each grouping function's own keys, declared in its file (src/grouping/*.cpp, listed in registry.cpp).
+  if (with_declared) add_declared_fields(add.fields(), "grouping", c.grouping.options);
+}
 
+void loss_optim_fields(Builder& add, Config& c) {
   add("loss.objective", c.loss.objective,
       "sftgo (group max + CE), ce (plain SFT) or rho1 (CE on important tokens only)")
       .one_of({"sftgo", "ce", "rho1"});
@@ -153,7 +140,9 @@ std::vector<Field> fields_of(Config& c) {
       .range(-1, 1e9);
   add("optim.min_lr_ratio", c.optim.min_lr_ratio, "Final learning rate as a share of the peak").range(0, 1);
   add("optim.grad_clip", c.optim.grad_clip, "Clip the global gradient norm to this; 0 disables").at_least(0);
+}
 
+void train_fields(Builder& add, Config& c) {
   // Step counts: ceil(epochs x steps per epoch) must be an exact int64; 10^9 steps of even 10 ms is
   // 116 days, so a larger value is a typo, not a plan.
   add("train.epochs", c.train.epochs,
@@ -193,7 +182,9 @@ std::vector<Field> fields_of(Config& c) {
   add("train.num_threads", c.train.num_threads,
       "CPU threads for LibTorch; 0 = its default (at most 65536: LibTorch takes an int)")
       .range(0, 65536);
+}
 
+void dist_lora_fields(Builder& add, Config& c) {
   add("dist.backend", c.dist.backend, "Process-group backend; auto = NCCL on GPU, Gloo on CPU")
       .one_of({"auto", "nccl", "gloo"});
   add("dist.master_addr", c.dist.master_addr, "Rendezvous address when MASTER_ADDR is not set");
@@ -248,6 +239,21 @@ std::vector<Field> fields_of(Config& c, bool with_declared) {
 }
 
 const char* type_name(const FieldPtr& ptr) {
+void add_declared_fields(std::vector<Field>& fields, const std::string& section, OptionValues& values) {
+  for (const auto& group : declared_options(section)) {
+    for (const auto& spec : group.options) {
+      const bool given = values.has(spec.key);
+      OptionValue& v = values.slot(spec.key);
+      if (!given) v = spec.default_value;
+      SFTGO_CHECK(v.index() == spec.default_value.index(), ErrorKind::kInternal, section, ".", spec.key,
+                  " holds a value of another type than its declared default (", group.owner, ")");
+      FieldPtr ptr = std::visit([](auto& x) -> FieldPtr { return &x; }, v);
+      fields.push_back(Field{section + "." + spec.key, ptr, spec.doc, spec.min, spec.max, spec.min_exclusive,
+                             spec.choices, {}, {}});
+    }
+  }
+}
+
   struct V {
     const char* operator()(bool*) const { return "bool"; }
     const char* operator()(int64_t*) const { return "int"; }

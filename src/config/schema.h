@@ -53,10 +53,28 @@ struct Field {
   }
 };
 
-// Builds the field list bound to one Config instance.
-std::vector<Field> fields_of(Config& config);
+// Builds the field list bound to one Config instance: the config module's own keys and, after a
+// section's own keys, the keys declared for it (options.h), whose values it fills in when missing.
+std::vector<Field> fields_of(Config& config, bool with_declared = true);
+// Appends the declared keys of `section`, bound to `values` (a missing or mistyped value is set to
+// the default first).
+void add_declared_fields(std::vector<Field>& fields, const std::string& section, OptionValues& values);
 
 const char* type_name(const FieldPtr& ptr);
 std::string value_string(const FieldPtr& ptr);
+
+// ---- checks (check.cpp) ------------------------------------------------------------------------------
+// "in [1, 1000000000]", "> 0 and <= 1000000", "-1, or in [1, 1000000000]"; "" when unbounded.
+std::string allowed_text(const Field& f, const char* in = "in ");
+// kConfig "<where>: <key> = <text> is out of range (expected ...)" when v is outside the field's range.
+void check_range(const Field& f, double v, const std::string& where, const std::string& text);
+// kConfig naming the allowed values (and the closest) when the field has choices and text is not one.
+void check_choice(const Field& f, const std::string& text, const std::string& where);
+
+// ---- unknown keys (suggest.cpp) ----------------------------------------------------------------------
+// "did you mean 'optim.lr'?" for an unknown key: another trainer's name, the same name in another
+// section, shared words, else the nearest spelling; "" when nothing is close.
+std::string suggest_key(const std::string& key, const std::vector<std::string>& keys);
+std::vector<std::string> keys_of(const std::vector<Field>& fields);
 
 }  // namespace sftgo::config_detail

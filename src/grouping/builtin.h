@@ -1,25 +1,20 @@
-// Internal: the built-in LibTorch-free grouping functions. Adding one = a new .cpp defining
-// make_grouping_<name>(opts, tok) + one line in SFTGO_GROUPING_BUILTINS (+ the file in CMakeLists).
-// Functions that need LibTorch (rho1) register themselves from src/grouping/*_torch.cpp.
+// Internal: each built-in grouping function's spec (name, own options, factory), defined in the
+// function's own file; src/grouping/registry.cpp lists them. Adding a function = its file defining
+// <name>_function() + one line here and one in registry.cpp's list (+ the file in CMakeLists.txt).
 #pragma once
 
-#include <memory>
+#include <string>
 
 #include "sftgo/grouping/grouping.h"
 
-#define SFTGO_GROUPING_BUILTINS(X) \
-  X(none)                          \
-  X(random)                        \
-  X(frequency)                     \
-  X(tfidf)                         \
-  X(llmlingua2)
-
 namespace sftgo::grouping::detail {
 
-#define SFTGO_GROUPING_DECLARE(name) \
-  std::unique_ptr<GroupingFunction> make_grouping_##name(const GroupingOptions& opts, const Tokenizer* tok);
-SFTGO_GROUPING_BUILTINS(SFTGO_GROUPING_DECLARE)
-#undef SFTGO_GROUPING_DECLARE
+GroupingFunctionSpec none_function();        // none.cpp
+GroupingFunctionSpec random_function();      // random.cpp
+GroupingFunctionSpec frequency_function();   // frequency.cpp
+GroupingFunctionSpec tfidf_function();       // tfidf.cpp
+GroupingFunctionSpec llmlingua2_function();  // llmlingua2_torch.cpp (text side: llmlingua2.cpp)
+GroupingFunctionSpec rho1_function();        // rho1_torch.cpp
 
 // Canonical text of a float parameter for params() (round-trips exactly).
 std::string param_double(double v);

@@ -54,8 +54,8 @@ class FrequencyFunction final : public StaticGroupingFunction {
 
 }  // namespace
 
-std::unique_ptr<GroupingFunction> make_grouping_frequency(const GroupingOptions&, const Tokenizer*) {
-  return std::make_unique<FrequencyFunction>();
+GroupingFunctionSpec frequency_function() {
+  return {"frequency", {}, [](const GroupingOptions&, const Tokenizer*) { return std::make_unique<FrequencyFunction>(); }};
 }
 
 }  // namespace sftgo::grouping::detail

@@ -268,40 +268,45 @@ std::vector<float> words_to_token_scores(const std::vector<Llmlingua2Word>& word
   return out;
 }
 
-// ---- classifier plug-in ------------------------------------------------------------------------------------
+// ---- options -----------------------------------------------------------------------------------------------
 
 KeepClassifier::~KeepClassifier() = default;
 
-namespace {
-std::mutex& loader_mu() {
-  static std::mutex mu;
-  return mu;
+std::vector<OptionSpec> llmlingua2_option_specs() {
+  return {
+      {"llmlingua2_model", "", "LLMLingua-2 TorchScript export directory (scripts/export_llmlingua2.py)"},
+      OptionSpec("llmlingua2_aggregation", "max", "How a Llama token combines the word probabilities it overlaps")
+          .one_of({"max", "mean", "first"}),
+      OptionSpec("llmlingua2_window", int64_t{512},
+                 "LLMLingua-2: classifier window in XLM-R ids incl. <s> and </s> (llmlingua uses 512)")
+          .range(3, 1 << 20),
+      OptionSpec("llmlingua2_batch_size", int64_t{16},
+                 "LLMLingua-2: windows per classifier forward (CPU: 1-4 is fastest, see docs/benchmarks.md; GPU: "
+                 "larger)")
+          .range(1, 1 << 16),
+      OptionSpec("llmlingua2_device", "auto", "LLMLingua-2: where the classifier runs (auto = cuda when available)")
+          .one_of({"auto", "cpu", "cuda"}),
+  };
 }
-KeepClassifierLoader& loader_slot() {
-  static KeepClassifierLoader loader;
-  return loader;
-}
-}  // namespace
 
-void set_llmlingua2_classifier_loader(KeepClassifierLoader loader) {
-  std::lock_guard lock(loader_mu());
-  loader_slot() = std::move(loader);
-}
-
-bool has_llmlingua2_classifier_loader() {
-  std::lock_guard lock(loader_mu());
-  return static_cast<bool>(loader_slot());
+Llmlingua2Options llmlingua2_options(const OptionValues& p) {
+  return {.model = p.get<std::string>("llmlingua2_model"),
+          .aggregation = p.get<std::string>("llmlingua2_aggregation"),
+          .window = p.get<int64_t>("llmlingua2_window"),
+          .batch_size = p.get<int64_t>("llmlingua2_batch_size"),
+          .device = p.get<std::string>("llmlingua2_device")};
 }
 
 // ---- scorer -------------------------------------------------------------------------------------------------
 
-Llmlingua2Scorer::Llmlingua2Scorer(const GroupingOptions& opts) : meta_(load_llmlingua2_meta(opts.llmlingua2_model)) {
-  window_ = opts.llmlingua2_window;
+Llmlingua2Scorer::Llmlingua2Scorer(const Llmlingua2Options& opts, const KeepClassifierMaker& make_classifier)
+    : meta_(load_llmlingua2_meta(opts.model)) {
+  window_ = opts.window;
   SFTGO_CHECK_HINT(window_ >= 3 && window_ <= meta_.window, ErrorKind::kConfig,
                    sftgo::format("the export {} takes at most {} ids per window", meta_.dir, meta_.window),
                    "grouping.llmlingua2_window = ", window_, ", expected 3..", meta_.window);
-  SFTGO_CHECK(opts.llmlingua2_batch_size >= 1, ErrorKind::kConfig,
-              "grouping.llmlingua2_batch_size = ", opts.llmlingua2_batch_size, ", expected >= 1");
+  SFTGO_CHECK(opts.batch_size >= 1, ErrorKind::kConfig, "grouping.llmlingua2_batch_size = ", opts.batch_size,
+              ", expected >= 1");
   const std::string sp_path = (fs::path(meta_.dir) / kLlmlingua2Spm).string();
   const std::string sha = sha256_file(sp_path);
   SFTGO_CHECK_HINT(sha == meta_.sentencepiece_sha256, ErrorKind::kConfig,
@@ -310,15 +315,9 @@ Llmlingua2Scorer::Llmlingua2Scorer(const GroupingOptions& opts) : meta_(load_llm
   sp_ = std::make_unique<XlmrTokenizer>(sp_path);
   SFTGO_CHECK(sp_->piece_count() == meta_.sentencepiece_pieces, ErrorKind::kConfig, sp_path, ": ", sp_->piece_count(),
               " pieces but ", kLlmlingua2Meta, " says ", meta_.sentencepiece_pieces);
-  KeepClassifierLoader loader;
-  {
-    std::lock_guard lock(loader_mu());
-    loader = loader_slot();
-  }
-  SFTGO_CHECK_HINT(static_cast<bool>(loader), ErrorKind::kUsage, "link sftgo_grouping (the LibTorch part)",
-                   "grouping function 'llmlingua2' needs the TorchScript classifier, which this binary lacks");
-  clf_ = loader(meta_, opts);
-  SFTGO_CHECK(clf_ != nullptr, ErrorKind::kInternal, "LLMLingua-2 classifier loader returned null");
+  SFTGO_CHECK(static_cast<bool>(make_classifier), ErrorKind::kInternal, "LLMLingua-2 scorer without a classifier");
+  clf_ = make_classifier(meta_);
+  SFTGO_CHECK(clf_ != nullptr, ErrorKind::kInternal, "LLMLingua-2 classifier maker returned null");
 }
 
 Llmlingua2Scorer::~Llmlingua2Scorer() = default;
@@ -393,28 +392,29 @@ std::vector<Segment> segments_of(const data::TokenizedExample& ex, const Tokeniz
 
 class Llmlingua2Function final : public StaticGroupingFunction {
  public:
-  Llmlingua2Function(const GroupingOptions& opts, const Tokenizer& tok) : opts_(opts), tok_(tok), scorer_(opts) {
-    (void)words_to_token_scores({}, {}, opts.llmlingua2_aggregation);  // validates the name now
+  Llmlingua2Function(const Llmlingua2Options& opts, const Tokenizer& tok, const KeepClassifierMaker& make)
+      : opts_(opts), tok_(tok), scorer_(opts, make) {
+    (void)words_to_token_scores({}, {}, opts.aggregation);  // validates the name now
     // The cache key must change with the weights: hash the TorchScript file once.
     const std::string module = (fs::path(scorer_.meta().dir) / kLlmlingua2Module).string();
     const std::string bytes = read_file(module);
     module_hash_ = hash64(bytes.data(), bytes.size());
     log_info("grouping: llmlingua2 model {} ({}), window {}, batch {}, device {}", scorer_.meta().dir,
-             scorer_.meta().model_name, scorer_.window(), opts.llmlingua2_batch_size, scorer_.device());
+             scorer_.meta().model_name, scorer_.window(), opts.batch_size, scorer_.device());
   }
 
   std::string name() const override { return "llmlingua2"; }
   Requirements requirements() const override { return {.reference_model = true, .tokenizer = true}; }
   std::string params() const override {
     return sftgo::format("model={:016x};sp={};window={};aggregation={};text=v1", module_hash_,
-                         scorer_.meta().sentencepiece_sha256, scorer_.window(), opts_.llmlingua2_aggregation);
+                         scorer_.meta().sentencepiece_sha256, scorer_.window(), opts_.aggregation);
   }
 
   // Windows of neighbouring examples share classifier batches, so the pipeline calls score_many on
   // fixed runs of examples of batch_size x window tokens (one batch of full windows, several of the
   // usual short ones, sorted longest first inside the run).
   uint64_t score_run_tokens() const override {
-    return static_cast<uint64_t>(opts_.llmlingua2_batch_size) * static_cast<uint64_t>(scorer_.window());
+    return static_cast<uint64_t>(opts_.batch_size) * static_cast<uint64_t>(scorer_.window());
   }
 
   // All windows of all the examples go through the classifier in batches (Llmlingua2Scorer::words).
@@ -445,13 +445,13 @@ class Llmlingua2Function final : public StaticGroupingFunction {
                                  const std::vector<std::vector<Llmlingua2Word>>& words, size_t first) const {
     std::vector<float> out(ex.ids.size(), 0.0f);
     for (size_t s = 0; s < segs.size(); ++s) {
-      const auto tok_scores = words_to_token_scores(words[first + s], segs[s].spans, opts_.llmlingua2_aggregation);
+      const auto tok_scores = words_to_token_scores(words[first + s], segs[s].spans, opts_.aggregation);
       for (size_t j = 0; j < segs[s].positions.size(); ++j) out[segs[s].positions[j]] = tok_scores[j];
     }
     return out;
   }
 
-  GroupingOptions opts_;
+  Llmlingua2Options opts_;
   const Tokenizer& tok_;
   Llmlingua2Scorer scorer_;
   uint64_t module_hash_ = 0;
@@ -459,11 +459,13 @@ class Llmlingua2Function final : public StaticGroupingFunction {
 
 }  // namespace
 
-std::unique_ptr<GroupingFunction> make_grouping_llmlingua2(const GroupingOptions& opts, const Tokenizer* tok) {
+}  // namespace detail
+
+std::unique_ptr<GroupingFunction> make_llmlingua2_function(const GroupingOptions& opts, const Tokenizer* tok,
+                                                           const KeepClassifierMaker& make_classifier) {
   SFTGO_CHECK_HINT(tok != nullptr, ErrorKind::kUsage, "pass the Llama tokenizer to make_grouping_function",
                    "grouping function 'llmlingua2' needs the tokenizer (it scores the response text)");
-  return std::make_unique<Llmlingua2Function>(opts, *tok);
+  return std::make_unique<detail::Llmlingua2Function>(llmlingua2_options(opts.params), *tok, make_classifier);
 }
 
-}  // namespace detail
 }  // namespace sftgo::grouping

@@ -20,9 +20,7 @@
 #include "sftgo/core/log.h"
 #include "sftgo/core/torch_device.h"
 
-// Referenced by `-Wl,--undefined` in src/grouping/CMakeLists.txt so that every binary linking
-// sftgo_grouping pulls this object (and its registration below) out of the static library.
-extern "C" int sftgo_llmlingua2_torch_anchor = 0;
+#include "builtin.h"
 
 namespace sftgo::grouping {
 namespace {
@@ -251,17 +249,17 @@ class LazyKeepClassifier final : public KeepClassifier {
 int64_t llmlingua2_classifier_loads() { return g_loads.load(); }
 int64_t llmlingua2_lazy_classifiers_alive() { return g_alive.load(); }
 
-void register_llmlingua2_classifier() {
-  set_llmlingua2_classifier_loader([](const Llmlingua2Meta& meta, const GroupingOptions& opts) {
-    return std::make_unique<LazyKeepClassifier>(meta, opts.llmlingua2_device, opts.llmlingua2_batch_size);
-  });
+KeepClassifierMaker lazy_llmlingua2_classifier(const Llmlingua2Options& opts) {
+  return [device = opts.device, batch = opts.batch_size](const Llmlingua2Meta& meta) {
+    return std::make_unique<LazyKeepClassifier>(meta, device, batch);
+  };
 }
 
-namespace {
-const bool kRegistered = [] {
-  register_llmlingua2_classifier();
-  return true;
-}();
-}  // namespace
+// The text side (options, scorer, function) is llmlingua2.cpp; this adds the TorchScript classifier.
+GroupingFunctionSpec detail::llmlingua2_function() {
+  return {"llmlingua2", llmlingua2_option_specs(), [](const GroupingOptions& opts, const Tokenizer* tok) {
+            return make_llmlingua2_function(opts, tok, lazy_llmlingua2_classifier(llmlingua2_options(opts.params)));
+          }};
+}
 
 }  // namespace sftgo::grouping

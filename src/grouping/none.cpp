@@ -19,8 +19,8 @@ class NoneFunction final : public StaticGroupingFunction {
 
 }  // namespace
 
-std::unique_ptr<GroupingFunction> make_grouping_none(const GroupingOptions&, const Tokenizer*) {
-  return std::make_unique<NoneFunction>();
+GroupingFunctionSpec none_function() {
+  return {"none", {}, [](const GroupingOptions&, const Tokenizer*) { return std::make_unique<NoneFunction>(); }};
 }
 
 }  // namespace sftgo::grouping::detail

@@ -39,8 +39,11 @@ class RandomFunction final : public StaticGroupingFunction {
 
 }  // namespace
 
-std::unique_ptr<GroupingFunction> make_grouping_random(const GroupingOptions& opts, const Tokenizer*) {
-  return std::make_unique<RandomFunction>(opts.seed);
+// Seeded by run.seed (GroupingOptions::seed); no options of its own.
+GroupingFunctionSpec random_function() {
+  return {"random", {}, [](const GroupingOptions& opts, const Tokenizer*) {
+            return std::make_unique<RandomFunction>(opts.seed);
+          }};
 }
 
 }  // namespace sftgo::grouping::detail

@@ -20,6 +20,8 @@
 #include "sftgo/model/llama.h"
 #include "sftgo/model/score.h"
 
+#include "builtin.h"
+
 namespace sftgo::grouping {
 
 torch::Tensor select_rho1(const torch::Tensor& current_loss, const torch::Tensor& ref_loss,
@@ -44,16 +46,7 @@ torch::Tensor select_rho1(const torch::Tensor& current_loss, const torch::Tensor
 }  // namespace sftgo::grouping
 
 // ---- The `rho1` grouping function --------------------------------------------------------------
-// Referenced by `-Wl,--undefined` in src/grouping/CMakeLists.txt so that every binary linking
-// sftgo_grouping pulls this object (and its registration below) out of the static library.
-extern "C" int sftgo_rho1_torch_anchor = 0;
-
 namespace sftgo::grouping {
-
-DynamicGroupingFunction* as_dynamic(GroupingFunction& fn) {
-  return fn.is_static() ? nullptr : dynamic_cast<DynamicGroupingFunction*>(&fn);
-}
-
 namespace {
 
 // Identity of a checkpoint's weights for the reference-loss cache: its path, config.json and the name,
@@ -110,8 +103,8 @@ class Rho1Function final : public DynamicGroupingFunction {
   explicit Rho1Function(const GroupingOptions& opts)
       : k_(opts.top_k_percent),
         selection_(parse_selection(opts.selection)),
-        reference_(opts.rho1_reference_model),
-        separate_forward_(opts.rho1_extra_forward) {
+        reference_(opts.params.get<std::string>("rho1_reference_model")),
+        separate_forward_(opts.params.get<bool>("rho1_extra_forward")) {
     SFTGO_CHECK_HINT(!reference_.empty(), ErrorKind::kConfig,
                      "set grouping.rho1_reference_model to a Hugging Face checkpoint directory",
                      "grouping.function rho1 needs a reference model");
@@ -215,11 +208,19 @@ class Rho1Function final : public DynamicGroupingFunction {
   bool separate_forward_;
 };
 
-const bool kRho1Registered = [] {
-  register_grouping_function(
-      "rho1", [](const GroupingOptions& opts, const Tokenizer*) { return std::make_unique<Rho1Function>(opts); });
-  return true;
-}();
-
 }  // namespace
+
+GroupingFunctionSpec detail::rho1_function() {
+  std::vector<OptionSpec> options = {
+      {"rho1_reference_model", "",
+       "Rho-1: frozen reference model checkpoint directory, or `base` for a LoRA run's own frozen base model "
+       "(adapters off: no second model in memory)"},
+      {"rho1_extra_forward", false,
+       "Rho-1: take the current model's losses from a separate no-grad forward before each step (the pre-#6 way, "
+       "one extra forward per micro-batch) instead of from the training forward itself"},
+  };
+  return {"rho1", std::move(options),
+          [](const GroupingOptions& opts, const Tokenizer*) { return std::make_unique<Rho1Function>(opts); }};
+}
+
 }  // namespace sftgo::grouping

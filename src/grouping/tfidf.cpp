@@ -120,9 +120,21 @@ class TfidfFunction final : public StaticGroupingFunction {
 
 }  // namespace
 
-std::unique_ptr<GroupingFunction> make_grouping_tfidf(const GroupingOptions& opts, const Tokenizer*) {
-  return std::make_unique<TfidfFunction>(TfidfParams{
-      .smooth_idf = opts.tfidf_smooth_idf, .sublinear_tf = opts.tfidf_sublinear_tf, .l2_norm = opts.tfidf_l2_norm});
+// grouping.tfidf_*: scikit-learn's TfidfVectorizer switches. All three are in params(), so the cache
+// key of a run that sets none of them is the one it always was.
+GroupingFunctionSpec tfidf_function() {
+  std::vector<OptionSpec> options = {
+      {"tfidf_sublinear_tf", false, "TF-IDF: use 1 + log(tf) as scikit-learn's sublinear_tf"},
+      {"tfidf_smooth_idf", true, "TF-IDF: idf = ln((1+n)/(1+df)) + 1 as scikit-learn's smooth_idf"},
+      {"tfidf_l2_norm", true,
+       "TF-IDF: l2-normalise each response's tf-idf vector as scikit-learn's norm='l2' (false: norm=None)"},
+  };
+  return {"tfidf", std::move(options), [](const GroupingOptions& opts, const Tokenizer*) {
+            const auto& p = opts.params;
+            return std::make_unique<TfidfFunction>(TfidfParams{.smooth_idf = p.get<bool>("tfidf_smooth_idf"),
+                                                               .sublinear_tf = p.get<bool>("tfidf_sublinear_tf"),
+                                                               .l2_norm = p.get<bool>("tfidf_l2_norm")});
+          }};
 }
 
 }  // namespace detail

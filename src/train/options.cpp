@@ -27,15 +27,7 @@ grouping::GroupingOptions grouping_options(const Config& cfg) {
   g.top_k_percent = cfg.grouping.top_k_percent;
   g.selection = cfg.grouping.selection;
   g.seed = static_cast<uint64_t>(cfg.run.seed);
-  g.tfidf_sublinear_tf = cfg.grouping.tfidf_sublinear_tf;
-  g.tfidf_smooth_idf = cfg.grouping.tfidf_smooth_idf;
-  g.llmlingua2_model = cfg.grouping.llmlingua2_model;
-  g.llmlingua2_aggregation = cfg.grouping.llmlingua2_aggregation;
-  g.llmlingua2_window = cfg.grouping.llmlingua2_window;
-  g.llmlingua2_batch_size = cfg.grouping.llmlingua2_batch_size;
-  g.llmlingua2_device = cfg.grouping.llmlingua2_device;
-  g.rho1_reference_model = cfg.grouping.rho1_reference_model;
-  g.rho1_extra_forward = cfg.grouping.rho1_extra_forward;
+  g.params = cfg.grouping.options;  // each function's own keys, read back by the function
   g.cache_dir = cfg.data.cache_dir;
   g.num_threads = static_cast<int>(cfg.train.num_threads);
   return g;

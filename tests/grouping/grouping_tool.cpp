@@ -29,11 +29,11 @@ int main(int argc, char** argv) {
     else if (k == "--k")
       opts.top_k_percent = std::stod(v);
     else if (k == "--smooth")
-      opts.tfidf_smooth_idf = v == "1";
+      opts.params.set("tfidf_smooth_idf", v == "1");
     else if (k == "--sublinear")
-      opts.tfidf_sublinear_tf = v == "1";
+      opts.params.set("tfidf_sublinear_tf", v == "1");
     else if (k == "--norm")
-      opts.tfidf_l2_norm = v == "1";
+      opts.params.set("tfidf_l2_norm", v == "1");
     else if (k == "--seed")
       opts.seed = std::stoull(v);
     else {
@@ -53,8 +53,10 @@ int main(int argc, char** argv) {
       examples.push_back(std::move(ex));
     }
     auto out = grouping::compute_groups(examples, opts);
-    grouping::TfidfModel model(
-        {.smooth_idf = opts.tfidf_smooth_idf, .sublinear_tf = opts.tfidf_sublinear_tf, .l2_norm = opts.tfidf_l2_norm});
+    auto flag = [&](const char* key, bool def) { return opts.params.has(key) ? opts.params.get<bool>(key) : def; };
+    grouping::TfidfModel model({.smooth_idf = flag("tfidf_smooth_idf", true),
+                                .sublinear_tf = flag("tfidf_sublinear_tf", false),
+                                .l2_norm = flag("tfidf_l2_norm", true)});
     if (opts.function == "tfidf") {
       std::vector<std::span<const int32_t>> docs;
       for (const auto& ex : examples) docs.emplace_back(ex.ids);

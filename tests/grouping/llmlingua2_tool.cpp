@@ -21,28 +21,27 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s EXPORT_DIR FILE [--window N] [--batch N] [--device D]\n", argv[0]);
     return 2;
   }
-  grouping::GroupingOptions opts;
-  opts.llmlingua2_model = argv[1];
-  opts.llmlingua2_device = "cpu";
+  grouping::Llmlingua2Options opts;
+  opts.model = argv[1];
+  opts.device = "cpu";
   bool timing = false;
   for (int i = 3; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--time")
       timing = v == "1";
     else if (k == "--window")
-      opts.llmlingua2_window = std::stoll(v);
+      opts.window = std::stoll(v);
     else if (k == "--batch")
-      opts.llmlingua2_batch_size = std::stoll(v);
+      opts.batch_size = std::stoll(v);
     else if (k == "--device")
-      opts.llmlingua2_device = v;
+      opts.device = v;
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
     }
   }
   try {
-    grouping::register_llmlingua2_classifier();
-    grouping::Llmlingua2Scorer scorer(opts);
+    grouping::Llmlingua2Scorer scorer(opts, grouping::lazy_llmlingua2_classifier(opts));
     std::ifstream in(argv[2]);
     std::vector<std::string> texts;
     for (std::string line; std::getline(in, line);)

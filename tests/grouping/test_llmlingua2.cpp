@@ -164,22 +164,18 @@ void edit_meta(const std::string& export_dir, const std::function<void(nlohmann:
   std::ofstream(path) << j.dump();
 }
 
-GroupingOptions opts_for(const std::string& dir, int64_t window = 512) {
-  GroupingOptions o;
-  o.function = "llmlingua2";
-  o.llmlingua2_model = dir;
-  o.llmlingua2_window = window;
-  o.llmlingua2_device = "cpu";
-  o.llmlingua2_batch_size = 2;
-  return o;
+Llmlingua2Options opts_for(const std::string& dir, int64_t window = 512) {
+  return {.model = dir, .window = window, .batch_size = 2, .device = "cpu"};
 }
+
+// The scorer over the TorchScript classifier the grouping function uses.
+Llmlingua2Scorer make_scorer(const Llmlingua2Options& o) { return Llmlingua2Scorer(o, lazy_llmlingua2_classifier(o)); }
 
 TEST(Llmlingua2Export, ScoresSyntheticClassifier) {
   TempDir dir("llm2");
   const auto ex = make_export(dir);
-  register_llmlingua2_classifier();
   // Short windows so that the texts span several windows and batches.
-  Llmlingua2Scorer scorer(opts_for(ex, 8));
+  auto scorer = make_scorer(opts_for(ex, 8));
   const std::vector<std::string> texts = {"The quick brown fox. Jumps over the lazy dog 12.", "",
                                           "Pack my box with five dozen liquor jugs."};
   const auto words = scorer.words(texts);
@@ -207,74 +203,70 @@ TEST(Llmlingua2Export, ScoresSyntheticClassifier) {
 
 TEST(Llmlingua2Export, MissingFilesAndBadMeta) {
   TempDir dir("llm2");
-  register_llmlingua2_classifier();
-  EXPECT_NE(error_of([&] { Llmlingua2Scorer s(opts_for("")); }).find("llmlingua2_model is not set"), std::string::npos);
-  EXPECT_NE(error_of([&] { Llmlingua2Scorer s(opts_for(dir.path() + "/nope")); }).find("does not exist"),
+  EXPECT_NE(error_of([&] { auto s = make_scorer(opts_for("")); }).find("llmlingua2_model is not set"), std::string::npos);
+  EXPECT_NE(error_of([&] { auto s = make_scorer(opts_for(dir.path() + "/nope")); }).find("does not exist"),
             std::string::npos);
   const auto ex = make_export(dir);
   for (const char* f : {kLlmlingua2Meta, kLlmlingua2Module, kLlmlingua2Spm}) {
     TempDir other("llm2m");
     fs::copy(ex, other.path(), fs::copy_options::recursive | fs::copy_options::overwrite_existing);
     fs::remove(fs::path(other.path()) / f);
-    EXPECT_NE(error_of([&] { Llmlingua2Scorer s(opts_for(other.path())); }).find(std::string("has no ") + f),
+    EXPECT_NE(error_of([&] { auto s = make_scorer(opts_for(other.path())); }).find(std::string("has no ") + f),
               std::string::npos);
   }
   edit_meta(ex, [](auto& j) { j["format"] = "something/2"; });
-  EXPECT_NE(error_of([&] { Llmlingua2Scorer s(opts_for(ex)); }).find("format"), std::string::npos);
+  EXPECT_NE(error_of([&] { auto s = make_scorer(opts_for(ex)); }).find("format"), std::string::npos);
   edit_meta(ex, [](auto& j) {
     j["format"] = kLlmlingua2Format;
     j["label_index"] = 2;
   });
-  EXPECT_NE(error_of([&] { Llmlingua2Scorer s(opts_for(ex)); }).find("\"label_index\" = 2"), std::string::npos);
+  EXPECT_NE(error_of([&] { auto s = make_scorer(opts_for(ex)); }).find("\"label_index\" = 2"), std::string::npos);
   edit_meta(ex, [](auto& j) {
     j["label_index"] = 1;
     j.erase("window");
   });
-  EXPECT_NE(error_of([&] { Llmlingua2Scorer s(opts_for(ex)); }).find("missing \"window\""), std::string::npos);
+  EXPECT_NE(error_of([&] { auto s = make_scorer(opts_for(ex)); }).find("missing \"window\""), std::string::npos);
   edit_meta(ex, [](auto& j) { j["window"] = 64; });
-  EXPECT_NE(error_of([&] { Llmlingua2Scorer s(opts_for(ex, 512)); }).find("llmlingua2_window = 512"),
+  EXPECT_NE(error_of([&] { auto s = make_scorer(opts_for(ex, 512)); }).find("llmlingua2_window = 512"),
             std::string::npos);
   std::ofstream((fs::path(ex) / kLlmlingua2Meta).string()) << "{not json";
-  EXPECT_NE(error_of([&] { Llmlingua2Scorer s(opts_for(ex)); }).find("not valid JSON"), std::string::npos);
+  EXPECT_NE(error_of([&] { auto s = make_scorer(opts_for(ex)); }).find("not valid JSON"), std::string::npos);
 }
 
 TEST(Llmlingua2Export, SentencepieceMismatch) {
   TempDir dir("llm2");
-  register_llmlingua2_classifier();
   const auto ex = make_export(dir);
-  EXPECT_NO_THROW(Llmlingua2Scorer s(opts_for(ex)));
+  EXPECT_NO_THROW(auto s = make_scorer(opts_for(ex)));
   // Another sentencepiece model in place of the exported one: the checksum catches it.
   {
     std::ofstream f((fs::path(ex) / kLlmlingua2Spm).string(), std::ios::app | std::ios::binary);
     f << "x";
   }
-  const auto msg = error_of([&] { Llmlingua2Scorer s(opts_for(ex)); });
+  const auto msg = error_of([&] { auto s = make_scorer(opts_for(ex)); });
   EXPECT_NE(msg.find("sha256"), std::string::npos) << msg;
   // A matching checksum of a file that is not a sentencepiece model.
   const auto sp = (fs::path(ex) / kLlmlingua2Spm).string();
   std::ofstream(sp, std::ios::binary) << "not a model";
   edit_meta(ex, [&](auto& j) { j["sentencepiece_sha256"] = sha256_file(sp); });
-  EXPECT_NE(error_of([&] { Llmlingua2Scorer s(opts_for(ex)); }).find("not a sentencepiece model"), std::string::npos);
+  EXPECT_NE(error_of([&] { auto s = make_scorer(opts_for(ex)); }).find("not a sentencepiece model"), std::string::npos);
 }
 
 TEST(Llmlingua2Export, PieceCountMismatch) {
   TempDir dir("llm2");
-  register_llmlingua2_classifier();
   const auto ex = make_export(dir);
   edit_meta(ex, [](auto& j) { j["sentencepiece_pieces"] = j["sentencepiece_pieces"].template get<int64_t>() - 1; });
-  EXPECT_NE(error_of([&] { Llmlingua2Scorer s(opts_for(ex)); }).find("pieces but"), std::string::npos);
+  EXPECT_NE(error_of([&] { auto s = make_scorer(opts_for(ex)); }).find("pieces but"), std::string::npos);
 }
 
 TEST(Llmlingua2Export, BadTorchScript) {
   TempDir dir("llm2");
-  register_llmlingua2_classifier();
   const auto ex = make_export(dir);
   const auto module = (fs::path(ex) / kLlmlingua2Module).string();
   // The classifier loads lazily (never on a grouping-cache hit), so the first words() call is where a
   // bad module is found and reported.
   auto err = [&] {
     return error_of([&] {
-      Llmlingua2Scorer s(opts_for(ex));
+      auto s = make_scorer(opts_for(ex));
       (void)s.words({"a probe text"});
     });
   };
@@ -297,11 +289,11 @@ TEST(Llmlingua2Export, BadTorchScript) {
 
   save_module(module, kGoodForward);
   auto o = opts_for(ex);
-  o.llmlingua2_device = "tpu";
-  EXPECT_NE(error_of([&] { Llmlingua2Scorer s(o); }).find("device"), std::string::npos);
-  o.llmlingua2_device = "cpu";
-  o.llmlingua2_batch_size = 0;
-  EXPECT_NE(error_of([&] { Llmlingua2Scorer s(o); }).find("llmlingua2_batch_size"), std::string::npos);
+  o.device = "tpu";
+  EXPECT_NE(error_of([&] { auto s = make_scorer(o); }).find("device"), std::string::npos);
+  o.device = "cpu";
+  o.batch_size = 0;
+  EXPECT_NE(error_of([&] { auto s = make_scorer(o); }).find("llmlingua2_batch_size"), std::string::npos);
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "sftgo/config/options.h"
+
 namespace sftgo {
 
 struct RunConfig {
@@ -50,19 +52,15 @@ struct DataConfig {
 };
 
 struct GroupingConfig {
-  std::string function = "tfidf";      // none | random | frequency | tfidf | llmlingua2 | rho1
+  std::string function = "tfidf";      // a registered grouping function (grouping/registry.cpp)
   double top_k_percent = 30.0;         // share of a sequence's trained tokens marked important (= 100 - η)
   double eta_percentile = -1.0;        // the paper's η, a percentile: top (100 - η)% important; -1 = unset
   std::string selection = "sequence";  // sequence | batch (top-k within each sequence or the batch)
-  bool tfidf_sublinear_tf = false;
-  bool tfidf_smooth_idf = true;
-  std::string llmlingua2_model;                // directory written by scripts/export_llmlingua2.py
-  std::string llmlingua2_aggregation = "max";  // how a Llama token combines the words it overlaps
-  int64_t llmlingua2_window = 512;             // classifier window in XLM-R ids (incl. <s> and </s>)
-  int64_t llmlingua2_batch_size = 16;          // classifier windows per forward
-  std::string llmlingua2_device = "auto";      // auto | cpu | cuda
-  std::string rho1_reference_model;            // HF checkpoint directory of the frozen reference model
-  bool rho1_extra_forward = false;             // current losses from a separate no-grad forward (A/B, tests)
+  // Each function's own keys (grouping.tfidf_sublinear_tf, grouping.rho1_reference_model, ...), declared
+  // by the function's code (config/options.h) and read back by it. Loading fills in every declared key
+  // (its default when not given); a Config built in code may hold only some (the function then uses
+  // its defaults for the rest).
+  OptionValues options;
 };
 
 struct LossConfig {

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "sftgo/config/options.h"
 #include "sftgo/data/example.h"
 
 namespace sftgo {
@@ -30,25 +31,19 @@ inline constexpr const char* kScoreKey = "grouping";
 // Key under which the data/model modules deliver the reference model's per-token losses (Rho-1).
 inline constexpr const char* kRefLossKey = "ref_loss";
 
-// Plain options; the app maps GroupingConfig (+ data cache settings) onto this.
+// Plain options; train::grouping_options maps the config (+ data cache settings) onto this.
 struct GroupingOptions {
-  std::string function = "tfidf";      // a registered name: none | random | frequency | tfidf | llmlingua2 | rho1
-  double top_k_percent = 30.0;         // the paper's eta, in [0, 100]
+  std::string function = "tfidf";      // a registered name (registry.cpp lists the built-ins)
+  double top_k_percent = 30.0;         // share of trained tokens marked important, in [0, 100]
   std::string selection = "sequence";  // sequence | batch
   uint64_t seed = 0;                   // `random`
-  bool tfidf_sublinear_tf = false;     // tf -> 1 + ln(tf)
-  bool tfidf_smooth_idf = true;        // idf = ln((1+n)/(1+df)) + 1, else ln(n/df) + 1
-  bool tfidf_l2_norm = true;           // l2-normalise each document's tf-idf vector (sklearn's default)
-  std::string llmlingua2_model;        // directory written by scripts/export_llmlingua2.py
-  std::string llmlingua2_aggregation = "max";  // max | mean | first: words -> Llama token
-  int64_t llmlingua2_window = 512;             // classifier window in XLM-R pieces (incl. <s> and </s>)
-  int64_t llmlingua2_batch_size = 16;          // classifier windows per forward
-  std::string llmlingua2_device = "auto";      // auto | cpu | cuda (auto = cuda when available)
-  std::string rho1_reference_model;            // rho1: frozen reference checkpoint (HF directory)
-  bool rho1_extra_forward = false;             // rho1: current losses from a separate no-grad forward
-  std::string cache_dir;                       // "" = no on-disk cache
-  std::string dataset_fingerprint;             // from the data module's cache key; "" = hash the examples
-  int num_threads = 0;                         // 0 = std::thread::hardware_concurrency()
+  // The function's own options (GroupingFunctionSpec::options), by key: grouping.tfidf_sublinear_tf is
+  // params "tfidf_sublinear_tf". make_grouping_function fills in the defaults of keys not given and
+  // checks the given ones against the declaration.
+  OptionValues params;
+  std::string cache_dir;               // "" = no on-disk cache
+  std::string dataset_fingerprint;     // from the data module's cache key; "" = hash the examples
+  int num_threads = 0;                 // 0 = std::thread::hardware_concurrency()
 };
 
 // What a function needs before it can score; the trainer uses this to decide what to load.
@@ -116,18 +111,29 @@ std::vector<std::vector<uint8_t>> select_top_k_batch(const std::vector<std::span
                                                      double k_percent);
 
 // ---- Registry -------------------------------------------------------------------------------------
-// `tok` may be null; functions whose requirements().tokenizer is set throw kUsage without it.
+// `tok` may be null; functions whose requirements().tokenizer is set throw kUsage without it. The
+// factory gets opts.params with every declared option present (defaults filled in, values checked).
 using GroupingFactory =
     std::function<std::unique_ptr<GroupingFunction>(const GroupingOptions& opts, const Tokenizer* tok)>;
 
-// Runtime registration (plugins, tests); built-ins are listed in src/grouping/registry.cpp.
-// Throws kInternal when the name is taken.
-void register_grouping_function(const std::string& name, GroupingFactory factory);
+// What a grouping function brings: its name, its own config keys (grouping.<key>: declared here,
+// documented by `sftgo-train config --reference`, checked when a config loads) and its factory.
+struct GroupingFunctionSpec {
+  std::string name;
+  std::vector<OptionSpec> options;
+  GroupingFactory make;
+};
+
+// The built-ins are one explicit list in src/grouping/registry.cpp. Runtime registration (plugins,
+// tests) adds a function the same way, options included (they become config keys at once). Throws
+// kInternal when the name or an option key is taken.
+void register_grouping_function(GroupingFunctionSpec spec);
+void register_grouping_function(const std::string& name, GroupingFactory factory);  // no options
 std::vector<std::string> grouping_function_names();  // sorted
 // Throws sftgo::Error(kConfig) naming the registered functions (and the nearest) when `name` is not one;
 // make_grouping_function and `sftgo-train config` both check with it.
 void check_grouping_function_name(const std::string& name);
-// Throws sftgo::Error(kConfig) naming the registered functions and the closest one.
+// Throws sftgo::Error(kConfig) naming the registered functions and the closest one, or a bad option.
 std::unique_ptr<GroupingFunction> make_grouping_function(const GroupingOptions& opts, const Tokenizer* tok = nullptr);
 
 // ---- Whole-dataset pipeline -------------------------------------------------------------------------

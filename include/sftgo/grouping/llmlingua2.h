@@ -1,7 +1,7 @@
 // LLMLingua-2 grouping, the text side (no LibTorch): the XLM-R sentencepiece tokenizer, llmlingua's
 // windows and piece -> word merge, and the word -> Llama-token mapping by byte spans. The classifier
-// itself (TorchScript) lives in sftgo_grouping (llmlingua2_torch.h) and plugs in through
-// set_llmlingua2_classifier_loader().
+// itself (TorchScript) lives in sftgo_grouping (llmlingua2_torch.h), which hands it to the scorer
+// (KeepClassifierMaker) and makes the `llmlingua2` grouping function.
 //
 // Scores follow llmlingua 0.2.2 (PromptCompressor.__get_context_prob with use_llmlingua2=True):
 //  * windows: the text's pieces are cut as __chunk_context does (at most window-2 pieces, cut back to
@@ -119,18 +119,27 @@ class KeepClassifier {
   virtual std::vector<std::vector<float>> keep_probs(const std::vector<std::vector<int64_t>>& windows) const = 0;
   virtual std::string device() const = 0;
 };
-// Loads the classifier of an export directory (meta already validated). Set by sftgo_grouping
-// (LibTorch) when it is linked in; without it the llmlingua2 function reports that it is missing.
-using KeepClassifierLoader =
-    std::function<std::unique_ptr<KeepClassifier>(const Llmlingua2Meta& meta, const GroupingOptions& opts)>;
-void set_llmlingua2_classifier_loader(KeepClassifierLoader loader);
-bool has_llmlingua2_classifier_loader();
+// The function's own options: grouping.llmlingua2_* (declared by llmlingua2_option_specs()).
+struct Llmlingua2Options {
+  std::string model;                 // directory written by scripts/export_llmlingua2.py
+  std::string aggregation = "max";   // max | mean | first: words -> Llama token
+  int64_t window = 512;              // classifier window in XLM-R pieces (incl. <s> and </s>)
+  int64_t batch_size = 16;           // classifier windows per forward
+  std::string device = "auto";       // auto | cpu | cuda (auto = cuda when available)
+};
+std::vector<OptionSpec> llmlingua2_option_specs();
+// Reads the declared keys from GroupingOptions::params (as make_grouping_function completes them).
+Llmlingua2Options llmlingua2_options(const OptionValues& params);
+
+// Makes the classifier of an export directory (meta already validated); llmlingua2_torch.h has the
+// TorchScript one, tests may pass a fake.
+using KeepClassifierMaker = std::function<std::unique_ptr<KeepClassifier>(const Llmlingua2Meta& meta)>;
 
 // Export directory -> word probabilities of texts (what the parity test compares with llmlingua).
 class Llmlingua2Scorer {
  public:
   // Loads and cross-checks meta, sentencepiece model (checksum, piece count, vocab) and classifier.
-  explicit Llmlingua2Scorer(const GroupingOptions& opts);
+  Llmlingua2Scorer(const Llmlingua2Options& opts, const KeepClassifierMaker& make_classifier);
   ~Llmlingua2Scorer();
   // Words with probabilities of every text; all windows of all texts go through the classifier in
   // batches (longest first, so padding stays small).
@@ -146,5 +155,9 @@ class Llmlingua2Scorer {
   std::unique_ptr<XlmrTokenizer> sp_;
   std::unique_ptr<KeepClassifier> clf_;
 };
+
+// The `llmlingua2` grouping function over `make_classifier` (opts.params complete, see grouping.h).
+std::unique_ptr<GroupingFunction> make_llmlingua2_function(const GroupingOptions& opts, const Tokenizer* tok,
+                                                           const KeepClassifierMaker& make_classifier);
 
 }  // namespace sftgo::grouping

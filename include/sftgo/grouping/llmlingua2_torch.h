@@ -1,6 +1,6 @@
-// The LLMLingua-2 classifier over a TorchScript export (the LibTorch half of llmlingua2.h). Linking
-// sftgo_grouping registers it as the llmlingua2 classifier loader; this header is for tests and tools
-// that load one directly. No LibTorch types in the interface.
+// The LLMLingua-2 classifier over a TorchScript export (the LibTorch half of llmlingua2.h): the
+// `llmlingua2` grouping function uses lazy_llmlingua2_classifier; tests and tools may load one directly.
+// No LibTorch types in the interface.
 #pragma once
 
 #include <cstdint>
@@ -20,11 +20,10 @@ namespace sftgo::grouping {
 std::unique_ptr<KeepClassifier> load_llmlingua2_classifier(const Llmlingua2Meta& meta, const std::string& device,
                                                            int64_t batch_size);
 
-// Forces the registration to be linked in (the static library would otherwise drop it). The
-// registered loader (what grouping function objects use) is lazy: it resolves the device and checks
-// the file at once, loads the module on the first keep_probs (never on a grouping-cache hit) and frees
-// it, emptying the CUDA allocator's cache, when the function object is destroyed.
-void register_llmlingua2_classifier();
+// What the grouping function uses: a lazy classifier that resolves opts.device and checks the file at
+// once, loads the module on the first keep_probs (never on a grouping-cache hit) and frees it,
+// emptying the CUDA allocator's cache, when the function object is destroyed.
+KeepClassifierMaker lazy_llmlingua2_classifier(const Llmlingua2Options& opts);
 
 // Process-wide counters for tests: TorchScript modules loaded so far, and lazy classifiers alive.
 int64_t llmlingua2_classifier_loads();
