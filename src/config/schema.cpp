@@ -238,7 +238,6 @@ std::vector<Field> fields_of(Config& c, bool with_declared) {
   return f;
 }
 
-const char* type_name(const FieldPtr& ptr) {
 void add_declared_fields(std::vector<Field>& fields, const std::string& section, OptionValues& values) {
   for (const auto& group : declared_options(section)) {
     for (const auto& spec : group.options) {
@@ -254,6 +253,7 @@ void add_declared_fields(std::vector<Field>& fields, const std::string& section,
   }
 }
 
+const char* type_name(const FieldPtr& ptr) {
   struct V {
     const char* operator()(bool*) const { return "bool"; }
     const char* operator()(int64_t*) const { return "int"; }
