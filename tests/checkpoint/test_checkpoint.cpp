@@ -292,6 +292,47 @@ TEST(Checkpoint, OptimizerStateLoadsOntoTheParametersDeviceWhateverSavedIt) {
   EXPECT_EQ(got.step(), want.step());
 }
 
+// Issue 29 item 2: the fp32 masters of a bf16 run are read back tensor by tensor into the tensors that
+// resume into (no map of clones). Reference: the saved tensors themselves; the copy is exact (F32 into
+// fp32), so equality, no tolerance. Also: no file -> false and nothing touched; a name the file lacks, a
+// wrong shape -> an error naming master_weights.safetensors and the tensor.
+TEST(Checkpoint, MasterWeightsLoadIntoTheGivenTensorsInPlace) {
+  Tiny t;
+  const fs::path run = fresh_dir("masters");
+  SaveRequest r = t.request(1);
+  torch::manual_seed(11);
+  std::vector<std::pair<std::string, at::Tensor>> saved;
+  for (const auto& [name, p] : t.model->hf_named_parameters()) saved.emplace_back(name, torch::randn(p.sizes()));
+  r.master_weights = saved;
+  const std::string dir = save_checkpoint(run.string(), r, 0);
+  std::vector<std::pair<std::string, at::Tensor>> into;
+  for (const auto& [name, s] : saved) into.emplace_back(name, torch::zeros_like(s));
+  const void* first = into.front().second.data_ptr();
+  ASSERT_TRUE(load_master_weights_into(dir, into));
+  EXPECT_EQ(into.front().second.data_ptr(), first);  // written in place
+  for (size_t i = 0; i < into.size(); ++i) EXPECT_TRUE(torch::equal(into[i].second, saved[i].second)) << into[i].first;
+
+  const std::string plain = save_checkpoint(fresh_dir("no_masters").string(), t.request(1), 0);
+  at::Tensor untouched = torch::zeros({2});
+  EXPECT_FALSE(load_master_weights_into(plain, {{"x", untouched}}));
+  EXPECT_TRUE(torch::equal(untouched, torch::zeros({2})));
+
+  const auto error_of = [&](const std::vector<std::pair<std::string, at::Tensor>>& targets) {
+    try {
+      load_master_weights_into(dir, targets);
+    } catch (const Error& e) {
+      return e.message();
+    }
+    return std::string("no error");
+  };
+  const std::string missing = error_of({{"model.layers.7.mlp.up_proj.weight", torch::zeros({2})}});
+  EXPECT_NE(missing.find("master_weights.safetensors: missing tensor model.layers.7.mlp.up_proj.weight"),
+            std::string::npos)
+      << missing;
+  const std::string shape = error_of({{saved.front().first, torch::zeros({3})}});
+  EXPECT_NE(shape.find(saved.front().first + " has the wrong shape"), std::string::npos) << shape;
+}
+
 // Issue 23, item 11: the per-rank CUDA generator states travel in trainer_state.json. The CPU shows the
 // format (round trip, validation, a checkpoint without them still loads) and the device-generic
 // get/set on the CPU generator; the CUDA generator itself (and LoRA dropout after a GPU resume) needs a GPU.

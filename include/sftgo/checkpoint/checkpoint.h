@@ -114,8 +114,13 @@ void load_optimizer_state(const std::string& checkpoint_dir, torch::optim::Optim
 // when it is the meta device (no data to read into: the caller moves the state after loading).
 c10::Device optimizer_device(const torch::optim::Optimizer& optimizer);
 
-// name -> fp32 tensor (CPU) from master_weights.safetensors; empty when the checkpoint has none.
-std::map<std::string, at::Tensor> load_master_weights(const std::string& checkpoint_dir);
+// Copies master_weights.safetensors into `targets` ([HF name, fp32 tensor on any device], e.g. a bf16
+// run's masters) tensor by tensor straight from the mapped file, releasing each one's pages after its
+// copy: a resume holds no second copy of the masters. False (nothing copied) when the checkpoint has
+// none. A target missing from the file, or not F32 there, or of another shape: Error(kFormat) naming
+// the file and tensor.
+bool load_master_weights_into(const std::string& checkpoint_dir,
+                              const std::vector<std::pair<std::string, at::Tensor>>& targets);
 
 // CPU RNG state as hex and back (exact resume of anything drawing random numbers); setting a state
 // of the wrong length or with non-hex digits throws Error(kFormat).
