@@ -421,3 +421,78 @@ TEST(LlamaModel, EmbeddingAccumulatesIntoGradBitForBit) {
   for (size_t i = 0; i < g0.size(); ++i) EXPECT_TRUE(torch::equal(g0[i], g1[i])) << i;
   EXPECT_FALSE(LlamaModel(tiny_config(2, /*tied=*/true), ModelOptions{.seed = 5})->embed_tokens->accumulate_into_grad);
 }
+
+namespace {
+// A stand-in LM head of a [V, H] weight: forward sum(0.5 * weight), backward a fresh dense [V, H] of 0.5
+// whose buffer address it writes to *record (to see where autograd accumulates the tied gradient).
+struct HeadProbe : torch::autograd::Function<HeadProbe> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& w, int64_t record) {
+    ctx->saved_data["V"] = w.size(0);
+    ctx->saved_data["H"] = w.size(1);
+    ctx->saved_data["record"] = record;
+    return (w * 0.5).sum();
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list) {
+    torch::Tensor g = torch::full({ctx->saved_data["V"].toInt(), ctx->saved_data["H"].toInt()}, 0.5);
+    *reinterpret_cast<const void**>(ctx->saved_data["record"].toInt()) = g.data_ptr();
+    return {g, torch::Tensor()};
+  }
+};
+}  // namespace
+
+// Embedding::tied_to_head (set for tied tables): the embedding's rows join the head's dense gradient in
+// place. Reference: the same tied model with the flag off (LibTorch's dense embedding gradient, which
+// autograd adds to the head's). Exact equality is the contract (same per-row sums, h + e per element),
+// so no tolerance; three micro-batches cover .grad empty (first) and accumulating (later).
+TEST(LlamaModel, TiedEmbeddingGradientJoinsTheHeadsInPlaceBitForBit) {
+  LlamaConfig c = tiny_config(2, /*tied=*/true);
+  LlamaModel model(c, ModelOptions{.seed = 5});
+  ASSERT_TRUE(model->embed_tokens->tied_to_head);
+  const auto grads = [&](bool tied_rows) {
+    model->zero_grad();
+    model->embed_tokens->tied_to_head = tied_rows;
+    for (int i = 0; i < 3; ++i) {
+      torch::Tensor ids = torch::randint(0, c.vocab_size, {2, 12}, torch::kInt64);
+      next_token_loss(model->logits(model->forward(ids)), ids).backward();
+    }
+    std::vector<torch::Tensor> g;
+    for (auto& p : model->parameters()) g.push_back(p.grad().clone());
+    return g;
+  };
+  torch::manual_seed(9);
+  const auto g0 = grads(false);
+  torch::manual_seed(9);
+  const auto g1 = grads(true);
+  ASSERT_EQ(g0.size(), g1.size());
+  for (size_t i = 0; i < g0.size(); ++i) {
+    EXPECT_FALSE(g1[i].is_sparse()) << i;
+    EXPECT_TRUE(torch::equal(g0[i], g1[i])) << i;
+  }
+  EXPECT_FALSE(LlamaModel(tiny_config(), ModelOptions{.seed = 5})->embed_tokens->tied_to_head);
+
+  // In place: with .grad empty, the weight's .grad is the very buffer the head's backward returned (no
+  // second dense [V, H] was made), whichever of the two gradients autograd receives first.
+  Embedding emb(7, 3, torch::TensorOptions());
+  emb->tied_to_head = true;
+  {
+    torch::NoGradGuard no_grad;
+    emb->weight.zero_();
+  }
+  const torch::Tensor ids = torch::tensor({1, 3, 3}, torch::kInt64).view({1, 3});
+  for (bool head_first : {false, true}) {
+    emb->weight.mutable_grad().reset();
+    const void* head_buffer = nullptr;
+    const auto record = static_cast<int64_t>(reinterpret_cast<intptr_t>(&head_buffer));
+    torch::Tensor h, e;
+    if (head_first) h = HeadProbe::apply(emb->as_head(), record);
+    e = emb(ids).sum();
+    if (!head_first) h = HeadProbe::apply(emb->as_head(), record);
+    (e + h).backward();
+    ASSERT_FALSE(emb->weight.grad().is_sparse());
+    EXPECT_EQ(emb->weight.grad().data_ptr(), head_buffer) << head_first;
+    // Rows 1 and 3 add their token counts (1 and 2) to the head's 0.5.
+    const torch::Tensor want = torch::tensor({0.5, 1.5, 0.5, 2.5, 0.5, 0.5, 0.5}).unsqueeze(1).expand({7, 3});
+    EXPECT_TRUE(torch::equal(emb->weight.grad(), want)) << emb->weight.grad();
+  }
+}

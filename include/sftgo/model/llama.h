@@ -106,6 +106,18 @@ class EmbeddingImpl : public torch::nn::Module {
   // rows a batch touched into an accumulated weight.grad in place instead of handing AccumulateGrad a
   // dense [vocab, dim] gradient (bit for bit the same sums). Set by LlamaModel.
   bool accumulate_into_grad = false;
+  // The table is the LM head too (tied), and the head takes it through as_head(): backward adds the
+  // rows a batch touched into the head's dense gradient in place (bit for bit the dense sum), so the
+  // tied weight's backward holds one dense [vocab, dim] gradient instead of two. A backward without
+  // the head leaves a sparse .grad. Set by LlamaModel; takes precedence over accumulate_into_grad.
+  bool tied_to_head = false;
+  // `weight` [vocab, dim] for use as the LM head's weight: with tied_to_head under grad mode, an alias
+  // paired with this micro-batch's forward (before or after it), whose gradient the forward's backward
+  // completes in place; otherwise `weight` itself.
+  torch::Tensor as_head() const;
+
+ private:
+  mutable c10::intrusive_ptr<torch::CustomClassHolder> pending_tied_;  // the half of a tied pair formed first
 };
 TORCH_MODULE(Embedding);
 
