@@ -91,6 +91,44 @@ Message sharegpt_turn(const json& t, size_t i) {
   return msg;
 }
 
+void convert_sharegpt(const json& obj, Conversation& conv) {
+  auto it = obj.find("conversations");
+  if (it == obj.end()) bad("missing field 'conversations'");
+  if (!it->is_array())
+    bad(detail::concat("'conversations' must be an array of {from, value} objects, got ", type_name(*it)));
+  // LLaMA-Factory's sharegpt type may carry the system prompt beside the turns.
+  auto sys = obj.find("system");
+  if (sys != obj.end() && !sys->is_null()) {
+    if (!sys->is_string()) bad(detail::concat("field 'system' must be a string, got ", type_name(*sys)));
+    if (!py_strip(sys->get_ref<const std::string&>()).empty())
+      conv.messages.push_back({Role::kSystem, sys->get<std::string>()});
+  }
+  const bool top_system = !conv.messages.empty();
+  for (size_t i = 0; i < it->size(); ++i) {
+    Message msg = sharegpt_turn((*it)[i], i);
+    if (top_system && msg.role == Role::kSystem)
+      bad(detail::concat("conversations[", i,
+                         "] is a system turn, but the record also has a 'system' field; keep one"));
+    conv.messages.push_back(std::move(msg));
+  }
+}
+
+// Checks shared by every format: at least one response, none empty, and the last turn is one.
+void check_conversation(const Conversation& conv) {
+  bool any_assistant = false;
+  for (size_t i = 0; i < conv.messages.size(); ++i) {
+    const Message& m = conv.messages[i];
+    if (m.role != Role::kAssistant) continue;
+    any_assistant = true;
+    if (py_strip(m.content).empty()) bad(detail::concat("empty response (assistant message ", i, ")"));
+  }
+  if (conv.messages.empty()) bad("no messages");
+  if (!any_assistant) bad("no assistant message (nothing to train on)");
+  if (conv.messages.back().role != Role::kAssistant)
+    bad(detail::concat("the last message is from the ", role_name(conv.messages.back().role),
+                       "; a conversation must end with an assistant message"));
+}
+
 Conversation convert(const json& obj, DataFormat format) {
   if (!obj.is_object()) bad(detail::concat("expected a JSON object, got ", type_name(obj)));
   Conversation conv;
@@ -138,43 +176,12 @@ Conversation convert(const json& obj, DataFormat format) {
       }
       break;
     }
-    case DataFormat::kShareGpt: {
-      auto it = obj.find("conversations");
-      if (it == obj.end()) bad("missing field 'conversations'");
-      if (!it->is_array())
-        bad(detail::concat("'conversations' must be an array of {from, value} objects, got ", type_name(*it)));
-      // LLaMA-Factory's sharegpt type may carry the system prompt beside the turns.
-      auto sys = obj.find("system");
-      if (sys != obj.end() && !sys->is_null()) {
-        if (!sys->is_string()) bad(detail::concat("field 'system' must be a string, got ", type_name(*sys)));
-        if (!py_strip(sys->get_ref<const std::string&>()).empty())
-          conv.messages.push_back({Role::kSystem, sys->get<std::string>()});
-      }
-      const bool top_system = !conv.messages.empty();
-      for (size_t i = 0; i < it->size(); ++i) {
-        Message msg = sharegpt_turn((*it)[i], i);
-        if (top_system && msg.role == Role::kSystem)
-          bad(detail::concat("conversations[", i,
-                             "] is a system turn, but the record also has a 'system' field; keep one"));
-        conv.messages.push_back(std::move(msg));
-      }
+    case DataFormat::kShareGpt:
+      convert_sharegpt(obj, conv);
       break;
-    }
     case DataFormat::kAuto: SFTGO_FAIL(ErrorKind::kInternal, "convert() needs a concrete format");
   }
-  // Checks shared by every format.
-  bool any_assistant = false;
-  for (size_t i = 0; i < conv.messages.size(); ++i) {
-    const Message& m = conv.messages[i];
-    if (m.role != Role::kAssistant) continue;
-    any_assistant = true;
-    if (py_strip(m.content).empty()) bad(detail::concat("empty response (assistant message ", i, ")"));
-  }
-  if (conv.messages.empty()) bad("no messages");
-  if (!any_assistant) bad("no assistant message (nothing to train on)");
-  if (conv.messages.back().role != Role::kAssistant)
-    bad(detail::concat("the last message is from the ", role_name(conv.messages.back().role),
-                       "; a conversation must end with an assistant message"));
+  check_conversation(conv);
   return conv;
 }
 

@@ -85,6 +85,110 @@ Truncation parse_truncation(const std::string& name) {
 
 const char* truncation_name(Truncation t) { return t == Truncation::kDrop ? "drop" : "truncate"; }
 
+namespace {
+
+// What every template's renderer needs: the example being built, the tokenizer, and errors that
+// name the conversation's file:line.
+struct TemplateWriter {
+  TokenizedExample ex;
+  const Tokenizer& tok;
+  TemplateKind kind;
+  const Conversation& conv;
+
+  std::vector<TokenId> encode(const std::string& text) const {
+    try {
+      return tok.encode_ordinary(text);
+    } catch (const Error& e) {
+      SFTGO_FAIL(ErrorKind::kData, conv.source.file, ":", conv.source.line, ": cannot tokenize: ", e.message());
+    }
+  }
+  TokenId need(std::optional<TokenId> id, const char* what) const {
+    SFTGO_CHECK_HINT(id.has_value(), ErrorKind::kTokenizer, "use a tokenizer whose tokenizer_config.json names it",
+                     "the ", template_kind_name(kind), " template needs a ", what, " token; ", tok.source_path(),
+                     " has none");
+    return *id;
+  }
+};
+
+void render_llama3(TemplateWriter& w, const std::vector<Message>& messages, bool generation_prompt) {
+  const TokenId start = w.tok.special_id("<|start_header_id|>");
+  const TokenId end = w.tok.special_id("<|end_header_id|>");
+  const TokenId eot = w.tok.special_id("<|eot_id|>");
+  const std::vector<TokenId> blank = w.encode("\n\n");
+  append(w.ex, w.need(w.tok.bos_id(), "BOS"), false);
+  for (const auto& m : messages) {
+    const bool trained = m.role == Role::kAssistant;
+    append(w.ex, start, false);
+    append(w.ex, w.encode(role_name(m.role)), false);
+    append(w.ex, end, false);
+    append(w.ex, blank, false);
+    // The HF template renders header + "\n\n" + trim(content) as one text run; encoding the two
+    // parts separately gives the same ids because the pre-tokenizer always splits after "\n\n"
+    // when the next character is not whitespace (which trim guarantees).
+    append(w.ex, w.encode(py_strip(m.content)), trained);
+    append(w.ex, eot, trained);
+  }
+  if (generation_prompt) {
+    append(w.ex, start, false);
+    append(w.ex, w.encode("assistant"), false);
+    append(w.ex, end, false);
+    append(w.ex, blank, false);
+  }
+}
+
+void render_alpaca(TemplateWriter& w, const std::vector<Message>& messages, const std::string& input,
+                   bool generation_prompt) {
+  const TokenId eos = w.need(w.tok.eos_id(), "EOS");
+  if (w.tok.bos_id()) append(w.ex, *w.tok.bos_id(), false);
+  std::string prompt;
+  bool first_turn = true;
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const Message& m = messages[i];
+    if (m.role == Role::kSystem) {
+      if (prompt.empty() && first_turn)
+        prompt = m.content;
+      else
+        prompt += "\n\n" + m.content;
+      continue;
+    }
+    if (m.role == Role::kUser) {
+      if (first_turn && prompt.empty()) prompt = input.empty() ? kAlpacaPreamble : kAlpacaPreambleInput;
+      prompt += "\n\n### Instruction:\n" + m.content;
+      if (first_turn && !input.empty()) prompt += "\n\n### Input:\n" + input;
+      first_turn = false;
+      continue;
+    }
+    prompt += "\n\n### Response:\n";
+    append(w.ex, w.encode(prompt), false);
+    prompt.clear();
+    append(w.ex, w.encode(m.content), true);
+    append(w.ex, eos, true);
+  }
+  if (generation_prompt) {
+    if (first_turn && prompt.empty()) prompt = input.empty() ? kAlpacaPreamble : kAlpacaPreambleInput;
+    append(w.ex, w.encode(prompt + "\n\n### Response:\n"), false);
+  }
+}
+
+void render_plain(TemplateWriter& w, const std::vector<Message>& messages, bool generation_prompt) {
+  const TokenId eos = w.need(w.tok.eos_id(), "EOS");
+  if (w.tok.bos_id()) append(w.ex, *w.tok.bos_id(), false);
+  std::string prompt;
+  for (const auto& m : messages) {
+    if (m.role != Role::kAssistant) {
+      prompt += m.content + "\n";
+      continue;
+    }
+    append(w.ex, w.encode(prompt), false);
+    prompt.clear();
+    append(w.ex, w.encode(m.content), true);
+    append(w.ex, eos, true);
+  }
+  if (generation_prompt) append(w.ex, w.encode(prompt), false);
+}
+
+}  // namespace
+
 TokenizedExample apply_template(const Conversation& conv, const Tokenizer& tok, TemplateKind kind,
                                 const std::optional<std::string>& system_prompt, bool add_generation_prompt) {
   std::vector<Message> messages = conv.messages;
@@ -99,102 +203,14 @@ TokenizedExample apply_template(const Conversation& conv, const Tokenizer& tok, 
       }
     }
   }
-
-  TokenizedExample ex;
-  ex.source = conv.source;
-  auto encode = [&](const std::string& text) {
-    try {
-      return tok.encode_ordinary(text);
-    } catch (const Error& e) {
-      SFTGO_FAIL(ErrorKind::kData, conv.source.file, ":", conv.source.line, ": cannot tokenize: ", e.message());
-    }
-  };
-  auto need = [&](std::optional<TokenId> id, const char* what) {
-    SFTGO_CHECK_HINT(id.has_value(), ErrorKind::kTokenizer, "use a tokenizer whose tokenizer_config.json names it",
-                     "the ", template_kind_name(kind), " template needs a ", what, " token; ", tok.source_path(),
-                     " has none");
-    return *id;
-  };
-
+  TemplateWriter w{{}, tok, kind, conv};
+  w.ex.source = conv.source;
   switch (kind) {
-    case TemplateKind::kLlama3: {
-      const TokenId start = tok.special_id("<|start_header_id|>");
-      const TokenId end = tok.special_id("<|end_header_id|>");
-      const TokenId eot = tok.special_id("<|eot_id|>");
-      const std::vector<TokenId> blank = encode("\n\n");
-      append(ex, need(tok.bos_id(), "BOS"), false);
-      for (const auto& m : messages) {
-        const bool trained = m.role == Role::kAssistant;
-        append(ex, start, false);
-        append(ex, encode(role_name(m.role)), false);
-        append(ex, end, false);
-        append(ex, blank, false);
-        // The HF template renders header + "\n\n" + trim(content) as one text run; encoding the two
-        // parts separately gives the same ids because the pre-tokenizer always splits after "\n\n"
-        // when the next character is not whitespace (which trim guarantees).
-        append(ex, encode(py_strip(m.content)), trained);
-        append(ex, eot, trained);
-      }
-      if (add_generation_prompt) {
-        append(ex, start, false);
-        append(ex, encode("assistant"), false);
-        append(ex, end, false);
-        append(ex, blank, false);
-      }
-      break;
-    }
-    case TemplateKind::kAlpaca: {
-      const TokenId eos = need(tok.eos_id(), "EOS");
-      if (tok.bos_id()) append(ex, *tok.bos_id(), false);
-      std::string prompt;
-      bool first_turn = true;
-      for (size_t i = 0; i < messages.size(); ++i) {
-        const Message& m = messages[i];
-        if (m.role == Role::kSystem) {
-          if (prompt.empty() && first_turn)
-            prompt = m.content;
-          else
-            prompt += "\n\n" + m.content;
-          continue;
-        }
-        if (m.role == Role::kUser) {
-          if (first_turn && prompt.empty()) prompt = conv.input.empty() ? kAlpacaPreamble : kAlpacaPreambleInput;
-          prompt += "\n\n### Instruction:\n" + m.content;
-          if (first_turn && !conv.input.empty()) prompt += "\n\n### Input:\n" + conv.input;
-          first_turn = false;
-          continue;
-        }
-        prompt += "\n\n### Response:\n";
-        append(ex, encode(prompt), false);
-        prompt.clear();
-        append(ex, encode(m.content), true);
-        append(ex, eos, true);
-      }
-      if (add_generation_prompt) {
-        if (first_turn && prompt.empty()) prompt = conv.input.empty() ? kAlpacaPreamble : kAlpacaPreambleInput;
-        append(ex, encode(prompt + "\n\n### Response:\n"), false);
-      }
-      break;
-    }
-    case TemplateKind::kPlain: {
-      const TokenId eos = need(tok.eos_id(), "EOS");
-      if (tok.bos_id()) append(ex, *tok.bos_id(), false);
-      std::string prompt;
-      for (const auto& m : messages) {
-        if (m.role != Role::kAssistant) {
-          prompt += m.content + "\n";
-          continue;
-        }
-        append(ex, encode(prompt), false);
-        prompt.clear();
-        append(ex, encode(m.content), true);
-        append(ex, eos, true);
-      }
-      if (add_generation_prompt) append(ex, encode(prompt), false);
-      break;
-    }
+    case TemplateKind::kLlama3: render_llama3(w, messages, add_generation_prompt); break;
+    case TemplateKind::kAlpaca: render_alpaca(w, messages, conv.input, add_generation_prompt); break;
+    case TemplateKind::kPlain: render_plain(w, messages, add_generation_prompt); break;
   }
-  return ex;
+  return std::move(w.ex);
 }
 
 std::vector<TokenId> render_generation_prompt(const std::string& user_text, const Tokenizer& tok, TemplateKind kind,

@@ -90,8 +90,10 @@ std::string first_slurm_host(const std::string& hostlist) {
   return first.substr(0, open) + range.substr(0, n) + first.substr(close + 1);
 }
 
-LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, int default_port) {
-  LaunchEnv e;
+namespace {
+
+// Rank, world size and ranks on this host from the first launcher whose variables are set.
+void read_launcher_ranks(const GetEnv& getenv, LaunchEnv& e) {
   if (has(getenv, "RANK") || has(getenv, "WORLD_SIZE")) {
     SFTGO_CHECK(has(getenv, "RANK") && has(getenv, "WORLD_SIZE"), ErrorKind::kDist,
                 "torchrun-style launch needs both RANK and WORLD_SIZE in the environment");
@@ -128,12 +130,11 @@ LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, i
     if (local == 0) local = nodes == 1 ? e.world_size : (e.world_size + nodes - 1) / nodes;
     e.local_size = local;
   }
-  SFTGO_CHECK(e.rank < e.world_size, ErrorKind::kDist, "rank ", e.rank, " from the ", e.launcher,
-              " environment is not below the world size ", e.world_size);
-  SFTGO_CHECK(e.local_size <= e.world_size && e.local_rank < e.local_size, ErrorKind::kDist, "the ", e.launcher,
-              " environment puts local rank ", e.local_rank, " among ", e.local_size,
-              " ranks on this host of a world of ", e.world_size,
-              ": expected local rank < ranks on this host <= world size");
+}
+
+// MASTER_ADDR/MASTER_PORT, else (srun over several hosts) the step's first host, else the config's;
+// a multi-host job left with a loopback address is refused (each host would wait on itself).
+void resolve_master(const GetEnv& getenv, const std::string& default_addr, int default_port, LaunchEnv& e) {
   const char* addr = getenv("MASTER_ADDR");
   e.master_addr = addr != nullptr && *addr != '\0' ? std::string(addr) : default_addr;
   e.master_addr_source = addr != nullptr && *addr != '\0' ? "MASTER_ADDR" : "config";
@@ -174,6 +175,20 @@ LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, i
                       " (dist.master_addr) and wait there until dist.timeout_s");
     }
   }
+}
+
+}  // namespace
+
+LaunchEnv detect_launch(const GetEnv& getenv, const std::string& default_addr, int default_port) {
+  LaunchEnv e;
+  read_launcher_ranks(getenv, e);
+  SFTGO_CHECK(e.rank < e.world_size, ErrorKind::kDist, "rank ", e.rank, " from the ", e.launcher,
+              " environment is not below the world size ", e.world_size);
+  SFTGO_CHECK(e.local_size <= e.world_size && e.local_rank < e.local_size, ErrorKind::kDist, "the ", e.launcher,
+              " environment puts local rank ", e.local_rank, " among ", e.local_size,
+              " ranks on this host of a world of ", e.world_size,
+              ": expected local rank < ranks on this host <= world size");
+  resolve_master(getenv, default_addr, default_port, e);
   SFTGO_CHECK(e.master_port <= 65535, ErrorKind::kDist, "MASTER_PORT ", e.master_port, " is not a TCP port");
   return e;
 }

@@ -282,6 +282,62 @@ std::vector<std::string> mathqa_choices(const std::string& s) {
   return found;
 }
 
+namespace {
+
+// The task-specific fields of the longer readers (MMLU, TruthfulQA, MathQA) into `d`.
+void parse_mmlu(const json& j, Doc& d, const std::string& src) {
+  d.subject = str_field(j, "subject", src);
+  SFTGO_CHECK_HINT(!mmlu_category(d.subject).empty(), ErrorKind::kData, "subjects are the cais/mmlu config names",
+                   src, ": unknown MMLU subject \"", d.subject, "\"");
+  std::vector<std::string> c = str_list(field(j, "choices", src), "field \"choices\"", src);
+  SFTGO_CHECK(c.size() == 4, ErrorKind::kData, src, ": MMLU needs exactly 4 choices, got ", c.size());
+  d.text = py_strip(str_field(j, "question", src)) + "\nA. " + c[0] + "\nB. " + c[1] + "\nC. " + c[2] + "\nD. " +
+           c[3] + "\nAnswer:";
+  d.choices = {"A", "B", "C", "D"};
+  const json& a = field(j, "answer", src);
+  if (a.is_string() && a.get<std::string>().size() == 1 && a.get<std::string>()[0] >= 'A' &&
+      a.get<std::string>()[0] <= 'Z')
+    d.gold = a.get<std::string>()[0] - 'A';
+  else
+    d.gold = int_like(a, "answer", src);
+}
+
+void parse_truthfulqa(const TaskInfo& task, const json& j, Doc& d, const std::string& src) {
+  d.text = std::string(kTruthfulQaPrimer) + "\n\nQ: " + str_field(j, "question", src) + "\nA:";
+  const char* key = task.kind == TaskKind::kTruthfulQaMc1 ? "mc1_targets" : "mc2_targets";
+  const json& t = field(j, key, src);
+  SFTGO_CHECK(t.is_object() && t.contains("choices") && t.contains("labels"), ErrorKind::kData, src, ": field \"",
+              key, "\" must be {\"choices\": [...], \"labels\": [...]}");
+  d.choices = str_list(t["choices"], std::string(key) + ".choices", src);
+  SFTGO_CHECK(t["labels"].is_array() && t["labels"].size() == d.choices.size(), ErrorKind::kData, src, ": ", key,
+              ".labels must be a list as long as ", key, ".choices (", d.choices.size(), ")");
+  for (const auto& l : t["labels"]) {
+    SFTGO_CHECK(l.is_number_integer() && (l.get<int>() == 0 || l.get<int>() == 1), ErrorKind::kData, src, ": ", key,
+                ".labels must hold 0 or 1");
+    d.labels.push_back(l.get<int>());
+  }
+  // lm_eval scores against index 0: the dataset lists the (first) true answer first.
+  SFTGO_CHECK(d.labels[0] == 1, ErrorKind::kData, src, ": ", key,
+              ".labels[0] must be 1 (the true answer comes first, as in truthfulqa/truthful_qa)");
+  d.gold = 0;
+}
+
+void parse_mathqa(const json& j, Doc& d, const std::string& src) {
+  d.text = "Question: " + str_field(j, "Problem", src) + "\nAnswer:";
+  const std::string options = str_field(j, "options", src);
+  d.choices = mathqa_choices(options);
+  SFTGO_CHECK(!d.choices.empty(), ErrorKind::kData, src,
+              ": field \"options\" has no \"a ) ..., \" choices: ", excerpt(options));
+  const std::string correct = str_field(j, "correct", src);
+  static const std::array<std::string, 5> kLetters = {"a", "b", "c", "d", "e"};
+  auto it = std::find(kLetters.begin(), kLetters.end(), correct);
+  SFTGO_CHECK(it != kLetters.end(), ErrorKind::kData, src, ": field \"correct\" must be one of a-e, got \"",
+              correct, "\"");
+  d.gold = it - kLetters.begin();
+}
+
+}  // namespace
+
 Doc parse_doc(const TaskInfo& task, const std::string& line, const std::string& src) {
   json j;
   try {
@@ -314,58 +370,16 @@ Doc parse_doc(const TaskInfo& task, const std::string& line, const std::string& 
       d.gold = int_like(field(j, "label", src), "label", src);
       break;
     }
-    case TaskKind::kMmlu: {
-      d.subject = str_field(j, "subject", src);
-      SFTGO_CHECK_HINT(!mmlu_category(d.subject).empty(), ErrorKind::kData, "subjects are the cais/mmlu config names",
-                       src, ": unknown MMLU subject \"", d.subject, "\"");
-      std::vector<std::string> c = str_list(field(j, "choices", src), "field \"choices\"", src);
-      SFTGO_CHECK(c.size() == 4, ErrorKind::kData, src, ": MMLU needs exactly 4 choices, got ", c.size());
-      d.text = py_strip(str_field(j, "question", src)) + "\nA. " + c[0] + "\nB. " + c[1] + "\nC. " + c[2] + "\nD. " +
-               c[3] + "\nAnswer:";
-      d.choices = {"A", "B", "C", "D"};
-      const json& a = field(j, "answer", src);
-      if (a.is_string() && a.get<std::string>().size() == 1 && a.get<std::string>()[0] >= 'A' &&
-          a.get<std::string>()[0] <= 'Z')
-        d.gold = a.get<std::string>()[0] - 'A';
-      else
-        d.gold = int_like(a, "answer", src);
+    case TaskKind::kMmlu:
+      parse_mmlu(j, d, src);
       break;
-    }
     case TaskKind::kTruthfulQaMc1:
-    case TaskKind::kTruthfulQaMc2: {
-      d.text = std::string(kTruthfulQaPrimer) + "\n\nQ: " + str_field(j, "question", src) + "\nA:";
-      const char* key = task.kind == TaskKind::kTruthfulQaMc1 ? "mc1_targets" : "mc2_targets";
-      const json& t = field(j, key, src);
-      SFTGO_CHECK(t.is_object() && t.contains("choices") && t.contains("labels"), ErrorKind::kData, src, ": field \"",
-                  key, "\" must be {\"choices\": [...], \"labels\": [...]}");
-      d.choices = str_list(t["choices"], std::string(key) + ".choices", src);
-      SFTGO_CHECK(t["labels"].is_array() && t["labels"].size() == d.choices.size(), ErrorKind::kData, src, ": ", key,
-                  ".labels must be a list as long as ", key, ".choices (", d.choices.size(), ")");
-      for (const auto& l : t["labels"]) {
-        SFTGO_CHECK(l.is_number_integer() && (l.get<int>() == 0 || l.get<int>() == 1), ErrorKind::kData, src, ": ", key,
-                    ".labels must hold 0 or 1");
-        d.labels.push_back(l.get<int>());
-      }
-      // lm_eval scores against index 0: the dataset lists the (first) true answer first.
-      SFTGO_CHECK(d.labels[0] == 1, ErrorKind::kData, src, ": ", key,
-                  ".labels[0] must be 1 (the true answer comes first, as in truthfulqa/truthful_qa)");
-      d.gold = 0;
+    case TaskKind::kTruthfulQaMc2:
+      parse_truthfulqa(task, j, d, src);
       break;
-    }
-    case TaskKind::kMathQa: {
-      d.text = "Question: " + str_field(j, "Problem", src) + "\nAnswer:";
-      const std::string options = str_field(j, "options", src);
-      d.choices = mathqa_choices(options);
-      SFTGO_CHECK(!d.choices.empty(), ErrorKind::kData, src,
-                  ": field \"options\" has no \"a ) ..., \" choices: ", excerpt(options));
-      const std::string correct = str_field(j, "correct", src);
-      static const std::array<std::string, 5> kLetters = {"a", "b", "c", "d", "e"};
-      auto it = std::find(kLetters.begin(), kLetters.end(), correct);
-      SFTGO_CHECK(it != kLetters.end(), ErrorKind::kData, src, ": field \"correct\" must be one of a-e, got \"",
-                  correct, "\"");
-      d.gold = it - kLetters.begin();
+    case TaskKind::kMathQa:
+      parse_mathqa(j, d, src);
       break;
-    }
   }
   check_gold(d, src);
   return d;

@@ -36,6 +36,12 @@ struct Tokenizer::Impl {
     SFTGO_CHECK(id >= 0 && static_cast<size_t>(id) < flags.size() && (flags[id] & kAssigned), ErrorKind::kTokenizer,
                 "token id ", id, " is not in the tokenizer (", source_path, ", ids 0..", flags.size() - 1, ")");
   }
+
+  // Tokenizer::load's steps, in order: the model's vocab (returns the largest id), the added tokens
+  // (ids assigned as HF does), then BOS/EOS/PAD from tokenizer_config.json ("" = none there).
+  int32_t load_vocab(const tok::TokenizerSpec& spec);
+  void load_added_tokens(tok::TokenizerSpec& spec, int32_t max_id);
+  void load_special_tokens(const std::string& config_path);
 };
 
 namespace {
@@ -76,13 +82,8 @@ Tokenizer::~Tokenizer() = default;
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
-Tokenizer Tokenizer::load(const std::string& path) {
-  const Paths paths = resolve_paths(path);
-  auto impl = std::make_unique<Impl>();
-  impl->source_path = paths.json;
-  const std::string& file = paths.json;
-  tok::TokenizerSpec spec = tok::parse_tokenizer_json(read_file(file), file);
-
+int32_t Tokenizer::Impl::load_vocab(const tok::TokenizerSpec& spec) {
+  const std::string& file = source_path;
   int32_t max_id = -1;
   for (const auto& [s, id] : spec.vocab) max_id = std::max(max_id, id);
   // Tables are indexed by id: a sparse id space would only waste memory (and is not a real tokenizer).
@@ -90,82 +91,95 @@ Tokenizer Tokenizer::load(const std::string& path) {
   SFTGO_CHECK(max_id < id_limit, ErrorKind::kTokenizer, file, ": token id ", max_id, " is implausibly large for ",
               spec.vocab.size(), " vocab entries (ids should be 0..vocab size)");
   const size_t n = static_cast<size_t>(max_id) + 1;
-  impl->spelled.resize(n);
-  impl->bytes.resize(n);
-  impl->flags.assign(n, 0);
+  spelled.resize(n);
+  bytes.resize(n);
+  flags.assign(n, 0);
 
-  impl->vocab_by_spelling.reserve(spec.vocab.size());
+  vocab_by_spelling.reserve(spec.vocab.size());
   for (const auto& [s, id] : spec.vocab) {
-    SFTGO_CHECK(!(impl->flags[id] & Impl::kAssigned), ErrorKind::kTokenizer, file, ": model.vocab gives id ", id,
-                " to both \"", impl->spelled[id], "\" and \"", s, "\"");
-    SFTGO_CHECK(impl->vocab_by_spelling.insert(s, id), ErrorKind::kTokenizer, file, ": model.vocab lists \"", s,
+    SFTGO_CHECK(!(flags[id] & kAssigned), ErrorKind::kTokenizer, file, ": model.vocab gives id ", id, " to both \"",
+                spelled[id], "\" and \"", s, "\"");
+    SFTGO_CHECK(vocab_by_spelling.insert(s, id), ErrorKind::kTokenizer, file, ": model.vocab lists \"", s,
                 "\" twice");
-    impl->spelled[id] = s;
-    impl->bytes[id] = tok::decoder_bytes(s);
-    impl->flags[id] = Impl::kAssigned;
+    spelled[id] = s;
+    bytes[id] = tok::decoder_bytes(s);
+    flags[id] = kAssigned;
   }
-  impl->bpe.build(spec, impl->vocab_by_spelling, file);
+  return max_id;
+}
 
+void Tokenizer::Impl::load_added_tokens(tok::TokenizerSpec& spec, int32_t max_id) {
   // HF ignores the ids written in added_tokens and assigns them as AddedVocabulary::add_tokens does:
   // a content already in the vocab keeps its vocab id, others get the next id after the vocab and
   // the added tokens so far; a repeated content is ignored. Llama-3's file agrees with this.
-  {
-    std::vector<tok::AddedTokenSpec> kept;
-    std::optional<int32_t> max_added;
-    const auto vocab_count = static_cast<int32_t>(spec.vocab.size());
-    for (auto& a : spec.added_tokens) {
-      if (impl->added_by_content.count(a.content)) continue;
-      if (const int32_t* id = impl->vocab_by_spelling.find(a.content))
-        a.id = *id;
-      else if (!max_added)
-        a.id = vocab_count;
-      else
-        a.id = *max_added >= vocab_count ? *max_added + 1 : vocab_count;
-      max_added = std::max(max_added.value_or(a.id), a.id);
-      impl->added_by_content[a.content] = a.id;
-      kept.push_back(std::move(a));
-    }
-    spec.added_tokens = std::move(kept);
+  std::vector<tok::AddedTokenSpec> kept;
+  std::optional<int32_t> max_added;
+  const auto vocab_count = static_cast<int32_t>(spec.vocab.size());
+  for (auto& a : spec.added_tokens) {
+    if (added_by_content.count(a.content)) continue;
+    if (const int32_t* id = vocab_by_spelling.find(a.content))
+      a.id = *id;
+    else if (!max_added)
+      a.id = vocab_count;
+    else
+      a.id = *max_added >= vocab_count ? *max_added + 1 : vocab_count;
+    max_added = std::max(max_added.value_or(a.id), a.id);
+    added_by_content[a.content] = a.id;
+    kept.push_back(std::move(a));
   }
+  spec.added_tokens = std::move(kept);
   for (const auto& a : spec.added_tokens) max_id = std::max(max_id, a.id);
-  if (static_cast<size_t>(max_id) + 1 > impl->flags.size()) {
-    impl->spelled.resize(max_id + 1);
-    impl->bytes.resize(max_id + 1);
-    impl->flags.resize(max_id + 1, 0);
+  if (static_cast<size_t>(max_id) + 1 > flags.size()) {
+    spelled.resize(max_id + 1);
+    bytes.resize(max_id + 1);
+    flags.resize(max_id + 1, 0);
   }
-
   for (const auto& a : spec.added_tokens) {
     // An added token may reuse a vocab id; its content then wins, as in HF's id_to_token.
-    impl->spelled[a.id] = a.content;
-    impl->bytes[a.id] = tok::decoder_bytes(a.content);
-    impl->flags[a.id] = Impl::kAssigned | (a.special ? Impl::kSpecial : 0);
-    impl->added.push_back({a.id, a.content, a.special});
+    spelled[a.id] = a.content;
+    bytes[a.id] = tok::decoder_bytes(a.content);
+    flags[a.id] = kAssigned | (a.special ? kSpecial : 0);
+    added.push_back({a.id, a.content, a.special});
   }
-  impl->matcher.build(spec.added_tokens);
-  impl->split.compile(spec.split_pattern, !spec.split_is_regex, file);
+}
 
+void Tokenizer::Impl::load_special_tokens(const std::string& config_path) {
   tok::SpecialTokenConfig cfg;
-  if (!paths.config.empty()) cfg = tok::parse_tokenizer_config(read_file(paths.config), paths.config);
+  if (!config_path.empty()) cfg = tok::parse_tokenizer_config(read_file(config_path), config_path);
   // The config's value when it names one (null means none); else the Llama-3 default if present.
   auto pick = [&](const std::optional<std::string>& configured, bool has_key, const char* fallback,
                   const char* key) -> std::optional<TokenId> {
     auto lookup = [&](const std::string& s) -> std::optional<TokenId> {
-      if (auto it = impl->added_by_content.find(s); it != impl->added_by_content.end()) return it->second;
-      if (const int32_t* id = impl->vocab_by_spelling.find(s)) return *id;
+      if (auto it = added_by_content.find(s); it != added_by_content.end()) return it->second;
+      if (const int32_t* id = vocab_by_spelling.find(s)) return *id;
       return std::nullopt;
     };
     if (configured) {
       auto id = lookup(*configured);
-      SFTGO_CHECK(id, ErrorKind::kTokenizer, paths.config, ": ", key, " \"", *configured,
+      SFTGO_CHECK(id, ErrorKind::kTokenizer, config_path, ": ", key, " \"", *configured,
                   "\" is not a token of the tokenizer.json next to it");
       return id;
     }
     if (has_key) return std::nullopt;
     return lookup(fallback);
   };
-  impl->bos = pick(cfg.bos, cfg.has_bos_key, "<|begin_of_text|>", "bos_token");
-  impl->eos = pick(cfg.eos, cfg.has_eos_key, "<|end_of_text|>", "eos_token");
-  impl->pad = pick(cfg.pad, cfg.has_pad_key, "<|finetune_right_pad_id|>", "pad_token");
+  bos = pick(cfg.bos, cfg.has_bos_key, "<|begin_of_text|>", "bos_token");
+  eos = pick(cfg.eos, cfg.has_eos_key, "<|end_of_text|>", "eos_token");
+  pad = pick(cfg.pad, cfg.has_pad_key, "<|finetune_right_pad_id|>", "pad_token");
+}
+
+Tokenizer Tokenizer::load(const std::string& path) {
+  const Paths paths = resolve_paths(path);
+  auto impl = std::make_unique<Impl>();
+  impl->source_path = paths.json;
+  const std::string& file = paths.json;
+  tok::TokenizerSpec spec = tok::parse_tokenizer_json(read_file(file), file);
+  const int32_t max_id = impl->load_vocab(spec);
+  impl->bpe.build(spec, impl->vocab_by_spelling, file);
+  impl->load_added_tokens(spec, max_id);
+  impl->matcher.build(spec.added_tokens);
+  impl->split.compile(spec.split_pattern, !spec.split_is_regex, file);
+  impl->load_special_tokens(paths.config);
   return Tokenizer(std::move(impl));
 }
 
