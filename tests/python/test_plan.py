@@ -1,5 +1,5 @@
 """`sftgo-train plan` (docs/memory.md, issue #27): every command docs/memory.md shows runs as written
-and labels the planned rows; the memory tables of docs/architecture.md and docs/memory.md are exactly
+and labels the planned rows; the memory tables of docs/architecture.md are exactly
 what bench/dist/plan_tables.py generates from `plan --json`; the per-layer activation bytes equal the
 tensors PyTorch's autograd saves for the same operations as src/model/llama.cpp's decoder block
 (an independent count); bad input exits 1 or 2 naming the problem."""
