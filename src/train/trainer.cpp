@@ -140,8 +140,9 @@ void Trainer::Impl::choose_groups_before_forward(MicroBatch& b) {
 }
 
 // The run's WeightsPolicy (step_weights.h): loss.step_stats auto speculates where the result is bit
-// for bit the pre-pass's. SFTGO_TEST_BET_AGAINST=1 (tests only) makes every bet lose, so the redo
-// path runs on every speculated step and must still match the pre-pass.
+// for bit the pre-pass's. SFTGO_TEST_BET_AGAINST=1 (tests only) bets on the previous step's losing
+// group and redoes every speculated step, so the redo path runs (after won and lost bets alike) and
+// must still match the pre-pass.
 void Trainer::Impl::choose_weights_policy() {
   const bool dropout = cfg.lora.enabled && cfg.lora.dropout > 0;
   const bool groups_from_forward = dynamic && !dynamic->separate_forward();
