@@ -721,6 +721,32 @@ TEST(PrecisionPolicy, UnknownNameNamesTheRegisteredOnes) {
   }
 }
 
+// The bf16 policy's Updater for LoRA, end to end: the trained parameters are the fp32 adapters, so no
+// fp32 masters (no master_weights.safetensors), while the frozen base computes in bf16 and stays as
+// loaded.
+TEST_F(TrainerTest, Bf16LoraTrainsFp32AdaptersWithoutMasters) {
+  std::vector<double> losses;
+  TrainerHooks hooks;
+  hooks.on_step = [&](const StepMetrics& m) {
+    losses.push_back(m.loss);
+    return true;
+  };
+  Trainer t(config("bf16_lora", {"train.precision=bf16", "model.dtype=bfloat16", "lora.enabled=true", "lora.rank=4",
+                                 "lora.dropout=0", "optim.lr=1e-2", "train.max_steps=6"}),
+            hooks);
+  const auto before = weights(t);
+  t.run();
+  ASSERT_EQ(losses.size(), 6u);
+  EXPECT_LT(losses.back(), losses.front());
+  for (const auto& [name, w] : weights(t)) {
+    EXPECT_EQ(w.scalar_type(), at::kBFloat16) << name;
+    EXPECT_TRUE(torch::equal(w, before.at(name))) << name << " is frozen under LoRA";
+  }
+  const fs::path ckpt = dir_ / "bf16_lora/checkpoints/step_00000006";
+  EXPECT_TRUE(fs::exists(ckpt / "adapter/adapter_model.safetensors"));
+  EXPECT_FALSE(fs::exists(ckpt / "master_weights.safetensors"));
+}
+
 // Issue 29 item 3: loss.step_stats speculate runs the pre-pass plan's training bit for bit, also when
 // every bet loses (SFTGO_TEST_BET_AGAINST=1: the step's gradients are discarded and its passes run
 // again), with LoRA dropout (the redo replays the generator: same masks) and with groups chosen by the
