@@ -9,8 +9,11 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "../common/temp_dir.h"
 #include "sftgo/core/error.h"
+#include "sftgo/model/inference.h"
 #include "sftgo/model/llama.h"
+#include "sftgo/model/lora.h"
 #include "sftgo/model/score.h"
 
 using namespace sftgo;
@@ -114,4 +117,54 @@ TEST(Score, JsonlContract) {
   std::istringstream text2("{\"text\": \"hello\"}\n");
   EXPECT_EQ(run_score_cli(opt, text2, out).scored_tokens, 4);
   std::system(("rm -rf '" + dir.string() + "'").c_str());  // not fs::remove_all: see io/safetensors.cpp
+}
+
+TEST(Inference, LoaderGivesTheSavedModelWithItsAdapterInEvalMode) {
+  // A base model and an adapter whose B is non-zero (apply_lora starts B at zero, which would hide
+  // a loader that skips the adapter), saved as score/generate/eval/lora-merge read them.
+  LlamaModel model(small(), ModelOptions{.seed = 6});
+  LoraOptions lo;
+  lo.rank = 4;
+  lo.dropout = 0.1;
+  apply_lora(*model, lo, 3);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [name, p] : lora_named_parameters(*model))
+      if (name.find("lora_B") != std::string::npos) p.normal_(0.0, 0.5);
+  }
+  test_util::TempDir dir;
+  save_pretrained(*model, dir.path() + "/base");
+  save_lora_adapter(*model, dir.path() + "/adapter");
+
+  InferenceLoadOptions base;
+  base.model_dir = dir.path() + "/base";
+  InferenceLoadOptions with_adapter = base;
+  with_adapter.adapter_dir = dir.path() + "/adapter";
+  LlamaModel plain = load_for_inference(base);
+  LlamaModel adapted = load_for_inference(with_adapter);
+  EXPECT_FALSE(has_lora(*plain));
+  ASSERT_TRUE(has_lora(*adapted));
+  EXPECT_FALSE(adapted->is_training());  // eval mode: no LoRA dropout, whatever the caller does
+  model->eval();
+  torch::NoGradGuard no_grad;
+  torch::Tensor ids = torch::tensor({{1, 5, 9, 2, 7}}, torch::kInt64);
+  // Exact: the same fp32 weights (read back bit for bit) through the same ops on the same CPU.
+  EXPECT_TRUE(torch::equal(adapted->forward(ids), model->forward(ids)));
+  EXPECT_FALSE(torch::equal(plain->forward(ids), model->forward(ids)));  // the adapter changes the output
+
+  // Bad dtype/device are usage errors naming the option the caller says the value came from.
+  InferenceLoadOptions bad_dtype = base, bad_device = base;
+  bad_dtype.dtype = "float16";
+  bad_dtype.dtype_option = "score: dtype";
+  bad_device.device = "tpu";
+  for (const auto& [o, needle] : {std::pair<InferenceLoadOptions, std::string>{bad_dtype, "score: dtype must be float32"},
+                                  {bad_device, "--device 'tpu' is not a device"}}) {
+    try {
+      load_for_inference(o);
+      ADD_FAILURE() << "expected an error naming " << needle;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kUsage);
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  }
 }
