@@ -99,7 +99,10 @@ class TensorBoard:
     def __init__(self, ctx, state):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=os.path.join(ctx.run_dir, "tensorboard"))
+        # A fresh run in a directory that held another (--overwrite) starts with TensorBoard's own
+        # restart marker at step 0, which hides the earlier run's events in that directory.
+        self.writer = SummaryWriter(log_dir=os.path.join(ctx.run_dir, "tensorboard"),
+                                    purge_step=0 if ctx.fresh else None)
         if not state.get("config_sent") and ctx.config:
             from torch.utils.tensorboard.summary import hparams
 
@@ -199,8 +202,8 @@ CLASSES = {"tensorboard": TensorBoard, "wandb": Wandb, "mlflow": Mlflow}
 
 
 class Context:
-    def __init__(self, run_dir):
-        self.run_dir = run_dir
+    def __init__(self, run_dir, fresh):
+        self.run_dir, self.fresh = run_dir, fresh
         self.config_text, self.config, self.name = "", {}, os.path.basename(os.path.abspath(run_dir))
         path = os.path.join(run_dir, "resolved_config.yaml")
         if os.path.exists(path):
@@ -216,7 +219,7 @@ class Reporter:
     """The trackers of one run, each dropped with one warning at its first failure."""
 
     def __init__(self, args):
-        self.ctx = Context(args.run_dir)
+        self.ctx = Context(args.run_dir, args.fresh)
         self.state_path = os.path.join(args.run_dir, "tracking.json")
         # One follower per run directory at a time: a resume's waits for the killed run's to finish.
         self.lock = open(os.path.join(args.run_dir, "tracking.lock"), "a")
@@ -313,9 +316,9 @@ def follow(reporter, reader):
         reporter.send(reader.new_records())
         ready, _, _ = select.select([0], [], [], 1.0)
         if ready and not os.read(0, 4096):
-            try:  # the trainer is done (and waits for us): back to a normal share of the CPU
-                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-            except (AttributeError, OSError):
+            try:  # the trainer is done and waits for us: a normal share of the CPU (root only)
+                os.setpriority(os.PRIO_PROCESS, 0, 0)
+            except OSError:
                 pass
             return
 
@@ -324,10 +327,9 @@ def main(argv):
     args = parse_args(argv)
     warnings.simplefilter("ignore")  # the clients' deprecation notes are not the user's business
     if args.follow:
-        try:  # CPU time only when the trainer leaves a core idle; metrics.jsonl waits meanwhile
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except (AttributeError, OSError):
-            os.nice(19)
+        # The lowest CPU priority while the trainer runs. (SCHED_IDLE would be gentler still, but on a
+        # shared, busy machine it starves the follower behind every other process, not the trainer.)
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)  # clients that print progress must not mix with the trainer's output
     try:

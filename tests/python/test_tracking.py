@@ -234,6 +234,22 @@ def test_resume_continues_the_same_tracker_runs(tmp_path):
     check_scalars({k: v for k, v in mlflow_scalars(client, state["mlflow"]["run_id"]).items() if k in want}, want)
 
 
+def test_overwritten_run_starts_new_tracker_runs(tmp_path):
+    """--overwrite replaces a run: TensorBoard's restart marker hides the old run's events in the same
+    directory, so the new run's steps show once each."""
+    import numpy as np
+
+    out = tmp_path / "run"
+    for steps, extra in ((6, []), (4, ["--overwrite"])):
+        p = train(out, "--set", f"train.max_steps={steps}", "--set", "logging.report_to=tensorboard", *extra)
+        assert p.returncode == 0, p.stderr[-3000:]
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    tb, _ = tensorboard_scalars(out)
+    want = expected_scalars(lines(out))
+    assert sorted(want["train/loss"]) == [1, 2, 3, 4]
+    check_scalars({k: v for k, v in tb.items() if k in want}, want, rounding=lambda v: float(np.float32(v)))
+
+
 def comparable(run_dir):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in lines(run_dir)]
 
