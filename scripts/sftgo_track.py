@@ -90,6 +90,8 @@ def flat(config, prefix=""):
     for key, value in (config or {}).items():
         if isinstance(value, dict):
             out.update(flat(value, f"{prefix}{key}."))
+        elif isinstance(value, list):  # list keys (logging.report_to): the comma form they also load from
+            out[f"{prefix}{key}"] = ",".join(str(v) for v in value)
         else:
             out[f"{prefix}{key}"] = value
     return out

@@ -86,8 +86,16 @@ std::string config_to_yaml(const Config& config) {
     std::visit(
         [&](auto* p) {
           using T = std::remove_pointer_t<decltype(p)>;
-          if constexpr (std::is_same_v<T, std::string>)
-            out << YAML::DoubleQuoted << *p;
+          if constexpr (std::is_same_v<T, std::string>) {
+            if (f.list) {  // [a, b]: the form users write (a comma string loads too)
+              out << YAML::Flow << YAML::BeginSeq;
+              for (const auto& name : split(*p, ','))
+                if (!trim(name).empty()) out << trim(name);
+              out << YAML::EndSeq;
+            } else {
+              out << YAML::DoubleQuoted << *p;
+            }
+          }
           else
             out << config_detail::value_string(f.ptr);
         },

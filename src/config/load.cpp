@@ -54,11 +54,22 @@ bool is_section(const std::vector<Field>& fields, const std::string& prefix) {
                   where, ": unknown config key '", key, "'");
 }
 
-// Sets one field from a YAML scalar, checking type, range and allowed values.
+// A list field's YAML sequence of plain names as the comma-separated text the field holds.
+std::string joined_names(const YAML::Node& node, const std::string& key, const std::string& where) {
+  std::string text;
+  for (const auto& item : node) {
+    SFTGO_CHECK(item.IsScalar(), ErrorKind::kConfig, where, ": ", key, ": expected a list of names, got a nested ",
+                item.IsMap() ? "mapping" : "list");
+    text += (text.empty() ? "" : ",") + item.Scalar();
+  }
+  return text;
+}
+
+// Sets one field from a YAML scalar (or a list field's sequence), checking type, range and allowed values.
 void assign(const Field& f, const YAML::Node& node, const std::string& where) {
-  SFTGO_CHECK(node.IsScalar() || node.IsNull(), ErrorKind::kConfig, where, ": ", f.key, ": expected a ",
-              config_detail::type_name(f.ptr), " value, got a ", node.IsMap() ? "mapping" : "list");
-  const std::string text = node.IsNull() ? "" : node.Scalar();
+  SFTGO_CHECK(node.IsScalar() || node.IsNull() || (f.list && node.IsSequence()), ErrorKind::kConfig, where, ": ",
+              f.key, ": expected a ", config_detail::type_name(f), " value, got a ", node.IsMap() ? "mapping" : "list");
+  const std::string text = node.IsSequence() ? joined_names(node, f.key, where) : node.IsNull() ? "" : node.Scalar();
   struct Setter {
     const Field& f;
     const std::string& text;
@@ -147,7 +158,7 @@ void apply_override(const std::string& spec, std::vector<Field>& fields, std::ma
   } catch (const YAML::Exception&) {
     node = YAML::Node(value);  // not YAML: take the text as it is
   }
-  if (!node.IsScalar() && !node.IsNull()) node = YAML::Node(value);
+  if (!node.IsScalar() && !node.IsNull() && !(f->list && node.IsSequence())) node = YAML::Node(value);
   assign(*f, node, "--set " + key);
   origins[key].source = "--set";
 }

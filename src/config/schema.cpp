@@ -215,10 +215,12 @@ void dist_lora_fields(Builder& add, Config& c) {
       .one_of({"default", "gaussian"});
   add("lora.adapter_path", c.lora.adapter_path,
       "Start from this PEFT adapter directory (adapter_config.json + adapter_model.safetensors); its r, targets, alpha and rsLoRA setting must match the lora section; empty = fresh init");
+
   add("logging.report_to", c.logging.report_to,
-      "Comma-separated experiment trackers fed from metrics.jsonl by rank 0's follower process: tensorboard, "
-      "wandb, mlflow (docs/tracking.md); empty = none. A tracker that fails is reported once and never stops "
-      "training");
+      "Experiment trackers fed from metrics.jsonl by rank 0's follower process, a list such as [tensorboard, "
+      "wandb, mlflow] (or comma-separated; docs/tracking.md); empty = none. A tracker that fails is reported "
+      "once and never stops training")
+      .names_list();
   add("logging.python", c.logging.python,
       "Python that runs the tracker follower (scripts/sftgo_track.py); empty = the repository's .venv/bin/python "
       "next to the binary, else python3 on PATH");

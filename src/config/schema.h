@@ -24,6 +24,7 @@ struct Field {
   std::vector<std::string> choices;  // for strings; empty = free text
   std::string yaml_name;             // name in YAML when it differs from the struct field
   std::optional<double> or_value_;   // one value accepted outside [min, max], e.g. -1 = "unset"
+  bool list = false;                 // string: also takes a YAML list of names, kept comma-joined
 
   Field& range(double lo, double hi) {
     min = lo;
@@ -47,6 +48,11 @@ struct Field {
     min_exclusive = true;
     return *this;
   }
+  // A list of names: YAML `[a, b]` (or --set key=[a,b]) and the comma-separated "a,b" both load.
+  Field& names_list() {
+    list = true;
+    return *this;
+  }
   Field& one_of(std::vector<std::string> values) {
     choices = std::move(values);
     return *this;
@@ -61,6 +67,8 @@ std::vector<Field> fields_of(Config& config, bool with_declared = true);
 void add_declared_fields(std::vector<Field>& fields, const std::string& section, OptionValues& values);
 
 const char* type_name(const FieldPtr& ptr);
+// The type as docs/config.md shows it: a list field is "list".
+inline const char* type_name(const Field& f) { return f.list ? "list" : type_name(f.ptr); }
 std::string value_string(const FieldPtr& ptr);
 
 // ---- checks (check.cpp) ------------------------------------------------------------------------------

@@ -204,6 +204,29 @@ TEST(Config, YamlRoundTrip) {
   EXPECT_NE(table.find("c.yaml:2"), std::string::npos);
 }
 
+// Issue 28 spells logging.report_to as a YAML list; the comma form and --set with either form load
+// the same value, resolved_config.yaml writes the list form back, and a nested value is refused.
+TEST(Config, ListKeysTakeYamlListsOrCommas) {
+  LoadedConfig a = load_config_text("logging:\n  report_to: [tensorboard, wandb]\n", "c.yaml");
+  EXPECT_EQ(a.config.logging.report_to, "tensorboard,wandb");
+  LoadedConfig b = load_config_text("logging:\n  report_to:\n    - mlflow\n", "c.yaml");
+  EXPECT_EQ(b.config.logging.report_to, "mlflow");
+  LoadedConfig c = load_config_text("", "c.yaml", {"logging.report_to=[wandb,mlflow]"});
+  EXPECT_EQ(c.config.logging.report_to, "wandb,mlflow");
+  LoadedConfig d = load_config_text("", "c.yaml", {"logging.report_to=tensorboard,mlflow"});
+  EXPECT_EQ(d.config.logging.report_to, "tensorboard,mlflow");
+  const std::string yaml = config_to_yaml(a.config);
+  EXPECT_NE(yaml.find("report_to: [tensorboard, wandb]"), std::string::npos) << yaml;
+  EXPECT_EQ(load_config_text(yaml, "resolved.yaml").config.logging.report_to, "tensorboard,wandb");
+  std::string msg = config_error([] { load_config_text("logging:\n  report_to: [[wandb]]\n", "c.yaml"); });
+  EXPECT_NE(msg.find("c.yaml:2: logging.report_to: expected a list of names, got a nested list"), std::string::npos)
+      << msg;
+  msg = config_error([] { load_config_text("logging:\n  report_to: [tensorboard, comet]\n", "c.yaml"); });
+  EXPECT_NE(msg.find("unknown tracker 'comet'"), std::string::npos) << msg;
+  msg = config_error([] { load_config_text("run:\n  name: [a, b]\n", "c.yaml"); });
+  EXPECT_NE(msg.find("run.name: expected a string value, got a list"), std::string::npos) << msg;
+}
+
 TEST(Config, FileErrorsNameThePath) {
   try {
     load_config("/nonexistent/x.yaml");
