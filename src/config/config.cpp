@@ -183,7 +183,7 @@ std::string config_reference_markdown() {
     }
     const std::string allowed = !f.choices.empty() ? join(f.choices, ", ") : config_detail::allowed_text(f, "");
     std::string def = config_detail::value_string(f.ptr);
-    os << "| `" << f.key << "` | " << config_detail::type_name(f.ptr) << " | `" << (def.empty() ? "\"\"" : def)
+    os << "| `" << f.key << "` | " << config_detail::type_name(f) << " | `" << (def.empty() ? "\"\"" : def)
        << "` | " << allowed << " | " << f.doc << " |\n";
   }
   return os.str();
