@@ -46,7 +46,7 @@ void validate_run_config(const LoadedConfig& loaded) {
   const Config& cfg = loaded.config;
   grouping::check_grouping_function_name(cfg.grouping.function);
   train::make_precision_policy(cfg.train.precision);  // a registered precision policy
-  optim::check_update_rule(cfg.optim, cfg.dist.zero1);  // a registered rule, and one ZeRO-1 can shard
+  optim::check_update_rule(cfg.optim, zero_stage(cfg.dist) > 0);  // a registered rule, and one ZeRO can shard
   if (!cfg.model.path.empty()) {
     // A checkpoint that is not there is reported where it is loaded, naming the file.
     const std::filesystem::path json = std::filesystem::path(cfg.model.path) / "config.json";

@@ -17,7 +17,14 @@ namespace sftgo {
 using config_detail::Field;
 using config_detail::fields_of;
 
+int zero_stage(const DistConfig& dist) {
+  SFTGO_CHECK_HINT(!dist.zero1 || dist.zero <= 1, ErrorKind::kConfig, "set only dist.zero: 2 (dist.zero1 is the older key)",
+                   "dist.zero1: true asks for ZeRO stage 1, but dist.zero is ", dist.zero);
+  return dist.zero1 ? 1 : static_cast<int>(dist.zero);
+}
+
 void validate_config(const Config& c) {
+  zero_stage(c.dist);
   for (const auto& part : split(c.logging.report_to, ',')) {
     const std::string name = trim(part);
     SFTGO_CHECK(name.empty() || name == "tensorboard" || name == "wandb" || name == "mlflow", ErrorKind::kConfig,

@@ -193,7 +193,11 @@ void dist_lora_fields(Builder& add, Config& c) {
       "Seconds before a stuck collective or a silent rank (no heartbeat) fails the job; also bounds the wait "
       "for other ranks' grouping-cache shares (plus twice this rank's own share time)")
       .above(0);
-  add("dist.zero1", c.dist.zero1, "Shard optimizer state (and fp32 master weights) across ranks");
+  add("dist.zero", c.dist.zero,
+      "ZeRO stage: 0 data parallel; 1 shard optimizer state and fp32 master weights across ranks; 2 also shard "
+      "the fp32 gradients, reduced bucket by bucket (dist.bucket_mb) during backward")
+      .range(0, 2);
+  add("dist.zero1", c.dist.zero1, "Older key for dist.zero: 1 (true conflicts with dist.zero: 2)");
   add("dist.zero1_fp32_grads", c.dist.zero1_fp32_grads,
       "ZeRO-1 with bf16 weights: accumulate micro-batch gradients and reduce-scatter them in fp32 (false: in "
       "bf16, 2 bytes per parameter less memory, less precise sums)");

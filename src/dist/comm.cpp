@@ -156,6 +156,15 @@ void Comm::reduce_scatter(at::Tensor& out, const at::Tensor& in) {
   }).wait();
 }
 
+Work Comm::reduce_async(at::Tensor& t, int root) {
+  if (world_ == 1) return {};
+  std::vector<at::Tensor> ts{t};
+  c10d::ReduceOptions opts;
+  opts.rootRank = root;
+  return start_collective(this, "reduce of " + std::to_string(t.numel()) + " values to rank " + std::to_string(root),
+                          [&] { return impl_->pg->reduce(ts, opts); });
+}
+
 void Comm::all_gather(at::Tensor& out, const at::Tensor& in) {
   SFTGO_CHECK(out.numel() == in.numel() * world_, ErrorKind::kInternal, "all_gather: output has ", out.numel(),
               " values, expected ", in.numel() * world_);

@@ -102,8 +102,9 @@ struct AddIntoFlat : torch::autograd::PostAccumulateGradHook {
 }  // namespace
 
 ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, const optim::NamedParameters& params,
-                             const optim::RuleOptions& options, bool fp32_grads)
-    : comm_(std::move(comm)), rule_(optim::make_update_rule(options)) {
+                             const optim::RuleOptions& options, bool fp32_grads, bool sharded_grads,
+                             int64_t gather_elements)
+    : comm_(std::move(comm)), rule_(optim::make_update_rule(options)), sharded_(sharded_grads) {
   optim::check_shardable(*rule_);  // a whole-matrix rule cannot update a flat shard
   torch::NoGradGuard no_grad;
   for (const auto& [name, p] : params) {
@@ -120,6 +121,10 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, const optim::NamedParam
   shard_ = (numel_ + w - 1) / w;
   padded_ = shard_ * w;
   begin_ = shard_ * comm_->rank();
+  if (sharded_) {
+    init_sharded(gather_elements);
+    return;
+  }
   const at::ScalarType working = params_.front().scalar_type();
   hooked_ = fp32_grads && c10::elementSize(working) < c10::elementSize(at::kFloat);
   flat_ = at::zeros({padded_}, params_.front().options().dtype(hooked_ ? at::kFloat : working).requires_grad(false));
@@ -132,6 +137,32 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, const optim::NamedParam
     for (size_t i = 0; i < params_.size(); ++i)
       torch::autograd::impl::set_post_acc_grad_hooks(params_[i], std::make_unique<AddIntoFlat>(grad_view(i)));
   }
+  zero_grad();
+}
+
+namespace {
+// Calls fn(param, offset in the param, offset in [lo, hi), count) for every parameter part inside the
+// flat range [lo, hi).
+template <typename Fn>
+void for_each_part(const std::vector<std::pair<int64_t, int64_t>>& segments, int64_t lo, int64_t hi, Fn&& fn) {
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const int64_t a = std::max(lo, segments[i].first), b = std::min(hi, segments[i].first + segments[i].second);
+    if (a < b) fn(i, a - segments[i].first, a - lo, b - a);
+  }
+}
+}  // namespace
+
+void ZeroOptimizer::init_sharded(int64_t gather_elements) {
+  // The master shard straight from the parameters it covers: no full-size buffer at any time.
+  master_ = at::zeros({shard_}, params_.front().options().dtype(at::kFloat).requires_grad(false));
+  for (const auto& p : params_)
+    SFTGO_CHECK(p.is_contiguous(), ErrorKind::kInternal, "ZeRO-2: a parameter is not contiguous");
+  for_each_part(segments_, begin_, begin_ + shard_, [&](size_t i, int64_t po, int64_t fo, int64_t n) {
+    master_.narrow(0, fo, n).copy_(params_[i].view({-1}).narrow(0, po, n));
+  });
+  for (size_t k = 0; k < rule_->state_names().size(); ++k) state_.push_back(at::zeros_like(master_));
+  shard_buf_ = at::zeros_like(master_);
+  gather_ = std::max<int64_t>(1, std::min(shard_, gather_elements / comm_->world_size()));
   zero_grad();
 }
 
@@ -148,6 +179,11 @@ void ZeroOptimizer::zero_grad() {
   // Gradients live in flat_ (backward accumulates into these views in place), so reduce-scatter
   // reads them without a second full-size gradient buffer.
   torch::NoGradGuard no_grad;
+  if (sharded_) {  // the gradients are summed into shard_buf_ by the ZeRO-2 reducer
+    shard_buf_.zero_();
+    for (auto& p : params_) p.mutable_grad().reset();
+    return;
+  }
   flat_.zero_();
   for (size_t i = 0; i < params_.size(); ++i) {
     const at::Tensor& g = params_[i].grad();
@@ -163,8 +199,8 @@ double ZeroOptimizer::step(double lr, double max_norm, bool finite) {
   torch::NoGradGuard no_grad;
   // 1. Reduce-scatter the flat gradients (a gradient that is not a view of flat_, e.g. one replaced
   // by other code, is copied in first; with hooks, one that no hook saw is added): this rank gets the
-  // summed shard.
-  for (size_t i = 0; i < params_.size(); ++i) {
+  // summed shard. ZeRO-2: the reducer has done this bucket by bucket during backward.
+  for (size_t i = 0; i < params_.size() && !sharded_; ++i) {
     const at::Tensor& g = params_[i].grad();
     if (!g.defined() || g.is_alias_of(flat_)) continue;
     if (hooked_) {
@@ -174,7 +210,7 @@ double ZeroOptimizer::step(double lr, double max_norm, bool finite) {
       grad_view(i).copy_(g);
     }
   }
-  comm_->reduce_scatter(shard_buf_, flat_);
+  if (!sharded_) comm_->reduce_scatter(shard_buf_, flat_);
 
   // 2. Global norm from every shard's squared norm, accumulated in float64 like optim::clip_grad_norm.
   // Large shards are processed in slices so temporaries stay a few MB (8B parameters: 1B per rank).
@@ -382,8 +418,33 @@ void ZeroOptimizer::load_shards(const std::vector<std::string>& paths) {
   zero_grad();
 }
 
+void ZeroOptimizer::gather_params_in_pieces() {
+  // Piece j of every rank's shard in one all-gather: rank r's values [j, j + n) of its shard are the
+  // flat values [r * shard + j, ...), copied into the parameters they belong to. The buffer holds
+  // world * gather_ values of the working dtype, not the whole model.
+  const int w = comm_->world_size();
+  const at::ScalarType working = params_.front().scalar_type();
+  at::Tensor recv = at::empty({w * gather_}, master_.options().dtype(working));  // [world * piece]
+  for (int64_t j = 0; j < shard_; j += gather_) {
+    const int64_t n = std::min(gather_, shard_ - j);
+    at::Tensor send = master_.narrow(0, j, n).to(working);  // [n]
+    at::Tensor out = recv.narrow(0, 0, w * n);               // [world * n]
+    comm_->all_gather(out, send);
+    for (int r = 0; r < w; ++r) {
+      const int64_t lo = r * shard_ + j;
+      for_each_part(segments_, lo, lo + n, [&](size_t i, int64_t po, int64_t fo, int64_t k) {
+        params_[i].view({-1}).narrow(0, po, k).copy_(out.narrow(0, r * n + fo, k));
+      });
+    }
+  }
+}
+
 void ZeroOptimizer::gather_params() {
   torch::NoGradGuard no_grad;
+  if (sharded_) {
+    gather_params_in_pieces();
+    return;
+  }
   // With fp32 gradients for bf16 parameters, the gather runs in bf16 inside the front half of the fp32
   // buffers' storage (their gradients are spent by now): no extra memory, half the traffic of fp32.
   const at::ScalarType working = params_.front().scalar_type();

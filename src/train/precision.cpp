@@ -14,7 +14,8 @@ namespace sftgo::train {
 PrecisionPolicy::~PrecisionPolicy() = default;
 
 std::unique_ptr<Updater> PrecisionPolicy::make_updater(const UpdaterSetup& s) const {
-  return train::make_updater(s.zero1 ? UpdaterKind::kZero1 : UpdaterKind::kPlain, s.comm, s.params, s.options);
+  const UpdaterKind kind = s.zero == 2 ? UpdaterKind::kZero2 : s.zero == 1 ? UpdaterKind::kZero1 : UpdaterKind::kPlain;
+  return train::make_updater(kind, s.comm, s.params, s.options);
 }
 
 namespace {
@@ -35,7 +36,7 @@ class Bf16MastersPolicy final : public PrecisionPolicy {
   std::unique_ptr<Updater> make_updater(const UpdaterSetup& s) const override {
     const bool below_fp32 = std::any_of(s.params.begin(), s.params.end(),
                                         [](const auto& p) { return p.second.scalar_type() != c10::kFloat; });
-    if (s.zero1 || !below_fp32) return PrecisionPolicy::make_updater(s);  // ZeRO-1 keeps its own fp32 shard
+    if (s.zero > 0 || !below_fp32) return PrecisionPolicy::make_updater(s);  // ZeRO keeps its own fp32 shard
     return train::make_updater(UpdaterKind::kFp32Masters, s.comm, s.params, s.options);
   }
 };

@@ -136,8 +136,8 @@ void Trainer::Impl::place_job() {
   comm = dist::Comm::create(launch, co, device);
   comm->start_watchdog();
   if (world > 1)
-    log_info("data parallel: {} ranks ({}), {} backend, rendezvous {}:{}, ZeRO-1 {}", world, launch.launcher,
-             comm->backend(), launch.master_addr, launch.master_port, cfg.dist.zero1 ? "on" : "off");
+    log_info("data parallel: {} ranks ({}), {} backend, rendezvous {}:{}, ZeRO stage {}", world, launch.launcher,
+             comm->backend(), launch.master_addr, launch.master_port, zero_stage(cfg.dist));
 }
 
 void Trainer::Impl::load_data() {
@@ -307,7 +307,7 @@ void Trainer::Impl::build_updater() {
   uo.zero1_fp32_grads = cfg.dist.zero1_fp32_grads;
   // The trained parameters (LoRA: the fp32 adapters, so bf16 needs no masters for them) and the policy's
   // choice of Updater for them.
-  updater = precision->make_updater({comm, model::trained_named_parameters(*model), uo, cfg.dist.zero1});
+  updater = precision->make_updater({comm, model::trained_named_parameters(*model), uo, zero_stage(cfg.dist)});
 }
 
 }  // namespace sftgo::train

@@ -14,6 +14,7 @@
 #include "sftgo/core/log.h"
 #include "sftgo/core/timer.h"
 #include "sftgo/dist/zero.h"
+#include "sftgo/dist/zero2.h"
 
 namespace fs = std::filesystem;
 
@@ -200,16 +201,36 @@ class Fp32MastersUpdater final : public ReducingUpdater {
   optim::NamedParameters masters_;  // fp32 copies the optimizer updates
 };
 
-// ZeRO-1 keeps its own fp32 master shard, so bf16 runs need no full-size masters.
+std::vector<at::Tensor> trained(const optim::NamedParameters& params) {
+  std::vector<at::Tensor> out;
+  for (const auto& [name, p] : params)
+    if (p.requires_grad()) out.push_back(p);
+  return out;
+}
+
+// ZeRO-1 keeps its own fp32 master shard, so bf16 runs need no full-size masters. ZeRO-2 (stage 2)
+// also keeps only an fp32 gradient shard, filled during backward by a dist::ShardReducer; the update
+// and the checkpoint shards are ZeRO-1's, so a run resumes from either stage.
 class Zero1Updater final : public Updater {
  public:
-  Zero1Updater(std::shared_ptr<dist::Comm> comm, const optim::NamedParameters& params, const UpdaterOptions& o)
-      : comm_(std::move(comm)), zero_(comm_, params, o.rule, o.zero1_fp32_grads) {}
-  UpdaterKind kind() const override { return UpdaterKind::kZero1; }
+  Zero1Updater(std::shared_ptr<dist::Comm> comm, const optim::NamedParameters& params, const UpdaterOptions& o,
+               int stage)
+      : comm_(std::move(comm)),
+        zero_(comm_, params, o.rule, o.zero1_fp32_grads, stage == 2,
+              std::max<int64_t>(1, static_cast<int64_t>(o.bucket_mb * 1024.0 * 1024.0 / 4))) {
+    if (stage == 2) reducer_ = std::make_unique<dist::ShardReducer>(comm_, zero_, trained(params), o.bucket_mb);
+  }
+  UpdaterKind kind() const override { return reducer_ ? UpdaterKind::kZero2 : UpdaterKind::kZero1; }
+  void after_backward() override {
+    if (!reducer_) return;
+    Timer t;
+    reducer_->finish();
+    wait_s_ = t.seconds();
+  }
   double step(double lr, double max_norm, bool finite) override {
     Timer t;
     const double norm = zero_.step(lr, max_norm, finite);
-    if (comm_->world_size() > 1) comm_s_ = t.seconds();
+    if (comm_->world_size() > 1) comm_s_ = t.seconds() + std::max(0.0, wait_s_);
     return norm;
   }
   void zero_grad() override { zero_.zero_grad(); }
@@ -232,7 +253,8 @@ class Zero1Updater final : public Updater {
  private:
   std::shared_ptr<dist::Comm> comm_;
   dist::ZeroOptimizer zero_;
-  double comm_s_ = -1;
+  std::unique_ptr<dist::ShardReducer> reducer_;  // ZeRO-2 only
+  double comm_s_ = -1, wait_s_ = -1;
 };
 
 }  // namespace
@@ -244,7 +266,8 @@ std::unique_ptr<Updater> make_updater(UpdaterKind kind, std::shared_ptr<dist::Co
   switch (kind) {
     case UpdaterKind::kPlain: return std::make_unique<PlainUpdater>(comm, params, options);
     case UpdaterKind::kFp32Masters: return std::make_unique<Fp32MastersUpdater>(comm, params, options);
-    case UpdaterKind::kZero1: return std::make_unique<Zero1Updater>(std::move(comm), params, options);
+    case UpdaterKind::kZero1: return std::make_unique<Zero1Updater>(std::move(comm), params, options, 1);
+    case UpdaterKind::kZero2: return std::make_unique<Zero1Updater>(std::move(comm), params, options, 2);
   }
   SFTGO_FAIL(ErrorKind::kInternal, "unknown updater kind");
 }

@@ -112,10 +112,15 @@ struct DistConfig {
   std::string master_addr = "127.0.0.1";
   int64_t master_port = 29500;
   double timeout_s = 600.0;
-  bool zero1 = false;
+  int64_t zero = 0;    // ZeRO stage: 0 (data parallel), 1 (optimizer state), 2 (also gradients); see zero_stage
+  bool zero1 = false;  // the older key: true means zero: 1
   bool zero1_fp32_grads = true;  // ZeRO-1 with bf16 weights: accumulate and reduce-scatter gradients in fp32
   double bucket_mb = 25.0;       // gradient all-reduce bucket size
 };
+
+// The ZeRO stage dist.zero and dist.zero1 give together: dist.zero1: true means stage 1 (and conflicts
+// with dist.zero: 2, an Error(kConfig) naming both keys).
+int zero_stage(const DistConfig& dist);
 
 // LoRA adapters (docs/lora.md, model/lora.h): the base model is frozen and only the adapters train.
 struct LoraConfig {

@@ -135,6 +135,9 @@ class Comm {
   void reduce_scatter(at::Tensor& out, const at::Tensor& in);
   // out [world * n] = every rank's in [n], concatenated by rank.
   void all_gather(at::Tensor& out, const at::Tensor& in);
+  // Sum over ranks into root's t, in place (other ranks' t is left undefined). ZeRO-2 sends each
+  // bucket's slice to the rank that owns it this way: buckets do not split evenly across ranks.
+  Work reduce_async(at::Tensor& t, int root);
   // Element-wise sum of small host vectors (metrics, statistics): one collective.
   std::vector<double> sum(const std::vector<double>& values);
   void barrier();

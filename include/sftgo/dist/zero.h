@@ -35,8 +35,11 @@ class ZeroOptimizer {
   // the weights' dtype (false). fp32 parameters accumulate in fp32 either way.
   // options: the update rule (options.name) and its hyper-parameters; Error(kConfig) for a rule that
   // needs whole matrices.
+  // sharded_grads (ZeRO-2): no full-size gradient buffer; the caller (dist::ShardReducer) sums the
+  // gradients over ranks itself and adds this rank's part into grad_shard(), step() skips step 1, and
+  // step 4 gathers the parameters through bucket-sized pieces. fp32_grads is ignored (fp32 always).
   ZeroOptimizer(std::shared_ptr<Comm> comm, const optim::NamedParameters& params, const optim::RuleOptions& options,
-                bool fp32_grads = true);
+                bool fp32_grads = true, bool sharded_grads = false, int64_t gather_elements = int64_t{1} << 22);
   ~ZeroOptimizer();
   ZeroOptimizer(const ZeroOptimizer&) = delete;
   ZeroOptimizer& operator=(const ZeroOptimizer&) = delete;
@@ -58,7 +61,11 @@ class ZeroOptimizer {
   int64_t shard_begin() const { return begin_; }
   int64_t shard_size() const { return shard_; }
   int64_t steps() const { return steps_; }
-  at::ScalarType grad_dtype() const { return flat_.scalar_type(); }  // what gradients accumulate in
+  at::ScalarType grad_dtype() const { return shard_buf_.scalar_type(); }  // what gradients are reduced in
+  // [shard] fp32: this rank's summed gradients (sharded_grads only: the ZeRO-2 reducer adds into it).
+  at::Tensor grad_shard() const { return shard_buf_; }
+  // param -> [offset, numel) in the flat vector.
+  const std::vector<std::pair<int64_t, int64_t>>& segments() const { return segments_; }
 
   const optim::UpdateRule& rule() const { return *rule_; }
 
@@ -89,9 +96,13 @@ class ZeroOptimizer {
   at::Tensor flat_;
   at::Tensor shard_buf_;  // [shard] gradient dtype: reduce-scatter output, then (as above) all-gather input
   bool hooked_ = false;   // gradients reach flat_ through post-accumulate hooks (dtypes differ)
+  bool sharded_ = false;  // ZeRO-2: flat_ is never allocated; shard_buf_ is the fp32 gradient shard
+  int64_t gather_ = 0;    // ZeRO-2: values per rank in one all-gather piece
 
   at::Tensor grad_view(size_t i) const;  // param i's slice of flat_, shaped like the param
   void gather_params();                  // master shards -> flat_ -> parameters
+  void init_sharded(int64_t gather_elements);  // ZeRO-2: master shard and gradient shard from the params
+  void gather_params_in_pieces();        // ZeRO-2: master shards -> [W * piece] buffer -> parameters
 };
 
 std::string zero_shard_file_name(int rank, int world_size);  // "zero_rankRRRRR_of_WWWWW.pt"

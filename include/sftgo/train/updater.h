@@ -4,7 +4,8 @@
 // the step.
 //   plain   the update rule on the model's own parameters (fp32, or bf16 weights and state)
 //   masters bf16 working weights, fp32 master weights and rule state (train.precision: bf16)
-//   zero1   ZeRO-1: rule state and fp32 masters sharded across ranks (dist.zero1)
+//   zero1   ZeRO-1: rule state and fp32 masters sharded across ranks (dist.zero: 1)
+//   zero2   ZeRO-2: also the fp32 gradients, reduced bucket by bucket during backward (dist.zero: 2)
 // All three apply the same optim::UpdateRule (optim.name, AdamW by default): an optimizer is a rule,
 // not an Updater.
 // With several ranks the first two compose with the bucketed gradient reducer (dist::GradReducer),
@@ -21,7 +22,7 @@
 
 namespace sftgo::train {
 
-enum class UpdaterKind { kPlain, kFp32Masters, kZero1 };
+enum class UpdaterKind { kPlain, kFp32Masters, kZero1, kZero2 };
 
 class Updater {
  public:

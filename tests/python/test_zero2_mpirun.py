@@ -1,0 +1,90 @@
+"""ZeRO-2 (dist.zero: 2) end to end on CPU with Gloo: the same trajectory as ZeRO-1 and as one process
+with the same global batch, for fp32 and bf16 with fp32 masters; a ZeRO-2 checkpoint resumed as
+ZeRO-1; dist.zero1: true with dist.zero: 2 refused naming both keys."""
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from launch_util import mpirun_cmd
+from test_dist_mpirun import ATOL, BIN, ROOT, args, last_ckpt, metrics, pytestmark, train, weights  # noqa: F401
+
+
+def same_run(a, b, atol, loss_rel, norm_rel):
+    wa, wb = weights(last_ckpt(a)), weights(last_ckpt(b))
+    worst = max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+    assert worst <= atol, f"max abs weight difference {worst:.3g} > {atol:g}"
+    ma, mb = metrics(a), metrics(b)
+    assert len(ma) == len(mb) and ma
+    for x, y in zip(ma, mb):
+        assert x["loss"] == pytest.approx(y["loss"], rel=loss_rel, abs=0)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=norm_rel, abs=0)
+    return worst
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_zero2_equals_zero1_bit_for_bit_one_micro_batch(tmp_path, precision):
+    # One micro-batch per rank: both stages sum the same two fp32 gradients (a + b = b + a: Gloo's
+    # reduce and reduce-scatter may add in either order, exact for 2 ranks) into a zeroed shard, so the
+    # update, the norm and the gathered weights are the same bits.
+    z1, z2 = tmp_path / "z1", tmp_path / "z2"
+    p = [f"train.precision={precision}"]
+    train(z1, ranks=2, extra=p + ["dist.zero=1"])
+    train(z2, ranks=2, extra=p + ["dist.zero=2", "dist.bucket_mb=0.01"])
+    assert same_run(z1, z2, 0.0, 0.0, 0.0) == 0.0
+    assert sorted(q.name for q in last_ckpt(z2).glob("zero_rank*")) == [
+        "zero_rank00000_of_00002.pt", "zero_rank00001_of_00002.pt"]
+
+
+def test_zero2_two_ranks_equal_one_rank(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(one)
+    train(two, ranks=2, extra=["dist.zero=2", "dist.bucket_mb=0.01"])
+    # The tolerance of the ZeRO-1 test (test_dist_mpirun.ATOL): the same sums in another order.
+    same_run(one, two, ATOL, 1e-5, 1e-4)
+
+
+def test_zero2_several_micro_batches_match_zero1(tmp_path):
+    # 2 micro-batches per rank: ZeRO-2 sums over ranks per micro-batch, then micro-batches; ZeRO-1 the
+    # other way round. fp32 rounding of the sums (~1e-7 relative) then AdamW as in ATOL's note.
+    z1, z2 = tmp_path / "z1", tmp_path / "z2"
+    train(z1, ranks=2, global_batch=8, micro=2, extra=["dist.zero=1"])
+    train(z2, ranks=2, global_batch=8, micro=2, extra=["dist.zero=2", "dist.bucket_mb=0.01"])
+    same_run(z1, z2, ATOL, 1e-5, 1e-4)
+
+
+def resume_from_step_3(src, dst, ranks, zero, micro=4):
+    (dst / "checkpoints").mkdir(parents=True)
+    shutil.copytree(src / "checkpoints" / "step_00000003", dst / "checkpoints" / "step_00000003")
+    cmd = args(dst, steps=6, micro=micro, extra=[f"dist.zero={zero}", "train.save_every=3"]) + ["--resume", "auto"]
+    p = subprocess.run(mpirun_cmd(ranks) + [str(BIN)] + cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "resumed from" in p.stderr
+
+
+def test_zero2_checkpoint_resumes_as_zero1_and_on_4_ranks(tmp_path):
+    z1, z2 = tmp_path / "z1", tmp_path / "z2"
+    keep = ["train.save_every=3", "train.keep_last=5"]
+    train(z1, ranks=2, steps=6, extra=["dist.zero=1"] + keep)
+    train(z2, ranks=2, steps=6, extra=["dist.zero=2", "dist.bucket_mb=0.01"] + keep)
+    # Stage 2 -> stage 1 on the same 2 ranks: ZeRO-1's shard files, and (one micro-batch per rank)
+    # the same bits as the stage-1 run all along.
+    as_z1 = tmp_path / "as_z1"
+    resume_from_step_3(z2, as_z1, 2, 1)
+    wa, wb = weights(z1 / "checkpoints" / "step_00000006"), weights(last_ckpt(as_z1))
+    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) == 0.0
+    # 2 -> 4 ranks, stage 2: 4 x 2 examples per step, the same 8; sums over ranks in another order,
+    # so the tolerance of the 1-vs-2-rank test.
+    four = tmp_path / "four"
+    resume_from_step_3(z2, four, 4, 2, micro=2)
+    wa, wb = weights(z2 / "checkpoints" / "step_00000006"), weights(last_ckpt(four))
+    worst = max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+    assert worst <= ATOL, f"max abs weight difference {worst:.3g} > {ATOL:g}"
+
+
+def test_zero1_true_with_zero_2_is_refused(tmp_path):
+    p = subprocess.run([str(BIN)] + args(tmp_path, extra=["dist.zero1=true", "dist.zero=2"]),
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode != 0
+    assert "dist.zero1: true asks for ZeRO stage 1, but dist.zero is 2" in p.stdout + p.stderr
