@@ -5,7 +5,8 @@ Deterministic (fixed seed, no inputs), so re-running it reproduces the committed
 The examples are composed from templates with answers computed here, so they are always correct and
 regular enough that a tiny model can visibly learn them.
 
-Usage: scripts/make_demo_data.py [output path]
+Usage: scripts/make_demo_data.py [--held-out] [output path]
+(--held-out writes data/demo/demo_eval.jsonl: conversations of another seed that are not in the training file)
 """
 import json
 import random
@@ -171,10 +172,30 @@ def examples(rng):
     return out
 
 
+HELD_OUT = 48  # conversations in data/demo/demo_eval.jsonl
+
+
+def held_out(train):
+    """Conversations from the same templates under another seed, none of them in `train`."""
+    seen = {json.dumps(c) for c in train}
+    out = []
+    for conv in examples(random.Random(SEED + 1)):
+        if json.dumps(conv) not in seen and len(out) < HELD_OUT:
+            seen.add(json.dumps(conv))
+            out.append(conv)
+    return out
+
+
 def main():
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "data/demo/demo_sft.jsonl"
+    # --held-out: data/demo/demo_eval.jsonl, the demo's held-out file (data.eval_path; docs/operations.md).
+    args = [a for a in sys.argv[1:] if a != "--held-out"]
+    evaluation = len(args) < len(sys.argv[1:])
+    name = "data/demo/demo_eval.jsonl" if evaluation else "data/demo/demo_sft.jsonl"
+    path = Path(args[0]) if args else Path(__file__).resolve().parent.parent / name
     rng = random.Random(SEED)
     convs = examples(rng)
+    if evaluation:
+        convs = held_out(convs)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for conv in convs:

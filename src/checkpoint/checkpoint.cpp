@@ -189,10 +189,13 @@ void prune_checkpoints(const std::string& run_dir, int64_t saved_step, int64_t k
   // Only this checkpoint and older ones count: a checkpoint with a higher step is not this run's
   // past (e.g. a run resumed from an earlier checkpoint by name) and is never deleted here, and the
   // one just written is always kept.
+  // checkpoints/best (train.save_best) is kept in addition to keep_last: it neither counts nor goes.
+  std::error_code link_ec;
+  const fs::path best = fs::read_symlink(fs::path(checkpoints_root(run_dir)) / "best", link_ec);
   std::vector<std::string> older;
   for (const auto& dir : list_checkpoints(run_dir)) {
     const int64_t step = step_of(dir);
-    if (step >= 0 && step < saved_step) older.push_back(dir);
+    if (step >= 0 && step < saved_step && (link_ec || fs::path(dir).filename() != best)) older.push_back(dir);
   }
   const size_t keep_older = static_cast<size_t>(keep_last - 1);
   for (size_t i = 0; i + keep_older < older.size(); ++i) {
@@ -200,6 +203,19 @@ void prune_checkpoints(const std::string& run_dir, int64_t saved_step, int64_t k
     fs::remove_all(older[i], ec);
     if (ec) log_warn("could not remove old checkpoint {}: {}", older[i], ec.message());
   }
+}
+
+void point_best_at(const std::string& run_dir, const std::string& checkpoint_dir) {
+  const fs::path root = checkpoints_root(run_dir);
+  const fs::path tmp = root / ("best.tmp-" + std::to_string(::getpid()));
+  std::error_code ec;
+  fs::remove(tmp, ec);
+  fs::create_directory_symlink(fs::path(checkpoint_dir).filename(), tmp, ec);
+  SFTGO_CHECK(!ec, ErrorKind::kIo, "could not create ", tmp.string(), ": ", ec.message());
+  fs::rename(tmp, root / "best", ec);  // atomic: a reader sees the old target or the new one
+  SFTGO_CHECK(!ec, ErrorKind::kIo, "could not point ", (root / "best").string(), " at ", checkpoint_dir, ": ",
+              ec.message());
+  fsync_path(root, true);
 }
 
 std::vector<std::string> list_checkpoints(const std::string& run_dir) {

@@ -30,6 +30,9 @@ std::string TrainerState::to_json() const {
                       {"world_size", world_size}};
   if (!cuda_rng_states_hex.empty()) j["cuda_rng_states"] = cuda_rng_states_hex;
   if (weights_only) j["weights_only"] = true;
+  for (const auto& [key, t] : {std::pair{"best", &best}, std::pair{"early_stopping", &early_stopping}})
+    if (*t)
+      j[key] = {{"metric", (*t)->metric}, {"value", (*t)->value}, {"step", (*t)->step}, {"bad_evals", (*t)->bad_evals}};
   return j.dump(1) + "\n";
 }
 
@@ -101,6 +104,21 @@ std::vector<std::string> cuda_rng_states_field(const nlohmann::json& v, const Tr
   return out;
 }
 
+// "best" / "early_stopping": {"metric", "value", "step" (-1: none yet), "bad_evals"}.
+TrackedBest tracked_field(const nlohmann::json& v, const std::string& key, const std::string& source) {
+  SFTGO_CHECK(v.is_object() && v.contains("metric") && v["metric"].is_string(), ErrorKind::kFormat, source,
+              ": field \"", key, "\" is not an object with a string \"metric\"");
+  TrackedBest t;
+  t.metric = v["metric"].get<std::string>();
+  t.value = finite_field(v, "value", source);
+  t.bad_evals = count_field(v, "bad_evals", key + ".bad_evals", source);
+  SFTGO_CHECK(v.contains("step") && v["step"].is_number_integer() && v["step"].get<int64_t>() >= -1,
+              ErrorKind::kFormat, source, ": field \"", key, ".step\" is ", v.value("step", nlohmann::json()).dump(),
+              ", expected an integer >= -1");
+  t.step = v["step"].get<int64_t>();
+  return t;
+}
+
 }  // namespace
 
 size_t expected_rng_state_hex_size() {
@@ -168,6 +186,8 @@ TrainerState TrainerState::from_json(const std::string& text, const std::string&
                 j["weights_only"].dump(), ", expected true or false");
     s.weights_only = j["weights_only"].get<bool>();
   }
+  if (j.contains("best")) s.best = tracked_field(j["best"], "best", source);
+  if (j.contains("early_stopping")) s.early_stopping = tracked_field(j["early_stopping"], "early_stopping", source);
   return s;
 }
 

@@ -173,6 +173,24 @@ void train_fields(Builder& add, Config& c) {
       "Optimizer steps between eval-loss passes over data.eval_path (a fresh run also evaluates its initial "
       "weights, at step 0, and every run its final ones); 0 = only at the start and the end")
       .at_least(0);
+  add("train.eval_tasks", c.train.eval_tasks,
+      "Multiple-choice tasks scored at every evaluation (the tasks of sftgo-train eval, 0-shot), comma-separated "
+      "TASK:PATH, e.g. hellaswag:data/eval/samples/hellaswag.jsonl; logged on the eval line as eval_TASK_METRIC "
+      "(eval_hellaswag_acc, ...); needs data.eval_path; empty = none");
+  add("train.eval_limit", c.train.eval_limit, "Documents of each train.eval_tasks task scored (the first N)")
+      .at_least(1);
+  add("train.save_best", c.train.save_best,
+      "Eval metric whose best value keeps its checkpoint as checkpoints/best, never pruned by train.keep_last: "
+      "eval_loss, eval_loss_ce, eval_worst_group (the larger group loss; losses: lower is better) or "
+      "eval_TASK_METRIC of train.eval_tasks (higher is better); needs data.eval_path; empty = off");
+  add("train.early_stopping_metric", c.train.early_stopping_metric,
+      "Eval metric (as train.save_best) that ends the run after train.early_stopping_patience evaluations "
+      "without an improvement larger than train.early_stopping_min_delta (exit 0, final checkpoint saved); "
+      "empty = off");
+  add("train.early_stopping_patience", c.train.early_stopping_patience,
+      "Evaluations in a row without improvement that stop the run").at_least(1);
+  add("train.early_stopping_min_delta", c.train.early_stopping_min_delta,
+      "Smallest change of the early-stopping metric that counts as an improvement").at_least(0);
   add("train.deterministic", c.train.deterministic,
       "GPU only: deterministic kernels (LibTorch deterministic algorithms, cuDNN deterministic, no cuDNN benchmark, math attention instead of flash/memory-efficient SDPA, CUBLAS_WORKSPACE_CONFIG) so a run and its resume are bit-reproducible on the same GPU and software; slower, and attention needs more memory. CPU runs are deterministic anyway (docs/gpu.md)");
   add("train.gpu_peak_tflops", c.train.gpu_peak_tflops,

@@ -194,6 +194,45 @@ TaskResult run_eval(const EvalOptions& o) {
   return r;
 }
 
+struct TaskEvaluator::State {
+  const TaskInfo* task = nullptr;
+  EvalOptions options;
+  Documents docs;
+  Requests requests;
+  std::string tokenizer_path;
+};
+
+TaskEvaluator::TaskEvaluator(const EvalOptions& o, const Tokenizer& tok) : s_(std::make_unique<State>()) {
+  s_->task = &find_task(o.task);
+  check_options(*s_->task, o);
+  s_->options = o;
+  s_->docs = read_documents(*s_->task, o);
+  s_->requests = build_requests(*s_->task, s_->docs, tok, encode_options(tok), o.shots);
+  s_->tokenizer_path = tok.source_path();
+}
+
+TaskEvaluator::~TaskEvaluator() = default;
+TaskEvaluator::TaskEvaluator(TaskEvaluator&&) noexcept = default;
+const std::string& TaskEvaluator::task() const { return s_->task->name; }
+const std::vector<std::string>& TaskEvaluator::metric_names() const { return s_->task->metrics; }
+
+TaskResult TaskEvaluator::score(model::LlamaModelImpl& m) const {
+  for (const auto& p : s_->requests.pairs)
+    for (const auto* v : {&p.context, &p.continuation})
+      for (int64_t id : *v)
+        SFTGO_CHECK(id >= 0 && id < m.config().vocab_size, ErrorKind::kData, "eval ", s_->task->name, ": token id ",
+                    id, " from ", s_->tokenizer_path, " is outside the model vocabulary [0, ", m.config().vocab_size,
+                    ")");
+  const std::vector<LoglikResult> ll = score_requests(m, s_->docs, s_->requests, s_->options);
+  TaskResult r;
+  r.task = s_->task->name;
+  r.shots = s_->options.shots;
+  r.docs = static_cast<int64_t>(s_->docs.count);
+  const auto per_subject = document_metrics(*s_->task, s_->docs, s_->requests, ll, "", r);
+  if (s_->task->kind == TaskKind::kMmlu) mmlu_groups(per_subject, r);
+  return r;
+}
+
 std::string result_json(const TaskResult& r, const EvalOptions& o) {
   json j;
   j["task"] = r.task;

@@ -60,6 +60,7 @@ std::string EvalMetrics::to_json() const {
                       {"eval_loss_unimp", num(loss_unimp)},
                       {"eval_tokens", tokens},
                       {"eval_s", num(seconds)}};
+  for (const auto& [name, value] : tasks) j[name] = num(value);
   return j.dump();
 }
 

@@ -146,6 +146,8 @@ std::string Trainer::Impl::save(const std::string& why, bool weights_only) {
   r.state.elapsed_s = elapsed_s();  // a resume continues metrics.jsonl's elapsed_s and the ETA from here
   r.state.lambda = lambdas.at(std::max<int64_t>(0, step - 1), total_steps);
   r.state.rng_state_hex = checkpoint::cpu_rng_state_hex();
+  if (best) r.state.best = best->state();  // train.save_best / early stopping, restored by a resume
+  if (early_stop) r.state.early_stopping = early_stop->state();
   r.state.config_yaml = config_to_yaml(cfg);
   r.resolved_config_yaml = r.state.config_yaml;
   r.tokenizer_files = tokenizer_files(cfg.tokenizer.path, cfg.model.path);
@@ -215,6 +217,8 @@ void Trainer::Impl::resume_from(const std::string& dir) {
   nan_skips = st.nan_skips;
   tokens_seen = st.tokens_seen;
   elapsed_before = st.elapsed_s;
+  if (best && st.best) best->restore(*st.best, dir);  // the best so far and the patience count continue
+  if (early_stop && st.early_stopping) early_stop->restore(*st.early_stopping, dir);
   if (!st.rng_state_hex.empty()) checkpoint::set_cpu_rng_state_hex(st.rng_state_hex);
   restore_cuda_rng(st, dir);
   log_info("resumed from {} at step {}/{}", dir, step, total_steps);

@@ -16,11 +16,13 @@
 #include "sftgo/data/loader.h"
 #include "sftgo/dist/dist.h"
 #include "sftgo/dist/gpu.h"
+#include "sftgo/eval/evaluate.h"
 #include "sftgo/grouping/dynamic.h"
 #include "sftgo/loss/group_loss.h"
 #include "sftgo/model/llama.h"
 #include "sftgo/optim/optim.h"
 #include "sftgo/tokenizer/tokenizer.h"
+#include "sftgo/train/best.h"
 #include "sftgo/train/metrics.h"
 #include "sftgo/train/options.h"
 #include "sftgo/train/precision.h"
@@ -126,6 +128,22 @@ struct Trainer::Impl {
   [[noreturn]] void stop_non_finite(int64_t last_finite);
 
   EvalMetrics evaluate();
+  // Evaluation during training (eval_tracking.cpp, train/best.h): train.eval_tasks scored by rank 0,
+  // the train.save_best and train.early_stopping_metric trackers, rank 0's decision shared by all.
+  struct EvalDecision {
+    bool save_best = false;  // this evaluation is the new best: save it, point checkpoints/best at it
+    bool stop = false;       // early stopping: patience used up
+  };
+  std::vector<eval::TaskEvaluator> eval_tasks;
+  std::optional<BestTracker> best, early_stop;
+  void prepare_eval_tracking();
+  void score_eval_tasks(EvalMetrics& e);
+  EvalDecision track_eval(const EvalMetrics& e);
+  bool stopped_early_before() const;  // a resumed run whose patience was already used up
+  // One evaluation of the run loop: the eval line (with the tasks' scores) into `log` (rank 0), then
+  // the best checkpoint (saved unless this step has one: last_saved, last_checkpoint) and its link.
+  // True when early stopping ends the run at this step (the same answer on every rank).
+  bool evaluate_and_track(MetricsLog* log, int64_t& last_saved, std::string& last_checkpoint);
   // weights_only: train.intermediate_checkpoints: weights (no optimizer state: not resumable).
   std::string save(const std::string& why, bool weights_only = false);
   void add_zero_manifest(checkpoint::SaveRequest& r, const std::string& staging);

@@ -32,6 +32,15 @@ class LlamaModelImpl;
 
 namespace sftgo::checkpoint {
 
+// The best evaluation so far of one tracked metric (train.save_best, train.early_stopping_*): its value and
+// step (-1: none yet) and the evaluations since without an improvement.
+struct TrackedBest {
+  std::string metric;
+  double value = 0.0;
+  int64_t step = -1;
+  int64_t bad_evals = 0;
+};
+
 // What the trainer needs to continue exactly where it stopped.
 struct TrainerState {
   int64_t step = 0;  // optimizer steps completed
@@ -51,6 +60,10 @@ struct TrainerState {
   // train.intermediate_checkpoints: weights: the checkpoint holds no optimizer state (nor fp32 masters)
   // and cannot be resumed (JSON "weights_only": true; absent = false).
   bool weights_only = false;
+  // train.save_best / train.early_stopping_metric as of this step (JSON "best" / "early_stopping",
+  // absent when the run tracks none): a resume continues the same best and patience count.
+  std::optional<TrackedBest> best;
+  std::optional<TrackedBest> early_stopping;
 
   std::string to_json() const;
   // Validates what it reads back, since the file may be damaged or hand-edited: counts are integers
@@ -89,8 +102,12 @@ std::string checkpoints_root(const std::string& run_dir);  // RUN_DIR/checkpoint
 std::string save_checkpoint(const std::string& run_dir, const SaveRequest& request, int64_t keep_last);
 
 // Keeps the checkpoint of `saved_step` and the newest keep_last - 1 older ones; never deletes the
-// checkpoint just saved nor any with a higher step (not this run's past).
+// checkpoint just saved nor any with a higher step (not this run's past), nor checkpoints/best's target.
 void prune_checkpoints(const std::string& run_dir, int64_t saved_step, int64_t keep_last);
+
+// RUN_DIR/checkpoints/best -> checkpoint_dir's name: a relative symlink replaced atomically (rename).
+// prune_checkpoints never deletes its target and does not count it in keep_last. Error(kIo) on failure.
+void point_best_at(const std::string& run_dir, const std::string& checkpoint_dir);
 
 // Complete checkpoints (trainer_state.json present) under RUN_DIR/checkpoints, oldest first.
 std::vector<std::string> list_checkpoints(const std::string& run_dir);

@@ -101,6 +101,13 @@ struct TrainConfig {
   int64_t keep_last = 2;
   std::string intermediate_checkpoints = "full";  // full | weights (no optimizer state: not resumable)
   int64_t eval_every = 0;
+  // Evaluation during training (docs/operations.md, "Best checkpoint and early stopping").
+  std::string eval_tasks;                 // comma-separated TASK:PATH multiple-choice tasks; empty = none
+  int64_t eval_limit = 100;               // first N documents of each task
+  std::string save_best;                  // metric whose best eval keeps checkpoints/best; empty = off
+  std::string early_stopping_metric;      // empty = no early stopping
+  int64_t early_stopping_patience = 3;    // evaluations without improvement before stopping
+  double early_stopping_min_delta = 0.0;  // an improvement must exceed this
   int64_t max_nan_skips = 3;
   bool deterministic = false;  // GPU: deterministic kernels (math attention), bit-reproducible steps
   double gpu_peak_tflops = 0;  // MFU denominator when the GPU is not in the built-in table; 0 = by name

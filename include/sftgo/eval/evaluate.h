@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -102,6 +103,23 @@ struct TaskResult {
 };
 
 TaskResult run_eval(const EvalOptions& options);
+
+// One task scored with a model already in memory (train.eval_tasks: evaluation during training). The
+// documents are read, prompted and tokenised once, here; score() runs them through the model's current
+// weights as run_eval does (options' model, adapter, dtype, device and output paths are not used).
+class TaskEvaluator {
+ public:
+  TaskEvaluator(const EvalOptions& options, const Tokenizer& tok);
+  ~TaskEvaluator();
+  TaskEvaluator(TaskEvaluator&&) noexcept;
+  const std::string& task() const;
+  const std::vector<std::string>& metric_names() const;  // the keys of TaskResult::metrics
+  TaskResult score(model::LlamaModelImpl& model) const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
 std::string result_json(const TaskResult& r, const EvalOptions& options);
 std::string result_table(const TaskResult& r);  // Markdown for stdout
 

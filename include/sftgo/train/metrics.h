@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,8 @@ struct EvalMetrics {
   double loss_unimp = 0;
   int64_t tokens = 0;  // trained tokens evaluated
   double seconds = 0;
+  // train.eval_tasks: "eval_TASK_METRIC" -> value (e.g. eval_hellaswag_acc), on the same line.
+  std::map<std::string, double> tasks;
   std::string to_json() const;
 };
 
