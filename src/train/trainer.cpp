@@ -17,6 +17,7 @@
 #include "sftgo/checkpoint/checkpoint.h"
 #include "sftgo/core/error.h"
 #include "sftgo/core/log.h"
+#include "sftgo/core/malloc_tuning.h"
 #include "sftgo/core/strings.h"
 #include "sftgo/core/timer.h"
 #include "sftgo/core/version.h"
@@ -329,6 +330,7 @@ at::Tensor Trainer::Impl::forward_hidden(const MicroBatch& b) {
 
 Trainer::Trainer(LoadedConfig config, TrainerHooks hooks)
     : impl_(std::make_unique<Impl>(std::move(config), std::move(hooks))) {
+  log_debug("{}", tune_malloc_for_training());  // before the model and optimizer allocate (core/malloc_tuning.h)
   impl_->setup();
   impl_->flops = flops_model(*impl_->model);  // adapters and frozen weights are final now
 }
@@ -387,7 +389,6 @@ TrainResult Trainer::run(const std::string& resume) {
   Impl& s = *impl_;
   const Config& cfg = s.cfg;
   TrainResult result;
-  s.prepare_eval_tracking();  // before a resume restores the trackers
   fs::create_directories(cfg.run.output_dir);
   if (!resume.empty()) {
     auto dir = checkpoint::resolve_resume_dir(resume, cfg.run.output_dir);
@@ -397,13 +398,9 @@ TrainResult Trainer::run(const std::string& resume) {
       log_info("--resume auto: no checkpoint in {}, starting fresh", cfg.run.output_dir);
     // A finished run resumed with the same step count: nothing to train, so nothing is rewritten
     // (checkpoint, metrics.jsonl, run files) and no "final loss" of a step that did not run is printed.
-    // So is one that early stopping ended (its patience, restored, is still used up).
-    if (dir && (s.step >= s.total_steps || s.stopped_early_before())) {
-      if (s.stopped_early_before())
-        log_info("{} stopped early at step {}: nothing to do", cfg.run.output_dir, s.step);
-      else
-        log_info("{} is already complete at step {}: nothing to do (raise train.max_steps to train further)",
-                 cfg.run.output_dir, s.step);
+    if (dir && s.step >= s.total_steps) {
+      log_info("{} is already complete at step {}: nothing to do (raise train.max_steps to train further)",
+               cfg.run.output_dir, s.step);
       s.comm->shutdown();
       result.steps = s.step;
       return result;
@@ -423,14 +420,12 @@ TrainResult Trainer::run(const std::string& resume) {
   int64_t last_saved = -1, last_eval = -1;
   int64_t ran = 0;               // steps run by this process
   int64_t last_finite = s.step;  // the newest step that applied an update
-  bool stop_early = false;       // train.early_stopping_*: decided by rank 0 for every rank
-  auto evaluate = [&] {
-    last_eval = s.step;
-    stop_early = s.evaluate_and_track(metrics_log.get(), last_saved, result.last_checkpoint);
-  };
   // A fresh run's held-out curve starts at the initial weights (step 0), as its training curve does.
   // Evaluation runs without gradients, so it draws no random numbers and leaves training unchanged.
-  if (evals && s.step == 0) evaluate();
+  if (evals && s.step == 0) {
+    write_metrics(s.evaluate());
+    last_eval = 0;
+  }
   while (s.step < s.total_steps) {
     StepMetrics m = s.train_step();
     m.elapsed_s = s.elapsed_s();
@@ -444,10 +439,12 @@ TrainResult Trainer::run(const std::string& resume) {
       last_finite = s.step;
     s.print_progress(m, tty);
     if (s.nan_skips > cfg.train.max_nan_skips) s.stop_non_finite(last_finite);
-    if (evals && cfg.train.eval_every > 0 && s.step % cfg.train.eval_every == 0) evaluate();
+    if (evals && cfg.train.eval_every > 0 && s.step % cfg.train.eval_every == 0) {
+      write_metrics(s.evaluate());
+      last_eval = s.step;
+    }
     if (s.hooks.on_step && !s.hooks.on_step(m)) return result;  // simulated kill: no final save
-    if (cfg.train.save_every > 0 && s.step % cfg.train.save_every == 0 && s.step < s.total_steps &&
-        last_saved != s.step) {
+    if (cfg.train.save_every > 0 && s.step % cfg.train.save_every == 0 && s.step < s.total_steps) {
       result.last_checkpoint = s.save("periodic", cfg.train.intermediate_checkpoints == "weights");
       last_saved = s.step;
     }
@@ -460,9 +457,8 @@ TrainResult Trainer::run(const std::string& resume) {
       s.comm->shutdown();
       return result;
     }
-    if (stop_early) break;  // logged by evaluate_and_track; the final save below as usual
   }
-  if (evals && last_eval != s.step) evaluate();
+  if (evals && last_eval != s.step) write_metrics(s.evaluate());
   // train.save_final: false skips only this save (a run that measures needs no multi-GB checkpoint);
   // metrics.jsonl is complete either way, and a stop request above still saves, so it can resume.
   if (!cfg.train.save_final)
