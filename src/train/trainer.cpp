@@ -389,6 +389,7 @@ TrainResult Trainer::run(const std::string& resume) {
   Impl& s = *impl_;
   const Config& cfg = s.cfg;
   TrainResult result;
+  s.prepare_eval_tracking();  // before a resume restores the trackers
   fs::create_directories(cfg.run.output_dir);
   if (!resume.empty()) {
     auto dir = checkpoint::resolve_resume_dir(resume, cfg.run.output_dir);
@@ -398,9 +399,13 @@ TrainResult Trainer::run(const std::string& resume) {
       log_info("--resume auto: no checkpoint in {}, starting fresh", cfg.run.output_dir);
     // A finished run resumed with the same step count: nothing to train, so nothing is rewritten
     // (checkpoint, metrics.jsonl, run files) and no "final loss" of a step that did not run is printed.
-    if (dir && s.step >= s.total_steps) {
-      log_info("{} is already complete at step {}: nothing to do (raise train.max_steps to train further)",
-               cfg.run.output_dir, s.step);
+    // So is one that early stopping ended (its patience, restored, is still used up).
+    if (dir && (s.step >= s.total_steps || s.stopped_early_before())) {
+      if (s.stopped_early_before())
+        log_info("{} stopped early at step {}: nothing to do", cfg.run.output_dir, s.step);
+      else
+        log_info("{} is already complete at step {}: nothing to do (raise train.max_steps to train further)",
+                 cfg.run.output_dir, s.step);
       s.comm->shutdown();
       result.steps = s.step;
       return result;
@@ -420,12 +425,14 @@ TrainResult Trainer::run(const std::string& resume) {
   int64_t last_saved = -1, last_eval = -1;
   int64_t ran = 0;               // steps run by this process
   int64_t last_finite = s.step;  // the newest step that applied an update
+  bool stop_early = false;       // train.early_stopping_*: decided by rank 0 for every rank
+  auto evaluate = [&] {
+    last_eval = s.step;
+    stop_early = s.evaluate_and_track(metrics_log.get(), last_saved, result.last_checkpoint);
+  };
   // A fresh run's held-out curve starts at the initial weights (step 0), as its training curve does.
   // Evaluation runs without gradients, so it draws no random numbers and leaves training unchanged.
-  if (evals && s.step == 0) {
-    write_metrics(s.evaluate());
-    last_eval = 0;
-  }
+  if (evals && s.step == 0) evaluate();
   while (s.step < s.total_steps) {
     StepMetrics m = s.train_step();
     m.elapsed_s = s.elapsed_s();
@@ -439,12 +446,10 @@ TrainResult Trainer::run(const std::string& resume) {
       last_finite = s.step;
     s.print_progress(m, tty);
     if (s.nan_skips > cfg.train.max_nan_skips) s.stop_non_finite(last_finite);
-    if (evals && cfg.train.eval_every > 0 && s.step % cfg.train.eval_every == 0) {
-      write_metrics(s.evaluate());
-      last_eval = s.step;
-    }
+    if (evals && cfg.train.eval_every > 0 && s.step % cfg.train.eval_every == 0) evaluate();
     if (s.hooks.on_step && !s.hooks.on_step(m)) return result;  // simulated kill: no final save
-    if (cfg.train.save_every > 0 && s.step % cfg.train.save_every == 0 && s.step < s.total_steps) {
+    if (cfg.train.save_every > 0 && s.step % cfg.train.save_every == 0 && s.step < s.total_steps &&
+        last_saved != s.step) {
       result.last_checkpoint = s.save("periodic", cfg.train.intermediate_checkpoints == "weights");
       last_saved = s.step;
     }
@@ -457,8 +462,9 @@ TrainResult Trainer::run(const std::string& resume) {
       s.comm->shutdown();
       return result;
     }
+    if (stop_early) break;  // logged by evaluate_and_track; the final save below as usual
   }
-  if (evals && last_eval != s.step) write_metrics(s.evaluate());
+  if (evals && last_eval != s.step) evaluate();
   // train.save_final: false skips only this save (a run that measures needs no multi-GB checkpoint);
   // metrics.jsonl is complete either way, and a stop request above still saves, so it can resume.
   if (!cfg.train.save_final)
