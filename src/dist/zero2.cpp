@@ -151,6 +151,13 @@ ShardReducer::~ShardReducer() {
 
 size_t ShardReducer::num_buckets() const { return impl_->plan.size(); }
 
+void ShardReducer::skip_backward() {
+  Impl& s = *impl_;
+  SFTGO_CHECK(!s.in_backward, ErrorKind::kInternal, "ZeRO-2: a backward was skipped while one was running");
+  s.in_backward = true;
+  s.end_backward();  // no gradient arrived: every bucket is launched with a zero buffer
+}
+
 void ShardReducer::finish() {
   Impl& s = *impl_;
   while (!s.launched.empty()) s.settle_oldest();

@@ -153,6 +153,14 @@ void Trainer::Impl::choose_weights_policy() {
       resolve_step_stats(parse_step_stats(cfg.loss.step_stats), dropout, groups_from_forward);
   const char* against = std::getenv("SFTGO_TEST_BET_AGAINST");
   bet_against = against && std::string(against) == "1";
+  // SFTGO_TEST_NONFINITE_AT=RANK:STEP (tests only): that rank's step STEP fails as a non-finite loss
+  // would, at its first micro-batch, while the other ranks run theirs (the one-rank abort path).
+  if (const char* at = std::getenv("SFTGO_TEST_NONFINITE_AT")) {
+    const std::string spec = at;
+    const auto colon = spec.find(':');
+    if (colon != std::string::npos && std::stoi(spec.substr(0, colon)) == rank)
+      injected_nonfinite_step = std::stoll(spec.substr(colon + 1));
+  }
 }
 
 // The step's WeightsPlan, with what it needs before the forwards: the group sizes summed over ranks
@@ -248,6 +256,8 @@ StepTotals Trainer::Impl::forward_backward(std::vector<MicroBatch>& micro, StepW
     w.configure(opts);  // the coefficients, or the hook that decides them
     loss::LossInfo info;
     try {
+      SFTGO_CHECK(i > 0 || injected_nonfinite_step != step + 1, ErrorKind::kNumeric,
+                  "non-finite loss injected by SFTGO_TEST_NONFINITE_AT (tests only)");
       at::Tensor l = loss::fused_group_loss(forward_hidden(b), head_weight(), b.labels, b.groups, opts, &info);
       if (w.loss_scale() != 1.0) l = l * w.loss_scale();
       if (i + 1 == micro.size()) updater->before_last_backward();  // reduce while the last backward runs
@@ -256,6 +266,7 @@ StepTotals Trainer::Impl::forward_backward(std::vector<MicroBatch>& micro, StepW
       if (e.kind() != ErrorKind::kNumeric) throw;
       log_warn("step {}: {}", step + 1, e.message());
       t.finite = false;
+      updater->skip_backward_passes(micro.size() - i);  // others may run theirs: collectives stay matched
       break;
     }
     t.seen += info.local_stats;

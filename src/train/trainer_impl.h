@@ -115,6 +115,7 @@ struct Trainer::Impl {
   int predicted_worst = -1;
   int64_t speculated_steps = 0, redone_steps = 0;  // this process's speculations and lost bets
   bool bet_against = false;                        // SFTGO_TEST_BET_AGAINST=1: bet wrong, always redo (tests)
+  int64_t injected_nonfinite_step = -1;            // SFTGO_TEST_NONFINITE_AT=RANK:STEP on this rank (tests)
 
   // Forward pieces.
   void choose_groups_before_forward(MicroBatch& b);

@@ -221,6 +221,9 @@ class Zero1Updater final : public Updater {
     if (stage == 2) reducer_ = std::make_unique<dist::ShardReducer>(comm_, zero_, trained(params), o.bucket_mb);
   }
   UpdaterKind kind() const override { return reducer_ ? UpdaterKind::kZero2 : UpdaterKind::kZero1; }
+  void skip_backward_passes(size_t n) override {
+    for (size_t i = 0; reducer_ && i < n; ++i) reducer_->skip_backward();
+  }
   void after_backward() override {
     if (!reducer_) return;
     Timer t;

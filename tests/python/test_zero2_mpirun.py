@@ -88,3 +88,30 @@ def test_zero1_true_with_zero_2_is_refused(tmp_path):
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert p.returncode != 0
     assert "dist.zero1: true asks for ZeRO stage 1, but dist.zero is 2" in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("zero", [0, 1, 2])
+def test_one_rank_aborting_a_step_skips_it_on_every_rank(tmp_path, zero, monkeypatch):
+    # Rank 1's step 2 fails at its first of 2 micro-batches as a non-finite loss would, while rank 0 runs
+    # both. Under ZeRO-2 the gradients are reduced inside backward, so the aborted rank must still issue
+    # those collectives (zero buckets), or rank 0 waits until dist.timeout_s (20 s here) ends the job.
+    # Every stage: exit 0, step 2 skipped everywhere, the other steps applied, and the trajectory after
+    # the skip the same for every stage (ZeRO-1's tolerance against data parallel).
+    monkeypatch.setenv("SFTGO_TEST_NONFINITE_AT", "1:2")
+    out = tmp_path / f"zero{zero}"
+    p = train(out, ranks=2, timeout=120, micro=2, extra=[f"dist.zero={zero}", "dist.bucket_mb=0.01"])
+    assert "non-finite loss injected by SFTGO_TEST_NONFINITE_AT" in p.stderr + p.stdout
+    m = metrics(out)
+    assert [x["step"] for x in m] == [1, 2, 3, 4]
+    assert [x["skipped"] for x in m] == [False, True, False, False]
+    if zero:
+        monkeypatch.setenv("SFTGO_TEST_NONFINITE_AT", "1:2")
+        ref = tmp_path / "ddp"
+        if not ref.exists():
+            train(ref, ranks=2, timeout=120, micro=2, extra=["dist.zero=0"])
+        for x, y in zip(m, metrics(ref)):
+            if not x["skipped"]:
+                assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=0)
+        assert_close = max(float(np.abs(a - b).max()) for a, b in
+                           zip(weights(last_ckpt(out)).values(), weights(last_ckpt(ref)).values()))
+        assert assert_close <= ATOL

@@ -34,6 +34,9 @@ class ShardReducer {
   // out, every reduce is awaited and its sum added into the gradient shard. Every rank issues the same
   // collectives in the same order.
   void finish();
+  // A backward this rank does not run (its step was aborted): every bucket goes out as zeros, the
+  // collectives the other ranks issue in that backward, so they are matched and nobody waits.
+  void skip_backward();
   size_t num_buckets() const;
 
   struct Impl;

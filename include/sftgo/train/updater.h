@@ -32,6 +32,10 @@ class Updater {
   virtual void before_last_backward() {}
   // After the step's backward passes, on every rank, also after an aborted step (collectives stay matched).
   virtual void after_backward() {}
+  // This rank aborted its step (a non-finite loss) with n backward passes not run that the other ranks
+  // may still run: an updater whose collectives run inside backward (ZeRO-2) issues them for n empty
+  // passes, so every rank's collectives stay matched and the step is skipped, not stalled.
+  virtual void skip_backward_passes(size_t /*n*/) {}
   // Clips the gradients to max_norm (0 = no clipping) and applies one update of the rule at `lr`.
   // finite: the step's loss was finite on every rank (all-reduced, so the same on all; false skips the
   // step). Returns the gradient norm before clipping; NaN/Inf (always NaN when finite is false) means
