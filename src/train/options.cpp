@@ -21,6 +21,21 @@ data::DataOptions data_options(const Config& cfg) {
   return d;
 }
 
+model::LlamaConfig preset_shape(const Config& cfg) {
+  model::LlamaConfig c = model::LlamaConfig::preset(cfg.model.preset);
+  auto set = [](int64_t& field, int64_t v) {
+    if (v > 0) field = v;
+  };
+  set(c.hidden_size, cfg.model.hidden_size);
+  set(c.intermediate_size, cfg.model.intermediate_size);
+  set(c.num_hidden_layers, cfg.model.num_layers);
+  set(c.num_attention_heads, cfg.model.num_heads);
+  set(c.num_key_value_heads, cfg.model.num_kv_heads);
+  set(c.vocab_size, cfg.model.vocab_size);
+  c.head_dim = c.hidden_size / c.num_attention_heads;
+  return c;
+}
+
 grouping::GroupingOptions grouping_options(const Config& cfg) {
   grouping::GroupingOptions g;
   g.function = cfg.grouping.function;

@@ -9,6 +9,7 @@
 #include "sftgo/core/error.h"
 #include "sftgo/core/format.h"
 #include "sftgo/model/lora_config.h"
+#include "sftgo/train/options.h"
 
 namespace sftgo::train {
 namespace {
@@ -54,17 +55,7 @@ model::LlamaConfig planned_model_shape(const Config& cfg) {
                      "model.path ", cfg.model.path, ": no config.json there to read the model shape from");
     return model::LlamaConfig::from_file(json.string());
   }
-  model::LlamaConfig c = model::LlamaConfig::preset(cfg.model.preset);
-  auto set = [](int64_t& field, int64_t v) {
-    if (v > 0) field = v;
-  };
-  set(c.hidden_size, cfg.model.hidden_size);
-  set(c.intermediate_size, cfg.model.intermediate_size);
-  set(c.num_hidden_layers, cfg.model.num_layers);
-  set(c.num_attention_heads, cfg.model.num_heads);
-  set(c.num_key_value_heads, cfg.model.num_kv_heads);
-  set(c.vocab_size, cfg.model.vocab_size);
-  c.head_dim = c.hidden_size / c.num_attention_heads;
+  model::LlamaConfig c = preset_shape(cfg);
   c.validate("model config");
   return c;
 }

@@ -228,17 +228,7 @@ void Trainer::Impl::build_model() {
   if (!cfg.model.path.empty()) {
     model = model::load_pretrained(cfg.model.path, mo);
   } else {
-    auto c = model::LlamaConfig::preset(cfg.model.preset);
-    auto set = [](int64_t& field, int64_t v) {
-      if (v > 0) field = v;
-    };
-    set(c.hidden_size, cfg.model.hidden_size);
-    set(c.intermediate_size, cfg.model.intermediate_size);
-    set(c.num_hidden_layers, cfg.model.num_layers);
-    set(c.num_attention_heads, cfg.model.num_heads);
-    set(c.num_key_value_heads, cfg.model.num_kv_heads);
-    set(c.vocab_size, cfg.model.vocab_size);
-    c.head_dim = c.hidden_size / c.num_attention_heads;
+    model::LlamaConfig c = preset_shape(cfg);
     c.initializer_range = cfg.model.init_std;
     // Special ids come from the tokenizer actually used, so saved checkpoints generate correctly.
     if (auto bos = tok->bos_id()) c.bos_token_id = *bos;

@@ -5,11 +5,15 @@
 #include "sftgo/config/config.h"
 #include "sftgo/data/dataset.h"
 #include "sftgo/grouping/grouping.h"
+#include "sftgo/model/config.h"
 
 namespace sftgo::train {
 
 data::DataOptions data_options(const Config& config);
 grouping::GroupingOptions grouping_options(const Config& config);
+// model.preset's shape with the model.* overrides (hidden_size, num_layers, ...; -1 keeps the preset's):
+// the random-init model set-up builds and the shape the memory planner counts.
+model::LlamaConfig preset_shape(const Config& config);
 
 // train.precision is a policy, not an enum: train/precision.h.
 
