@@ -111,6 +111,7 @@ struct StateSizes {
   int64_t embed = 0;                  // V x H elements: the largest dense gradient
   int64_t gather_unit = 0;            // ZeRO-3: the largest block gathered at once (a layer or the embedding)
   int64_t bucket = 0;                 // dist.bucket_mb in bytes
+  int64_t bucket_buffers = 0;         // ZeRO-2: bytes of the fp32 buckets alive at once (zero2_bucket_buffers)
   bool gloo = false;                  // the CPU backend (dist.backend gloo, or auto on model.device cpu)
 };
 
@@ -146,6 +147,42 @@ MemoryBreakdown built_state(const StateSizes& z, PlanStage stage) {
   // c10d's ProcessGroupGloo implements reduce-scatter as an all-reduce of a clone of its input.
   if (z.gloo && z.world > 1) m.step_transient = z.shard * z.world * g;
   return m;
+}
+
+// ZeRO-2 (dist::ShardReducer, ZeroOptimizer with sharded gradients): an fp32 gradient shard, fp32 master
+// and moment shards, and no full-size gradient buffer. Each parameter's gradient exists whole in the
+// working dtype until its hook copies it into an fp32 bucket and frees it; at most 2 buckets are in
+// flight while a third fills (z.bucket_buffers). Gloo's reduce works on the bucket in place (scratch
+// of its segment size only), so no clone as for ZeRO-1's reduce-scatter. The step's all-gather runs in
+// pieces of world x piece working values (piece = dist.bucket_mb / 4 bytes / world).
+MemoryBreakdown zero2_state(const StateSizes& z) {
+  MemoryBreakdown m;
+  m.weights = z.frozen * z.wb + z.trainable * z.tb;
+  m.gradients = kFp32 * z.shard + (z.lora ? 0 : z.embed * z.tb);
+  m.masters = kFp32 * z.shard;
+  m.moments = 2 * kFp32 * z.shard;
+  m.comm = z.bucket_buffers;
+  const int64_t piece = std::max<int64_t>(1, std::min(z.shard, std::max<int64_t>(1, z.bucket / kFp32) / z.world));
+  // Gloo's all-gather gathers into a flat tensor of its own, then copies into ours; a bf16 piece is a
+  // cast of the fp32 master piece.
+  m.step_transient = z.world * piece * z.tb * (z.gloo && z.world > 1 ? 2 : 1) + (z.tb < kFp32 ? piece * z.tb : 0);
+  return m;
+}
+
+// Upper bound of 3 consecutive ZeRO-2 buckets in fp32: a bucket holds parameters up to dist.bucket_mb, or
+// one larger parameter alone (dist::plan_buckets), so no 3 buckets exceed the 3 largest of those
+// parameters and 3 full buckets; nor all trainable values.
+int64_t zero2_bucket_buffers(const model::LlamaConfig& s, int64_t bucket, int64_t trainable, bool lora) {
+  std::vector<int64_t> sizes(3, bucket);
+  if (!lora) {
+    const int64_t q = s.num_attention_heads * s.head_dim, kv = s.num_key_value_heads * s.head_dim;
+    const int64_t h = s.hidden_size, in = s.intermediate_size;
+    for (int64_t n : {s.vocab_size * h, s.tie_word_embeddings ? 0 : s.vocab_size * h, h * in, h * in, h * in,
+                      h * q, q * h, h * kv, h * kv})
+      if (kFp32 * n > bucket) sizes.push_back(kFp32 * n);
+  }
+  std::sort(sizes.rbegin(), sizes.rend());
+  return std::min(sizes[0] + sizes[1] + sizes[2], kFp32 * trainable);
 }
 
 // The planned designs (issue #27): gradients reduce-scattered per bucket into an fp32 shard (two
@@ -187,6 +224,7 @@ StateSizes state_sizes(const Config& cfg, const model::LlamaConfig& s, int64_t t
   z.embed = s.vocab_size * s.hidden_size;
   z.gather_unit = std::max(layer_params(s), z.embed);
   z.bucket = static_cast<int64_t>(cfg.dist.bucket_mb * 1024.0 * 1024.0);
+  z.bucket_buffers = zero2_bucket_buffers(s, std::max<int64_t>(1, z.bucket), trainable, z.lora);
   // As dist::Comm picks its backend: gloo when asked for, or auto on a CPU run; the plan assumes a GPU
   // (NCCL) for model.device auto.
   z.gloo = cfg.dist.backend == "gloo" || (cfg.dist.backend == "auto" && cfg.model.device == "cpu");
@@ -196,7 +234,7 @@ StateSizes state_sizes(const Config& cfg, const model::LlamaConfig& s, int64_t t
 const std::vector<PlanChoice>& plan_choices() {
   static const std::vector<PlanChoice> choices = {
       {"ddp", PlanStage::kDdp, false, true},          {"zero1", PlanStage::kZero1, false, true},
-      {"zero2", PlanStage::kZero2, false, false},     {"zero3", PlanStage::kZero3, false, false},
+      {"zero2", PlanStage::kZero2, false, true},      {"zero3", PlanStage::kZero3, false, false},
       {"zero1_offload", PlanStage::kZero1, true, false}, {"zero2_offload", PlanStage::kZero2, true, false},
   };
   return choices;
@@ -225,10 +263,13 @@ MemoryPlan plan_memory(const Config& cfg, const model::LlamaConfig& shape, const
   for (const auto& c : plan_choices()) {
     PlanRow r;
     r.choice = c;
-    r.device = c.implemented ? built_state(z, c.stage) : planned_state(z, c.stage, c.cpu_offload, r.host);
+    if (!c.implemented)
+      r.device = planned_state(z, c.stage, c.cpu_offload, r.host);
+    else
+      r.device = c.stage == PlanStage::kZero2 ? zero2_state(z) : built_state(z, c.stage);
     r.device.activations = p.activations.total();
     r.fits = r.device.total() + kPlanReserveBytes <= p.gpu_mem_bytes;
-    r.current = c.implemented && (c.stage == PlanStage::kZero1) == cfg.dist.zero1;
+    r.current = c.implemented && static_cast<int>(c.stage) == zero_stage(cfg.dist);
     p.rows.push_back(r);
   }
   return p;
@@ -280,8 +321,8 @@ std::string plan_table(const MemoryPlan& p) {
       a.autocast_weights > 0 ? format(", {} GB bf16 weight casts (autocast)", gb(a.autocast_weights)) : "");
   out += "GPU total = weights + gradients + masters + moments + comm + the larger of activations and step tmp "
          "(the step's temporaries exist after backward has freed the activations).\n";
-  out += "zero2, zero3 and the offload rows are issue #27's planned designs, not yet implemented: today "
-         "dist.zero1 true/false are the only choices you can run.\n";
+  out += "zero3 and the offload rows are issue #27's planned designs, not yet implemented: today "
+         "dist.zero 0, 1 and 2 (ddp, zero1, zero2) are the choices you can run.\n";
   return out;
 }
 

@@ -71,21 +71,58 @@ TEST(Plan, Zero1FalseFp32GradsKeepsBf16Gradients) {
   EXPECT_EQ(z.device.comm, 2 * (kP8b / 8));
 }
 
+TEST(Plan, Zero2IsRunnableAndCountsItsBuffers) {
+  Config c = llama8b_bf16_zero1();
+  c.dist.zero1 = false;
+  c.dist.zero = 2;
+  const auto p = plan_memory(c, planned_model_shape(c), {8, 80});
+  const int64_t shard = kP8b / 8, hi = 4096LL * 14336;  // an MLP weight: 58,720,256
+  const auto& z2 = row(p, "zero2");
+  EXPECT_TRUE(z2.choice.implemented);
+  EXPECT_TRUE(z2.current);
+  EXPECT_FALSE(row(p, "zero1").current);
+  EXPECT_EQ(z2.device.weights, 2 * kP8b);
+  EXPECT_EQ(z2.device.gradients, 4 * shard + 2 * kVH8b);  // fp32 shard + the transient bf16 embedding gradient
+  EXPECT_EQ(z2.device.masters, 4 * shard);
+  EXPECT_EQ(z2.device.moments, 8 * shard);
+  // 3 fp32 buckets alive (2 in flight, 1 filling); parameters over 25 MiB get a bucket of their own: the
+  // three largest are the embedding, the untied head (2.10 GB each) and an MLP weight (0.23 GB).
+  EXPECT_EQ(z2.device.comm, 4 * kVH8b * 2 + 4 * hi);
+  // NCCL: piece = 25 MiB / 4 / 8 ranks = 819,200 values; 8 pieces gathered in bf16 + the bf16 cast.
+  EXPECT_EQ(z2.device.step_transient, 8 * 819'200 * 2 + 819'200 * 2);
+}
+
+TEST(Plan, Zero2TinyFp32OnTwoGlooRanks) {
+  Config c;
+  c.model.preset = "tiny";  // H 64, I 256, vocab 1408: every parameter under 25 MiB
+  c.model.vocab_size = 1408;
+  c.model.device = "cpu";   // dist.backend auto on CPU: Gloo
+  c.dist.zero = 2;
+  const auto s = planned_model_shape(c);
+  const auto p = plan_memory(c, s, {2, 80});
+  const int64_t n = s.num_parameters(), shard = (n + 1) / 2;
+  const auto& z2 = row(p, "zero2");
+  EXPECT_EQ(p.backend, "gloo");
+  EXPECT_EQ(z2.device.gradients, 4 * shard + 4 * 1408 * 64);  // fp32 shard + the fp32 embedding gradient
+  EXPECT_EQ(z2.device.comm, 4 * n);  // 3 buckets of 25 MiB would exceed the whole model: capped by it
+  // piece = min(shard, 25 MiB / 4 / 2); Gloo gathers into a flat tensor of its own, then copies.
+  EXPECT_EQ(z2.device.step_transient, 2 * std::min<int64_t>(shard, 3'276'800) * 4 * 2);
+  EXPECT_EQ(z2.device.masters + z2.device.moments, 12 * shard);
+}
+
 TEST(Plan, PlannedStagesAreLabelledAndSharded) {
   const auto p = plan_memory(llama8b_bf16_zero1(), planned_model_shape(llama8b_bf16_zero1()), {8, 80});
   const int64_t shard = kP8b / 8, bucket = 25LL * 1024 * 1024;
-  for (const char* name : {"zero2", "zero3", "zero1_offload", "zero2_offload"}) {
+  for (const char* name : {"zero3", "zero1_offload", "zero2_offload"}) {
     EXPECT_FALSE(row(p, name).choice.implemented) << name;
     EXPECT_FALSE(row(p, name).current) << name;
   }
-  const auto& z2 = row(p, "zero2");
-  EXPECT_EQ(z2.device.weights, 2 * kP8b);
-  EXPECT_EQ(z2.device.gradients, 4 * shard + 2 * kVH8b);  // fp32 shard + the transient bf16 embedding gradient
-  EXPECT_EQ(z2.device.comm, 2 * bucket);
   const auto& z3 = row(p, "zero3");
   // The bf16 weight shard plus two gathered units; the largest unit is the 128256 x 4096 embedding.
   EXPECT_EQ(z3.device.weights, 2 * kP8b / 8 + 2 * kVH8b * 2);
   const auto& o2 = row(p, "zero2_offload");
+  EXPECT_EQ(o2.device.gradients, 2 * kVH8b);  // the gradient shard moved to the host
+  EXPECT_EQ(o2.device.comm, 2 * bucket);
   EXPECT_EQ(o2.device.masters + o2.device.moments, 0);
   EXPECT_EQ(o2.host, 12 * shard + 4 * shard);  // masters, moments and the fp32 gradient shard
   const auto& o1 = row(p, "zero1_offload");
@@ -207,7 +244,8 @@ TEST(Plan, JsonCarriesEveryRowInBytes) {
   ASSERT_EQ(j["choices"].size(), 6u);
   EXPECT_EQ(j["choices"][1]["choice"], "zero1");
   EXPECT_EQ(j["choices"][1]["masters"].get<int64_t>(), 4 * (kP8b / 8));
-  EXPECT_EQ(j["choices"][2]["status"], "planned, not yet implemented");
+  EXPECT_EQ(j["choices"][2]["status"], "runnable");  // zero2
+  EXPECT_EQ(j["choices"][3]["status"], "planned, not yet implemented");  // zero3
   EXPECT_NE(plan_table(p).find("planned, not yet implemented"), std::string::npos);
 }
 

@@ -1,7 +1,8 @@
 // Memory planner: per-rank bytes of a training config for each way of sharding the model state, before
 // any GPU is rented (`sftgo-train plan`, docs/memory.md). Pure arithmetic over the resolved Config and
 // the model shape: no LibTorch, nothing allocated. The buffers it counts are the ones the Updaters and
-// dist::ZeroAdamW allocate today (src/train/updater.cpp, src/dist/zero.cpp); ZeRO-2, ZeRO-3 and CPU
+// dist::ZeroOptimizer and dist::ShardReducer allocate today (src/train/updater.cpp, src/dist/zero.cpp,
+// src/dist/zero2.cpp; ZeRO-2 is dist.zero: 2); ZeRO-3 and CPU
 // optimizer offload are the planned designs of issue #27, marked as such and never offered as runnable.
 #pragma once
 
@@ -56,7 +57,7 @@ struct PlanRow {
   MemoryBreakdown device;  // per rank on the GPU
   int64_t host = 0;        // per rank in host memory (offload choices only)
   bool fits = false;       // device.total() + kPlanReserveBytes <= the GPU's memory
-  bool current = false;    // the choice this config runs today (dist.zero1)
+  bool current = false;    // the choice this config runs (dist.zero, or dist.zero1)
 };
 
 struct PlanOptions {
