@@ -1,4 +1,4 @@
-// The Trainer's evaluation loss, checkpoint save and exact resume.
+// The Trainer's evaluation loss, checkpoint save, exact resume, and the stop after too many non-finite steps.
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
@@ -37,6 +37,21 @@ namespace fs = std::filesystem;
 
 namespace sftgo::train {
 namespace {
+// The newest complete checkpoint of run_dir at a step below `step` (its weights ran step K+1 <= step),
+// or "" when there is none.
+std::string newest_checkpoint_before(const std::string& run_dir, int64_t step) {
+  std::string best;
+  for (const auto& dir : checkpoint::list_checkpoints(run_dir)) {  // oldest first
+    const std::string name = fs::path(dir).filename().string();
+    if (name.rfind("step_", 0) != 0) continue;
+    try {
+      // A weights-only checkpoint cannot be resumed: not one to point a user at.
+      if (std::stoll(name.substr(5)) < step && !checkpoint::load_trainer_state(dir).weights_only) best = dir;
+    } catch (const std::exception&) {
+    }
+  }
+  return best;
+}
 
 // The tokenizer directory's files, copied into every checkpoint so it loads as a HF model dir; plus
 // model.path's generation_config.json (its end-of-turn ids: HF's generate() stops on them).
@@ -239,6 +254,27 @@ void Trainer::Impl::restore_cuda_rng(const checkpoint::TrainerState& st, const s
   } else {
     checkpoint::set_rng_state_hex(device, st.cuda_rng_states_hex[static_cast<size_t>(rank)]);
   }
+}
+
+// After more than train.max_nan_skips non-finite steps in a row. The current weights are the ones that
+// made these steps non-finite. Checkpoint step_K holds the weights that step K+1 ran with: the newest
+// one whose next step was finite is the last good state, so point there and write (and prune) nothing
+// over it. Only when no such checkpoint exists are the current weights saved, so there is something to
+// inspect. Rank 0's view decides for all ranks (their collectives in save() must match).
+void Trainer::Impl::stop_non_finite(int64_t last_finite) {
+  const std::string good = rank == 0 ? newest_checkpoint_before(cfg.run.output_dir, last_finite) : "";
+  const bool earlier = comm->sum({good.empty() ? 0.0 : 1.0})[0] > 0;
+  const std::string dir =
+      earlier ? (good.empty() ? std::string("(see rank 0)") : good) : save("before stopping on non-finite values");
+  comm->shutdown();  // every rank reaches this step together
+  SFTGO_FAIL_HINT(ErrorKind::kNumeric, "lower optim.lr, check the data, then --resume " + dir,
+                  "training stopped at step ", step, ": ", nan_skips,
+                  " steps in a row had a non-finite loss or gradient (train.max_nan_skips = ", cfg.train.max_nan_skips,
+                  "); ",
+                  earlier ? "the newest checkpoint whose next step was finite is "
+                          : "no checkpoint holds weights whose next step was finite, so the current weights (those "
+                            "of the last applied update, which produced the non-finite steps) are saved in ",
+                  dir);
 }
 
 }  // namespace sftgo::train

@@ -40,24 +40,6 @@
 namespace fs = std::filesystem;
 
 namespace sftgo::train {
-namespace {
-// The newest complete checkpoint of run_dir at a step below `step` (its weights ran step K+1 <= step),
-// or "" when there is none.
-std::string newest_checkpoint_before(const std::string& run_dir, int64_t step) {
-  std::string best;
-  for (const auto& dir : checkpoint::list_checkpoints(run_dir)) {  // oldest first
-    const std::string name = fs::path(dir).filename().string();
-    if (name.rfind("step_", 0) != 0) continue;
-    try {
-      // A weights-only checkpoint cannot be resumed: not one to point a user at.
-      if (std::stoll(name.substr(5)) < step && !checkpoint::load_trainer_state(dir).weights_only) best = dir;
-    } catch (const std::exception&) {
-    }
-  }
-  return best;
-}
-}  // namespace
-
 // ---- The step pipeline ------------------------------------------------------------------------
 //   assemble the micro-batches -> decide the loss weights -> forward/backward each micro-batch ->
 //   one reduction over ranks -> the update -> metrics
@@ -375,52 +357,15 @@ void Trainer::Impl::print_progress(const StepMetrics& m, bool tty) const {
   }
 }
 
-// After more than train.max_nan_skips non-finite steps in a row. The current weights are the ones that
-// made these steps non-finite. Checkpoint step_K holds the weights that step K+1 ran with: the newest
-// one whose next step was finite is the last good state, so point there and write (and prune) nothing
-// over it. Only when no such checkpoint exists are the current weights saved, so there is something to
-// inspect. Rank 0's view decides for all ranks (their collectives in save() must match).
-void Trainer::Impl::stop_non_finite(int64_t last_finite) {
-  const std::string good = rank == 0 ? newest_checkpoint_before(cfg.run.output_dir, last_finite) : "";
-  const bool earlier = comm->sum({good.empty() ? 0.0 : 1.0})[0] > 0;
-  const std::string dir =
-      earlier ? (good.empty() ? std::string("(see rank 0)") : good) : save("before stopping on non-finite values");
-  comm->shutdown();  // every rank reaches this step together
-  SFTGO_FAIL_HINT(ErrorKind::kNumeric, "lower optim.lr, check the data, then --resume " + dir,
-                  "training stopped at step ", step, ": ", nan_skips,
-                  " steps in a row had a non-finite loss or gradient (train.max_nan_skips = ", cfg.train.max_nan_skips,
-                  "); ",
-                  earlier ? "the newest checkpoint whose next step was finite is "
-                          : "no checkpoint holds weights whose next step was finite, so the current weights (those "
-                            "of the last applied update, which produced the non-finite steps) are saved in ",
-                  dir);
-}
-
 TrainResult Trainer::run(const std::string& resume) {
   Impl& s = *impl_;
   const Config& cfg = s.cfg;
   TrainResult result;
   s.prepare_eval_tracking();  // before a resume restores the trackers
   fs::create_directories(cfg.run.output_dir);
-  if (!resume.empty()) {
-    auto dir = checkpoint::resolve_resume_dir(resume, cfg.run.output_dir);
-    if (dir)
-      s.resume_from(*dir);
-    else
-      log_info("--resume auto: no checkpoint in {}, starting fresh", cfg.run.output_dir);
-    // A finished run resumed with the same step count: nothing to train, so nothing is rewritten
-    // (checkpoint, metrics.jsonl, run files) and no "final loss" of a step that did not run is printed.
-    // So is one that early stopping ended (its patience, restored, is still used up).
-    if (dir && (s.step >= s.total_steps || s.stopped_early_before())) {
-      if (s.stopped_early_before())
-        log_info("{} stopped early at step {}: nothing to do", cfg.run.output_dir, s.step);
-      else
-        log_info("{} is already complete at step {}: nothing to do (raise train.max_steps to train further)",
-                 cfg.run.output_dir, s.step);
-      s.comm->shutdown();
-      result.steps = s.step;
-      return result;
-    }
+  if (!resume.empty() && s.resume_for_run(resume)) {
+    result.steps = s.step;
+    return result;
   }
   const std::unique_ptr<MetricsLog> metrics_log = s.open_run_files(!resume.empty());
   // Rank 0's tracker follower (logging.report_to) tails metrics.jsonl; its destructor, on every way out
@@ -476,19 +421,44 @@ TrainResult Trainer::run(const std::string& resume) {
     if (stop_early) break;  // logged by evaluate_and_track; the final save below as usual
   }
   if (evals && last_eval != s.step) evaluate();
+  s.finish_run(result, last_saved, ran, wall.seconds());
+  return result;
+}
+
+// A finished run resumed with the same step count: nothing to train, so nothing is rewritten
+// (checkpoint, metrics.jsonl, run files) and no "final loss" of a step that did not run is printed.
+// So is one that early stopping ended (its patience, restored, is still used up).
+bool Trainer::Impl::resume_for_run(const std::string& resume) {
+  auto dir = checkpoint::resolve_resume_dir(resume, cfg.run.output_dir);
+  if (!dir) {
+    log_info("--resume auto: no checkpoint in {}, starting fresh", cfg.run.output_dir);
+    return false;
+  }
+  resume_from(*dir);
+  if (stopped_early_before())
+    log_info("{} stopped early at step {}: nothing to do", cfg.run.output_dir, step);
+  else if (step >= total_steps)
+    log_info("{} is already complete at step {}: nothing to do (raise train.max_steps to train further)",
+             cfg.run.output_dir, step);
+  else
+    return false;
+  comm->shutdown();
+  return true;
+}
+
+void Trainer::Impl::finish_run(TrainResult& result, int64_t last_saved, int64_t ran, double wall_s) {
   // train.save_final: false skips only this save (a run that measures needs no multi-GB checkpoint);
-  // metrics.jsonl is complete either way, and a stop request above still saves, so it can resume.
+  // metrics.jsonl is complete either way, and a stop request in the loop still saves, so it can resume.
   if (!cfg.train.save_final)
-    log_info("train.save_final is false: no checkpoint of step {} written", s.step);
-  else if (last_saved != s.step)
-    result.last_checkpoint = s.save("final");
-  s.comm->shutdown();
+    log_info("train.save_final is false: no checkpoint of step {} written", step);
+  else if (last_saved != step)
+    result.last_checkpoint = save("final");
+  comm->shutdown();
   // Fewer skips than train.max_nan_skips, but not one update applied: not a trained model.
   SFTGO_CHECK_HINT(ran == 0 || result.skipped_steps < ran, ErrorKind::kNumeric, "lower optim.lr or check the data",
                    "every one of the ", ran,
                    " steps of this run had a non-finite loss or gradient: no update was applied");
-  log_info("done: {} steps in {}, final loss {:.4f}", s.step, format_duration(wall.seconds()), result.last_loss);
-  return result;
+  log_info("done: {} steps in {}, final loss {:.4f}", step, format_duration(wall_s), result.last_loss);
 }
 
 }  // namespace sftgo::train

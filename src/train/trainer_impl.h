@@ -127,6 +127,10 @@ struct Trainer::Impl {
   std::unique_ptr<MetricsLog> open_run_files(bool resumed);
   void print_progress(const StepMetrics& m, bool tty) const;
   [[noreturn]] void stop_non_finite(int64_t last_finite);
+  // Trainer::run's first and last parts: the --resume, true when the run has nothing left to do; the
+  // final evaluation-free wrap-up (final save, shutdown, the all-skipped check, the done line).
+  bool resume_for_run(const std::string& resume);
+  void finish_run(TrainResult& result, int64_t last_saved, int64_t ran, double wall_s);
 
   EvalMetrics evaluate();
   // Evaluation during training (eval_tracking.cpp, train/best.h): train.eval_tasks scored by rank 0,
