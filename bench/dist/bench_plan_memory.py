@@ -3,18 +3,18 @@
 A random model large enough for the state to dominate (default: the llama3.2-1b shape cut to 4 layers
 and a 16,384-token vocabulary, 277M parameters) trains `--steps` optimizer steps on the demo data,
 packed to `--seq` tokens, one micro-batch of one row per rank per step, at 1 and 2 ranks (mpirun, one
-LibTorch thread per core), plain data parallel and ZeRO-1, fp32 and bf16 (fp32 master weights). Each
+LibTorch thread per core), plain data parallel, ZeRO-1 and ZeRO-2, fp32 and bf16 (fp32 master weights). Each
 rank's peak RSS comes from GNU time. LibTorch's own footprint (libraries, allocator, Gloo, TCPStore)
 is not in the planner: it is measured by the same command on the `tiny` preset (vocabulary 1,408,
 0.2M parameters) at the same rank count, and subtracted. The prediction is
 `sftgo-train plan --json` for the same config and rank count: the total of the row the config runs
-(ddp or zero1). The ratio measured / predicted must lie within 1 +- 0.15.
+(ddp, zero1 or zero2). The ratio measured / predicted must lie within 1 +- 0.15.
 
 At least 2 steps are needed: AdamW allocates its moments at the first step, so the step-2 forward is
 the first one with the whole state resident.
 
 Usage: .venv/bin/python bench/dist/bench_plan_memory.py [--layers 4] [--vocab 16384] [--ranks 1,2]
-       [--cases fp32:ddp,fp32:zero1,bf16:ddp,bf16:zero1] [--json OUT.json]
+       [--cases fp32:ddp,fp32:zero1,fp32:zero2,bf16:ddp,bf16:zero1,bf16:zero2] [--json OUT.json]
 """
 import argparse
 import json
@@ -35,11 +35,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def settings(a, ranks, precision, zero1, tiny):
+STAGES = {"ddp": 0, "zero1": 1, "zero2": 2}  # the row -> dist.zero
+
+
+def settings(a, ranks, precision, stage, tiny):
     s = {"tokenizer.path": ROOT / "data/demo/tokenizer", "data.path": ROOT / "data/demo/demo_sft.jsonl",
          "data.packing": "true", "data.max_seq_len": a.seq, "data.cache_dir": "", "model.device": "cpu",
          "grouping.function": "none", "loss.objective": "ce", "train.precision": precision,
-         "dist.zero1": "true" if zero1 else "false", "train.max_steps": a.steps, "train.global_batch_size": ranks,
+         "dist.zero": stage, "train.max_steps": a.steps, "train.global_batch_size": ranks,
          "train.micro_batch_size": 1, "train.num_threads": max(1, os.cpu_count() // ranks), "train.log_every": 1,
          "train.save_every": 0, "train.save_final": "false"}
     if tiny:
@@ -82,7 +85,7 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--ranks", default="1,2")
-    ap.add_argument("--cases", default="fp32:ddp,fp32:zero1,bf16:ddp,bf16:zero1")
+    ap.add_argument("--cases", default="fp32:ddp,fp32:zero1,fp32:zero2,bf16:ddp,bf16:zero1,bf16:zero2")
     ap.add_argument("--json", help="also write the rows here")
     a = ap.parse_args()
     binary = (ROOT / a.build / "bin/sftgo-train").resolve()
@@ -90,10 +93,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix="sftgo_plan_mem_") as tmp:
         tmp = Path(tmp)
         for ranks in [int(r) for r in a.ranks.split(",")]:
-            base = max(peak_rss(binary, tmp / f"base{ranks}", ranks, settings(a, ranks, "fp32", False, True)))
+            base = max(peak_rss(binary, tmp / f"base{ranks}", ranks, settings(a, ranks, "fp32", 0, True)))
             for case in a.cases.split(","):
                 precision, choice = case.split(":")
-                sets = settings(a, ranks, precision, choice == "zero1", False)
+                sets = settings(a, ranks, precision, STAGES[choice], False)
                 row, n = predicted(binary, ranks, sets)
                 assert row["choice"] == choice, row
                 peak = max(peak_rss(binary, tmp / f"{case.replace(':', '_')}{ranks}", ranks, sets))
