@@ -1,10 +1,6 @@
 // The update rules: the one list of built-ins, runtime additions, and the set-up checks.
-#include <algorithm>
-#include <map>
-#include <mutex>
-
 #include "sftgo/core/error.h"
-#include "sftgo/core/strings.h"
+#include "sftgo/core/registry.h"
 #include "sftgo/optim/rule.h"
 
 namespace sftgo::optim {
@@ -14,27 +10,17 @@ std::unique_ptr<UpdateRule> make_adamw_rule(const RuleOptions& options);
 
 namespace {
 
-struct RuleRegistry {
-  std::mutex mu;
-  std::map<std::string, UpdateRuleFactory> factories;
-};
-
-RuleRegistry& rule_registry() {
+NamedRegistry<UpdateRuleFactory>& rule_registry() {
   // Filled on first use from this explicit list, so no static-initialisation order or linker
   // dead-stripping of self-registering objects can lose a built-in.
-  static RuleRegistry* r = [] {
-    auto* reg = new RuleRegistry;
-    reg->factories.emplace("adamw", &make_adamw_rule);
+  static auto* r = [] {
+    auto* reg = new NamedRegistry<UpdateRuleFactory>({"an update rule needs a name and a factory", "update rule",
+                                                      "optim.name: unknown update rule",
+                                                      "set optim.name to one of the registered rules"});
+    reg->add("adamw", &make_adamw_rule);
     return reg;
   }();
   return *r;
-}
-
-UpdateRuleFactory find_rule(const std::string& name) {
-  auto& r = rule_registry();
-  std::lock_guard lock(r.mu);
-  auto it = r.factories.find(name);
-  return it == r.factories.end() ? UpdateRuleFactory{} : it->second;
 }
 
 }  // namespace
@@ -54,31 +40,13 @@ RuleOptions rule_options(const OptimConfig& c) {
 }
 
 void register_update_rule(const std::string& name, UpdateRuleFactory factory) {
-  auto& r = rule_registry();
-  std::lock_guard lock(r.mu);
-  SFTGO_CHECK(!name.empty() && factory, ErrorKind::kInternal, "an update rule needs a name and a factory");
-  SFTGO_CHECK(r.factories.emplace(name, std::move(factory)).second, ErrorKind::kInternal, "update rule '", name,
-              "' is already registered");
+  rule_registry().add(name, std::move(factory));
 }
 
-std::vector<std::string> update_rule_names() {
-  auto& r = rule_registry();
-  std::lock_guard lock(r.mu);
-  std::vector<std::string> names;
-  for (const auto& [name, f] : r.factories) names.push_back(name);
-  return names;
-}
+std::vector<std::string> update_rule_names() { return rule_registry().names(); }
 
 std::unique_ptr<UpdateRule> make_update_rule(const RuleOptions& options) {
-  const UpdateRuleFactory factory = find_rule(options.name);
-  if (!factory) {
-    const auto names = update_rule_names();
-    const auto close = closest_match(options.name, names);
-    SFTGO_FAIL_HINT(ErrorKind::kConfig,
-                    close.empty() ? "set optim.name to one of the registered rules" : "did you mean '" + close + "'?",
-                    "optim.name: unknown update rule '", options.name, "'; registered: ", join(names, ", "));
-  }
-  auto rule = factory(options);
+  auto rule = rule_registry().get(options.name)(options);
   SFTGO_CHECK(rule != nullptr, ErrorKind::kInternal, "update rule factory '", options.name, "' returned null");
   return rule;
 }

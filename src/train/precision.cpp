@@ -2,11 +2,9 @@
 #include "sftgo/train/precision.h"
 
 #include <algorithm>
-#include <map>
-#include <mutex>
 
 #include "sftgo/core/error.h"
-#include "sftgo/core/strings.h"
+#include "sftgo/core/registry.h"
 #include "sftgo/core/torch_device.h"
 
 namespace sftgo::train {
@@ -65,18 +63,15 @@ class Bf16AutocastPolicy final : public PrecisionPolicy {
   at::Tensor loss_head(const at::Tensor& head) const override { return head.to(at::kBFloat16); }
 };
 
-struct PrecisionRegistry {
-  std::mutex mu;
-  std::map<std::string, PrecisionFactory> factories;
-};
-
-PrecisionRegistry& precision_registry() {
+NamedRegistry<PrecisionFactory>& precision_registry() {
   // The built-ins, one line per policy, filled on first use (no static-initialisation order to lose one).
-  static PrecisionRegistry* r = [] {
-    auto* reg = new PrecisionRegistry;
-    reg->factories.emplace("fp32", [] { return std::make_unique<Fp32Policy>(); });
-    reg->factories.emplace("bf16", [] { return std::make_unique<Bf16MastersPolicy>(); });
-    reg->factories.emplace("bf16_autocast", [] { return std::make_unique<Bf16AutocastPolicy>(); });
+  static auto* r = [] {
+    auto* reg = new NamedRegistry<PrecisionFactory>({"a precision policy needs a name and a factory",
+                                                     "precision policy", "unknown train.precision",
+                                                     "use one of the registered names"});
+    reg->add("fp32", [] { return std::make_unique<Fp32Policy>(); });
+    reg->add("bf16", [] { return std::make_unique<Bf16MastersPolicy>(); });
+    reg->add("bf16_autocast", [] { return std::make_unique<Bf16AutocastPolicy>(); });
     return reg;
   }();
   return *r;
@@ -85,35 +80,13 @@ PrecisionRegistry& precision_registry() {
 }  // namespace
 
 void register_precision_policy(const std::string& name, PrecisionFactory factory) {
-  auto& r = precision_registry();
-  std::lock_guard lock(r.mu);
-  SFTGO_CHECK(!name.empty() && factory, ErrorKind::kInternal, "a precision policy needs a name and a factory");
-  SFTGO_CHECK(r.factories.emplace(name, std::move(factory)).second, ErrorKind::kInternal, "precision policy '", name,
-              "' is already registered");
+  precision_registry().add(name, std::move(factory));
 }
 
-std::vector<std::string> precision_policy_names() {
-  auto& r = precision_registry();
-  std::lock_guard lock(r.mu);
-  std::vector<std::string> names;
-  for (const auto& [name, f] : r.factories) names.push_back(name);
-  return names;
-}
+std::vector<std::string> precision_policy_names() { return precision_registry().names(); }
 
 std::unique_ptr<PrecisionPolicy> make_precision_policy(const std::string& name) {
-  PrecisionFactory factory;
-  {
-    auto& r = precision_registry();
-    std::lock_guard lock(r.mu);
-    if (auto it = r.factories.find(name); it != r.factories.end()) factory = it->second;
-  }
-  if (!factory) {
-    const auto names = precision_policy_names();
-    const auto close = closest_match(name, names);
-    SFTGO_FAIL_HINT(ErrorKind::kConfig, close.empty() ? "use one of the registered names" : "did you mean '" + close + "'?",
-                    "unknown train.precision '", name, "'; registered: ", join(names, ", "));
-  }
-  return factory();
+  return precision_registry().get(name)();
 }
 
 }  // namespace sftgo::train
