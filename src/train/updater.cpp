@@ -121,6 +121,27 @@ class PlainUpdater final : public ReducingUpdater {
   }
 };
 
+// Elements per slice of a mixed-dtype add (16 MiB of fp32).
+constexpr int64_t kAddSliceElems = int64_t{1} << 22;
+
+// master [d0, ...] fp32 += grad [d0, ...] bf16, in slices along dim 0. LibTorch's CPU add casts a
+// mixed-dtype input to the common dtype first: one add_ would make an fp32 copy of the whole gradient
+// (the tied [V, H] embedding: 0.98 GiB at Llama-3.2-1B's vocabulary), which no memory plan counts.
+// Slices bound it to kAddSliceElems; each element is still one fp32 add of the same two values.
+void add_in_slices(at::Tensor& master, const at::Tensor& grad) {
+  if (master.dim() == 0 || grad.is_sparse() || master.numel() <= kAddSliceElems ||
+      master.scalar_type() == grad.scalar_type()) {
+    master.add_(grad);
+    return;
+  }
+  const int64_t rows = master.size(0);
+  const int64_t step = std::max<int64_t>(1, kAddSliceElems / std::max<int64_t>(1, master.numel() / rows));
+  for (int64_t r = 0; r < rows; r += step) {
+    const int64_t n = std::min(step, rows - r);
+    master.narrow(0, r, n).add_(grad.narrow(0, r, n));
+  }
+}
+
 // After each backward has added a bf16 parameter's gradient into its .grad: add it into the fp32
 // master's gradient and free the bf16 one, so micro-batches accumulate in fp32 (as HF, DeepSpeed and
 // Megatron's main grads do), not in bf16.
@@ -129,7 +150,7 @@ struct AccumulateIntoMaster : torch::autograd::PostAccumulateGradHook {
   explicit AccumulateIntoMaster(at::Tensor g) : master_grad(std::move(g)) {}
   void operator()(const torch::autograd::Variable& param) override {
     torch::NoGradGuard no_grad;
-    master_grad.add_(param.grad());
+    add_in_slices(master_grad, param.grad());  // [same shape], fp32 += bf16
     const_cast<torch::autograd::Variable&>(param).mutable_grad().reset();
   }
 };

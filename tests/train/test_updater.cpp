@@ -139,6 +139,27 @@ TEST(Updater, Bf16MicroBatchesAccumulateInFp32) {
   }
 }
 
+// A bf16 gradient larger than one slice of the master updater's fp32 += bf16 add (4M elements: it adds
+// in row slices so no fp32 copy of the whole gradient is made): every row, the short last slice
+// included, reaches the fp32 master gradient. Two micro-batches of weights in [0.5, 1.5) (exact in
+// bf16, their fp32 sum exact): the step's norm must match the fp64 norm of the sum to fp32 accuracy,
+// while losing the last 7 rows (or adding them twice) would move it by ~0.3%.
+TEST(Updater, Fp32MastersAddLargeBf16GradientsWhole) {
+  torch::manual_seed(7);
+  const int64_t rows = 1030, cols = 4099;  // 4.2M elements: slices of 1023 rows, then 7
+  optim::NamedParameters params = {{"w", torch::randn({rows, cols}).to(at::kBFloat16).set_requires_grad(true)}};
+  auto u = make_updater(UpdaterKind::kFp32Masters, single_process(), params, UpdaterOptions{});
+  at::Tensor exact = torch::zeros({rows, cols}, at::kDouble);
+  for (int i = 0; i < 2; ++i) {
+    at::Tensor w = (torch::rand({rows, cols}) + 0.5).to(at::kBFloat16);
+    w.narrow(0, rows - 7, 7).mul_(8);  // the last slice weighs more: dropping it shows
+    (params[0].second * w).sum().backward();
+    exact += w.to(at::kDouble);
+  }
+  const double want = exact.norm().item<double>();
+  EXPECT_LT(std::abs(u->step(1e-3, 0.0, true) - want) / want, 1e-6);  // fp32 norm of 4.2M terms
+}
+
 TEST(Updater, NonFiniteStepChangesNothing) {
   auto params = params_on(c10::kCPU);
   const at::Tensor before = params[0].second.detach().clone();
