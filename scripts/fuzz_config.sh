@@ -4,7 +4,7 @@
 source "$(dirname "$0")/fuzz_common.sh"
 SECONDS_TO_RUN=${1:-300}
 shift || true
-fuzz_build fuzz_config fuzz/fuzz_config.cpp src/config/config.cpp src/config/schema.cpp -- -lyaml-cpp
+fuzz_build fuzz_config fuzz/fuzz_config.cpp src/config/*.cpp -- -lyaml-cpp
 # Seeds: every shipped config (mode byte 0) and a few override lists (mode byte 1).
 mkdir -p "$OUT/seeds_fuzz_config"
 for f in configs/*.yaml; do
