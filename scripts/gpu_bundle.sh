@@ -145,7 +145,8 @@ total_kb=$(du -sk "$OUT" | cut -f1)
   "$BUILD/bin/sftgo-train" --version
   echo "peer wheels: $(cd "$OUT/wheels" && ls | tr '\n' ' ')"
   echo "total: $((total_kb / 1024)) MB (limit $LIMIT_MB MB)"
-  (cd "$OUT" && du -k libexec/* lib/* llama3/* wheels/* 2> /dev/null | sort -rn)
+  # nullglob: llama3/ exists only when ../shared held the Llama-3 tokenizer (a plain clone has none).
+  (cd "$OUT" && shopt -s nullglob && du -k libexec/* lib/* llama3/* wheels/* | sort -rn)
 } > "$OUT/MANIFEST.txt"
 cat "$OUT/MANIFEST.txt" >&2
 if ((total_kb > LIMIT_MB * 1024)); then
