@@ -18,6 +18,9 @@ constexpr int64_t kFp32 = 4;
 // Extra memory of the fused LM head + CE over the fp32 [T, V] logits it never forms: its block sizes
 // aim at 9% (kBudgetShare in src/loss/fused_loss_impl.h) and measured up to 10.5% with BLAS buffers.
 constexpr double kFusedLossShare = 0.105;
+// Elements per slice of an element-wise update rule and of clip_grad_norm (kRuleSliceElements in
+// include/sftgo/optim/rule.h; the planner does not include LibTorch headers).
+constexpr int64_t kRuleSliceElems = int64_t{1} << 22;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -113,6 +116,8 @@ struct StateSizes {
   int64_t bucket = 0;                 // dist.bucket_mb in bytes
   int64_t bucket_buffers = 0;         // ZeRO-2: bytes of the fp32 buckets alive at once (zero2_bucket_buffers)
   bool gloo = false;                  // the CPU backend (dist.backend gloo, or auto on model.device cpu)
+  bool one_micro_batch = false;       // train.global_batch_size = micro_batch_size x world: no accumulation
+  int64_t largest = 0;                // elements of the largest trainable parameter
 };
 
 // A gradient that exists whole for a moment during backward: a bf16 parameter's gradient before the
@@ -134,6 +139,18 @@ MemoryBreakdown built_state(const StateSizes& z, PlanStage stage) {
     m.gradients = z.trainable * g + transient_grad(z, false);
     m.masters = z.masters_path ? kFp32 * z.trainable : 0;
     m.moments = 2 * z.trainable * (z.masters_path ? kFp32 : z.tb);
+    // One process, plain updater, one micro-batch per step: no bucket views and no fp32 master
+    // gradients keep the gradients, so zero_grad(set_to_none) frees them after each step.
+    if (z.world == 1 && !z.masters_path && z.one_micro_batch) {
+      m.gradients_freed = true;
+      // The fused loss's backward writes the LM head's [V, H] gradient first, while every layer's
+      // activations are still saved (tied or not); later layers free activations as their gradients
+      // appear. LoRA: all adapter gradients (MB), counted as alive.
+      m.backward_gradients = z.lora ? z.trainable * z.tb : z.embed * z.tb;
+      // clip_grad_norm squares one slice of the largest parameter in float64 at a time; AdamW's sqrt of
+      // one slice is half of it; everything else in the step works in place.
+      m.step_transient = 8 * std::min(z.largest, kRuleSliceElems);
+    }
     return m;
   }
   // ZeRO-1: one flat gradient buffer (fp32 when bf16 gradients are hooked into it), an fp32 master
@@ -210,6 +227,20 @@ MemoryBreakdown planned_state(const StateSizes& z, PlanStage stage, bool offload
   return m;
 }
 
+// Elements of the largest trainable parameter: a full weight, or a LoRA adapter (rank x its longer side).
+int64_t largest_trainable(const Config& cfg, const model::LlamaConfig& s) {
+  const int64_t q = s.num_attention_heads * s.head_dim, kv = s.num_key_value_heads * s.head_dim;
+  const int64_t h = s.hidden_size, in = s.intermediate_size;
+  if (!cfg.lora.enabled) return std::max({s.vocab_size * h, h * in, h * q, h * kv});
+  int64_t side = 0;
+  for (const auto& t : model::parse_lora_target_modules(cfg.lora.target_modules)) {
+    if (t == "lm_head") side = std::max(side, s.vocab_size);
+    if (t == "gate_proj" || t == "up_proj" || t == "down_proj") side = std::max(side, in);
+    side = std::max({side, h, t == "q_proj" || t == "o_proj" ? q : kv});
+  }
+  return cfg.lora.rank * side;
+}
+
 StateSizes state_sizes(const Config& cfg, const model::LlamaConfig& s, int64_t total, int64_t trainable, int world) {
   StateSizes z;
   z.lora = cfg.lora.enabled;
@@ -228,6 +259,8 @@ StateSizes state_sizes(const Config& cfg, const model::LlamaConfig& s, int64_t t
   // As dist::Comm picks its backend: gloo when asked for, or auto on a CPU run; the plan assumes a GPU
   // (NCCL) for model.device auto.
   z.gloo = cfg.dist.backend == "gloo" || (cfg.dist.backend == "auto" && cfg.model.device == "cpu");
+  z.one_micro_batch = cfg.train.global_batch_size == cfg.train.micro_batch_size * world;
+  z.largest = largest_trainable(cfg, s);
   return z;
 }
 
@@ -291,6 +324,23 @@ std::string stage_name(PlanStage s) {
 
 std::string status(const PlanChoice& c) { return c.implemented ? "runnable" : "planned, not yet implemented"; }
 
+// The phase that sets a row's total (the JSON's peak_phase and the table's "peak at").
+std::string peak_phase(const MemoryBreakdown& d) { return d.peak_at_step() ? "step" : "backward"; }
+
+// Why a one-process row is smaller than weights + gradients + masters + moments + activations.
+std::string freed_gradients_note(const PlanRow& r) {
+  const auto& d = r.device;
+  return format(
+      "Except {} on one process: zero_grad frees the gradients after each step (no all-reduce buckets, no fp32 master "
+      "gradients keep them), so they never sit beside a forward's activations. Its total = weights + masters + "
+      "moments + comm ({} GB) + the larger of the backward's start, activations + the LM head's gradient the loss "
+      "backward writes first ({} + {} = {} GB), and the optimizer step, all gradients + step tmp ({} + {} = {} GB): "
+      "the peak is {}.\n",
+      r.choice.name, gb(d.held()), gb(d.activations), gb(d.backward_gradients), gb(d.backward_phase()),
+      gb(d.gradients), gb(d.step_transient), gb(d.step_phase()),
+      d.peak_at_step() ? "the optimizer step" : "the start of the backward");
+}
+
 }  // namespace
 
 std::string plan_table(const MemoryPlan& p) {
@@ -303,15 +353,15 @@ std::string plan_table(const MemoryPlan& p) {
       s.num_hidden_layers, s.hidden_size, s.vocab_size, static_cast<double>(p.total_params),
       static_cast<double>(p.trainable_params), p.precision, a.tokens, p.world_size, p.backend, gb(p.gpu_mem_bytes),
       gb(kPlanReserveBytes));
-  out += format("{:<15} {:>8} {:>9} {:>8} {:>8} {:>6} {:>11} {:>9} {:>9} {:>9}  {:<4} {}\n", "choice", "weights",
-                "gradients", "masters", "moments", "comm", "activations", "step tmp", "GPU total", "host", "fits",
-                "status");
+  out += format("{:<15} {:>8} {:>9} {:>8} {:>8} {:>6} {:>11} {:>9} {:>8} {:>9} {:>9}  {:<4} {}\n", "choice",
+                "weights", "gradients", "masters", "moments", "comm", "activations", "step tmp", "peak at",
+                "GPU total", "host", "fits", "status");
   for (const auto& r : p.rows) {
     const auto& d = r.device;
-    out += format("{:<15} {:>8} {:>9} {:>8} {:>8} {:>6} {:>11} {:>9} {:>9} {:>9}  {:<4} {}{}\n", r.choice.name,
-                  gb(d.weights), gb(d.gradients), gb(d.masters), gb(d.moments), gb(d.comm), gb(d.activations),
-                  gb(d.step_transient), gb(d.total()), gb(r.host), r.fits ? "yes" : "no", status(r.choice),
-                  r.current ? " (this config)" : "");
+    out += format("{:<15} {:>8} {:>9} {:>8} {:>8} {:>6} {:>11} {:>9} {:>8} {:>9} {:>9}  {:<4} {}{}\n",
+                  r.choice.name, gb(d.weights), gb(d.gradients), gb(d.masters), gb(d.moments), gb(d.comm),
+                  gb(d.activations), gb(d.step_transient), peak_phase(d), gb(d.total()), gb(r.host),
+                  r.fits ? "yes" : "no", status(r.choice), r.current ? " (this config)" : "");
   }
   out += format(
       "\nActivations of one micro-batch: {} GB per layer, {} GB for the layers ({}), {} GB backward working set, "
@@ -319,8 +369,10 @@ std::string plan_table(const MemoryPlan& p) {
       gb(a.per_layer), gb(a.layers), a.layers == a.per_layer * s.num_hidden_layers ? "all saved" : "checkpointed",
       gb(a.backward_working), gb(a.head),
       a.autocast_weights > 0 ? format(", {} GB bf16 weight casts (autocast)", gb(a.autocast_weights)) : "");
-  out += "GPU total = weights + gradients + masters + moments + comm + the larger of activations and step tmp "
-         "(the step's temporaries exist after backward has freed the activations).\n";
+  out += "GPU total = weights + gradients + masters + moments + comm + the larger of activations (peak at backward) "
+         "and step tmp (peak at step; the step's temporaries exist after backward has freed the activations).\n";
+  for (const auto& r : p.rows)
+    if (r.device.gradients_freed) out += freed_gradients_note(r);
   out += "zero3 and the offload rows are issue #27's planned designs, not yet implemented: today "
          "dist.zero 0, 1 and 2 (ddp, zero1, zero2) are the choices you can run.\n";
   return out;
@@ -343,6 +395,9 @@ std::string plan_json(const MemoryPlan& p) {
                     {"comm", d.comm},
                     {"activations", d.activations},
                     {"step_transient", d.step_transient},
+                    {"gradients_freed", d.gradients_freed},
+                    {"backward_gradients", d.backward_gradients},
+                    {"peak_phase", peak_phase(d)},
                     {"device_total", d.total()},
                     {"host", r.host},
                     {"fits", r.fits}});

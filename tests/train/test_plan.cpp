@@ -183,6 +183,96 @@ TEST(Plan, LoraTrainsOnlyFp32Adapters) {
   EXPECT_EQ(d.device.moments, 8 * a);
 }
 
+// The bench_memory_1b.py shape: Llama-3.2-1B cut to 2 layers (tied head), one 512-token example per step.
+// P = 128256 x 2048 (tied embedding) + 2 x 60,821,504 (layer: 2048 x (2 x 2048 + 2 x 512) + 3 x 2048 x
+// 8192 + 2 x 2048) + 2048 (final norm) = 384,313,344.
+constexpr int64_t kP1b2 = 384'313'344;
+constexpr int64_t kVH1b = 128'256LL * 2048;  // 262,668,288
+
+Config llama1b_two_layers(const std::string& precision) {
+  Config c;
+  c.model.preset = "llama3.2-1b";
+  c.model.num_layers = 2;
+  c.model.device = "cpu";
+  c.train.precision = precision;
+  if (precision == "bf16") c.model.dtype = "bfloat16";
+  c.train.micro_batch_size = 1;
+  c.train.global_batch_size = 1;
+  c.data.max_seq_len = 512;
+  return c;
+}
+
+// Activations of that config, fp32: per token 8H + 24H + 8 kv + 16I + 4 x 32 heads + 8 = 16,384 + 49,152
+// + 4,096 + 131,072 + 136 = 200,840; x 512 tokens x 2 layers = 205,660,160; backward working set 512 x 4
+// x (3 x 8192 + 2 x 2048) = 58,720,256; head 512 x (4H + 8H + 4) = 12,584,960 plus the fused loss's
+// 0.105 x 4 x 512 x 128,256 = 27,580,170.24 -> 27,580,170.
+constexpr int64_t kAct1b2Fp32 = 205'660'160 + 58'720'256 + 12'584'960 + 27'580'170;  // 304,545,546
+
+TEST(Plan, OneProcessFp32FreesItsGradientsSoThePeakIsTheOptimizerStep) {
+  const Config c = llama1b_two_layers("fp32");
+  const auto s = planned_model_shape(c);
+  ASSERT_EQ(s.num_parameters(), kP1b2);
+  const auto p = plan_memory(c, s, {1, 80});
+  const auto& d = row(p, "ddp").device;
+  EXPECT_TRUE(row(p, "ddp").current);
+  EXPECT_EQ(d.activations, kAct1b2Fp32);
+  EXPECT_TRUE(d.gradients_freed);
+  EXPECT_EQ(d.gradients, 4 * kP1b2);             // 1,537,253,376, only from the backward to the step
+  EXPECT_EQ(d.backward_gradients, 4 * kVH1b);    // the tied head's gradient, written by the loss backward first
+  EXPECT_EQ(d.step_transient, 8 * (1LL << 22));  // clip_grad_norm's float64 slice: 33,554,432
+  EXPECT_EQ(d.held(), 12 * kP1b2);               // weights 4P + moments 8P = 4,611,760,128
+  // Backward's start: 304,545,546 + 1,050,673,152 = 1,355,218,698; step: 1,537,253,376 + 33,554,432 =
+  // 1,570,807,808 (larger): total 4,611,760,128 + 1,570,807,808.
+  EXPECT_EQ(d.backward_phase(), 1'355'218'698);
+  EXPECT_EQ(d.step_phase(), 1'570'807'808);
+  EXPECT_TRUE(d.peak_at_step());
+  EXPECT_EQ(d.total(), 6'182'567'936);
+  // The ZeRO rows keep their gradient buffers (the flat buffer, the fp32 shard): unchanged.
+  EXPECT_FALSE(row(p, "zero1").device.gradients_freed);
+  EXPECT_FALSE(row(p, "zero2").device.gradients_freed);
+  const auto j = nlohmann::json::parse(plan_json(p));
+  EXPECT_EQ(j["choices"][0]["peak_phase"], "step");
+  EXPECT_EQ(j["choices"][0]["gradients_freed"], true);
+  EXPECT_EQ(j["choices"][0]["backward_gradients"].get<int64_t>(), 4 * kVH1b);
+  EXPECT_EQ(j["choices"][0]["device_total"].get<int64_t>(), 6'182'567'936);
+  EXPECT_EQ(j["choices"][1]["peak_phase"], "backward");
+  EXPECT_NE(plan_table(p).find("the peak is the optimizer step"), std::string::npos);
+}
+
+TEST(Plan, GradientsHeldBetweenMicroBatchesOrRanksKeepTheFullStatePlusActivations) {
+  Config c = llama1b_two_layers("fp32");
+  const auto s = planned_model_shape(c);
+  // Two micro-batches per step: the first one's gradients sit beside the second one's activations.
+  c.train.global_batch_size = 2;
+  auto d = row(plan_memory(c, s, {1, 80}), "ddp").device;
+  EXPECT_FALSE(d.gradients_freed);
+  EXPECT_EQ(d.step_transient, 0);
+  EXPECT_EQ(d.total(), 16 * kP1b2 + kAct1b2Fp32);  // 6,453,559,050
+  // Two ranks: the gradients are views of the all-reduce buckets, zeroed in place; plus the embedding's
+  // dense per-micro-batch fp32 gradient added into its bucket.
+  d = row(plan_memory(c, s, {2, 80}), "ddp").device;
+  EXPECT_FALSE(d.gradients_freed);
+  EXPECT_EQ(d.total(), 16 * kP1b2 + 4 * kVH1b + kAct1b2Fp32);
+}
+
+TEST(Plan, OneProcessBf16KeepsItsFp32MasterGradients) {
+  // Fp32MastersUpdater allocates the master gradients once and zeroes them in place: held all the time.
+  const Config c = llama1b_two_layers("bf16");
+  const auto p = plan_memory(c, planned_model_shape(c), {1, 80});
+  const auto& d = row(p, "ddp").device;
+  EXPECT_FALSE(d.gradients_freed);
+  EXPECT_FALSE(d.peak_at_step());
+  // bf16 activations, per token 8H + 12H + 4 kv + 8I + 136 = 16,384 + 24,576 + 2,048 + 65,536 + 136 =
+  // 108,680: x 512 x 2 = 111,288,320; working 512 x 2 x 28,672 = 29,360,128; head 512 x (4H + 4H + 4) =
+  // 8,390,656 + 27,580,170.
+  const int64_t act = 111'288'320 + 29'360'128 + 8'390'656 + 27'580'170;
+  EXPECT_EQ(d.activations, act);
+  // bf16 weights 2P, fp32 master gradients 4P + the bf16 head gradient before its hook (2 VH), masters 4P,
+  // moments 8P.
+  EXPECT_EQ(d.total(), 2 * kP1b2 + (4 * kP1b2 + 2 * kVH1b) + 4 * kP1b2 + 8 * kP1b2 + act);
+  EXPECT_EQ(d.total(), 7'619'596'042);
+}
+
 TEST(Plan, Fp32Zero1PadsTheShardAndKeepsAnFp32Master) {
   Config c;
   c.model.preset = "tiny";

@@ -34,11 +34,24 @@ struct MemoryBreakdown {
   int64_t comm = 0;         // communication buffers not already counted as gradients
   int64_t activations = 0;  // one micro-batch's forward/backward working set (ActivationBreakdown::total)
   // Exists only during the optimizer step, when the activations are gone: Gloo's reduce-scatter
-  // (CPU runs) works on a clone of the whole flat gradient buffer; NCCL needs none.
+  // (CPU runs) works on a clone of the whole flat gradient buffer; NCCL needs none. One process with
+  // its gradients freed: clip_grad_norm's float64 copy of one slice of the largest parameter.
   int64_t step_transient = 0;
-  int64_t total() const {
-    return weights + gradients + masters + moments + comm + (activations > step_transient ? activations : step_transient);
-  }
+  // One process with no reducer and no ZeRO (world 1, dist.zero 0, the plain updater, one micro-batch
+  // per step): zero_grad sets the gradients to none, so they exist only from the backward to the
+  // optimizer step and never beside a forward's activations. Its peak is then the larger of the
+  // backward's start (activations + backward_gradients, the gradients written by then: the LM head's)
+  // and the step (all gradients + step_transient). Every other row holds its gradients all the time.
+  bool gradients_freed = false;
+  int64_t backward_gradients = 0;  // gradients alive beside the activations (gradients_freed rows only)
+
+  // Held from one step to the next.
+  int64_t held() const { return weights + masters + moments + comm + (gradients_freed ? 0 : gradients); }
+  // The forward/backward phase and the optimizer-step phase, beyond what is held.
+  int64_t backward_phase() const { return activations + (gradients_freed ? backward_gradients : 0); }
+  int64_t step_phase() const { return step_transient + (gradients_freed ? gradients : 0); }
+  bool peak_at_step() const { return step_phase() > backward_phase(); }
+  int64_t total() const { return held() + (peak_at_step() ? step_phase() : backward_phase()); }
 };
 
 // One micro-batch's activation memory, by where it comes from.
