@@ -39,6 +39,13 @@ MicroBatch to_device(const data::Batch& b, c10::Device device, const std::vector
   return d;
 }
 
+loss::GroupStats group_counts(const MicroBatch& b) {
+  loss::GroupStats c;
+  c.count[1] = b.important;
+  c.count[0] = b.trained - b.important;
+  return c;
+}
+
 at::Tensor token_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels) {
   torch::NoGradGuard no_grad;
   std::vector<at::Tensor> parts;

@@ -25,6 +25,10 @@ struct MicroBatch {
   int64_t important = 0;            // group-1 tokens among T (known before any forward)
 };
 
+// The micro-batch's group sizes, as the fused loss counts them (count[1]: important among the T trained
+// tokens, count[0]: the rest); the loss sums stay 0. Known before any forward.
+loss::GroupStats group_counts(const MicroBatch& b);
+
 // Moves a collated batch to `device`, shifting labels and groups to the predicting position (logits at t
 // predict token t+1); score_names: the example scores a dynamic grouping function reads.
 MicroBatch to_device(const data::Batch& batch, c10::Device device, const std::vector<std::string>& score_names);

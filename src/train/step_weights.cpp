@@ -83,7 +83,11 @@ void StepWeights::pre_pass_done(const loss::GroupStats& local_stats, bool finite
   if (finite_) fixed_ = loss::compute_loss_weights(stats, lambda_, policy_.objective);
 }
 
-void StepWeights::configure(loss::FusedLossOptions& options) {
+void StepWeights::configure(loss::FusedLossOptions& options, const loss::GroupStats& micro_counts) {
+  if (plan_ == WeightsPlan::kOwnForward) {
+    configure_own_forward(options, micro_counts);
+    return;
+  }
   // Coefficients known before the forward: the loss may take one pass (3 LM-head GEMMs instead of 4).
   if (fixed_) options.known_weights = *fixed_;
   if (plan_ != WeightsPlan::kGlobalHook) return;
@@ -94,6 +98,23 @@ void StepWeights::configure(loss::FusedLossOptions& options) {
     const loss::GroupStats global = reduce_(local, nullptr);
     if (!std::isfinite(global.total_loss())) return loss::LossWeights{NAN, {NAN, NAN}, -1};
     return loss::compute_loss_weights(global, lambda_, policy_.objective);
+  };
+}
+
+// The micro-batch's own statistics decide. Its counts (those the loss counts: trained labels, and the
+// important ones among them) fix the coefficients when weights_from_counts says so; handing those
+// over keeps the loss's one-pass choice as it was, since the loss would have derived the same ones.
+// Otherwise, and whenever the forward picks the groups (a groups_hook: the counts are then a promise,
+// and known_weights would be applied over groups not chosen yet), the hook applies the rules to the
+// forward's own sums: no collective, so check_numerics stays as the caller set it. The metrics do not
+// read what is handed out here (metrics_weights applies the rules to the step's statistics).
+void StepWeights::configure_own_forward(loss::FusedLossOptions& options, const loss::GroupStats& micro_counts) const {
+  if (!options.groups_hook) {
+    options.known_weights = loss::weights_from_counts(micro_counts, lambda_, policy_.objective);
+    if (options.known_weights) return;
+  }
+  options.weights_hook = [lambda = lambda_, objective = policy_.objective](const loss::GroupStats& local) {
+    return loss::compute_loss_weights(local, lambda, objective);
   };
 }
 

@@ -6,7 +6,9 @@
 // objective, the micro-batches and ranks of the step and loss.step_stats: the WeightsPlan. A
 // StepWeights object holds the plan of one step; the trainer asks it for each micro-batch's loss
 // options (known coefficients, or a hook), for the coefficients its metrics use, and whether a
-// speculated step must be redone. The fused loss only receives what it hands out.
+// speculated step must be redone. The fused loss only receives what it hands out, in every plan: no
+// training forward falls back on the loss's own choice (the rules applied to its forward's statistics
+// when it is given neither known_weights nor a weights_hook).
 #pragma once
 
 #include <cstddef>
@@ -73,10 +75,13 @@ class StepWeights {
   void pre_pass_done(const loss::GroupStats& local_stats, bool finite);
   bool finite() const { return finite_; }  // the pre-pass stayed finite on every rank
 
-  // 2. A micro-batch's loss: the coefficients when known (the loss may then take one pass), or the
-  //    hook that all-reduces the forward's own statistics (kGlobalHook); nothing for kOwnForward.
+  // 2. A micro-batch's loss, after its other options are set (a groups_hook among them): the
+  //    coefficients when known before the forward (the loss may then take one pass), or a hook that
+  //    decides them from the forward's statistics: all-reduced (kGlobalHook), or this forward's own
+  //    (kOwnForward, where micro_counts, this micro-batch's group sizes as the loss counts them, often
+  //    decide already: an empty group, lambda = 0, ce, rho1). micro_counts is read in kOwnForward only.
   //    The loss value is then multiplied by loss_scale() before its backward.
-  void configure(loss::FusedLossOptions& options);
+  void configure(loss::FusedLossOptions& options, const loss::GroupStats& micro_counts);
   double loss_scale() const { return scale_; }
   bool speculating() const { return speculating_; }  // the coefficients handed out are a bet
 
@@ -92,6 +97,8 @@ class StepWeights {
   double step_loss(const loss::GroupStats& step_stats, double micro_loss_sum) const;
 
  private:
+  void configure_own_forward(loss::FusedLossOptions& options, const loss::GroupStats& micro_counts) const;
+
   WeightsPolicy policy_;
   double lambda_;
   size_t micro_batches_;

@@ -154,10 +154,7 @@ StepWeights Trainer::Impl::decide_weights(std::vector<MicroBatch>& micro, double
   const int bet = bet_against && predicted_worst >= 0 ? 1 - predicted_worst : predicted_worst;
   StepWeights w(weights_policy, lambda, micro.size(), world, std::move(reduce), bet);
   loss::GroupStats counts;
-  for (const auto& b : micro) {
-    counts.count[1] += b.important;
-    counts.count[0] += b.trained - b.important;
-  }
+  for (const auto& b : micro) counts += group_counts(b);
   if (w.set_counts(counts)) {
     bool finite = true;
     const loss::GroupStats stats = stats_pre_pass(micro, lambda, &finite);
@@ -235,7 +232,7 @@ StepTotals Trainer::Impl::forward_backward(std::vector<MicroBatch>& micro, StepW
   for (size_t i = 0; t.finite && i < micro.size(); ++i) {
     MicroBatch& b = micro[i];
     loss::FusedLossOptions opts = loss_options(lambda, b);
-    w.configure(opts);  // the coefficients, or the hook that decides them
+    w.configure(opts, group_counts(b));  // the coefficients, or the hook that decides them
     loss::LossInfo info;
     try {
       SFTGO_CHECK(i > 0 || injected_nonfinite_step != step + 1, ErrorKind::kNumeric,
@@ -251,7 +248,12 @@ StepTotals Trainer::Impl::forward_backward(std::vector<MicroBatch>& micro, StepW
       updater->skip_backward_passes(micro.size() - i);  // others may run theirs: collectives stay matched
       break;
     }
-    t.seen += info.local_stats;
+    // The sizes every plan decided from (counts, promised groups) are those the loss counted.
+    const loss::GroupStats& seen = info.local_stats;
+    SFTGO_CHECK(seen.count[1] == b.important && seen.total_count() == b.trained, ErrorKind::kInternal,
+                "micro-batch ", i, ": the loss counted ", seen.count[1], " important of ", seen.total_count(),
+                " trained tokens, the step decided its coefficients for ", b.important, " of ", b.trained);
+    t.seen += seen;
     t.micro_loss_sum += info.metrics.loss;
   }
   return t;

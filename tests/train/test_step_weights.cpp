@@ -2,6 +2,7 @@
 // micro-batches and ranks. Other ranks are simulated by a StatsReduce that adds their sums. The
 // reference coefficients are the SFT-GO rules written out here (docs/loss.md), not the library's.
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <cmath>
 
@@ -93,10 +94,12 @@ TEST(StepWeights, StepStatsParseAndAutoResolvesToSpeculateOnlyWhereExact) {
   EXPECT_FALSE(resolve_step_stats(StepStats::kPrePass, false, false));
 }
 
-// kOwnForward: the loss decides from its forward's own statistics; StepWeights hands out nothing, and
-// microbatch scope scales each of the M x W micro-batch objectives by 1/(M*W).
-TEST(StepWeights, OwnForwardHandsOutNothingAndScalesMicrobatchScope) {
-  const GroupStats step = stats(6.0, 5.0, 3, 2);
+// kOwnForward: each forward's own statistics decide. Both groups non-empty under sftgo with lambda > 0:
+// only the forward's sums can name the worst group, so StepWeights hands out a hook that applies the
+// rules to them (this forward's alone: no collective, the loss's finiteness check stays on); microbatch
+// scope scales each of the M x W micro-batch objectives by 1/(M*W).
+TEST(StepWeights, OwnForwardHandsOutAHookOnTheForwardsOwnStatistics) {
+  const GroupStats step = stats(6.0, 5.0, 3, 2), other = stats(1.0, 4.0, 2, 2);
   for (const auto& [scope, m, w] : {std::tuple{StatsScope::kStep, size_t{1}, 1},
                                     std::tuple{StatsScope::kMicrobatch, size_t{1}, 1},
                                     std::tuple{StatsScope::kMicrobatch, size_t{4}, 2}}) {
@@ -105,16 +108,188 @@ TEST(StepWeights, OwnForwardHandsOutNothingAndScalesMicrobatchScope) {
     EXPECT_EQ(sw.plan(), WeightsPlan::kOwnForward);
     EXPECT_FALSE(sw.set_counts(counts_of(step)));
     loss::FusedLossOptions o;
-    sw.configure(o);
+    sw.configure(o, counts_of(step));
     EXPECT_FALSE(o.known_weights.has_value());
-    EXPECT_FALSE(static_cast<bool>(o.weights_hook));
+    ASSERT_TRUE(static_cast<bool>(o.weights_hook));
     EXPECT_TRUE(o.check_numerics);
-    EXPECT_EQ(calls, 0);  // no collective
+    expect_same(o.weights_hook(step), reference_sftgo(step, 0.5));    // worst 0
+    expect_same(o.weights_hook(other), reference_sftgo(other, 0.5));  // worst 1: the sums decide
+    EXPECT_EQ(calls, 0);                                              // no collective
     EXPECT_EQ(sw.loss_scale(), scope == StatsScope::kStep ? 1.0 : 1.0 / static_cast<double>(m * w));
     expect_same(sw.metrics_weights(step), reference_sftgo(step, 0.5));
     EXPECT_FALSE(sw.confirm(step));
-    if (scope == StatsScope::kMicrobatch) EXPECT_EQ(sw.step_loss(step, 8.0), 8.0 / static_cast<double>(m * w));
+    if (scope == StatsScope::kMicrobatch) {
+      EXPECT_EQ(sw.step_loss(step, 8.0), 8.0 / static_cast<double>(m * w));
+    }
   }
+}
+
+// kOwnForward where the micro-batch's sizes decide: the coefficients go to the loss before the forward
+// (known_weights, so it may take one pass), those of the rules written out, whatever the sums will be.
+TEST(StepWeights, OwnForwardHandsOutTheCoefficientsTheCountsDecide) {
+  struct Case {
+    Objective objective;
+    double lambda;
+    GroupStats counts;
+    LossWeights expected;
+  };
+  const Case cases[] = {
+      {Objective::kSftGo, 0.5, stats(0, 0, 8, 0), LossWeights{0.5 / 8, {0.5 / 8, 0.0}, 0}},  // no important token
+      {Objective::kSftGo, 0.5, stats(0, 0, 0, 4), LossWeights{0.5 / 4, {0.0, 0.5 / 4}, 1}},  // all important
+      {Objective::kSftGo, 0.0, stats(0, 0, 5, 5), LossWeights{1.0 / 10, {0.0, 0.0}, -1}},     // lambda 0: no max
+      {Objective::kSftGo, 0.5, stats(0, 0, 0, 0), LossWeights{}},                             // nothing trained
+      {Objective::kCe, 0.5, stats(0, 0, 6, 2), LossWeights{1.0 / 8, {0.0, 0.0}, -1}},
+      {Objective::kRho1, 0.5, stats(0, 0, 6, 2), LossWeights{0.0, {0.0, 1.0 / 2}, -1}},
+      {Objective::kRho1, 0.5, stats(0, 0, 6, 0), LossWeights{}},
+  };
+  for (const Case& c : cases) {
+    for (StatsScope scope : {StatsScope::kStep, StatsScope::kMicrobatch}) {
+      // Step scope is kOwnForward for one micro-batch on one rank only; microbatch scope for any.
+      const size_t m = scope == StatsScope::kStep ? 1 : 3;
+      int calls = 0;
+      StepWeights sw(policy(c.objective, scope), c.lambda, m, 1, ranks({}, true, &calls));
+      ASSERT_EQ(sw.plan(), WeightsPlan::kOwnForward);
+      sw.set_counts(c.counts);
+      loss::FusedLossOptions o;
+      sw.configure(o, c.counts);
+      ASSERT_TRUE(o.known_weights.has_value()) << loss::objective_name(c.objective) << " lambda " << c.lambda;
+      EXPECT_FALSE(static_cast<bool>(o.weights_hook));  // both would be a usage error in the loss
+      EXPECT_TRUE(o.check_numerics);
+      expect_same(*o.known_weights, c.expected);
+      EXPECT_EQ(calls, 0);
+      // The loss's one-pass choice rests on exactly these (fused_loss.cpp, one_pass_weights).
+      const auto from_counts = loss::weights_from_counts(c.counts, c.lambda, c.objective);
+      ASSERT_TRUE(from_counts.has_value());
+      expect_same(*o.known_weights, *from_counts);
+    }
+  }
+}
+
+// kOwnForward with groups chosen by the forward (Rho-1's groups_hook): the sizes are only a promise and
+// the groups do not exist before the forward, so the coefficients come from a hook even where the
+// counts would decide.
+TEST(StepWeights, OwnForwardWithAGroupsHookHandsOutAHook) {
+  const GroupStats seen = stats(6.0, 5.0, 6, 2);
+  for (const auto& [objective, lambda] : {std::pair{Objective::kRho1, 0.5}, std::pair{Objective::kSftGo, 0.0},
+                                          std::pair{Objective::kSftGo, 0.5}}) {
+    StepWeights sw(policy(objective, StatsScope::kStep), lambda, 1, 1, ranks());
+    ASSERT_EQ(sw.plan(), WeightsPlan::kOwnForward);
+    loss::FusedLossOptions o;
+    o.groups_hook = [](const at::Tensor& token_loss) { return token_loss > 1.0f; };
+    sw.configure(o, counts_of(seen));
+    EXPECT_FALSE(o.known_weights.has_value());
+    ASSERT_TRUE(static_cast<bool>(o.weights_hook));
+    EXPECT_TRUE(o.check_numerics);
+    expect_same(o.weights_hook(seen), loss::compute_loss_weights(seen, lambda, objective));
+  }
+  expect_same(StepWeights(policy(Objective::kRho1, StatsScope::kStep), 0.5, 1, 1, ranks()).metrics_weights(seen),
+              LossWeights{0.0, {0.0, 1.0 / 2}, -1});
+}
+
+// The loss with what kOwnForward hands out against the loss left to decide on its own (as before
+// StepWeights decided in this plan): the same algorithm (one pass or two), loss, gradients and
+// statistics, bit for bit. Counts as the trainer's MicroBatch has them: labels != ignore_index, and the
+// important ones among them.
+TEST(StepWeights, OwnForwardLossIsBitIdenticalToTheLossDecidingAlone) {
+  struct Case {
+    Objective objective;
+    double lambda;
+    int64_t t;            // tokens
+    double important;     // share of important tokens (0 or 1: an empty group)
+    bool ignore_some;     // some labels are ignore_index
+    bool groups_hook;     // groups chosen from the forward's losses
+  };
+  const Case cases[] = {
+      {Objective::kSftGo, 0.5, 300, 0.3, false, false}, {Objective::kSftGo, 0.5, 300, 0.0, false, false},
+      {Objective::kSftGo, 0.5, 40, 1.0, true, false},   {Objective::kSftGo, 0.0, 300, 0.3, false, false},
+      {Objective::kSftGo, 0.0, 40, 0.3, true, false},   {Objective::kCe, 0.5, 300, 0.3, false, false},
+      {Objective::kRho1, 0.5, 300, 0.3, true, false},   {Objective::kRho1, 0.5, 40, 0.0, false, false},
+      {Objective::kSftGo, 0.5, 12, 0.3, true, false},   {Objective::kSftGo, 0.5, 6, 0.3, false, true},
+      {Objective::kRho1, 0.5, 40, 0.3, false, true},    {Objective::kSftGo, 0.0, 40, 0.3, false, true},
+  };
+  const int64_t h = 16, v = 64;
+  int one_pass = 0, two_pass = 0;  // both algorithms must be compared
+  for (const Case& c : cases) {
+    // onepass_tokens: auto (two passes at these thin blocks), or every trained token in one block.
+    for (const auto& [none_trained, rows] : {std::pair{false, int64_t{0}}, std::pair{false, int64_t{1} << 20},
+                                             std::pair{true, int64_t{1} << 20}}) {
+      SCOPED_TRACE(::testing::Message() << loss::objective_name(c.objective) << " lambda " << c.lambda << " T "
+                                        << c.t << " important " << c.important << " hook " << c.groups_hook
+                                        << " none trained " << none_trained << " onepass_tokens " << rows);
+      torch::manual_seed(7);
+      const at::Tensor hidden0 = torch::randn({c.t, h});                  // [T, H]
+      const at::Tensor weight0 = torch::randn({v, h}) * 0.3;              // [V, H]
+      at::Tensor labels = torch::randint(0, v, {c.t}, torch::kLong);      // [T]
+      if (c.ignore_some) labels.index_put_({torch::arange(0, c.t, 3)}, -100);
+      if (none_trained) labels.fill_(-100);
+      const at::Tensor groups = (torch::rand({c.t}) < c.important).to(torch::kUInt8);  // [T]
+      GroupStats counts;  // as to_device counts them: trained tokens, important among them
+      const at::Tensor trained = labels != -100;
+      counts.count[1] = (groups.to(torch::kBool) & trained).sum().item<int64_t>();
+      counts.count[0] = trained.sum().item<int64_t>() - counts.count[1];
+      auto run = [&](bool configured, loss::LossInfo& info, at::Tensor& gh, at::Tensor& gw) {
+        at::Tensor hidden = hidden0.clone().requires_grad_(true), weight = weight0.clone().requires_grad_(true);
+        loss::FusedLossOptions o;
+        o.objective = c.objective;
+        o.lambda = c.lambda;
+        o.onepass_tokens = rows;
+        if (c.groups_hook) o.groups_hook = [&](const at::Tensor& token_loss) { return token_loss > 4.0f; };
+        if (configured) {
+          StepWeights sw(policy(c.objective, StatsScope::kStep), c.lambda, 1, 1, ranks());
+          sw.set_counts(counts);
+          sw.configure(o, counts);
+          EXPECT_TRUE(o.known_weights.has_value() || static_cast<bool>(o.weights_hook));
+        }
+        at::Tensor l = loss::fused_group_loss(hidden, weight, labels, c.groups_hook ? at::Tensor() : groups, o, &info);
+        l.backward();
+        gh = hidden.grad();
+        gw = weight.grad();
+        return l;
+      };
+      loss::LossInfo alone, handed;
+      at::Tensor gh0, gw0, gh1, gw1;
+      const at::Tensor l0 = run(false, alone, gh0, gw0), l1 = run(true, handed, gh1, gw1);
+      EXPECT_TRUE(torch::equal(l0, l1)) << l0.item<float>() << " vs " << l1.item<float>();
+      EXPECT_TRUE(torch::equal(gh0, gh1));
+      EXPECT_TRUE(torch::equal(gw0, gw1));
+      EXPECT_EQ(alone.onepass_tokens, handed.onepass_tokens);  // the same algorithm
+      ++(handed.onepass_tokens > 0 ? one_pass : two_pass);
+      EXPECT_EQ(alone.metrics.loss, handed.metrics.loss);
+      for (int g = 0; g < 2; ++g) {
+        EXPECT_EQ(alone.local_stats.loss_sum[g], handed.local_stats.loss_sum[g]);
+        EXPECT_EQ(alone.local_stats.count[g], handed.local_stats.count[g]);
+        EXPECT_EQ(alone.weights.coef_group[g], handed.weights.coef_group[g]);
+      }
+      EXPECT_EQ(alone.weights.coef_all, handed.weights.coef_all);
+      if (!c.groups_hook) {
+        EXPECT_EQ(handed.local_stats.count[1], counts.count[1]);
+        EXPECT_EQ(handed.local_stats.total_count(), counts.total_count());
+      }
+    }
+  }
+  EXPECT_GE(one_pass, 4);
+  EXPECT_GE(two_pass, 4);
+}
+
+// Other plans decide from the step's sizes or statistics, never from one micro-batch's counts: counts
+// that would decide on their own change nothing there.
+TEST(StepWeights, OnlyTheOwnForwardPlanReadsTheMicroBatchCounts) {
+  const GroupStats here = stats(12.0, 3.0, 6, 2), others = stats(10.0, 9.0, 5, 3);
+  StepWeights hook(policy(Objective::kSftGo, StatsScope::kStep), 0.7, 1, 2, ranks(others));
+  ASSERT_EQ(hook.plan(), WeightsPlan::kGlobalHook);
+  loss::FusedLossOptions o;
+  hook.configure(o, stats(0, 0, 8, 0));
+  EXPECT_FALSE(o.known_weights.has_value());
+  ASSERT_TRUE(static_cast<bool>(o.weights_hook));
+  GroupStats step = here;
+  step += others;
+  expect_same(o.weights_hook(here), reference_sftgo(step, 0.7));
+  StepWeights ce(policy(Objective::kCe, StatsScope::kStep), 0.7, 2, 1, ranks());
+  ce.set_counts(stats(0, 0, 30, 10));
+  loss::FusedLossOptions c;
+  ce.configure(c, stats(0, 0, 3, 1));
+  ASSERT_TRUE(c.known_weights.has_value());
+  EXPECT_EQ(c.known_weights->coef_all, 1.0 / 40);
 }
 
 // kFromCounts: ce and rho1 need only the group sizes, summed over the ranks before any forward.
@@ -127,14 +302,14 @@ TEST(StepWeights, FromCountsSumsTheSizesOverRanks) {
     EXPECT_EQ(ce.plan(), WeightsPlan::kFromCounts);
     EXPECT_FALSE(ce.set_counts(here));
     loss::FusedLossOptions o;
-    ce.configure(o);
+    ce.configure(o, here);
     ASSERT_TRUE(o.known_weights.has_value());
     EXPECT_EQ(o.known_weights->coef_all, 1.0 / n);
     EXPECT_EQ(o.known_weights->coef_group[0] + o.known_weights->coef_group[1], 0.0);
     StepWeights rho1(policy(Objective::kRho1, StatsScope::kStep), 0.9, 4, world, ranks(other));
     rho1.set_counts(here);
     loss::FusedLossOptions r;
-    rho1.configure(r);
+    rho1.configure(r, here);
     ASSERT_TRUE(r.known_weights.has_value());
     EXPECT_EQ(r.known_weights->coef_all, 0.0);
     EXPECT_EQ(r.known_weights->coef_group[1], 1.0 / n_imp);
@@ -156,7 +331,7 @@ TEST(StepWeights, PrePassFixesTheStepsCoefficientsOverRanks) {
     sw.pre_pass_done(here, true);
     EXPECT_TRUE(sw.finite());
     loss::FusedLossOptions o;
-    sw.configure(o);
+    sw.configure(o, counts_of(here));
     ASSERT_TRUE(o.known_weights.has_value());
     expect_same(*o.known_weights, reference_sftgo(step, 0.7));
     expect_same(sw.metrics_weights(step), reference_sftgo(step, 0.7));
@@ -167,7 +342,7 @@ TEST(StepWeights, PrePassFixesTheStepsCoefficientsOverRanks) {
   nan_elsewhere.pre_pass_done(here, true);
   EXPECT_FALSE(nan_elsewhere.finite());
   loss::FusedLossOptions o;
-  nan_elsewhere.configure(o);
+  nan_elsewhere.configure(o, counts_of(here));
   EXPECT_FALSE(o.known_weights.has_value());
 }
 
@@ -189,7 +364,7 @@ TEST(StepWeights, SpeculationKeepsAWonBetAndRedoesALostOneWithThePrePassCoeffici
       EXPECT_EQ(calls, 1);                           // one all-reduce of the sizes
       EXPECT_TRUE(sw.speculating());
       loss::FusedLossOptions o;
-      sw.configure(o);
+      sw.configure(o, counts_of(here));
       ASSERT_TRUE(o.known_weights.has_value());
       const double n = static_cast<double>(step.total_count());
       EXPECT_EQ(o.known_weights->coef_all, (1 - 0.7) / n);  // whoever wins
@@ -198,7 +373,7 @@ TEST(StepWeights, SpeculationKeepsAWonBetAndRedoesALostOneWithThePrePassCoeffici
       EXPECT_EQ(sw.confirm(step), bet != truth.worst) << "bet " << bet << " world " << world;
       EXPECT_FALSE(sw.speculating());
       loss::FusedLossOptions again;
-      sw.configure(again);
+      sw.configure(again, counts_of(here));
       expect_same(*again.known_weights, truth);
       expect_same(sw.metrics_weights(step), truth);
       StepWeights prepass(policy(Objective::kSftGo, StatsScope::kStep), 0.7, 3, world, ranks(other));
@@ -215,7 +390,7 @@ TEST(StepWeights, SpeculationWithoutABetWhereTheCountsDecide) {
   empty.set_counts(stats(0, 0, 8, 0));
   EXPECT_FALSE(empty.speculating());
   loss::FusedLossOptions o;
-  empty.configure(o);
+  empty.configure(o, stats(0, 0, 8, 0));
   EXPECT_EQ(o.known_weights->coef_group[0], 0.7 / 8);
   EXPECT_FALSE(empty.confirm(stats(4.0, 0, 8, 0)));
   StepWeights zero(policy(Objective::kSftGo, StatsScope::kStep, true), 0.0, 2, 1, ranks(), 1);
@@ -236,7 +411,7 @@ TEST(StepWeights, GlobalHookAllReducesTheForwardsStatistics) {
   EXPECT_EQ(sw.plan(), WeightsPlan::kGlobalHook);
   EXPECT_FALSE(sw.set_counts(counts_of(here)));
   loss::FusedLossOptions o;
-  sw.configure(o);
+  sw.configure(o, counts_of(here));
   EXPECT_FALSE(o.known_weights.has_value());
   ASSERT_TRUE(static_cast<bool>(o.weights_hook));
   EXPECT_FALSE(o.check_numerics);
@@ -244,7 +419,7 @@ TEST(StepWeights, GlobalHookAllReducesTheForwardsStatistics) {
   expect_same(sw.metrics_weights(step), reference_sftgo(step, 0.7));
   StepWeights nan(policy(Objective::kSftGo, StatsScope::kStep), 0.7, 1, 2, ranks(stats(NAN, 0, 1, 0)));
   loss::FusedLossOptions n;
-  nan.configure(n);
+  nan.configure(n, counts_of(here));
   EXPECT_TRUE(std::isnan(n.weights_hook(here).coef_all));
 }
 
