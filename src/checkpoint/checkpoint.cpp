@@ -90,7 +90,9 @@ void write_optimizer(const fs::path& path, torch::optim::Optimizer& optimizer) {
 
 void write_checkpoint_files(const fs::path& tmp, const SaveRequest& req) {
   // Weights first (save_pretrained is itself atomic into `tmp`), then the rest into the same dir.
-  model::save_pretrained(*req.model, tmp.string());
+  model::SaveOptions so;
+  so.before_read = req.before_weight;
+  model::save_pretrained(*req.model, tmp.string(), so);
   std::error_code ec;
   for (const auto& f : req.tokenizer_files) {
     if (!fs::exists(f)) continue;

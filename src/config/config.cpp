@@ -24,7 +24,11 @@ int zero_stage(const DistConfig& dist) {
 }
 
 void validate_config(const Config& c) {
-  zero_stage(c.dist);
+  // Task scoring runs on rank 0 alone, and stage 3's weights exist only while every rank gathers them.
+  SFTGO_CHECK_HINT(zero_stage(c.dist) < 3 || c.train.eval_tasks.empty(), ErrorKind::kConfig,
+                   "score the saved checkpoints with `sftgo-train eval` instead, or use dist.zero: 2",
+                   "train.eval_tasks cannot run with dist.zero: 3 (tasks are scored on rank 0 alone, and "
+                   "stage 3 gathers each layer's weights on every rank together)");
   for (const auto& part : split(c.logging.report_to, ',')) {
     const std::string name = trim(part);
     SFTGO_CHECK(name.empty() || name == "tensorboard" || name == "wandb" || name == "mlflow", ErrorKind::kConfig,

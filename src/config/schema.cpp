@@ -213,8 +213,9 @@ void dist_lora_fields(Builder& add, Config& c) {
       .above(0);
   add("dist.zero", c.dist.zero,
       "ZeRO stage: 0 data parallel; 1 shard optimizer state and fp32 master weights across ranks; 2 also shard "
-      "the fp32 gradients, reduced bucket by bucket (dist.bucket_mb) during backward")
-      .range(0, 2);
+      "the fp32 gradients, reduced bucket by bucket (dist.bucket_mb) during backward; 3 also shard the weights, "
+      "each layer gathered around its forward and its recomputation in backward (docs/architecture.md, ZeRO-3)")
+      .range(0, 3);
   add("dist.zero1", c.dist.zero1, "Older key for dist.zero: 1 (true conflicts with dist.zero: 2)");
   add("dist.zero1_fp32_grads", c.dist.zero1_fp32_grads,
       "ZeRO-1 with bf16 weights: accumulate micro-batch gradients and reduce-scatter them in fp32 (false: in "

@@ -18,6 +18,7 @@ struct Comm::Impl {
   c10::intrusive_ptr<c10d::Backend> pg;
   std::string store_addr;
   std::chrono::milliseconds timeout{600000};
+  bool loopback = false;  // Gloo binds to 127.0.0.1
   std::thread watchdog;
   std::atomic<bool> stop_watchdog{false};
   ~Impl();

@@ -49,6 +49,45 @@ void Work::wait() {
   }
 }
 
+namespace {
+// A process group of every rank of `c` (its backend, store and timeout), its keys under `prefix`.
+c10::intrusive_ptr<c10d::Backend> make_group(const Comm& c, const Comm::Impl& impl, const std::string& prefix) {
+  auto prefixed = c10::make_intrusive<c10d::PrefixStore>(prefix, impl.store);
+  try {
+    if (c.backend() == "gloo") {
+      auto o = c10d::ProcessGroupGloo::Options::create(impl.timeout);
+      o->devices.push_back(impl.loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                         : c10d::ProcessGroupGloo::createDefaultDevice());
+      return c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, c.rank(), c.world_size(), o);
+    }
+    SFTGO_CHECK(nccl_available(), ErrorKind::kConfig,
+                "dist.backend nccl: this build has no NCCL process group "
+                "(built without the CUDA toolkit)");
+    return make_nccl_backend(prefixed, c.rank(), c.world_size(), impl.timeout);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    SFTGO_FAIL(ErrorKind::kDist, "rank ", c.rank(), ": creating the ", c.backend(), " process group failed: ", e.what());
+  }
+}
+}  // namespace
+
+std::shared_ptr<Comm> Comm::subgroup(const std::string& name) const {
+  std::shared_ptr<Comm> c(new Comm());
+  c->rank_ = rank_;
+  c->world_ = world_;
+  c->device_ = device_;
+  c->backend_ = backend_;
+  c->impl_ = std::make_unique<Impl>();
+  if (world_ == 1) return c;
+  c->impl_->store = impl_->store;
+  c->impl_->store_addr = impl_->store_addr;
+  c->impl_->timeout = impl_->timeout;
+  c->impl_->loopback = impl_->loopback;
+  c->impl_->pg = make_group(*c, *c->impl_, "sftgo/pg/" + name);
+  return c;
+}
+
 std::shared_ptr<Comm> Comm::create(const LaunchEnv& env, const CommOptions& options, c10::Device device) {
   std::shared_ptr<Comm> c(new Comm());
   c->rank_ = env.rank;
@@ -84,26 +123,9 @@ std::shared_ptr<Comm> Comm::create(const LaunchEnv& env, const CommOptions& opti
                     "rank ", env.rank, "/", env.world_size, ": rendezvous at ", c->impl_->store_addr, " failed within ",
                     options.timeout_s, " s: ", e.what());
   }
-  auto prefixed = c10::make_intrusive<c10d::PrefixStore>("sftgo/pg", c->impl_->store);
-  try {
-    if (backend == "gloo") {
-      auto o = c10d::ProcessGroupGloo::Options::create(timeout);
-      // Bind to the address the ranks rendezvous on, so single-host jobs never depend on the hostname resolving.
-      const bool loopback = env.master_addr == "127.0.0.1" || env.master_addr == "localhost";
-      o->devices.push_back(loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
-                                    : c10d::ProcessGroupGloo::createDefaultDevice());
-      c->impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, env.rank, env.world_size, o);
-    } else {
-      SFTGO_CHECK(nccl_available(), ErrorKind::kConfig,
-                  "dist.backend nccl: this build has no NCCL process group "
-                  "(built without the CUDA toolkit)");
-      c->impl_->pg = make_nccl_backend(prefixed, env.rank, env.world_size, timeout);
-    }
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    SFTGO_FAIL(ErrorKind::kDist, "rank ", env.rank, ": creating the ", backend, " process group failed: ", e.what());
-  }
+  // Bind to the address the ranks rendezvous on, so single-host jobs never depend on the hostname resolving.
+  c->impl_->loopback = env.master_addr == "127.0.0.1" || env.master_addr == "localhost";
+  c->impl_->pg = make_group(*c, *c->impl_, "sftgo/pg");
   c->impl_->store->add(hb_key(env.rank), 1);
   stop_with_launcher(env);
   if (env.rank == 0 && env.launcher == "mpirun" && env.kill_grace_s < 30)
@@ -163,6 +185,16 @@ Work Comm::reduce_async(at::Tensor& t, int root) {
   opts.rootRank = root;
   return start_collective(this, "reduce of " + std::to_string(t.numel()) + " values to rank " + std::to_string(root),
                           [&] { return impl_->pg->reduce(ts, opts); });
+}
+
+Work Comm::broadcast_async(at::Tensor& t, int root) {
+  if (world_ == 1) return {};
+  std::vector<at::Tensor> ts{t};
+  c10d::BroadcastOptions opts;
+  opts.rootRank = root;
+  return start_collective(this,
+                          "broadcast of " + std::to_string(t.numel()) + " values from rank " + std::to_string(root),
+                          [&] { return impl_->pg->broadcast(ts, opts); });
 }
 
 void Comm::all_gather(at::Tensor& out, const at::Tensor& in) {

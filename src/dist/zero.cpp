@@ -439,8 +439,14 @@ void ZeroOptimizer::gather_params_in_pieces() {
   }
 }
 
+void ZeroOptimizer::gather_on_demand() {
+  SFTGO_CHECK(sharded_, ErrorKind::kInternal, "ZeRO-3 needs the ZeRO-2 gradient shard (sharded_grads)");
+  on_demand_ = true;
+}
+
 void ZeroOptimizer::gather_params() {
   torch::NoGradGuard no_grad;
+  if (on_demand_) return;  // ZeRO-3: each layer is gathered from the master shards when it runs
   if (sharded_) {
     gather_params_in_pieces();
     return;

@@ -216,12 +216,15 @@ bool block_uses_rng(BlockImpl& b) {
 // drops the same units.
 struct CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& cos, const Tensor& sin,
-                        const std::optional<Tensor>& mask, at::TensorList params, BlockImpl* block) {
+                        const std::optional<Tensor>& mask, at::TensorList params, BlockImpl* block,
+                        WeightResidency* residency, int64_t index) {
     ctx->save_for_backward({x});
     ctx->saved_data["cos"] = cos;
     ctx->saved_data["sin"] = sin;
     ctx->saved_data["mask"] = mask.has_value() ? *mask : Tensor();
     ctx->saved_data["block"] = reinterpret_cast<int64_t>(block);
+    ctx->saved_data["residency"] = reinterpret_cast<int64_t>(residency);
+    ctx->saved_data["index"] = index;
     ctx->saved_data["n_params"] = static_cast<int64_t>(params.size());
     // The recomputation must cast exactly as this forward did (train.precision: bf16_autocast).
     const AutocastState ac = AutocastState::current();
@@ -246,6 +249,11 @@ struct CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
     const auto& saved_mask = ctx->saved_data["mask"];
     Tensor mask = saved_mask.isTensor() ? saved_mask.toTensor() : Tensor();
     std::vector<Tensor> params = block->parameters();
+    // ZeRO-3: the block's weights were freed after its forward; gather them again (and start on the
+    // block before it, which backward reaches next) for the recomputation and its gradients.
+    auto* residency = reinterpret_cast<WeightResidency*>(ctx->saved_data["residency"].toInt());
+    const int64_t index = ctx->saved_data["index"].toInt();
+    if (residency != nullptr) residency->acquire(index, index > 0 ? index - 1 : WeightResidency::kNone);
     Tensor out;
     {
       torch::AutoGradMode grad_on(true);
@@ -273,8 +281,12 @@ struct CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
       }
     auto grads = torch::autograd::grad({out}, inputs, {grad_out[0]}, /*retain_graph=*/false,
                                        /*create_graph=*/false, /*allow_unused=*/true);
-    // One slot per forward argument that is a tensor: x, cos, sin, mask, params..., (block: none).
-    torch::autograd::variable_list result(4 + params.size() + 1);
+    out = Tensor();
+    // The gradients are computed; accumulating them (after this returns) needs only the shapes.
+    if (residency != nullptr) residency->release(index);
+    // One slot per forward argument that is a tensor: x, cos, sin, mask, params..., (block, residency,
+    // index: none).
+    torch::autograd::variable_list result(4 + params.size() + 3);
     result[0] = grads[0];
     for (size_t j = 0; j < which.size(); ++j) result[4 + which[j]] = grads[1 + j];
     return result;
@@ -334,21 +346,28 @@ Tensor LlamaModelImpl::forward(const Tensor& ids, const Tensor& position_ids, co
                 ErrorKind::kModel, "attn_mask must be [B,1,S,S] = [", b, ",1,", s, ",", s, "], got ",
                 attn_mask.sizes());
   auto [cos, sin] = rope_cos_sin(inv_freq_, pos, dtype_);  // [B,S,hd]
-  Tensor h = embed_tokens(ids);                            // [B,S,H]
-  const bool ckpt = checkpointing_ && torch::GradMode::is_enabled();
-  for (BlockImpl* block : blocks_) {
+  if (residency_) residency_->acquire(WeightResidency::kOuterWeights, WeightResidency::kNone);
+  Tensor h = embed_tokens(ids);  // [B,S,H]
+  // Sharded weights are freed after each block's forward, so under grad the block must recompute.
+  const bool ckpt = (checkpointing_ || residency_) && torch::GradMode::is_enabled();
+  const auto n = static_cast<int64_t>(blocks_.size());
+  for (int64_t i = 0; i < n; ++i) {
+    BlockImpl* block = blocks_[static_cast<size_t>(i)];
+    if (residency_) residency_->acquire(i, i + 1 < n ? i + 1 : WeightResidency::kNone);
     if (ckpt) {
       std::vector<Tensor> params = block->parameters();
       h = CheckpointedBlock::apply(h, cos, sin, attn_mask.defined() ? std::optional<Tensor>(attn_mask) : std::nullopt,
-                                   at::TensorList(params), block);
+                                   at::TensorList(params), block, residency_.get(), i);
     } else {
       h = block->forward(h, cos, sin, attn_mask);
     }
+    if (residency_) residency_->release(i);
   }
   return norm(h);
 }
 
 Tensor LlamaModelImpl::logits(const Tensor& hidden) {
+  if (residency_) residency_->acquire(WeightResidency::kOuterWeights, WeightResidency::kNone);
   return config_.tie_word_embeddings ? at::linear(hidden, embed_tokens->as_head()) : lm_head(hidden);
 }
 
@@ -357,9 +376,14 @@ Tensor LlamaModelImpl::forward_cached(const Tensor& ids, KVCache& cache) {
   Tensor pos =
       torch::arange(cache.length, cache.length + t, ids.options().dtype(torch::kInt64)).unsqueeze(0).expand({b, t});
   auto [cos, sin] = rope_cos_sin(inv_freq_, pos, dtype_);
+  if (residency_) residency_->acquire(WeightResidency::kOuterWeights, WeightResidency::kNone);
   Tensor h = embed_tokens(ids);
-  for (size_t i = 0; i < blocks_.size(); ++i)
-    h = blocks_[i]->forward(h, cos, sin, Tensor(), &cache, static_cast<int64_t>(i));
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const auto b = static_cast<int64_t>(i);
+    if (residency_) residency_->acquire(b, WeightResidency::kNone);
+    h = blocks_[i]->forward(h, cos, sin, Tensor(), &cache, b);
+    if (residency_) residency_->release(b);
+  }
   cache.length += t;
   return norm(h);
 }

@@ -276,6 +276,7 @@ Tensor lora_head_weight(const LlamaModelImpl& model) { return model.head_weight(
 
 // Declared in llama.h: the one answer to "which head does the loss see", with or without adapters.
 Tensor LlamaModelImpl::head_weight() const {
+  if (residency_) residency_->acquire(WeightResidency::kOuterWeights, WeightResidency::kNone);  // ZeRO-3
   if (!lm_head) return embed_tokens->as_head();  // tied: paired with the forward (llama.h)
   const LinearImpl& l = *lm_head;
   if (!l.lora_A.defined() || l.lora_disabled) return l.weight;

@@ -109,7 +109,8 @@ void save_pretrained(const LlamaModelImpl& model, const std::string& dir, const 
     s.shape = p.sizes().vec();
     torch::Tensor param = p;
     // Staged one tensor at a time: on CPU in the model dtype this is the parameter itself.
-    s.bytes = [param, dtype]() {
+    s.bytes = [param, dtype, before = options.before_read, name]() {
+      if (before) before(name);
       auto host = std::make_shared<torch::Tensor>(param.detach().to(torch::kCPU, dtype).contiguous());
       return std::shared_ptr<const std::byte>(host, static_cast<const std::byte*>(host->data_ptr()));
     };

@@ -12,7 +12,10 @@ namespace sftgo::train {
 PrecisionPolicy::~PrecisionPolicy() = default;
 
 std::unique_ptr<Updater> PrecisionPolicy::make_updater(const UpdaterSetup& s) const {
-  const UpdaterKind kind = s.zero == 2 ? UpdaterKind::kZero2 : s.zero == 1 ? UpdaterKind::kZero1 : UpdaterKind::kPlain;
+  const UpdaterKind kind = s.zero == 3   ? UpdaterKind::kZero3
+                          : s.zero == 2 ? UpdaterKind::kZero2
+                          : s.zero == 1 ? UpdaterKind::kZero1
+                                        : UpdaterKind::kPlain;
   return train::make_updater(kind, s.comm, s.params, s.options);
 }
 

@@ -132,8 +132,53 @@ EvalMetrics Trainer::Impl::evaluate() {
   return e;
 }
 
+namespace {
+// ZeRO-3: the weights a save reads, gathered layer by layer on every rank in the same order (rank 0
+// as the writer reaches each layer's tensors, the others at once), so no rank holds the whole model.
+class LayerStream {
+ public:
+  LayerStream(model::WeightResidency* r, int64_t blocks) : r_(r), blocks_(blocks) {
+    if (r_) r_->acquire(model::WeightResidency::kOuterWeights, model::WeightResidency::kNone);
+  }
+  // The tensor `hf_name` is read next: its layer (and those before it) gathered, the previous released.
+  void before(const std::string& hf_name) {
+    static const std::string kPrefix = "model.layers.";
+    if (hf_name.rfind(kPrefix, 0) == 0) up_to(std::stoll(hf_name.substr(kPrefix.size())));
+  }
+  // Every layer gathered once (also after a failed write: the other ranks' gathers must be matched).
+  void finish() {
+    up_to(blocks_ - 1);
+    if (r_ && next_ > 0) r_->release(next_ - 1);
+  }
+  // LoRA: the adapters (a few MB) of every layer at once, released by release_all.
+  void acquire_all() {
+    for (int64_t b = 0; r_ && b < blocks_; ++b) r_->acquire(b, model::WeightResidency::kNone);
+    next_ = blocks_;
+    all_ = true;
+  }
+  void release_all() {
+    for (int64_t b = 0; r_ && all_ && b < blocks_; ++b) r_->release(b);
+  }
+
+ private:
+  void up_to(int64_t block) {
+    for (; r_ && next_ <= block && next_ < blocks_; ++next_) {
+      if (next_ > 0) r_->release(next_ - 1);
+      r_->acquire(next_, model::WeightResidency::kNone);
+    }
+  }
+  model::WeightResidency* r_;
+  int64_t blocks_;
+  int64_t next_ = 0;
+  bool all_ = false;
+};
+}  // namespace
+
 std::string Trainer::Impl::save(const std::string& why, bool weights_only) {
   Timer t;
+  LayerStream layers(model->weight_residency(), model->config().num_hidden_layers);
+  const bool lora = model::has_lora(*model);
+  if (lora) layers.acquire_all();
   const fs::path root = checkpoint::checkpoints_root(cfg.run.output_dir);
   const std::string name = checkpoint::checkpoint_dir_name(step);
   checkpoint::SaveRequest r;
@@ -146,6 +191,8 @@ std::string Trainer::Impl::save(const std::string& why, bool weights_only) {
                   [](const std::string& f) { return fs::path(f).filename().string().rfind("zero_rank", 0) == 0; }))
     add_zero_manifest(r, staging.string());
   if (rank != 0) {
+    layers.finish();
+    layers.release_all();
     comm->barrier();  // rank 0 is writing
     return (root / name).string();
   }
@@ -166,14 +213,23 @@ std::string Trainer::Impl::save(const std::string& why, bool weights_only) {
   r.state.config_yaml = config_to_yaml(cfg);
   r.resolved_config_yaml = r.state.config_yaml;
   r.tokenizer_files = tokenizer_files(cfg.tokenizer.path, cfg.model.path);
-  if (model::has_lora(*model)) {
+  if (lora) {
     // The PEFT adapter directory (adapter_config.json + adapter_model.safetensors) moves into the
     // checkpoint with it; the checkpoint's HF weights are the frozen base.
     fs::create_directories(staging);
     model::save_lora_adapter(*model, (staging / "adapter").string());
     r.move_files.push_back((staging / "adapter").string());
   }
-  std::string dir = checkpoint::save_checkpoint(cfg.run.output_dir, r, cfg.train.keep_last);
+  if (!lora) r.before_weight = [&layers](const std::string& hf_name) { layers.before(hf_name); };
+  std::string dir;
+  try {
+    dir = checkpoint::save_checkpoint(cfg.run.output_dir, r, cfg.train.keep_last);
+  } catch (...) {
+    layers.finish();
+    throw;
+  }
+  layers.finish();
+  layers.release_all();
   if (!r.move_files.empty()) {
     std::error_code ec;
     fs::remove_all(fs::path(r.move_files.front()).parent_path(), ec);

@@ -235,9 +235,11 @@ StepTotals Trainer::Impl::forward_backward(std::vector<MicroBatch>& micro, StepW
     w.configure(opts, group_counts(b));  // the coefficients, or the hook that decides them
     loss::LossInfo info;
     try {
+      at::Tensor hidden = forward_hidden(b);  // [T,H]
+      // Injected where a real non-finite loss is found: after the forward (ZeRO-3 replays what follows).
       SFTGO_CHECK(i > 0 || injected_nonfinite_step != step + 1, ErrorKind::kNumeric,
                   "non-finite loss injected by SFTGO_TEST_NONFINITE_AT (tests only)");
-      at::Tensor l = loss::fused_group_loss(forward_hidden(b), head_weight(), b.labels, b.groups, opts, &info);
+      at::Tensor l = loss::fused_group_loss(hidden, head_weight(), b.labels, b.groups, opts, &info);
       if (w.loss_scale() != 1.0) l = l * w.loss_scale();
       if (i + 1 == micro.size()) updater->before_last_backward();  // reduce while the last backward runs
       l.backward();
@@ -333,6 +335,9 @@ Trainer::Trainer(LoadedConfig config, TrainerHooks hooks)
 Trainer::~Trainer() = default;
 
 std::vector<std::pair<std::string, at::Tensor>> Trainer::named_parameters() const {
+  SFTGO_CHECK_HINT(impl_->model->weight_residency() == nullptr, ErrorKind::kUsage,
+                   "read the run's checkpoint (model.safetensors) instead",
+                   "with dist.zero: 3 the trained weights are sharded over the ranks after training");
   return impl_->model->hf_named_parameters();
 }
 
@@ -369,6 +374,9 @@ TrainResult Trainer::run(const std::string& resume) {
     result.steps = s.step;
     return result;
   }
+  // ZeRO-3: from here on each layer's weights exist only around its use (the resume above still
+  // loaded whole tensors).
+  if (auto residency = s.updater->shard_weights()) s.model->set_weight_residency(std::move(residency));
   const std::unique_ptr<MetricsLog> metrics_log = s.open_run_files(!resume.empty());
   // Rank 0's tracker follower (logging.report_to) tails metrics.jsonl; its destructor, on every way out
   // of run(), ends its input and waits a bounded time for it. A run at step 0 starts new tracker runs.

@@ -7,14 +7,18 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <exception>
 #include <filesystem>
+#include <thread>
 
 #include "sftgo/core/error.h"
 #include "sftgo/core/log.h"
 #include "sftgo/core/timer.h"
 #include "sftgo/dist/zero.h"
 #include "sftgo/dist/zero2.h"
+#include "sftgo/dist/zero3.h"
 
 namespace fs = std::filesystem;
 
@@ -229,21 +233,103 @@ std::vector<at::Tensor> trained(const optim::NamedParameters& params) {
   return out;
 }
 
+// ZeRO-3's unit of a trained parameter: 1 + N for a name with ".layers.N." (HF's model.layers.N..., PEFT's
+// base_model.model.model.layers.N... for adapters), 0 for the rest (embedding, norm, head): the decoder
+// block N is unit N + 1.
+std::vector<int> zero3_units(const optim::NamedParameters& params) {
+  static const std::string kLayers = ".layers.";
+  std::vector<int> out;
+  for (const auto& [name, p] : params) {
+    if (!p.requires_grad()) continue;
+    const size_t at = name.find(kLayers);
+    const size_t digits = at == std::string::npos ? at : at + kLayers.size();
+    const bool numbered = digits != std::string::npos && digits < name.size() && std::isdigit(name[digits]) != 0;
+    out.push_back(numbered ? 1 + std::stoi(name.substr(digits)) : 0);
+  }
+  return out;
+}
+
+// The model's blocks through ShardedParams' units (block b is unit b + 1, the outer weights unit 0).
+class ShardedResidency final : public model::WeightResidency {
+ public:
+  explicit ShardedResidency(dist::ShardedParams& p) : p_(p) {}
+  void acquire(int64_t block, int64_t next) override {
+    p_.acquire(unit(block), next == kNone ? -1 : unit(next));
+  }
+  void release(int64_t block) override { p_.release(unit(block)); }
+  int64_t blocks() const { return p_.num_units() - 1; }
+  // The gathers one forward (dir 1) or one backward (dir -1) of the model issues, without computing:
+  // a rank that aborted its step issues those of the passes the other ranks still run.
+  void replay(int dir) {
+    const int64_t n = blocks();
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t b = dir > 0 ? k : n - 1 - k, next = b + dir;
+      acquire(b, next >= 0 && next < n ? next : kNone);
+      release(b);
+    }
+  }
+
+ private:
+  static int unit(int64_t block) { return static_cast<int>(block + 1); }
+  dist::ShardedParams& p_;
+};
+
 // ZeRO-1 keeps its own fp32 master shard, so bf16 runs need no full-size masters. ZeRO-2 (stage 2)
 // also keeps only an fp32 gradient shard, filled during backward by a dist::ShardReducer; the update
-// and the checkpoint shards are ZeRO-1's, so a run resumes from either stage.
+// and the checkpoint shards are ZeRO-1's, so a run resumes from any stage. ZeRO-3 (stage 3) also
+// frees the working weights: dist::ShardedParams gathers each block from the master shards around its
+// forward and its recomputation in backward (on a process group of its own, so its broadcasts never
+// interleave with stage 2's reduces).
 class Zero1Updater final : public Updater {
  public:
   Zero1Updater(std::shared_ptr<dist::Comm> comm, const optim::NamedParameters& params, const UpdaterOptions& o,
                int stage)
       : comm_(std::move(comm)),
-        zero_(comm_, params, o.rule, o.zero1_fp32_grads, stage == 2,
+        zero_(comm_, params, o.rule, o.zero1_fp32_grads, stage >= 2,
               std::max<int64_t>(1, static_cast<int64_t>(o.bucket_mb * 1024.0 * 1024.0 / 4))) {
-    if (stage == 2) reducer_ = std::make_unique<dist::ShardReducer>(comm_, zero_, trained(params), o.bucket_mb);
+    if (stage >= 2) reducer_ = std::make_unique<dist::ShardReducer>(comm_, zero_, trained(params), o.bucket_mb);
+    if (stage == 3) {
+      zero_.gather_on_demand();
+      sharded_ = std::make_unique<dist::ShardedParams>(comm_->subgroup("zero3"), zero_, trained(params),
+                                                       zero3_units(params));
+      residency_ = std::make_shared<ShardedResidency>(*sharded_);
+    }
   }
-  UpdaterKind kind() const override { return reducer_ ? UpdaterKind::kZero2 : UpdaterKind::kZero1; }
+  ~Zero1Updater() override {
+    if (sharded_) sharded_->release_all();  // waits for gathers in flight
+  }
+  UpdaterKind kind() const override {
+    return sharded_ ? UpdaterKind::kZero3 : reducer_ ? UpdaterKind::kZero2 : UpdaterKind::kZero1;
+  }
+  std::shared_ptr<model::WeightResidency> shard_weights() override {
+    if (!sharded_) return nullptr;
+    sharded_->release_all();
+    log_info("ZeRO-3: weights sharded over {} rank(s); each of {} layers is gathered around its forward and its "
+             "recomputation in backward, the embedding, final norm and head around each step",
+             comm_->world_size(), sharded_->num_units() - 1);
+    return residency_;
+  }
   void skip_backward_passes(size_t n) override {
+    // ZeRO-3: the aborted micro-batch's forward ran; the other ranks still run its backward and n - 1
+    // forward and backward passes, each gathering every layer. Those gathers (on their own process
+    // group) run on a thread beside the zero buckets below: the other ranks interleave both, and waiting
+    // for a bucket while a gather they need first is not issued would stall them.
+    std::exception_ptr failed;
+    std::thread gathers;
+    if (residency_)
+      gathers = std::thread([this, n, &failed] {
+        try {
+          for (size_t i = 0; i < n; ++i) {
+            if (i > 0) residency_->replay(1);
+            residency_->replay(-1);
+          }
+        } catch (...) {
+          failed = std::current_exception();
+        }
+      });
     for (size_t i = 0; reducer_ && i < n; ++i) reducer_->skip_backward();
+    if (gathers.joinable()) gathers.join();
+    if (failed) std::rethrow_exception(failed);
   }
   void after_backward() override {
     if (!reducer_) return;
@@ -253,6 +339,8 @@ class Zero1Updater final : public Updater {
   }
   double step(double lr, double max_norm, bool finite) override {
     Timer t;
+    // The update changes the master shards: no gathered weight may outlive it.
+    if (sharded_) sharded_->release_all();
     const double norm = zero_.step(lr, max_norm, finite);
     if (comm_->world_size() > 1) comm_s_ = t.seconds() + std::max(0.0, wait_s_);
     return norm;
@@ -277,7 +365,9 @@ class Zero1Updater final : public Updater {
  private:
   std::shared_ptr<dist::Comm> comm_;
   dist::ZeroOptimizer zero_;
-  std::unique_ptr<dist::ShardReducer> reducer_;  // ZeRO-2 only
+  std::unique_ptr<dist::ShardReducer> reducer_;  // ZeRO-2 and 3
+  std::unique_ptr<dist::ShardedParams> sharded_;  // ZeRO-3 only
+  std::shared_ptr<ShardedResidency> residency_;   // ZeRO-3 only
   double comm_s_ = -1, wait_s_ = -1;
 };
 
@@ -292,6 +382,7 @@ std::unique_ptr<Updater> make_updater(UpdaterKind kind, std::shared_ptr<dist::Co
     case UpdaterKind::kFp32Masters: return std::make_unique<Fp32MastersUpdater>(comm, params, options);
     case UpdaterKind::kZero1: return std::make_unique<Zero1Updater>(std::move(comm), params, options, 1);
     case UpdaterKind::kZero2: return std::make_unique<Zero1Updater>(std::move(comm), params, options, 2);
+    case UpdaterKind::kZero3: return std::make_unique<Zero1Updater>(std::move(comm), params, options, 3);
   }
   SFTGO_FAIL(ErrorKind::kInternal, "unknown updater kind");
 }

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <map>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -90,6 +91,8 @@ struct SaveRequest {
   // fp32 master weights of a bf16 run ([HF name, tensor]); saved as master_weights.safetensors so a
   // resume continues from the exact fp32 values, not from their bf16 rounding.
   std::vector<std::pair<std::string, at::Tensor>> master_weights;
+  // Called with each model tensor's HF name just before it is written (model::SaveOptions::before_read).
+  std::function<void(const std::string&)> before_weight;
 };
 
 std::string checkpoint_dir_name(int64_t step);             // "step_00000100"

@@ -119,7 +119,7 @@ struct DistConfig {
   std::string master_addr = "127.0.0.1";
   int64_t master_port = 29500;
   double timeout_s = 600.0;
-  int64_t zero = 0;    // ZeRO stage: 0 (data parallel), 1 (optimizer state), 2 (also gradients); see zero_stage
+  int64_t zero = 0;    // ZeRO stage: 0 (data parallel), 1 (optimizer state), 2 (gradients), 3 (weights)
   bool zero1 = false;  // the older key: true means zero: 1
   bool zero1_fp32_grads = true;  // ZeRO-1 with bf16 weights: accumulate and reduce-scatter gradients in fp32
   double bucket_mb = 25.0;       // gradient all-reduce bucket size

@@ -133,6 +133,9 @@ class Comm {
   void all_reduce(at::Tensor& t);
   // out [n] = this rank's slice of the sum of every rank's in [world * n].
   void reduce_scatter(at::Tensor& out, const at::Tensor& in);
+  // root's t to every rank, in place (t must be contiguous). ZeRO-3 gathers a layer's weights this
+  // way, one broadcast per rank owning part of them, as ZeRO-2 reduces a bucket.
+  Work broadcast_async(at::Tensor& t, int root);
   // out [world * n] = every rank's in [n], concatenated by rank.
   void all_gather(at::Tensor& out, const at::Tensor& in);
   // Sum over ranks into root's t, in place (other ranks' t is left undefined). ZeRO-2 sends each
@@ -151,6 +154,11 @@ class Comm {
 
   // Called when a collective failed: waits briefly for heartbeats and names the silent ranks.
   std::string describe_failure(const std::string& what);
+  // A second process group over the same ranks (collective: every rank calls it with the same name).
+  // Its collectives are ordered among themselves only, so a runtime can issue them from a schedule of
+  // its own beside this group's (ZeRO-3's weight gathers beside ZeRO-2's gradient reduces). It shares
+  // this group's store and watchdog; world size 1 needs nothing.
+  std::shared_ptr<Comm> subgroup(const std::string& name) const;
 
   struct Impl;
 

@@ -68,6 +68,11 @@ class ZeroOptimizer {
   const std::vector<std::pair<int64_t, int64_t>>& segments() const { return segments_; }
 
   const optim::UpdateRule& rule() const { return *rule_; }
+  // [shard] fp32: this rank's master weights (ZeRO-3's ShardedParams gathers the working weights from them).
+  const at::Tensor& master_shard() const { return master_; }
+  // ZeRO-3: the working parameters are gathered on demand (dist::ShardedParams) instead of after every
+  // update and resume (step 4 above is skipped). Needs sharded_grads.
+  void gather_on_demand();
 
   // Writes this rank's shard (master, the rule's state tensors under their names, step count, range,
   // rank and world size, the rule's name) to path.
@@ -98,6 +103,7 @@ class ZeroOptimizer {
   bool hooked_ = false;   // gradients reach flat_ through post-accumulate hooks (dtypes differ)
   bool sharded_ = false;  // ZeRO-2: flat_ is never allocated; shard_buf_ is the fp32 gradient shard
   int64_t gather_ = 0;    // ZeRO-2: values per rank in one all-gather piece
+  bool on_demand_ = false;  // ZeRO-3: no gather after an update or a resume
 
   at::Tensor grad_view(size_t i) const;  // param i's slice of flat_, shaped like the param
   void gather_params();                  // master shards -> flat_ -> parameters

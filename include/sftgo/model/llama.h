@@ -12,6 +12,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -159,6 +160,20 @@ TORCH_MODULE(Block);
 // hf_named_parameters() is a pure rename and load and save share it.
 struct LoraOptions;  // model/lora.h
 
+// Lets a runtime that shards the weights over ranks (ZeRO-3, dist/zero3.h) keep a decoder block's
+// weights in memory only around its use. Blocks are 0..L-1; kOuterWeights is everything outside them
+// (embedding, final norm, LM head), acquired by the forward and the head and kept until the runtime
+// releases it after the step's backward. Every rank makes the same calls in the same order.
+class WeightResidency {
+ public:
+  static constexpr int64_t kOuterWeights = -1;
+  static constexpr int64_t kNone = -2;
+  virtual ~WeightResidency() = default;
+  // `block` runs next; `next` (kNone: none) is likely to run after it and may be fetched meanwhile.
+  virtual void acquire(int64_t block, int64_t next) = 0;
+  virtual void release(int64_t block) = 0;
+};
+
 class LlamaModelImpl : public torch::nn::Module {
  public:
   LlamaModelImpl(const LlamaConfig& config, const ModelOptions& options = {});
@@ -178,6 +193,10 @@ class LlamaModelImpl : public torch::nn::Module {
   // final-normed hidden states [B,T,H].
   torch::Tensor forward_cached(const torch::Tensor& ids, KVCache& cache);
 
+  // ZeRO-3: blocks' weights are acquired around each forward and each checkpointed recomputation
+  // (which a block then always takes under grad: its weights are freed between forward and backward).
+  void set_weight_residency(std::shared_ptr<WeightResidency> residency) { residency_ = std::move(residency); }
+  WeightResidency* weight_residency() const { return residency_.get(); }
   void set_activation_checkpointing(bool on) { checkpointing_ = on; }
   bool activation_checkpointing() const { return checkpointing_; }
   const LlamaConfig& config() const { return config_; }
@@ -200,6 +219,7 @@ class LlamaModelImpl : public torch::nn::Module {
   bool checkpointing_ = false;
   torch::Tensor inv_freq_;  // [hd/2] fp32 on the model device
   std::vector<BlockImpl*> blocks_;
+  std::shared_ptr<WeightResidency> residency_;  // null unless the weights are sharded (ZeRO-3)
 };
 TORCH_MODULE(LlamaModel);
 
@@ -218,6 +238,8 @@ struct SaveOptions {
   std::optional<c10::ScalarType> dtype;  // default: the model dtype
   // More files of the directory (name -> content, e.g. the tokenizer's), written in the same atomic swap.
   std::map<std::string, std::string> extra_files;
+  // Called with a tensor's HF name just before it is read, in file order (ZeRO-3 gathers its layer then).
+  std::function<void(const std::string&)> before_read;
 };
 // Writes config.json + safetensors (sharded above max_shard_bytes, with index json) to `dir`,
 // atomically (io::write_sharded_safetensors); transformers.AutoModelForCausalLM loads it.

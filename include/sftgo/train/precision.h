@@ -27,7 +27,7 @@ struct UpdaterSetup {
   std::shared_ptr<dist::Comm> comm;
   optim::NamedParameters params;
   UpdaterOptions options;
-  int zero = 0;  // ZeRO stage (config zero_stage): 0, 1 or 2
+  int zero = 0;  // ZeRO stage (config zero_stage): 0 to 3
 };
 
 class PrecisionPolicy {

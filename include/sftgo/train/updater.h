@@ -6,7 +6,8 @@
 //   masters bf16 working weights, fp32 master weights and rule state (train.precision: bf16)
 //   zero1   ZeRO-1: rule state and fp32 masters sharded across ranks (dist.zero: 1)
 //   zero2   ZeRO-2: also the fp32 gradients, reduced bucket by bucket during backward (dist.zero: 2)
-// All three apply the same optim::UpdateRule (optim.name, AdamW by default): an optimizer is a rule,
+//   zero3   ZeRO-3: also the working weights, gathered layer by layer around their use (dist.zero: 3)
+// All of them apply the same optim::UpdateRule (optim.name, AdamW by default): an optimizer is a rule,
 // not an Updater.
 // With several ranks the first two compose with the bucketed gradient reducer (dist::GradReducer),
 // which sums gradients over ranks while the step's last backward runs.
@@ -18,11 +19,12 @@
 
 #include "sftgo/checkpoint/checkpoint.h"
 #include "sftgo/dist/dist.h"
+#include "sftgo/model/llama.h"
 #include "sftgo/optim/optim.h"
 
 namespace sftgo::train {
 
-enum class UpdaterKind { kPlain, kFp32Masters, kZero1, kZero2 };
+enum class UpdaterKind { kPlain, kFp32Masters, kZero1, kZero2, kZero3 };
 
 class Updater {
  public:
@@ -45,6 +47,11 @@ class Updater {
   virtual void zero_grad() = 0;
   // Seconds of this step spent in gradient communication (reducer wait or ZeRO-1 step); -1 = none.
   virtual double comm_seconds() const { return -1; }
+
+  // ZeRO-3: frees the working weights (from now on each layer is gathered around its use) and returns
+  // what the model must be given (LlamaModelImpl::set_weight_residency); null for every other updater.
+  // Called once, after setup and resume, before the first forward of training.
+  virtual std::shared_ptr<model::WeightResidency> shard_weights() { return nullptr; }
 
   // Checkpointing, called on every rank: adds this updater's state to a save (rank 0 writes `request`;
   // files in request.move_files that every rank wrote into staging_dir move into the checkpoint).

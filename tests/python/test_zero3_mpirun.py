@@ -1,0 +1,148 @@
+"""ZeRO-3 (dist.zero: 3) end to end on CPU with Gloo. Stage 3 shares stage 2's gradient reduction and
+update and gathers each layer's weights as master.to(working dtype), the values stages 1 and 2 copy into
+the parameters, so against stage 2 on the same ranks it must give the same bits (the forced per-layer
+recomputation runs the same operations). Against one process, 2 and 4 ranks, and torchrun: the ZeRO-1
+tolerance (ATOL). Checkpoints move between stages and world sizes; a rank that aborts a step replays
+the other ranks' gathers; the refused combinations name their keys."""
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from launch_util import free_port, mpirun_cmd
+from test_dist_mpirun import ATOL, BIN, ROOT, args, last_ckpt, metrics, pytestmark, train, weights  # noqa: F401
+from test_zero2_mpirun import LORA, adapter, resume_from_step_3, same_run  # noqa: F401
+
+Z3 = ["dist.zero=3", "dist.bucket_mb=0.01"]
+Z2 = ["dist.zero=2", "dist.bucket_mb=0.01"]
+
+
+def identical(a, b):
+    """Same weights and per-step metrics (loss, group losses, grad norm, skips), bit for bit."""
+    wa, wb = weights(last_ckpt(a)), weights(last_ckpt(b))
+    assert wa.keys() == wb.keys() and wa
+    worst = max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+    assert worst == 0.0, f"max abs weight difference {worst:.3g}"
+    keys = ("step", "loss", "loss_ce", "loss_imp", "loss_unimp", "grad_norm", "skipped", "worst_group")
+    ma, mb = metrics(a), metrics(b)
+    assert len(ma) == len(mb) and ma
+    assert [[x.get(k) for k in keys] for x in ma] == [[y.get(k) for k in keys] for y in mb]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_zero3_equals_zero2_bit_for_bit(tmp_path, precision):
+    # 2 micro-batches per rank, so every layer is gathered for 2 forwards and 2 recomputations a step.
+    z2, z3 = tmp_path / "z2", tmp_path / "z3"
+    p = [f"train.precision={precision}"]
+    train(z2, ranks=2, global_batch=8, micro=2, extra=p + Z2)
+    out = train(z3, ranks=2, global_batch=8, micro=2, extra=p + Z3)
+    identical(z2, z3)
+    assert "ZeRO-3" in out.stderr
+    assert sorted(q.name for q in last_ckpt(z3).glob("zero_rank*")) == [
+        "zero_rank00000_of_00002.pt", "zero_rank00001_of_00002.pt"]
+
+
+def test_zero3_two_and_four_ranks_equal_one_rank(tmp_path):
+    # The tolerance of the ZeRO-1 test (test_dist_mpirun.ATOL): the same sums in another order.
+    one, two, four = tmp_path / "one", tmp_path / "two", tmp_path / "four"
+    train(one)
+    train(two, ranks=2, extra=Z3)
+    train(four, ranks=4, micro=2, extra=Z3)
+    same_run(one, two, ATOL, 1e-5, 1e-4)
+    same_run(one, four, ATOL, 1e-5, 1e-4)
+
+
+def test_zero3_one_rank_is_the_same_code_path(tmp_path):
+    # World size 1: every gather is a local cast of the master shard (no broadcast), the same code path
+    # a single GPU checks. Same bits as stage 1 on one process (one fp32 sum of nothing).
+    z1, z3 = tmp_path / "z1", tmp_path / "z3"
+    train(z1, extra=["dist.zero=1"])
+    out = train(z3, extra=Z3)
+    identical(z1, z3)
+    assert "ZeRO-3" in out.stderr
+
+
+@pytest.mark.parametrize("job", [
+    LORA,
+    ["loss.objective=ce"],
+    ["grouping.function=rho1", "loss.objective=rho1", "grouping.rho1_reference_model=base"] + LORA,
+], ids=["lora", "ce", "rho1"])
+def test_zero3_equals_zero2_lora_ce_rho1(tmp_path, job):
+    # With LoRA only the adapters are trained, so only they are sharded and gathered (the frozen base
+    # stays whole on every rank); Rho-1's reference is the base model, run through the same layers.
+    z2, z3 = tmp_path / "z2", tmp_path / "z3"
+    train(z2, ranks=2, global_batch=8, micro=2, extra=job + Z2)
+    train(z3, ranks=2, global_batch=8, micro=2, extra=job + Z3)
+    identical(z2, z3)
+    if "lora.enabled=true" in job:
+        a2, a3 = adapter(last_ckpt(z2)), adapter(last_ckpt(z3))
+        assert a2.keys() == a3.keys() and a2
+        assert max(float(np.abs(a2[k] - a3[k]).max()) for k in a2) == 0.0
+
+
+def test_zero3_checkpoint_resumes_as_zero1_and_on_4_ranks(tmp_path):
+    keep = ["train.save_every=3", "train.keep_last=5"]
+    z1, z3 = tmp_path / "z1", tmp_path / "z3"
+    train(z1, ranks=2, steps=6, extra=["dist.zero=1"] + keep)
+    train(z3, ranks=2, steps=6, extra=Z3 + keep)
+    # One micro-batch per rank: stage 3 gives stage 1's bits, and so does stage 3 -> stage 1 on resume.
+    assert max(float(np.abs(a - b).max()) for a, b in zip(weights(last_ckpt(z1)).values(),
+                                                          weights(last_ckpt(z3)).values())) == 0.0
+    as_z1 = tmp_path / "as_z1"
+    resume_from_step_3(z3, as_z1, 2, 1)
+    wa, wb = weights(z1 / "checkpoints" / "step_00000006"), weights(last_ckpt(as_z1))
+    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) == 0.0
+    # 2 -> 4 ranks, stage 3: the same 8 examples per step summed in another order (ATOL).
+    four = tmp_path / "four"
+    resume_from_step_3(z3, four, 4, 3, micro=2)
+    wa, wb = weights(z3 / "checkpoints" / "step_00000006"), weights(last_ckpt(four))
+    worst = max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+    assert worst <= ATOL, f"max abs weight difference {worst:.3g} > {ATOL:g}"
+    # Stage 1 -> stage 3 on the same ranks: stage 1's bits again.
+    z1_as_z3 = tmp_path / "z1_as_z3"
+    resume_from_step_3(z1, z1_as_z3, 2, 3)
+    wb = weights(last_ckpt(z1_as_z3))
+    wz1 = weights(z1 / "checkpoints" / "step_00000006")
+    assert max(float(np.abs(wz1[k] - wb[k]).max()) for k in wz1) == 0.0
+
+
+def test_zero3_one_rank_aborting_a_step_skips_it_on_every_rank(tmp_path, monkeypatch):
+    # Rank 1's step 2 fails at its first of 2 micro-batches, after that micro-batch's forward, as a
+    # non-finite loss would; rank 0 runs its backward and a second forward and backward, each gathering
+    # every layer. Rank 1 must issue those gathers too, or rank 0 waits until dist.timeout_s (20 s).
+    monkeypatch.setenv("SFTGO_TEST_NONFINITE_AT", "1:2")
+    z2, z3 = tmp_path / "z2", tmp_path / "z3"
+    train(z2, ranks=2, timeout=120, micro=2, extra=Z2)
+    p = train(z3, ranks=2, timeout=120, micro=2, extra=Z3)
+    assert "non-finite loss injected by SFTGO_TEST_NONFINITE_AT" in p.stderr + p.stdout
+    m = metrics(z3)
+    assert [x["skipped"] for x in m] == [False, True, False, False]
+    identical(z2, z3)
+
+
+TORCHRUN = os.path.join(os.environ.get("VIRTUAL_ENV", str(ROOT / ".venv")), "bin", "torchrun")
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun (torch wheel) not installed")
+def test_zero3_under_torchrun_equals_mpirun(tmp_path):
+    z3, tr = tmp_path / "mpirun", tmp_path / "torchrun"
+    train(z3, ranks=2, extra=Z3)
+    cmd = [TORCHRUN, "--no-python", "--nproc-per-node", "2", "--master-port", str(free_port()), str(BIN)]
+    p = subprocess.run(cmd + args(tr, extra=Z3), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "2 ranks (torchrun)" in p.stderr
+    identical(z3, tr)
+
+
+def test_zero3_refuses_eval_tasks_and_unknown_stages(tmp_path):
+    p = subprocess.run([str(BIN)] + args(tmp_path, extra=Z3 + ["train.eval_tasks=lambada:x.jsonl"]),
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode != 0
+    assert "train.eval_tasks cannot run with dist.zero: 3" in p.stderr
+    assert "sftgo-train eval" in p.stderr
+    p = subprocess.run([str(BIN)] + args(tmp_path, extra=["dist.zero=4"]),
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode != 0
+    assert "dist.zero" in p.stderr and "4" in p.stderr
