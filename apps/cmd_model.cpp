@@ -12,24 +12,13 @@
 #include "sftgo/core/log.h"
 #include "sftgo/core/format.h"
 #include "sftgo/core/strings.h"
-#include "sftgo/data/template.h"
-#include "sftgo/model/generate.h"
-#include "sftgo/model/inference.h"
+#include "sftgo/eval/generate.h"
 #include "sftgo/model/score.h"
 #include "sftgo/tokenizer/tokenizer.h"
 
 #include <torch/cuda.h>
 
 namespace sftgo::apps {
-
-namespace {
-
-std::string join_ids(const std::vector<int64_t>& ids) {
-  std::string s;
-  for (size_t i = 0; i < ids.size(); ++i) s += (i ? ", " : "") + std::to_string(ids[i]);
-  return s;
-}
-}  // namespace
 
 void register_score_command(CLI::App& app, std::function<int()>& selected) {
   struct Args {
@@ -116,72 +105,31 @@ CLI::Validator probability_mass() {
 }  // namespace
 
 void register_generate_command(CLI::App& app, std::function<int()>& selected) {
-  struct Args {
-    std::string model_dir, adapter_dir, prompt, tokenizer, dtype = "float32", device = "auto";
-    bool chat = false;
-    model::GenerateOptions gen;
-  };
-  auto args = std::make_shared<Args>();
+  auto req = std::make_shared<eval::GenerateRequest>();
+  req->load.device = "auto";
   auto* sub = app.add_subcommand("generate", "Generate text from a Hugging Face checkpoint with a KV cache");
-  sub->add_option("--model,-m", args->model_dir, "Hugging Face checkpoint directory")->required();
-  sub->add_option("--adapter,-a", args->adapter_dir, "LoRA adapter directory (PEFT layout) applied on top of --model");
-  sub->add_option("--prompt,-p", args->prompt, "Prompt text")->required();
-  sub->add_flag("--chat", args->chat,
+  sub->add_option("--model,-m", req->load.model_dir, "Hugging Face checkpoint directory")->required();
+  sub->add_option("--adapter,-a", req->load.adapter_dir,
+                  "LoRA adapter directory (PEFT layout) applied on top of --model");
+  sub->add_option("--prompt,-p", req->prompt, "Prompt text")->required();
+  sub->add_flag("--chat", req->chat,
                 "Wrap the prompt as a user turn of the Llama-3 chat format (the training template, with the "
                 "assistant header as generation prompt)");
   // 2^24: the most positions any model config may declare (see LlamaConfig::validate); the model's
   // own max_position_embeddings - prompt length is checked once both are known.
-  sub->add_option("--max-new-tokens", args->gen.max_new_tokens,
+  sub->add_option("--max-new-tokens", req->options.max_new_tokens,
                   "Tokens to generate at most (prompt + new tokens must fit the model's max_position_embeddings)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
-  sub->add_option("--temperature", args->gen.temperature, "0 = greedy")->check(finite_at_least(0.0));
-  sub->add_option("--top-p", args->gen.top_p, "Nucleus sampling mass (with temperature > 0)")
+  sub->add_option("--temperature", req->options.temperature, "0 = greedy")->check(finite_at_least(0.0));
+  sub->add_option("--top-p", req->options.top_p, "Nucleus sampling mass (with temperature > 0)")
       ->check(probability_mass());
-  sub->add_option("--seed", args->gen.seed, "Sampling seed");
-  sub->add_option("--tokenizer,-t", args->tokenizer, "Tokenizer (default: the model directory)");
-  sub->add_option("--dtype", args->dtype, "float32 | bfloat16")->check(CLI::IsMember({"float32", "bfloat16"}));
-  sub->add_option("--device", args->device, "auto | cpu | cuda");
-  sub->final_callback([args, &selected] {
-    selected = [args] {
-      Tokenizer tok = Tokenizer::load(args->tokenizer.empty() ? args->model_dir : args->tokenizer);
-      model::LlamaModel m = model::load_for_inference(
-          {.model_dir = args->model_dir, .adapter_dir = args->adapter_dir, .dtype = args->dtype, .device = args->device});
-      // The training template renders the prompt (data::apply_template with a generation prompt), so
-      // a prompt tokenizes exactly as the same user turn did in training.
-      std::vector<TokenId> prompt_ids;
-      if (args->chat) {
-        prompt_ids = data::render_generation_prompt(args->prompt, tok, data::TemplateKind::kLlama3);
-      } else {
-        if (auto bos = tok.bos_id()) prompt_ids.push_back(*bos);
-        const auto text = tok.encode_ordinary(args->prompt);
-        prompt_ids.insert(prompt_ids.end(), text.begin(), text.end());
-      }
-      const std::vector<int64_t> prompt(prompt_ids.begin(), prompt_ids.end());
-      log_debug("generate: prompt ids [{}]", join_ids(prompt));
-      model::GenerateOptions g = args->gen;
-      const int64_t room = model::max_new_tokens_bound(*m, static_cast<int64_t>(prompt.size()));
-      SFTGO_CHECK_HINT(
-          g.max_new_tokens <= room, ErrorKind::kUsage, "pass --max-new-tokens " + std::to_string(room) + " or less",
-          "--max-new-tokens ", g.max_new_tokens, ": the prompt's ", prompt.size(), " tokens leave room for ", room,
-          " new tokens in ", args->model_dir, " (max_position_embeddings ", m->config().max_position_embeddings, ")");
-      for (int64_t id : m->config().eos_token_ids) g.stop_ids.push_back(id);
-      if (auto eos = tok.eos_id()) g.stop_ids.push_back(*eos);
-      // Only ids the tokenizer can decode: a model vocabulary padded past the tokenizer (the demo
-      // model: 1408 rows for 1346 ids) has rows no text stands for.
-      const int64_t n = std::min<int64_t>(m->config().vocab_size, tok.vocab_size());
-      g.allowed.assign(static_cast<size_t>(n), 1);
-      for (int64_t id = 0; id < n; ++id) {
-        try {
-          tok.token_bytes(static_cast<TokenId>(id));
-        } catch (const Error&) {
-          g.allowed[static_cast<size_t>(id)] = 0;  // a hole in the tokenizer's id space
-        }
-      }
-      std::vector<int64_t> out = model::generate(*m, prompt, g);
-      std::vector<TokenId> text_ids;
-      for (int64_t id : out)
-        if (!tok.is_special(static_cast<TokenId>(id))) text_ids.push_back(static_cast<TokenId>(id));
-      std::cout << tok.decode(text_ids) << std::endl;
+  sub->add_option("--seed", req->options.seed, "Sampling seed");
+  sub->add_option("--tokenizer,-t", req->tokenizer_dir, "Tokenizer (default: the model directory)");
+  sub->add_option("--dtype", req->load.dtype, "float32 | bfloat16")->check(CLI::IsMember({"float32", "bfloat16"}));
+  sub->add_option("--device", req->load.device, "auto | cpu | cuda");
+  sub->final_callback([req, &selected] {
+    selected = [req] {
+      std::cout << eval::generate_text(*req) << std::endl;
       return 0;
     };
   });
