@@ -24,6 +24,10 @@ int zero_stage(const DistConfig& dist) {
 }
 
 void validate_config(const Config& c) {
+  SFTGO_CHECK_HINT(c.dist.offload_optimizer != "cpu" || zero_stage(c.dist) >= 2, ErrorKind::kConfig,
+                   "set dist.zero: 2 or 3 with dist.offload_optimizer: cpu",
+                   "dist.offload_optimizer: cpu needs the sharded gradients of ZeRO stage 2 or 3, but dist.zero is ",
+                   zero_stage(c.dist));
   // Task scoring runs on rank 0 alone, and stage 3's weights exist only while every rank gathers them.
   SFTGO_CHECK_HINT(zero_stage(c.dist) < 3 || c.train.eval_tasks.empty(), ErrorKind::kConfig,
                    "score the saved checkpoints with `sftgo-train eval` instead, or use dist.zero: 2",

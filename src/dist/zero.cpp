@@ -103,8 +103,9 @@ struct AddIntoFlat : torch::autograd::PostAccumulateGradHook {
 
 ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, const optim::NamedParameters& params,
                              const optim::RuleOptions& options, bool fp32_grads, bool sharded_grads,
-                             int64_t gather_elements)
-    : comm_(std::move(comm)), rule_(optim::make_update_rule(options)), sharded_(sharded_grads) {
+                             int64_t gather_elements, bool host_state)
+    : comm_(std::move(comm)), rule_(optim::make_update_rule(options)), sharded_(sharded_grads), host_(host_state) {
+  SFTGO_CHECK(!host_ || sharded_, ErrorKind::kInternal, "ZeRO: host-memory optimizer state needs sharded gradients");
   optim::check_shardable(*rule_);  // a whole-matrix rule cannot update a flat shard
   torch::NoGradGuard no_grad;
   for (const auto& [name, p] : params) {
@@ -154,7 +155,8 @@ void for_each_part(const std::vector<std::pair<int64_t, int64_t>>& segments, int
 
 void ZeroOptimizer::init_sharded(int64_t gather_elements) {
   // The master shard straight from the parameters it covers: no full-size buffer at any time.
-  master_ = at::zeros({shard_}, params_.front().options().dtype(at::kFloat).requires_grad(false));
+  const auto where = host_ ? at::TensorOptions().device(at::kCPU) : params_.front().options();
+  master_ = at::zeros({shard_}, where.dtype(at::kFloat).requires_grad(false));
   for (const auto& p : params_)
     SFTGO_CHECK(p.is_contiguous(), ErrorKind::kInternal, "ZeRO-2: a parameter is not contiguous");
   for_each_part(segments_, begin_, begin_ + shard_, [&](size_t i, int64_t po, int64_t fo, int64_t n) {
@@ -424,10 +426,11 @@ void ZeroOptimizer::gather_params_in_pieces() {
   // world * gather_ values of the working dtype, not the whole model.
   const int w = comm_->world_size();
   const at::ScalarType working = params_.front().scalar_type();
-  at::Tensor recv = at::empty({w * gather_}, master_.options().dtype(working));  // [world * piece]
+  const at::TensorOptions on_device = params_.front().options().dtype(working).requires_grad(false);
+  at::Tensor recv = at::empty({w * gather_}, on_device);  // [world * piece]
   for (int64_t j = 0; j < shard_; j += gather_) {
     const int64_t n = std::min(gather_, shard_ - j);
-    at::Tensor send = master_.narrow(0, j, n).to(working);  // [n]
+    at::Tensor send = master_.narrow(0, j, n).to(on_device);  // [n] (from host memory with offload)
     at::Tensor out = recv.narrow(0, 0, w * n);               // [world * n]
     comm_->all_gather(out, send);
     for (int r = 0; r < w; ++r) {

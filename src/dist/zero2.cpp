@@ -61,7 +61,9 @@ struct ShardReducer::Impl {
     const int64_t shard = zero->shard_size(), begin = zero->shard_begin();
     const int64_t a = std::max(range[b].first, begin), e = std::min(range[b].second, begin + shard);
     torch::NoGradGuard no_grad;
-    if (a < e) zero->grad_shard().narrow(0, a - begin, e - a).add_(buf[b].narrow(0, a - range[b].first, e - a));
+    // With offload the shard is in host memory: one device-to-host copy of this rank's part (no-op on a CPU run).
+    at::Tensor sums = zero->grad_shard();  // [shard] fp32
+    if (a < e) sums.narrow(0, a - begin, e - a).add_(buf[b].narrow(0, a - range[b].first, e - a).to(sums.device()));
     buf[b] = at::Tensor();  // freed: the next micro-batch allocates it again
   }
 

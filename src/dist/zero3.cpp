@@ -68,7 +68,8 @@ void ShardedParams::start(int unit) {
   const at::Tensor& master = zero_->master_shard();  // [shard] fp32
   const at::ScalarType working = params_.front().scalar_type();
   for (const Run& run : u.runs) {
-    at::Tensor buf = at::empty({run.hi - run.lo}, master.options().dtype(working));  // [hi - lo]
+    // [hi - lo] on the parameters' device (the master shard may be in host memory: dist.offload_optimizer).
+    at::Tensor buf = at::empty({run.hi - run.lo}, params_.front().options().dtype(working).requires_grad(false));
     for (int r = 0; r < comm_->world_size(); ++r) {
       const int64_t a = std::max(run.lo, r * shard), e = std::min(run.hi, (r + 1) * shard);
       if (a >= e) continue;

@@ -295,6 +295,8 @@ void Trainer::Impl::build_updater() {
   uo.rule = optim::rule_options(cfg.optim);
   uo.bucket_mb = cfg.dist.bucket_mb;
   uo.zero1_fp32_grads = cfg.dist.zero1_fp32_grads;
+  uo.offload_optimizer = cfg.dist.offload_optimizer == "cpu";
+  uo.local_ranks = launch.local_size;
   // The trained parameters (LoRA: the fp32 adapters, so bf16 needs no masters for them) and the policy's
   // choice of Updater for them.
   updater = precision->make_updater({comm, model::trained_named_parameters(*model), uo, zero_stage(cfg.dist)});

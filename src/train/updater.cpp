@@ -9,11 +9,14 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "sftgo/core/error.h"
+#include "sftgo/core/format.h"
 #include "sftgo/core/log.h"
 #include "sftgo/core/timer.h"
 #include "sftgo/dist/zero.h"
@@ -233,6 +236,51 @@ std::vector<at::Tensor> trained(const optim::NamedParameters& params) {
   return out;
 }
 
+// Bytes of host memory available (MemAvailable of /proc/meminfo), or -1 when unknown. Tests set
+// SFTGO_TEST_MEM_AVAILABLE_BYTES to play a small host.
+int64_t host_memory_available() {
+  if (const char* v = std::getenv("SFTGO_TEST_MEM_AVAILABLE_BYTES")) return std::strtoll(v, nullptr, 10);
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  std::string unit;
+  while (in >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return -1;
+}
+
+// dist.offload_optimizer: cpu: every rank of this host keeps its fp32 master shard, the rule's state and
+// its fp32 gradient shard in host memory. Refused at start, naming the key, when they cannot fit, rather
+// than failing (or swapping) in the middle of the first step. Returns whether to offload.
+bool offload_fits(const std::shared_ptr<dist::Comm>& comm, const optim::NamedParameters& params,
+                  const UpdaterOptions& o) {
+  if (!o.offload_optimizer) return false;
+  int64_t n = 0;
+  for (const auto& [name, p] : params)
+    if (p.requires_grad()) n += p.numel();
+  const int64_t shard = (n + comm->world_size() - 1) / comm->world_size();
+  const auto tensors = static_cast<int64_t>(optim::make_update_rule(o.rule)->state_names().size()) + 2;
+  const int64_t per_rank = tensors * 4 * shard, host = per_rank * o.local_ranks;
+  const int64_t available = host_memory_available();
+  // "1.23 GB", or MB below a gigabyte, so a small model's numbers do not all read 0.00.
+  const auto gb = [](int64_t b) {
+    return b >= 1'000'000'000 ? format("{:.2f} GB", static_cast<double>(b) / 1e9)
+                              : format("{:.1f} MB", static_cast<double>(b) / 1e6);
+  };
+  SFTGO_CHECK_HINT(available < 0 || host <= available, ErrorKind::kConfig,
+                   "use more ranks (or hosts) so each holds a smaller shard, or set dist.offload_optimizer: none",
+                   format("dist.offload_optimizer: cpu needs {} of host memory ({} rank(s) on this host x {} of fp32 "
+                          "master weights, optimizer state and gradient shard), but {} is available",
+                          gb(host), o.local_ranks, gb(per_rank), gb(available)));
+  const bool on_cpu = !params.empty() && params.front().second.device().is_cpu();
+  if (comm->rank() == 0)
+    log_info("dist.offload_optimizer: cpu: {} of fp32 master weights, optimizer state and gradient shard per rank "
+             "in host memory ({} available){}",
+             gb(per_rank), gb(available),
+             on_cpu ? "; model.device is cpu, so this moves nothing (the state is in host memory already)" : "");
+  return true;
+}
+
 // ZeRO-3's unit of a trained parameter: 1 + N for a name with ".layers.N." (HF's model.layers.N..., PEFT's
 // base_model.model.model.layers.N... for adapters), 0 for the rest (embedding, norm, head): the decoder
 // block N is unit N + 1.
@@ -286,7 +334,8 @@ class Zero1Updater final : public Updater {
                int stage)
       : comm_(std::move(comm)),
         zero_(comm_, params, o.rule, o.zero1_fp32_grads, stage >= 2,
-              std::max<int64_t>(1, static_cast<int64_t>(o.bucket_mb * 1024.0 * 1024.0 / 4))) {
+              std::max<int64_t>(1, static_cast<int64_t>(o.bucket_mb * 1024.0 * 1024.0 / 4)),
+              offload_fits(comm_, params, o)) {
     if (stage >= 2) reducer_ = std::make_unique<dist::ShardReducer>(comm_, zero_, trained(params), o.bucket_mb);
     if (stage == 3) {
       zero_.gather_on_demand();

@@ -5,7 +5,7 @@ recomputation runs the same operations). Against one process, 2 and 4 ranks, and
 tolerance (ATOL). Checkpoints move between stages and world sizes; a rank that aborts a step replays
 the other ranks' gathers; the refused combinations name their keys."""
 import os
-import shutil
+import re
 import subprocess
 
 import numpy as np
@@ -146,3 +146,38 @@ def test_zero3_refuses_eval_tasks_and_unknown_stages(tmp_path):
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert p.returncode != 0
     assert "dist.zero" in p.stderr and "4" in p.stderr
+
+
+@pytest.mark.parametrize("zero", [2, 3])
+def test_offload_optimizer_changes_no_number(tmp_path, zero):
+    # dist.offload_optimizer: cpu keeps the masters, the optimizer state and the gradient shard in host
+    # memory and runs the update there. On a CPU run that is where they are anyway, so only the code
+    # path is exercised (the device-to-host copies are identities): the same bits, and it says so.
+    base, off = tmp_path / "base", tmp_path / "off"
+    z = [f"dist.zero={zero}", "dist.bucket_mb=0.01"]
+    train(base, ranks=2, global_batch=8, micro=2, extra=z)
+    p = train(off, ranks=2, global_batch=8, micro=2, extra=z + ["dist.offload_optimizer=cpu"])
+    identical(base, off)
+    assert "model.device is cpu, so this moves nothing" in p.stderr
+
+
+def test_offload_refused_without_sharded_gradients_or_host_memory(tmp_path, monkeypatch):
+    p = subprocess.run([str(BIN)] + args(tmp_path / "a", extra=["dist.zero=1", "dist.offload_optimizer=cpu"]),
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode != 0
+    assert "dist.offload_optimizer: cpu needs the sharded gradients of ZeRO stage 2 or 3, but dist.zero is 1" in p.stderr
+    assert "set dist.zero: 2 or 3" in p.stderr
+    # A host with 1 MB free: refused at start, with what it needs and what there is, before training.
+    monkeypatch.setenv("SFTGO_TEST_MEM_AVAILABLE_BYTES", "1000000")
+    p = subprocess.run(mpirun_cmd(2) + [str(BIN)] + args(tmp_path / "b", extra=Z3 + ["dist.offload_optimizer=cpu"]),
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode != 0
+    err = p.stdout + p.stderr
+    # 2 ranks x 16 bytes (fp32 master, AdamW's 2 moments, gradient shard) x each rank's half of the parameters.
+    m = re.search(r"error: rank \d: dist\.offload_optimizer: cpu needs ([\d.]+) MB of host memory \(2 rank\(s\) on "
+                  r"this host x ([\d.]+) MB of fp32 master weights, optimizer state and gradient shard\), but 1\.0 MB "
+                  r"is available \(hint: use more ranks \(or hosts\) so each holds a smaller shard, or set "
+                  r"dist\.offload_optimizer: none\)", err)
+    assert m, err
+    assert float(m.group(1)) == pytest.approx(2 * float(m.group(2)), abs=0.1)
+    assert not (tmp_path / "b" / "metrics.jsonl").exists()

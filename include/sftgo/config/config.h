@@ -121,6 +121,9 @@ struct DistConfig {
   double timeout_s = 600.0;
   int64_t zero = 0;    // ZeRO stage: 0 (data parallel), 1 (optimizer state), 2 (gradients), 3 (weights)
   bool zero1 = false;  // the older key: true means zero: 1
+  // none | cpu: the fp32 masters, the rule's state and the gradient shard live in host memory and the update
+  // runs there (stages 2 and 3; see validate_config).
+  std::string offload_optimizer = "none";
   bool zero1_fp32_grads = true;  // ZeRO-1 with bf16 weights: accumulate and reduce-scatter gradients in fp32
   double bucket_mb = 25.0;       // gradient all-reduce bucket size
 };

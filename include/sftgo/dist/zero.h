@@ -38,8 +38,12 @@ class ZeroOptimizer {
   // sharded_grads (ZeRO-2): no full-size gradient buffer; the caller (dist::ShardReducer) sums the
   // gradients over ranks itself and adds this rank's part into grad_shard(), step() skips step 1, and
   // step 4 gathers the parameters through bucket-sized pieces. fp32_grads is ignored (fp32 always).
+  // host_state (dist.offload_optimizer: cpu, needs sharded_grads): the master shard, the rule's state and the
+  // gradient shard live in host memory and the update runs there; gradients arrive through device-to-host
+  // copies of the reduced buckets and the gathers copy the updated values back (a no-op on a CPU run).
   ZeroOptimizer(std::shared_ptr<Comm> comm, const optim::NamedParameters& params, const optim::RuleOptions& options,
-                bool fp32_grads = true, bool sharded_grads = false, int64_t gather_elements = int64_t{1} << 22);
+                bool fp32_grads = true, bool sharded_grads = false, int64_t gather_elements = int64_t{1} << 22,
+                bool host_state = false);
   ~ZeroOptimizer();
   ZeroOptimizer(const ZeroOptimizer&) = delete;
   ZeroOptimizer& operator=(const ZeroOptimizer&) = delete;
@@ -68,7 +72,8 @@ class ZeroOptimizer {
   const std::vector<std::pair<int64_t, int64_t>>& segments() const { return segments_; }
 
   const optim::UpdateRule& rule() const { return *rule_; }
-  // [shard] fp32: this rank's master weights (ZeRO-3's ShardedParams gathers the working weights from them).
+  // [shard] fp32: this rank's master weights (ZeRO-3's ShardedParams gathers the working weights from them;
+  // in host memory with host_state).
   const at::Tensor& master_shard() const { return master_; }
   // ZeRO-3: the working parameters are gathered on demand (dist::ShardedParams) instead of after every
   // update and resume (step 4 above is skipped). Needs sharded_grads.
@@ -104,6 +109,7 @@ class ZeroOptimizer {
   bool sharded_ = false;  // ZeRO-2: flat_ is never allocated; shard_buf_ is the fp32 gradient shard
   int64_t gather_ = 0;    // ZeRO-2: values per rank in one all-gather piece
   bool on_demand_ = false;  // ZeRO-3: no gather after an update or a resume
+  bool host_ = false;       // offload: master_, state_ and shard_buf_ in host memory
 
   at::Tensor grad_view(size_t i) const;  // param i's slice of flat_, shaped like the param
   void gather_params();                  // master shards -> flat_ -> parameters

@@ -64,6 +64,8 @@ struct UpdaterOptions {
   optim::RuleOptions rule;       // optim.name and its hyper-parameters
   double bucket_mb = 25;         // gradient all-reduce buckets (several ranks, plain and masters)
   bool zero1_fp32_grads = true;  // ZeRO-1 with bf16 weights: fp32 gradient accumulation and reduce-scatter
+  bool offload_optimizer = false;  // ZeRO-2/3: masters, rule state and gradient shard in host memory
+  int local_ranks = 1;             // ranks on this host (their offloaded state shares its memory)
 };
 
 // params: the model's parameters (HF name, tensor), all on comm->device(). Error(kConfig) for an
