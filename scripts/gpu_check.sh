@@ -32,10 +32,10 @@ nccl          10  NCCL collectives on a one-rank group (test_dist NcclSmoke)
 sftgo_3b      85  SFT-GO at the Llama-3.2-3B shape, bf16, seq 4096, checkpointing, TF-IDF: loss.scope step and microbatch
 lora_8b       40  LoRA at the Llama-3.1-8B shape, one GPU: peak memory against docs/lora.md, tokens/s
 loss_sftgo    25  sftgo fused loss fwd+bwd at 8192 x 3072 x 128256 bf16 (bench_loss)
-loss_peers    55  the same loss: eager PyTorch CE, Liger fused linear CE, cut-cross-entropy, bf16 GEMM probe
+loss_peers    45  the same loss: eager PyTorch CE, Liger fused linear CE, cut-cross-entropy, bf16 GEMM probe
 train_peer    45  one 3B-shaped training job in a transformers loop (Liger loss where it imports)
 score         15  sftgo-train score against transformers, fp32 and bf16
-trainer       50  3-step jobs, no warm-up: plain, fp32-master and ZeRO-1 updaters, CUDA vs CPU, loss and grad norm
+trainer       60  3-step jobs, no warm-up: plain, fp32-master, ZeRO-1 and ZeRO-3 (+offload) updaters, CUDA vs CPU
 resume        20  save after step 2, resume to step 4: losses equal the uninterrupted run (deterministic)
 grouping      30  LLMLingua-2 masks and Rho-1 reference losses, GPU against CPU, separate caches
 sanitizer     30  compute-sanitizer memcheck and racecheck on the loss kernels
@@ -429,6 +429,11 @@ small() {  # small CACHE_DIR [UPDATER]: sets SMALL, the job's arguments
     plain) ;;
     fp32_master) SMALL+=(--set model.dtype=bfloat16 --set train.precision=bf16) ;;
     zero1) SMALL+=(--set dist.zero1=true) ;;
+    # ZeRO-3 at world 1 runs the code path of any world size: every layer freed after its forward and
+    # gathered (a local cast of the master shard; the broadcasts only a multi-GPU machine exercises)
+    # around its forward and its recomputation; offload adds the host-memory state and the copies.
+    zero3) SMALL+=(--set dist.zero=3) ;;
+    zero3_offload) SMALL+=(--set dist.zero=3 --set dist.offload_optimizer=cpu) ;;
   esac
 }
 # Bounds (relative, per step, loss / grad norm):
@@ -446,7 +451,7 @@ TOL_BF16="1e-2 5e-2"
 check_trainer() {
   begin trainer || return
   local leg cmp
-  for leg in plain fp32_master zero1; do
+  for leg in plain fp32_master zero1 zero3 zero3_offload; do
     # The CPU leg runs beside the CUDA one (16 cores; the tiny CUDA job is launch-bound).
     small "$W/cache_cpu" $leg
     train "${leg}_cpu" cpu "${SMALL[@]}" --set train.max_steps=3 &
@@ -457,7 +462,7 @@ check_trainer() {
     fi
     wait "$cpu_pid"
   done
-  for leg in plain fp32_master zero1; do
+  for leg in plain fp32_master zero1 zero3 zero3_offload; do
     local tol=$TOL_FP32 what="fp32"
     [ $leg = fp32_master ] && tol=$TOL_BF16 what="bf16"
     if ((GPU)); then
@@ -485,6 +490,18 @@ check_trainer() {
   cmp=$($HELP compare-steps "$(metrics_of zero1_$dev)" "$(metrics_of plain_$dev)" 1e-5 1e-5)
   [ "$(jget "$cmp" 'd["ok"]')" = True ] && st=pass || st=FAIL
   record "train ZeRO-1 (world 1) vs plain updater, $dev" "$st" "$(jget "$cmp" 'd["text"]')" "loss / grad norm 1e-5 rel" ""
+  # ZeRO-3 against ZeRO-1 on the same device: the same fp32 master shard and update, the weights gathered
+  # as master.to(dtype) and every layer recomputed (the same operations again): equal on the CPU, 1e-5
+  # allowed for a GPU kernel that picks another algorithm for the recomputation. Offload runs the update
+  # on the host (on the CPU leg nothing moves): on a GPU the host's fp32 AdamW against the device's
+  # (~1e-7 per op, grown by 3 steps as the fp32 bound above says).
+  cmp=$($HELP compare-steps "$(metrics_of zero3_$dev)" "$(metrics_of zero1_$dev)" 1e-5 1e-5)
+  [ "$(jget "$cmp" 'd["ok"]')" = True ] && st=pass || st=FAIL
+  record "train ZeRO-3 (world 1) vs ZeRO-1, $dev" "$st" "$(jget "$cmp" 'd["text"]')" "loss / grad norm 1e-5 rel" ""
+  cmp=$($HELP compare-steps "$(metrics_of zero3_offload_$dev)" "$(metrics_of zero3_$dev)" $TOL_FP32)
+  [ "$(jget "$cmp" 'd["ok"]')" = True ] && st=pass || st=FAIL
+  record "train ZeRO-3 offload vs on-device state, $dev" "$st" "$(jget "$cmp" 'd["text"]')" \
+    "loss ${TOL_FP32% *} / grad norm ${TOL_FP32#* } rel" ""
   cmp=$($HELP compare-steps "$(metrics_of fp32_master_$dev)" "$(metrics_of plain_$dev)" $TOL_BF16)
   [ "$(jget "$cmp" 'd["ok"]')" = True ] && st=pass || st=FAIL
   record "train bf16 fp32-master vs fp32, $dev" "$st" "$(jget "$cmp" 'd["text"]')" "loss ${TOL_BF16% *} / grad norm ${TOL_BF16#* } rel" ""

@@ -218,8 +218,9 @@ void dist_lora_fields(Builder& add, Config& c) {
       .range(0, 3);
   add("dist.zero1", c.dist.zero1, "Older key for dist.zero: 1 (true conflicts with dist.zero: 2)");
   add("dist.offload_optimizer", c.dist.offload_optimizer,
-      "none | cpu: keep the fp32 master weights, the optimizer state and the gradient shard in host memory and run "
-      "the update there on every core (dist.zero 2 or 3; host memory is checked at start, docs/memory.md)")
+      "cpu: keep the fp32 master weights, the optimizer state and the gradient shard in host memory and run the "
+      "update there on every core (dist.zero 2 or 3; host memory is checked at start; docs/architecture.md, "
+      "Optimizer offload); none: on the device")
       .one_of({"none", "cpu"});
   add("dist.zero1_fp32_grads", c.dist.zero1_fp32_grads,
       "ZeRO-1 with bf16 weights: accumulate micro-batch gradients and reduce-scatter them in fp32 (false: in "

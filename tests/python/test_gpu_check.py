@@ -161,10 +161,12 @@ def test_gpu_check_runs_on_cpu_and_skips_the_cuda_checks(tmp_path):
         assert rows[f"{shape}: {peer}"][0].startswith("skipped ("), summary
     assert rows["transformers loop (CPU smoke)"][0] == "pass", summary
     assert rows["score cpu float32 vs transformers"][0] == "pass", summary
-    for leg, what in (("plain", "fp32"), ("fp32_master", "bf16"), ("zero1", "fp32")):
+    for leg, what in (("plain", "fp32"), ("fp32_master", "bf16"), ("zero1", "fp32"), ("zero3", "fp32"),
+                      ("zero3_offload", "fp32")):
         r = rows[f"train {leg}: CUDA {what} vs CPU {what}"]
         assert r[0] == "skipped (no GPU)" and re.fullmatch(r"CPU losses \d+\.\d+, \d+\.\d+, \d+\.\d+", r[1]), summary
-    for name in ("train ZeRO-1 (world 1) vs plain updater, cpu", "train bf16 fp32-master vs fp32, cpu"):
+    for name in ("train ZeRO-1 (world 1) vs plain updater, cpu", "train bf16 fp32-master vs fp32, cpu",
+                 "train ZeRO-3 (world 1) vs ZeRO-1, cpu", "train ZeRO-3 offload vs on-device state, cpu"):
         assert rows[name][0] == "pass" and rows[name][1].startswith("3 steps; loss rel max"), summary
     resume = rows["train save at step 2 + resume to 4 (cpu)"]
     assert resume[0] == "pass" and "steps [3, 4]" in resume[1] and "bit-identical" in resume[1], summary

@@ -181,3 +181,24 @@ def test_offload_refused_without_sharded_gradients_or_host_memory(tmp_path, monk
     assert m, err
     assert float(m.group(1)) == pytest.approx(2 * float(m.group(2)), abs=0.1)
     assert not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+def test_documented_zero3_commands_run(tmp_path):
+    # docs/gpu.md's ZeRO-3 block, as a user on a GPU node types it; here 2 CPU ranks stand in for 8 GPUs
+    # (model.device cpu), with a short run into a temporary directory. The plan line runs as written,
+    # twice (the same output both times).
+    text = (ROOT / "docs/gpu.md").read_text()
+    block = text.split("**ZeRO-3 and offload on one GPU, and what needs several.**")[1].split("```bash\n")[1]
+    lines = block.split("```")[0].strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("mpirun -np 8 build/bin/sftgo-train ") and "plan" in lines[1]
+    train_args = lines[0].split()[3:]
+    assert train_args[:2] == ["build/bin/sftgo-train", "--config"]
+    cmd = mpirun_cmd(2) + [str(BIN)] + [a.replace("model.device=cuda", "model.device=cpu") for a in train_args[1:]]
+    cmd += ["--set", f"run.output_dir={tmp_path / 'run'}", "--set", "train.max_steps=2", "--set", "train.num_threads=1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "ZeRO-3: weights sharded over 2 rank(s)" in p.stderr
+    plan = [str(BIN)] + lines[1].split()[1:]
+    outs = [subprocess.run(plan, capture_output=True, text=True, cwd=ROOT, timeout=60) for _ in range(2)]
+    assert all(o.returncode == 0 for o in outs) and outs[0].stdout == outs[1].stdout
+    assert "zero3" in outs[0].stdout
