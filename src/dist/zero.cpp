@@ -103,7 +103,7 @@ struct AddIntoFlat : torch::autograd::PostAccumulateGradHook {
 
 ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, const optim::NamedParameters& params,
                              const optim::RuleOptions& options, bool fp32_grads, bool sharded_grads,
-                             int64_t gather_elements, bool host_state)
+                             int64_t gather_elements, bool host_state, const InitialValues& initial)
     : comm_(std::move(comm)), rule_(optim::make_update_rule(options)), sharded_(sharded_grads), host_(host_state) {
   SFTGO_CHECK(!host_ || sharded_, ErrorKind::kInternal, "ZeRO: host-memory optimizer state needs sharded gradients");
   optim::check_shardable(*rule_);  // a whole-matrix rule cannot update a flat shard
@@ -122,8 +122,9 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, const optim::NamedParam
   shard_ = (numel_ + w - 1) / w;
   padded_ = shard_ * w;
   begin_ = shard_ * comm_->rank();
+  SFTGO_CHECK(sharded_ || !initial, ErrorKind::kInternal, "ZeRO: initial values need sharded gradients");
   if (sharded_) {
-    init_sharded(gather_elements);
+    init_sharded(gather_elements, initial);
     return;
   }
   const at::ScalarType working = params_.front().scalar_type();
@@ -153,15 +154,26 @@ void for_each_part(const std::vector<std::pair<int64_t, int64_t>>& segments, int
 }
 }  // namespace
 
-void ZeroOptimizer::init_sharded(int64_t gather_elements) {
+void ZeroOptimizer::init_sharded(int64_t gather_elements, const InitialValues& initial) {
   // The master shard straight from the parameters it covers: no full-size buffer at any time.
   const auto where = host_ ? at::TensorOptions().device(at::kCPU) : params_.front().options();
   master_ = at::zeros({shard_}, where.dtype(at::kFloat).requires_grad(false));
   for (const auto& p : params_)
     SFTGO_CHECK(p.is_contiguous(), ErrorKind::kInternal, "ZeRO-2: a parameter is not contiguous");
-  for_each_part(segments_, begin_, begin_ + shard_, [&](size_t i, int64_t po, int64_t fo, int64_t n) {
-    master_.narrow(0, fo, n).copy_(params_[i].view({-1}).narrow(0, po, n));
-  });
+  // ZeRO-3 with initial values: every parameter is asked for, in order (a random initialisation draws
+  // them in sequence); only this rank's part of each is kept.
+  for (size_t i = 0; initial && i < params_.size(); ++i) {
+    const at::Tensor v = initial(i);
+    SFTGO_CHECK(v.sizes() == params_[i].sizes(), ErrorKind::kInternal, "ZeRO-3: initial values of parameter ", i,
+                " have shape ", v.sizes(), ", expected ", params_[i].sizes());
+    for_each_part(segments_, begin_, begin_ + shard_, [&](size_t j, int64_t po, int64_t fo, int64_t n) {
+      if (j == i) master_.narrow(0, fo, n).copy_(v.reshape({-1}).narrow(0, po, n));
+    });
+  }
+  if (!initial)
+    for_each_part(segments_, begin_, begin_ + shard_, [&](size_t i, int64_t po, int64_t fo, int64_t n) {
+      master_.narrow(0, fo, n).copy_(params_[i].view({-1}).narrow(0, po, n));
+    });
   for (size_t k = 0; k < rule_->state_names().size(); ++k) state_.push_back(at::zeros_like(master_));
   shard_buf_ = at::zeros_like(master_);
   gather_ = std::max<int64_t>(1, std::min(shard_, gather_elements / comm_->world_size()));

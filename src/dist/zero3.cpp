@@ -35,10 +35,13 @@ ShardedParams::ShardedParams(std::shared_ptr<Comm> comm, const ZeroOptimizer& ze
   units_.resize(static_cast<size_t>(units));
   for (size_t i = 0; i < params_.size(); ++i) {
     const at::Tensor& p = params_[i];
-    // The storage is freed and re-pointed as a whole: it must be this parameter's alone, from its start.
+    // The storage is freed and re-pointed as a whole: it must be this parameter's alone, from its start
+    // (or none yet: a model built with defer_storage).
+    const size_t bytes = storage_of(p).nbytes();
     SFTGO_CHECK(p.is_contiguous() && p.storage_offset() == 0 &&
-                    storage_of(p).nbytes() == static_cast<size_t>(p.numel()) * p.element_size(),
+                    (bytes == static_cast<size_t>(p.numel()) * p.element_size() || bytes == 0),
                 ErrorKind::kInternal, "ZeRO-3: parameter ", i, " does not own a contiguous storage of its own");
+    if (bytes == 0 && p.numel() > 0) original_ = false;  // built without memory: nothing to free
     Unit& u = units_[static_cast<size_t>(unit_of[i])];
     if (u.runs.empty() || u.runs.back().last != i)  // not right after the unit's previous parameter
       u.runs.push_back({i, i, segs[i].first, segs[i].first});
@@ -46,7 +49,8 @@ ShardedParams::ShardedParams(std::shared_ptr<Comm> comm, const ZeroOptimizer& ze
     u.runs.back().hi = segs[i].first + segs[i].second;
     u.bytes += p.numel() * static_cast<int64_t>(p.element_size());
   }
-  for (const Unit& u : units_) resident_bytes_ += u.bytes;  // the parameters' original memory
+  if (original_)
+    for (const Unit& u : units_) resident_bytes_ += u.bytes;  // the parameters' original memory
   peak_bytes_ = resident_bytes_;
 }
 

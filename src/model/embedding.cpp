@@ -13,7 +13,7 @@ namespace sftgo::model {
 using torch::Tensor;
 
 EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, const torch::TensorOptions& options) {
-  weight = register_parameter("weight", torch::empty({vocab, dim}, options));
+  weight = register_parameter("weight", detail::new_parameter({vocab, dim}, options));
 }
 
 namespace {

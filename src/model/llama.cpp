@@ -88,8 +88,19 @@ KVCache KVCache::create(const LlamaConfig& c, int64_t batch, int64_t capacity, c
 
 // ---- Layers ------------------------------------------------------------------------------------
 
+namespace {
+thread_local bool tl_defer_storage = false;  // set while LlamaModelImpl builds with defer_storage
+}  // namespace
+
+Tensor detail::new_parameter(at::IntArrayRef sizes, const torch::TensorOptions& options, bool ones) {
+  if (!tl_defer_storage) return ones ? torch::ones(sizes, options) : torch::empty(sizes, options);
+  Tensor t = torch::empty({0}, options);  // no memory: the shape only (dist::ShardedParams fills it)
+  t.unsafeGetTensorImpl()->set_sizes_contiguous(sizes);
+  return t;
+}
+
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const torch::TensorOptions& options) : eps(eps_) {
-  weight = register_parameter("weight", torch::ones({dim}, options));
+  weight = register_parameter("weight", detail::new_parameter({dim}, options, /*ones=*/true));
 }
 
 Tensor RMSNormImpl::forward(const Tensor& x) {
@@ -101,7 +112,7 @@ Tensor RMSNormImpl::forward(const Tensor& x) {
 }
 
 LinearImpl::LinearImpl(int64_t in, int64_t out, const torch::TensorOptions& options) {
-  weight = register_parameter("weight", torch::empty({out, in}, options));
+  weight = register_parameter("weight", detail::new_parameter({out, in}, options));
 }
 
 void LinearImpl::remove_lora() {
@@ -303,6 +314,10 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const ModelOptions& op
   SFTGO_CHECK(dtype_ == torch::kFloat || dtype_ == torch::kBFloat16, ErrorKind::kModel,
               "model dtype must be float32 or bfloat16, got ", c10::toString(dtype_));
   const auto o = torch::TensorOptions().dtype(dtype_).device(options.device);
+  struct Defer {  // reset even if a constructor throws
+    explicit Defer(bool on) { tl_defer_storage = on; }
+    ~Defer() { tl_defer_storage = false; }
+  } defer(options.defer_storage);
   embed_tokens = register_module("embed_tokens", Embedding(config.vocab_size, config.hidden_size, o));
   embed_tokens->accumulate_into_grad = !config.tie_word_embeddings;  // tied: the head's gradient joins it
   embed_tokens->tied_to_head = config.tie_word_embeddings;            // ... and takes its rows in place
@@ -316,7 +331,7 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const ModelOptions& op
   if (!config.tie_word_embeddings)
     lm_head = register_module("lm_head", Linear(config.hidden_size, config.vocab_size, o));
   inv_freq_ = rope_inv_freq(config).to(options.device);
-  if (options.init_weights) {
+  if (options.init_weights && !options.defer_storage) {  // deferred: weight_source draws the same values
     // HF's _init_weights: normal(0, initializer_range) for matrices, ones for norms.
     torch::NoGradGuard no_grad;
     auto gen = at::detail::createCPUGenerator(options.seed);

@@ -225,6 +225,9 @@ void Trainer::Impl::build_model() {
   mo.device = device;
   mo.seed = static_cast<uint64_t>(cfg.run.seed);
   mo.activation_checkpointing = cfg.model.activation_checkpointing;
+  // ZeRO-3 of every weight: no rank builds the whole model; the optimizer reads each tensor once and
+  // keeps its shard (LoRA's frozen base is not sharded, so it is built and loaded as usual).
+  mo.defer_storage = zero_stage(cfg.dist) == 3 && !cfg.lora.enabled;
   if (!cfg.model.path.empty()) {
     model = model::load_pretrained(cfg.model.path, mo);
   } else {
@@ -237,6 +240,7 @@ void Trainer::Impl::build_model() {
     model = model::LlamaModel(c, mo);
   }
   model->set_activation_checkpointing(cfg.model.activation_checkpointing);
+  if (mo.defer_storage) initial_weights = model::weight_source(*model, mo, cfg.model.path);
   if (cfg.lora.enabled) add_lora_adapters();
   SFTGO_CHECK(tok->vocab_size() <= model->config().vocab_size, ErrorKind::kConfig, "the tokenizer has ",
               tok->vocab_size(), " ids but the model's vocabulary is ", model->config().vocab_size);
@@ -297,6 +301,7 @@ void Trainer::Impl::build_updater() {
   uo.zero1_fp32_grads = cfg.dist.zero1_fp32_grads;
   uo.offload_optimizer = cfg.dist.offload_optimizer == "cpu";
   uo.local_ranks = launch.local_size;
+  uo.initial_values = std::move(initial_weights);  // read once, into the shards
   // The trained parameters (LoRA: the fp32 adapters, so bf16 needs no masters for them) and the policy's
   // choice of Updater for them.
   updater = precision->make_updater({comm, model::trained_named_parameters(*model), uo, zero_stage(cfg.dist)});

@@ -69,6 +69,7 @@ struct Trainer::Impl {
   std::unique_ptr<grouping::GroupingFunction> grouping_fn;  // kept only when dynamic
   grouping::DynamicGroupingFunction* dynamic = nullptr;     // groups chosen per step, or null
   model::LlamaModel model{nullptr};
+  model::WeightSource initial_weights;  // ZeRO-3: the weights the model was built without (defer_storage)
   std::unique_ptr<Updater> updater;
   int64_t per_rank_batch = 1, steps_per_epoch = 1, total_steps = 1, n_params = 0;
   dist::GpuPeak gpu_peak;  // CUDA: the MFU denominator

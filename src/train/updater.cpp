@@ -281,6 +281,15 @@ bool offload_fits(const std::shared_ptr<dist::Comm>& comm, const optim::NamedPar
   return true;
 }
 
+// Trained parameter i -> its initial values, when the model was built without memory (ZeRO-3).
+dist::ZeroOptimizer::InitialValues initial_values(const optim::NamedParameters& params, const UpdaterOptions& o) {
+  if (!o.initial_values) return {};
+  std::vector<std::string> names;
+  for (const auto& [name, p] : params)
+    if (p.requires_grad()) names.push_back(name);
+  return [names, source = o.initial_values](size_t i) { return source(names.at(i)); };
+}
+
 // ZeRO-3's unit of a trained parameter: 1 + N for a name with ".layers.N." (HF's model.layers.N..., PEFT's
 // base_model.model.model.layers.N... for adapters), 0 for the rest (embedding, norm, head): the decoder
 // block N is unit N + 1.
@@ -335,7 +344,7 @@ class Zero1Updater final : public Updater {
       : comm_(std::move(comm)),
         zero_(comm_, params, o.rule, o.zero1_fp32_grads, stage >= 2,
               std::max<int64_t>(1, static_cast<int64_t>(o.bucket_mb * 1024.0 * 1024.0 / 4)),
-              offload_fits(comm_, params, o)) {
+              offload_fits(comm_, params, o), initial_values(params, o)) {
     if (stage >= 2) reducer_ = std::make_unique<dist::ShardReducer>(comm_, zero_, trained(params), o.bucket_mb);
     if (stage == 3) {
       zero_.gather_on_demand();

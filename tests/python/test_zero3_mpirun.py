@@ -6,6 +6,7 @@ tolerance (ATOL). Checkpoints move between stages and world sizes; a rank that a
 the other ranks' gathers; the refused combinations name their keys."""
 import os
 import re
+import shutil
 import subprocess
 
 import numpy as np
@@ -202,3 +203,29 @@ def test_documented_zero3_commands_run(tmp_path):
     outs = [subprocess.run(plan, capture_output=True, text=True, cwd=ROOT, timeout=60) for _ in range(2)]
     assert all(o.returncode == 0 for o in outs) and outs[0].stdout == outs[1].stdout
     assert "zero3" in outs[0].stdout
+
+
+def test_zero3_loads_model_path_tensor_by_tensor(tmp_path):
+    # With model.path, stage 3 builds the model without memory and each rank reads every tensor once,
+    # keeping its shard (model::weight_source): the same start as stage 2's whole-model load, so the
+    # same bits after training from it. The start is a checkpoint of a short first run.
+    first = tmp_path / "first"
+    train(first, steps=2)
+    start = [f"model.path={last_ckpt(first)}"]
+    z2, z3 = tmp_path / "z2", tmp_path / "z3"
+    train(z2, ranks=2, global_batch=8, micro=2, extra=start + Z2)
+    train(z3, ranks=2, global_batch=8, micro=2, extra=start + Z3)
+    identical(z2, z3)
+    # A checkpoint without one of the model's tensors: named, with the directory, before training.
+    from safetensors.torch import load_file, save_file
+    bad = tmp_path / "bad"
+    shutil.copytree(last_ckpt(first), bad)
+    tensors = load_file(str(bad / "model.safetensors"))
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    p = subprocess.run(mpirun_cmd(2) + [str(BIN)] + args(tmp_path / "z3bad", extra=[f"model.path={bad}"] + Z3),
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode != 0
+    assert f"{bad}: missing parameter model.layers.1.mlp.up_proj.weight (hint: the checkpoint does not match " \
+           "config.json)" in p.stderr
+    assert not (tmp_path / "z3bad" / "metrics.jsonl").exists()

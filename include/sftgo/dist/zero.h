@@ -15,6 +15,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -28,6 +29,10 @@ namespace sftgo::dist {
 
 class ZeroOptimizer {
  public:
+  // i -> trained parameter i's values [its shape] (any device, the working dtype): the master shard is
+  // filled from it, in parameter order, instead of from the parameters (ZeRO-3 builds them without
+  // memory). Needs sharded_grads.
+  using InitialValues = std::function<at::Tensor(size_t)>;
   // params: the model's working parameters (HF name, tensor), all on comm->device().
   // fp32_grads: with bf16 (or fp16) parameters, every backward's gradient is added into an fp32 flat
   // buffer (a post-accumulate hook, which then frees the bf16 one) and the reduce-scatter sums fp32,
@@ -43,7 +48,7 @@ class ZeroOptimizer {
   // copies of the reduced buckets and the gathers copy the updated values back (a no-op on a CPU run).
   ZeroOptimizer(std::shared_ptr<Comm> comm, const optim::NamedParameters& params, const optim::RuleOptions& options,
                 bool fp32_grads = true, bool sharded_grads = false, int64_t gather_elements = int64_t{1} << 22,
-                bool host_state = false);
+                bool host_state = false, const InitialValues& initial = {});
   ~ZeroOptimizer();
   ZeroOptimizer(const ZeroOptimizer&) = delete;
   ZeroOptimizer& operator=(const ZeroOptimizer&) = delete;
@@ -113,7 +118,8 @@ class ZeroOptimizer {
 
   at::Tensor grad_view(size_t i) const;  // param i's slice of flat_, shaped like the param
   void gather_params();                  // master shards -> flat_ -> parameters
-  void init_sharded(int64_t gather_elements);  // ZeRO-2: master shard and gradient shard from the params
+  // ZeRO-2: master shard (from the params, or from `initial`) and gradient shard.
+  void init_sharded(int64_t gather_elements, const InitialValues& initial);
   void gather_params_in_pieces();        // ZeRO-2: master shards -> [W * piece] buffer -> parameters
 };
 

@@ -31,6 +31,7 @@ class ShardedParams {
   // zero: the optimizer over `params` (the same list and order); it must outlive this. unit_of[i]: the
   // unit (0 .. num_units - 1) of params[i]. The parameters keep the memory they have until the first
   // release_all(): code that runs before training on one rank only (a grouping cache) can still read them.
+  // Parameters built without memory (model::ModelOptions::defer_storage) are gathered from the start.
   ShardedParams(std::shared_ptr<Comm> comm, const ZeroOptimizer& zero, std::vector<at::Tensor> params,
                 const std::vector<int>& unit_of);
   ~ShardedParams();
@@ -73,7 +74,7 @@ class ShardedParams {
   const ZeroOptimizer* zero_;
   std::vector<at::Tensor> params_;
   std::vector<Unit> units_;
-  bool original_ = true;  // the parameters still hold the memory they were built with
+  bool original_ = true;  // the parameters still hold the memory they were built with (false: built without)
   int64_t gathers_ = 0, resident_bytes_ = 0, peak_bytes_ = 0;
 };
 

@@ -32,7 +32,17 @@ struct ModelOptions {
   bool init_weights = true;
   uint64_t seed = 0;
   bool activation_checkpointing = false;
+  // ZeRO-3: the parameters get their shapes, dtype and device but no memory (and no values: init_weights
+  // and loading are skipped); weight_source gives each one's values to the sharded optimizer, one tensor
+  // at a time, so no rank ever holds the whole model.
+  bool defer_storage = false;
 };
+
+namespace detail {
+// A parameter tensor of `sizes`: allocated (ones when `ones`, else uninitialised), or with no storage
+// while a model is built with ModelOptions::defer_storage.
+torch::Tensor new_parameter(at::IntArrayRef sizes, const torch::TensorOptions& options, bool ones = false);
+}  // namespace detail
 
 // ---- RoPE --------------------------------------------------------------------------------------
 
@@ -229,7 +239,16 @@ TORCH_MODULE(LlamaModel);
 // are allocated once on options.device/dtype and filled straight from the mmap'ed files.
 LlamaModel load_pretrained(const std::string& dir, ModelOptions options = {});
 
+// The initial values of a model built with ModelOptions::defer_storage: hf_name -> [its shape] in the
+// model dtype on the CPU, from the HF directory `dir`, or (dir empty) the random initialisation the
+// model would have drawn itself (the same generator and order: ask in hf_named_parameters order). Each
+// call reads or draws one tensor; the same errors as load_hf_weights name the file and tensor.
+using WeightSource = std::function<torch::Tensor(const std::string& hf_name)>;
+WeightSource weight_source(const LlamaModelImpl& model, const ModelOptions& options, const std::string& dir);
+
 // Fills every parameter of `model` from a checkpoint (F32/F16/BF16 converted to the model dtype).
+// Parameters without storage (ZeRO-3 shards them: their values come back from the optimizer's shards)
+// are skipped.
 // Errors (kModel) name the tensor: a missing parameter, an unexpected tensor, a shape mismatch.
 void load_hf_weights(LlamaModelImpl& model, const std::string& checkpoint_path);
 

@@ -66,6 +66,8 @@ struct UpdaterOptions {
   bool zero1_fp32_grads = true;  // ZeRO-1 with bf16 weights: fp32 gradient accumulation and reduce-scatter
   bool offload_optimizer = false;  // ZeRO-2/3: masters, rule state and gradient shard in host memory
   int local_ranks = 1;             // ranks on this host (their offloaded state shares its memory)
+  // ZeRO-3 with a model built without memory (ModelOptions::defer_storage): HF name -> initial values.
+  model::WeightSource initial_values;
 };
 
 // params: the model's parameters (HF name, tensor), all on comm->device(). Error(kConfig) for an
