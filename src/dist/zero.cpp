@@ -19,6 +19,7 @@
 #include "sftgo/core/format.h"
 #include "sftgo/core/hash.h"
 #include "sftgo/core/strings.h"
+#include "sftgo/core/torch_grad.h"
 
 namespace sftgo::dist {
 
@@ -94,7 +95,7 @@ struct AddIntoFlat : torch::autograd::PostAccumulateGradHook {
   explicit AddIntoFlat(at::Tensor s) : slice(std::move(s)) {}
   void operator()(const torch::autograd::Variable& param) override {
     torch::NoGradGuard no_grad;
-    slice.add_(param.grad());
+    add_in_slices(slice, param.grad());  // fp32 += bf16 without an fp32 copy of the whole gradient
     const_cast<torch::autograd::Variable&>(param).mutable_grad().reset();
   }
 };

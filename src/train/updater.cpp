@@ -19,6 +19,7 @@
 #include "sftgo/core/format.h"
 #include "sftgo/core/log.h"
 #include "sftgo/core/timer.h"
+#include "sftgo/core/torch_grad.h"
 #include "sftgo/dist/zero.h"
 #include "sftgo/dist/zero2.h"
 #include "sftgo/dist/zero3.h"
@@ -127,27 +128,6 @@ class PlainUpdater final : public ReducingUpdater {
     load_rule_state(dir, *optimizer_);
   }
 };
-
-// Elements per slice of a mixed-dtype add (16 MiB of fp32).
-constexpr int64_t kAddSliceElems = int64_t{1} << 22;
-
-// master [d0, ...] fp32 += grad [d0, ...] bf16, in slices along dim 0. LibTorch's CPU add casts a
-// mixed-dtype input to the common dtype first: one add_ would make an fp32 copy of the whole gradient
-// (the tied [V, H] embedding: 0.98 GiB at Llama-3.2-1B's vocabulary), which no memory plan counts.
-// Slices bound it to kAddSliceElems; each element is still one fp32 add of the same two values.
-void add_in_slices(at::Tensor& master, const at::Tensor& grad) {
-  if (master.dim() == 0 || grad.is_sparse() || master.numel() <= kAddSliceElems ||
-      master.scalar_type() == grad.scalar_type()) {
-    master.add_(grad);
-    return;
-  }
-  const int64_t rows = master.size(0);
-  const int64_t step = std::max<int64_t>(1, kAddSliceElems / std::max<int64_t>(1, master.numel() / rows));
-  for (int64_t r = 0; r < rows; r += step) {
-    const int64_t n = std::min(step, rows - r);
-    master.narrow(0, r, n).add_(grad.narrow(0, r, n));
-  }
-}
 
 // After each backward has added a bf16 parameter's gradient into its .grad: add it into the fp32
 // master's gradient and free the bf16 one, so micro-batches accumulate in fp32 (as HF, DeepSpeed and

@@ -1,9 +1,11 @@
 // Gradient accumulation in place, shared by the model's embedding and the fused loss's LM head
-// (the two [V, H] weights). Header-only over ATen: core's library has no LibTorch, and model and loss
+// (the two [V, H] weights), and the fp32 += bf16 gradient add of the updaters. Header-only over ATen: core's library has no LibTorch, and model and loss
 // sit side by side (neither may depend on the other), so the one home both can include is here.
 // Include it only from translation units built with LibTorch.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <utility>
 
 #include <ATen/core/Tensor.h>
@@ -25,6 +27,28 @@ inline at::Tensor take_grad_for_accumulation(const at::Tensor& weight) {
     return {};
   }
   return std::exchange(g, at::Tensor());
+}
+
+// Elements per slice of a mixed-dtype add (16 MiB of fp32).
+inline constexpr int64_t kAddSliceElems = int64_t{1} << 22;
+
+// master [d0, ...] fp32 += grad [d0, ...] bf16, in slices along dim 0. LibTorch's CPU add casts a
+// mixed-dtype input to the common dtype first: one add_ would make an fp32 copy of the whole gradient
+// (the tied [V, H] embedding: 0.98 GiB at Llama-3.2-1B's vocabulary), which no memory plan counts.
+// Slices bound it to kAddSliceElems; each element is still one fp32 add of the same two values. Used
+// by the fp32-master updater and ZeRO-1's fp32 gradient buffer.
+inline void add_in_slices(at::Tensor& master, const at::Tensor& grad) {
+  if (master.dim() == 0 || grad.is_sparse() || master.numel() <= kAddSliceElems ||
+      master.scalar_type() == grad.scalar_type()) {
+    master.add_(grad);
+    return;
+  }
+  const int64_t rows = master.size(0);
+  const int64_t step = std::max<int64_t>(1, kAddSliceElems / std::max<int64_t>(1, master.numel() / rows));
+  for (int64_t r = 0; r < rows; r += step) {
+    const int64_t n = std::min(step, rows - r);
+    master.narrow(0, r, n).add_(grad.narrow(0, r, n));
+  }
 }
 
 }  // namespace sftgo
