@@ -17,7 +17,7 @@ void register_plan_command(CLI::App& app, std::function<int()>& selected) {
   };
   auto args = std::make_shared<Args>();
   auto* sub = app.add_subcommand(
-      "plan", "Per-GPU memory of a config for DDP, ZeRO-1 and the planned ZeRO-2/3 and offload, and which fit");
+      "plan", "Per-GPU (and host) memory of a config for DDP, ZeRO-1/2/3 and ZeRO-2/3 with optimizer offload, and which fit");
   sub->add_option("--config,-c,path", args->path, "Config file (YAML); none = all defaults");
   sub->add_option("--set", args->overrides, "Override a key: --set train.micro_batch_size=4 (repeatable)")
       ->check(key_value_override());

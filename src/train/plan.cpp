@@ -48,6 +48,28 @@ int64_t layer_bytes_per_token(const model::LlamaConfig& s, const std::string& pr
   return 8 * h + 6 * e * h + 2 * e * kv + 4 * e * s.intermediate_size + heads + 8;
 }
 
+// LoRA adapter elements of one decoder layer and of the LM head (rank r: r x (in + out) per targeted
+// projection).
+struct LoraSplit {
+  int64_t per_layer = 0, head = 0;
+};
+
+LoraSplit lora_split(const model::LlamaConfig& s, const LoraConfig& lora) {
+  const int64_t q = s.num_attention_heads * s.head_dim, kv = s.num_key_value_heads * s.head_dim;
+  const int64_t h = s.hidden_size, in = s.intermediate_size;
+  LoraSplit out;
+  for (const auto& t : model::parse_lora_target_modules(lora.target_modules)) {
+    if (t == "q_proj") out.per_layer += h + q;
+    if (t == "k_proj" || t == "v_proj") out.per_layer += h + kv;
+    if (t == "o_proj") out.per_layer += q + h;
+    if (t == "gate_proj" || t == "up_proj" || t == "down_proj") out.per_layer += h + in;
+    if (t == "lm_head") out.head += h + s.vocab_size;
+  }
+  out.per_layer *= lora.rank;
+  out.head *= lora.rank;
+  return out;
+}
+
 }  // namespace
 
 model::LlamaConfig planned_model_shape(const Config& cfg) {
@@ -64,17 +86,8 @@ model::LlamaConfig planned_model_shape(const Config& cfg) {
 }
 
 int64_t lora_adapter_params(const model::LlamaConfig& s, const LoraConfig& lora) {
-  const int64_t q = s.num_attention_heads * s.head_dim, kv = s.num_key_value_heads * s.head_dim;
-  const int64_t h = s.hidden_size, in = s.intermediate_size;
-  int64_t per_layer = 0, head = 0;
-  for (const auto& t : model::parse_lora_target_modules(lora.target_modules)) {
-    if (t == "q_proj") per_layer += h + q;
-    if (t == "k_proj" || t == "v_proj") per_layer += h + kv;
-    if (t == "o_proj") per_layer += q + h;
-    if (t == "gate_proj" || t == "up_proj" || t == "down_proj") per_layer += h + in;
-    if (t == "lm_head") head += h + s.vocab_size;
-  }
-  return lora.rank * (per_layer * s.num_hidden_layers + head);
+  const LoraSplit a = lora_split(s, lora);
+  return a.per_layer * s.num_hidden_layers + a.head;
 }
 
 ActivationBreakdown plan_activations(const Config& cfg, const model::LlamaConfig& s) {
@@ -112,7 +125,10 @@ struct StateSizes {
   bool fp32_grads = true;             // dist.zero1_fp32_grads
   bool lora = false;
   int64_t embed = 0;                  // V x H elements: the largest dense gradient
-  int64_t gather_unit = 0;            // ZeRO-3: the largest block gathered at once (a layer or the embedding)
+  int64_t outer_unit = 0;             // ZeRO-3: trained elements outside the layers (embedding, norm, head)
+  int64_t layer_unit = 0;             // ZeRO-3: trained elements of one decoder layer
+  int64_t layers = 0;                 // decoder layers
+  int64_t rule_states = 2;            // the update rule's state tensors per element (AdamW: exp_avg, exp_avg_sq)
   int64_t bucket = 0;                 // dist.bucket_mb in bytes
   int64_t bucket_buffers = 0;         // ZeRO-2: bytes of the fp32 buckets alive at once (zero2_bucket_buffers)
   bool gloo = false;                  // the CPU backend (dist.backend gloo, or auto on model.device cpu)
@@ -202,28 +218,30 @@ int64_t zero2_bucket_buffers(const model::LlamaConfig& s, int64_t bucket, int64_
   return std::min(sizes[0] + sizes[1] + sizes[2], kFp32 * trainable);
 }
 
-// The planned designs (issue #27): gradients reduce-scattered per bucket into an fp32 shard (two
-// buckets in flight), ZeRO-3 also shards the weights and gathers two units at a time (the one running
-// and the prefetched one). An fp32 shard of fp32 weights is its own master.
-MemoryBreakdown planned_state(const StateSizes& z, PlanStage stage, bool offload, int64_t& host) {
-  MemoryBreakdown m;
-  const int64_t all = z.frozen * z.wb + z.trainable * z.tb;
-  m.weights = stage == PlanStage::kZero3 ? ceil_div(all, z.world) + 2 * z.gather_unit * z.wb : all;
-  const bool hooked = z.fp32_grads && z.tb < kFp32;
-  const int64_t masters = z.tb < kFp32 || stage == PlanStage::kZero1 ? kFp32 * z.shard : 0;
-  const int64_t state = masters + 2 * kFp32 * z.shard;
-  if (stage == PlanStage::kZero1) {  // ZeRO-1 + offload: today's gradient buffers, state in host memory
-    m = built_state(z, PlanStage::kZero1);
-    m.masters = m.moments = 0;
-    host = state;
-    return m;
-  }
-  const int64_t grad_shard = kFp32 * z.shard;
-  m.comm = 2 * z.bucket;
-  m.gradients = (offload ? 0 : grad_shard) + transient_grad(z, hooked);
-  m.masters = offload ? 0 : masters;
-  m.moments = offload ? 0 : 2 * kFp32 * z.shard;
-  host = offload ? state + grad_shard : 0;
+// ZeRO-3 (dist::ShardedParams over ZeRO-2's ZeroOptimizer and ShardReducer): ZeRO-2's fp32 master,
+// rule-state and gradient shards and buckets, but no working weights kept: the frozen ones stay whole
+// (a LoRA base), and each gather casts the fp32 master shard into a buffer of the working dtype, so at
+// most the outer unit (resident from a step's first forward to the end of its backward) and 2 layers
+// (the running one and the prefetched one) exist at once. Nothing is gathered after the update (step
+// tmp 0). A layer's backward (always a recomputation) returns all its parameters' gradients at once, in
+// the working dtype, before their hooks copy them into buckets: the transient is the larger of that
+// and the embedding's (LoRA adapters: none counted, as for ZeRO-2).
+MemoryBreakdown zero3_state(const StateSizes& z) {
+  MemoryBreakdown m = zero2_state(z);
+  m.weights = z.frozen * z.wb + (z.outer_unit + std::min<int64_t>(2, z.layers) * z.layer_unit) * z.tb;
+  m.gradients = kFp32 * z.shard + (z.lora ? 0 : std::max(z.embed, z.layer_unit) * z.tb);
+  m.step_transient = 0;
+  return m;
+}
+
+// dist.offload_optimizer: cpu (stages 2 and 3): the fp32 master shard, the rule's state shards and the
+// fp32 gradient shard move to host memory, (2 + rule states) x 4 bytes x shard; the device keeps the
+// buckets, the transient gradient, the weights and the step's gather pieces.
+MemoryBreakdown offloaded(MemoryBreakdown m, const StateSizes& z, int64_t& host) {
+  host = (2 + z.rule_states) * kFp32 * z.shard;
+  m.gradients -= kFp32 * z.shard;
+  m.masters = 0;
+  m.moments = 0;
   return m;
 }
 
@@ -253,7 +271,15 @@ StateSizes state_sizes(const Config& cfg, const model::LlamaConfig& s, int64_t t
   z.masters_path = !z.lora && cfg.train.precision == "bf16";
   z.fp32_grads = cfg.dist.zero1_fp32_grads;
   z.embed = s.vocab_size * s.hidden_size;
-  z.gather_unit = std::max(layer_params(s), z.embed);
+  z.layers = s.num_hidden_layers;
+  if (z.lora) {
+    const LoraSplit a = lora_split(s, cfg.lora);
+    z.outer_unit = a.head;
+    z.layer_unit = a.per_layer;
+  } else {
+    z.outer_unit = z.embed * (s.tie_word_embeddings ? 1 : 2) + s.hidden_size;
+    z.layer_unit = layer_params(s);
+  }
   z.bucket = static_cast<int64_t>(cfg.dist.bucket_mb * 1024.0 * 1024.0);
   z.bucket_buffers = zero2_bucket_buffers(s, std::max<int64_t>(1, z.bucket), trainable, z.lora);
   // As dist::Comm picks its backend: gloo when asked for, or auto on a CPU run; the plan assumes a GPU
@@ -265,10 +291,11 @@ StateSizes state_sizes(const Config& cfg, const model::LlamaConfig& s, int64_t t
 }
 
 const std::vector<PlanChoice>& plan_choices() {
+  // No zero1_offload: dist.offload_optimizer: cpu needs stage 2 or 3 (refused by the config otherwise).
   static const std::vector<PlanChoice> choices = {
       {"ddp", PlanStage::kDdp, false, true},          {"zero1", PlanStage::kZero1, false, true},
-      {"zero2", PlanStage::kZero2, false, true},      {"zero3", PlanStage::kZero3, false, false},
-      {"zero1_offload", PlanStage::kZero1, true, false}, {"zero2_offload", PlanStage::kZero2, true, false},
+      {"zero2", PlanStage::kZero2, false, true},      {"zero3", PlanStage::kZero3, false, true},
+      {"zero2_offload", PlanStage::kZero2, true, true}, {"zero3_offload", PlanStage::kZero3, true, true},
   };
   return choices;
 }
@@ -289,20 +316,28 @@ MemoryPlan plan_memory(const Config& cfg, const model::LlamaConfig& shape, const
   p.gpu_mem_bytes = static_cast<int64_t>(options.gpu_mem_gb * 1e9);
   p.precision = cfg.train.precision;
   p.activations = plan_activations(cfg, shape);
+  Config recomputing = cfg;
+  recomputing.model.activation_checkpointing = true;
+  p.activations_recomputed = plan_activations(recomputing, shape);
   const StateSizes z = state_sizes(cfg, shape, p.total_params, p.trainable_params, options.world_size);
+  p.zero3_outer_bytes = z.outer_unit * z.tb;
+  p.zero3_layer_bytes = z.layer_unit * z.tb;
+  p.zero3_layers_resident = std::min<int64_t>(2, z.layers);
+  const bool offload = cfg.dist.offload_optimizer == "cpu";
   p.weight_bytes = z.wb;
   p.backend = z.gloo ? "gloo" : "nccl";
   p.trainable_bytes = z.tb;
   for (const auto& c : plan_choices()) {
     PlanRow r;
     r.choice = c;
-    if (!c.implemented)
-      r.device = planned_state(z, c.stage, c.cpu_offload, r.host);
-    else
-      r.device = c.stage == PlanStage::kZero2 ? zero2_state(z) : built_state(z, c.stage);
-    r.device.activations = p.activations.total();
+    r.device = c.stage == PlanStage::kZero3 ? zero3_state(z)
+               : c.stage == PlanStage::kZero2 ? zero2_state(z)
+                                              : built_state(z, c.stage);
+    if (c.cpu_offload) r.device = offloaded(r.device, z, r.host);
+    r.recomputes = c.stage == PlanStage::kZero3;
+    r.device.activations = (r.recomputes ? p.activations_recomputed : p.activations).total();
     r.fits = r.device.total() + kPlanReserveBytes <= p.gpu_mem_bytes;
-    r.current = c.implemented && static_cast<int>(c.stage) == zero_stage(cfg.dist);
+    r.current = static_cast<int>(c.stage) == zero_stage(cfg.dist) && c.cpu_offload == offload;
     p.rows.push_back(r);
   }
   return p;
@@ -322,7 +357,7 @@ std::string stage_name(PlanStage s) {
   return "?";
 }
 
-std::string status(const PlanChoice& c) { return c.implemented ? "runnable" : "planned, not yet implemented"; }
+std::string status(const PlanChoice& c) { return c.implemented ? "runnable" : "not runnable"; }
 
 // The phase that sets a row's total (the JSON's peak_phase and the table's "peak at").
 std::string peak_phase(const MemoryBreakdown& d) { return d.peak_at_step() ? "step" : "backward"; }
@@ -339,6 +374,21 @@ std::string freed_gradients_note(const PlanRow& r) {
       r.choice.name, gb(d.held()), gb(d.activations), gb(d.backward_gradients), gb(d.backward_phase()),
       gb(d.gradients), gb(d.step_transient), gb(d.step_phase()),
       d.peak_at_step() ? "the optimizer step" : "the start of the backward");
+}
+
+// What ZeRO-3 keeps whole and recomputes, and where the offload rows put the optimizer state.
+std::string zero3_note(const MemoryPlan& p) {
+  const bool lora = p.trainable_params < p.total_params;
+  return format(
+      "zero3 keeps whole only {}: {} GB) and {} decoder layers' {} (the running one and the prefetched one: "
+      "{} GB each), gathered from the fp32 master shards; it recomputes "
+      "every layer in backward whatever model.activation_checkpointing says (activations {} GB). The offload rows "
+      "(dist.offload_optimizer: cpu, stages 2 and 3) keep the fp32 master, AdamW moment and gradient shards in "
+      "host memory: the host column. dist.zero (0-3, or dist.zero1) and dist.offload_optimizer pick the row.\n",
+      lora ? "the frozen weights, the outer unit (the lm_head adapter, if targeted"
+           : "the outer unit (embedding, final norm, untied head",
+      gb(p.zero3_outer_bytes), p.zero3_layers_resident, lora ? "adapters" : "weights", gb(p.zero3_layer_bytes),
+      gb(p.activations_recomputed.total()));
 }
 
 }  // namespace
@@ -373,10 +423,23 @@ std::string plan_table(const MemoryPlan& p) {
          "and step tmp (peak at step; the step's temporaries exist after backward has freed the activations).\n";
   for (const auto& r : p.rows)
     if (r.device.gradients_freed) out += freed_gradients_note(r);
-  out += "zero3 and the offload rows are issue #27's planned designs, not yet implemented: today "
-         "dist.zero 0, 1 and 2 (ddp, zero1, zero2) are the choices you can run.\n";
+  out += zero3_note(p);
   return out;
 }
+
+namespace {
+
+nlohmann::json activations_json(const ActivationBreakdown& a) {
+  return {{"tokens", a.tokens},
+          {"per_layer", a.per_layer},
+          {"layers", a.layers},
+          {"backward_working", a.backward_working},
+          {"head", a.head},
+          {"autocast_weights", a.autocast_weights},
+          {"total", a.total()}};
+}
+
+}  // namespace
 
 std::string plan_json(const MemoryPlan& p) {
   nlohmann::json rows = nlohmann::json::array();
@@ -388,6 +451,7 @@ std::string plan_json(const MemoryPlan& p) {
                     {"implemented", r.choice.implemented},
                     {"status", status(r.choice)},
                     {"current", r.current},
+                    {"recomputes", r.recomputes},
                     {"weights", d.weights},
                     {"gradients", d.gradients},
                     {"masters", d.masters},
@@ -402,7 +466,6 @@ std::string plan_json(const MemoryPlan& p) {
                     {"host", r.host},
                     {"fits", r.fits}});
   }
-  const auto& a = p.activations;
   nlohmann::json j = {
       {"units", "bytes"},
       {"world_size", p.world_size},
@@ -419,14 +482,12 @@ std::string plan_json(const MemoryPlan& p) {
         {"vocab_size", p.shape.vocab_size},
         {"num_heads", p.shape.num_attention_heads},
         {"num_kv_heads", p.shape.num_key_value_heads}}},
-      {"activations",
-       {{"tokens", a.tokens},
-        {"per_layer", a.per_layer},
-        {"layers", a.layers},
-        {"backward_working", a.backward_working},
-        {"head", a.head},
-        {"autocast_weights", a.autocast_weights},
-        {"total", a.total()}}},
+      {"activations", activations_json(p.activations)},
+      {"activations_recomputed", activations_json(p.activations_recomputed)},
+      {"zero3",
+       {{"outer_unit", p.zero3_outer_bytes},
+        {"layer_unit", p.zero3_layer_bytes},
+        {"layers_resident", p.zero3_layers_resident}}},
       {"choices", rows}};
   return j.dump(1) + "\n";
 }

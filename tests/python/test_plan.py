@@ -1,5 +1,5 @@
 """`sftgo-train plan` (docs/memory.md, issue #27): every command docs/memory.md shows runs as written
-and labels the planned rows; the memory tables of docs/architecture.md are exactly
+and labels every row runnable (dist.zero 0-3, offload with stages 2 and 3); the memory tables of docs/architecture.md are exactly
 what bench/dist/plan_tables.py generates from `plan --json`; the per-layer activation bytes equal the
 tensors PyTorch's autograd saves for the same operations as src/model/llama.cpp's decoder block
 (an independent count); bad input exits 1 or 2 naming the problem."""
@@ -49,13 +49,21 @@ def test_every_documented_command_runs():
         if "--json" in argv:
             j = json.loads(p.stdout)
             names = [r["choice"] for r in j["choices"]]
-            assert names == ["ddp", "zero1", "zero2", "zero3", "zero1_offload", "zero2_offload"]
-            assert [r["implemented"] for r in j["choices"]] == [True, True, True, False, False, False]
+            assert names == ["ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"]
+            assert all(r["implemented"] and r["status"] == "runnable" for r in j["choices"])
+            assert [r["recomputes"] for r in j["choices"]] == [False, False, False, True, False, True]
             assert sum(r["current"] for r in j["choices"]) == 1
+            # zero3 counts the checkpointed activations; offload moves 16 bytes x shard (AdamW) to the host.
+            assert j["choices"][3]["activations"] == j["activations_recomputed"]["total"]
+            for plain, off in ((2, 4), (3, 5)):
+                a, b = j["choices"][plain], j["choices"][off]
+                assert a["host"] == 0 and b["host"] == a["masters"] + a["moments"] + a["masters"]
+                assert b["device_total"] + b["host"] == a["device_total"]
             for r in j["choices"]:  # the step's temporaries replace the activations, freed by then
                 assert r["device_total"] == expected_total(r), r
         else:
-            assert p.stdout.count("planned, not yet implemented") == 3, p.stdout
+            assert "planned" not in p.stdout, p.stdout
+            assert "zero3 keeps whole only" in p.stdout and "host column" in p.stdout
             assert "(this config)" in p.stdout
 
 
@@ -106,6 +114,15 @@ def test_the_row_this_config_runs_follows_dist_zero1():
     cfg = "configs/demo_tiny.yaml"
     for zero1, current in (("false", "ddp"), ("true", "zero1")):
         j = json.loads(plan("--config", cfg, "--set", f"dist.zero1={zero1}", "--gpus", "2", "--json"))
+        assert [r["choice"] for r in j["choices"] if r["current"]] == [current]
+
+
+def test_the_row_this_config_runs_follows_dist_zero_and_offload():
+    cfg = "configs/demo_tiny.yaml"
+    for zero, offload, current in (("2", "none", "zero2"), ("3", "none", "zero3"), ("2", "cpu", "zero2_offload"),
+                                   ("3", "cpu", "zero3_offload")):
+        j = json.loads(plan("--config", cfg, "--set", f"dist.zero={zero}", "--set", f"dist.offload_optimizer={offload}",
+                            "--gpus", "2", "--json"))
         assert [r["choice"] for r in j["choices"] if r["current"]] == [current]
 
 

@@ -110,24 +110,105 @@ TEST(Plan, Zero2TinyFp32OnTwoGlooRanks) {
   EXPECT_EQ(z2.device.masters + z2.device.moments, 12 * shard);
 }
 
-TEST(Plan, PlannedStagesAreLabelledAndSharded) {
-  const auto p = plan_memory(llama8b_bf16_zero1(), planned_model_shape(llama8b_bf16_zero1()), {8, 80});
-  const int64_t shard = kP8b / 8, bucket = 25LL * 1024 * 1024;
-  for (const char* name : {"zero3", "zero1_offload", "zero2_offload"}) {
-    EXPECT_FALSE(row(p, name).choice.implemented) << name;
-    EXPECT_FALSE(row(p, name).current) << name;
-  }
+// One Llama-3.1-8B decoder layer: 4096 x (2 x 4096 + 2 x 1024) + 3 x 4096 x 14336 + 2 x 4096 (norms).
+constexpr int64_t kLayer8b = 218'112'000;
+// The 8B config's activations with checkpointing (bf16, 4096 tokens): per token 8H + 12H + 4 kv + 8I + 4 x 32
+// heads + 8 = 32,768 + 49,152 + 4,096 + 114,688 + 136 = 200,840, so one layer 822,640,640; 32 layer inputs
+// 32 x 4096 x 4096 x 2 = 1,073,741,824; backward working set 4096 x 2 x (3 x 14336 + 2 x 4096) = 419,430,400;
+// head 4096 x (4H + 4H + 4) = 134,234,112 + the fused loss's 0.105 x 4 x 4096 x 128256 = 220,641,361.92.
+constexpr int64_t kAct8bCkpt = int64_t{822'640'640} + 1'073'741'824 + 419'430'400 + 134'234'112 + 220'641'361;
+
+TEST(Plan, Zero3KeepsTheOuterUnitAndTwoLayersAndRecomputes) {
+  Config c = llama8b_bf16_zero1();
+  c.dist.zero1 = false;
+  c.dist.zero = 3;
+  c.model.activation_checkpointing = false;  // stage 3 recomputes anyway
+  const auto p = plan_memory(c, planned_model_shape(c), {8, 80});
+  const int64_t shard = kP8b / 8, mlp = 4096LL * 14336;
   const auto& z3 = row(p, "zero3");
-  // The bf16 weight shard plus two gathered units; the largest unit is the 128256 x 4096 embedding.
-  EXPECT_EQ(z3.device.weights, 2 * kP8b / 8 + 2 * kVH8b * 2);
+  EXPECT_TRUE(z3.choice.implemented);
+  EXPECT_TRUE(z3.current);
+  EXPECT_TRUE(z3.recomputes);
+  EXPECT_FALSE(row(p, "zero3_offload").current);
+  EXPECT_FALSE(row(p, "ddp").recomputes);
+  EXPECT_EQ(p.zero3_outer_bytes, 2 * (2 * kVH8b + 4096));  // embedding + untied head + final norm, bf16
+  EXPECT_EQ(p.zero3_layer_bytes, 2 * kLayer8b);
+  // No working-weight shard: the outer unit and 2 layers in bf16 = 2 x 1,486,901,248.
+  EXPECT_EQ(z3.device.weights, 2 * (2 * kVH8b + 4096 + 2 * kLayer8b));
+  EXPECT_EQ(z3.device.weights, 2'973'802'496);
+  // The fp32 gradient shard + the larger transient bf16 gradient: the embedding's (525M) over a layer's (218M).
+  EXPECT_EQ(z3.device.gradients, 4 * shard + 2 * kVH8b);
+  EXPECT_EQ(z3.device.masters, 4 * shard);
+  EXPECT_EQ(z3.device.moments, 8 * shard);
+  EXPECT_EQ(z3.device.comm, 4 * kVH8b * 2 + 4 * mlp);  // ZeRO-2's 3 buckets: 4,437,573,632
+  EXPECT_EQ(z3.device.step_transient, 0);               // nothing gathered after the update
+  EXPECT_EQ(z3.host, 0);
+  // Checkpointed activations although model.activation_checkpointing is false; ddp keeps all 32 layers.
+  EXPECT_EQ(p.activations_recomputed.total(), kAct8bCkpt);
+  EXPECT_EQ(z3.device.activations, kAct8bCkpt);
+  EXPECT_EQ(row(p, "ddp").device.activations, p.activations.total());
+  EXPECT_EQ(p.activations.layers, 32 * 822'640'640LL);
+  // 2,973,802,496 + 5,065,803,776 + 4,015,130,624 + 8,030,261,248 + 4,437,573,632 + 2,670,688,337.
+  EXPECT_EQ(z3.device.total(), 27'193'260'113);
+  EXPECT_TRUE(z3.fits);
+}
+
+TEST(Plan, Zero3OffloadPutsMastersMomentsAndTheGradientShardOnTheHost) {
+  Config c = llama8b_bf16_zero1();
+  c.dist.zero1 = false;
+  c.dist.zero = 3;
+  c.dist.offload_optimizer = "cpu";
+  const auto p = plan_memory(c, planned_model_shape(c), {8, 80});
+  const int64_t shard = kP8b / 8;
+  const auto& o3 = row(p, "zero3_offload");
+  EXPECT_TRUE(o3.current);
+  EXPECT_TRUE(o3.choice.cpu_offload);
+  EXPECT_FALSE(row(p, "zero3").current);
+  EXPECT_EQ(o3.device.weights, row(p, "zero3").device.weights);
+  EXPECT_EQ(o3.device.gradients, 2 * kVH8b);  // only the transient bf16 embedding gradient stays
+  EXPECT_EQ(o3.device.masters + o3.device.moments, 0);
+  EXPECT_EQ(o3.device.comm, row(p, "zero3").device.comm);  // the buckets stay on the GPU
+  EXPECT_EQ(o3.host, 16 * shard);                          // (2 + 2 AdamW states) x 4 bytes: 16,060,522,496
+  EXPECT_EQ(o3.device.total(), 27'193'260'113 - 16 * shard);  // 11,132,737,617
+  // zero2_offload: ZeRO-2's row less the same 16 bytes x shard, the step's gather pieces still on the GPU.
   const auto& o2 = row(p, "zero2_offload");
-  EXPECT_EQ(o2.device.gradients, 2 * kVH8b);  // the gradient shard moved to the host
-  EXPECT_EQ(o2.device.comm, 2 * bucket);
-  EXPECT_EQ(o2.device.masters + o2.device.moments, 0);
-  EXPECT_EQ(o2.host, 12 * shard + 4 * shard);  // masters, moments and the fp32 gradient shard
-  const auto& o1 = row(p, "zero1_offload");
-  EXPECT_EQ(o1.device.gradients, row(p, "zero1").device.gradients);
-  EXPECT_EQ(o1.host, 12 * shard);
+  const auto& z2 = row(p, "zero2");
+  EXPECT_EQ(o2.host, 16 * shard);
+  EXPECT_EQ(o2.device.weights, 2 * kP8b);
+  EXPECT_EQ(o2.device.gradients, 2 * kVH8b);
+  EXPECT_EQ(o2.device.step_transient, z2.device.step_transient);
+  EXPECT_EQ(o2.device.total(), z2.device.total() - 16 * shard);
+  c.dist.zero = 2;
+  EXPECT_TRUE(row(plan_memory(c, planned_model_shape(c), {8, 80}), "zero2_offload").current);
+}
+
+TEST(Plan, Zero3LoraKeepsTheFrozenBaseWholeAndGathersAdapters) {
+  Config c;
+  c.model.preset = "tiny";  // H 64, I 256, 4 heads of 16, 2 kv heads, 2 layers
+  c.lora.enabled = true;
+  c.lora.rank = 16;
+  c.dist.zero = 3;
+  const auto s = planned_model_shape(c);
+  const int64_t base = s.num_parameters(), layer = 16 * 1408, a = 2 * layer, shard = a / 2;  // 22,528 each
+  auto p = plan_memory(c, s, {2, 80});
+  const auto& z3 = row(p, "zero3");
+  EXPECT_TRUE(z3.current);
+  EXPECT_EQ(p.zero3_outer_bytes, 0);  // lm_head not targeted: nothing trained outside the layers
+  EXPECT_EQ(p.zero3_layer_bytes, 4 * layer);
+  EXPECT_EQ(z3.device.weights, 4 * base + 4 * 2 * layer);  // the fp32 base whole + 2 layers' fp32 adapters
+  EXPECT_EQ(z3.device.gradients, 4 * shard);               // no transient counted for adapters
+  EXPECT_EQ(z3.device.masters, 4 * shard);
+  EXPECT_EQ(z3.device.moments, 8 * shard);
+  EXPECT_EQ(z3.device.comm, 4 * a);  // 3 buckets of 25 MiB capped by all adapters in fp32
+  EXPECT_EQ(z3.device.total(), 4 * base + 8 * layer + 16 * shard + 4 * a + p.activations_recomputed.total());
+  const auto& o3 = row(p, "zero3_offload");
+  EXPECT_EQ(o3.host, 16 * shard);
+  EXPECT_EQ(o3.device.total(), z3.device.total() - 16 * shard);
+  // lm_head targeted: its adapter, 16 x (64 + vocab), is the outer unit.
+  c.lora.target_modules = "q_proj,v_proj,lm_head";
+  p = plan_memory(c, s, {2, 80});
+  EXPECT_EQ(p.zero3_outer_bytes, 4 * 16 * (64 + s.vocab_size));
+  EXPECT_EQ(p.zero3_layer_bytes, 4 * 16 * ((64 + 64) + (64 + 32)));
 }
 
 TEST(Plan, ActivationsOfATinyModelByHand) {
@@ -334,9 +415,18 @@ TEST(Plan, JsonCarriesEveryRowInBytes) {
   ASSERT_EQ(j["choices"].size(), 6u);
   EXPECT_EQ(j["choices"][1]["choice"], "zero1");
   EXPECT_EQ(j["choices"][1]["masters"].get<int64_t>(), 4 * (kP8b / 8));
-  EXPECT_EQ(j["choices"][2]["status"], "runnable");  // zero2
-  EXPECT_EQ(j["choices"][3]["status"], "planned, not yet implemented");  // zero3
-  EXPECT_NE(plan_table(p).find("planned, not yet implemented"), std::string::npos);
+  const std::vector<std::string> names = {"ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"};
+  for (size_t i = 0; i < names.size(); ++i) {
+    EXPECT_EQ(j["choices"][i]["choice"], names[i]);
+    EXPECT_EQ(j["choices"][i]["status"], "runnable");
+    EXPECT_TRUE(j["choices"][i]["implemented"].get<bool>());
+    EXPECT_EQ(j["choices"][i]["recomputes"].get<bool>(), i == 3 || i == 5);
+  }
+  EXPECT_EQ(j["zero3"]["layers_resident"].get<int64_t>(), 2);
+  EXPECT_EQ(j["activations_recomputed"]["total"].get<int64_t>(), kAct8bCkpt);
+  const std::string table = plan_table(p);
+  EXPECT_EQ(table.find("planned"), std::string::npos);
+  EXPECT_NE(table.find("zero3 keeps whole only the outer unit"), std::string::npos);
 }
 
 TEST(Plan, BadRankCountIsAUsageError) {

@@ -1,9 +1,12 @@
 // Memory planner: per-rank bytes of a training config for each way of sharding the model state, before
 // any GPU is rented (`sftgo-train plan`, docs/memory.md). Pure arithmetic over the resolved Config and
-// the model shape: no LibTorch, nothing allocated. The buffers it counts are the ones the Updaters and
-// dist::ZeroOptimizer and dist::ShardReducer allocate today (src/train/updater.cpp, src/dist/zero.cpp,
-// src/dist/zero2.cpp; ZeRO-2 is dist.zero: 2); ZeRO-3 and CPU
-// optimizer offload are the planned designs of issue #27, marked as such and never offered as runnable.
+// the model shape: no LibTorch, nothing allocated. The buffers it counts are the ones the Updaters,
+// dist::ZeroOptimizer, dist::ShardReducer and dist::ShardedParams allocate (src/train/updater.cpp,
+// src/dist/zero.cpp, src/dist/zero2.cpp, src/dist/zero3.cpp): every row is runnable, dist.zero 0-3 and,
+// with stage 2 or 3, dist.offload_optimizer: cpu (the fp32 master, rule-state and gradient shards in
+// host memory: the `host` column). ZeRO-3 keeps whole only the frozen weights, the outer unit
+// (embedding, final norm, untied head) and 2 decoder layers (the running and the prefetched one), and
+// recomputes every layer in backward whatever model.activation_checkpointing says.
 #pragma once
 
 #include <cstdint>
@@ -19,15 +22,15 @@ enum class PlanStage { kDdp, kZero1, kZero2, kZero3 };
 
 // One way to hold the model state across ranks.
 struct PlanChoice {
-  std::string name;  // "ddp", "zero1", "zero2", "zero3", "zero1_offload", "zero2_offload"
+  std::string name;  // "ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"
   PlanStage stage = PlanStage::kDdp;
-  bool cpu_offload = false;  // fp32 masters and AdamW moments (and the gradient shard) in host memory
-  bool implemented = false;  // false: planned (issue #27), not yet implemented
+  bool cpu_offload = false;  // dist.offload_optimizer: cpu: fp32 master, rule state and gradient shards on the host
+  bool implemented = true;   // every row runs today (kept for the JSON's `implemented`)
 };
 
 // Bytes one rank holds on its accelerator (or, on a CPU run, in its process).
 struct MemoryBreakdown {
-  int64_t weights = 0;      // working weights (frozen base included), full or the rank's shard + gathered
+  int64_t weights = 0;      // working weights (frozen base included): all, or ZeRO-3's gathered units
   int64_t gradients = 0;    // gradient buffers, plus the largest transient per-backward gradient
   int64_t masters = 0;      // fp32 master weights
   int64_t moments = 0;      // AdamW exp_avg + exp_avg_sq
@@ -70,7 +73,8 @@ struct PlanRow {
   MemoryBreakdown device;  // per rank on the GPU
   int64_t host = 0;        // per rank in host memory (offload choices only)
   bool fits = false;       // device.total() + kPlanReserveBytes <= the GPU's memory
-  bool current = false;    // the choice this config runs (dist.zero, or dist.zero1)
+  bool current = false;    // the choice this config runs (dist.zero or dist.zero1, and dist.offload_optimizer)
+  bool recomputes = false;  // ZeRO-3: every layer recomputed in backward (activations = activations_recomputed)
 };
 
 struct PlanOptions {
@@ -92,6 +96,15 @@ struct MemoryPlan {
   int64_t weight_bytes = 0;     // bytes per working weight element (2 bf16, 4 fp32)
   int64_t trainable_bytes = 0;  // bytes per trainable element (LoRA adapters are fp32)
   ActivationBreakdown activations;
+  // ZeRO-3's activations: plan_activations with model.activation_checkpointing true (the weights are freed
+  // between a layer's forward and its backward, so stage 3 always recomputes).
+  ActivationBreakdown activations_recomputed;
+  // ZeRO-3's gathered units in the trained parameters' dtype: the outer one (embedding, final norm and
+  // untied head; LoRA: the lm_head adapter if targeted) and one decoder layer (LoRA: its adapters); the
+  // `zero3` row's weights hold the frozen ones, the outer unit and zero3_layers_resident layers.
+  int64_t zero3_outer_bytes = 0;
+  int64_t zero3_layer_bytes = 0;
+  int64_t zero3_layers_resident = 0;  // min(2, layers): the running layer and the prefetched one
   std::vector<PlanRow> rows;
 };
 
