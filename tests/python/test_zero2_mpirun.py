@@ -125,11 +125,15 @@ def adapter(ckpt):
 LORA = ["lora.enabled=true", "lora.rank=4"]
 
 
-@pytest.mark.parametrize("job", [
+# The jobs every sharded stage is checked on besides plain fp32/bf16 (test_zero3_mpirun uses them too).
+LORA_CE_RHO1 = pytest.mark.parametrize("job", [
     LORA,
     ["loss.objective=ce"],
     ["grouping.function=rho1", "loss.objective=rho1", "grouping.rho1_reference_model=base"] + LORA,
 ], ids=["lora", "ce", "rho1"])
+
+
+@LORA_CE_RHO1
 def test_zero2_matches_zero1_lora_ce_rho1(tmp_path, job):
     # 2 micro-batches per rank, so the tolerance of test_zero2_several_micro_batches_match_zero1: ZeRO-2
     # sums over ranks per micro-batch, then micro-batches; ZeRO-1 the other way round: fp32 rounding

@@ -14,7 +14,7 @@ import pytest
 
 from launch_util import free_port, mpirun_cmd
 from test_dist_mpirun import ATOL, BIN, ROOT, args, last_ckpt, metrics, pytestmark, train, weights  # noqa: F401
-from test_zero2_mpirun import LORA, adapter, resume_from_step_3, same_run  # noqa: F401
+from test_zero2_mpirun import LORA, LORA_CE_RHO1, adapter, resume_from_step_3, same_run  # noqa: F401
 
 Z3 = ["dist.zero=3", "dist.bucket_mb=0.01"]
 Z2 = ["dist.zero=2", "dist.bucket_mb=0.01"]
@@ -22,9 +22,7 @@ Z2 = ["dist.zero=2", "dist.bucket_mb=0.01"]
 
 def identical(a, b):
     """Same weights and per-step metrics (loss, group losses, grad norm, skips), bit for bit."""
-    wa, wb = weights(last_ckpt(a)), weights(last_ckpt(b))
-    assert wa.keys() == wb.keys() and wa
-    worst = max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+    worst = weight_diff(last_ckpt(a), last_ckpt(b))
     assert worst == 0.0, f"max abs weight difference {worst:.3g}"
     keys = ("step", "loss", "loss_ce", "loss_imp", "loss_unimp", "grad_norm", "skipped", "worst_group")
     ma, mb = metrics(a), metrics(b)
@@ -65,11 +63,7 @@ def test_zero3_one_rank_is_the_same_code_path(tmp_path):
     assert "ZeRO-3" in out.stderr
 
 
-@pytest.mark.parametrize("job", [
-    LORA,
-    ["loss.objective=ce"],
-    ["grouping.function=rho1", "loss.objective=rho1", "grouping.rho1_reference_model=base"] + LORA,
-], ids=["lora", "ce", "rho1"])
+@LORA_CE_RHO1
 def test_zero3_equals_zero2_lora_ce_rho1(tmp_path, job):
     # With LoRA only the adapters are trained, so only they are sharded and gathered (the frozen base
     # stays whole on every rank); Rho-1's reference is the base model, run through the same layers.
@@ -83,30 +77,33 @@ def test_zero3_equals_zero2_lora_ce_rho1(tmp_path, job):
         assert max(float(np.abs(a2[k] - a3[k]).max()) for k in a2) == 0.0
 
 
+def weight_diff(a, b):
+    """Largest absolute difference between two checkpoints' model.safetensors (same tensor names)."""
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and wa
+    return max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+
+
 def test_zero3_checkpoint_resumes_as_zero1_and_on_4_ranks(tmp_path):
     keep = ["train.save_every=3", "train.keep_last=5"]
     z1, z3 = tmp_path / "z1", tmp_path / "z3"
     train(z1, ranks=2, steps=6, extra=["dist.zero=1"] + keep)
     train(z3, ranks=2, steps=6, extra=Z3 + keep)
+    z1_end, z3_end = z1 / "checkpoints" / "step_00000006", z3 / "checkpoints" / "step_00000006"
     # One micro-batch per rank: stage 3 gives stage 1's bits, and so does stage 3 -> stage 1 on resume.
-    assert max(float(np.abs(a - b).max()) for a, b in zip(weights(last_ckpt(z1)).values(),
-                                                          weights(last_ckpt(z3)).values())) == 0.0
+    assert weight_diff(z1_end, z3_end) == 0.0
     as_z1 = tmp_path / "as_z1"
     resume_from_step_3(z3, as_z1, 2, 1)
-    wa, wb = weights(z1 / "checkpoints" / "step_00000006"), weights(last_ckpt(as_z1))
-    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) == 0.0
+    assert weight_diff(z1_end, last_ckpt(as_z1)) == 0.0
     # 2 -> 4 ranks, stage 3: the same 8 examples per step summed in another order (ATOL).
     four = tmp_path / "four"
     resume_from_step_3(z3, four, 4, 3, micro=2)
-    wa, wb = weights(z3 / "checkpoints" / "step_00000006"), weights(last_ckpt(four))
-    worst = max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+    worst = weight_diff(z3_end, last_ckpt(four))
     assert worst <= ATOL, f"max abs weight difference {worst:.3g} > {ATOL:g}"
     # Stage 1 -> stage 3 on the same ranks: stage 1's bits again.
     z1_as_z3 = tmp_path / "z1_as_z3"
     resume_from_step_3(z1, z1_as_z3, 2, 3)
-    wb = weights(last_ckpt(z1_as_z3))
-    wz1 = weights(z1 / "checkpoints" / "step_00000006")
-    assert max(float(np.abs(wz1[k] - wb[k]).max()) for k in wz1) == 0.0
+    assert weight_diff(z1_end, last_ckpt(z1_as_z3)) == 0.0
 
 
 def test_zero3_one_rank_aborting_a_step_skips_it_on_every_rank(tmp_path, monkeypatch):
