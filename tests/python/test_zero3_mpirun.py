@@ -196,6 +196,10 @@ def test_documented_zero3_commands_run(tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "ZeRO-3: weights sharded over 2 rank(s)" in p.stderr
+    # Typed again: --resume auto finds the run complete and does nothing, exit 0.
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "is already complete at step 2: nothing to do" in again.stderr
     plan = [str(BIN)] + lines[1].split()[1:]
     outs = [subprocess.run(plan, capture_output=True, text=True, cwd=ROOT, timeout=60) for _ in range(2)]
     assert all(o.returncode == 0 for o in outs) and outs[0].stdout == outs[1].stdout
