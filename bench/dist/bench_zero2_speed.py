@@ -55,6 +55,7 @@ def run(binary, run_dir, a, stage, micro, ckpt):
          "train.global_batch_size": a.ranks * micro, "train.micro_batch_size": 1, "train.log_every": 1,
          "train.num_threads": a.threads, "train.save_every": 0, "train.save_final": "false",
          "run.output_dir": run_dir}
+    s.update(kv.split("=", 1) for kv in a.set)
     cmd = ["mpirun", "-np", str(a.ranks), "--oversubscribe", "--bind-to", "none",
            "-x", f"MASTER_PORT={free_port()}", "-x", f"OMP_NUM_THREADS={a.threads}"]
     if os.geteuid() == 0:
@@ -91,6 +92,8 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1, help="first steps of each run left out")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every run (repeatable), e.g. dist.bucket_mb=100")
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="per rank")
     ap.add_argument("--stages", type=ints, default=[1, 2, 3], help="comma list; the first is the reference")

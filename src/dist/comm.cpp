@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <numeric>
 
 #include "backend.h"
 #include "sftgo/core/error.h"
@@ -185,6 +186,22 @@ Work Comm::reduce_async(at::Tensor& t, int root) {
   opts.rootRank = root;
   return start_collective(this, "reduce of " + std::to_string(t.numel()) + " values to rank " + std::to_string(root),
                           [&] { return impl_->pg->reduce(ts, opts); });
+}
+
+Work Comm::all_to_all_async(at::Tensor& out, at::Tensor& in, std::vector<int64_t> out_counts,
+                            std::vector<int64_t> in_counts) {
+  const auto total = [](const std::vector<int64_t>& c) { return std::accumulate(c.begin(), c.end(), int64_t{0}); };
+  SFTGO_CHECK(static_cast<int>(out_counts.size()) == world_ && static_cast<int>(in_counts.size()) == world_ &&
+                  total(out_counts) == out.numel() && total(in_counts) == in.numel(),
+              ErrorKind::kInternal, "all_to_all: counts do not match ", world_, " ranks, ", out.numel(), " and ",
+              in.numel(), " values");
+  if (world_ == 1) {
+    out.copy_(in);
+    return {};
+  }
+  return start_collective(this, "all-to-all of " + std::to_string(in.numel()) + " values", [&] {
+    return impl_->pg->alltoall_base(out, in, out_counts, in_counts, c10d::AllToAllOptions{});
+  });
 }
 
 Work Comm::broadcast_async(at::Tensor& t, int root) {

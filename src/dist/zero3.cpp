@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <numeric>
 
 #include "sftgo/core/error.h"
 
@@ -49,6 +50,12 @@ ShardedParams::ShardedParams(std::shared_ptr<Comm> comm, const ZeroOptimizer& ze
     u.runs.back().hi = segs[i].first + segs[i].second;
     u.bytes += p.numel() * static_cast<int64_t>(p.element_size());
   }
+  // Kept for reuse: as many buffers as the planner counts resident (the outer unit and 2 layers).
+  std::vector<int64_t> sizes;
+  for (const Unit& u : units_) sizes.push_back(u.bytes);
+  std::sort(sizes.rbegin(), sizes.rend());
+  sizes.resize(std::min<size_t>(sizes.size(), 3));
+  pool_.set_cap(std::accumulate(sizes.begin(), sizes.end(), int64_t{0}));
   if (original_)
     for (const Unit& u : units_) resident_bytes_ += u.bytes;  // the parameters' original memory
   peak_bytes_ = resident_bytes_;
@@ -73,7 +80,8 @@ void ShardedParams::start(int unit) {
   const at::ScalarType working = params_.front().scalar_type();
   for (const Run& run : u.runs) {
     // [hi - lo] on the parameters' device (the master shard may be in host memory: dist.offload_optimizer).
-    at::Tensor buf = at::empty({run.hi - run.lo}, params_.front().options().dtype(working).requires_grad(false));
+    // The pool's buffer may be longer: everything below uses its front.
+    at::Tensor buf = pool_.take(run.hi - run.lo, params_.front().options().dtype(working).requires_grad(false));
     for (int r = 0; r < comm_->world_size(); ++r) {
       const int64_t a = std::max(run.lo, r * shard), e = std::min(run.hi, (r + 1) * shard);
       if (a >= e) continue;
@@ -121,6 +129,7 @@ void ShardedParams::release(int unit) {
   finish(unit);
   for (const Run& run : u.runs)
     for (size_t i = run.first; i < run.last; ++i) free_storage(params_[i]);
+  for (at::Tensor& b : u.buffers) pool_.give(std::move(b));  // the next gather takes it
   u.buffers.clear();
   u.state = Unit::State::kReleased;
   resident_bytes_ -= u.bytes;

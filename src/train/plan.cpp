@@ -185,16 +185,18 @@ MemoryBreakdown built_state(const StateSizes& z, PlanStage stage) {
 // ZeRO-2 (dist::ShardReducer, ZeroOptimizer with sharded gradients): an fp32 gradient shard, fp32 master
 // and moment shards, and no full-size gradient buffer. Each parameter's gradient exists whole in the
 // working dtype until its hook copies it into an fp32 bucket and frees it; at most 2 buckets are in
-// flight while a third fills (z.bucket_buffers). Gloo's reduce works on the bucket in place (scratch
-// of its segment size only), so no clone as for ZeRO-1's reduce-scatter. The step's all-gather runs in
-// pieces of world x piece working values (piece = dist.bucket_mb / 4 bytes / world).
+// flight while a third fills (z.bucket_buffers). Over NCCL each owner's slice is reduced in place; over
+// Gloo with several ranks the buckets go all-to-all in pieces whose receive buffers (world x this rank's
+// part of a piece: at most one bucket each) hold at most 2 buckets at once. dist::BufferPool keeps both
+// for the next micro-batch within that bound. The step's all-gather runs in pieces of world x piece
+// working values (piece = dist.bucket_mb / 4 bytes / world).
 MemoryBreakdown zero2_state(const StateSizes& z) {
   MemoryBreakdown m;
   m.weights = z.frozen * z.wb + z.trainable * z.tb;
   m.gradients = kFp32 * z.shard + (z.lora ? 0 : z.embed * z.tb);
   m.masters = kFp32 * z.shard;
   m.moments = 2 * kFp32 * z.shard;
-  m.comm = z.bucket_buffers;
+  m.comm = z.bucket_buffers + (z.gloo && z.world > 1 ? std::min(2 * z.bucket, kFp32 * z.world * z.shard) : 0);
   const int64_t piece = std::max<int64_t>(1, std::min(z.shard, std::max<int64_t>(1, z.bucket / kFp32) / z.world));
   // Gloo's all-gather gathers into a flat tensor of its own, then copies into ours; a bf16 piece is a
   // cast of the fp32 master piece.

@@ -13,6 +13,7 @@
 #include <map>
 
 #include "sftgo/core/error.h"
+#include "sftgo/dist/buffer_pool.h"
 #include "sftgo/dist/dist.h"
 #include "sftgo/dist/gpu.h"
 #include "sftgo/dist/zero.h"
@@ -422,6 +423,45 @@ TEST(Comm, GlooCollectivesTwoRanks) {
     c->all_gather(gathered, torch::full({2}, r));
     return gathered.equal(torch::tensor({0.f, 0.f, 1.f, 1.f}));
   });
+}
+
+// ZeRO-2's Gloo exchange: uneven counts (rank 2 receives nothing), checked against the values each
+// sender put at each offset; exact (a copy).
+TEST(Comm, GlooAllToAllUnevenThreeRanks) {
+  run_ranks(3, [](std::shared_ptr<Comm> c) {
+    const int me = c->rank();
+    const std::vector<int64_t> counts{2, 3, 0};  // values every rank sends to rank 0, 1, 2
+    at::Tensor in = torch::arange(5, torch::kFloat) + 10.0 * me;  // [5]: 2 for rank 0, then 3 for rank 1
+    at::Tensor out = torch::full({3 * counts[me]}, -1.0);
+    c->all_to_all_async(out, in, std::vector<int64_t>(3, counts[me]), counts).wait();
+    const int64_t offset = me == 0 ? 0 : 2;
+    for (int from = 0; from < 3; ++from)
+      for (int64_t k = 0; k < counts[me]; ++k)
+        if (out[from * counts[me] + k].item<float>() != static_cast<float>(offset + k + 10.0 * from)) return false;
+    return true;
+  });
+}
+
+TEST(BufferPool, ReusesWithinTheCapAndFreesBeyondIt) {
+  BufferPool pool;
+  pool.set_cap(4 * 100);  // 100 fp32 values
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat);
+  at::Tensor a = pool.take(60, f32);
+  const void* where = a.data_ptr();
+  pool.give(a);
+  EXPECT_EQ(pool.kept_bytes(), 4 * 60);
+  a = at::Tensor();
+  at::Tensor b = pool.take(40, f32);  // the kept 60-value buffer fits: reused, not allocated
+  EXPECT_EQ(b.data_ptr(), where);
+  EXPECT_EQ(b.numel(), 60);
+  at::Tensor other = pool.take(30, torch::TensorOptions().dtype(torch::kBFloat16));  // another dtype: new
+  EXPECT_EQ(other.scalar_type(), torch::kBFloat16);
+  EXPECT_NE(other.data_ptr(), where);
+  at::Tensor big = pool.take(50, f32);  // 60 + 15 (bf16) + 50 in use: over the cap, still handed out
+  pool.give(b);                         // in use + kept would exceed the cap: freed
+  EXPECT_EQ(pool.kept_bytes(), 0) << "a buffer given back beyond the cap must not be kept";
+  pool.give(big);
+  EXPECT_EQ(pool.kept_bytes(), 4 * 50);  // 60 bytes in use (bf16) + 200 kept: within the cap
 }
 
 // True when every parameter's .grad lies inside one of the reducer's buckets (gradient as bucket

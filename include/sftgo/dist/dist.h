@@ -138,9 +138,16 @@ class Comm {
   Work broadcast_async(at::Tensor& t, int root);
   // out [world * n] = every rank's in [n], concatenated by rank.
   void all_gather(at::Tensor& out, const at::Tensor& in);
-  // Sum over ranks into root's t, in place (other ranks' t is left undefined). ZeRO-2 sends each
-  // bucket's slice to the rank that owns it this way: buckets do not split evenly across ranks.
+  // Sum over ranks into root's t, in place (other ranks' t is left undefined). ZeRO-2 over NCCL sends
+  // each bucket's slice to the rank that owns it this way: buckets do not split evenly across ranks.
   Work reduce_async(at::Tensor& t, int root);
+  // out [sum(out_counts)] = the in_counts[rank()] values every rank sends this one, concatenated by
+  // sender; in [sum(in_counts)] holds, in rank order, in_counts[r] values for rank r (both contiguous,
+  // 1-D, alive until the wait). Over Gloo, ZeRO-2 reduces its buckets this way: each rank sends every
+  // other rank the slice it owns and sums what it receives, which moves (world - 1) / world of a bucket
+  // per rank where Gloo's reduce (a ring reduce-scatter, then a gather to the root) moves more.
+  Work all_to_all_async(at::Tensor& out, at::Tensor& in, std::vector<int64_t> out_counts,
+                        std::vector<int64_t> in_counts);
   // Element-wise sum of small host vectors (metrics, statistics): one collective.
   std::vector<double> sum(const std::vector<double>& values);
   void barrier();

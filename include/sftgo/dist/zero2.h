@@ -2,10 +2,12 @@
 // bucket by bucket while each backward runs, so no rank ever holds a full-size gradient buffer.
 // Buckets follow dist.bucket_mb in reverse parameter order (the order backward produces gradients).
 // When the last gradient of a bucket has arrived, the bucket (an fp32 copy of those gradients; each
-// parameter's .grad is freed at once) is summed over ranks with one reduce per rank owning part of it
-// (a bucket is a contiguous range of the flat vector, so it splits unevenly over the ranks' shards),
-// while backward goes on through earlier layers. A bucket's sum is added into the owner's shard when
-// the bucket is next needed (the next micro-batch's first gradient in it) or in finish().
+// parameter's .grad is freed at once) is summed over ranks while backward goes on through earlier
+// layers. A bucket is a contiguous range of the flat vector, so it splits unevenly over the ranks'
+// shards: over NCCL with one reduce per rank owning part of it, over Gloo with all-to-alls of pieces
+// (each rank sends every owner its slice and sums the copies it receives, in rank order). A bucket's
+// sum is added into the owner's shard when the bucket is next needed (the next micro-batch's first
+// gradient in it) or in finish(). Buckets and receive buffers are kept for reuse (dist::BufferPool).
 // Every micro-batch is reduced (the full-size buffer is never held), so with several micro-batches
 // the sums run over ranks first, then micro-batches: ZeRO-1 sums micro-batches first. The two agree
 // up to fp32 rounding (docs/architecture.md, ZeRO-2).

@@ -21,6 +21,7 @@
 #include <memory>
 #include <vector>
 
+#include "sftgo/dist/buffer_pool.h"
 #include "sftgo/dist/dist.h"
 #include "sftgo/dist/zero.h"
 
@@ -76,6 +77,7 @@ class ShardedParams {
   std::vector<Unit> units_;
   bool original_ = true;  // the parameters still hold the memory they were built with (false: built without)
   int64_t gathers_ = 0, resident_bytes_ = 0, peak_bytes_ = 0;
+  BufferPool pool_;  // released units' buffers, taken by the next gathers
 };
 
 }  // namespace sftgo::dist
