@@ -2,9 +2,10 @@
 
 The job of bench_plan_memory.py (random llama3.2-1b shape cut to --layers layers and a --vocab
 vocabulary, demo data packed to --seq tokens, Gloo, --threads LibTorch threads per rank) with --micro
-micro-batches of one row per rank per step. With one micro-batch per rank stages 1 and 2 move the same
-gradient bytes (stage 2 reduces each bucket during backward, stage 1 reduce-scatters once after it), so
-the ratio shows the overlap; with 2, stage 2 reduces every micro-batch (twice stage 1's traffic).
+micro-batches of one row per rank per step. With one micro-batch per rank stage 2 sends its buckets
+during backward (over Gloo all-to-all: half a gradient per rank at 2 ranks) and stage 1 reduce-scatters
+once after it (Gloo: an all-reduce of the whole gradient), so the ratio shows the overlap; with 2,
+stage 2 exchanges every micro-batch (as many bytes as stage 1's all-reduce, sent while computing).
 Stage 3 also gathers each decoder layer twice per micro-batch (forward and its recomputation in
 backward; stage 3 always recomputes), so --ckpt-stages adds stage 1/2 runs with
 model.activation_checkpointing=true: the recomputation's cost apart from the gathers'.
