@@ -124,14 +124,17 @@ TORCHRUN = os.path.join(os.environ.get("VIRTUAL_ENV", str(ROOT / ".venv")), "bin
 
 
 @pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun (torch wheel) not installed")
-def test_zero3_under_torchrun_equals_mpirun(tmp_path):
-    z3, tr = tmp_path / "mpirun", tmp_path / "torchrun"
-    train(z3, ranks=2, extra=Z3)
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_stages_under_torchrun_equal_mpirun(tmp_path, stage):
+    extra = Z2 if stage == 2 else Z3
+    mp, tr = tmp_path / "mpirun", tmp_path / "torchrun"
+    train(mp, ranks=2, extra=extra)
     cmd = [TORCHRUN, "--no-python", "--nproc-per-node", "2", "--master-port", str(free_port()), str(BIN)]
-    p = subprocess.run(cmd + args(tr, extra=Z3), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    p = subprocess.run(cmd + args(tr, extra=extra), capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "2 ranks (torchrun)" in p.stderr
-    identical(z3, tr)
+    assert f"ZeRO stage {stage}" in p.stderr
+    identical(mp, tr)
 
 
 def test_zero3_refuses_eval_tasks_and_unknown_stages(tmp_path):
