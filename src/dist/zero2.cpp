@@ -245,8 +245,11 @@ ShardReducer::ShardReducer(std::shared_ptr<Comm> comm, ZeroOptimizer& zero, cons
   for (const auto& r : s.range) largest.push_back(r.second - r.first);
   std::sort(largest.rbegin(), largest.rend());
   largest.resize(std::min<size_t>(largest.size(), kInFlight + 1));
-  s.pool.set_cap(
-      4 * (std::accumulate(largest.begin(), largest.end(), int64_t{0}) + (s.exchange ? s.recv_budget : 0)));
+  // Host memory only: on a GPU the caching allocator reuses freed blocks, and kept buckets would hold
+  // memory the next forward's activations can use.
+  if (params.front().device().is_cpu())
+    s.pool.set_cap(
+        4 * (std::accumulate(largest.begin(), largest.end(), int64_t{0}) + (s.exchange ? s.recv_budget : 0)));
   s.ready.assign(params.size(), 0);
   for (const auto& b : s.plan) s.pending.push_back(static_cast<int64_t>(b.params.size()));
   for (size_t i = 0; i < params.size(); ++i)

@@ -50,12 +50,14 @@ ShardedParams::ShardedParams(std::shared_ptr<Comm> comm, const ZeroOptimizer& ze
     u.runs.back().hi = segs[i].first + segs[i].second;
     u.bytes += p.numel() * static_cast<int64_t>(p.element_size());
   }
-  // Kept for reuse: as many buffers as the planner counts resident (the outer unit and 2 layers).
+  // Kept for reuse: as many buffers as the planner counts resident (the outer unit and 2 layers). Host
+  // memory only: on a GPU the caching allocator reuses freed blocks for activations too.
   std::vector<int64_t> sizes;
   for (const Unit& u : units_) sizes.push_back(u.bytes);
   std::sort(sizes.rbegin(), sizes.rend());
   sizes.resize(std::min<size_t>(sizes.size(), 3));
-  pool_.set_cap(std::accumulate(sizes.begin(), sizes.end(), int64_t{0}));
+  if (params_.empty() || params_.front().device().is_cpu())
+    pool_.set_cap(std::accumulate(sizes.begin(), sizes.end(), int64_t{0}));
   if (original_)
     for (const Unit& u : units_) resident_bytes_ += u.bytes;  // the parameters' original memory
   peak_bytes_ = resident_bytes_;

@@ -2,9 +2,9 @@
 // receive buffers, ZeRO-3's gathered layers), kept for reuse instead of freed. On the host a fresh
 // buffer of hundreds of MB is mapped by the kernel page by page when first written: measured ~1 s of
 // system time per rank and step for ZeRO-2 at 155M parameters and 2 micro-batches (docs/benchmarks.md),
-// which the compute waits for. The CUDA caching allocator already reuses device memory, so there this
-// changes nothing. Buffers in use plus kept stay within a cap (the planner's bound for them): a buffer
-// given back beyond it is freed.
+// which the compute waits for. The CUDA caching allocator already reuses device memory (for activations
+// too), so the users keep host buffers only (cap 0 on a GPU: every buffer given back is freed). Buffers
+// in use plus kept stay within a cap (the planner's bound for them): a buffer given back beyond it is freed.
 #pragma once
 
 #include <ATen/ATen.h>
