@@ -128,13 +128,11 @@ struct Merged {
 Merged wait_for_parts(const std::vector<data::TokenizedExample>& examples, const std::string& cache_path, uint64_t key,
                       const ShardUnits& units, const std::vector<ShareRange>& shares,
                       std::vector<std::optional<GroupingOutput>>& parts, const ShardJob& job, double own_seconds,
-                      const std::string& what) {
+                      const std::string& what, FileWatch& cache_watch) {
   const int world = job.world_size;
   const double limit = job.wait_timeout_s + 2 * own_seconds;
   std::vector<FileWatch> watches;
   for (int r = 0; r < world; ++r) watches.emplace_back(grouping_part_path(cache_path, r, world));
-  FileWatch cache_watch(cache_path);
-  cache_watch.changed();  // the caller just tried the cache as it is now: retry only once it changes
   const auto start = Clock::now();
   double next_log = job.progress_log_s;
   for (;;) {
@@ -227,6 +225,11 @@ GroupingOutput compute_sharded(const std::vector<data::TokenizedExample>& exampl
   SFTGO_CHECK(units.order.size() == examples.size() && units.costs.size() == units.size() &&
                   (units.ends.empty() ? examples.empty() : units.ends.back() == examples.size()),
               ErrorKind::kInternal, "compute_sharded: the units do not cover the ", examples.size(), " examples");
+  // The cache as the load below sees it: the wait retries it once it changes. Rank 0 may merge, write it
+  // and remove every part while this rank computes its own share, so the state must be the one seen
+  // here, before that share, not when the wait starts.
+  FileWatch cache_watch(cache_path);
+  if (!cache_path.empty()) cache_watch.changed();
   if (!cache_path.empty())
     if (auto cached = load_grouping_cache(cache_path, key, examples)) {
       cached->from_cache = true;
@@ -252,7 +255,7 @@ GroupingOutput compute_sharded(const std::vector<data::TokenizedExample>& exampl
     log_info("grouping: rank {}/{} did its {} share in {:.2f} s ({:.2f} s CPU); merging the ranks' parts from {}",
              job.rank, job.world_size, what, own_seconds, cpu_seconds() - cpu_start,
              std::filesystem::path(cache_path).parent_path().string());
-    Merged m = wait_for_parts(examples, cache_path, key, units, shares, parts, job, own_seconds, what);
+    Merged m = wait_for_parts(examples, cache_path, key, units, shares, parts, job, own_seconds, what, cache_watch);
     out = std::move(m.out);
     out.cache_path = cache_path;
     if (m.via_cache) remove_file(part);  // the cache exists: a part recomputed after rank 0 merged is of no use

@@ -221,6 +221,39 @@ TEST(Shard, EachRankComputesOnlyItsShareOfWholeUnits) {
   remove_tree(dir);
 }
 
+// Rank 0 can merge, write the cache and remove every part while another rank still computes its own
+// share (the last part it needed was that rank's, written just before). That rank must then take the
+// cache, not wait for the removed parts until its limit (seen in CI with 40 ranks on 2 cores).
+// Deterministic here: rank 1 of 2 alone, whose share computation writes the merged cache.
+TEST(Shard, ACacheMergedWhileThisRankComputesIsTaken) {
+  const auto dir = temp_dir("late");
+  const auto ex = dataset(10);
+  const ShardUnits units = per_example_units(ex);
+  auto rows = [&](const ShardUnits& u, ShareRange s) {
+    GroupingOutput o;
+    for (size_t k = u.first(s.begin); k < u.first(s.end); ++k) {
+      const size_t i = u.order[k];
+      o.groups.emplace_back(ex[i].ids.size(), static_cast<uint8_t>(i % 2));
+      o.scores.emplace_back(ex[i].ids.size(), static_cast<float>(i));
+    }
+    return o;
+  };
+  const std::string cache = dir + "/groups-test-0000000000000002.bin";
+  const auto whole = compute_sharded(ex, cache, 2, job_of(0, 1), units, rows, "test scores");  // writes it
+  const std::string merged = bytes_of(cache);
+  std::remove(cache.c_str());
+  const auto late = compute_sharded(
+      ex, cache, 2, job_of(1, 2, /*wait_s=*/1), units,
+      [&](const ShardUnits& u, ShareRange s) {
+        std::ofstream(cache, std::ios::binary) << merged;  // rank 0 merged meanwhile; no part of its is left
+        return rows(u, s);
+      },
+      "test scores");
+  EXPECT_EQ(late.groups, whole.groups);
+  EXPECT_EQ(late.scores, whole.scores);
+  remove_tree(dir);
+}
+
 // A part a crashed run of the same computation left is reused; one of another world size, split or
 // computation (another key) is never mixed in.
 TEST(Shard, StalePartsAreKeyed) {
