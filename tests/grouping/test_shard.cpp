@@ -172,6 +172,17 @@ TEST(Shard, RanksSplitTheGroupsAndMergeTheSameCacheAsOneProcess) {
   remove_tree(dir);
 }
 
+// A share's rows in computing order: every token of example i scores i, group i % 2.
+GroupingOutput index_rows(const std::vector<TokenizedExample>& ex, const ShardUnits& u, ShareRange s) {
+  GroupingOutput o;
+  for (size_t k = u.first(s.begin); k < u.first(s.end); ++k) {
+    const size_t i = u.order[k];
+    o.groups.emplace_back(ex[i].ids.size(), static_cast<uint8_t>(i % 2));
+    o.scores.emplace_back(ex[i].ids.size(), static_cast<float>(i));
+  }
+  return o;
+}
+
 // compute_sharded directly, with units of several examples in another order (as Rho-1's forward
 // batches): each rank computes exactly its share of whole units, once, and every rank gets the rows
 // back in example order.
@@ -196,13 +207,7 @@ TEST(Shard, EachRankComputesOnlyItsShareOfWholeUnits) {
             std::lock_guard lock(mu);
             calls[r].emplace_back(s.begin, s.end);
           }
-          GroupingOutput o;
-          for (size_t k = u.first(s.begin); k < u.first(s.end); ++k) {
-            const size_t i = u.order[k];
-            o.groups.emplace_back(ex[i].ids.size(), static_cast<uint8_t>(i % 2));
-            o.scores.emplace_back(ex[i].ids.size(), static_cast<float>(i));
-          }
-          return o;
+          return index_rows(ex, u, s);
         },
         "test scores");
   };
@@ -229,15 +234,7 @@ TEST(Shard, ACacheMergedWhileThisRankComputesIsTaken) {
   const auto dir = temp_dir("late");
   const auto ex = dataset(10);
   const ShardUnits units = per_example_units(ex);
-  auto rows = [&](const ShardUnits& u, ShareRange s) {
-    GroupingOutput o;
-    for (size_t k = u.first(s.begin); k < u.first(s.end); ++k) {
-      const size_t i = u.order[k];
-      o.groups.emplace_back(ex[i].ids.size(), static_cast<uint8_t>(i % 2));
-      o.scores.emplace_back(ex[i].ids.size(), static_cast<float>(i));
-    }
-    return o;
-  };
+  auto rows = [&](const ShardUnits& u, ShareRange s) { return index_rows(ex, u, s); };
   const std::string cache = dir + "/groups-test-0000000000000002.bin";
   const auto whole = compute_sharded(ex, cache, 2, job_of(0, 1), units, rows, "test scores");  // writes it
   const std::string merged = bytes_of(cache);
