@@ -451,6 +451,9 @@ TEST(BufferPool, ReusesWithinTheCapAndFreesBeyondIt) {
   pool.give(a);
   EXPECT_EQ(pool.kept_bytes(), 4 * 60);
   a = at::Tensor();
+  at::Tensor none = pool.take(0, f32);  // an empty receive does not take the kept buffer
+  EXPECT_EQ(pool.kept_bytes(), 4 * 60);
+  pool.give(none);
   at::Tensor b = pool.take(40, f32);  // the kept 60-value buffer fits: reused, not allocated
   EXPECT_EQ(b.data_ptr(), where);
   EXPECT_EQ(b.numel(), 60);

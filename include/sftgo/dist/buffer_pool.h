@@ -23,6 +23,7 @@ class BufferPool {
   // A 1-D buffer of at least n values of `options`' dtype and device (the smallest kept one that fits,
   // else a new one); use its front n values and give the whole buffer back.
   at::Tensor take(int64_t n, const at::TensorOptions& options) {
+    if (n == 0) return at::empty({0}, options);  // a receive this rank owns nothing of: no kept buffer for it
     auto best = kept_.end();
     for (auto it = kept_.begin(); it != kept_.end(); ++it)
       if (it->numel() >= n && it->dtype() == options.dtype() && it->device() == options.device() &&
@@ -43,7 +44,7 @@ class BufferPool {
   }
 
   void give(at::Tensor t) {
-    if (!t.defined()) return;
+    if (!t.defined() || t.numel() == 0) return;
     used_ -= bytes(t);
     if (used_ + kept_bytes_ + bytes(t) > cap_) return;  // freed
     kept_bytes_ += bytes(t);
